@@ -1,0 +1,225 @@
+// Package config holds meshca's server settings: their defaults (the embedded
+// default needs no file and no flag), the YAML file format, and validation
+// whose errors name the offending key.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// ErrInvalid marks configuration errors; the message names the key.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Config is the server configuration. YAML keys are the field tags.
+type Config struct {
+	DataDir     string `yaml:"data_dir"`
+	TrustDomain string `yaml:"trust_domain"`
+	Admin       Admin  `yaml:"admin"`
+	XDS         XDS    `yaml:"xds"`
+	Log         Log    `yaml:"log"`
+	CA          CA     `yaml:"ca"`
+	Store       Store  `yaml:"store"`
+}
+
+// Admin configures the admin HTTP API.
+type Admin struct {
+	// Listen is host:port. A non-loopback address requires mTLS with an
+	// admin identity's certificate.
+	Listen string `yaml:"listen"`
+	// DNSNames are put on the admin API's server certificate when it serves
+	// mTLS (non-loopback).
+	DNSNames []string `yaml:"dns_names"`
+}
+
+// XDS configures the xDS gRPC server.
+type XDS struct {
+	Listen string `yaml:"listen"`
+}
+
+// Log configures logging.
+type Log struct {
+	Format string `yaml:"format"` // text or json
+	Level  string `yaml:"level"`  // debug, info, warn, error
+}
+
+// CA configures the certificate authority.
+type CA struct {
+	KeyAlgorithm    string   `yaml:"key_algorithm"`
+	RootTTL         Duration `yaml:"root_ttl"`
+	IntermediateTTL Duration `yaml:"intermediate_ttl"`
+	DefaultLeafTTL  Duration `yaml:"default_leaf_ttl"`
+}
+
+// Store configures the bbolt store.
+type Store struct {
+	LockTimeout Duration `yaml:"lock_timeout"`
+}
+
+// Duration is a time.Duration written as "90s", "1h", "720h" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as 90s or 1h", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (use a number with a unit: 90s, 15m, 1h, 720h)", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as a string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Default returns the embedded default: everything on loopback, data in
+// ./meshca-data.
+func Default() Config {
+	return Config{
+		DataDir:     "meshca-data",
+		TrustDomain: "mesh.local",
+		Admin:       Admin{Listen: "127.0.0.1:8000"},
+		XDS:         XDS{Listen: "127.0.0.1:6565"},
+		Log:         Log{Format: "text", Level: "info"},
+		CA: CA{
+			KeyAlgorithm:    "ecdsa-p256",
+			RootTTL:         Duration(10 * 365 * 24 * time.Hour),
+			IntermediateTTL: Duration(365 * 24 * time.Hour),
+			DefaultLeafTTL:  Duration(time.Hour),
+		},
+		Store: Store{LockTimeout: Duration(time.Second)},
+	}
+}
+
+// maxFileSize bounds the config file read.
+const maxFileSize = 1 << 20
+
+// Load reads a YAML file over the defaults. Unknown keys are errors.
+func Load(path string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(data) > maxFileSize {
+		return Config{}, fmt.Errorf("%w: %s is larger than 1 MiB", ErrInvalid, path)
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type config\.(\w+)`)
+
+// Parse decodes YAML over the defaults. It does not validate; call Validate
+// after applying flags.
+func Parse(data []byte) (Config, error) {
+	cfg := Default()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("%w: %s", ErrInvalid, readable(err))
+	}
+	return cfg, nil
+}
+
+// readable rewrites yaml.v3's Go-flavoured messages into ones that name the
+// key as the user wrote it.
+func readable(err error) string {
+	msg := err.Error()
+	msg = strings.TrimPrefix(msg, "yaml: unmarshal errors:\n")
+	var lines []string
+	for _, l := range strings.Split(msg, "\n") {
+		l = strings.TrimSpace(l)
+		if m := unknownField.FindStringSubmatch(l); m != nil {
+			section := sectionKey[m[3]]
+			key := m[2]
+			if section != "" {
+				key = section + "." + key
+			}
+			l = fmt.Sprintf("line %s: unknown key %q", m[1], key)
+		}
+		if l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "; ")
+}
+
+var sectionKey = map[string]string{"Admin": "admin", "XDS": "xds", "Log": "log", "CA": "ca", "Store": "store"}
+
+// Validate checks every value and returns all problems at once, each naming
+// its key.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must not be empty")
+	}
+	if c.TrustDomain == "" {
+		bad("trust_domain", "must not be empty (for example mesh.local)")
+	}
+	for key, addr := range map[string]string{"admin.listen": c.Admin.Listen, "xds.listen": c.XDS.Listen} {
+		if _, _, err := net.SplitHostPort(addr); err != nil || addr == "" {
+			bad(key, "%q is not host:port (for example 127.0.0.1:8000)", addr)
+		}
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q: use text or json", c.Log.Format)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q: use debug, info, warn or error", c.Log.Level)
+	}
+	switch c.CA.KeyAlgorithm {
+	case "ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072":
+	default:
+		bad("ca.key_algorithm", "%q: use ecdsa-p256, ecdsa-p384, rsa-2048 or rsa-3072", c.CA.KeyAlgorithm)
+	}
+	if c.CA.RootTTL.D() < 24*time.Hour {
+		bad("ca.root_ttl", "%s is too short: at least 24h", c.CA.RootTTL.D())
+	}
+	if c.CA.IntermediateTTL.D() < time.Hour {
+		bad("ca.intermediate_ttl", "%s is too short: at least 1h", c.CA.IntermediateTTL.D())
+	}
+	if c.CA.IntermediateTTL.D() >= c.CA.RootTTL.D() {
+		bad("ca.intermediate_ttl", "%s must be shorter than ca.root_ttl (%s)", c.CA.IntermediateTTL.D(), c.CA.RootTTL.D())
+	}
+	if d := c.CA.DefaultLeafTTL.D(); d < 5*time.Minute || d > 30*24*time.Hour {
+		bad("ca.default_leaf_ttl", "%s is out of range: 5m to 720h", d)
+	}
+	if d := c.Store.LockTimeout.D(); d <= 0 || d > time.Minute {
+		bad("store.lock_timeout", "%s is out of range: above 0 and at most 1m", d)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+}

@@ -1,0 +1,39 @@
+package store
+
+import "errors"
+
+// Errors returned by lookups and writes.
+var (
+	// ErrNotFound means the record does not exist.
+	ErrNotFound = errors.New("store: not found")
+	// ErrExists means an insert found a record with the same key.
+	ErrExists = errors.New("store: already exists")
+	// ErrInvalid means a record is missing its key field or has a malformed
+	// one (an empty name or serial, a NUL byte in an identity name).
+	ErrInvalid = errors.New("store: invalid record")
+)
+
+// Errors returned by transactions.
+var (
+	// ErrNoAudit means an Update changed records without appending an audit
+	// Event; nothing was written.
+	ErrNoAudit = errors.New("store: update wrote records without an audit event")
+	// ErrReadOnly means a write method was called inside View.
+	ErrReadOnly = errors.New("store: write in a read-only transaction")
+	// ErrClosed means the Store was used after Close.
+	ErrClosed = errors.New("store: closed")
+)
+
+// Errors returned by Open and Check.
+var (
+	// ErrLocked means another process holds the data directory's lock.
+	ErrLocked = errors.New("store: data directory is in use by another process")
+	// ErrSchema means the file's schema version is not one this build can use.
+	ErrSchema = errors.New("store: unsupported schema version")
+	// ErrPermission means the data directory or database file is accessible
+	// to group or others.
+	ErrPermission = errors.New("store: permissions are too open")
+	// ErrSealed means a sealed private key did not open: wrong
+	// key-encryption key, or the record was altered or moved.
+	ErrSealed = errors.New("store: sealed key does not open")
+)

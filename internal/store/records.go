@@ -1,0 +1,119 @@
+package store
+
+import "time"
+
+// Identity is a registered service identity.
+type Identity struct {
+	Name     string        `json:"name"`
+	SPIFFEID string        `json:"spiffe_id"`
+	DNSNames []string      `json:"dns_names,omitempty"`
+	TTL      time.Duration `json:"ttl"`
+	// Admin marks identities whose certificates may call the admin API over
+	// mTLS.
+	Admin         bool      `json:"admin,omitempty"`
+	State         string    `json:"state"` // StateActive or StateRevoked
+	CurrentSerial string    `json:"current_serial,omitempty"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+}
+
+// Identity and node states.
+const (
+	StateActive  = "active"
+	StateRevoked = "revoked"
+)
+
+// Cert is an issued certificate. Key is the leaf's PKCS#8 private key in the
+// clear in memory; the store seals it (identity and serial as associated
+// data) and never writes it in the clear. Key is nil when meshca did not
+// generate the key (issuance from a CSR).
+type Cert struct {
+	Serial       string    `json:"serial"` // lowercase hex, no separators
+	Identity     string    `json:"identity"`
+	DER          []byte    `json:"der"`
+	Chain        [][]byte  `json:"chain,omitempty"` // intermediates, issuer first; no root
+	Key          []byte    `json:"-"`
+	IssuerSerial string    `json:"issuer_serial"`
+	NotBefore    time.Time `json:"not_before"`
+	NotAfter     time.Time `json:"not_after"`
+	IssuedAt     time.Time `json:"issued_at"`
+}
+
+// CA is one CA certificate and, when meshca holds it, its PKCS#8 key (clear in
+// memory, sealed at rest with "ca" and the serial as associated data).
+type CA struct {
+	Serial    string    `json:"serial"`
+	Role      string    `json:"role"`   // RoleRoot or RoleIntermediate
+	Source    string    `json:"source"` // SourceGenerated or SourceImported
+	DER       []byte    `json:"der"`
+	Key       []byte    `json:"-"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// CA roles and sources.
+const (
+	RoleRoot         = "root"
+	RoleIntermediate = "intermediate"
+	SourceGenerated  = "generated"
+	SourceImported   = "imported"
+)
+
+// CASet is the CA in use: the issuer that signs leaves, the certificates
+// between it and a root, and the roots that make up the trust bundle.
+type CASet struct {
+	IssuerSerial string   `json:"issuer_serial"`
+	ChainSerials []string `json:"chain_serials,omitempty"` // above the issuer, nearest first; no root
+	RootSerials  []string `json:"root_serials"`
+}
+
+// Node is a proxy registered to receive configuration and secrets.
+type Node struct {
+	Name         string    `json:"name"`
+	Kind         string    `json:"kind"`
+	Identities   []string  `json:"identities,omitempty"`
+	TokenHash    []byte    `json:"token_hash,omitempty"`
+	TokenExpires time.Time `json:"token_expires,omitempty"`
+	State        string    `json:"state"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+}
+
+// Revocation records a revoked certificate serial.
+type Revocation struct {
+	Serial    string    `json:"serial"`
+	Identity  string    `json:"identity"`
+	Reason    string    `json:"reason,omitempty"`
+	NotAfter  time.Time `json:"not_after"`
+	RevokedAt time.Time `json:"revoked_at"`
+}
+
+// Mesh is one version of the declarative mesh document.
+type Mesh struct {
+	Version   uint64    `json:"version"`
+	Document  []byte    `json:"document"`
+	AppliedBy string    `json:"applied_by,omitempty"`
+	AppliedAt time.Time `json:"applied_at"`
+}
+
+// Event is one audit record. Seq is assigned by the store: 1, 2, 3... with no
+// gaps, in commit order.
+type Event struct {
+	Seq      uint64    `json:"seq"`
+	Time     time.Time `json:"time"`
+	Action   string    `json:"action"`
+	Actor    string    `json:"actor,omitempty"`
+	Identity string    `json:"identity,omitempty"`
+	Node     string    `json:"node,omitempty"`
+	Serial   string    `json:"serial,omitempty"`
+	Outcome  string    `json:"outcome"` // OutcomeOK, OutcomeDenied or OutcomeFailed
+	Detail   string    `json:"detail,omitempty"`
+}
+
+// Audit outcomes.
+const (
+	OutcomeOK     = "ok"
+	OutcomeDenied = "denied"
+	OutcomeFailed = "failed"
+)

@@ -1,0 +1,268 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/seal"
+)
+
+// SchemaVersion is the layout of buckets and values this build reads and
+// writes.
+const SchemaVersion = 1
+
+// FileName is the name of the database file inside the data directory.
+const FileName = "meshca.db"
+
+// Bucket names.
+var (
+	bucketMeta        = []byte("meta")
+	bucketIdentities  = []byte("identities")
+	bucketCerts       = []byte("certs")
+	bucketCertsByID   = []byte("certs_by_identity")
+	bucketCAs         = []byte("cas")
+	bucketNodes       = []byte("nodes")
+	bucketRevocations = []byte("revocations")
+	bucketMesh        = []byte("mesh")
+	bucketAudit       = []byte("audit")
+
+	allBuckets = [][]byte{
+		bucketMeta, bucketIdentities, bucketCerts, bucketCertsByID, bucketCAs,
+		bucketNodes, bucketRevocations, bucketMesh, bucketAudit,
+	}
+)
+
+// Keys in the meta bucket.
+var (
+	metaSchema = []byte("schema")
+	metaCASet  = []byte("caset")
+)
+
+// Log attribute keys.
+const (
+	logPath   = "path"
+	logSchema = "schema"
+)
+
+// Config configures Open.
+type Config struct {
+	Dir         string        // data directory; created with mode 0700 if missing
+	Sealer      *seal.Sealer  // required: seals Cert.Key and CA.Key
+	LockTimeout time.Duration // default 1s: how long Open waits for the file lock
+	BatchDelay  time.Duration // default 1ms: bbolt MaxBatchDelay (group commit)
+	Clock       clock.Clock   // default clock.Real{}: fills Event.Time when zero
+	Logger      *slog.Logger  // default discard
+}
+
+// Store is meshca's state on disk. It is safe for concurrent use.
+type Store struct {
+	db     *bolt.DB
+	dir    string
+	path   string
+	sealer *seal.Sealer
+	clock  clock.Clock
+	log    *slog.Logger
+}
+
+// Open opens (creating if needed) the database in cfg.Dir. It refuses a data
+// directory or database file that group or others can access, and fails with
+// ErrLocked when another process holds the directory.
+func Open(cfg Config) (*Store, error) {
+	if cfg.Dir == "" {
+		return nil, fmt.Errorf("%w: data directory not set", ErrInvalid)
+	}
+	if cfg.Sealer == nil {
+		return nil, fmt.Errorf("%w: no sealer configured", ErrInvalid)
+	}
+	if cfg.LockTimeout <= 0 {
+		cfg.LockTimeout = time.Second
+	}
+	if cfg.BatchDelay <= 0 {
+		cfg.BatchDelay = time.Millisecond
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+
+	if err := prepareDir(cfg.Dir); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(cfg.Dir, FileName)
+	if fi, err := os.Stat(path); err == nil {
+		if fi.Mode().Perm()&0o077 != 0 {
+			return nil, fmt.Errorf("%w: %s has mode %04o; run: chmod 600 %s", ErrPermission, path, fi.Mode().Perm(), path)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: cfg.LockTimeout})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, &lockedError{dir: cfg.Dir, timeout: cfg.LockTimeout}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	db.MaxBatchDelay = cfg.BatchDelay
+
+	if err := db.Update(migrate); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w", path, err)
+	}
+	cfg.Logger.Info("store opened", logPath, path, logSchema, SchemaVersion)
+	return &Store{
+		db:     db,
+		dir:    cfg.Dir,
+		path:   path,
+		sealer: cfg.Sealer,
+		clock:  cfg.Clock,
+		log:    cfg.Logger,
+	}, nil
+}
+
+// prepareDir creates dir with mode 0700, or checks that an existing one is
+// private: the database and the key-encryption key live in it.
+func prepareDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("store: create data directory: %w", err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: data directory %s is not a directory", ErrInvalid, dir)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%w: data directory %s has mode %04o; run: chmod 700 %s", ErrPermission, dir, fi.Mode().Perm(), dir)
+	}
+	return nil
+}
+
+// lockedError carries the exact message operators see when two processes
+// share a data directory; it matches ErrLocked with errors.Is.
+type lockedError struct {
+	dir     string
+	timeout time.Duration
+}
+
+func (e *lockedError) Error() string {
+	return fmt.Sprintf("data directory %s is in use by another meshca process (lock not acquired within %s); stop that process or choose another --data-dir", e.dir, e.timeout)
+}
+
+func (e *lockedError) Is(target error) bool { return target == ErrLocked }
+
+// migrate checks the schema version before touching anything, so that a file
+// written by a newer meshca is never modified, then creates missing buckets.
+func migrate(btx *bolt.Tx) error {
+	version := 0
+	if meta := btx.Bucket(bucketMeta); meta != nil {
+		if v := meta.Get(metaSchema); v != nil {
+			if err := json.Unmarshal(v, &version); err != nil {
+				return fmt.Errorf("%w: unreadable schema version %q", ErrSchema, v)
+			}
+			if version < 1 || version > SchemaVersion {
+				return fmt.Errorf("%w: the database has schema version %d, this meshca supports version %d; use a newer meshca or restore a backup", ErrSchema, version, SchemaVersion)
+			}
+		}
+	}
+	for _, name := range allBuckets {
+		if _, err := btx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	if version == 0 {
+		v, _ := json.Marshal(SchemaVersion)
+		return btx.Bucket(bucketMeta).Put(metaSchema, v)
+	}
+	return nil
+}
+
+// Close releases the file lock and closes the database. Calls to Update and
+// View after Close fail with ErrClosed.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("store: close: %w", err)
+	}
+	return nil
+}
+
+// Path returns the path of the database file: <Dir>/meshca.db.
+func (s *Store) Path() string { return s.path }
+
+// Update runs fn in a read-write transaction through bbolt's DB.Batch, so that
+// concurrent callers share one fsync'd commit (group commit). fn may run more
+// than once and must be idempotent (no side effects outside tx). If fn wrote
+// anything (any Put*/Insert*/Delete*/AppendMesh call) but appended no audit
+// Event with tx.Append, Update fails with ErrNoAudit and nothing is written.
+// An error returned by fn is returned as is and nothing is written.
+// ctx is checked before the transaction starts.
+func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := s.db.Batch(func(btx *bolt.Tx) error {
+		// A fresh Tx per run: the wrote/appended flags belong to this run of
+		// fn only, even when bbolt shares btx with other callers.
+		tx := &Tx{btx: btx, s: s, writable: true}
+		if err := fn(tx); err != nil {
+			return err
+		}
+		if tx.wrote && !tx.appended {
+			return ErrNoAudit
+		}
+		return nil
+	})
+	return mapClosed(err)
+}
+
+// View runs fn in a read-only transaction; write methods on tx then return
+// ErrReadOnly. ctx is checked before the transaction starts.
+func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := s.db.View(func(btx *bolt.Tx) error {
+		return fn(&Tx{btx: btx, s: s})
+	})
+	return mapClosed(err)
+}
+
+// Append records one audit event on its own (denials, failures) via Update
+// and returns it as stored, with Seq and Time set.
+func (s *Store) Append(ctx context.Context, ev Event) (Event, error) {
+	var out Event
+	err := s.Update(ctx, func(tx *Tx) error {
+		var err error
+		out, err = tx.Append(ev)
+		return err
+	})
+	if err != nil {
+		return Event{}, err
+	}
+	return out, nil
+}
+
+func mapClosed(err error) error {
+	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		return ErrClosed
+	}
+	return err
+}

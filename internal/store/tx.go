@@ -1,0 +1,497 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Tx is one transaction, passed to the function given to Store.Update or
+// Store.View. It is only valid inside that function.
+type Tx struct {
+	btx      *bolt.Tx
+	s        *Store
+	writable bool
+	wrote    bool // a record was changed in this run of fn
+	appended bool // an audit event was appended in this run of fn
+}
+
+// On-disk forms of the records that hold keys. Cert.Key and CA.Key are
+// `json:"-"`, so only the sealed bytes reach the file.
+type certRecord struct {
+	Cert
+	SealedKey []byte `json:"sealed_key,omitempty"`
+}
+
+type caRecord struct {
+	CA
+	SealedKey []byte `json:"sealed_key,omitempty"`
+}
+
+// certAAD and caAAD bind a sealed key to its record, so a key copied into
+// another record does not open.
+func certAAD(identity, serial string) []byte {
+	return []byte("cert\x00" + identity + "\x00" + serial)
+}
+
+func caAAD(serial string) []byte { return []byte("ca\x00" + serial) }
+
+// u64Key encodes sequence numbers and versions big-endian so that bbolt's
+// byte order is numeric order.
+func u64Key(v uint64) []byte {
+	k := make([]byte, 8)
+	binary.BigEndian.PutUint64(k, v)
+	return k
+}
+
+// certIndexKey is identity + 0x00 + NotBefore (unix nanos, 8 bytes big-endian)
+// + serial. The sign bit of the nanos is flipped so that times before 1970
+// still sort first.
+func certIndexKey(identity string, notBefore time.Time, serial string) []byte {
+	k := make([]byte, 0, len(identity)+1+8+len(serial))
+	k = append(k, identity...)
+	k = append(k, 0)
+	k = binary.BigEndian.AppendUint64(k, uint64(notBefore.UnixNano())^(1<<63))
+	return append(k, serial...)
+}
+
+func certIndexPrefix(identity string) []byte { return append([]byte(identity), 0) }
+
+// checkWrite refuses writes in View. Successful writes set tx.wrote (in put
+// and DeleteNode) for the ErrNoAudit rule.
+func (tx *Tx) checkWrite() error {
+	if !tx.writable {
+		return ErrReadOnly
+	}
+	return nil
+}
+
+func (tx *Tx) put(bucket, key []byte, v any) error {
+	val, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("store: encode %s: %w", bucket, err)
+	}
+	if err := tx.btx.Bucket(bucket).Put(key, val); err != nil {
+		return fmt.Errorf("store: put %s: %w", bucket, err)
+	}
+	tx.wrote = true
+	return nil
+}
+
+// get decodes the value at key into v; json.Unmarshal copies, so nothing in
+// v points into bbolt's memory map.
+func (tx *Tx) get(bucket, key []byte, v any) error {
+	val := tx.btx.Bucket(bucket).Get(key)
+	if val == nil {
+		return ErrNotFound
+	}
+	if err := json.Unmarshal(val, v); err != nil {
+		return fmt.Errorf("store: decode %s %q: %w", bucket, key, err)
+	}
+	return nil
+}
+
+// each decodes every value of bucket in key order and calls fn with it.
+func each[T any](tx *Tx, bucket []byte, fn func(T)) error {
+	return tx.btx.Bucket(bucket).ForEach(func(k, val []byte) error {
+		var v T
+		if err := json.Unmarshal(val, &v); err != nil {
+			return fmt.Errorf("store: decode %s %q: %w", bucket, k, err)
+		}
+		fn(v)
+		return nil
+	})
+}
+
+func all[T any](tx *Tx, bucket []byte) ([]T, error) {
+	var out []T
+	err := each(tx, bucket, func(v T) { out = append(out, v) })
+	return out, err
+}
+
+// --- audit ---
+
+// Append adds ev to the audit log with Seq = LastSeq()+1. Time defaults to
+// the store clock's now (UTC) and Outcome to OutcomeOK; Action is required.
+// It returns the event as stored.
+func (tx *Tx) Append(ev Event) (Event, error) {
+	if err := tx.checkWrite(); err != nil {
+		return Event{}, err
+	}
+	if ev.Action == "" {
+		return Event{}, fmt.Errorf("%w: audit event without an action", ErrInvalid)
+	}
+	ev.Seq = tx.LastSeq() + 1
+	if ev.Time.IsZero() {
+		ev.Time = tx.s.clock.Now().UTC()
+	}
+	if ev.Outcome == "" {
+		ev.Outcome = OutcomeOK
+	}
+	if err := tx.put(bucketAudit, u64Key(ev.Seq), ev); err != nil {
+		return Event{}, err
+	}
+	tx.appended = true
+	return ev, nil
+}
+
+// Events returns up to limit events with Seq > afterSeq, oldest first.
+// limit <= 0 means all.
+func (tx *Tx) Events(afterSeq uint64, limit int) ([]Event, error) {
+	if afterSeq == math.MaxUint64 {
+		return nil, nil
+	}
+	var out []Event
+	c := tx.btx.Bucket(bucketAudit).Cursor()
+	for k, v := c.Seek(u64Key(afterSeq + 1)); k != nil; k, v = c.Next() {
+		if limit > 0 && len(out) >= limit {
+			break
+		}
+		var ev Event
+		if err := json.Unmarshal(v, &ev); err != nil {
+			return nil, fmt.Errorf("store: decode audit %d: %w", binary.BigEndian.Uint64(k), err)
+		}
+		out = append(out, ev)
+	}
+	return out, nil
+}
+
+// LastSeq returns the Seq of the newest audit event, 0 when there is none.
+func (tx *Tx) LastSeq() uint64 {
+	k, _ := tx.btx.Bucket(bucketAudit).Cursor().Last()
+	if len(k) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(k)
+}
+
+// --- identities ---
+
+// Identity returns the identity called name, or ErrNotFound.
+func (tx *Tx) Identity(name string) (Identity, error) {
+	var id Identity
+	err := tx.get(bucketIdentities, []byte(name), &id)
+	return id, err
+}
+
+// Identities returns all identities sorted by name.
+func (tx *Tx) Identities() ([]Identity, error) {
+	return all[Identity](tx, bucketIdentities)
+}
+
+// InsertIdentity creates id; ErrExists if the name is taken.
+func (tx *Tx) InsertIdentity(id Identity) error {
+	if err := tx.checkWrite(); err != nil {
+		return err
+	}
+	if err := validName("identity name", id.Name); err != nil {
+		return err
+	}
+	if tx.btx.Bucket(bucketIdentities).Get([]byte(id.Name)) != nil {
+		return fmt.Errorf("%w: identity %q", ErrExists, id.Name)
+	}
+	return tx.put(bucketIdentities, []byte(id.Name), id)
+}
+
+// PutIdentity creates or replaces id.
+func (tx *Tx) PutIdentity(id Identity) error {
+	if err := tx.checkWrite(); err != nil {
+		return err
+	}
+	if err := validName("identity name", id.Name); err != nil {
+		return err
+	}
+	return tx.put(bucketIdentities, []byte(id.Name), id)
+}
+
+// validName rejects empty keys, and NUL bytes, which would break the
+// identity-prefixed index keys.
+func validName(what, v string) error {
+	if v == "" {
+		return fmt.Errorf("%w: empty %s", ErrInvalid, what)
+	}
+	if strings.IndexByte(v, 0) >= 0 {
+		return fmt.Errorf("%w: %s %q contains a NUL byte", ErrInvalid, what, v)
+	}
+	return nil
+}
+
+// --- certificates ---
+
+// PutCert stores c by serial and indexes it under its identity. c.Key, when
+// non-nil, is sealed with the identity and serial as associated data.
+// ErrExists if the serial is already stored: certificates are immutable.
+func (tx *Tx) PutCert(c Cert) error {
+	if err := tx.checkWrite(); err != nil {
+		return err
+	}
+	if err := validName("certificate serial", c.Serial); err != nil {
+		return err
+	}
+	if err := validName("certificate identity", c.Identity); err != nil {
+		return err
+	}
+	if tx.btx.Bucket(bucketCerts).Get([]byte(c.Serial)) != nil {
+		return fmt.Errorf("%w: certificate %s", ErrExists, c.Serial)
+	}
+	rec := certRecord{Cert: c}
+	if c.Key != nil {
+		sealed, err := tx.s.sealer.Seal(c.Key, certAAD(c.Identity, c.Serial))
+		if err != nil {
+			return fmt.Errorf("store: seal key of certificate %s: %w", c.Serial, err)
+		}
+		rec.SealedKey = sealed
+	}
+	if err := tx.put(bucketCerts, []byte(c.Serial), rec); err != nil {
+		return err
+	}
+	idx := certIndexKey(c.Identity, c.NotBefore, c.Serial)
+	if err := tx.btx.Bucket(bucketCertsByID).Put(idx, []byte(c.Serial)); err != nil {
+		return fmt.Errorf("store: index certificate %s: %w", c.Serial, err)
+	}
+	return nil
+}
+
+// Cert returns the certificate with serial and its opened key. ErrNotFound if
+// there is none; an error wrapping ErrSealed if the key does not open.
+func (tx *Tx) Cert(serial string) (Cert, error) {
+	var rec certRecord
+	if err := tx.get(bucketCerts, []byte(serial), &rec); err != nil {
+		return Cert{}, err
+	}
+	return tx.openCert(rec)
+}
+
+func (tx *Tx) openCert(rec certRecord) (Cert, error) {
+	c := rec.Cert
+	if rec.SealedKey != nil {
+		key, err := tx.s.sealer.Open(rec.SealedKey, certAAD(c.Identity, c.Serial))
+		if err != nil {
+			return Cert{}, fmt.Errorf("%w: certificate %s of %q: %w", ErrSealed, c.Serial, c.Identity, err)
+		}
+		c.Key = key
+	}
+	return c, nil
+}
+
+// CertsFor returns the certificates of identity ordered by NotBefore, then
+// serial, with their keys opened.
+func (tx *Tx) CertsFor(identity string) ([]Cert, error) {
+	var out []Cert
+	prefix := certIndexPrefix(identity)
+	c := tx.btx.Bucket(bucketCertsByID).Cursor()
+	for k, serial := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, serial = c.Next() {
+		cert, err := tx.Cert(string(serial))
+		if err != nil {
+			return nil, fmt.Errorf("store: certificates of %q: %w", identity, err)
+		}
+		out = append(out, cert)
+	}
+	return out, nil
+}
+
+// --- CAs ---
+
+// PutCA creates or replaces the CA certificate c by serial. c.Key, when
+// non-nil, is sealed with "ca" and the serial as associated data.
+func (tx *Tx) PutCA(c CA) error {
+	if err := tx.checkWrite(); err != nil {
+		return err
+	}
+	if err := validName("CA serial", c.Serial); err != nil {
+		return err
+	}
+	rec := caRecord{CA: c}
+	if c.Key != nil {
+		sealed, err := tx.s.sealer.Seal(c.Key, caAAD(c.Serial))
+		if err != nil {
+			return fmt.Errorf("store: seal key of CA %s: %w", c.Serial, err)
+		}
+		rec.SealedKey = sealed
+	}
+	return tx.put(bucketCAs, []byte(c.Serial), rec)
+}
+
+// CA returns the CA certificate with serial and its opened key. ErrNotFound
+// if there is none; an error wrapping ErrSealed if the key does not open.
+func (tx *Tx) CA(serial string) (CA, error) {
+	var rec caRecord
+	if err := tx.get(bucketCAs, []byte(serial), &rec); err != nil {
+		return CA{}, err
+	}
+	return tx.openCA(rec)
+}
+
+func (tx *Tx) openCA(rec caRecord) (CA, error) {
+	c := rec.CA
+	if rec.SealedKey != nil {
+		key, err := tx.s.sealer.Open(rec.SealedKey, caAAD(c.Serial))
+		if err != nil {
+			return CA{}, fmt.Errorf("%w: CA %s: %w", ErrSealed, c.Serial, err)
+		}
+		c.Key = key
+	}
+	return c, nil
+}
+
+// SetCASet makes set the active CA. Every serial in it must be a stored CA
+// (ErrNotFound otherwise).
+func (tx *Tx) SetCASet(set CASet) error {
+	if err := tx.checkWrite(); err != nil {
+		return err
+	}
+	if set.IssuerSerial == "" {
+		return fmt.Errorf("%w: CA set without an issuer", ErrInvalid)
+	}
+	if err := tx.missingCAs(set); err != nil {
+		return err
+	}
+	return tx.put(bucketMeta, metaCASet, set)
+}
+
+// missingCAs names the serials of set that are not stored CAs.
+func (tx *Tx) missingCAs(set CASet) error {
+	var missing []string
+	cas := tx.btx.Bucket(bucketCAs)
+	for _, serial := range append(append([]string{set.IssuerSerial}, set.ChainSerials...), set.RootSerials...) {
+		if cas.Get([]byte(serial)) == nil {
+			missing = append(missing, serial)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: CA set names unknown CA serials %s", ErrNotFound, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// CASet returns the active CA set; ErrNotFound before the first SetCASet.
+func (tx *Tx) CASet() (CASet, error) {
+	var set CASet
+	err := tx.get(bucketMeta, metaCASet, &set)
+	return set, err
+}
+
+// --- nodes ---
+
+// PutNode creates or replaces n.
+func (tx *Tx) PutNode(n Node) error {
+	if err := tx.checkWrite(); err != nil {
+		return err
+	}
+	if err := validName("node name", n.Name); err != nil {
+		return err
+	}
+	return tx.put(bucketNodes, []byte(n.Name), n)
+}
+
+// Node returns the node called name, or ErrNotFound.
+func (tx *Tx) Node(name string) (Node, error) {
+	var n Node
+	err := tx.get(bucketNodes, []byte(name), &n)
+	return n, err
+}
+
+// Nodes returns all nodes sorted by name.
+func (tx *Tx) Nodes() ([]Node, error) { return all[Node](tx, bucketNodes) }
+
+// DeleteNode removes the node called name; ErrNotFound if there is none.
+func (tx *Tx) DeleteNode(name string) error {
+	if err := tx.checkWrite(); err != nil {
+		return err
+	}
+	b := tx.btx.Bucket(bucketNodes)
+	if b.Get([]byte(name)) == nil {
+		return fmt.Errorf("%w: node %q", ErrNotFound, name)
+	}
+	if err := b.Delete([]byte(name)); err != nil {
+		return fmt.Errorf("store: delete node %q: %w", name, err)
+	}
+	tx.wrote = true
+	return nil
+}
+
+// --- revocations ---
+
+// PutRevocation creates or replaces r by serial.
+func (tx *Tx) PutRevocation(r Revocation) error {
+	if err := tx.checkWrite(); err != nil {
+		return err
+	}
+	if err := validName("revoked serial", r.Serial); err != nil {
+		return err
+	}
+	return tx.put(bucketRevocations, []byte(r.Serial), r)
+}
+
+// Revocation returns the revocation of serial, or ErrNotFound.
+func (tx *Tx) Revocation(serial string) (Revocation, error) {
+	var r Revocation
+	err := tx.get(bucketRevocations, []byte(serial), &r)
+	return r, err
+}
+
+// Revocations returns all revocations ordered by RevokedAt, then serial.
+func (tx *Tx) Revocations() ([]Revocation, error) {
+	out, err := all[Revocation](tx, bucketRevocations)
+	if err != nil {
+		return nil, err
+	}
+	// Keys are serials, so the input is serial-ordered; a stable sort by
+	// time keeps that as the tie-break.
+	sort.SliceStable(out, func(i, j int) bool { return out[i].RevokedAt.Before(out[j].RevokedAt) })
+	return out, nil
+}
+
+// --- mesh document ---
+
+// AppendMesh stores doc as the next version (1 for the first) applied by by,
+// at the store clock's now (UTC).
+func (tx *Tx) AppendMesh(doc []byte, by string) (Mesh, error) {
+	if err := tx.checkWrite(); err != nil {
+		return Mesh{}, err
+	}
+	var next uint64 = 1
+	if k, _ := tx.btx.Bucket(bucketMesh).Cursor().Last(); len(k) == 8 {
+		next = binary.BigEndian.Uint64(k) + 1
+	}
+	m := Mesh{
+		Version:   next,
+		Document:  bytes.Clone(doc),
+		AppliedBy: by,
+		AppliedAt: tx.s.clock.Now().UTC(),
+	}
+	if err := tx.put(bucketMesh, u64Key(m.Version), m); err != nil {
+		return Mesh{}, err
+	}
+	return m, nil
+}
+
+// Mesh returns the given version of the mesh document, or ErrNotFound.
+func (tx *Tx) Mesh(version uint64) (Mesh, error) {
+	var m Mesh
+	err := tx.get(bucketMesh, u64Key(version), &m)
+	return m, err
+}
+
+// LatestMesh returns the newest version; ErrNotFound when none was applied.
+func (tx *Tx) LatestMesh() (Mesh, error) {
+	k, v := tx.btx.Bucket(bucketMesh).Cursor().Last()
+	if k == nil {
+		return Mesh{}, ErrNotFound
+	}
+	var m Mesh
+	if err := json.Unmarshal(v, &m); err != nil {
+		return Mesh{}, fmt.Errorf("store: decode mesh %q: %w", k, err)
+	}
+	return m, nil
+}
+
+// MeshHistory returns every version, oldest first.
+func (tx *Tx) MeshHistory() ([]Mesh, error) { return all[Mesh](tx, bucketMesh) }
