@@ -1,0 +1,389 @@
+// Package admin serves meshca's admin API: JSON over HTTP for the CLI and
+// for automation. It is an edge: it decodes and bounds requests, calls the
+// registry through small interfaces, and maps errors to HTTP status codes with
+// messages safe for the client. It never sees a private key.
+package admin
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/registry"
+	"github.com/meshca/meshca/internal/store"
+)
+
+// Identities registers and reads identities.
+type Identities interface {
+	AddIdentity(ctx context.Context, req registry.AddIdentity, actor string) (registry.Status, error)
+	Identity(ctx context.Context, name string) (registry.Status, error)
+	Identities(ctx context.Context) ([]registry.Status, error)
+}
+
+// CSRSigner issues a certificate for an identity to the key of a CSR.
+type CSRSigner interface {
+	IssueFromCSR(ctx context.Context, name string, csrDER []byte, actor string) (store.Cert, error)
+}
+
+// Authority exposes the CA in use and imports an operator's CA.
+type Authority interface {
+	CA() *ca.CA
+	ImportCA(ctx context.Context, certPEM, keyPEM []byte, actor string) error
+}
+
+// AuditLog reads audit records after a sequence number, oldest first.
+type AuditLog interface {
+	Audit(ctx context.Context, after uint64, limit int) ([]store.Event, error)
+}
+
+// Limits on requests.
+const (
+	maxBody         = 1 << 20
+	shutdownTimeout = 10 * time.Second
+)
+
+// Config configures a Server.
+type Config struct {
+	Identities  Identities // required
+	CSRSigner   CSRSigner  // required
+	Authority   Authority  // required
+	Audit       AuditLog   // required
+	TrustDomain string
+	Logger      *slog.Logger
+}
+
+// Server is the admin API server.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// New validates cfg and builds the routes.
+func New(cfg Config) (*Server, error) {
+	if cfg.Identities == nil || cfg.CSRSigner == nil || cfg.Authority == nil || cfg.Audit == nil {
+		return nil, errors.New("admin: Identities, CSRSigner, Authority and Audit are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	s.mux.HandleFunc("POST "+api.PathIdentities, s.addIdentity)
+	s.mux.HandleFunc("GET "+api.PathIdentities, s.listIdentities)
+	s.mux.HandleFunc("GET "+api.PathIdentities+"/{name...}", s.getIdentity)
+	s.mux.HandleFunc("GET "+api.PathCerts+"/{name...}", s.getCert)
+	s.mux.HandleFunc("POST "+api.PathCerts+"/{name...}", s.issueCert)
+	s.mux.HandleFunc("GET "+api.PathCA, s.getCA)
+	s.mux.HandleFunc("GET "+api.PathCABundle, s.getBundle)
+	s.mux.HandleFunc("POST "+api.PathCAImport, s.importCA)
+	s.mux.HandleFunc("GET "+api.PathAudit, s.listAudit)
+	return s, nil
+}
+
+// Handler returns the API's handler (without TLS).
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Run serves on ln until ctx is done, then stops accepting and lets
+// in-flight requests finish for up to 10 seconds. With tlsCfg (see MTLS) it
+// serves HTTPS; without, plain HTTP, which is only for loopback.
+func (s *Server) Run(ctx context.Context, ln net.Listener, tlsCfg *tls.Config) error {
+	srv := &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("admin: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("admin: shutdown: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) addIdentity(w http.ResponseWriter, r *http.Request) {
+	var req api.AddIdentityRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	var ttl time.Duration
+	if req.TTL != "" {
+		var err error
+		if ttl, err = time.ParseDuration(req.TTL); err != nil {
+			s.fail(w, r, fmt.Errorf("%w: ttl %q is not a duration (for example 30m, 1h, 24h)", errInvalid, clip(req.TTL)))
+			return
+		}
+	}
+	st, err := s.cfg.Identities.AddIdentity(r.Context(), registry.AddIdentity{
+		Name: req.Name, DNSNames: req.DNSNames, TTL: ttl, Admin: req.Admin,
+	}, actor(r))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.reply(w, http.StatusCreated, identityJSON(st))
+}
+
+func (s *Server) listIdentities(w http.ResponseWriter, r *http.Request) {
+	list, err := s.cfg.Identities.Identities(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := make([]api.Identity, 0, len(list))
+	for _, st := range list {
+		out = append(out, identityJSON(st))
+	}
+	s.reply(w, http.StatusOK, out)
+}
+
+func (s *Server) getIdentity(w http.ResponseWriter, r *http.Request) {
+	st, err := s.cfg.Identities.Identity(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.reply(w, http.StatusOK, identityJSON(st))
+}
+
+func (s *Server) getCert(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	st, err := s.cfg.Identities.Identity(r.Context(), name)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if st.Cert == nil {
+		s.fail(w, r, fmt.Errorf("identity %q holds no certificate: %w", clip(name), registry.ErrNotFound))
+		return
+	}
+	c := certJSON(st)
+	c.ChainPEM = string(chainPEM(st.Cert))
+	s.reply(w, http.StatusOK, c)
+}
+
+func (s *Server) issueCert(w http.ResponseWriter, r *http.Request) {
+	var req api.IssueCertRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	block, rest := pem.Decode([]byte(req.CSRPEM))
+	if block == nil || block.Type != "CERTIFICATE REQUEST" || len(bytes.TrimSpace(rest)) != 0 {
+		s.fail(w, r, fmt.Errorf("%w: csr_pem must hold exactly one PEM CERTIFICATE REQUEST block", errInvalid))
+		return
+	}
+	name := r.PathValue("name")
+	c, err := s.cfg.CSRSigner.IssueFromCSR(r.Context(), name, block.Bytes, actor(r))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	st := registry.Status{Cert: &c, CertState: "valid"}
+	out := certJSON(st)
+	out.ChainPEM = string(chainPEM(&c))
+	s.reply(w, http.StatusCreated, out)
+}
+
+func (s *Server) getCA(w http.ResponseWriter, r *http.Request) {
+	c := s.cfg.Authority.CA()
+	out := api.CA{TrustDomain: s.cfg.TrustDomain, Issuer: caCertJSON(c.Issuer())}
+	for _, root := range c.Roots() {
+		out.Roots = append(out.Roots, caCertJSON(root))
+	}
+	s.reply(w, http.StatusOK, out)
+}
+
+func (s *Server) getBundle(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(s.cfg.Authority.CA().BundlePEM())
+}
+
+func (s *Server) importCA(w http.ResponseWriter, r *http.Request) {
+	var req api.ImportCARequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	if err := s.cfg.Authority.ImportCA(r.Context(), []byte(req.CertPEM), []byte(req.KeyPEM), actor(r)); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.getCA(w, r)
+}
+
+func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	after, err := uintParam(q.Get("after"))
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: after: %v", errInvalid, err))
+		return
+	}
+	limit, err := uintParam(q.Get("limit"))
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: limit: %v", errInvalid, err))
+		return
+	}
+	evs, err := s.cfg.Audit.Audit(r.Context(), after, int(min(limit, 100000)))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := make([]api.AuditEvent, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, api.AuditEvent(e))
+	}
+	s.reply(w, http.StatusOK, out)
+}
+
+func uintParam(s string) (uint64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a non-negative integer", clip(s))
+	}
+	return v, nil
+}
+
+var (
+	errInvalid  = errors.New("invalid request")
+	errTooLarge = errors.New("request body larger than 1 MiB")
+)
+
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			s.fail(w, r, errTooLarge)
+		} else {
+			s.fail(w, r, fmt.Errorf("%w: body is not the expected JSON: %v", errInvalid, err))
+		}
+		return false
+	}
+	if dec.More() {
+		s.fail(w, r, fmt.Errorf("%w: trailing data after the JSON body", errInvalid))
+		return false
+	}
+	return true
+}
+
+// fail maps an error to a status and a message safe for the client. Errors
+// the client cannot act on are logged and answered with a generic message.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status, code, msg := http.StatusInternalServerError, api.CodeInternal, "internal error; the server log has the details"
+	switch {
+	case errors.Is(err, errTooLarge):
+		status, code, msg = http.StatusRequestEntityTooLarge, api.CodeTooLarge, err.Error()
+	case errors.Is(err, errInvalid), errors.Is(err, identity.ErrInvalidName), errors.Is(err, identity.ErrInvalidDNSName),
+		errors.Is(err, identity.ErrForeignTrustDomain), errors.Is(err, ca.ErrTTL), errors.Is(err, ca.ErrInvalidRequest),
+		errors.Is(err, ca.ErrImport), errors.Is(err, ca.ErrKeyMismatch), errors.Is(err, ca.ErrNotCA):
+		status, code, msg = http.StatusBadRequest, api.CodeInvalid, err.Error()
+	case errors.Is(err, registry.ErrDenied):
+		status, code, msg = http.StatusForbidden, api.CodeDenied, err.Error()
+	case errors.Is(err, registry.ErrNotFound):
+		status, code, msg = http.StatusNotFound, api.CodeNotFound, err.Error()
+	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrCAInUse):
+		status, code, msg = http.StatusConflict, api.CodeConflict, err.Error()
+	case errors.Is(err, ca.ErrLint):
+		status, code, msg = http.StatusInternalServerError, api.CodeLint, "the certificate failed the lint gate and was not issued (meshca audit list shows which lints)"
+	case errors.Is(err, ca.ErrIssuerExpired):
+		status, code, msg = http.StatusServiceUnavailable, api.CodeExpired, "the issuing CA has expired; rotate or import a CA"
+	}
+	if status >= 500 {
+		s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	} else {
+		s.log.Debug("admin request refused", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	}
+	s.reply(w, status, api.Error{Error: msg, Code: code})
+}
+
+func (s *Server) reply(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		s.log.Debug("admin reply not written", "err", err)
+	}
+}
+
+// actor names the caller in audit records: the admin identity's SPIFFE ID
+// under mTLS, else "local" and the loopback address.
+func actor(r *http.Request) string {
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		if uris := r.TLS.PeerCertificates[0].URIs; len(uris) == 1 {
+			return uris[0].String()
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	return "local:" + host
+}
+
+func identityJSON(st registry.Status) api.Identity {
+	id := st.Identity
+	out := api.Identity{
+		Name: id.Name, SPIFFEID: id.SPIFFEID, DNSNames: id.DNSNames, TTL: id.TTL.String(),
+		Admin: id.Admin, State: id.State, CreatedAt: id.CreatedAt,
+	}
+	if st.Cert != nil {
+		c := certJSON(st)
+		out.Cert = &c
+	}
+	return out
+}
+
+func certJSON(st registry.Status) api.Cert {
+	c := st.Cert
+	return api.Cert{Serial: c.Serial, IssuerSerial: c.IssuerSerial, NotBefore: c.NotBefore, NotAfter: c.NotAfter, State: st.CertState}
+}
+
+func caCertJSON(c *x509.Certificate) api.CACert {
+	sum := sha256.Sum256(c.Raw)
+	return api.CACert{
+		Subject: c.Subject.String(), Serial: fmt.Sprintf("%x", c.SerialNumber),
+		NotBefore: c.NotBefore, NotAfter: c.NotAfter, SHA256: hex.EncodeToString(sum[:]),
+	}
+}
+
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}

@@ -1,0 +1,107 @@
+// Package api defines the admin API's JSON messages. The server
+// (internal/admin) and the CLI (internal/cli) share these types and nothing
+// else.
+package api
+
+import "time"
+
+// Paths of the admin API.
+const (
+	PathIdentities = "/v1/identities"
+	PathCerts      = "/v1/certs"
+	PathCA         = "/v1/ca"
+	PathCABundle   = "/v1/ca/bundle"
+	PathCAImport   = "/v1/ca/import"
+	PathAudit      = "/v1/audit"
+)
+
+// AddIdentityRequest is the body of POST /v1/identities.
+type AddIdentityRequest struct {
+	Name     string   `json:"name"`
+	DNSNames []string `json:"dns_names,omitempty"`
+	TTL      string   `json:"ttl,omitempty"` // Go duration; empty means the server default
+	Admin    bool     `json:"admin,omitempty"`
+}
+
+// Identity describes a registered identity and its current certificate.
+type Identity struct {
+	Name      string    `json:"name"`
+	SPIFFEID  string    `json:"spiffe_id"`
+	DNSNames  []string  `json:"dns_names,omitempty"`
+	TTL       string    `json:"ttl"`
+	Admin     bool      `json:"admin,omitempty"`
+	State     string    `json:"state"`
+	CreatedAt time.Time `json:"created_at"`
+	Cert      *Cert     `json:"cert,omitempty"`
+}
+
+// Cert describes an issued certificate. ChainPEM is filled only by
+// GET /v1/certs/{name}; private keys are never part of the API.
+type Cert struct {
+	Serial       string    `json:"serial"`
+	IssuerSerial string    `json:"issuer_serial"`
+	NotBefore    time.Time `json:"not_before"`
+	NotAfter     time.Time `json:"not_after"`
+	State        string    `json:"state"` // valid, expired, not-yet-valid
+	ChainPEM     string    `json:"chain_pem,omitempty"`
+}
+
+// IssueCertRequest is the body of POST /v1/certs/{name}: a certificate for
+// the identity is issued to the CSR's public key (nothing else in the CSR is
+// used). The answer is a Cert with ChainPEM.
+type IssueCertRequest struct {
+	CSRPEM string `json:"csr_pem"`
+}
+
+// CACert describes one CA certificate.
+type CACert struct {
+	Subject   string    `json:"subject"`
+	Serial    string    `json:"serial"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	SHA256    string    `json:"sha256"`
+}
+
+// CA is the answer of GET /v1/ca.
+type CA struct {
+	TrustDomain string   `json:"trust_domain"`
+	Issuer      CACert   `json:"issuer"`
+	Roots       []CACert `json:"roots"`
+}
+
+// ImportCARequest is the body of POST /v1/ca/import.
+type ImportCARequest struct {
+	CertPEM string `json:"cert_pem"`
+	KeyPEM  string `json:"key_pem"`
+}
+
+// AuditEvent is one audit record.
+type AuditEvent struct {
+	Seq      uint64    `json:"seq"`
+	Time     time.Time `json:"time"`
+	Action   string    `json:"action"`
+	Actor    string    `json:"actor,omitempty"`
+	Identity string    `json:"identity,omitempty"`
+	Node     string    `json:"node,omitempty"`
+	Serial   string    `json:"serial,omitempty"`
+	Outcome  string    `json:"outcome"`
+	Detail   string    `json:"detail,omitempty"`
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// Error codes.
+const (
+	CodeInvalid  = "invalid"
+	CodeNotFound = "not_found"
+	CodeConflict = "conflict"
+	CodeInternal = "internal"
+	CodeLint     = "lint_failed"
+	CodeDenied   = "denied"
+	CodeTooLarge = "too_large"
+	CodeExpired  = "issuer_expired"
+)

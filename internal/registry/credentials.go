@@ -1,0 +1,187 @@
+package registry
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/store"
+)
+
+// More audit actions.
+const (
+	ActionAdminAuth = "admin.auth"
+)
+
+// ErrDenied is returned when a caller has no right to what it asked for.
+var ErrDenied = errors.New("permission denied")
+
+// IssueFromCSR issues a certificate for an existing, active identity to the
+// public key of a PKCS#10 request. Only the key is taken from the request:
+// SANs and validity come from the identity. The certificate is recorded and
+// audited but does not replace the identity's current (SDS) certificate. It
+// is how an operator gets admin credentials whose key never leaves their
+// machine.
+func (r *Registry) IssueFromCSR(ctx context.Context, name string, csrDER []byte, actor string) (store.Cert, error) {
+	c, err := r.issueFromCSR(ctx, name, csrDER, actor)
+	if err != nil && !errors.Is(err, ca.ErrLint) && ctx.Err() == nil {
+		r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: actor, Identity: name, Detail: err.Error()})
+	}
+	return c, err
+}
+
+func (r *Registry) issueFromCSR(ctx context.Context, name string, csrDER []byte, actor string) (store.Cert, error) {
+	st, err := r.Identity(ctx, name)
+	if err != nil {
+		return store.Cert{}, err
+	}
+	if st.Identity.State != store.StateActive {
+		return store.Cert{}, fmt.Errorf("identity %q is %s: %w", name, st.Identity.State, ErrDenied)
+	}
+	id, err := identity.ID(r.cfg.TrustDomain, name)
+	if err != nil {
+		return store.Cert{}, err
+	}
+	issued, err := r.issue(ctx, ca.Request{ID: id, DNSNames: st.Identity.DNSNames, TTL: st.Identity.TTL, CSR: csrDER})
+	if err != nil {
+		if errors.Is(err, ca.ErrLint) {
+			r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: actor, Identity: name, Outcome: store.OutcomeFailed, Detail: err.Error()})
+		}
+		return store.Cert{}, err
+	}
+	cert := certRecord(name, issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.PutCert(cert); err != nil {
+			return err
+		}
+		_, err := tx.Append(store.Event{Action: ActionCertIssue, Actor: actor, Identity: name, Serial: cert.Serial,
+			Detail: "from CSR; not_after=" + cert.NotAfter.Format(time.RFC3339)})
+		return err
+	})
+	if err != nil {
+		return store.Cert{}, fmt.Errorf("record certificate for %q: %w", name, err)
+	}
+	r.log.Info("certificate issued from CSR", "identity", name, "serial", cert.Serial, "not_after", cert.NotAfter, "actor", actor)
+	return cert, nil
+}
+
+// AuthorizeAdmin decides whether a verified client certificate may call the
+// admin API: its SPIFFE ID must name an active identity marked admin, and its
+// serial must be one meshca issued to that identity. It returns the caller's
+// SPIFFE ID for audit records. A refusal is audited.
+func (r *Registry) AuthorizeAdmin(ctx context.Context, leaf *x509.Certificate) (string, error) {
+	who, err := r.authorizeAdmin(ctx, leaf)
+	if err != nil {
+		r.deny(ctx, store.Event{Action: ActionAdminAuth, Actor: who, Serial: serialHex(leaf), Detail: err.Error()})
+		return who, err
+	}
+	return who, nil
+}
+
+func (r *Registry) authorizeAdmin(ctx context.Context, leaf *x509.Certificate) (string, error) {
+	if len(leaf.URIs) != 1 {
+		return "", fmt.Errorf("client certificate has %d URI SANs, want one SPIFFE ID: %w", len(leaf.URIs), ErrDenied)
+	}
+	who := leaf.URIs[0].String()
+	id, err := identity.ParseID(r.cfg.TrustDomain, who)
+	if err != nil {
+		return clip(who, identity.MaxNameLength), fmt.Errorf("%v: %w", err, ErrDenied)
+	}
+	name := id.Path()[1:]
+	serial := serialHex(leaf)
+	err = r.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		ident, err := tx.Identity(name)
+		if err != nil {
+			return fmt.Errorf("identity %q: %v: %w", name, err, ErrDenied)
+		}
+		if !ident.Admin || ident.State != store.StateActive {
+			return fmt.Errorf("identity %q has no admin access: %w", name, ErrDenied)
+		}
+		c, err := tx.Cert(serial)
+		if err != nil || c.Identity != name {
+			return fmt.Errorf("certificate %s was not issued to %q: %w", serial, name, ErrDenied)
+		}
+		return nil
+	})
+	return who, err
+}
+
+// ServerCert hands out meshca's own TLS server certificate
+// (spiffe://<td>/meshca plus DNS names), issuing a new one when the current
+// one has passed half its lifetime. Each issuance is recorded and audited.
+type ServerCert struct {
+	r   *Registry
+	dns []string
+	ttl time.Duration
+
+	mu   sync.Mutex
+	cert *tls.Certificate
+	leaf *x509.Certificate
+}
+
+// ServerCert returns a source of server certificates with the given DNS
+// SANs and lifetime.
+func (r *Registry) ServerCert(dns []string, ttl time.Duration) (*ServerCert, error) {
+	if _, err := identity.DNSNames(dns); err != nil {
+		return nil, err
+	}
+	if ttl < ca.MinTTL || ttl > ca.MaxTTL {
+		return nil, fmt.Errorf("%w: %s", ca.ErrTTL, ttl)
+	}
+	return &ServerCert{r: r, dns: dns, ttl: ttl}, nil
+}
+
+// Get returns a valid server certificate, renewing it at half its lifetime.
+// Its signature fits tls.Config.GetCertificate.
+func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.r.cfg.Clock.Now()
+	if s.leaf != nil && now.Before(s.leaf.NotBefore.Add(s.leaf.NotAfter.Sub(s.leaf.NotBefore)/2)) &&
+		s.leaf.CheckSignatureFrom(s.r.CA().Issuer()) == nil {
+		return s.cert, nil
+	}
+	issued, err := s.r.issueServer(context.Background(), s.dns, s.ttl)
+	if err != nil {
+		if s.cert != nil && now.Before(s.leaf.NotAfter) {
+			s.r.log.Error("server certificate renewal failed; serving the current one", "not_after", s.leaf.NotAfter, "err", err)
+			return s.cert, nil
+		}
+		return nil, err
+	}
+	chain := [][]byte{issued.DER}
+	chain = append(chain, issued.Chain...)
+	s.cert = &tls.Certificate{Certificate: chain, PrivateKey: issued.Key, Leaf: issued.Cert}
+	s.leaf = issued.Cert
+	return s.cert, nil
+}
+
+func (r *Registry) issueServer(ctx context.Context, dns []string, ttl time.Duration) (*ca.Issued, error) {
+	issued, err := r.issue(ctx, ca.Request{ID: identity.ServerID(r.cfg.TrustDomain), DNSNames: dns, TTL: ttl})
+	if err != nil {
+		r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: "meshca", Identity: identity.ServerName, Outcome: store.OutcomeFailed, Detail: err.Error()})
+		return nil, fmt.Errorf("issue server certificate: %w", err)
+	}
+	// The server key stays in memory: a restart issues a new certificate.
+	cert := certRecord(identity.ServerName, issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+	cert.Key = nil
+	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.PutCert(cert); err != nil {
+			return err
+		}
+		_, err := tx.Append(store.Event{Action: ActionCertIssue, Actor: "meshca", Identity: identity.ServerName, Serial: cert.Serial,
+			Detail: "server certificate; not_after=" + cert.NotAfter.Format(time.RFC3339)})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("record server certificate: %w", err)
+	}
+	r.log.Info("server certificate issued", "serial", cert.Serial, "not_after", cert.NotAfter)
+	return issued, nil
+}
