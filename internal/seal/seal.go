@@ -12,7 +12,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
+
+	"github.com/meshca/meshca/internal/atomicfile"
 )
 
 // KeySize is the length of the KEK in bytes (AES-256).
@@ -82,7 +83,7 @@ func LoadOrCreate(path string) (*Sealer, error) {
 		if _, err := rand.Read(kek); err != nil {
 			return nil, fmt.Errorf("seal: generate key: %w", err)
 		}
-		if err := WriteFileAtomic(path, kek, 0o600); err != nil {
+		if err := atomicfile.Write(path, kek, 0o600); err != nil {
 			return nil, fmt.Errorf("seal: write key-encryption key: %w", err)
 		}
 	} else if err != nil {
@@ -115,40 +116,4 @@ func CheckPrivate(path string, mode fs.FileMode) error {
 		return fmt.Errorf("%w: %s has mode %04o; run: chmod 600 %s", ErrPermission, path, mode.Perm(), path)
 	}
 	return nil
-}
-
-// WriteFileAtomic writes data to a temporary file in the same directory,
-// fsyncs it, renames it over path and fsyncs the directory.
-func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

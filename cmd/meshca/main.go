@@ -1,0 +1,22 @@
+// Command meshca is an internal certificate authority and Envoy control
+// plane. See the README for the quickstart.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/meshca/meshca/internal/app"
+	"github.com/meshca/meshca/internal/cli"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := cli.Execute(ctx, cli.Config{Server: app.Run}, os.Args[1:])
+	stop()
+	if err != nil {
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,118 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshca/meshca/internal/api"
+)
+
+func caCmd(g *globals) *cobra.Command {
+	cmd := group("ca", "Inspect the CA, print its trust bundle, import an existing CA")
+	cmd.AddCommand(caShowCmd(g), caBundleCmd(g), caImportCmd(g))
+	return cmd
+}
+
+func caShowCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show",
+		Short: "Show the issuing CA and the roots: subjects, serials, expiry",
+		Args:  exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			asJSON, err := g.json()
+			if err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out api.CA
+			if err := c.do(cmd.Context(), "GET", api.PathCA, nil, &out); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), out)
+			}
+			return writeCA(cmd, out)
+		},
+	}
+}
+
+func writeCA(cmd *cobra.Command, out api.CA) error {
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "trust domain:\t%s\n", out.TrustDomain)
+	row := func(role string, c api.CACert) {
+		fmt.Fprintf(tw, "%s:\t%s\n", role, c.Subject)
+		fmt.Fprintf(tw, "  serial:\t%s\n", c.Serial)
+		fmt.Fprintf(tw, "  not after:\t%s\n", c.NotAfter.UTC().Format(time.RFC3339))
+		fmt.Fprintf(tw, "  sha256:\t%s\n", c.SHA256)
+	}
+	row("issuer", out.Issuer)
+	for _, r := range out.Roots {
+		row("root", r)
+	}
+	return tw.Flush()
+}
+
+func caBundleCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "bundle",
+		Short: "Print the trust bundle (the root certificates) as PEM",
+		Args:  exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var pem []byte
+			if err := c.do(cmd.Context(), "GET", api.PathCABundle, nil, &pem); err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(pem)
+			return err
+		},
+	}
+}
+
+func caImportCmd(g *globals) *cobra.Command {
+	var certFile, keyFile string
+	cmd := &cobra.Command{
+		Use:   "import --cert FILE --key FILE",
+		Short: "Issue from an existing CA (before any identity is added)",
+		Long: "Makes meshca issue from an organisation's CA so that the mesh chains under its root.\n" +
+			"--cert holds the CA certificate, then its chain up to and including the root.\n" +
+			"--key holds the CA's private key (PKCS#8, SEC1 or PKCS#1 PEM); it is sealed in the store.",
+		Args: exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if certFile == "" || keyFile == "" {
+				return fmt.Errorf("both --cert and --key are required")
+			}
+			certPEM, err := os.ReadFile(certFile)
+			if err != nil {
+				return fmt.Errorf("read --cert: %w", err)
+			}
+			keyPEM, err := os.ReadFile(keyFile)
+			if err != nil {
+				return fmt.Errorf("read --key: %w", err)
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out api.CA
+			if err := c.do(cmd.Context(), "POST", api.PathCAImport, api.ImportCARequest{CertPEM: string(certPEM), KeyPEM: string(keyPEM)}, &out); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "imported; meshca now issues from:")
+			return writeCA(cmd, out)
+		},
+	}
+	cmd.Flags().StringVar(&certFile, "cert", "", "PEM file: CA certificate, then its chain up to the root")
+	cmd.Flags().StringVar(&keyFile, "key", "", "PEM file: the CA's private key")
+	return cmd
+}

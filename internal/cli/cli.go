@@ -1,0 +1,126 @@
+// Package cli is meshca's command line. Every command except `server` is a
+// client of the admin API (never of the store), so the same commands work
+// against a local or a remote server.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshca/meshca/internal/config"
+)
+
+// ServerFunc runs the server until ctx is done.
+type ServerFunc func(ctx context.Context, cfg config.Config, log *slog.Logger) error
+
+// Config wires the CLI.
+type Config struct {
+	Server ServerFunc // runs `meshca server`
+	Stdout io.Writer  // default os.Stdout
+	Stderr io.Writer  // default os.Stderr
+	// Getenv reads MESHCA_* variables; default os.Getenv.
+	Getenv func(string) string
+}
+
+// Environment variables.
+const (
+	EnvAdmin   = "MESHCA_ADMIN"
+	EnvTLSCert = "MESHCA_TLS_CERT"
+	EnvTLSKey  = "MESHCA_TLS_KEY"
+	EnvTLSCA   = "MESHCA_TLS_CA"
+)
+
+// DefaultAdmin is where the CLI looks for the admin API.
+const DefaultAdmin = "127.0.0.1:8000"
+
+// Execute runs the command line args and prints any error to Stderr. It
+// returns the error so that main can set the exit code.
+func Execute(ctx context.Context, cfg Config, args []string) error {
+	cmd := New(cfg)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(ctx)
+	if err != nil {
+		fmt.Fprintln(cmd.ErrOrStderr(), "meshca: "+err.Error())
+	}
+	return err
+}
+
+// New builds the root command.
+func New(cfg Config) *cobra.Command {
+	if cfg.Stdout == nil {
+		cfg.Stdout = os.Stdout
+	}
+	if cfg.Stderr == nil {
+		cfg.Stderr = os.Stderr
+	}
+	if cfg.Getenv == nil {
+		cfg.Getenv = os.Getenv
+	}
+	g := &globals{cfg: cfg}
+	root := &cobra.Command{
+		Use:           "meshca",
+		Short:         "Internal certificate authority and Envoy control plane",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(cfg.Stdout)
+	root.SetErr(cfg.Stderr)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.admin, "admin", "", "admin API address host:port (default $"+EnvAdmin+" or "+DefaultAdmin+")")
+	pf.StringVarP(&g.output, "output", "o", "text", "output format of list and show commands: text or json")
+	pf.StringVar(&g.tlsCert, "tls-cert", "", "client certificate for a non-loopback admin API (default $"+EnvTLSCert+")")
+	pf.StringVar(&g.tlsKey, "tls-key", "", "client key for a non-loopback admin API (default $"+EnvTLSKey+")")
+	pf.StringVar(&g.tlsCA, "tls-ca", "", "trust bundle that verifies a non-loopback admin API (default $"+EnvTLSCA+")")
+	root.AddCommand(
+		serverCmd(cfg),
+		identityCmd(g),
+		certCmd(g),
+		caCmd(g),
+		auditCmd(g),
+	)
+	return root
+}
+
+// globals are the flags every client command shares.
+type globals struct {
+	cfg                    Config
+	admin, output          string
+	tlsCert, tlsKey, tlsCA string
+}
+
+func (g *globals) json() (bool, error) {
+	switch g.output {
+	case "text":
+		return false, nil
+	case "json":
+		return true, nil
+	}
+	return false, fmt.Errorf("-o %q: use text or json", g.output)
+}
+
+func (g *globals) client() (*client, error) {
+	addr := firstNonEmpty(g.admin, g.cfg.Getenv(EnvAdmin), DefaultAdmin)
+	return newClient(clientConfig{
+		Addr:    addr,
+		TLSCert: firstNonEmpty(g.tlsCert, g.cfg.Getenv(EnvTLSCert)),
+		TLSKey:  firstNonEmpty(g.tlsKey, g.cfg.Getenv(EnvTLSKey)),
+		TLSCA:   firstNonEmpty(g.tlsCA, g.cfg.Getenv(EnvTLSCA)),
+	})
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+var errUsage = errors.New("usage")

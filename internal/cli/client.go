@@ -1,0 +1,190 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/meshca/meshca/internal/api"
+)
+
+type clientConfig struct {
+	Addr                   string
+	TLSCert, TLSKey, TLSCA string
+}
+
+// client calls the admin API.
+type client struct {
+	base string
+	http *http.Client
+}
+
+// ServerName is the identity name whose certificate a remote admin API
+// presents; the CLI checks its SPIFFE ID instead of a host name.
+const ServerName = "meshca"
+
+func newClient(cfg clientConfig) (*client, error) {
+	host, _, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin address %q is not host:port (for example %s)", cfg.Addr, DefaultAdmin)
+	}
+	tr := &http.Transport{
+		Proxy:                 nil, // the admin API is never reached through a proxy
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   5 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+	}
+	c := &client{base: "http://" + cfg.Addr, http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}}
+	useTLS := cfg.TLSCert != "" || cfg.TLSKey != "" || cfg.TLSCA != ""
+	if !useTLS {
+		if !isLoopback(host) {
+			return nil, fmt.Errorf("the admin API at %s is not on loopback and requires mTLS: pass --tls-cert, --tls-key and --tls-ca (an admin identity's certificate and the trust bundle)", cfg.Addr)
+		}
+		return c, nil
+	}
+	if cfg.TLSCert == "" || cfg.TLSKey == "" || cfg.TLSCA == "" {
+		return nil, errors.New("mTLS needs all three of --tls-cert, --tls-key and --tls-ca")
+	}
+	pair, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("load client certificate %s and key %s: the files must hold a matching PEM certificate and key", cfg.TLSCert, cfg.TLSKey)
+	}
+	bundle, err := os.ReadFile(cfg.TLSCA)
+	if err != nil {
+		return nil, fmt.Errorf("read trust bundle: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(bundle) {
+		return nil, fmt.Errorf("trust bundle %s holds no PEM certificate (get it with: meshca ca bundle)", cfg.TLSCA)
+	}
+	tr.TLSClientConfig = &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{pair},
+		// The server is identified by its SPIFFE ID, not a host name:
+		// verify the chain against the bundle, then the ID.
+		InsecureSkipVerify:    true,
+		VerifyPeerCertificate: verifyServer(roots),
+	}
+	c.base = "https://" + cfg.Addr
+	return c, nil
+}
+
+func verifyServer(roots *x509.CertPool) func([][]byte, [][]*x509.Certificate) error {
+	return func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return errors.New("admin API presented no certificate")
+		}
+		certs := make([]*x509.Certificate, 0, len(raw))
+		for _, der := range raw {
+			c, err := x509.ParseCertificate(der)
+			if err != nil {
+				return fmt.Errorf("admin API certificate: %w", err)
+			}
+			certs = append(certs, c)
+		}
+		inter := x509.NewCertPool()
+		for _, c := range certs[1:] {
+			inter.AddCert(c)
+		}
+		if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+			return fmt.Errorf("admin API certificate does not verify against the trust bundle: %w", err)
+		}
+		if len(certs[0].URIs) != 1 || certs[0].URIs[0].Scheme != "spiffe" || certs[0].URIs[0].Path != "/"+ServerName {
+			return fmt.Errorf("admin API certificate is not meshca's (want SPIFFE ID spiffe://<trust-domain>/%s)", ServerName)
+		}
+		return nil
+	}
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// do sends a request and decodes a JSON answer into out (unless out is nil).
+func (c *client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return c.unreachable(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("reading the answer of %s: %w", c.base, err)
+	}
+	if resp.StatusCode >= 300 {
+		var e api.Error
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("admin API at %s answered %s", c.base, resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	if raw, ok := out.(*[]byte); ok {
+		*raw = data
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("admin API at %s sent an answer this meshca does not understand: %w", c.base, err)
+	}
+	return nil
+}
+
+func (c *client) unreachable(err error) error {
+	why := "no answer"
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		why = "connection refused"
+	case errors.Is(err, context.DeadlineExceeded), os.IsTimeout(err):
+		why = "timed out"
+	case errors.Is(err, context.Canceled):
+		return err
+	default:
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			why = strings.TrimPrefix(ue.Err.Error(), "dial tcp ")
+		}
+	}
+	return fmt.Errorf("cannot reach the meshca admin API at %s (%s): start it with 'meshca server', or point --admin or %s at it", c.base, why, EnvAdmin)
+}
+
+func escapeName(name string) string {
+	// Identity names contain '/': escape each segment, keep the slashes.
+	parts := strings.Split(name, "/")
+	for i, p := range parts {
+		parts[i] = url.PathEscape(p)
+	}
+	return strings.Join(parts, "/")
+}

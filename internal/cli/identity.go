@@ -1,0 +1,140 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshca/meshca/internal/api"
+)
+
+func identityCmd(g *globals) *cobra.Command {
+	cmd := group("identity", "Add and inspect service identities")
+	cmd.AddCommand(identityAddCmd(g), identityListCmd(g), identityShowCmd(g))
+	return cmd
+}
+
+func identityAddCmd(g *globals) *cobra.Command {
+	var (
+		dns   []string
+		ttl   time.Duration
+		admin bool
+	)
+	cmd := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Register an identity (spiffe://<trust-domain>/NAME) and issue its first certificate",
+		Args:  exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			asJSON, err := g.json()
+			if err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			req := api.AddIdentityRequest{Name: args[0], DNSNames: dns, Admin: admin}
+			if ttl != 0 {
+				req.TTL = ttl.String()
+			}
+			var id api.Identity
+			if err := c.do(cmd.Context(), "POST", api.PathIdentities, req, &id); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), id)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "added %s (%s)\n", id.Name, id.SPIFFEID)
+			return writeIdentity(cmd.OutOrStdout(), id)
+		},
+	}
+	cmd.Flags().StringSliceVar(&dns, "dns", nil, "DNS name to add as a SAN (repeat for more)")
+	cmd.Flags().DurationVar(&ttl, "ttl", 0, "certificate lifetime, 5m to 720h (default: the server's, 1h)")
+	cmd.Flags().BoolVar(&admin, "admin-access", false, "allow this identity's certificate to call the admin API over mTLS")
+	return cmd
+}
+
+func identityListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List identities with their current certificate",
+		Args:  exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			asJSON, err := g.json()
+			if err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var ids []api.Identity
+			if err := c.do(cmd.Context(), "GET", api.PathIdentities, nil, &ids); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), ids)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tSERIAL\tNOT AFTER\tCERT")
+			for _, id := range ids {
+				serial, notAfter, certState := "-", "-", "none"
+				if id.Cert != nil {
+					serial, notAfter, certState = id.Cert.Serial, id.Cert.NotAfter.UTC().Format(time.RFC3339), id.Cert.State
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", id.Name, id.State, serial, notAfter, certState)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func identityShowCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show an identity: SPIFFE ID, current serial, validity, state",
+		Args:  exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			asJSON, err := g.json()
+			if err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var id api.Identity
+			if err := c.do(cmd.Context(), "GET", api.PathIdentities+"/"+escapeName(args[0]), nil, &id); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), id)
+			}
+			return writeIdentity(cmd.OutOrStdout(), id)
+		},
+	}
+}
+
+func writeIdentity(w interface{ Write([]byte) (int, error) }, id api.Identity) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "name:\t%s\n", id.Name)
+	fmt.Fprintf(tw, "spiffe id:\t%s\n", id.SPIFFEID)
+	fmt.Fprintf(tw, "state:\t%s\n", id.State)
+	if len(id.DNSNames) > 0 {
+		fmt.Fprintf(tw, "dns names:\t%s\n", strings.Join(id.DNSNames, ", "))
+	}
+	fmt.Fprintf(tw, "ttl:\t%s\n", id.TTL)
+	if id.Admin {
+		fmt.Fprintf(tw, "admin:\tyes\n")
+	}
+	if id.Cert != nil {
+		fmt.Fprintf(tw, "serial:\t%s\n", id.Cert.Serial)
+		fmt.Fprintf(tw, "not before:\t%s\n", id.Cert.NotBefore.UTC().Format(time.RFC3339))
+		fmt.Fprintf(tw, "not after:\t%s\n", id.Cert.NotAfter.UTC().Format(time.RFC3339))
+		fmt.Fprintf(tw, "certificate:\t%s\n", id.Cert.State)
+	}
+	return tw.Flush()
+}
