@@ -33,11 +33,14 @@ type Config struct {
 
 // Admin configures the admin HTTP API.
 type Admin struct {
-	// Listen is host:port. A non-loopback address requires mTLS with an
-	// admin identity's certificate.
+	// Listen is host:port. On loopback it serves plain HTTP; on any other
+	// address it requires mTLS with an admin identity's certificate.
 	Listen string `yaml:"listen"`
+	// MTLSListen, when set, is a second listener that always requires mTLS:
+	// remote operators use it while Listen stays on loopback.
+	MTLSListen string `yaml:"mtls_listen"`
 	// DNSNames are put on the admin API's server certificate when it serves
-	// mTLS (non-loopback).
+	// mTLS.
 	DNSNames []string `yaml:"dns_names"`
 }
 
@@ -186,6 +189,11 @@ func (c Config) Validate() error {
 	for key, addr := range map[string]string{"admin.listen": c.Admin.Listen, "xds.listen": c.XDS.Listen} {
 		if _, _, err := net.SplitHostPort(addr); err != nil || addr == "" {
 			bad(key, "%q is not host:port (for example 127.0.0.1:8000)", addr)
+		}
+	}
+	if c.Admin.MTLSListen != "" {
+		if _, _, err := net.SplitHostPort(c.Admin.MTLSListen); err != nil {
+			bad("admin.mtls_listen", "%q is not host:port (for example 0.0.0.0:8001)", c.Admin.MTLSListen)
 		}
 	}
 	switch c.Log.Format {

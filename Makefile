@@ -1,0 +1,56 @@
+# meshca build and test entry points. `make test` is what CI runs.
+GO        ?= go
+BIN       := bin/meshca
+PKGS      := ./...
+FUZZTIME  ?= 5s
+SOAKFUZZ  ?= 2m
+
+.PHONY: all build run test deps vet fmt-check unit bench-smoke fuzz-smoke bench fuzz soak clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/meshca
+
+## run: build and start the server on the embedded default (./meshca-data, admin API on 127.0.0.1:8000)
+run: build
+	./$(BIN) server
+
+## deps: install the tools the tests call (openssl) when missing
+deps:
+	@command -v openssl >/dev/null 2>&1 || { \
+		echo "installing openssl"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl; }
+
+## test: everything CI runs (format, vet, unit/integration/e2e tests, short benchmark and fuzz runs)
+test: deps fmt-check vet unit bench-smoke fuzz-smoke
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+unit:
+	$(GO) test -count=1 -timeout 8m $(PKGS)
+
+bench-smoke:
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 20x -timeout 5m $(PKGS)
+
+fuzz-smoke:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config
+
+## bench: full benchmarks (figures go to docs, not CI)
+bench:
+	$(GO) test -count=1 -run '^$$' -bench . -benchmem -timeout 30m $(PKGS)
+
+## fuzz: longer fuzzing of every fuzz target
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(SOAKFUZZ) ./internal/config
+
+soak: fuzz bench
+
+clean:
+	rm -rf bin
