@@ -334,6 +334,36 @@ func TestServerRejectsBadConfig(t *testing.T) {
 	}
 }
 
+func TestServerRefusesStoreWithoutKEK(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "data")
+	srv := startServer(t, dataDir)
+	srv.stop(t)
+	if err := os.Remove(filepath.Join(dataDir, "kek")); err != nil {
+		t.Fatal(err)
+	}
+	r := meshca(t, "", "server", "--data-dir", dataDir, "--admin-listen", "127.0.0.1:0")
+	if r.code == 0 || !strings.Contains(r.stderr, "restore it from backup") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "kek")); err == nil {
+		t.Fatal("a new key-encryption key was created over an existing store")
+	}
+}
+
+func TestServerRefusesLooseKEK(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "data")
+	srv := startServer(t, dataDir)
+	srv.stop(t)
+	kek := filepath.Join(dataDir, "kek")
+	if err := os.Chmod(kek, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := meshca(t, "", "server", "--data-dir", dataDir, "--admin-listen", "127.0.0.1:0")
+	if r.code == 0 || !strings.Contains(r.stderr, "chmod 600 "+kek) {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
 func splitFirstPEM(t *testing.T, data []byte) (first, rest []byte) {
 	t.Helper()
 	block, rest := pem.Decode(data)

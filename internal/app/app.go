@@ -56,7 +56,11 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger) (err error
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
-	sealer, err := seal.LoadOrCreate(filepath.Join(dir, KEKFile))
+	kekPath := filepath.Join(dir, KEKFile)
+	if err := kekPresent(dir, kekPath); err != nil {
+		return err
+	}
+	sealer, err := seal.LoadOrCreate(kekPath)
 	if err != nil {
 		return err
 	}
@@ -145,6 +149,18 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger) (err error
 	err = runGroup(ctx, runs)
 	logger.Info("meshca stopped")
 	return err
+}
+
+// kekPresent refuses to start on an existing store whose key-encryption key
+// is gone: creating a new one would leave every sealed key unreadable.
+func kekPresent(dir, kekPath string) error {
+	if _, err := os.Stat(filepath.Join(dir, store.FileName)); err != nil {
+		return nil // no store yet: the key is created with it
+	}
+	if _, err := os.Stat(kekPath); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%s holds a store but its key-encryption key %s is missing: restore it from backup (without it no private key in the store can be opened)", dir, kekPath)
+	}
+	return nil
 }
 
 // runGroup runs every function until ctx is done or one fails; a failure

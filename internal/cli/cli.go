@@ -83,6 +83,7 @@ func New(cfg Config) *cobra.Command {
 		certCmd(g),
 		caCmd(g),
 		auditCmd(g),
+		versionCmd(),
 	)
 	return root
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/rotation"
 )
 
 // More audit actions.
@@ -143,7 +144,7 @@ func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.r.cfg.Clock.Now()
-	if s.leaf != nil && now.Before(s.leaf.NotBefore.Add(s.leaf.NotAfter.Sub(s.leaf.NotBefore)/2)) &&
+	if s.leaf != nil && !rotation.Due(now, s.leaf.NotBefore, s.leaf.NotAfter, rotation.DefaultFraction) &&
 		s.leaf.CheckSignatureFrom(s.r.CA().Issuer()) == nil {
 		return s.cert, nil
 	}
