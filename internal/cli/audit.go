@@ -18,17 +18,10 @@ func auditCmd(g *globals) *cobra.Command {
 		Short: "List audit records, newest last",
 		Args:  exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := g.json()
-			if err != nil {
-				return err
-			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
 			var evs []api.AuditEvent
 			path := fmt.Sprintf("%s?after=%d&limit=%d", api.PathAudit, after, limit)
-			if err := c.do(cmd.Context(), "GET", path, nil, &evs); err != nil {
+			asJSON, err := g.call(cmd, "GET", path, nil, &evs)
+			if err != nil {
 				return err
 			}
 			if asJSON {

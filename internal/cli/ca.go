@@ -23,16 +23,9 @@ func caShowCmd(g *globals) *cobra.Command {
 		Short: "Show the issuing CA and the roots: subjects, serials, expiry",
 		Args:  exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := g.json()
-			if err != nil {
-				return err
-			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
 			var out api.CA
-			if err := c.do(cmd.Context(), "GET", api.PathCA, nil, &out); err != nil {
+			asJSON, err := g.call(cmd, "GET", api.PathCA, nil, &out)
+			if err != nil {
 				return err
 			}
 			if asJSON {

@@ -28,16 +28,9 @@ func certShowCmd(g *globals) *cobra.Command {
 		Short: "Print an identity's current certificate chain as PEM (never the key)",
 		Args:  exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := g.json()
-			if err != nil {
-				return err
-			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
 			var out api.Cert
-			if err := c.do(cmd.Context(), "GET", api.PathCerts+"/"+escapeName(args[0]), nil, &out); err != nil {
+			asJSON, err := g.call(cmd, "GET", api.PathCerts+"/"+escapeName(args[0]), nil, &out)
+			if err != nil {
 				return err
 			}
 			if asJSON {

@@ -115,6 +115,19 @@ func (g *globals) client() (*client, error) {
 	})
 }
 
+// call sends one request to the admin API, decoding the answer into out,
+// and says whether the user asked for -o json.
+func (g *globals) call(cmd *cobra.Command, method, path string, body, out any) (asJSON bool, err error) {
+	if asJSON, err = g.json(); err != nil {
+		return false, err
+	}
+	c, err := g.client()
+	if err != nil {
+		return false, err
+	}
+	return asJSON, c.do(cmd.Context(), method, path, body, out)
+}
+
 func firstNonEmpty(s ...string) string {
 	for _, v := range s {
 		if v != "" {

@@ -28,20 +28,13 @@ func identityAddCmd(g *globals) *cobra.Command {
 		Short: "Register an identity (spiffe://<trust-domain>/NAME) and issue its first certificate",
 		Args:  exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := g.json()
-			if err != nil {
-				return err
-			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
 			req := api.AddIdentityRequest{Name: args[0], DNSNames: dns, Admin: admin}
 			if ttl != 0 {
 				req.TTL = ttl.String()
 			}
 			var id api.Identity
-			if err := c.do(cmd.Context(), "POST", api.PathIdentities, req, &id); err != nil {
+			asJSON, err := g.call(cmd, "POST", api.PathIdentities, req, &id)
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -63,16 +56,9 @@ func identityListCmd(g *globals) *cobra.Command {
 		Short: "List identities with their current certificate",
 		Args:  exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := g.json()
-			if err != nil {
-				return err
-			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
 			var ids []api.Identity
-			if err := c.do(cmd.Context(), "GET", api.PathIdentities, nil, &ids); err != nil {
+			asJSON, err := g.call(cmd, "GET", api.PathIdentities, nil, &ids)
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -98,16 +84,9 @@ func identityShowCmd(g *globals) *cobra.Command {
 		Short: "Show an identity: SPIFFE ID, current serial, validity, state",
 		Args:  exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := g.json()
-			if err != nil {
-				return err
-			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
 			var id api.Identity
-			if err := c.do(cmd.Context(), "GET", api.PathIdentities+"/"+escapeName(args[0]), nil, &id); err != nil {
+			asJSON, err := g.call(cmd, "GET", api.PathIdentities+"/"+escapeName(args[0]), nil, &id)
+			if err != nil {
 				return err
 			}
 			if asJSON {
