@@ -1,0 +1,269 @@
+// Package bootstrap renders the files a node writes when it joins meshca:
+// envoy.yaml for Envoy sidecars and front proxies, the two file-based SDS
+// files Envoy watches for its own certificate and the trust bundle, and
+// grpc-bootstrap.json for proxyless gRPC nodes.
+//
+// The xDS connection's own certificate cannot arrive over that connection,
+// so Envoy reads it from files through path_config_source SDS with a
+// watched_directory: replacing the files (atomically, by rename) rotates
+// the certificate without restarting Envoy. grpc-go reads the same files
+// through its tls channel credentials and file_watcher certificate provider.
+//
+// Caveats: the output depends only on Params; no file is read or written
+// here. ParseEnvoy and ParseSDS validate deep (into every typed_config)
+// before a caller writes anything.
+package bootstrap
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"path"
+	"strconv"
+	"text/template"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// File names inside Params.Dir.
+const (
+	CertFile      = "node.pem"            // node certificate chain, leaf first
+	KeyFile       = "node-key.pem"        // node private key
+	BundleFile    = "bundle.pem"          // trust bundle
+	CertSDSFile   = "node-sds.yaml"       // SDS file naming CertFile and KeyFile
+	BundleSDSFile = "bundle-sds.yaml"     // SDS file naming BundleFile
+	EnvoyFile     = "envoy.yaml"          // Envoy bootstrap
+	GRPCFile      = "grpc-bootstrap.json" // grpc-go xDS bootstrap
+)
+
+// Names of the secrets in the SDS files, as referenced from envoy.yaml.
+const (
+	NodeSecretName   = "meshca-node"
+	BundleSecretName = "meshca-bundle"
+)
+
+// DefaultAdminPort is Envoy's admin port when Params.AdminPort is 0.
+const DefaultAdminPort = 9901
+
+// xdsClusterName is the static cluster that reaches meshca.
+const xdsClusterName = "meshca_xds"
+
+// ErrInvalidParams wraps every Params error.
+var ErrInvalidParams = errors.New("invalid bootstrap parameters")
+
+// Params describe one node.
+type Params struct {
+	Node        string // node id, e.g. "edge-1"
+	Cluster     string // node.cluster (e.g. the node kind or its service); default Node
+	TrustDomain string // e.g. "mesh.local"
+	Server      string // meshca xDS address host:port, e.g. "meshca.internal:6565"
+	Dir         string // absolute directory holding the files; paths in the output are absolute
+	AdminPort   uint32 // Envoy admin port on 127.0.0.1; default 9901
+}
+
+// resolved is Params checked, defaulted and expanded for the templates.
+type resolved struct {
+	Node, Cluster                    string
+	Host                             string
+	Port                             uint32
+	Server                           string
+	Dir                              string
+	CertPath, KeyPath, BundlePath    string
+	CertSDSPath, BundleSDSPath       string
+	AdminPort                        uint32
+	ServerID                         string // SPIFFE ID meshca's serving certificate must carry
+	NodeSecretName, BundleSecretName string
+	XDSCluster                       string
+}
+
+func (p Params) resolve() (resolved, error) {
+	bad := func(field, format string, args ...any) (resolved, error) {
+		return resolved{}, fmt.Errorf("%w: %s %s", ErrInvalidParams, field, fmt.Sprintf(format, args...))
+	}
+	if p.Node == "" {
+		return bad("Node", "is empty")
+	}
+	cluster := p.Cluster
+	if cluster == "" {
+		cluster = p.Node
+	}
+	if p.TrustDomain == "" {
+		return bad("TrustDomain", "is empty")
+	}
+	td, err := spiffeid.TrustDomainFromString(p.TrustDomain)
+	if err != nil {
+		return bad("TrustDomain", "%q is not a SPIFFE trust domain: %v", p.TrustDomain, err)
+	}
+	serverID, err := spiffeid.FromSegments(td, "meshca")
+	if err != nil {
+		return bad("TrustDomain", "%q: %v", p.TrustDomain, err)
+	}
+	if p.Server == "" {
+		return bad("Server", "is empty (want host:port)")
+	}
+	host, portStr, err := net.SplitHostPort(p.Server)
+	if err != nil {
+		return bad("Server", "%q is not host:port: %v", p.Server, err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if host == "" || err != nil || port == 0 {
+		return bad("Server", "%q is not host:port with a port in 1-65535", p.Server)
+	}
+	if p.Dir == "" {
+		return bad("Dir", "is empty")
+	}
+	if !path.IsAbs(p.Dir) {
+		return bad("Dir", "%q is not an absolute path", p.Dir)
+	}
+	dir := path.Clean(p.Dir)
+	admin := p.AdminPort
+	if admin == 0 {
+		admin = DefaultAdminPort
+	}
+	if admin > 65535 {
+		return bad("AdminPort", "%d is not a port (1-65535)", admin)
+	}
+	return resolved{
+		Node: p.Node, Cluster: cluster,
+		Host: host, Port: uint32(port), Server: p.Server,
+		Dir:         dir,
+		CertPath:    path.Join(dir, CertFile),
+		KeyPath:     path.Join(dir, KeyFile),
+		BundlePath:  path.Join(dir, BundleFile),
+		CertSDSPath: path.Join(dir, CertSDSFile), BundleSDSPath: path.Join(dir, BundleSDSFile),
+		AdminPort:      admin,
+		ServerID:       serverID.String(),
+		NodeSecretName: NodeSecretName, BundleSecretName: BundleSecretName,
+		XDSCluster: xdsClusterName,
+	}, nil
+}
+
+// Envoy returns envoy.yaml for sidecar and front-proxy nodes: node identity,
+// admin on 127.0.0.1, LDS and CDS over ADS, and a static meshca_xds cluster
+// speaking HTTP/2 over TLS 1.3 with the node certificate and bundle read
+// through file-based SDS. The output is not validated here: see ParseEnvoy.
+func Envoy(p Params) ([]byte, error) {
+	r, err := p.resolve()
+	if err != nil {
+		return nil, err
+	}
+	return render(envoyTmpl, r)
+}
+
+// CertSDS returns node-sds.yaml: the NodeSecretName secret pointing at
+// CertFile and KeyFile.
+func CertSDS(p Params) ([]byte, error) {
+	r, err := p.resolve()
+	if err != nil {
+		return nil, err
+	}
+	return render(certSDSTmpl, r)
+}
+
+// BundleSDS returns bundle-sds.yaml: the BundleSecretName secret pointing at
+// BundleFile.
+func BundleSDS(p Params) ([]byte, error) {
+	r, err := p.resolve()
+	if err != nil {
+		return nil, err
+	}
+	return render(bundleSDSTmpl, r)
+}
+
+func render(t *template.Template, r resolved) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := t.Execute(&buf, r); err != nil {
+		return nil, fmt.Errorf("render %s: %w", t.Name(), err)
+	}
+	return buf.Bytes(), nil
+}
+
+// quote renders a string as a JSON string, which is also a valid YAML
+// double-quoted scalar: no Params value can break the document's structure.
+func quote(s string) (string, error) {
+	b, err := json.Marshal(s)
+	return string(b), err
+}
+
+var funcs = template.FuncMap{"q": quote}
+
+var envoyTmpl = template.Must(template.New(EnvoyFile).Funcs(funcs).Parse(`# Envoy bootstrap written by meshca. Listeners and clusters arrive over ADS;
+# the node certificate and trust bundle are read from files through SDS.
+node:
+  id: {{q .Node}}
+  cluster: {{q .Cluster}}
+admin:
+  address:
+    socket_address: {address: 127.0.0.1, port_value: {{.AdminPort}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {cluster_name: {{.XDSCluster}}}
+  lds_config: {ads: {}, resource_api_version: V3}
+  cds_config: {ads: {}, resource_api_version: V3}
+static_resources:
+  clusters:
+  - name: {{.XDSCluster}}
+    type: STRICT_DNS
+    connect_timeout: 5s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options:
+            connection_keepalive: {interval: 30s, timeout: 10s}
+    load_assignment:
+      cluster_name: {{.XDSCluster}}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {address: {{q .Host}}, port_value: {{.Port}}}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          tls_params: {tls_minimum_protocol_version: TLSv1_3}
+          tls_certificate_sds_secret_configs:
+          - name: {{q .NodeSecretName}}
+            sds_config:
+              path_config_source:
+                path: {{q .CertSDSPath}}
+                watched_directory: {path: {{q .Dir}}}
+              resource_api_version: V3
+          combined_validation_context:
+            default_validation_context:
+              match_typed_subject_alt_names:
+              - san_type: URI
+                matcher: {exact: {{q .ServerID}}}
+            validation_context_sds_secret_config:
+              name: {{q .BundleSecretName}}
+              sds_config:
+                path_config_source:
+                  path: {{q .BundleSDSPath}}
+                  watched_directory: {path: {{q .Dir}}}
+                resource_api_version: V3
+`))
+
+var certSDSTmpl = template.Must(template.New(CertSDSFile).Funcs(funcs).Parse(`# File-based SDS written by meshca: the node certificate and key.
+resources:
+- "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+  name: {{q .NodeSecretName}}
+  tls_certificate:
+    certificate_chain: {filename: {{q .CertPath}}}
+    private_key: {filename: {{q .KeyPath}}}
+`))
+
+var bundleSDSTmpl = template.Must(template.New(BundleSDSFile).Funcs(funcs).Parse(`# File-based SDS written by meshca: the trust bundle.
+resources:
+- "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+  name: {{q .BundleSecretName}}
+  validation_context:
+    trusted_ca: {filename: {{q .BundlePath}}}
+`))

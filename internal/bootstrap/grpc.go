@@ -1,0 +1,82 @@
+package bootstrap
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// refreshInterval is how often grpc-go re-reads the certificate files.
+const refreshInterval = "600s"
+
+// serverListenerTemplate names the LDS resource of an xDS gRPC server.
+const serverListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+
+// The structs fix the key order of grpc-bootstrap.json.
+type grpcBootstrap struct {
+	XDSServers                 []grpcServer                   `json:"xds_servers"`
+	Node                       grpcNode                       `json:"node"`
+	CertificateProviders       map[string]grpcCertificateProv `json:"certificate_providers"`
+	ServerListenerNameTemplate string                         `json:"server_listener_resource_name_template"`
+}
+
+type grpcServer struct {
+	ServerURI      string          `json:"server_uri"`
+	ChannelCreds   []grpcChanCreds `json:"channel_creds"`
+	ServerFeatures []string        `json:"server_features"`
+}
+
+type grpcChanCreds struct {
+	Type   string     `json:"type"`
+	Config grpcTLSCfg `json:"config"`
+}
+
+// grpcTLSCfg is both the tls channel credentials config and the
+// file_watcher provider config: they take the same keys.
+type grpcTLSCfg struct {
+	CertificateFile   string `json:"certificate_file"`
+	PrivateKeyFile    string `json:"private_key_file"`
+	CACertificateFile string `json:"ca_certificate_file"`
+	RefreshInterval   string `json:"refresh_interval"`
+}
+
+type grpcNode struct {
+	ID       string   `json:"id"`
+	Cluster  string   `json:"cluster"`
+	Locality struct{} `json:"locality"`
+}
+
+type grpcCertificateProv struct {
+	PluginName string     `json:"plugin_name"`
+	Config     grpcTLSCfg `json:"config"`
+}
+
+// GRPC returns grpc-bootstrap.json for proxyless gRPC nodes: the xDS server
+// reached over mTLS with the node's files, and a "default" file_watcher
+// certificate provider that xDS-delivered TLS contexts refer to.
+func GRPC(p Params) ([]byte, error) {
+	r, err := p.resolve()
+	if err != nil {
+		return nil, err
+	}
+	files := grpcTLSCfg{
+		CertificateFile:   r.CertPath,
+		PrivateKeyFile:    r.KeyPath,
+		CACertificateFile: r.BundlePath,
+		RefreshInterval:   refreshInterval,
+	}
+	b := grpcBootstrap{
+		XDSServers: []grpcServer{{
+			ServerURI:      r.Server,
+			ChannelCreds:   []grpcChanCreds{{Type: "tls", Config: files}},
+			ServerFeatures: []string{"xds_v3"},
+		}},
+		Node:                       grpcNode{ID: r.Node, Cluster: r.Cluster},
+		CertificateProviders:       map[string]grpcCertificateProv{"default": {PluginName: "file_watcher", Config: files}},
+		ServerListenerNameTemplate: serverListenerTemplate,
+	}
+	out, err := json.MarshalIndent(b, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("render %s: %w", GRPCFile, err)
+	}
+	return append(out, '\n'), nil
+}
