@@ -156,8 +156,13 @@ func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		}
 		return nil, err
 	}
+	// The roots travel too, so that a node can check the chain against the
+	// root hash it was given before it sends its join token.
 	chain := [][]byte{issued.DER}
 	chain = append(chain, issued.Chain...)
+	for _, root := range s.r.CA().Roots() {
+		chain = append(chain, root.Raw)
+	}
 	s.cert = &tls.Certificate{Certificate: chain, PrivateKey: issued.Key, Leaf: issued.Cert}
 	s.leaf = issued.Cert
 	return s.cert, nil

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,8 +50,12 @@ type Config struct {
 	IntermediateTTL time.Duration
 	// DefaultTTL applies to identities added without a TTL.
 	DefaultTTL time.Duration
-	Clock      clock.Clock
-	Logger     *slog.Logger
+	// JoinTokenTTL is how long a node's join token stays valid.
+	JoinTokenTTL time.Duration // default DefaultJoinTokenTTL
+	// NodeCertTTL is the lifetime of node certificates.
+	NodeCertTTL time.Duration // default DefaultNodeCertTTL
+	Clock       clock.Clock
+	Logger      *slog.Logger
 }
 
 // Registry registers identities and issues their certificates.
@@ -59,6 +65,30 @@ type Registry struct {
 	log *slog.Logger
 	// issue is the CA's Issue; tests replace it to reach failure paths.
 	issue func(context.Context, ca.Request) (*ca.Issued, error)
+
+	mu        sync.Mutex
+	listeners []func(nodes []string)
+}
+
+// Subscribe registers fn to learn which nodes' credentials or assignments
+// changed. fn runs synchronously after the change is committed, so it must
+// be quick (the xDS server rebuilds those nodes' snapshots).
+func (r *Registry) Subscribe(fn func(nodes []string)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.listeners = append(r.listeners, fn)
+}
+
+func (r *Registry) notify(nodes ...string) {
+	if len(nodes) == 0 {
+		return
+	}
+	r.mu.Lock()
+	ls := slices.Clone(r.listeners)
+	r.mu.Unlock()
+	for _, fn := range ls {
+		fn(nodes)
+	}
 }
 
 // New loads the CA in use from the store, or generates a root and an
@@ -78,6 +108,12 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	}
 	if cfg.DefaultTTL == 0 {
 		cfg.DefaultTTL = ca.DefaultTTL
+	}
+	if cfg.JoinTokenTTL == 0 {
+		cfg.JoinTokenTTL = DefaultJoinTokenTTL
+	}
+	if cfg.NodeCertTTL == 0 {
+		cfg.NodeCertTTL = DefaultNodeCertTTL
 	}
 	if cfg.KeyAlgorithm == "" {
 		cfg.KeyAlgorithm = ca.ECDSAP256
@@ -334,4 +370,9 @@ func clip(s string, n int) string {
 		return s[:n] + "..."
 	}
 	return s
+}
+
+// RecordDenial audits a request that another part (the xDS server) refused.
+func (r *Registry) RecordDenial(ctx context.Context, action, node, detail string) {
+	r.deny(ctx, store.Event{Action: action, Node: clip(node, identity.MaxNameLength), Detail: detail})
 }

@@ -1,0 +1,51 @@
+// Package nodeapi is the node join service on meshca's xDS port: the
+// messages, the method and the JSON codec shared by the server (xds) and
+// `meshca bootstrap`. It is plain gRPC with JSON bodies, so it needs no
+// generated code.
+package nodeapi
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Service and method names.
+const (
+	Service    = "meshca.node.v1.Nodes"
+	JoinMethod = "Join"
+	// FullJoinMethod is the gRPC path of Join.
+	FullJoinMethod = "/" + Service + "/" + JoinMethod
+)
+
+// JoinRequest exchanges a one-time join token for a node certificate. Only
+// the CSR's public key is used.
+type JoinRequest struct {
+	Node   string `json:"node"`
+	Token  string `json:"token"`
+	CSRPEM string `json:"csr_pem"`
+}
+
+// JoinResponse carries the node certificate and what the node needs to
+// write its bootstrap.
+type JoinResponse struct {
+	Node        string    `json:"node"`
+	Kind        string    `json:"kind"`
+	TrustDomain string    `json:"trust_domain"`
+	ChainPEM    string    `json:"chain_pem"`
+	BundlePEM   string    `json:"bundle_pem"`
+	Serial      string    `json:"serial"`
+	NotAfter    time.Time `json:"not_after"`
+}
+
+// Codec is gRPC's codec for these messages: JSON, content-subtype
+// "meshca-json".
+type Codec struct{}
+
+// Name is the gRPC content-subtype.
+func (Codec) Name() string { return "meshca-json" }
+
+// Marshal encodes v as JSON.
+func (Codec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// Unmarshal decodes JSON into v.
+func (Codec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }

@@ -1,0 +1,552 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/store"
+)
+
+// Node kinds.
+const (
+	KindSidecar    = "sidecar"
+	KindFrontProxy = "front-proxy"
+	KindGRPC       = "grpc"
+)
+
+// Audit actions for nodes.
+const (
+	ActionNodeAdd      = "node.add"
+	ActionNodeToken    = "node.token"
+	ActionNodeAssign   = "node.assign"
+	ActionNodeUnassign = "node.unassign"
+	ActionNodeJoin     = "node.join"
+	ActionNodeAuth     = "node.auth"
+	ActionCertReissue  = "identity.reissue"
+)
+
+// Defaults for node credentials.
+const (
+	DefaultJoinTokenTTL = time.Hour
+	DefaultNodeCertTTL  = 24 * time.Hour
+)
+
+// ErrToken is returned for a join token that is unknown, used or expired.
+var ErrToken = errors.New("join token refused")
+
+// AddNode is a request to register a node.
+type AddNode struct {
+	Name       string
+	Kind       string // default KindSidecar
+	Identities []string
+}
+
+// JoinToken is a one-time token as handed to the operator. Only its hash is
+// stored.
+type JoinToken struct {
+	Token   string
+	Expires time.Time
+}
+
+// nodeSubject is the identity field of a node's certificate records.
+func nodeSubject(node string) string { return "node/" + node }
+
+// AddNode registers a node with its identities and returns its first join
+// token.
+func (r *Registry) AddNode(ctx context.Context, req AddNode, actor string) (store.Node, JoinToken, error) {
+	n, tok, err := r.addNode(ctx, req, actor)
+	if err != nil && ctx.Err() == nil {
+		r.deny(ctx, store.Event{Action: ActionNodeAdd, Actor: actor, Node: clip(req.Name, identity.MaxNameLength), Detail: err.Error()})
+	}
+	return n, tok, err
+}
+
+func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (store.Node, JoinToken, error) {
+	if _, err := identity.NodeID(r.cfg.TrustDomain, req.Name); err != nil {
+		return store.Node{}, JoinToken{}, err
+	}
+	if req.Kind == "" {
+		req.Kind = KindSidecar
+	}
+	if !slices.Contains([]string{KindSidecar, KindFrontProxy, KindGRPC}, req.Kind) {
+		return store.Node{}, JoinToken{}, fmt.Errorf("%w: node kind %q: use sidecar, front-proxy or grpc", ErrInvalid, clip(req.Kind, 40))
+	}
+	ids := slices.Clone(req.Identities)
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	tok, hash, err := newToken()
+	if err != nil {
+		return store.Node{}, JoinToken{}, err
+	}
+	now := r.cfg.Clock.Now().UTC()
+	n := store.Node{
+		Name: req.Name, Kind: req.Kind, Identities: ids, TokenHash: hash, TokenExpires: now.Add(r.cfg.JoinTokenTTL),
+		State: store.StateActive, CreatedAt: now, UpdatedAt: now,
+	}
+	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		if _, err := tx.Node(req.Name); err == nil {
+			return fmt.Errorf("node %q %w", req.Name, ErrExists)
+		}
+		for _, id := range ids {
+			if err := assignable(tx, id); err != nil {
+				return err
+			}
+		}
+		if err := tx.PutNode(n); err != nil {
+			return err
+		}
+		_, err := tx.Append(store.Event{Action: ActionNodeAdd, Actor: actor, Node: req.Name,
+			Detail: fmt.Sprintf("kind=%s identities=%v token_expires=%s", req.Kind, ids, n.TokenExpires.Format(time.RFC3339))})
+		return err
+	})
+	if err != nil {
+		return store.Node{}, JoinToken{}, err
+	}
+	r.log.Info("node added", "node", req.Name, "kind", req.Kind, "identities", len(ids), "actor", actor)
+	r.notify(req.Name)
+	n.TokenHash = nil
+	return n, JoinToken{Token: tok, Expires: n.TokenExpires}, nil
+}
+
+// ErrInvalid marks a request that is malformed in a way the identity
+// package does not cover.
+var ErrInvalid = errors.New("invalid request")
+
+func assignable(tx *store.Tx, name string) error {
+	id, err := tx.Identity(name)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("identity %q %w: add it first with meshca identity add", clip(name, identity.MaxNameLength), ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	if id.State != store.StateActive {
+		return fmt.Errorf("identity %q is %s: %w", name, id.State, ErrDenied)
+	}
+	return nil
+}
+
+func newToken() (token string, hash []byte, err error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", nil, fmt.Errorf("join token: %w", err)
+	}
+	token = base64.RawURLEncoding.EncodeToString(b)
+	return token, tokenHash(token), nil
+}
+
+func tokenHash(token string) []byte {
+	h := sha256.Sum256([]byte(token))
+	return h[:]
+}
+
+// NewJoinToken replaces a node's join token with a fresh one.
+func (r *Registry) NewJoinToken(ctx context.Context, name, actor string) (JoinToken, error) {
+	tok, hash, err := newToken()
+	if err != nil {
+		return JoinToken{}, err
+	}
+	expires := r.cfg.Clock.Now().UTC().Add(r.cfg.JoinTokenTTL)
+	err = r.updateNode(ctx, name, func(tx *store.Tx, n *store.Node) (store.Event, error) {
+		n.TokenHash, n.TokenExpires = hash, expires
+		return store.Event{Action: ActionNodeToken, Actor: actor, Node: name, Detail: "token_expires=" + expires.Format(time.RFC3339)}, nil
+	})
+	if err != nil {
+		return JoinToken{}, err
+	}
+	return JoinToken{Token: tok, Expires: expires}, nil
+}
+
+// Assign gives a node an identity; its proxies receive the identity's
+// secret from then on.
+func (r *Registry) Assign(ctx context.Context, node, ident, actor string) (store.Node, error) {
+	var out store.Node
+	err := r.updateNode(ctx, node, func(tx *store.Tx, n *store.Node) (store.Event, error) {
+		if err := assignable(tx, ident); err != nil {
+			return store.Event{}, err
+		}
+		if !slices.Contains(n.Identities, ident) {
+			n.Identities = append(n.Identities, ident)
+			slices.Sort(n.Identities)
+		}
+		out = *n
+		return store.Event{Action: ActionNodeAssign, Actor: actor, Node: node, Identity: ident}, nil
+	})
+	if err != nil {
+		r.deny(ctx, store.Event{Action: ActionNodeAssign, Actor: actor, Node: clip(node, identity.MaxNameLength), Identity: ident, Detail: err.Error()})
+		return store.Node{}, err
+	}
+	r.notify(node)
+	out.TokenHash = nil
+	return out, nil
+}
+
+// Unassign takes an identity from a node; its secret is no longer served to
+// the node's proxies.
+func (r *Registry) Unassign(ctx context.Context, node, ident, actor string) (store.Node, error) {
+	var out store.Node
+	err := r.updateNode(ctx, node, func(tx *store.Tx, n *store.Node) (store.Event, error) {
+		i := slices.Index(n.Identities, ident)
+		if i < 0 {
+			return store.Event{}, fmt.Errorf("node %q does not hold identity %q: %w", node, clip(ident, identity.MaxNameLength), ErrNotFound)
+		}
+		n.Identities = slices.Delete(n.Identities, i, i+1)
+		out = *n
+		return store.Event{Action: ActionNodeUnassign, Actor: actor, Node: node, Identity: ident}, nil
+	})
+	if err != nil {
+		r.deny(ctx, store.Event{Action: ActionNodeUnassign, Actor: actor, Node: clip(node, identity.MaxNameLength), Identity: clip(ident, identity.MaxNameLength), Detail: err.Error()})
+		return store.Node{}, err
+	}
+	r.notify(node)
+	out.TokenHash = nil
+	return out, nil
+}
+
+// updateNode reads, changes and writes one node with its audit record in
+// one transaction.
+func (r *Registry) updateNode(ctx context.Context, name string, change func(*store.Tx, *store.Node) (store.Event, error)) error {
+	return r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		n, err := tx.Node(name)
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("node %q %w", clip(name, identity.MaxNameLength), ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		ev, err := change(tx, &n)
+		if err != nil {
+			return err
+		}
+		n.UpdatedAt = r.cfg.Clock.Now().UTC()
+		if err := tx.PutNode(n); err != nil {
+			return err
+		}
+		_, err = tx.Append(ev)
+		return err
+	})
+}
+
+// Node returns a registered node (never its token hash).
+func (r *Registry) Node(ctx context.Context, name string) (store.Node, error) {
+	var n store.Node
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) {
+		n, err = tx.Node(name)
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Node{}, fmt.Errorf("node %q %w", clip(name, identity.MaxNameLength), ErrNotFound)
+	}
+	n.TokenHash = nil
+	return n, err
+}
+
+// Nodes lists the registered nodes, sorted by name.
+func (r *Registry) Nodes(ctx context.Context) ([]store.Node, error) {
+	var ns []store.Node
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) {
+		ns, err = tx.Nodes()
+		return err
+	})
+	for i := range ns {
+		ns[i].TokenHash = nil
+	}
+	return ns, err
+}
+
+// Joined is what a node receives for its join token.
+type Joined struct {
+	Node        store.Node
+	TrustDomain string
+	ChainPEM    []byte // node certificate and intermediates
+	BundlePEM   []byte
+	Serial      string
+	NotAfter    time.Time
+}
+
+// Join redeems a node's one-time join token for a node certificate
+// (spiffe://<td>/node/NAME) issued to the CSR's key. The token is consumed in
+// the same transaction that records the certificate. A refused token is
+// audited.
+func (r *Registry) Join(ctx context.Context, node, token string, csrDER []byte, actor string) (Joined, error) {
+	j, err := r.join(ctx, node, token, csrDER, actor)
+	if err != nil && ctx.Err() == nil {
+		r.deny(ctx, store.Event{Action: ActionNodeJoin, Actor: actor, Node: clip(node, identity.MaxNameLength), Detail: err.Error()})
+	}
+	return j, err
+}
+
+func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, actor string) (Joined, error) {
+	id, err := identity.NodeID(r.cfg.TrustDomain, node)
+	if err != nil {
+		return Joined{}, err
+	}
+	n, err := r.checkToken(ctx, node, token)
+	if err != nil {
+		return Joined{}, err
+	}
+	issued, err := r.issue(ctx, ca.Request{ID: id, TTL: r.cfg.NodeCertTTL, CSR: csrDER})
+	if err != nil {
+		return Joined{}, err
+	}
+	cert := certRecord(nodeSubject(node), issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		cur, err := tx.Node(node)
+		if err != nil {
+			return err
+		}
+		// The token may have been used or replaced since checkToken.
+		if subtle.ConstantTimeCompare(cur.TokenHash, tokenHash(token)) != 1 {
+			return fmt.Errorf("%w: the join token for node %q was used or replaced meanwhile", ErrToken, node)
+		}
+		cur.TokenHash, cur.TokenExpires = nil, time.Time{}
+		cur.UpdatedAt = r.cfg.Clock.Now().UTC()
+		if err := tx.PutNode(cur); err != nil {
+			return err
+		}
+		if err := tx.PutCert(cert); err != nil {
+			return err
+		}
+		_, err = tx.Append(store.Event{Action: ActionNodeJoin, Actor: actor, Node: node, Serial: cert.Serial,
+			Detail: "node certificate; not_after=" + cert.NotAfter.Format(time.RFC3339)})
+		n = cur
+		return err
+	})
+	if err != nil {
+		return Joined{}, err
+	}
+	r.log.Info("node joined", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter)
+	n.TokenHash = nil
+	return Joined{
+		Node: n, TrustDomain: r.cfg.TrustDomain.Name(), ChainPEM: chainPEM(cert.DER, cert.Chain),
+		BundlePEM: r.CA().BundlePEM(), Serial: cert.Serial, NotAfter: cert.NotAfter,
+	}, nil
+}
+
+func (r *Registry) checkToken(ctx context.Context, node, token string) (store.Node, error) {
+	var n store.Node
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) {
+		n, err = tx.Node(node)
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Node{}, fmt.Errorf("%w: node %q is not registered (meshca node add %s)", ErrToken, node, node)
+	}
+	if err != nil {
+		return store.Node{}, err
+	}
+	if n.State != store.StateActive {
+		return store.Node{}, fmt.Errorf("%w: node %q is %s", ErrToken, node, n.State)
+	}
+	if len(n.TokenHash) == 0 || subtle.ConstantTimeCompare(n.TokenHash, tokenHash(token)) != 1 {
+		return store.Node{}, fmt.Errorf("%w: the token for node %q is not valid (already used, replaced, or mistyped); create a new one with: meshca node token %s", ErrToken, node, node)
+	}
+	if now := r.cfg.Clock.Now(); !now.Before(n.TokenExpires) {
+		return store.Node{}, fmt.Errorf("%w: the token for node %q expired at %s; create a new one with: meshca node token %s", ErrToken, node, n.TokenExpires.Format(time.RFC3339), node)
+	}
+	return n, nil
+}
+
+// AuthenticateNode maps a client certificate that already verified against
+// the trust bundle to a node name: its SPIFFE ID must be
+// spiffe://<td>/node/NAME of an active node, and meshca must have issued its
+// serial to that node. A refusal is audited.
+func (r *Registry) AuthenticateNode(ctx context.Context, leaf *x509.Certificate) (string, error) {
+	node, err := r.authenticateNode(ctx, leaf)
+	if err != nil {
+		who := ""
+		if len(leaf.URIs) > 0 {
+			who = clip(leaf.URIs[0].String(), identity.MaxIDLength)
+		}
+		r.deny(ctx, store.Event{Action: ActionNodeAuth, Actor: who, Node: node, Serial: serialHex(leaf), Detail: err.Error()})
+	}
+	return node, err
+}
+
+func (r *Registry) authenticateNode(ctx context.Context, leaf *x509.Certificate) (string, error) {
+	if len(leaf.URIs) != 1 {
+		return "", fmt.Errorf("client certificate has %d URI SANs, want one node SPIFFE ID: %w", len(leaf.URIs), ErrDenied)
+	}
+	id, err := identity.ParseID(r.cfg.TrustDomain, leaf.URIs[0].String())
+	if err != nil {
+		return "", fmt.Errorf("%v: %w", err, ErrDenied)
+	}
+	node, ok := nodeFromPath(id.Path())
+	if !ok {
+		return "", fmt.Errorf("%s is not a node identity: %w", id, ErrDenied)
+	}
+	serial := serialHex(leaf)
+	err = r.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		n, err := tx.Node(node)
+		if err != nil {
+			return fmt.Errorf("node %q: %v: %w", node, err, ErrDenied)
+		}
+		if n.State != store.StateActive {
+			return fmt.Errorf("node %q is %s: %w", node, n.State, ErrDenied)
+		}
+		c, err := tx.Cert(serial)
+		if err != nil || c.Identity != nodeSubject(node) {
+			return fmt.Errorf("certificate %s was not issued to node %q: %w", serial, node, ErrDenied)
+		}
+		return nil
+	})
+	return node, err
+}
+
+// nodeFromPath returns NAME for the SPIFFE path /node/NAME.
+func nodeFromPath(path string) (string, bool) {
+	const prefix = "/node/"
+	if len(path) <= len(prefix) || path[:len(prefix)] != prefix {
+		return "", false
+	}
+	name := path[len(prefix):]
+	for i := 0; i < len(name); i++ {
+		if name[i] == '/' {
+			return "", false
+		}
+	}
+	return name, true
+}
+
+// Credential is an identity's current certificate and key as served over
+// SDS.
+type Credential struct {
+	Identity string
+	SPIFFEID string
+	Serial   string
+	ChainPEM []byte
+	KeyPEM   []byte
+	NotAfter time.Time
+}
+
+// NodeCredentials returns a node and the credentials of the active
+// identities assigned to it. This is the one place private keys leave the
+// store: to be sent to the node's proxies.
+func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node, []Credential, error) {
+	var (
+		n     store.Node
+		creds []Credential
+	)
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		if n, err = tx.Node(node); err != nil {
+			return err
+		}
+		for _, name := range n.Identities {
+			id, err := tx.Identity(name)
+			if err != nil || id.State != store.StateActive || id.CurrentSerial == "" {
+				continue
+			}
+			c, err := tx.Cert(id.CurrentSerial)
+			if err != nil {
+				return fmt.Errorf("identity %q: %w", name, err)
+			}
+			if c.Key == nil {
+				continue
+			}
+			creds = append(creds, Credential{
+				Identity: name, SPIFFEID: id.SPIFFEID, Serial: c.Serial, ChainPEM: chainPEM(c.DER, c.Chain),
+				KeyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: c.Key}), NotAfter: c.NotAfter,
+			})
+		}
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Node{}, nil, fmt.Errorf("node %q %w", clip(node, identity.MaxNameLength), ErrNotFound)
+	}
+	n.TokenHash = nil
+	return n, creds, err
+}
+
+func chainPEM(leaf []byte, chain [][]byte) []byte {
+	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf})
+	for _, der := range chain {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	return out
+}
+
+// ReissueIdentity issues a new current certificate for an identity and
+// pushes it to every node that holds the identity.
+func (r *Registry) ReissueIdentity(ctx context.Context, name, actor string) (Status, error) {
+	st, nodes, err := r.reissue(ctx, name, actor)
+	if err != nil {
+		if !errors.Is(err, ca.ErrLint) && ctx.Err() == nil {
+			r.deny(ctx, store.Event{Action: ActionCertReissue, Actor: actor, Identity: clip(name, identity.MaxNameLength), Detail: err.Error()})
+		}
+		return Status{}, err
+	}
+	r.notify(nodes...)
+	return st, nil
+}
+
+func (r *Registry) reissue(ctx context.Context, name, actor string) (Status, []string, error) {
+	cur, err := r.Identity(ctx, name)
+	if err != nil {
+		return Status{}, nil, err
+	}
+	if cur.Identity.State != store.StateActive {
+		return Status{}, nil, fmt.Errorf("identity %q is %s: %w", name, cur.Identity.State, ErrDenied)
+	}
+	id, err := identity.ID(r.cfg.TrustDomain, name)
+	if err != nil {
+		return Status{}, nil, err
+	}
+	issued, err := r.issue(ctx, ca.Request{ID: id, DNSNames: cur.Identity.DNSNames, TTL: cur.Identity.TTL})
+	if err != nil {
+		if errors.Is(err, ca.ErrLint) {
+			r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: actor, Identity: name, Outcome: store.OutcomeFailed, Detail: err.Error()})
+		}
+		return Status{}, nil, err
+	}
+	now := r.cfg.Clock.Now().UTC()
+	cert := certRecord(name, issued, serialHex(r.CA().Issuer()), now)
+	var (
+		ident store.Identity
+		nodes []string
+	)
+	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		var err error
+		if ident, err = tx.Identity(name); err != nil {
+			return err
+		}
+		prev := ident.CurrentSerial
+		ident.CurrentSerial, ident.UpdatedAt = cert.Serial, now
+		if err := tx.PutCert(cert); err != nil {
+			return err
+		}
+		if err := tx.PutIdentity(ident); err != nil {
+			return err
+		}
+		ns, err := tx.Nodes()
+		if err != nil {
+			return err
+		}
+		nodes = nodes[:0]
+		for _, n := range ns {
+			if slices.Contains(n.Identities, name) {
+				nodes = append(nodes, n.Name)
+			}
+		}
+		_, err = tx.Append(store.Event{Action: ActionCertReissue, Actor: actor, Identity: name, Serial: cert.Serial,
+			Detail: fmt.Sprintf("replaces=%s not_after=%s nodes=%d", prev, cert.NotAfter.Format(time.RFC3339), len(nodes))})
+		return err
+	})
+	if err != nil {
+		return Status{}, nil, fmt.Errorf("record certificate for %q: %w", name, err)
+	}
+	r.log.Info("identity reissued", "identity", name, "serial", cert.Serial, "not_after", cert.NotAfter, "nodes", len(nodes), "actor", actor)
+	cert.Key = nil
+	return r.status(ident, &cert), nodes, nil
+}

@@ -1,0 +1,122 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/store"
+)
+
+func TestNodeTokensAreStoredHashedAndSingleUse(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, dataDir(t))
+	clk := clock.NewFake(t0)
+	r := newRegistry(t, st, clk)
+	if _, err := r.AddIdentity(ctx, AddIdentity{Name: "echo"}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	var changed [][]string
+	r.Subscribe(func(nodes []string) { changed = append(changed, nodes) })
+
+	n, tok, err := r.AddNode(ctx, AddNode{Name: "n1", Identities: []string{"echo"}}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Kind != KindSidecar || !tok.Expires.Equal(t0.Add(DefaultJoinTokenTTL)) || n.TokenHash != nil {
+		t.Fatalf("node = %+v, token expires %s", n, tok.Expires)
+	}
+	if len(changed) != 1 || !slices.Equal(changed[0], []string{"n1"}) {
+		t.Fatalf("subscribers told %v", changed)
+	}
+	// Only the hash is stored.
+	var stored store.Node
+	st.View(ctx, func(tx *store.Tx) (err error) { stored, err = tx.Node("n1"); return err })
+	if !bytes.Equal(stored.TokenHash, tokenHash(tok.Token)) {
+		t.Fatal("stored token hash does not match")
+	}
+	path := st.Path()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(path)
+	if bytes.Contains(raw, []byte(tok.Token)) {
+		t.Fatal("the join token is in the db file in the clear")
+	}
+	st = openStore(t, filepath.Dir(path))
+	defer st.Close()
+	r = newRegistry(t, st, clk)
+
+	if _, err := r.Join(ctx, "n1", tok.Token, csr(t), "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Join(ctx, "n1", tok.Token, csr(t), "test"); !errors.Is(err, ErrToken) {
+		t.Fatalf("second use: %v", err)
+	}
+	tok2, err := r.NewJoinToken(ctx, "n1", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(DefaultJoinTokenTTL)
+	if _, err := r.Join(ctx, "n1", tok2.Token, csr(t), "test"); !errors.Is(err, ErrToken) {
+		t.Fatalf("expired token: %v", err)
+	}
+	if err := st.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReissueNotifiesHoldersOnly(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, dataDir(t))
+	r := newRegistry(t, st, clock.NewFake(t0))
+	for _, id := range []string{"echo", "db"} {
+		if _, err := r.AddIdentity(ctx, AddIdentity{Name: id}, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for node, ids := range map[string][]string{"n1": {"echo"}, "n2": {"db"}, "n3": {"echo", "db"}} {
+		if _, _, err := r.AddNode(ctx, AddNode{Name: node, Identities: ids}, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var changed []string
+	r.Subscribe(func(nodes []string) { changed = append(changed, nodes...) })
+	before, _ := r.Identity(ctx, "echo")
+	after, err := r.ReissueIdentity(ctx, "echo", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Cert.Serial == before.Cert.Serial || after.Identity.CurrentSerial != after.Cert.Serial {
+		t.Fatal("current serial not replaced")
+	}
+	slices.Sort(changed)
+	if !slices.Equal(changed, []string{"n1", "n3"}) {
+		t.Fatalf("notified %v, want [n1 n3]", changed)
+	}
+	_, creds, err := r.NodeCredentials(ctx, "n3")
+	if err != nil || len(creds) != 2 {
+		t.Fatalf("n3 credentials: %d, %v", len(creds), err)
+	}
+	for _, c := range creds {
+		if c.Identity == "echo" && c.Serial != after.Cert.Serial {
+			t.Fatal("n3 still gets the old echo certificate")
+		}
+	}
+	// Unassign removes the credential.
+	if _, err := r.Unassign(ctx, "n3", "echo", "test"); err != nil {
+		t.Fatal(err)
+	}
+	_, creds, _ = r.NodeCredentials(ctx, "n3")
+	if len(creds) != 1 || creds[0].Identity != "db" {
+		t.Fatalf("after unassign: %+v", creds)
+	}
+	if err := st.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
