@@ -1,0 +1,144 @@
+package xds
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/internal/nodeapi"
+)
+
+// Authenticator maps a client certificate that verified against the trust
+// bundle to a registered, active node. It audits its refusals.
+type Authenticator interface {
+	AuthenticateNode(ctx context.Context, leaf *x509.Certificate) (string, error)
+}
+
+type nodeKey struct{}
+
+// nodeFrom returns the authenticated node bound to a stream's context.
+func nodeFrom(ctx context.Context) (string, bool) {
+	n, ok := ctx.Value(nodeKey{}).(string)
+	return n, ok && n != ""
+}
+
+// tlsConfig asks for a client certificate but does not require one: the
+// join service is reached before a node has a certificate. Every other
+// method requires one (see authInterceptors). A certificate that is
+// presented must verify and belong to a node, or the handshake fails.
+func (s *Server) tlsConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		NextProtos:     []string{"h2"},
+		GetCertificate: s.cfg.ServerCert,
+		ClientAuth:     tls.RequestClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return nil
+			}
+			_, err := s.verifyNode(cs.PeerCertificates)
+			return err
+		},
+	}
+}
+
+// verifyNode checks a presented chain against the current trust bundle and
+// asks the Authenticator for the node.
+func (s *Server) verifyNode(chain []*x509.Certificate) (string, error) {
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range s.cfg.Roots() {
+		roots.AddCert(r)
+	}
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	leaf := chain[0]
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots: roots, Intermediates: inter, CurrentTime: s.cfg.Clock.Now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		s.stats.authFailures.Add(1)
+		s.cfg.Audit.RecordDenial(context.Background(), ActionAuth, "", "client certificate does not verify: "+clip(err.Error(), 300))
+		return "", fmt.Errorf("client certificate does not verify against meshca's trust bundle: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
+	defer cancel()
+	node, err := s.cfg.Auth.AuthenticateNode(ctx, leaf)
+	if err != nil {
+		s.stats.authFailures.Add(1)
+		return "", err
+	}
+	return node, nil
+}
+
+// peerNode derives the node of an authenticated connection. The chain was
+// verified during the handshake; here the node name is read back from it.
+func peerNode(ctx context.Context) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", errors.New("no peer")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return "", errors.New("no client certificate")
+	}
+	leaf := info.State.PeerCertificates[0]
+	if len(leaf.URIs) != 1 {
+		return "", errors.New("client certificate has no single SPIFFE ID")
+	}
+	name, ok := strings.CutPrefix(leaf.URIs[0].Path, "/node/")
+	if !ok || name == "" || strings.Contains(name, "/") {
+		return "", errors.New("client certificate is not a node certificate")
+	}
+	return name, nil
+}
+
+// authInterceptors require an authenticated node on every method but the
+// join service, and bind the node into the context that go-control-plane
+// hands to the callbacks.
+func (s *Server) authInterceptors() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if info.FullMethod == nodeapi.FullJoinMethod {
+				return h(ctx, req)
+			}
+			node, err := peerNode(ctx)
+			if err != nil {
+				s.stats.unauthenticated.Add(1)
+				return nil, status.Error(codes.Unauthenticated, "a node certificate is required (run meshca bootstrap)")
+			}
+			return h(context.WithValue(ctx, nodeKey{}, node), req)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			node, err := peerNode(ss.Context())
+			if err != nil {
+				s.stats.unauthenticated.Add(1)
+				return status.Error(codes.Unauthenticated, "a node certificate is required (run meshca bootstrap)")
+			}
+			return h(srv, &boundStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), nodeKey{}, node)})
+		}),
+	}
+}
+
+type boundStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (b *boundStream) Context() context.Context { return b.ctx }
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}

@@ -1,0 +1,232 @@
+package xds
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Audit actions recorded by the xDS server.
+const (
+	ActionAuth    = "xds.auth"
+	ActionRequest = "xds.request"
+)
+
+// callbacks binds streams to nodes, authorizes every request and keeps
+// per-node status.
+type callbacks struct {
+	s *Server
+
+	mu      sync.Mutex
+	streams map[int64]string // stream ID -> authenticated node
+	named   map[int64]bool   // delta streams whose first request named the node
+	status  map[string]*nodeStatus
+}
+
+var _ serverv3.Callbacks = (*callbacks)(nil)
+
+type nodeStatus struct {
+	streams  int
+	acked    map[string]string // type URL -> version
+	nacks    int
+	lastNack string
+	lastSeen time.Time
+}
+
+// NodeStatus is what the server knows of a node's connections.
+type NodeStatus struct {
+	Streams  int               // open xDS streams
+	Acked    map[string]string // type URL -> last ACKed version
+	NACKs    int
+	LastNACK string
+	LastSeen time.Time
+}
+
+func newCallbacks(s *Server) *callbacks {
+	return &callbacks{s: s, streams: map[int64]string{}, named: map[int64]bool{}, status: map[string]*nodeStatus{}}
+}
+
+func (c *callbacks) open(ctx context.Context, id int64) error {
+	node, ok := nodeFrom(ctx)
+	if !ok {
+		// The interceptors make this unreachable; refuse rather than trust.
+		return status.Error(codes.Unauthenticated, "stream has no authenticated node")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.streams[id] = node
+	st := c.nodeStatus(node)
+	st.streams++
+	st.lastSeen = c.s.cfg.Clock.Now()
+	return nil
+}
+
+func (c *callbacks) closed(id int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if node, ok := c.streams[id]; ok {
+		c.nodeStatus(node).streams--
+		delete(c.streams, id)
+		delete(c.named, id)
+	}
+}
+
+func (c *callbacks) nodeStatus(node string) *nodeStatus {
+	st, ok := c.status[node]
+	if !ok {
+		st = &nodeStatus{acked: map[string]string{}}
+		c.status[node] = st
+	}
+	return st
+}
+
+func (c *callbacks) bound(id int64) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.streams[id]
+}
+
+// authorize checks one request of an authenticated node: node.id must be
+// the node, and every named secret must be one the node may receive. Other
+// types come from the node's own snapshot only, so a name there cannot
+// reach another node's resources.
+func (c *callbacks) authorize(ctx context.Context, node string, reqNode *core.Node, typeURL string, names ...[]string) error {
+	if node == "" {
+		return status.Error(codes.Unauthenticated, "stream has no authenticated node")
+	}
+	if reqNode == nil || reqNode.GetId() != node {
+		got := "<none>"
+		if reqNode != nil {
+			got = clip(reqNode.GetId(), 200)
+		}
+		return c.deny(ctx, node, fmt.Sprintf("node.id %q does not match the certificate's node %q", got, node))
+	}
+	if typeURL != resource.SecretType {
+		return nil
+	}
+	allowed := c.s.allowedSecrets(node)
+	for _, list := range names {
+		for _, name := range list {
+			if name == "*" || allowed[name] {
+				continue
+			}
+			return c.deny(ctx, node, fmt.Sprintf("secret %q is not assigned to node %q", clip(name, 300), node))
+		}
+	}
+	return nil
+}
+
+func (c *callbacks) deny(ctx context.Context, node, why string) error {
+	c.s.stats.denied.Add(1)
+	c.s.log.Warn("xDS request denied", "node", node, "reason", why)
+	c.s.cfg.Audit.RecordDenial(context.WithoutCancel(ctx), ActionRequest, node, why)
+	return status.Error(codes.PermissionDenied, why)
+}
+
+// track records ACKs and NACKs for node status.
+func (c *callbacks) track(node, typeURL, version string, nack string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.nodeStatus(node)
+	st.lastSeen = c.s.cfg.Clock.Now()
+	switch {
+	case nack != "":
+		st.nacks++
+		st.lastNack = clip(nack, 500)
+	case version != "":
+		st.acked[typeURL] = version
+	}
+}
+
+// Status returns a copy of the node's status.
+func (c *callbacks) Status(node string) NodeStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.status[node]
+	if !ok {
+		return NodeStatus{Acked: map[string]string{}}
+	}
+	out := NodeStatus{Streams: st.streams, NACKs: st.nacks, LastNACK: st.lastNack, LastSeen: st.lastSeen, Acked: map[string]string{}}
+	for k, v := range st.acked {
+		out.Acked[k] = v
+	}
+	return out
+}
+
+func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.open(ctx, id)
+}
+func (c *callbacks) OnStreamClosed(id int64, _ *core.Node) { c.closed(id) }
+
+func (c *callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
+	node := c.bound(id)
+	// The SotW server has already put the stream's node on requests that
+	// omit it, so req.Node is what the cache will key on.
+	if err := c.authorize(context.Background(), node, req.GetNode(), req.GetTypeUrl(), req.GetResourceNames()); err != nil {
+		return err
+	}
+	// go-control-plane v0.14's SnapshotCache filters SotW answers by the
+	// literal names, so an explicit wildcard "*" would match nothing. An
+	// empty list means the same here: everything in the node's own snapshot.
+	if slices.Contains(req.GetResourceNames(), "*") {
+		req.ResourceNames = nil
+	}
+	c.track(node, req.GetTypeUrl(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage())
+	return nil
+}
+
+func (c *callbacks) OnStreamResponse(context.Context, int64, *discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {
+}
+
+func (c *callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.open(ctx, id)
+}
+func (c *callbacks) OnDeltaStreamClosed(id int64, _ *core.Node) { c.closed(id) }
+
+func (c *callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
+	node := c.bound(id)
+	// The delta server calls back before it copies the stream's node onto
+	// requests that omit it: the first request must carry the node, later
+	// ones may leave it out.
+	c.mu.Lock()
+	first := !c.named[id]
+	c.named[id] = true
+	c.mu.Unlock()
+	reqNode := req.GetNode()
+	if reqNode == nil && !first {
+		reqNode = &core.Node{Id: node}
+	}
+	initial := make([]string, 0, len(req.GetInitialResourceVersions()))
+	for name := range req.GetInitialResourceVersions() {
+		initial = append(initial, name)
+	}
+	slices.Sort(initial)
+	if err := c.authorize(context.Background(), node, reqNode, req.GetTypeUrl(), req.GetResourceNamesSubscribe(), initial); err != nil {
+		return err
+	}
+	version := ""
+	if req.GetResponseNonce() != "" {
+		version = "nonce:" + req.GetResponseNonce()
+	}
+	c.track(node, req.GetTypeUrl(), version, req.GetErrorDetail().GetMessage())
+	return nil
+}
+
+func (c *callbacks) OnStreamDeltaResponse(int64, *discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse) {
+}
+
+func (c *callbacks) OnFetchRequest(ctx context.Context, req *discovery.DiscoveryRequest) error {
+	node, _ := nodeFrom(ctx)
+	return c.authorize(ctx, node, req.GetNode(), req.GetTypeUrl(), req.GetResourceNames())
+}
+
+func (c *callbacks) OnFetchResponse(*discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {}

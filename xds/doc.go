@@ -1,0 +1,23 @@
+// Package xds is meshca's xDS server: ADS (state of the world and delta),
+// the standalone SDS service and the per-type services, on go-control-plane,
+// behind mTLS with node certificates, plus the node join service on the same
+// port.
+//
+// Security model. go-control-plane trusts node.id as the client sends it
+// and lets a later request replace it. So the node is authenticated from
+// its TLS certificate when the connection is made, bound to each stream
+// when the stream opens, and every request (SotW, delta and fetch) must name
+// that node and only resources the node may receive; anything else closes
+// the stream with PermissionDenied, is counted and audited.
+//
+// Caching. Each node has its own snapshot in a SnapshotCache created with
+// ads=false, holding exactly the resources the node may receive. ads=false
+// matters: in ADS mode go-control-plane v0.14.0 answers a named request
+// only when it names every resource of its type in the snapshot, and then
+// drops the watch; Envoy asks for secrets by name, one SDS stream per
+// secret, and grpc-go subscribes incrementally. A wildcard request can only
+// ever see the node's own snapshot.
+//
+// Every resource is validated (deep, into every typed_config) before it is
+// published: a NACKed config would be resent in a tight loop.
+package xds

@@ -1,0 +1,162 @@
+package xds
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/meshca/meshca/internal/clock"
+)
+
+// Limits of the gRPC server, set deliberately rather than left at grpc-go's
+// defaults (120s handshake, unlimited streams, 4 MiB messages).
+const (
+	ConnectionTimeout    = 5 * time.Second
+	MaxConcurrentStreams = 100
+	MaxRecvMsgSize       = 256 << 10
+	keepaliveTime        = 30 * time.Second
+	keepaliveTimeout     = 10 * time.Second
+	keepaliveMinTime     = 10 * time.Second
+	authTimeout          = 5 * time.Second
+	shutdownGrace        = 2 * time.Second
+)
+
+// DenialRecorder writes an audit record for a refused request.
+type DenialRecorder interface {
+	RecordDenial(ctx context.Context, action, node, detail string)
+}
+
+// Config configures a Server.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	Source      Source         // required
+	Auth        Authenticator  // required
+	Joiner      Joiner         // required
+	Audit       DenialRecorder // required
+	// Roots returns the trust bundle in use; called on every handshake.
+	Roots func() []*x509.Certificate // required
+	// ServerCert returns meshca's own server certificate (renewed by the
+	// caller).
+	ServerCert func(*tls.ClientHelloInfo) (*tls.Certificate, error) // required
+	Clock      clock.Clock
+	Logger     *slog.Logger
+}
+
+// Server is the xDS and node join server.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	cache cachev3.SnapshotCache
+	cb    *callbacks
+	grpc  *grpc.Server
+
+	refreshMu sync.Mutex
+	allowedMu sync.RWMutex
+	allowed   map[string]map[string]bool // node -> secret names it may request
+
+	stats stats
+}
+
+type stats struct {
+	denied, unauthenticated, authFailures, invalid, joins, joinRefused atomic.Int64
+}
+
+// Stats are counters since start.
+type Stats struct {
+	Denied          int64 // requests refused with PermissionDenied
+	Unauthenticated int64 // calls without a node certificate
+	AuthFailures    int64 // handshakes refused
+	InvalidConfigs  int64 // snapshots not published because they failed validation
+	Joins           int64
+	JoinsRefused    int64
+}
+
+// New validates cfg and builds the server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Source == nil || cfg.Auth == nil || cfg.Joiner == nil || cfg.Audit == nil || cfg.Roots == nil || cfg.ServerCert == nil {
+		return nil, errors.New("xds: Source, Auth, Joiner, Audit, Roots and ServerCert are required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, allowed: map[string]map[string]bool{}}
+	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	s.cb = newCallbacks(s)
+	opts := append([]grpc.ServerOption{
+		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
+		grpc.ConnectionTimeout(ConnectionTimeout),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
+	}, s.authInterceptors()...)
+	s.grpc = grpc.NewServer(opts...)
+	xs := serverv3.NewServer(context.Background(), s.cache, s.cb)
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.grpc, xs)
+	secretservice.RegisterSecretDiscoveryServiceServer(s.grpc, xs)
+	listenerservice.RegisterListenerDiscoveryServiceServer(s.grpc, xs)
+	routeservice.RegisterRouteDiscoveryServiceServer(s.grpc, xs)
+	clusterservice.RegisterClusterDiscoveryServiceServer(s.grpc, xs)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(s.grpc, xs)
+	s.registerJoin()
+	return s, nil
+}
+
+// Run serves on ln until ctx is done, then stops gracefully: open xDS
+// streams never end by themselves, so after a short grace (in-flight joins
+// finish) they are cut and clients reconnect elsewhere or later.
+func (s *Server) Run(ctx context.Context, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.grpc.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("xds: %w", err)
+	case <-ctx.Done():
+	}
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		s.grpc.Stop()
+	}
+	return nil
+}
+
+// Status returns what the server knows of a node's connections.
+func (s *Server) Status(node string) NodeStatus { return s.cb.Status(node) }
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Denied: s.stats.denied.Load(), Unauthenticated: s.stats.unauthenticated.Load(),
+		AuthFailures: s.stats.authFailures.Load(), InvalidConfigs: s.stats.invalid.Load(),
+		Joins: s.stats.joins.Load(), JoinsRefused: s.stats.joinRefused.Load(),
+	}
+}

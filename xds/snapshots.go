@@ -1,0 +1,159 @@
+package xds
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshca/meshca/internal/validate"
+)
+
+// Source tells the server what each node may receive.
+type Source interface {
+	// NodeNames lists the registered, active nodes.
+	NodeNames(ctx context.Context) ([]string, error)
+	// Resources returns every resource the node may receive, by type URL
+	// (resource.SecretType, ...). A node that is not registered or not
+	// active is ErrUnknownNode.
+	Resources(ctx context.Context, node string) (map[string][]types.Resource, error)
+}
+
+// RefreshAll rebuilds every node's snapshot, so that a node has one before
+// its first request: without one its watches would hang silently.
+func (s *Server) RefreshAll(ctx context.Context) error {
+	nodes, err := s.cfg.Source.NodeNames(ctx)
+	if err != nil {
+		return fmt.Errorf("xds: list nodes: %w", err)
+	}
+	return s.refresh(ctx, nodes)
+}
+
+// Refresh rebuilds the snapshots of the given nodes and pushes what changed
+// to their open streams. It fits registry.Subscribe.
+func (s *Server) Refresh(nodes []string) {
+	if err := s.refresh(context.Background(), nodes); err != nil {
+		s.log.Error("xDS snapshot refresh failed", "nodes", len(nodes), "err", err)
+	}
+}
+
+func (s *Server) refresh(ctx context.Context, nodes []string) error {
+	var errs []error
+	for _, node := range nodes {
+		if err := s.refreshNode(ctx, node); err != nil {
+			errs = append(errs, fmt.Errorf("node %q: %w", node, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) refreshNode(ctx context.Context, node string) error {
+	// One refresh per node at a time, so snapshots are set in order.
+	s.refreshMu.Lock()
+	defer s.refreshMu.Unlock()
+	res, err := s.cfg.Source.Resources(ctx, node)
+	if errors.Is(err, ErrUnknownNode) {
+		s.cache.ClearSnapshot(node)
+		s.setAllowed(node, nil)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	snap, err := buildSnapshot(res)
+	if err != nil {
+		s.stats.invalid.Add(1)
+		return err
+	}
+	secrets := map[string]bool{}
+	for name := range snap.GetResources(resource.SecretType) {
+		secrets[name] = true
+	}
+	// Names a node may ask for grow before the snapshot and shrink after
+	// it, so a request for a newly assigned secret is never refused.
+	s.addAllowed(node, secrets)
+	if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
+		return fmt.Errorf("set snapshot: %w", err)
+	}
+	s.setAllowed(node, secrets)
+	s.log.Debug("xDS snapshot set", "node", node, "secrets", len(secrets), "version", snap.GetVersion(resource.SecretType))
+	return nil
+}
+
+// buildSnapshot validates every resource and gives each type a version that
+// is the hash of its content: a type whose resources did not change keeps
+// its version and is not resent.
+func buildSnapshot(res map[string][]types.Resource) (*cachev3.Snapshot, error) {
+	snap := &cachev3.Snapshot{}
+	for typeURL, items := range res {
+		rt := cachev3.GetResponseType(typeURL)
+		if rt == types.UnknownType {
+			return nil, fmt.Errorf("%w: unknown type %s", errInvalidResource, typeURL)
+		}
+		sort.Slice(items, func(i, j int) bool { return cachev3.GetResourceName(items[i]) < cachev3.GetResourceName(items[j]) })
+		h := sha256.New()
+		seen := map[string]bool{}
+		for _, r := range items {
+			name := cachev3.GetResourceName(r)
+			if name == "" {
+				return nil, fmt.Errorf("%w: %s without a name", errInvalidResource, typeURL)
+			}
+			if seen[name] {
+				return nil, fmt.Errorf("%w: two %s resources named %q", errInvalidResource, typeURL, name)
+			}
+			seen[name] = true
+			if err := validate.Message(r); err != nil {
+				return nil, fmt.Errorf("%w: %s %q: %v", errInvalidResource, typeURL, name, err)
+			}
+			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %s %q: %v", errInvalidResource, typeURL, name, err)
+			}
+			h.Write([]byte(name))
+			h.Write(b)
+		}
+		snap.Resources[rt] = cachev3.NewResources(hex.EncodeToString(h.Sum(nil))[:16], items)
+	}
+	for rt := range snap.Resources {
+		if snap.Resources[rt].Items == nil {
+			snap.Resources[rt] = cachev3.NewResources("empty", nil)
+		}
+	}
+	return snap, nil
+}
+
+func (s *Server) allowedSecrets(node string) map[string]bool {
+	s.allowedMu.RLock()
+	defer s.allowedMu.RUnlock()
+	return s.allowed[node]
+}
+
+func (s *Server) setAllowed(node string, names map[string]bool) {
+	s.allowedMu.Lock()
+	defer s.allowedMu.Unlock()
+	if names == nil {
+		delete(s.allowed, node)
+		return
+	}
+	s.allowed[node] = names
+}
+
+func (s *Server) addAllowed(node string, names map[string]bool) {
+	s.allowedMu.Lock()
+	defer s.allowedMu.Unlock()
+	merged := map[string]bool{}
+	for n := range s.allowed[node] {
+		merged[n] = true
+	}
+	for n := range names {
+		merged[n] = true
+	}
+	s.allowed[node] = merged
+}
