@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/internal/api"
+	bootstrapfiles "github.com/meshca/meshca/internal/bootstrap"
 )
 
 var binary string
@@ -44,6 +45,7 @@ type server struct {
 	cmd       *exec.Cmd
 	admin     string
 	adminMTLS string
+	xds       string
 	mu        sync.Mutex
 	stderr    bytes.Buffer
 	done      chan error
@@ -60,7 +62,7 @@ func startServer(t *testing.T, dataDir string, extra ...string) *server {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	s := &server{done: make(chan error, 1)}
-	args := append([]string{"server", "--data-dir", dataDir, "--admin-listen", "127.0.0.1:0", "--log-format", "json"}, extra...)
+	args := append([]string{"server", "--data-dir", dataDir, "--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0", "--log-format", "json"}, extra...)
 	s.cmd = exec.CommandContext(ctx, binary, args...)
 	pipe, err := s.cmd.StderrPipe()
 	if err != nil {
@@ -69,7 +71,7 @@ func startServer(t *testing.T, dataDir string, extra ...string) *server {
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	addr := make(chan [2]string, 1)
+	addr := make(chan [3]string, 1)
 	go func() {
 		sc := bufio.NewScanner(pipe)
 		for sc.Scan() {
@@ -81,16 +83,17 @@ func startServer(t *testing.T, dataDir string, extra ...string) *server {
 				Msg       string `json:"msg"`
 				Admin     string `json:"admin"`
 				AdminMTLS string `json:"admin_mtls"`
+				XDS       string `json:"xds"`
 			}
 			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "meshca started" {
-				addr <- [2]string{rec.Admin, rec.AdminMTLS}
+				addr <- [3]string{rec.Admin, rec.AdminMTLS, rec.XDS}
 			}
 		}
 		s.done <- s.cmd.Wait()
 	}()
 	select {
 	case a := <-addr:
-		s.admin, s.adminMTLS = a[0], a[1]
+		s.admin, s.adminMTLS, s.xds = a[0], a[1], a[2]
 	case err := <-s.done:
 		t.Fatalf("server exited before it started: %v\n%s", err, s.logs())
 	case <-time.After(60 * time.Second):
@@ -362,6 +365,106 @@ func TestServerRefusesLooseKEK(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, "chmod 600 "+kek) {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
+}
+
+func TestNodeBootstrap(t *testing.T) {
+	srv := startServer(t, filepath.Join(t.TempDir(), "data"))
+	mustRun(t, srv.admin, "identity", "add", "web", "--dns", "web.mesh.local")
+	var tok api.JoinToken
+	if err := json.Unmarshal([]byte(mustRun(t, srv.admin, "node", "add", "edge-1", "--identity", "web", "--kind", "front-proxy", "-o", "json")), &tok); err != nil {
+		t.Fatal(err)
+	}
+	if tok.XDSAddress != srv.xds || len(tok.CASHA256) != 64 {
+		t.Fatalf("join token answer: %+v", tok)
+	}
+	text := mustRun(t, srv.admin, "node", "token", "edge-1")
+	if !strings.Contains(text, "meshca bootstrap --server "+srv.xds+" --node edge-1 --token ") {
+		t.Fatalf("node token does not print the bootstrap command:\n%s", text)
+	}
+	fields := strings.Fields(text[strings.Index(text, "--token "):])
+	token := fields[1]
+
+	out := filepath.Join(t.TempDir(), "edge-1")
+	bootstrap := func(pin, tok string) result {
+		return meshca(t, "", "bootstrap", "--server", srv.xds, "--node", "edge-1", "--token", tok, "--ca-sha256", pin, "--out", out)
+	}
+	// A wrong pin stops the client before it sends the token.
+	wrongPin := strings.Repeat("ab", 32)
+	if r := bootstrap(wrongPin, token); r.code == 0 || !strings.Contains(r.stderr, "pinned meshca root") {
+		t.Fatalf("wrong pin: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("files written after a refused join")
+	}
+	// The first token was replaced by `node token`.
+	if r := bootstrap(tok.CASHA256, tok.Token); r.code == 0 || !strings.Contains(r.stderr, "not valid") {
+		t.Fatalf("replaced token: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := bootstrap(tok.CASHA256, token); r.code != 0 {
+		t.Fatalf("bootstrap: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := bootstrap(tok.CASHA256, token); r.code == 0 || !strings.Contains(r.stderr, "already used") {
+		t.Fatalf("reused token: exit %d, stderr %q", r.code, r.stderr)
+	}
+
+	for _, f := range []string{"node.pem", "node-key.pem", "bundle.pem", "node-sds.yaml", "bundle-sds.yaml", "envoy.yaml"} {
+		fi, err := os.Stat(filepath.Join(out, f))
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, err, fi)
+		}
+	}
+	envoyYAML, _ := os.ReadFile(filepath.Join(out, "envoy.yaml"))
+	if _, err := bootstrapfiles.ParseEnvoy(envoyYAML); err != nil {
+		t.Fatalf("envoy.yaml does not validate: %v", err)
+	}
+	for _, f := range []string{"node-sds.yaml", "bundle-sds.yaml"} {
+		y, _ := os.ReadFile(filepath.Join(out, f))
+		if _, err := bootstrapfiles.ParseSDS(y); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+	}
+	vout, err := exec.Command("openssl", "verify", "-CAfile", filepath.Join(out, "bundle.pem"), "-untrusted", filepath.Join(out, "node.pem"), filepath.Join(out, "node.pem")).CombinedOutput()
+	if err != nil || !strings.Contains(string(vout), ": OK") {
+		t.Fatalf("openssl verify node.pem: %v\n%s", err, vout)
+	}
+	leaf := parseCert(t, mustRead(t, filepath.Join(out, "node.pem")))
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://mesh.local/node/edge-1" {
+		t.Fatalf("node certificate SAN = %v", leaf.URIs)
+	}
+
+	var n api.Node
+	if err := json.Unmarshal([]byte(mustRun(t, srv.admin, "node", "show", "edge-1", "-o", "json")), &n); err != nil || !n.Joined || n.Kind != "front-proxy" {
+		t.Fatalf("node show: %+v %v", n, err)
+	}
+
+	// A grpc node gets a grpc-go bootstrap instead of envoy.yaml.
+	var gtok api.JoinToken
+	if err := json.Unmarshal([]byte(mustRun(t, srv.admin, "node", "add", "g1", "--identity", "web", "--kind", "grpc", "-o", "json")), &gtok); err != nil {
+		t.Fatal(err)
+	}
+	gout := filepath.Join(t.TempDir(), "g1")
+	if r := meshca(t, "", "bootstrap", "--server", srv.xds, "--node", "g1", "--token", gtok.Token, "--ca-file", filepath.Join(out, "bundle.pem"), "--out", gout); r.code != 0 {
+		t.Fatalf("grpc bootstrap: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(gout, "grpc-bootstrap.json")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(gout, "envoy.yaml")); err == nil {
+		t.Fatal("envoy.yaml written for a grpc node")
+	}
+	if strings.Contains(srv.logs(), token) || strings.Contains(srv.logs(), gtok.Token) {
+		t.Fatal("a join token reached the server log")
+	}
+	srv.stop(t)
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func splitFirstPEM(t *testing.T, data []byte) (first, rest []byte) {

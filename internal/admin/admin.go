@@ -59,10 +59,15 @@ const (
 
 // Config configures a Server.
 type Config struct {
-	Identities  Identities // required
-	CSRSigner   CSRSigner  // required
-	Authority   Authority  // required
-	Audit       AuditLog   // required
+	Identities  Identities  // required
+	CSRSigner   CSRSigner   // required
+	Nodes       Nodes       // required
+	Reissuer    Reissuer    // required
+	Connections Connections // required
+	// XDSAddress is where nodes reach meshca, shown with join tokens.
+	XDSAddress  string
+	Authority   Authority // required
+	Audit       AuditLog  // required
 	TrustDomain string
 	Logger      *slog.Logger
 }
@@ -76,8 +81,9 @@ type Server struct {
 
 // New validates cfg and builds the routes.
 func New(cfg Config) (*Server, error) {
-	if cfg.Identities == nil || cfg.CSRSigner == nil || cfg.Authority == nil || cfg.Audit == nil {
-		return nil, errors.New("admin: Identities, CSRSigner, Authority and Audit are required")
+	if cfg.Identities == nil || cfg.CSRSigner == nil || cfg.Authority == nil || cfg.Audit == nil ||
+		cfg.Nodes == nil || cfg.Reissuer == nil || cfg.Connections == nil {
+		return nil, errors.New("admin: Identities, CSRSigner, Nodes, Reissuer, Connections, Authority and Audit are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -92,6 +98,7 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc("GET "+api.PathCABundle, s.getBundle)
 	s.mux.HandleFunc("POST "+api.PathCAImport, s.importCA)
 	s.mux.HandleFunc("GET "+api.PathAudit, s.listAudit)
+	s.routeNodes()
 	return s, nil
 }
 
@@ -306,7 +313,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, errTooLarge):
 		status, code, msg = http.StatusRequestEntityTooLarge, api.CodeTooLarge, err.Error()
-	case errors.Is(err, errInvalid), errors.Is(err, identity.ErrInvalidName), errors.Is(err, identity.ErrInvalidDNSName),
+	case errors.Is(err, errInvalid), errors.Is(err, registry.ErrInvalid), errors.Is(err, identity.ErrInvalidName), errors.Is(err, identity.ErrInvalidDNSName),
 		errors.Is(err, identity.ErrForeignTrustDomain), errors.Is(err, ca.ErrTTL), errors.Is(err, ca.ErrInvalidRequest),
 		errors.Is(err, ca.ErrImport), errors.Is(err, ca.ErrKeyMismatch), errors.Is(err, ca.ErrNotCA):
 		status, code, msg = http.StatusBadRequest, api.CodeInvalid, err.Error()

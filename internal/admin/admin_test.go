@@ -27,6 +27,11 @@ import (
 	"github.com/meshca/meshca/internal/store"
 )
 
+// noConnections is an xDS server that has seen no node.
+type noConnections struct{}
+
+func (noConnections) NodeConnection(string) api.NodeConnection { return api.NodeConnection{} }
+
 func newServer(t *testing.T) *httptest.Server {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "data")
@@ -47,7 +52,7 @@ func newServer(t *testing.T) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := admin.New(admin.Config{Identities: reg, CSRSigner: reg, Authority: reg, Audit: reg, TrustDomain: "mesh.local"})
+	srv, err := admin.New(admin.Config{Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Connections: noConnections{}, Authority: reg, Audit: reg, TrustDomain: "mesh.local"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,8 @@ const (
 	PathCABundle   = "/v1/ca/bundle"
 	PathCAImport   = "/v1/ca/import"
 	PathAudit      = "/v1/audit"
+	PathNodes      = "/v1/nodes"
+	PathReissue    = "/v1/reissue"
 )
 
 // AddIdentityRequest is the body of POST /v1/identities.
@@ -105,3 +107,46 @@ const (
 	CodeTooLarge = "too_large"
 	CodeExpired  = "issuer_expired"
 )
+
+// AddNodeRequest is the body of POST /v1/nodes.
+type AddNodeRequest struct {
+	Name       string   `json:"name"`
+	Kind       string   `json:"kind,omitempty"` // sidecar (default), front-proxy or grpc
+	Identities []string `json:"identities,omitempty"`
+}
+
+// AssignRequest is the body of POST /v1/nodes/{name}/identities.
+type AssignRequest struct {
+	Identity string `json:"identity"`
+}
+
+// Node describes a registered node and its connection.
+type Node struct {
+	Name       string         `json:"name"`
+	Kind       string         `json:"kind"`
+	Identities []string       `json:"identities"`
+	State      string         `json:"state"`
+	Joined     bool           `json:"joined"` // its join token was redeemed
+	CreatedAt  time.Time      `json:"created_at"`
+	Connection NodeConnection `json:"connection"`
+}
+
+// NodeConnection is what the xDS server knows of a node.
+type NodeConnection struct {
+	Connected bool              `json:"connected"`
+	Streams   int               `json:"streams"`
+	Acked     map[string]string `json:"acked,omitempty"` // type URL -> last ACKed version
+	NACKs     int               `json:"nacks,omitempty"`
+	LastNACK  string            `json:"last_nack,omitempty"`
+	LastSeen  *time.Time        `json:"last_seen,omitempty"`
+}
+
+// JoinToken is the answer of POST /v1/nodes and POST /v1/nodes/{name}/token:
+// a one-time token and what `meshca bootstrap` needs besides it.
+type JoinToken struct {
+	Node       Node      `json:"node"`
+	Token      string    `json:"token"`
+	Expires    time.Time `json:"expires"`
+	CASHA256   string    `json:"ca_sha256"`   // SHA-256 of the root the node must trust
+	XDSAddress string    `json:"xds_address"` // where meshca serves xDS and joins
+}

@@ -6,12 +6,14 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/meshca/meshca/ca"
@@ -22,6 +24,7 @@ import (
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/xds"
 )
 
 // KEKFile is the name of the key-encryption key in the data directory.
@@ -34,87 +37,149 @@ const serverCertTTL = 24 * time.Hour
 // Run starts meshca on cfg and blocks until ctx is done or a part fails.
 // A cancelled ctx is a clean stop: in-flight admin requests finish, then the
 // store is closed.
-func Run(ctx context.Context, cfg config.Config, logger *slog.Logger) (err error) {
-	if err := cfg.Validate(); err != nil {
+func Run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
+	a, err := Start(ctx, cfg, logger)
+	if err != nil {
 		return err
+	}
+	return a.Wait(ctx)
+}
+
+// App is a started meshca: its listeners are bound, nothing is served until
+// Wait.
+type App struct {
+	// Bound addresses; AdminMTLS is empty without admin.mtls_listen.
+	Admin, AdminMTLS, XDS string
+
+	log   *slog.Logger
+	runs  []func(context.Context) error
+	close func() error
+}
+
+// Option changes how Start builds meshca; for tests.
+type Option func(*options)
+
+type options struct{ clock clock.Clock }
+
+// WithClock makes every part read time from c.
+func WithClock(c clock.Clock) Option { return func(o *options) { o.clock = c } }
+
+// Wait serves until ctx is done or a part fails, then closes the store.
+func (a *App) Wait(ctx context.Context) error {
+	err := runGroup(ctx, a.runs)
+	a.log.Info("meshca stopped")
+	if cerr := a.close(); cerr != nil && err == nil {
+		err = fmt.Errorf("close store: %w", cerr)
+	}
+	return err
+}
+
+// Start opens the store, loads or creates the CA and binds every listener.
+func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...Option) (_ *App, err error) {
+	o := options{clock: clock.Real{}}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	td, err := identity.TrustDomain(cfg.TrustDomain)
 	if err != nil {
-		return fmt.Errorf("trust_domain: %w", err)
+		return nil, fmt.Errorf("trust_domain: %w", err)
 	}
 	keyAlg, err := ca.ParseKeyAlgorithm(cfg.CA.KeyAlgorithm)
 	if err != nil {
-		return fmt.Errorf("ca.key_algorithm: %w", err)
+		return nil, fmt.Errorf("ca.key_algorithm: %w", err)
 	}
 	dir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
-		return fmt.Errorf("data_dir: %w", err)
+		return nil, fmt.Errorf("data_dir: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create data directory: %w", err)
+		return nil, fmt.Errorf("create data directory: %w", err)
 	}
 	kekPath := filepath.Join(dir, KEKFile)
 	if err := kekPresent(dir, kekPath); err != nil {
-		return err
+		return nil, err
 	}
 	sealer, err := seal.LoadOrCreate(kekPath)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	st, err := store.Open(store.Config{
 		Dir: dir, Sealer: sealer, LockTimeout: cfg.Store.LockTimeout.D(), Logger: logger,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
+	app := &App{log: logger, close: st.Close}
 	defer func() {
-		if cerr := st.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("close store: %w", cerr)
+		if err != nil {
+			st.Close()
 		}
 	}()
 
-	reg, err := registry.New(ctx, registry.Config{
-		Store: st, TrustDomain: td, KeyAlgorithm: keyAlg,
-		RootTTL: cfg.CA.RootTTL.D(), IntermediateTTL: cfg.CA.IntermediateTTL.D(),
-		DefaultTTL: cfg.CA.DefaultLeafTTL.D(), Clock: clock.Real{}, Logger: logger,
-	})
-	if err != nil {
-		return err
-	}
-	adm, err := admin.New(admin.Config{
-		Identities: reg, CSRSigner: reg, Authority: reg, Audit: reg, TrustDomain: td.Name(), Logger: logger,
-	})
-	if err != nil {
-		return err
-	}
-
-	var mtls *tls.Config
-	mtlsConfig := func() (*tls.Config, error) {
-		if mtls == nil {
-			sc, err := reg.ServerCert(cfg.Admin.DNSNames, serverCertTTL)
-			if err != nil {
-				return nil, fmt.Errorf("admin.dns_names: %w", err)
-			}
-			mtls = admin.MTLS(reg, reg, sc.Get)
-		}
-		return mtls, nil
-	}
 	var (
 		runs      []func(context.Context) error
 		listeners []net.Listener
-		tlsCfgs   []*tls.Config
 		attrs     = []any{"data_dir", dir, "trust_domain", td.Name()}
 	)
 	defer func() {
-		if err != nil { // listeners whose server never started
-			for _, ln := range listeners[len(runs):] {
+		if err != nil { // a later step failed: nothing serves these
+			for _, ln := range listeners {
 				ln.Close()
 			}
 		}
 	}()
+	reg, err := registry.New(ctx, registry.Config{
+		Store: st, TrustDomain: td, KeyAlgorithm: keyAlg,
+		RootTTL: cfg.CA.RootTTL.D(), IntermediateTTL: cfg.CA.IntermediateTTL.D(),
+		DefaultTTL: cfg.CA.DefaultLeafTTL.D(), JoinTokenTTL: cfg.XDS.JoinTokenTTL.D(), NodeCertTTL: cfg.XDS.NodeCertTTL.D(),
+		Clock: o.clock, Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// One server certificate (spiffe://<td>/meshca) for xDS and the mTLS
+	// admin API.
+	serverCert, err := reg.ServerCert(union(cfg.XDS.DNSNames, cfg.Admin.DNSNames), serverCertTTL)
+	if err != nil {
+		return nil, fmt.Errorf("xds.dns_names / admin.dns_names: %w", err)
+	}
+	xdsSrv, err := xds.New(xds.Config{
+		TrustDomain: td, Source: xdsSource{reg: reg, td: td}, Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
+		Roots: func() []*x509.Certificate { return reg.CA().Roots() }, ServerCert: serverCert.Get,
+		Clock: o.clock, Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	reg.Subscribe(xdsSrv.Refresh)
+	if err := xdsSrv.RefreshAll(ctx); err != nil {
+		return nil, err
+	}
+	xdsLn, err := net.Listen("tcp", cfg.XDS.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("xds.listen %s: %w", cfg.XDS.Listen, err)
+	}
+	listeners = append(listeners, xdsLn)
+	runs = append(runs, func(ctx context.Context) error { return xdsSrv.Run(ctx, xdsLn) })
+	attrs = append(attrs, "xds", xdsLn.Addr().String())
+	app.XDS = xdsLn.Addr().String()
+
+	adm, err := admin.New(admin.Config{
+		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Connections: connections{srv: xdsSrv},
+		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: xdsLn.Addr().String(), Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	mtls := admin.MTLS(reg, reg, serverCert.Get)
+	var tlsCfgs []*tls.Config
+	adminStart := len(listeners)
 	for _, l := range []struct {
 		key, addr string
 		forceTLS  bool
@@ -127,28 +192,30 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger) (err error
 		}
 		var tlsCfg *tls.Config
 		if l.forceTLS || !isLoopback(l.addr) {
-			if tlsCfg, err = mtlsConfig(); err != nil {
-				return err
-			}
+			tlsCfg = mtls
 		}
 		tlsCfgs = append(tlsCfgs, tlsCfg)
 		ln, err := net.Listen("tcp", l.addr)
 		if err != nil {
-			return fmt.Errorf("%s listen %s: %w", l.key, l.addr, err)
+			return nil, fmt.Errorf("%s listen %s: %w", l.key, l.addr, err)
 		}
 		listeners = append(listeners, ln)
 		attrs = append(attrs, l.key, ln.Addr().String())
+		if l.forceTLS {
+			app.AdminMTLS = ln.Addr().String()
+		} else {
+			app.Admin = ln.Addr().String()
+		}
 	}
-	for i, ln := range listeners {
+	for i, ln := range listeners[adminStart:] {
 		tlsCfg := tlsCfgs[i]
 		runs = append(runs, func(ctx context.Context) error { return adm.Run(ctx, ln, tlsCfg) })
 	}
 	issuer := reg.CA().Issuer()
 	attrs = append(attrs, "issuer_serial", fmt.Sprintf("%x", issuer.SerialNumber), "issuer_not_after", issuer.NotAfter)
 	logger.Info("meshca started", attrs...)
-	err = runGroup(ctx, runs)
-	logger.Info("meshca stopped")
-	return err
+	app.runs = runs
+	return app, nil
 }
 
 // kekPresent refuses to start on an existing store whose key-encryption key
@@ -180,6 +247,16 @@ func runGroup(ctx context.Context, runs []func(context.Context) error) error {
 		}
 	}
 	return first
+}
+
+func union(a, b []string) []string {
+	out := slices.Clone(a)
+	for _, s := range b {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func isLoopback(addr string) bool {

@@ -83,6 +83,8 @@ func New(cfg Config) *cobra.Command {
 		certCmd(g),
 		caCmd(g),
 		auditCmd(g),
+		nodeCmd(g),
+		bootstrapCmd(g),
 		versionCmd(),
 	)
 	return root

@@ -13,7 +13,7 @@ import (
 
 func identityCmd(g *globals) *cobra.Command {
 	cmd := group("identity", "Add and inspect service identities")
-	cmd.AddCommand(identityAddCmd(g), identityListCmd(g), identityShowCmd(g))
+	cmd.AddCommand(identityAddCmd(g), identityListCmd(g), identityShowCmd(g), identityReissueCmd(g))
 	return cmd
 }
 
@@ -116,4 +116,24 @@ func writeIdentity(w interface{ Write([]byte) (int, error) }, id api.Identity) e
 		fmt.Fprintf(tw, "certificate:\t%s\n", id.Cert.State)
 	}
 	return tw.Flush()
+}
+
+func identityReissueCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "reissue NAME",
+		Short: "Issue a new certificate for an identity and push it to every node that holds it",
+		Args:  exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var id api.Identity
+			asJSON, err := g.call(cmd, "POST", api.PathReissue+"/"+escapeName(args[0]), struct{}{}, &id)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), id)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "reissued %s\n", id.Name)
+			return writeIdentity(cmd.OutOrStdout(), id)
+		},
+	}
 }

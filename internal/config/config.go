@@ -44,9 +44,15 @@ type Admin struct {
 	DNSNames []string `yaml:"dns_names"`
 }
 
-// XDS configures the xDS gRPC server.
+// XDS configures the xDS gRPC server and node credentials.
 type XDS struct {
 	Listen string `yaml:"listen"`
+	// DNSNames are put on meshca's server certificate next to its SPIFFE ID.
+	DNSNames []string `yaml:"dns_names"`
+	// JoinTokenTTL is how long a node's one-time join token is valid.
+	JoinTokenTTL Duration `yaml:"join_token_ttl"`
+	// NodeCertTTL is the lifetime of node certificates.
+	NodeCertTTL Duration `yaml:"node_cert_ttl"`
 }
 
 // Log configures logging.
@@ -98,8 +104,12 @@ func Default() Config {
 		DataDir:     "meshca-data",
 		TrustDomain: "mesh.local",
 		Admin:       Admin{Listen: "127.0.0.1:8000"},
-		XDS:         XDS{Listen: "127.0.0.1:6565"},
-		Log:         Log{Format: "text", Level: "info"},
+		XDS: XDS{
+			Listen:       "127.0.0.1:6565",
+			JoinTokenTTL: Duration(time.Hour),
+			NodeCertTTL:  Duration(24 * time.Hour),
+		},
+		Log: Log{Format: "text", Level: "info"},
 		CA: CA{
 			KeyAlgorithm:    "ecdsa-p256",
 			RootTTL:         Duration(10 * 365 * 24 * time.Hour),
@@ -222,6 +232,12 @@ func (c Config) Validate() error {
 	}
 	if d := c.CA.DefaultLeafTTL.D(); d < 5*time.Minute || d > 30*24*time.Hour {
 		bad("ca.default_leaf_ttl", "%s is out of range: 5m to 720h", d)
+	}
+	if d := c.XDS.JoinTokenTTL.D(); d < time.Minute || d > 30*24*time.Hour {
+		bad("xds.join_token_ttl", "%s is out of range: 1m to 720h", d)
+	}
+	if d := c.XDS.NodeCertTTL.D(); d < 5*time.Minute || d > 30*24*time.Hour {
+		bad("xds.node_cert_ttl", "%s is out of range: 5m to 720h", d)
 	}
 	if d := c.Store.LockTimeout.D(); d <= 0 || d > time.Minute {
 		bad("store.lock_timeout", "%s is out of range: above 0 and at most 1m", d)

@@ -1,0 +1,143 @@
+package admin
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+
+	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/registry"
+	"github.com/meshca/meshca/internal/store"
+)
+
+// Nodes registers nodes and changes their identities.
+type Nodes interface {
+	AddNode(ctx context.Context, req registry.AddNode, actor string) (store.Node, registry.JoinToken, error)
+	NewJoinToken(ctx context.Context, name, actor string) (registry.JoinToken, error)
+	Node(ctx context.Context, name string) (store.Node, error)
+	Nodes(ctx context.Context) ([]store.Node, error)
+	Assign(ctx context.Context, node, identity, actor string) (store.Node, error)
+	Unassign(ctx context.Context, node, identity, actor string) (store.Node, error)
+}
+
+// Reissuer issues a new current certificate for an identity and pushes it.
+type Reissuer interface {
+	ReissueIdentity(ctx context.Context, name, actor string) (registry.Status, error)
+}
+
+// Connections reports what the xDS server knows of a node.
+type Connections interface {
+	NodeConnection(node string) api.NodeConnection
+}
+
+func (s *Server) routeNodes() {
+	s.mux.HandleFunc("POST "+api.PathNodes, s.addNode)
+	s.mux.HandleFunc("GET "+api.PathNodes, s.listNodes)
+	s.mux.HandleFunc("GET "+api.PathNodes+"/{name}", s.getNode)
+	s.mux.HandleFunc("POST "+api.PathNodes+"/{name}/token", s.nodeToken)
+	s.mux.HandleFunc("POST "+api.PathNodes+"/{name}/identities", s.assign)
+	s.mux.HandleFunc("DELETE "+api.PathNodes+"/{name}/identities/{identity...}", s.unassign)
+	s.mux.HandleFunc("POST "+api.PathReissue+"/{name...}", s.reissue)
+}
+
+func (s *Server) addNode(w http.ResponseWriter, r *http.Request) {
+	var req api.AddNodeRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	n, tok, err := s.cfg.Nodes.AddNode(r.Context(), registry.AddNode{Name: req.Name, Kind: req.Kind, Identities: req.Identities}, actor(r))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.reply(w, http.StatusCreated, s.joinToken(n, tok))
+}
+
+func (s *Server) nodeToken(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	tok, err := s.cfg.Nodes.NewJoinToken(r.Context(), name, actor(r))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	n, err := s.cfg.Nodes.Node(r.Context(), name)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.reply(w, http.StatusOK, s.joinToken(n, tok))
+}
+
+func (s *Server) joinToken(n store.Node, tok registry.JoinToken) api.JoinToken {
+	out := api.JoinToken{Node: s.nodeJSON(n), Token: tok.Token, Expires: tok.Expires, XDSAddress: s.cfg.XDSAddress}
+	if roots := s.cfg.Authority.CA().Roots(); len(roots) > 0 {
+		sum := sha256.Sum256(roots[0].Raw)
+		out.CASHA256 = hex.EncodeToString(sum[:])
+	}
+	return out
+}
+
+func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
+	ns, err := s.cfg.Nodes.Nodes(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := make([]api.Node, 0, len(ns))
+	for _, n := range ns {
+		out = append(out, s.nodeJSON(n))
+	}
+	s.reply(w, http.StatusOK, out)
+}
+
+func (s *Server) getNode(w http.ResponseWriter, r *http.Request) {
+	n, err := s.cfg.Nodes.Node(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.reply(w, http.StatusOK, s.nodeJSON(n))
+}
+
+func (s *Server) assign(w http.ResponseWriter, r *http.Request) {
+	var req api.AssignRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	n, err := s.cfg.Nodes.Assign(r.Context(), r.PathValue("name"), req.Identity, actor(r))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.reply(w, http.StatusOK, s.nodeJSON(n))
+}
+
+func (s *Server) unassign(w http.ResponseWriter, r *http.Request) {
+	n, err := s.cfg.Nodes.Unassign(r.Context(), r.PathValue("name"), r.PathValue("identity"), actor(r))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.reply(w, http.StatusOK, s.nodeJSON(n))
+}
+
+func (s *Server) reissue(w http.ResponseWriter, r *http.Request) {
+	st, err := s.cfg.Reissuer.ReissueIdentity(r.Context(), r.PathValue("name"), actor(r))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.reply(w, http.StatusOK, identityJSON(st))
+}
+
+func (s *Server) nodeJSON(n store.Node) api.Node {
+	ids := n.Identities
+	if ids == nil {
+		ids = []string{}
+	}
+	return api.Node{
+		Name: n.Name, Kind: n.Kind, Identities: ids, State: n.State, Joined: n.TokenExpires.IsZero(),
+		CreatedAt: n.CreatedAt, Connection: s.cfg.Connections.NodeConnection(n.Name),
+	}
+}

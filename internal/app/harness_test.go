@@ -1,0 +1,241 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/app"
+	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/nodeapi"
+)
+
+// mesh is a running meshca on loopback with a temp data directory.
+type mesh struct {
+	t     *testing.T
+	app   *app.App
+	clock clock.Clock
+	http  *http.Client
+}
+
+func startMesh(t *testing.T, clk clock.Clock) *mesh {
+	t.Helper()
+	cfg := config.Default()
+	cfg.DataDir = filepath.Join(t.TempDir(), "data")
+	cfg.Admin.Listen = "127.0.0.1:0"
+	cfg.XDS.Listen = "127.0.0.1:0"
+	ctx, cancel := context.WithCancel(context.Background())
+	opts := []app.Option{}
+	if clk != nil {
+		opts = append(opts, app.WithClock(clk))
+	} else {
+		clk = clock.Real{}
+	}
+	a, err := app.Start(ctx, cfg, nil, opts...)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Wait(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("meshca stopped with: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("meshca did not stop within 20s")
+		}
+	})
+	return &mesh{t: t, app: a, clock: clk, http: &http.Client{Timeout: 30 * time.Second}}
+}
+
+// admin calls the admin API and decodes the answer; it fails the test on a
+// status other than want.
+func (m *mesh) admin(method, path string, body, out any, want int) {
+	m.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, "http://"+m.app.Admin+path, rd)
+	resp, err := m.http.Do(req)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		m.t.Fatalf("%s %s: %d %s (want %d)", method, path, resp.StatusCode, data, want)
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			m.t.Fatalf("%s %s: %v", method, path, err)
+		}
+	}
+}
+
+func (m *mesh) addIdentity(name string) api.Identity {
+	var id api.Identity
+	m.admin("POST", api.PathIdentities, api.AddIdentityRequest{Name: name}, &id, http.StatusCreated)
+	return id
+}
+
+func (m *mesh) addNode(name, kind string, ids ...string) api.JoinToken {
+	var tok api.JoinToken
+	m.admin("POST", api.PathNodes, api.AddNodeRequest{Name: name, Kind: kind, Identities: ids}, &tok, http.StatusCreated)
+	return tok
+}
+
+func (m *mesh) bundle() *x509.CertPool {
+	m.t.Helper()
+	resp, err := m.http.Get("http://" + m.app.Admin + api.PathCABundle)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		m.t.Fatal("empty bundle")
+	}
+	return pool
+}
+
+func (m *mesh) audit() []api.AuditEvent {
+	var evs []api.AuditEvent
+	m.admin("GET", api.PathAudit, nil, &evs, http.StatusOK)
+	return evs
+}
+
+// denials counts audit records with outcome denied and the given action.
+func (m *mesh) denials(action string) int {
+	n := 0
+	for _, e := range m.audit() {
+		if e.Action == action && e.Outcome == "denied" {
+			n++
+		}
+	}
+	return n
+}
+
+// serverTLS verifies meshca's xDS server as a node would: against the
+// bundle, by its SPIFFE ID, at the test clock's time.
+func (m *mesh) serverTLS(cert *tls.Certificate) *tls.Config {
+	roots := m.bundle()
+	cfg := &tls.Config{
+		RootCAs: roots,
+		Time:    m.clock.Now,
+		// The server is identified by spiffe://mesh.local/meshca, not a host.
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			var certs []*x509.Certificate
+			for _, der := range raw {
+				c, err := x509.ParseCertificate(der)
+				if err != nil {
+					return err
+				}
+				certs = append(certs, c)
+			}
+			inter := x509.NewCertPool()
+			for _, c := range certs[1:] {
+				inter.AddCert(c)
+			}
+			_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: m.clock.Now()})
+			if err == nil && (len(certs[0].URIs) != 1 || certs[0].URIs[0].String() != "spiffe://mesh.local/meshca") {
+				err = errNotMeshca
+			}
+			return err
+		},
+	}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return cfg
+}
+
+type testError string
+
+func (e testError) Error() string { return string(e) }
+
+const errNotMeshca = testError("server is not spiffe://mesh.local/meshca")
+
+// join redeems a join token and returns the node's TLS certificate.
+func (m *mesh) join(node, token string) (*tls.Certificate, error) {
+	m.t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	conn := m.dial(nil)
+	var resp nodeapi.JoinResponse
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := conn.Invoke(ctx, nodeapi.FullJoinMethod,
+		&nodeapi.JoinRequest{Node: node, Token: token, CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))},
+		&resp, grpc.ForceCodec(nodeapi.Codec{}))
+	if err != nil {
+		return nil, err
+	}
+	var chain [][]byte
+	rest := []byte(resp.ChainPEM)
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		chain = append(chain, b.Bytes)
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// joined adds a node for the identities and joins it.
+func (m *mesh) joined(node string, ids ...string) *tls.Certificate {
+	m.t.Helper()
+	tok := m.addNode(node, "sidecar", ids...)
+	cert, err := m.join(node, tok.Token)
+	if err != nil {
+		m.t.Fatalf("join %s: %v", node, err)
+	}
+	return cert
+}
+
+// dial connects to the xDS port, presenting cert when given.
+func (m *mesh) dial(cert *tls.Certificate) *grpc.ClientConn {
+	m.t.Helper()
+	conn, err := grpc.NewClient(m.app.XDS, grpc.WithTransportCredentials(credentials.NewTLS(m.serverTLS(cert))))
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func secretName(identity string) string {
+	if identity == "" {
+		return "spiffe://mesh.local"
+	}
+	return "spiffe://mesh.local/" + identity
+}

@@ -1,0 +1,111 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/internal/registry"
+	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/sds"
+	"github.com/meshca/meshca/xds"
+)
+
+// xdsSource turns the registry's nodes and credentials into the resources
+// each node may receive.
+type xdsSource struct {
+	reg *registry.Registry
+	td  spiffeid.TrustDomain
+}
+
+var _ xds.Source = xdsSource{}
+
+func (a xdsSource) NodeNames(ctx context.Context) ([]string, error) {
+	ns, err := a.reg.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(ns))
+	for _, n := range ns {
+		names = append(names, n.Name)
+	}
+	return names, nil
+}
+
+func (a xdsSource) Resources(ctx context.Context, node string) (map[string][]types.Resource, error) {
+	n, creds, err := a.reg.NodeCredentials(ctx, node)
+	if errors.Is(err, registry.ErrNotFound) {
+		return nil, xds.ErrUnknownNode
+	}
+	if err != nil {
+		return nil, err
+	}
+	if n.State != store.StateActive {
+		return nil, xds.ErrUnknownNode
+	}
+	bundle, err := sds.ValidationSecret(sds.BundleName(a.td), a.reg.CA().BundlePEM())
+	if err != nil {
+		return nil, fmt.Errorf("trust bundle secret: %w", err)
+	}
+	secrets := []types.Resource{bundle}
+	for _, c := range creds {
+		s, err := sds.TLSSecret(c.SPIFFEID, c.ChainPEM, c.KeyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("secret of identity %q: %w", c.Identity, err)
+		}
+		secrets = append(secrets, s)
+	}
+	return map[string][]types.Resource{resource.SecretType: secrets}, nil
+}
+
+// joiner adapts registry.Join to the xDS server's join service and decides
+// which gRPC code each refusal gets.
+type joiner struct{ reg *registry.Registry }
+
+var _ xds.Joiner = joiner{}
+
+func (j joiner) Join(ctx context.Context, node, token string, csrDER []byte) (nodeapi.JoinResponse, error) {
+	res, err := j.reg.Join(ctx, node, token, csrDER, "join:"+clip(node))
+	switch {
+	case err == nil:
+	case errors.Is(err, registry.ErrToken):
+		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.PermissionDenied, Message: err.Error()}
+	case errors.Is(err, identity.ErrInvalidName), errors.Is(err, ca.ErrInvalidRequest):
+		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.InvalidArgument, Message: err.Error()}
+	default:
+		return nodeapi.JoinResponse{}, err
+	}
+	return nodeapi.JoinResponse{
+		Node: res.Node.Name, Kind: res.Node.Kind, TrustDomain: res.TrustDomain,
+		ChainPEM: string(res.ChainPEM), BundlePEM: string(res.BundlePEM), Serial: res.Serial, NotAfter: res.NotAfter,
+	}, nil
+}
+
+// connections reports the xDS server's view of a node to the admin API.
+type connections struct{ srv *xds.Server }
+
+func (c connections) NodeConnection(node string) api.NodeConnection {
+	st := c.srv.Status(node)
+	out := api.NodeConnection{Connected: st.Streams > 0, Streams: st.Streams, Acked: st.Acked, NACKs: st.NACKs, LastNACK: st.LastNACK}
+	if !st.LastSeen.IsZero() {
+		t := st.LastSeen.UTC()
+		out.LastSeen = &t
+	}
+	return out
+}
+
+func clip(s string) string {
+	if len(s) > 100 {
+		return s[:100] + "..."
+	}
+	return s
+}

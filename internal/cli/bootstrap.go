@@ -1,0 +1,317 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/nodeapi"
+)
+
+type bootstrapOptions struct {
+	server, token, node, out string
+	caSHA256, caFile         string
+	adminPort                uint32
+}
+
+func bootstrapCmd(*globals) *cobra.Command {
+	var o bootstrapOptions
+	cmd := &cobra.Command{
+		Use:   "bootstrap --server HOST:PORT --node NODE --token TOKEN --ca-sha256 HEX --out DIR",
+		Short: "Exchange a node's join token for its certificate and write the proxy's bootstrap",
+		Long: "Generates the node key here and sends only a CSR. Writes into DIR the node certificate\n" +
+			"and key (0600), the trust bundle, file-based SDS files for both, and envoy.yaml\n" +
+			"(sidecar, front-proxy) or grpc-bootstrap.json (grpc). The server is trusted through\n" +
+			"--ca-sha256 (printed by meshca node add) or --ca-file (the trust bundle).",
+		Args: exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBootstrap(cmd.Context(), o, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.server, "server", "", "meshca's xDS address, host:port")
+	f.StringVar(&o.node, "node", "", "node name given to meshca node add")
+	f.StringVar(&o.token, "token", "", "one-time join token")
+	f.StringVar(&o.out, "out", "", "directory to write into (created 0700)")
+	f.StringVar(&o.caSHA256, "ca-sha256", "", "SHA-256 of meshca's root certificate, as printed by meshca node add")
+	f.StringVar(&o.caFile, "ca-file", "", "trust bundle PEM to verify meshca with, instead of --ca-sha256")
+	f.Uint32Var(&o.adminPort, "envoy-admin-port", 9901, "Envoy admin port on 127.0.0.1 in envoy.yaml")
+	return cmd
+}
+
+func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) error {
+	var missing []string
+	for flag, v := range map[string]string{"--server": o.server, "--node": o.node, "--token": o.token, "--out": o.out} {
+		if v == "" {
+			missing = append(missing, flag)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return fmt.Errorf("missing %s", strings.Join(missing, ", "))
+	}
+	if (o.caSHA256 == "") == (o.caFile == "") {
+		return errors.New("pass exactly one of --ca-sha256 (printed by meshca node add) and --ca-file, so that the token is only ever sent to meshca")
+	}
+	if _, _, err := net.SplitHostPort(o.server); err != nil {
+		return fmt.Errorf("--server %q is not host:port", o.server)
+	}
+	dir, err := filepath.Abs(o.out)
+	if err != nil {
+		return err
+	}
+	trust, err := newServerTrust(o.caSHA256, o.caFile)
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return err
+	}
+
+	conn, err := grpc.NewClient(o.server, grpc.WithTransportCredentials(credentials.NewTLS(trust.tlsConfig())))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", o.server, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var resp nodeapi.JoinResponse
+	req := nodeapi.JoinRequest{Node: o.node, Token: o.token, CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}
+	if err := conn.Invoke(ctx, nodeapi.FullJoinMethod, &req, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+		if st, ok := status.FromError(err); ok {
+			return fmt.Errorf("meshca at %s refused the join: %s", o.server, st.Message())
+		}
+		return fmt.Errorf("join at %s: %w", o.server, err)
+	}
+	if err := trust.checkJoined(resp, o.node, key.Public()); err != nil {
+		return fmt.Errorf("the join answer does not check out, nothing written: %w", err)
+	}
+
+	p := bootstrap.Params{Node: o.node, Cluster: o.node, TrustDomain: resp.TrustDomain, Server: o.server, Dir: dir, AdminPort: o.adminPort}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	files := []struct {
+		name string
+		data func() ([]byte, error)
+	}{
+		{bootstrap.KeyFile, func() ([]byte, error) { return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil }},
+		{bootstrap.CertFile, func() ([]byte, error) { return []byte(resp.ChainPEM), nil }},
+		{bootstrap.BundleFile, func() ([]byte, error) { return []byte(resp.BundlePEM), nil }},
+		{bootstrap.CertSDSFile, func() ([]byte, error) { return bootstrap.CertSDS(p) }},
+		{bootstrap.BundleSDSFile, func() ([]byte, error) { return bootstrap.BundleSDS(p) }},
+	}
+	if resp.Kind == "grpc" {
+		files = append(files, struct {
+			name string
+			data func() ([]byte, error)
+		}{bootstrap.GRPCFile, func() ([]byte, error) { return bootstrap.GRPC(p) }})
+	} else {
+		files = append(files, struct {
+			name string
+			data func() ([]byte, error)
+		}{bootstrap.EnvoyFile, func() ([]byte, error) {
+			y, err := bootstrap.Envoy(p)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := bootstrap.ParseEnvoy(y); err != nil {
+				return nil, fmt.Errorf("generated envoy.yaml does not validate: %w", err)
+			}
+			return y, nil
+		}})
+	}
+	// Render everything before writing anything.
+	rendered := make([][]byte, len(files))
+	for i, f := range files {
+		if rendered[i], err = f.data(); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for i, f := range files {
+		if err := atomicfile.Write(filepath.Join(dir, f.name), rendered[i], 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+	}
+	fmt.Fprintf(stdout, "node %s joined %s (%s): certificate serial %s, not after %s\n",
+		o.node, resp.TrustDomain, resp.Kind, resp.Serial, resp.NotAfter.UTC().Format(time.RFC3339))
+	for _, f := range files {
+		fmt.Fprintf(stdout, "  wrote %s\n", filepath.Join(dir, f.name))
+	}
+	return nil
+}
+
+// serverTrust decides whether the server is meshca before the token is
+// sent: its chain must verify to a root pinned by hash or given as a file.
+type serverTrust struct {
+	pin   []byte              // SHA-256 of the root
+	roots []*x509.Certificate // from --ca-file
+}
+
+func newServerTrust(pinHex, caFile string) (*serverTrust, error) {
+	if pinHex != "" {
+		pin, err := hex.DecodeString(strings.ReplaceAll(strings.ToLower(pinHex), ":", ""))
+		if err != nil || len(pin) != sha256.Size {
+			return nil, fmt.Errorf("--ca-sha256 must be 64 hex digits, as printed by meshca node add")
+		}
+		return &serverTrust{pin: pin}, nil
+	}
+	data, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read --ca-file: %w", err)
+	}
+	var roots []*x509.Certificate
+	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		roots = append(roots, c)
+	}
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", caFile)
+	}
+	return &serverTrust{roots: roots}, nil
+}
+
+// anchors returns the roots to verify a presented chain with.
+func (t *serverTrust) anchors(presented []*x509.Certificate) *x509.CertPool {
+	pool := x509.NewCertPool()
+	for _, r := range t.roots {
+		pool.AddCert(r)
+	}
+	for _, c := range presented {
+		if sum := sha256.Sum256(c.Raw); t.pin != nil && bytes.Equal(sum[:], t.pin) {
+			pool.AddCert(c)
+		}
+	}
+	return pool
+}
+
+func (t *serverTrust) tlsConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// The server is identified by the pinned root and its SPIFFE ID,
+		// not by a host name: verification happens below.
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			certs := make([]*x509.Certificate, 0, len(raw))
+			for _, der := range raw {
+				c, err := x509.ParseCertificate(der)
+				if err != nil {
+					return err
+				}
+				certs = append(certs, c)
+			}
+			if len(certs) == 0 {
+				return errors.New("server presented no certificate")
+			}
+			inter := x509.NewCertPool()
+			for _, c := range certs[1:] {
+				inter.AddCert(c)
+			}
+			if _, err := certs[0].Verify(x509.VerifyOptions{Roots: t.anchors(certs), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+				return fmt.Errorf("server certificate does not chain to the pinned meshca root (check --ca-sha256 / --ca-file): %w", err)
+			}
+			if u := certs[0].URIs; len(u) != 1 || u[0].Scheme != "spiffe" || u[0].Path != "/"+ServerName {
+				return errors.New("server is not meshca: its certificate lacks spiffe://<trust-domain>/meshca")
+			}
+			return nil
+		},
+	}
+}
+
+// checkJoined verifies the answer: the certificate is for this node and
+// this key, it chains to the bundle, and the bundle holds the trusted root.
+func (t *serverTrust) checkJoined(resp nodeapi.JoinResponse, node string, pub crypto.PublicKey) error {
+	chain, err := parseCerts([]byte(resp.ChainPEM))
+	if err != nil || len(chain) == 0 {
+		return fmt.Errorf("certificate chain: %v", err)
+	}
+	bundle, err := parseCerts([]byte(resp.BundlePEM))
+	if err != nil || len(bundle) == 0 {
+		return fmt.Errorf("trust bundle: %v", err)
+	}
+	trusted := false
+	for _, b := range bundle {
+		sum := sha256.Sum256(b.Raw)
+		if t.pin != nil && bytes.Equal(sum[:], t.pin) {
+			trusted = true
+		}
+		for _, r := range t.roots {
+			if r.Equal(b) {
+				trusted = true
+			}
+		}
+	}
+	if !trusted {
+		return errors.New("the trust bundle does not contain the root you pinned")
+	}
+	leaf := chain[0]
+	want := "spiffe://" + resp.TrustDomain + "/node/" + node
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != want {
+		return fmt.Errorf("certificate is not for %s", want)
+	}
+	if k, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(pub) {
+		return errors.New("certificate is not for the key generated here")
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, b := range bundle {
+		roots.AddCert(b)
+	}
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return fmt.Errorf("certificate does not verify against the bundle: %w", err)
+	}
+	return nil
+}
+
+func parseCerts(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}

@@ -1,0 +1,208 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshca/meshca/internal/api"
+)
+
+func nodeCmd(g *globals) *cobra.Command {
+	cmd := group("node", "Register proxies (nodes), hand out join tokens, assign identities")
+	cmd.AddCommand(nodeAddCmd(g), nodeListCmd(g), nodeShowCmd(g), nodeTokenCmd(g), nodeAssignCmd(g, true), nodeAssignCmd(g, false))
+	return cmd
+}
+
+func nodeAddCmd(g *globals) *cobra.Command {
+	var (
+		ids  []string
+		kind string
+	)
+	cmd := &cobra.Command{
+		Use:   "add NODE --identity NAME... [--kind sidecar|front-proxy|grpc]",
+		Short: "Register a node, assign it identities, and print its one-time join token",
+		Args:  exactArgs(1, "NODE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var tok api.JoinToken
+			asJSON, err := g.call(cmd, "POST", api.PathNodes, api.AddNodeRequest{Name: args[0], Kind: kind, Identities: ids}, &tok)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), tok)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "added node %s (%s) with identities: %s\n", tok.Node.Name, tok.Node.Kind, list(tok.Node.Identities))
+			writeToken(cmd.OutOrStdout(), tok)
+			return nil
+		},
+	}
+	cmd.Flags().StringSliceVar(&ids, "identity", nil, "identity whose secret the node receives (repeat for more)")
+	cmd.Flags().StringVar(&kind, "kind", "sidecar", "node kind: sidecar, front-proxy or grpc")
+	return cmd
+}
+
+func nodeTokenCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "token NODE",
+		Short: "Replace a node's join token with a new one (to bootstrap it again)",
+		Args:  exactArgs(1, "NODE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var tok api.JoinToken
+			asJSON, err := g.call(cmd, "POST", api.PathNodes+"/"+escapeName(args[0])+"/token", struct{}{}, &tok)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), tok)
+			}
+			writeToken(cmd.OutOrStdout(), tok)
+			return nil
+		},
+	}
+}
+
+func writeToken(w io.Writer, tok api.JoinToken) {
+	fmt.Fprintf(w, "join token (single use, expires %s):\n  %s\n", tok.Expires.UTC().Format(time.RFC3339), tok.Token)
+	fmt.Fprintf(w, "on the node, run:\n  meshca bootstrap --server %s --node %s --token %s --ca-sha256 %s --out /etc/meshca/node\n",
+		tok.XDSAddress, tok.Node.Name, tok.Token, tok.CASHA256)
+}
+
+func nodeListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List nodes: kind, identities, whether connected, what each has acknowledged",
+		Args:  exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ns []api.Node
+			asJSON, err := g.call(cmd, "GET", api.PathNodes, nil, &ns)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), ns)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tJOINED\tCONNECTED\tIDENTITIES\tACKED")
+			for _, n := range ns {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Kind, n.State, yesNo(n.Joined),
+					connected(n.Connection), list(n.Identities), acked(n.Connection.Acked))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func nodeShowCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show NODE",
+		Short: "Show a node, its identities and its connection",
+		Args:  exactArgs(1, "NODE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var n api.Node
+			asJSON, err := g.call(cmd, "GET", api.PathNodes+"/"+escapeName(args[0]), nil, &n)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), n)
+			}
+			writeNode(cmd.OutOrStdout(), n)
+			return nil
+		},
+	}
+}
+
+func nodeAssignCmd(g *globals, assign bool) *cobra.Command {
+	var ident string
+	use, short := "assign NODE --identity NAME", "Give a node an identity; its proxies receive the secret at once"
+	if !assign {
+		use, short = "unassign NODE --identity NAME", "Take an identity from a node; its secret is withdrawn at once"
+	}
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  exactArgs(1, "NODE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if ident == "" {
+				return fmt.Errorf("--identity NAME is required")
+			}
+			var n api.Node
+			path := api.PathNodes + "/" + escapeName(args[0]) + "/identities"
+			var err error
+			var asJSON bool
+			if assign {
+				asJSON, err = g.call(cmd, "POST", path, api.AssignRequest{Identity: ident}, &n)
+			} else {
+				asJSON, err = g.call(cmd, "DELETE", path+"/"+escapeName(ident), nil, &n)
+			}
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), n)
+			}
+			writeNode(cmd.OutOrStdout(), n)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&ident, "identity", "", "identity name")
+	return cmd
+}
+
+func writeNode(w io.Writer, n api.Node) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "name:\t%s\n", n.Name)
+	fmt.Fprintf(tw, "kind:\t%s\n", n.Kind)
+	fmt.Fprintf(tw, "state:\t%s\n", n.State)
+	fmt.Fprintf(tw, "joined:\t%s\n", yesNo(n.Joined))
+	fmt.Fprintf(tw, "identities:\t%s\n", list(n.Identities))
+	fmt.Fprintf(tw, "connected:\t%s\n", connected(n.Connection))
+	if len(n.Connection.Acked) > 0 {
+		fmt.Fprintf(tw, "acked:\t%s\n", acked(n.Connection.Acked))
+	}
+	if n.Connection.NACKs > 0 {
+		fmt.Fprintf(tw, "nacks:\t%d (last: %s)\n", n.Connection.NACKs, n.Connection.LastNACK)
+	}
+	tw.Flush()
+}
+
+func connected(c api.NodeConnection) string {
+	if c.Connected {
+		return fmt.Sprintf("yes (%d streams)", c.Streams)
+	}
+	return "no"
+}
+
+// acked renders "Secret=v1a2 Listener=..." with short type names.
+func acked(m map[string]string) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	parts := make([]string, 0, len(m))
+	for typeURL, v := range m {
+		t := typeURL[strings.LastIndex(typeURL, ".")+1:]
+		parts = append(parts, t+"="+v)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+func list(s []string) string {
+	if len(s) == 0 {
+		return "-"
+	}
+	return strings.Join(s, ",")
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
