@@ -9,4 +9,5 @@ var (
 	ErrBadKey    = errors.New("private key PEM does not parse")
 	ErrKeyChain  = errors.New("private key does not match the leaf certificate")
 	ErrBadBundle = errors.New("trust bundle PEM does not parse")
+	ErrBadCRL    = errors.New("CRL PEM does not parse")
 )

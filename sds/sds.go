@@ -56,8 +56,11 @@ func TLSSecret(name string, chainPEM, keyPEM []byte) (*tlsv3.Secret, error) {
 
 // ValidationSecret returns the secret carrying a trust bundle. name is the
 // trust domain's ID, "spiffe://mesh.local" (see BundleName); bundlePEM holds
-// one or more CA certificates.
-func ValidationSecret(name string, bundlePEM []byte) (*tlsv3.Secret, error) {
+// one or more CA certificates. crlPEM, when not empty, holds one or more PEM
+// CRLs of the issuing CAs: Envoy then rejects revoked peer certificates. Only
+// leaf certificates are checked against it (only_verify_leaf_cert_crl), so
+// the roots need no CRL of their own.
+func ValidationSecret(name string, bundlePEM, crlPEM []byte) (*tlsv3.Secret, error) {
 	if name == "" {
 		return nil, ErrNoName
 	}
@@ -65,11 +68,18 @@ func ValidationSecret(name string, bundlePEM []byte) (*tlsv3.Secret, error) {
 	if err != nil {
 		return nil, fmt.Errorf("secret %q: %w: %v", name, ErrBadBundle, err)
 	}
+	vc := &tlsv3.CertificateValidationContext{TrustedCa: inline(encodeCerts(certs))}
+	if len(crlPEM) > 0 {
+		crls, err := parseCRLs(crlPEM)
+		if err != nil {
+			return nil, fmt.Errorf("secret %q: %w: %v", name, ErrBadCRL, err)
+		}
+		vc.Crl = inline(crls)
+		vc.OnlyVerifyLeafCertCrl = true
+	}
 	s := &tlsv3.Secret{
 		Name: name,
-		Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: inline(encodeCerts(certs)),
-		}},
+		Type: &tlsv3.Secret_ValidationContext{ValidationContext: vc},
 	}
 	if err := validate.Message(s); err != nil {
 		return nil, fmt.Errorf("secret %q: %w", name, err)
@@ -81,6 +91,30 @@ func ValidationSecret(name string, bundlePEM []byte) (*tlsv3.Secret, error) {
 // its SPIFFE ID, e.g. "spiffe://mesh.local".
 func BundleName(td spiffeid.TrustDomain) string {
 	return td.IDString()
+}
+
+// parseCRLs checks one or more X509 CRL blocks and re-encodes them.
+func parseCRLs(data []byte) ([]byte, error) {
+	var out []byte
+	rest := data
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "X509 CRL" {
+			return nil, fmt.Errorf("block of type %q, want X509 CRL", block.Type)
+		}
+		if _, err := x509.ParseRevocationList(block.Bytes); err != nil {
+			return nil, err
+		}
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: block.Bytes})...)
+	}
+	if len(out) == 0 || len(bytes.TrimSpace(rest)) > 0 {
+		return nil, fmt.Errorf("no PEM CRL, or trailing data")
+	}
+	return out, nil
 }
 
 func inline(b []byte) *corev3.DataSource {

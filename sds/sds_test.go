@@ -155,7 +155,7 @@ func TestValidationSecretRoundTrip(t *testing.T) {
 		t.Fatalf("BundleName() = %q, want %q", got, want)
 	}
 	bundle := cat(m.rootPEM, m.interPEM)
-	s, err := sds.ValidationSecret(sds.BundleName(td), bundle)
+	s, err := sds.ValidationSecret(sds.BundleName(td), bundle, nil)
 	if err != nil {
 		t.Fatalf("ValidationSecret() error = %v", err)
 	}
@@ -264,7 +264,7 @@ func TestValidationSecretRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := sds.ValidationSecret(tt.id, tt.bundle); !errors.Is(err, tt.want) {
+			if _, err := sds.ValidationSecret(tt.id, tt.bundle, nil); !errors.Is(err, tt.want) {
 				t.Fatalf("ValidationSecret() error = %v, want %v", err, tt.want)
 			} else if keyLeaks(err, m.keyPKCS8) {
 				t.Errorf("error quotes key bytes: %q", err)

@@ -108,6 +108,9 @@ func (r *Registry) authorizeAdmin(ctx context.Context, leaf *x509.Certificate) (
 		if err != nil || c.Identity != name {
 			return fmt.Errorf("certificate %s was not issued to %q: %w", serial, name, ErrDenied)
 		}
+		if _, err := tx.Revocation(serial); err == nil {
+			return fmt.Errorf("certificate %s of %q is revoked: %w", serial, name, ErrDenied)
+		}
 		return nil
 	})
 	return who, err

@@ -399,6 +399,9 @@ func (r *Registry) authenticateNode(ctx context.Context, leaf *x509.Certificate)
 		if err != nil || c.Identity != nodeSubject(node) {
 			return fmt.Errorf("certificate %s was not issued to node %q: %w", serial, node, ErrDenied)
 		}
+		if _, err := tx.Revocation(serial); err == nil {
+			return fmt.Errorf("certificate %s of node %q is revoked: %w", serial, node, ErrDenied)
+		}
 		return nil
 	})
 	return node, err
@@ -438,6 +441,7 @@ func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node
 		n     store.Node
 		creds []Credential
 	)
+	now := r.cfg.Clock.Now()
 	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
 		var err error
 		if n, err = tx.Node(node); err != nil {
@@ -453,6 +457,12 @@ func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node
 				return fmt.Errorf("identity %q: %w", name, err)
 			}
 			if c.Key == nil {
+				continue
+			}
+			if !now.Before(c.NotAfter) {
+				// Never serve an expired certificate as if it were fine;
+				// the rotation loop alarms long before this.
+				r.log.Error("not serving an expired certificate", "identity", name, "serial", c.Serial, "not_after", c.NotAfter)
 				continue
 			}
 			creds = append(creds, Credential{

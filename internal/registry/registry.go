@@ -68,6 +68,8 @@ type Registry struct {
 
 	mu        sync.Mutex
 	listeners []func(nodes []string)
+
+	crl atomic.Pointer[crlState]
 }
 
 // Subscribe registers fn to learn which nodes' credentials or assignments
@@ -128,6 +130,9 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 		return nil, err
 	}
 	if err := r.use(m); err != nil {
+		return nil, err
+	}
+	if err := r.RefreshCRL(ctx); err != nil {
 		return nil, err
 	}
 	return r, nil

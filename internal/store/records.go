@@ -82,11 +82,12 @@ type Node struct {
 
 // Revocation records a revoked certificate serial.
 type Revocation struct {
-	Serial    string    `json:"serial"`
-	Identity  string    `json:"identity"`
-	Reason    string    `json:"reason,omitempty"`
-	NotAfter  time.Time `json:"not_after"`
-	RevokedAt time.Time `json:"revoked_at"`
+	Serial       string    `json:"serial"`
+	Identity     string    `json:"identity"` // identity name, or node/NAME
+	IssuerSerial string    `json:"issuer_serial"`
+	Reason       string    `json:"reason,omitempty"`
+	NotAfter     time.Time `json:"not_after"`
+	RevokedAt    time.Time `json:"revoked_at"`
 }
 
 // Mesh is one version of the declarative mesh document.

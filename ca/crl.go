@@ -1,0 +1,51 @@
+package ca
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"time"
+)
+
+// Revoked is one entry of a CRL.
+type Revoked struct {
+	Serial    string // lowercase hex, as in Issued.Serial
+	RevokedAt time.Time
+}
+
+// CRL signs a CRL of the issuer over the revoked serials, built with
+// crypto/x509 (cfssl's helper uses the deprecated API and writes no CRL
+// number). number must grow with every CRL the issuer publishes. The result
+// is PEM ("X509 CRL").
+func (c *CA) CRL(revoked []Revoked, number *big.Int, thisUpdate, nextUpdate time.Time) ([]byte, error) {
+	if number == nil || number.Sign() <= 0 {
+		return nil, fmt.Errorf("%w: CRL number must be positive", ErrInvalidRequest)
+	}
+	if !nextUpdate.After(thisUpdate) {
+		return nil, fmt.Errorf("%w: CRL nextUpdate must follow thisUpdate", ErrInvalidRequest)
+	}
+	issuer := c.material.Issuer
+	if issuer.KeyUsage&x509.KeyUsageCRLSign == 0 {
+		return nil, fmt.Errorf("%w: issuer %q may not sign CRLs (no cRLSign key usage)", ErrNotCA, issuer.Subject.String())
+	}
+	entries := make([]x509.RevocationListEntry, 0, len(revoked))
+	for _, r := range revoked {
+		sn, ok := new(big.Int).SetString(r.Serial, 16)
+		if !ok || sn.Sign() <= 0 {
+			return nil, fmt.Errorf("%w: revoked serial %q is not hex", ErrInvalidRequest, clip(r.Serial))
+		}
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: sn, RevocationTime: r.RevokedAt.UTC()})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		RevokedCertificateEntries: entries,
+		Number:                    number,
+		ThisUpdate:                thisUpdate.UTC(),
+		NextUpdate:                nextUpdate.UTC(),
+	}, issuer, c.material.IssuerKey)
+	if err != nil {
+		return nil, fmt.Errorf("sign CRL: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), nil
+}

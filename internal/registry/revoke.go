@@ -1,0 +1,269 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/big"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/store"
+)
+
+// Audit actions for revocation.
+const (
+	ActionIdentityRevoke = "identity.revoke"
+	ActionNodeRevoke     = "node.revoke"
+	ActionCRLIssue       = "crl.issue"
+)
+
+// CRL timing. An expired CRL fails every handshake that checks it, so it is
+// valid for a day and rebuilt after a quarter of that.
+const (
+	CRLValidity = 24 * time.Hour
+	crlRefresh  = CRLValidity / 4
+)
+
+// crlState is the CRL in use; pem is nil when nothing unexpired is revoked.
+type crlState struct {
+	pem        []byte
+	number     uint64
+	thisUpdate time.Time
+	nextUpdate time.Time
+	entries    int
+}
+
+// CRL returns the current CRL as PEM, or nil when no unexpired certificate
+// is revoked.
+func (r *Registry) CRL() []byte {
+	if s := r.crl.Load(); s != nil {
+		return s.pem
+	}
+	return nil
+}
+
+// Revoked is the result of a revocation.
+type Revoked struct {
+	Serials []string // certificates added to the CRL
+	Nodes   []string // nodes whose configuration changed
+}
+
+// RevokeIdentity stops issuance for an identity, withdraws its secret from
+// every node and puts its unexpired certificates on the CRL, which every
+// node receives in the trust bundle secret. All in one transaction with its
+// audit records; the pushes follow at once.
+func (r *Registry) RevokeIdentity(ctx context.Context, name, reason, actor string) (Revoked, error) {
+	res, err := r.revoke(ctx, name, reason, actor, false)
+	if err != nil && ctx.Err() == nil {
+		r.deny(ctx, store.Event{Action: ActionIdentityRevoke, Actor: actor, Identity: clip(name, identity.MaxNameLength), Detail: err.Error()})
+	}
+	return res, err
+}
+
+// RevokeNode refuses a node from now on (its streams are closed by the xDS
+// server when it is told) and puts its node certificates on the CRL.
+func (r *Registry) RevokeNode(ctx context.Context, name, reason, actor string) (Revoked, error) {
+	res, err := r.revoke(ctx, name, reason, actor, true)
+	if err != nil && ctx.Err() == nil {
+		r.deny(ctx, store.Event{Action: ActionNodeRevoke, Actor: actor, Node: clip(name, identity.MaxNameLength), Detail: err.Error()})
+	}
+	return res, err
+}
+
+func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node bool) (Revoked, error) {
+	reason = clip(reason, 200)
+	var res Revoked
+	var built *crlState
+	err := r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		res = Revoked{}
+		now := r.cfg.Clock.Now().UTC()
+		subject := name
+		if node {
+			n, err := tx.Node(name)
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("node %q %w", clip(name, identity.MaxNameLength), ErrNotFound)
+			} else if err != nil {
+				return err
+			}
+			if n.State == store.StateRevoked {
+				return fmt.Errorf("node %q is already revoked: %w", name, ErrExists)
+			}
+			n.State, n.UpdatedAt, n.TokenHash = store.StateRevoked, now, nil
+			if err := tx.PutNode(n); err != nil {
+				return err
+			}
+			subject = nodeSubject(name)
+			res.Nodes = []string{name}
+		} else {
+			id, err := tx.Identity(name)
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("identity %q %w", clip(name, identity.MaxNameLength), ErrNotFound)
+			} else if err != nil {
+				return err
+			}
+			if id.State == store.StateRevoked {
+				return fmt.Errorf("identity %q is already revoked: %w", name, ErrExists)
+			}
+			id.State, id.UpdatedAt = store.StateRevoked, now
+			if err := tx.PutIdentity(id); err != nil {
+				return err
+			}
+		}
+		certs, err := tx.CertsFor(subject)
+		if err != nil {
+			return err
+		}
+		for _, c := range certs {
+			if !c.NotAfter.After(now) {
+				continue // expired: nothing to revoke
+			}
+			if _, err := tx.Revocation(c.Serial); err == nil {
+				continue
+			}
+			if err := tx.PutRevocation(store.Revocation{Serial: c.Serial, Identity: subject, IssuerSerial: c.IssuerSerial,
+				Reason: reason, NotAfter: c.NotAfter, RevokedAt: now}); err != nil {
+				return err
+			}
+			res.Serials = append(res.Serials, c.Serial)
+		}
+		ev := store.Event{Action: ActionIdentityRevoke, Actor: actor, Identity: name,
+			Detail: fmt.Sprintf("reason=%q certificates=%d", reason, len(res.Serials))}
+		if node {
+			ev = store.Event{Action: ActionNodeRevoke, Actor: actor, Node: name,
+				Detail: fmt.Sprintf("reason=%q certificates=%d", reason, len(res.Serials))}
+		}
+		if _, err := tx.Append(ev); err != nil {
+			return err
+		}
+		built, err = r.buildCRL(tx, now)
+		if err != nil {
+			return err
+		}
+		ns, err := tx.Nodes()
+		if err != nil {
+			return err
+		}
+		for _, n := range ns { // every node's trust bundle secret carries the CRL
+			if n.Name != name || !node {
+				res.Nodes = append(res.Nodes, n.Name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Revoked{}, err
+	}
+	r.crl.Store(built)
+	what, key := "identity revoked", "identity"
+	if node {
+		what, key = "node revoked", "node"
+	}
+	r.log.Info(what, key, name, "certificates", len(res.Serials), "crl_number", built.number, "actor", actor)
+	r.notify(res.Nodes...)
+	return res, nil
+}
+
+// buildCRL signs the CRL of the current issuer inside tx, numbered by the
+// sequence of its own audit record (so numbers only grow). It returns an
+// empty state when nothing unexpired is revoked: no CRL is then served, and
+// none can go stale.
+func (r *Registry) buildCRL(tx *store.Tx, now time.Time) (*crlState, error) {
+	revs, err := tx.Revocations()
+	if err != nil {
+		return nil, err
+	}
+	issuer := serialHex(r.CA().Issuer())
+	var entries []ca.Revoked
+	for _, rv := range revs {
+		if rv.IssuerSerial == issuer && rv.NotAfter.After(now) {
+			entries = append(entries, ca.Revoked{Serial: rv.Serial, RevokedAt: rv.RevokedAt})
+		}
+	}
+	if len(entries) == 0 {
+		return &crlState{thisUpdate: now}, nil
+	}
+	ev, err := tx.Append(store.Event{Action: ActionCRLIssue, Actor: "meshca", Serial: issuer,
+		Detail: fmt.Sprintf("entries=%d next_update=%s", len(entries), now.Add(CRLValidity).Format(time.RFC3339))})
+	if err != nil {
+		return nil, err
+	}
+	pem, err := r.CA().CRL(entries, new(big.Int).SetUint64(ev.Seq), now, now.Add(CRLValidity))
+	if err != nil {
+		return nil, err
+	}
+	return &crlState{pem: pem, number: ev.Seq, thisUpdate: now, nextUpdate: now.Add(CRLValidity), entries: len(entries)}, nil
+}
+
+// RefreshCRL rebuilds the CRL when it is due, a quarter of its validity
+// after it was signed, and withdraws it once every entry has expired; each
+// change is pushed to every node. On start (no CRL yet) it builds the CRL
+// from the stored revocations.
+func (r *Registry) RefreshCRL(ctx context.Context) error {
+	cur := r.crl.Load()
+	now := r.cfg.Clock.Now().UTC()
+	issuer := serialHex(r.CA().Issuer())
+	live := 0
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		revs, err := tx.Revocations()
+		for _, rv := range revs {
+			if rv.IssuerSerial == issuer && rv.NotAfter.After(now) {
+				live++
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("refresh CRL: %w", err)
+	}
+	switch {
+	case live == 0 && (cur == nil || cur.pem == nil):
+		r.crl.CompareAndSwap(cur, &crlState{thisUpdate: now})
+		return nil
+	case live > 0 && cur != nil && cur.pem != nil && now.Before(cur.thisUpdate.Add(crlRefresh)):
+		return nil
+	}
+	var (
+		built *crlState
+		nodes []string
+	)
+	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		var err error
+		if built, err = r.buildCRL(tx, now); err != nil {
+			return err
+		}
+		if built.pem == nil {
+			_, err = tx.Append(store.Event{Action: ActionCRLIssue, Actor: "meshca", Serial: issuer, Detail: "withdrawn: every revoked certificate has expired"})
+			if err != nil {
+				return err
+			}
+		}
+		ns, err := tx.Nodes()
+		for _, n := range ns {
+			nodes = append(nodes, n.Name)
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("refresh CRL: %w", err)
+	}
+	r.crl.Store(built)
+	r.log.Info("CRL refreshed", "crl_number", built.number, "entries", built.entries, "next_update", built.nextUpdate)
+	r.notify(nodes...)
+	return nil
+}
+
+// RunCRL keeps the CRL fresh until ctx is done.
+func (r *Registry) RunCRL(ctx context.Context) error {
+	for {
+		if err := r.RefreshCRL(ctx); err != nil {
+			r.log.Error("CRL refresh failed; will retry", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.cfg.Clock.After(time.Minute):
+		}
+	}
+}
