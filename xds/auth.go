@@ -124,11 +124,29 @@ func (s *Server) authInterceptors() []grpc.ServerOption {
 				s.stats.unauthenticated.Add(1)
 				return status.Error(codes.Unauthenticated, "a node certificate is required (run meshca bootstrap)")
 			}
-			return h(srv, &boundStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), nodeKey{}, node)})
+			// The connection was authenticated when it was made; the node
+			// may have been revoked since.
+			if !s.knownNode(node) {
+				s.stats.denied.Add(1)
+				return status.Error(codes.PermissionDenied, "node is not registered or was revoked")
+			}
+			ctx, cancel := context.WithCancelCause(context.WithValue(ss.Context(), nodeKey{}, node))
+			defer cancel(nil)
+			id := s.trackStream(node, cancel)
+			defer s.untrackStream(node, id)
+			err = h(srv, &boundStream{ServerStream: ss, ctx: ctx})
+			if errors.Is(context.Cause(ctx), errNodeGone) {
+				return status.Error(codes.PermissionDenied, "node was revoked or removed")
+			}
+			return err
 		}),
 	}
 }
 
+// boundStream carries the authenticated node in its context, and ends the
+// stream when that context is cancelled: go-control-plane's SotW loop
+// watches only the server's context, and a blocked Recv would otherwise keep
+// a revoked node's stream open.
 type boundStream struct {
 	grpc.ServerStream
 	ctx context.Context
@@ -136,9 +154,57 @@ type boundStream struct {
 
 func (b *boundStream) Context() context.Context { return b.ctx }
 
+// RecvMsg returns as soon as the stream's context ends. The message is
+// allocated per call by the generated code, so the abandoned read cannot
+// race with a later one; it ends when the RPC does.
+func (b *boundStream) RecvMsg(m any) error {
+	errc := make(chan error, 1)
+	go func() { errc <- b.ServerStream.RecvMsg(m) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-b.ctx.Done():
+		return context.Cause(b.ctx)
+	}
+}
+
+var errNodeGone = errors.New("node revoked or removed")
+
 func clip(s string, n int) string {
 	if len(s) > n {
 		return s[:n] + "..."
 	}
 	return s
+}
+
+// trackStream remembers how to end a node's stream, so that a revoked node
+// can be cut off at once.
+func (s *Server) trackStream(node string, cancel context.CancelCauseFunc) uint64 {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	s.nextStream++
+	if s.cancels[node] == nil {
+		s.cancels[node] = map[uint64]context.CancelCauseFunc{}
+	}
+	s.cancels[node][s.nextStream] = cancel
+	return s.nextStream
+}
+
+func (s *Server) untrackStream(node string, id uint64) {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	delete(s.cancels[node], id)
+	if len(s.cancels[node]) == 0 {
+		delete(s.cancels, node)
+	}
+}
+
+// closeNode ends every open stream of a node.
+func (s *Server) closeNode(node string) int {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	for _, cancel := range s.cancels[node] {
+		cancel(errNodeGone)
+	}
+	return len(s.cancels[node])
 }

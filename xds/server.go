@@ -70,6 +70,10 @@ type Server struct {
 	cb    *callbacks
 	grpc  *grpc.Server
 
+	streamsMu  sync.Mutex
+	nextStream uint64
+	cancels    map[string]map[uint64]context.CancelCauseFunc // node -> open streams
+
 	refreshMu sync.Mutex
 	allowedMu sync.RWMutex
 	allowed   map[string]map[string]bool // node -> secret names it may request
@@ -102,7 +106,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, allowed: map[string]map[string]bool{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, allowed: map[string]map[string]bool{}, cancels: map[string]map[uint64]context.CancelCauseFunc{}}
 	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	s.cb = newCallbacks(s)
 	opts := append([]grpc.ServerOption{

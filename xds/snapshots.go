@@ -60,8 +60,12 @@ func (s *Server) refreshNode(ctx context.Context, node string) error {
 	defer s.refreshMu.Unlock()
 	res, err := s.cfg.Source.Resources(ctx, node)
 	if errors.Is(err, ErrUnknownNode) {
-		s.cache.ClearSnapshot(node)
+		// Unregistered or revoked: forget its snapshot and end its streams.
 		s.setAllowed(node, nil)
+		s.cache.ClearSnapshot(node)
+		if n := s.closeNode(node); n > 0 {
+			s.log.Info("closed the streams of a node that may no longer connect", "node", node, "streams", n)
+		}
 		return nil
 	}
 	if err != nil {
@@ -133,6 +137,15 @@ func (s *Server) allowedSecrets(node string) map[string]bool {
 	s.allowedMu.RLock()
 	defer s.allowedMu.RUnlock()
 	return s.allowed[node]
+}
+
+// knownNode reports whether the node is registered and active: it has a
+// snapshot, possibly empty.
+func (s *Server) knownNode(node string) bool {
+	s.allowedMu.RLock()
+	defer s.allowedMu.RUnlock()
+	_, ok := s.allowed[node]
+	return ok
 }
 
 func (s *Server) setAllowed(node string, names map[string]bool) {

@@ -63,6 +63,7 @@ type Config struct {
 	CSRSigner   CSRSigner   // required
 	Nodes       Nodes       // required
 	Reissuer    Reissuer    // required
+	Revoker     Revoker     // required
 	Connections Connections // required
 	// XDSAddress is where nodes reach meshca, shown with join tokens.
 	XDSAddress  string
@@ -82,7 +83,7 @@ type Server struct {
 // New validates cfg and builds the routes.
 func New(cfg Config) (*Server, error) {
 	if cfg.Identities == nil || cfg.CSRSigner == nil || cfg.Authority == nil || cfg.Audit == nil ||
-		cfg.Nodes == nil || cfg.Reissuer == nil || cfg.Connections == nil {
+		cfg.Nodes == nil || cfg.Reissuer == nil || cfg.Revoker == nil || cfg.Connections == nil {
 		return nil, errors.New("admin: Identities, CSRSigner, Nodes, Reissuer, Connections, Authority and Audit are required")
 	}
 	if cfg.Logger == nil {

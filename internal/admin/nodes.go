@@ -26,6 +26,13 @@ type Reissuer interface {
 	ReissueIdentity(ctx context.Context, name, actor string) (registry.Status, error)
 }
 
+// Revoker revokes identities and nodes and serves the CRL.
+type Revoker interface {
+	RevokeIdentity(ctx context.Context, name, reason, actor string) (registry.Revoked, error)
+	RevokeNode(ctx context.Context, name, reason, actor string) (registry.Revoked, error)
+	CRL() []byte
+}
+
 // Connections reports what the xDS server knows of a node.
 type Connections interface {
 	NodeConnection(node string) api.NodeConnection
@@ -39,6 +46,52 @@ func (s *Server) routeNodes() {
 	s.mux.HandleFunc("POST "+api.PathNodes+"/{name}/identities", s.assign)
 	s.mux.HandleFunc("DELETE "+api.PathNodes+"/{name}/identities/{identity...}", s.unassign)
 	s.mux.HandleFunc("POST "+api.PathReissue+"/{name...}", s.reissue)
+	s.mux.HandleFunc("POST "+api.PathRevoke+"/{name...}", s.revokeIdentity)
+	s.mux.HandleFunc("POST "+api.PathNodes+"/{name}/revoke", s.revokeNode)
+	s.mux.HandleFunc("GET "+api.PathCRL, s.getCRL)
+}
+
+func (s *Server) revokeIdentity(w http.ResponseWriter, r *http.Request) {
+	var req api.RevokeRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	res, err := s.cfg.Revoker.RevokeIdentity(r.Context(), r.PathValue("name"), req.Reason, actor(r))
+	s.revoked(w, r, res, err)
+}
+
+func (s *Server) revokeNode(w http.ResponseWriter, r *http.Request) {
+	var req api.RevokeRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	res, err := s.cfg.Revoker.RevokeNode(r.Context(), r.PathValue("name"), req.Reason, actor(r))
+	s.revoked(w, r, res, err)
+}
+
+func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Revoked, err error) {
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	serials := res.Serials
+	if serials == nil {
+		serials = []string{}
+	}
+	s.reply(w, http.StatusOK, api.Revoked{Serials: serials, Nodes: len(res.Nodes)})
+}
+
+// getCRL serves the current CRL as PEM; with nothing revoked there is no
+// CRL and the answer is 204.
+func (s *Server) getCRL(w http.ResponseWriter, r *http.Request) {
+	crl := s.cfg.Revoker.CRL()
+	if len(crl) == 0 {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(crl)
 }
 
 func (s *Server) addNode(w http.ResponseWriter, r *http.Request) {

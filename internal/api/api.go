@@ -15,6 +15,8 @@ const (
 	PathAudit      = "/v1/audit"
 	PathNodes      = "/v1/nodes"
 	PathReissue    = "/v1/reissue"
+	PathRevoke     = "/v1/revoke"
+	PathCRL        = "/crl"
 )
 
 // AddIdentityRequest is the body of POST /v1/identities.
@@ -149,4 +151,16 @@ type JoinToken struct {
 	Expires    time.Time `json:"expires"`
 	CASHA256   string    `json:"ca_sha256"`   // SHA-256 of the root the node must trust
 	XDSAddress string    `json:"xds_address"` // where meshca serves xDS and joins
+}
+
+// RevokeRequest is the body of POST /v1/revoke/{identity} and
+// POST /v1/nodes/{name}/revoke.
+type RevokeRequest struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// Revoked answers a revocation.
+type Revoked struct {
+	Serials []string `json:"serials"` // certificates put on the CRL
+	Nodes   int      `json:"nodes"`   // nodes the change was pushed to
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/xds"
 )
 
@@ -170,8 +171,21 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	attrs = append(attrs, "xds", xdsLn.Addr().String())
 	app.XDS = xdsLn.Addr().String()
 
+	jitter := cfg.Rotation.Jitter
+	if jitter == 0 {
+		jitter = -1 // rotation.Policy reads 0 as "default"; the config means none
+	}
+	renewer, err := rotation.New(rotation.Config{
+		Policy: rotation.Policy{Fraction: cfg.Rotation.Fraction, Jitter: jitter},
+		Source: renewals{reg: reg}, Renewer: renewals{reg: reg}, Clock: o.clock, Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	runs = append(runs, renewer.Run, reg.RunCRL)
+
 	adm, err := admin.New(admin.Config{
-		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Connections: connections{srv: xdsSrv},
+		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Connections: connections{srv: xdsSrv},
 		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: xdsLn.Addr().String(), Logger: logger,
 	})
 	if err != nil {

@@ -32,12 +32,24 @@ type mesh struct {
 	app   *app.App
 	clock clock.Clock
 	http  *http.Client
+	dir   string
+	stop  func()
 }
 
 func startMesh(t *testing.T, clk clock.Clock) *mesh {
+	return startMeshIn(t, clk, filepath.Join(t.TempDir(), "data"))
+}
+
+// restart stops meshca and starts it again on the same data directory.
+func (m *mesh) restart() *mesh {
+	m.stop()
+	return startMeshIn(m.t, m.clock, m.dir)
+}
+
+func startMeshIn(t *testing.T, clk clock.Clock, dir string) *mesh {
 	t.Helper()
 	cfg := config.Default()
-	cfg.DataDir = filepath.Join(t.TempDir(), "data")
+	cfg.DataDir = dir
 	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.XDS.Listen = "127.0.0.1:0"
 	ctx, cancel := context.WithCancel(context.Background())
@@ -54,7 +66,12 @@ func startMesh(t *testing.T, clk clock.Clock) *mesh {
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Wait(ctx) }()
-	t.Cleanup(func() {
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		cancel()
 		select {
 		case err := <-done:
@@ -64,8 +81,9 @@ func startMesh(t *testing.T, clk clock.Clock) *mesh {
 		case <-time.After(20 * time.Second):
 			t.Error("meshca did not stop within 20s")
 		}
-	})
-	return &mesh{t: t, app: a, clock: clk, http: &http.Client{Timeout: 30 * time.Second}}
+	}
+	t.Cleanup(stop)
+	return &mesh{t: t, app: a, clock: clk, http: &http.Client{Timeout: 30 * time.Second}, dir: dir, stop: stop}
 }
 
 // admin calls the admin API and decodes the answer; it fails the test on a

@@ -16,6 +16,7 @@ import (
 	"github.com/meshca/meshca/internal/nodeapi"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/sds"
 	"github.com/meshca/meshca/xds"
 )
@@ -52,7 +53,7 @@ func (a xdsSource) Resources(ctx context.Context, node string) (map[string][]typ
 	if n.State != store.StateActive {
 		return nil, xds.ErrUnknownNode
 	}
-	bundle, err := sds.ValidationSecret(sds.BundleName(a.td), a.reg.CA().BundlePEM())
+	bundle, err := sds.ValidationSecret(sds.BundleName(a.td), a.reg.CA().BundlePEM(), a.reg.CRL())
 	if err != nil {
 		return nil, fmt.Errorf("trust bundle secret: %w", err)
 	}
@@ -108,4 +109,35 @@ func clip(s string) string {
 		return s[:100] + "..."
 	}
 	return s
+}
+
+// renewals adapts the registry to the rotation loop.
+type renewals struct{ reg *registry.Registry }
+
+var (
+	_ rotation.Source  = renewals{}
+	_ rotation.Renewer = renewals{}
+)
+
+func (r renewals) Certs(ctx context.Context) ([]rotation.Cert, error) {
+	ids, err := r.reg.Identities(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]rotation.Cert, 0, len(ids))
+	for _, st := range ids {
+		if st.Identity.State != store.StateActive || st.Cert == nil {
+			continue
+		}
+		out = append(out, rotation.Cert{Name: st.Identity.Name, Serial: st.Cert.Serial, NotBefore: st.Cert.NotBefore, NotAfter: st.Cert.NotAfter})
+	}
+	return out, nil
+}
+
+func (r renewals) Renew(ctx context.Context, name string) (rotation.Cert, error) {
+	st, err := r.reg.ReissueIdentity(ctx, name, "rotation")
+	if err != nil {
+		return rotation.Cert{}, err
+	}
+	return rotation.Cert{Name: name, Serial: st.Cert.Serial, NotBefore: st.Cert.NotBefore, NotAfter: st.Cert.NotAfter}, nil
 }

@@ -13,7 +13,7 @@ import (
 
 func identityCmd(g *globals) *cobra.Command {
 	cmd := group("identity", "Add and inspect service identities")
-	cmd.AddCommand(identityAddCmd(g), identityListCmd(g), identityShowCmd(g), identityReissueCmd(g))
+	cmd.AddCommand(identityAddCmd(g), identityListCmd(g), identityShowCmd(g), identityReissueCmd(g), revokeCmd(g, false))
 	return cmd
 }
 
@@ -136,4 +136,39 @@ func identityReissueCmd(g *globals) *cobra.Command {
 			return writeIdentity(cmd.OutOrStdout(), id)
 		},
 	}
+}
+
+// revokeCmd is `identity revoke` and `node revoke`.
+func revokeCmd(g *globals, node bool) *cobra.Command {
+	var reason string
+	use, short := "revoke NAME [--reason R]", "Revoke an identity: stop issuing, withdraw its secret, push its serials in the CRL"
+	if node {
+		use, short = "revoke NODE [--reason R]", "Revoke a node: close its streams now and refuse it from then on"
+	}
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := api.PathRevoke + "/" + escapeName(args[0])
+			if node {
+				path = api.PathNodes + "/" + escapeName(args[0]) + "/revoke"
+			}
+			var res api.Revoked
+			asJSON, err := g.call(cmd, "POST", path, api.RevokeRequest{Reason: reason}, &res)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), res)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s: %d certificate(s) on the CRL, pushed to %d node(s)\n", args[0], len(res.Serials), res.Nodes)
+			for _, s := range res.Serials {
+				fmt.Fprintf(cmd.OutOrStdout(), "  %s\n", s)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the audit log)")
+	return cmd
 }

@@ -15,7 +15,7 @@ import (
 
 func nodeCmd(g *globals) *cobra.Command {
 	cmd := group("node", "Register proxies (nodes), hand out join tokens, assign identities")
-	cmd.AddCommand(nodeAddCmd(g), nodeListCmd(g), nodeShowCmd(g), nodeTokenCmd(g), nodeAssignCmd(g, true), nodeAssignCmd(g, false))
+	cmd.AddCommand(nodeAddCmd(g), nodeListCmd(g), nodeShowCmd(g), nodeTokenCmd(g), nodeAssignCmd(g, true), nodeAssignCmd(g, false), revokeCmd(g, true))
 	return cmd
 }
 

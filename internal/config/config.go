@@ -22,13 +22,14 @@ var ErrInvalid = errors.New("invalid configuration")
 
 // Config is the server configuration. YAML keys are the field tags.
 type Config struct {
-	DataDir     string `yaml:"data_dir"`
-	TrustDomain string `yaml:"trust_domain"`
-	Admin       Admin  `yaml:"admin"`
-	XDS         XDS    `yaml:"xds"`
-	Log         Log    `yaml:"log"`
-	CA          CA     `yaml:"ca"`
-	Store       Store  `yaml:"store"`
+	DataDir     string   `yaml:"data_dir"`
+	TrustDomain string   `yaml:"trust_domain"`
+	Admin       Admin    `yaml:"admin"`
+	XDS         XDS      `yaml:"xds"`
+	Log         Log      `yaml:"log"`
+	CA          CA       `yaml:"ca"`
+	Rotation    Rotation `yaml:"rotation"`
+	Store       Store    `yaml:"store"`
 }
 
 // Admin configures the admin HTTP API.
@@ -67,6 +68,15 @@ type CA struct {
 	RootTTL         Duration `yaml:"root_ttl"`
 	IntermediateTTL Duration `yaml:"intermediate_ttl"`
 	DefaultLeafTTL  Duration `yaml:"default_leaf_ttl"`
+}
+
+// Rotation configures automatic certificate renewal.
+type Rotation struct {
+	// Fraction of a certificate's lifetime after which it is renewed.
+	Fraction float64 `yaml:"fraction"`
+	// Jitter moves each renewal earlier by up to this fraction of the
+	// lifetime, so renewals spread out; 0 disables it.
+	Jitter float64 `yaml:"jitter"`
 }
 
 // Store configures the bbolt store.
@@ -116,7 +126,8 @@ func Default() Config {
 			IntermediateTTL: Duration(365 * 24 * time.Hour),
 			DefaultLeafTTL:  Duration(time.Hour),
 		},
-		Store: Store{LockTimeout: Duration(time.Second)},
+		Rotation: Rotation{Fraction: 0.5, Jitter: 0.1},
+		Store:    Store{LockTimeout: Duration(time.Second)},
 	}
 }
 
@@ -181,7 +192,7 @@ func readable(err error) string {
 	return strings.Join(lines, "; ")
 }
 
-var sectionKey = map[string]string{"Admin": "admin", "XDS": "xds", "Log": "log", "CA": "ca", "Store": "store"}
+var sectionKey = map[string]string{"Admin": "admin", "XDS": "xds", "Log": "log", "CA": "ca", "Rotation": "rotation", "Store": "store"}
 
 // Validate checks every value and returns all problems at once, each naming
 // its key.
@@ -238,6 +249,12 @@ func (c Config) Validate() error {
 	}
 	if d := c.XDS.NodeCertTTL.D(); d < 5*time.Minute || d > 30*24*time.Hour {
 		bad("xds.node_cert_ttl", "%s is out of range: 5m to 720h", d)
+	}
+	if f := c.Rotation.Fraction; f < 0.1 || f > 0.9 {
+		bad("rotation.fraction", "%v is out of range: 0.1 to 0.9 of the lifetime", f)
+	}
+	if j := c.Rotation.Jitter; j < 0 || j >= c.Rotation.Fraction {
+		bad("rotation.jitter", "%v is out of range: 0 up to rotation.fraction (%v)", j, c.Rotation.Fraction)
 	}
 	if d := c.Store.LockTimeout.D(); d <= 0 || d > time.Minute {
 		bad("store.lock_timeout", "%s is out of range: above 0 and at most 1m", d)
