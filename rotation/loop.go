@@ -111,11 +111,14 @@ func (l *Loop) Stats() Stats {
 // already past its renewal point, Burst at a time.
 func (l *Loop) Run(ctx context.Context) error {
 	for {
-		wait := l.Step(ctx)
+		start := l.cfg.Clock.Now()
+		wake := start.Add(l.Step(ctx))
+		// Sleep until an absolute time: renewals may have taken a while, and
+		// the wait counts from the start of the round.
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-l.cfg.Clock.After(wait):
+		case <-l.cfg.Clock.After(wake.Sub(l.cfg.Clock.Now())):
 		}
 	}
 }

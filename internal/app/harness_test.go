@@ -11,8 +11,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"log/slog"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,7 +61,7 @@ func startMeshIn(t *testing.T, clk clock.Clock, dir string) *mesh {
 	} else {
 		clk = clock.Real{}
 	}
-	a, err := app.Start(ctx, cfg, nil, opts...)
+	a, err := app.Start(ctx, cfg, slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelInfo})), opts...)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -189,6 +191,14 @@ func (m *mesh) serverTLS(cert *tls.Certificate) *tls.Config {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}
 	return cfg
+}
+
+// testLog sends the server's log to the test's log, shown on failure.
+type testLog struct{ t *testing.T }
+
+func (w testLog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
 
 type testError string
