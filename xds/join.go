@@ -19,6 +19,8 @@ import (
 // JoinError.
 type Joiner interface {
 	Join(ctx context.Context, node, token string, csrDER []byte) (nodeapi.JoinResponse, error)
+	// Renew issues a new certificate to an authenticated node.
+	Renew(ctx context.Context, node string, csrDER []byte) (nodeapi.JoinResponse, error)
 }
 
 // JoinError lets a Joiner say which gRPC code and client-safe message an
@@ -38,37 +40,70 @@ func (s *Server) registerJoin() {
 	s.grpc.RegisterService(&grpc.ServiceDesc{
 		ServiceName: nodeapi.Service,
 		HandlerType: (*any)(nil),
-		Methods: []grpc.MethodDesc{{
-			MethodName: nodeapi.JoinMethod,
-			Handler: func(_ any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-				req := new(nodeapi.JoinRequest)
-				if err := dec(req); err != nil {
-					return nil, status.Error(codes.InvalidArgument, "join request is not valid JSON")
-				}
-				h := func(ctx context.Context, req any) (any, error) { return s.join(ctx, req.(*nodeapi.JoinRequest)) }
-				if icpt == nil {
-					return h(ctx, req)
-				}
-				return icpt(ctx, req, &grpc.UnaryServerInfo{FullMethod: nodeapi.FullJoinMethod}, h)
-			},
-		}},
+		Methods: []grpc.MethodDesc{
+			{MethodName: nodeapi.JoinMethod, Handler: unary(nodeapi.FullJoinMethod, s.join)},
+			{MethodName: nodeapi.RenewMethod, Handler: unary(nodeapi.FullRenewMethod, s.renew)},
+		},
 	}, struct{}{})
 }
 
+// unary adapts a typed handler to grpc's method handler, running the
+// interceptors.
+func unary[Req any](method string, fn func(context.Context, *Req) (*nodeapi.JoinResponse, error)) func(any, context.Context, func(any) error, grpc.UnaryServerInterceptor) (any, error) {
+	return func(_ any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+		req := new(Req)
+		if err := dec(req); err != nil {
+			return nil, status.Error(codes.InvalidArgument, "request is not valid JSON")
+		}
+		h := func(ctx context.Context, req any) (any, error) { return fn(ctx, req.(*Req)) }
+		if icpt == nil {
+			return h(ctx, req)
+		}
+		return icpt(ctx, req, &grpc.UnaryServerInfo{FullMethod: method}, h)
+	}
+}
+
 func (s *Server) join(ctx context.Context, req *nodeapi.JoinRequest) (*nodeapi.JoinResponse, error) {
-	block, rest := pem.Decode([]byte(req.CSRPEM))
-	if block == nil || block.Type != "CERTIFICATE REQUEST" || !onlySpace(rest) {
+	csr, err := csrDER(req.CSRPEM)
+	if err != nil {
 		s.stats.joinRefused.Add(1)
+		return nil, err
+	}
+	resp, err := s.cfg.Joiner.Join(ctx, req.Node, req.Token, csr)
+	return s.joinAnswer(resp, err, req.Node)
+}
+
+// renew runs behind the interceptors, so the node is authenticated and
+// still registered.
+func (s *Server) renew(ctx context.Context, req *nodeapi.RenewRequest) (*nodeapi.JoinResponse, error) {
+	node, ok := nodeFrom(ctx)
+	if !ok || !s.knownNode(node) {
+		return nil, status.Error(codes.PermissionDenied, "node is not registered or was revoked")
+	}
+	csr, err := csrDER(req.CSRPEM)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.cfg.Joiner.Renew(ctx, node, csr)
+	return s.joinAnswer(resp, err, node)
+}
+
+func csrDER(p string) ([]byte, error) {
+	block, rest := pem.Decode([]byte(p))
+	if block == nil || block.Type != "CERTIFICATE REQUEST" || !onlySpace(rest) {
 		return nil, status.Error(codes.InvalidArgument, "csr_pem must hold one PEM CERTIFICATE REQUEST block")
 	}
-	resp, err := s.cfg.Joiner.Join(ctx, req.Node, req.Token, block.Bytes)
+	return block.Bytes, nil
+}
+
+func (s *Server) joinAnswer(resp nodeapi.JoinResponse, err error, node string) (*nodeapi.JoinResponse, error) {
 	if err != nil {
 		s.stats.joinRefused.Add(1)
 		var je *JoinError
 		if errors.As(err, &je) {
 			return nil, status.Error(je.Code, je.Message)
 		}
-		s.log.Error("node join failed", "node", clip(req.Node, 100), "err", err)
+		s.log.Error("node join or renewal failed", "node", clip(node, 100), "err", err)
 		return nil, status.Error(codes.Internal, "join failed; the server log has the details")
 	}
 	s.stats.joins.Add(1)

@@ -407,7 +407,7 @@ func TestNodeBootstrap(t *testing.T) {
 		t.Fatalf("reused token: exit %d, stderr %q", r.code, r.stderr)
 	}
 
-	for _, f := range []string{"node.pem", "node-key.pem", "bundle.pem", "node-sds.yaml", "bundle-sds.yaml", "envoy.yaml"} {
+	for _, f := range []string{"node.pem", "node-key.pem", "bundle.pem", "node-sds.yaml", "bundle-sds.yaml", "envoy.yaml", "meshca-node.json"} {
 		fi, err := os.Stat(filepath.Join(out, f))
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("%s: %v %v", f, err, fi)
@@ -435,6 +435,21 @@ func TestNodeBootstrap(t *testing.T) {
 	var n api.Node
 	if err := json.Unmarshal([]byte(mustRun(t, srv.admin, "node", "show", "edge-1", "-o", "json")), &n); err != nil || !n.Joined || n.Kind != "front-proxy" {
 		t.Fatalf("node show: %+v %v", n, err)
+	}
+
+	// The node renews its certificate with the current one; the key stays.
+	keyBefore := mustRead(t, filepath.Join(out, "node-key.pem"))
+	if r := meshca(t, "", "bootstrap", "renew", "--dir", out); r.code != 0 || !strings.Contains(r.stdout, "renewed node edge-1") {
+		t.Fatalf("renew: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	renewed := parseCert(t, mustRead(t, filepath.Join(out, "node.pem")))
+	if renewed.SerialNumber.Cmp(leaf.SerialNumber) == 0 || string(mustRead(t, filepath.Join(out, "node-key.pem"))) != string(keyBefore) {
+		t.Fatal("renew did not replace the certificate, or replaced the key")
+	}
+	// A revoked node cannot renew.
+	mustRun(t, srv.admin, "node", "revoke", "edge-1", "--reason", "test")
+	if r := meshca(t, "", "bootstrap", "renew", "--dir", out); r.code == 0 {
+		t.Fatal("a revoked node renewed its certificate")
 	}
 
 	// A grpc node gets a grpc-go bootstrap instead of envoy.yaml.

@@ -76,9 +76,18 @@ var _ xds.Joiner = joiner{}
 
 func (j joiner) Join(ctx context.Context, node, token string, csrDER []byte) (nodeapi.JoinResponse, error) {
 	res, err := j.reg.Join(ctx, node, token, csrDER, "join:"+clip(node))
+	return joinResponse(res, err)
+}
+
+func (j joiner) Renew(ctx context.Context, node string, csrDER []byte) (nodeapi.JoinResponse, error) {
+	res, err := j.reg.RenewNode(ctx, node, csrDER)
+	return joinResponse(res, err)
+}
+
+func joinResponse(res registry.Joined, err error) (nodeapi.JoinResponse, error) {
 	switch {
 	case err == nil:
-	case errors.Is(err, registry.ErrToken):
+	case errors.Is(err, registry.ErrToken), errors.Is(err, registry.ErrDenied):
 		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.PermissionDenied, Message: err.Error()}
 	case errors.Is(err, identity.ErrInvalidName), errors.Is(err, ca.ErrInvalidRequest):
 		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.InvalidArgument, Message: err.Error()}

@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -60,8 +61,12 @@ func bootstrapCmd(*globals) *cobra.Command {
 	f.StringVar(&o.caSHA256, "ca-sha256", "", "SHA-256 of meshca's root certificate, as printed by meshca node add")
 	f.StringVar(&o.caFile, "ca-file", "", "trust bundle PEM to verify meshca with, instead of --ca-sha256")
 	f.Uint32Var(&o.adminPort, "envoy-admin-port", 9901, "Envoy admin port on 127.0.0.1 in envoy.yaml")
+	cmd.AddCommand(renewCmd())
 	return cmd
 }
+
+// NodeFile is the name of the file bootstrap writes for renew.
+const NodeFile = "meshca-node.json"
 
 func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) error {
 	var missing []string
@@ -130,6 +135,9 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 		{bootstrap.BundleFile, func() ([]byte, error) { return []byte(resp.BundlePEM), nil }},
 		{bootstrap.CertSDSFile, func() ([]byte, error) { return bootstrap.CertSDS(p) }},
 		{bootstrap.BundleSDSFile, func() ([]byte, error) { return bootstrap.BundleSDS(p) }},
+		{NodeFile, func() ([]byte, error) {
+			return json.MarshalIndent(nodeapi.NodeFile{Server: o.server, Node: o.node, Kind: resp.Kind, TrustDomain: resp.TrustDomain}, "", "  ")
+		}},
 	}
 	if resp.Kind == "grpc" {
 		files = append(files, struct {

@@ -11,11 +11,29 @@ import (
 
 // Service and method names.
 const (
-	Service    = "meshca.node.v1.Nodes"
-	JoinMethod = "Join"
+	Service     = "meshca.node.v1.Nodes"
+	JoinMethod  = "Join"
+	RenewMethod = "Renew"
 	// FullJoinMethod is the gRPC path of Join.
 	FullJoinMethod = "/" + Service + "/" + JoinMethod
+	// FullRenewMethod is the gRPC path of Renew.
+	FullRenewMethod = "/" + Service + "/" + RenewMethod
 )
+
+// RenewRequest asks for a new node certificate. The caller authenticates
+// with its current node certificate; only the CSR's public key is used.
+type RenewRequest struct {
+	CSRPEM string `json:"csr_pem"`
+}
+
+// NodeFile is written next to a node's certificate by meshca bootstrap, so
+// that meshca bootstrap renew knows where and who it is.
+type NodeFile struct {
+	Server      string `json:"server"`
+	Node        string `json:"node"`
+	Kind        string `json:"kind"`
+	TrustDomain string `json:"trust_domain"`
+}
 
 // JoinRequest exchanges a one-time join token for a node certificate. Only
 // the CSR's public key is used.
@@ -26,7 +44,7 @@ type JoinRequest struct {
 }
 
 // JoinResponse carries the node certificate and what the node needs to
-// write its bootstrap.
+// write its bootstrap. Renew answers with it too.
 type JoinResponse struct {
 	Node        string    `json:"node"`
 	Kind        string    `json:"kind"`

@@ -33,6 +33,7 @@ const (
 	ActionNodeUnassign = "node.unassign"
 	ActionNodeJoin     = "node.join"
 	ActionNodeAuth     = "node.auth"
+	ActionNodeRenew    = "node.renew"
 	ActionCertReissue  = "identity.reissue"
 )
 
@@ -327,6 +328,53 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		return Joined{}, err
 	}
 	r.log.Info("node joined", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter)
+	n.TokenHash = nil
+	return Joined{
+		Node: n, TrustDomain: r.cfg.TrustDomain.Name(), ChainPEM: chainPEM(cert.DER, cert.Chain),
+		BundlePEM: r.CA().BundlePEM(), Serial: cert.Serial, NotAfter: cert.NotAfter,
+	}, nil
+}
+
+// RenewNode issues a new node certificate to an authenticated, active node
+// for the CSR's key, recorded and audited in one transaction.
+func (r *Registry) RenewNode(ctx context.Context, node string, csrDER []byte) (Joined, error) {
+	j, err := r.renewNode(ctx, node, csrDER)
+	if err != nil && ctx.Err() == nil {
+		r.deny(ctx, store.Event{Action: ActionNodeRenew, Actor: "node:" + clip(node, 100), Node: clip(node, identity.MaxNameLength), Detail: err.Error()})
+	}
+	return j, err
+}
+
+func (r *Registry) renewNode(ctx context.Context, node string, csrDER []byte) (Joined, error) {
+	id, err := identity.NodeID(r.cfg.TrustDomain, node)
+	if err != nil {
+		return Joined{}, err
+	}
+	issued, err := r.issue(ctx, ca.Request{ID: id, TTL: r.cfg.NodeCertTTL, CSR: csrDER})
+	if err != nil {
+		return Joined{}, err
+	}
+	cert := certRecord(nodeSubject(node), issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+	var n store.Node
+	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		var err error
+		if n, err = tx.Node(node); err != nil {
+			return err
+		}
+		if n.State != store.StateActive {
+			return fmt.Errorf("node %q is %s: %w", node, n.State, ErrDenied)
+		}
+		if err := tx.PutCert(cert); err != nil {
+			return err
+		}
+		_, err = tx.Append(store.Event{Action: ActionNodeRenew, Actor: "node:" + node, Node: node, Serial: cert.Serial,
+			Detail: "node certificate; not_after=" + cert.NotAfter.Format(time.RFC3339)})
+		return err
+	})
+	if err != nil {
+		return Joined{}, err
+	}
+	r.log.Info("node certificate renewed", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter)
 	n.TokenHash = nil
 	return Joined{
 		Node: n, TrustDomain: r.cfg.TrustDomain.Name(), ChainPEM: chainPEM(cert.DER, cert.Chain),

@@ -1,0 +1,163 @@
+package cli
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/rotation"
+)
+
+func renewCmd() *cobra.Command {
+	var (
+		dir   string
+		watch bool
+	)
+	cmd := &cobra.Command{
+		Use:   "renew --dir DIR [--watch]",
+		Short: "Renew the node certificate in DIR over mTLS with the current one",
+		Long: "Asks meshca for a new node certificate, authenticating with the current one, and\n" +
+			"rewrites the certificate and trust bundle atomically so that Envoy's file-based SDS\n" +
+			"picks them up. The node key stays. With --watch it keeps running and renews at about\n" +
+			"half of each certificate's lifetime, retrying failures with backoff.",
+		Args: exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dir == "" {
+				return errors.New("--dir DIR is required (the directory meshca bootstrap wrote)")
+			}
+			if !watch {
+				_, err := renewOnce(cmd.Context(), dir, cmd.OutOrStdout())
+				return err
+			}
+			return watchRenew(cmd.Context(), clock.Real{}, dir, cmd.OutOrStdout(), cmd.ErrOrStderr(), renewOnce)
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "directory written by meshca bootstrap")
+	cmd.Flags().BoolVar(&watch, "watch", false, "keep running and renew before each certificate is half-way through its life")
+	return cmd
+}
+
+type renewFunc func(ctx context.Context, dir string, out io.Writer) (*x509.Certificate, error)
+
+// watchRenew renews at each certificate's renewal point until ctx ends.
+func watchRenew(ctx context.Context, clk clock.Clock, dir string, stdout, stderr io.Writer, renew renewFunc) error {
+	backoff := rotation.Backoff{Min: 5 * time.Second, Max: 5 * time.Minute}
+	attempt := 0
+	for {
+		leaf, err := readLeaf(filepath.Join(dir, bootstrap.CertFile))
+		if err != nil {
+			return err
+		}
+		wait := rotation.Policy{}.RenewAt(leaf.NotBefore, leaf.NotAfter, fmt.Sprintf("%x", leaf.SerialNumber)).Sub(clk.Now())
+		if attempt > 0 {
+			wait = backoff.Next(attempt, clk.Now(), leaf.NotAfter)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-clk.After(wait):
+		}
+		if _, err := renew(ctx, dir, stdout); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			attempt++
+			fmt.Fprintf(stderr, "meshca: renewal failed (attempt %d; certificate expires %s): %v\n", attempt, leaf.NotAfter.UTC().Format(time.RFC3339), err)
+			continue
+		}
+		attempt = 0
+	}
+}
+
+func readLeaf(path string) (*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := parseCerts(data)
+	if err != nil || len(certs) == 0 {
+		return nil, fmt.Errorf("%s holds no certificate: %v", path, err)
+	}
+	return certs[0], nil
+}
+
+// renewOnce renews the node certificate in dir and rewrites node.pem and
+// bundle.pem.
+func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificate, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, NodeFile))
+	if err != nil {
+		return nil, fmt.Errorf("read %s (written by meshca bootstrap): %w", NodeFile, err)
+	}
+	var nf nodeapi.NodeFile
+	if err := json.Unmarshal(raw, &nf); err != nil || nf.Server == "" || nf.Node == "" {
+		return nil, fmt.Errorf("%s is not a meshca node file; run meshca bootstrap again", filepath.Join(dir, NodeFile))
+	}
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, bootstrap.CertFile), filepath.Join(dir, bootstrap.KeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("load the node certificate and key in %s: %w", dir, err)
+	}
+	key, ok := pair.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, errors.New("node key cannot sign")
+	}
+	trust, err := newServerTrust("", filepath.Join(dir, bootstrap.BundleFile))
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg := trust.tlsConfig()
+	tlsCfg.Certificates = []tls.Certificate{pair}
+	conn, err := grpc.NewClient(nf.Server, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", nf.Server, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var resp nodeapi.JoinResponse
+	req := nodeapi.RenewRequest{CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}
+	if err := conn.Invoke(ctx, nodeapi.FullRenewMethod, &req, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+		if st, ok := status.FromError(err); ok {
+			return nil, fmt.Errorf("meshca at %s refused the renewal: %s", nf.Server, st.Message())
+		}
+		return nil, err
+	}
+	if err := trust.checkJoined(resp, nf.Node, key.Public()); err != nil {
+		return nil, fmt.Errorf("the renewal answer does not check out, nothing written: %w", err)
+	}
+	// The bundle first: it may hold a new root the new chain needs.
+	if err := atomicfile.Write(filepath.Join(dir, bootstrap.BundleFile), []byte(resp.BundlePEM), 0o600); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, bootstrap.CertFile), []byte(resp.ChainPEM), 0o600); err != nil {
+		return nil, err
+	}
+	leaf, err := readLeaf(filepath.Join(dir, bootstrap.CertFile))
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(out, "renewed node %s: serial %s, not after %s\n", nf.Node, resp.Serial, resp.NotAfter.UTC().Format(time.RFC3339))
+	return leaf, nil
+}
