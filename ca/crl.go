@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
@@ -20,13 +21,18 @@ type Revoked struct {
 // number). number must grow with every CRL the issuer publishes. The result
 // is PEM ("X509 CRL").
 func (c *CA) CRL(revoked []Revoked, number *big.Int, thisUpdate, nextUpdate time.Time) ([]byte, error) {
+	return SignCRL(c.material.Issuer, c.material.IssuerKey, revoked, number, thisUpdate, nextUpdate)
+}
+
+// SignCRL is CRL for any issuer whose key meshca holds, such as the
+// previous intermediate during a CA rotation.
+func SignCRL(issuer *x509.Certificate, key crypto.Signer, revoked []Revoked, number *big.Int, thisUpdate, nextUpdate time.Time) ([]byte, error) {
 	if number == nil || number.Sign() <= 0 {
 		return nil, fmt.Errorf("%w: CRL number must be positive", ErrInvalidRequest)
 	}
 	if !nextUpdate.After(thisUpdate) {
 		return nil, fmt.Errorf("%w: CRL nextUpdate must follow thisUpdate", ErrInvalidRequest)
 	}
-	issuer := c.material.Issuer
 	if issuer.KeyUsage&x509.KeyUsageCRLSign == 0 {
 		return nil, fmt.Errorf("%w: issuer %q may not sign CRLs (no cRLSign key usage)", ErrNotCA, issuer.Subject.String())
 	}
@@ -43,7 +49,7 @@ func (c *CA) CRL(revoked []Revoked, number *big.Int, thisUpdate, nextUpdate time
 		Number:                    number,
 		ThisUpdate:                thisUpdate.UTC(),
 		NextUpdate:                nextUpdate.UTC(),
-	}, issuer, c.material.IssuerKey)
+	}, issuer, key)
 	if err != nil {
 		return nil, fmt.Errorf("sign CRL: %w", err)
 	}

@@ -100,15 +100,60 @@ func Generate(opts GenerateOptions) (*Material, error) {
 		return nil, fmt.Errorf("create root: %w", err)
 	}
 
-	interKey, err := generateKey(alg)
-	if err != nil {
-		return nil, fmt.Errorf("generate intermediate key: %w", err)
-	}
-	interSerial, err := newSerial()
+	inter, interKey, err := newIntermediate(alg, td, notBefore, interTTL, root, rootKey)
 	if err != nil {
 		return nil, err
 	}
-	interNotAfter := notBefore.Add(interTTL)
+	return &Material{
+		Issuer:    inter,
+		IssuerKey: interKey,
+		Roots:     []*x509.Certificate{root},
+		RootKey:   rootKey,
+	}, nil
+}
+
+// Rotate makes the next CA for a rotation. Without newRoot it is a new
+// intermediate under the current root (which must have its key); with
+// newRoot, a new root and a new intermediate under it. Only the returned
+// Material's Issuer, IssuerKey, Roots[0] and RootKey are new: the caller
+// decides which roots the bundle holds.
+func Rotate(cur *Material, opts GenerateOptions, newRoot bool) (*Material, error) {
+	if newRoot {
+		return Generate(opts)
+	}
+	if cur == nil || cur.RootKey == nil || len(cur.Roots) == 0 {
+		return nil, fmt.Errorf("%w: meshca does not hold the root key (the CA was imported): import the next CA instead", ErrConfig)
+	}
+	if opts.Now.IsZero() {
+		return nil, fmt.Errorf("%w: GenerateOptions.Now is required", ErrConfig)
+	}
+	alg, err := ParseKeyAlgorithm(string(opts.KeyAlgorithm))
+	if err != nil {
+		return nil, err
+	}
+	interTTL := opts.IntermediateTTL
+	if interTTL <= 0 {
+		interTTL = defaultIntermediateTTL
+	}
+	notBefore := opts.Now.Add(-caBackdate).Truncate(time.Second).UTC()
+	inter, key, err := newIntermediate(alg, opts.TrustDomain.Name(), notBefore, interTTL, cur.Roots[0], cur.RootKey)
+	if err != nil {
+		return nil, err
+	}
+	return &Material{Issuer: inter, IssuerKey: key, Roots: []*x509.Certificate{cur.Roots[0]}, RootKey: cur.RootKey}, nil
+}
+
+// newIntermediate makes an intermediate (path length 0) under root.
+func newIntermediate(alg KeyAlgorithm, td string, notBefore time.Time, ttl time.Duration, root *x509.Certificate, rootKey crypto.Signer) (*x509.Certificate, crypto.Signer, error) {
+	interKey, err := generateKey(alg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate intermediate key: %w", err)
+	}
+	interSerial, err := newSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	interNotAfter := notBefore.Add(ttl)
 	if interNotAfter.After(root.NotAfter) {
 		interNotAfter = root.NotAfter
 	}
@@ -125,14 +170,9 @@ func Generate(opts GenerateOptions) (*Material, error) {
 	}
 	inter, err := createCert(interTmpl, root, interKey.Public(), rootKey)
 	if err != nil {
-		return nil, fmt.Errorf("create intermediate: %w", err)
+		return nil, nil, fmt.Errorf("create intermediate: %w", err)
 	}
-	return &Material{
-		Issuer:    inter,
-		IssuerKey: interKey,
-		Roots:     []*x509.Certificate{root},
-		RootKey:   rootKey,
-	}, nil
+	return inter, interKey, nil
 }
 
 // createCert signs, parses and lints one CA certificate.

@@ -18,6 +18,9 @@ type Cert struct {
 	Serial    string
 	NotBefore time.Time
 	NotAfter  time.Time
+	// Stale marks a certificate from a CA that is being rotated out: it is
+	// renewed now, Burst at a time, whatever its renewal point.
+	Stale bool
 }
 
 // Source lists the certificates to keep fresh: each active identity's
@@ -137,6 +140,9 @@ func (l *Loop) Step(ctx context.Context) time.Duration {
 	l.mu.Lock()
 	for _, c := range certs {
 		at := l.cfg.Policy.RenewAt(c.NotBefore, c.NotAfter, c.Serial)
+		if c.Stale && at.After(now) {
+			at = now
+		}
 		if r, ok := l.retry[c.Name]; ok {
 			if r.serial != c.Serial {
 				delete(l.retry, c.Name) // renewed meanwhile by someone else

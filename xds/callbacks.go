@@ -35,6 +35,7 @@ type callbacks struct {
 var _ serverv3.Callbacks = (*callbacks)(nil)
 
 type nodeStatus struct {
+	secrets  string // version of the secrets in the node's current snapshot
 	streams  int
 	acked    map[string]string // type URL -> version
 	nacks    int
@@ -147,6 +148,26 @@ func (c *callbacks) track(node, typeURL, version string, nack string) {
 	}
 }
 
+func (c *callbacks) setVersion(node, version string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.nodeStatus(node).secrets = version
+}
+
+// pending counts connected nodes that subscribe to secrets and have not
+// acknowledged their current ones.
+func (c *callbacks) pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, st := range c.status {
+		if acked, ok := st.acked[resource.SecretType]; st.streams > 0 && ok && acked != st.secrets {
+			n++
+		}
+	}
+	return n
+}
+
 // Status returns a copy of the node's status.
 func (c *callbacks) Status(node string) NodeStatus {
 	c.mu.Lock()
@@ -217,7 +238,9 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscovery
 	if req.GetResponseNonce() != "" {
 		version = "nonce:" + req.GetResponseNonce()
 	}
-	c.track(node, req.GetTypeUrl(), version, req.GetErrorDetail().GetMessage())
+	// Delta ACKs carry no version; they are kept apart so that CA
+	// rotation, which compares versions, does not wait on them.
+	c.track(node, req.GetTypeUrl()+" (delta)", version, req.GetErrorDetail().GetMessage())
 	return nil
 }
 

@@ -156,6 +156,10 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 // Status returns what the server knows of a node's connections.
 func (s *Server) Status(node string) NodeStatus { return s.cb.Status(node) }
 
+// Pending counts the connected nodes that subscribe to secrets but have not
+// yet acknowledged their current ones (for example a new trust bundle).
+func (s *Server) Pending() int { return s.cb.pending() }
+
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
 	return Stats{

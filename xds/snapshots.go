@@ -87,6 +87,7 @@ func (s *Server) refreshNode(ctx context.Context, node string) error {
 		return fmt.Errorf("set snapshot: %w", err)
 	}
 	s.setAllowed(node, secrets)
+	s.cb.setVersion(node, snap.GetVersion(resource.SecretType))
 	s.log.Debug("xDS snapshot set", "node", node, "secrets", len(secrets), "version", snap.GetVersion(resource.SecretType))
 	return nil
 }

@@ -40,10 +40,13 @@ type CSRSigner interface {
 	IssueFromCSR(ctx context.Context, name string, csrDER []byte, actor string) (store.Cert, error)
 }
 
-// Authority exposes the CA in use and imports an operator's CA.
+// Authority exposes the CA in use, imports an operator's CA and rotates
+// the CA.
 type Authority interface {
 	CA() *ca.CA
 	ImportCA(ctx context.Context, certPEM, keyPEM []byte, actor string) error
+	StartRotation(ctx context.Context, root bool, actor string) error
+	RotationStatus() *registry.Rotation
 }
 
 // AuditLog reads audit records after a sequence number, oldest first.
@@ -98,6 +101,7 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc("GET "+api.PathCA, s.getCA)
 	s.mux.HandleFunc("GET "+api.PathCABundle, s.getBundle)
 	s.mux.HandleFunc("POST "+api.PathCAImport, s.importCA)
+	s.mux.HandleFunc("POST "+api.PathCARotate, s.rotateCA)
 	s.mux.HandleFunc("GET "+api.PathAudit, s.listAudit)
 	s.routeNodes()
 	return s, nil
@@ -227,7 +231,26 @@ func (s *Server) getCA(w http.ResponseWriter, r *http.Request) {
 	for _, root := range c.Roots() {
 		out.Roots = append(out.Roots, caCertJSON(root))
 	}
+	if rot := s.cfg.Authority.RotationStatus(); rot != nil {
+		out.Rotation = &api.CARotation{Kind: rot.Kind, Phase: rot.Phase, StartedAt: rot.StartedAt, PhaseSince: rot.PhaseSince, WaitingFor: rot.WaitingFor}
+		if !rot.RetireAfter.IsZero() {
+			t := rot.RetireAfter
+			out.Rotation.RetireAfter = &t
+		}
+	}
 	s.reply(w, http.StatusOK, out)
+}
+
+func (s *Server) rotateCA(w http.ResponseWriter, r *http.Request) {
+	var req api.RotateCARequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	if err := s.cfg.Authority.StartRotation(r.Context(), req.Root, actor(r)); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.getCA(w, r)
 }
 
 func (s *Server) getBundle(w http.ResponseWriter, r *http.Request) {
@@ -322,7 +345,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status, code, msg = http.StatusForbidden, api.CodeDenied, err.Error()
 	case errors.Is(err, registry.ErrNotFound):
 		status, code, msg = http.StatusNotFound, api.CodeNotFound, err.Error()
-	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrCAInUse):
+	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrCAInUse), errors.Is(err, registry.ErrRotating), errors.Is(err, ca.ErrConfig):
 		status, code, msg = http.StatusConflict, api.CodeConflict, err.Error()
 	case errors.Is(err, ca.ErrLint):
 		status, code, msg = http.StatusInternalServerError, api.CodeLint, "the certificate failed the lint gate and was not issued (meshca audit list shows which lints)"

@@ -12,6 +12,7 @@ const (
 	PathCA         = "/v1/ca"
 	PathCABundle   = "/v1/ca/bundle"
 	PathCAImport   = "/v1/ca/import"
+	PathCARotate   = "/v1/ca/rotate"
 	PathAudit      = "/v1/audit"
 	PathNodes      = "/v1/nodes"
 	PathReissue    = "/v1/reissue"
@@ -68,9 +69,25 @@ type CACert struct {
 
 // CA is the answer of GET /v1/ca.
 type CA struct {
-	TrustDomain string   `json:"trust_domain"`
-	Issuer      CACert   `json:"issuer"`
-	Roots       []CACert `json:"roots"`
+	TrustDomain string      `json:"trust_domain"`
+	Issuer      CACert      `json:"issuer"`
+	Roots       []CACert    `json:"roots"`
+	Rotation    *CARotation `json:"rotation,omitempty"`
+}
+
+// CARotation is a CA rotation in progress.
+type CARotation struct {
+	Kind        string     `json:"kind"`  // intermediate or root
+	Phase       string     `json:"phase"` // publishing or reissuing
+	StartedAt   time.Time  `json:"started_at"`
+	PhaseSince  time.Time  `json:"phase_since"`
+	RetireAfter *time.Time `json:"retire_after,omitempty"`
+	WaitingFor  string     `json:"waiting_for,omitempty"`
+}
+
+// RotateCARequest is the body of POST /v1/ca/rotate.
+type RotateCARequest struct {
+	Root bool `json:"root,omitempty"`
 }
 
 // ImportCARequest is the body of POST /v1/ca/import.

@@ -138,7 +138,8 @@ func (r renewals) Certs(ctx context.Context) ([]rotation.Cert, error) {
 		if st.Identity.State != store.StateActive || st.Cert == nil {
 			continue
 		}
-		out = append(out, rotation.Cert{Name: st.Identity.Name, Serial: st.Cert.Serial, NotBefore: st.Cert.NotBefore, NotAfter: st.Cert.NotAfter})
+		out = append(out, rotation.Cert{Name: st.Identity.Name, Serial: st.Cert.Serial, NotBefore: st.Cert.NotBefore, NotAfter: st.Cert.NotAfter,
+			Stale: r.reg.Stale(st.Cert.IssuerSerial)})
 	}
 	return out, nil
 }

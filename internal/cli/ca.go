@@ -13,7 +13,7 @@ import (
 
 func caCmd(g *globals) *cobra.Command {
 	cmd := group("ca", "Inspect the CA, print its trust bundle, import an existing CA")
-	cmd.AddCommand(caShowCmd(g), caBundleCmd(g), caImportCmd(g))
+	cmd.AddCommand(caShowCmd(g), caBundleCmd(g), caImportCmd(g), caRotateCmd(g), caCRLCmd(g))
 	return cmd
 }
 
@@ -49,7 +49,62 @@ func writeCA(cmd *cobra.Command, out api.CA) error {
 	for _, r := range out.Roots {
 		row("root", r)
 	}
+	if rot := out.Rotation; rot != nil {
+		fmt.Fprintf(tw, "rotation:\t%s, phase %s since %s\n", rot.Kind, rot.Phase, rot.PhaseSince.UTC().Format(time.RFC3339))
+		if rot.WaitingFor != "" {
+			fmt.Fprintf(tw, "  waiting for:\t%s\n", rot.WaitingFor)
+		}
+	} else {
+		fmt.Fprintf(tw, "rotation:\tnone\n")
+	}
 	return tw.Flush()
+}
+
+func caRotateCmd(g *globals) *cobra.Command {
+	var root bool
+	cmd := &cobra.Command{
+		Use:   "rotate [--root]",
+		Short: "Rotate the intermediate (or, with --root, the root) without breaking a handshake",
+		Long: "An intermediate rotation switches issuance to a new intermediate under the same root at\n" +
+			"once; a root rotation first publishes old and new roots in every node's trust bundle and\n" +
+			"waits until every connected node has acknowledged it. Either way leaves are reissued in\n" +
+			"spread-out batches and the previous CA is retired after the longest leaf lifetime.\n" +
+			"Follow it with: meshca ca show",
+		Args: exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var out api.CA
+			asJSON, err := g.call(cmd, "POST", api.PathCARotate, api.RotateCARequest{Root: root}, &out)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), out)
+			}
+			return writeCA(cmd, out)
+		},
+	}
+	cmd.Flags().BoolVar(&root, "root", false, "rotate the root too")
+	return cmd
+}
+
+func caCRLCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "crl",
+		Short: "Print the current CRL as PEM (nothing when no unexpired certificate is revoked)",
+		Args:  exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var pem []byte
+			if err := c.do(cmd.Context(), "GET", api.PathCRL, nil, &pem); err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(pem)
+			return err
+		},
+	}
 }
 
 func caBundleCmd(g *globals) *cobra.Command {

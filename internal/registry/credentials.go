@@ -148,7 +148,7 @@ func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	defer s.mu.Unlock()
 	now := s.r.cfg.Clock.Now()
 	if s.leaf != nil && !rotation.Due(now, s.leaf.NotBefore, s.leaf.NotAfter, rotation.DefaultFraction) &&
-		s.leaf.CheckSignatureFrom(s.r.CA().Issuer()) == nil {
+		s.leaf.CheckSignatureFrom(s.r.serverCA().Issuer()) == nil {
 		return s.cert, nil
 	}
 	issued, err := s.r.issueServer(context.Background(), s.dns, s.ttl)
@@ -172,13 +172,14 @@ func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 }
 
 func (r *Registry) issueServer(ctx context.Context, dns []string, ttl time.Duration) (*ca.Issued, error) {
-	issued, err := r.issue(ctx, ca.Request{ID: identity.ServerID(r.cfg.TrustDomain), DNSNames: dns, TTL: ttl})
+	issuer := r.serverCA()
+	issued, err := issuer.Issue(ctx, ca.Request{ID: identity.ServerID(r.cfg.TrustDomain), DNSNames: dns, TTL: ttl})
 	if err != nil {
 		r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: "meshca", Identity: identity.ServerName, Outcome: store.OutcomeFailed, Detail: err.Error()})
 		return nil, fmt.Errorf("issue server certificate: %w", err)
 	}
 	// The server key stays in memory: a restart issues a new certificate.
-	cert := certRecord(identity.ServerName, issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+	cert := certRecord(identity.ServerName, issued, serialHex(issuer.Issuer()), r.cfg.Clock.Now().UTC())
 	cert.Key = nil
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		if err := tx.PutCert(cert); err != nil {

@@ -69,7 +69,9 @@ type Registry struct {
 	mu        sync.Mutex
 	listeners []func(nodes []string)
 
-	crl atomic.Pointer[crlState]
+	crl      atomic.Pointer[crlState]
+	prev     atomic.Pointer[ca.CA] // previous issuer while a root rotation retires it
+	rotation atomic.Pointer[Rotation]
 }
 
 // Subscribe registers fn to learn which nodes' credentials or assignments
@@ -122,17 +124,14 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	}
 	r := &Registry{cfg: cfg, log: cfg.Logger}
 	r.issue = func(ctx context.Context, req ca.Request) (*ca.Issued, error) { return r.CA().Issue(ctx, req) }
-	m, err := r.loadCA(ctx)
-	if errors.Is(err, store.ErrNotFound) {
-		m, err = r.initCA(ctx)
-	}
-	if err != nil {
+	if _, err := r.loadCA(ctx); errors.Is(err, store.ErrNotFound) {
+		if _, err := r.initCA(ctx); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
 		return nil, err
 	}
-	if err := r.use(m); err != nil {
-		return nil, err
-	}
-	if err := r.RefreshCRL(ctx); err != nil {
+	if err := r.reload(ctx); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -336,7 +335,7 @@ func (r *Registry) ImportCA(ctx context.Context, certPEM, keyPEM []byte, actor s
 	if err := r.saveCA(ctx, m, store.SourceImported, ActionCAImport, actor); err != nil {
 		return err
 	}
-	if err := r.use(m); err != nil {
+	if err := r.reload(ctx); err != nil {
 		return err
 	}
 	r.log.Info("imported CA", "issuer_serial", serialHex(m.Issuer), "not_after", m.Issuer.NotAfter)

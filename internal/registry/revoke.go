@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/meshca/meshca/ca"
@@ -174,26 +176,50 @@ func (r *Registry) buildCRL(tx *store.Tx, now time.Time) (*crlState, error) {
 	if err != nil {
 		return nil, err
 	}
-	issuer := serialHex(r.CA().Issuer())
-	var entries []ca.Revoked
+	// One CRL per issuer with unexpired revoked certificates: during a CA
+	// rotation the previous intermediate's leaves are still trusted.
+	byIssuer := map[string][]ca.Revoked{}
+	var issuers []string
 	for _, rv := range revs {
-		if rv.IssuerSerial == issuer && rv.NotAfter.After(now) {
-			entries = append(entries, ca.Revoked{Serial: rv.Serial, RevokedAt: rv.RevokedAt})
+		if !rv.NotAfter.After(now) {
+			continue
 		}
+		if _, ok := byIssuer[rv.IssuerSerial]; !ok {
+			issuers = append(issuers, rv.IssuerSerial)
+		}
+		byIssuer[rv.IssuerSerial] = append(byIssuer[rv.IssuerSerial], ca.Revoked{Serial: rv.Serial, RevokedAt: rv.RevokedAt})
 	}
-	if len(entries) == 0 {
+	if len(issuers) == 0 {
 		return &crlState{thisUpdate: now}, nil
 	}
-	ev, err := tx.Append(store.Event{Action: ActionCRLIssue, Actor: "meshca", Serial: issuer,
-		Detail: fmt.Sprintf("entries=%d next_update=%s", len(entries), now.Add(CRLValidity).Format(time.RFC3339))})
+	sort.Strings(issuers)
+	ev, err := tx.Append(store.Event{Action: ActionCRLIssue, Actor: "meshca", Serial: strings.Join(issuers, ","),
+		Detail: fmt.Sprintf("entries=%d issuers=%d next_update=%s", len(revs), len(issuers), now.Add(CRLValidity).Format(time.RFC3339))})
 	if err != nil {
 		return nil, err
 	}
-	pem, err := r.CA().CRL(entries, new(big.Int).SetUint64(ev.Seq), now, now.Add(CRLValidity))
-	if err != nil {
-		return nil, err
+	st := &crlState{number: ev.Seq, thisUpdate: now, nextUpdate: now.Add(CRLValidity)}
+	for _, is := range issuers {
+		rec, err := tx.CA(is)
+		if err != nil {
+			return nil, fmt.Errorf("CRL issuer %s: %w", is, err)
+		}
+		cert, key, err := parseCA(rec)
+		if err != nil {
+			return nil, err
+		}
+		if key == nil {
+			r.log.Error("cannot sign a CRL for an issuer whose key meshca does not hold", "issuer", is)
+			continue
+		}
+		pem, err := ca.SignCRL(cert, key, byIssuer[is], new(big.Int).SetUint64(ev.Seq), now, now.Add(CRLValidity))
+		if err != nil {
+			return nil, err
+		}
+		st.pem = append(st.pem, pem...)
+		st.entries += len(byIssuer[is])
 	}
-	return &crlState{pem: pem, number: ev.Seq, thisUpdate: now, nextUpdate: now.Add(CRLValidity), entries: len(entries)}, nil
+	return st, nil
 }
 
 // RefreshCRL rebuilds the CRL when it is due, a quarter of its validity
@@ -208,7 +234,7 @@ func (r *Registry) RefreshCRL(ctx context.Context) error {
 	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
 		revs, err := tx.Revocations()
 		for _, rv := range revs {
-			if rv.IssuerSerial == issuer && rv.NotAfter.After(now) {
+			if rv.NotAfter.After(now) {
 				live++
 			}
 		}

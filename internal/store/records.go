@@ -66,7 +66,34 @@ type CASet struct {
 	IssuerSerial string   `json:"issuer_serial"`
 	ChainSerials []string `json:"chain_serials,omitempty"` // above the issuer, nearest first; no root
 	RootSerials  []string `json:"root_serials"`
+	// Rotation is the CA rotation in progress, if any.
+	Rotation *CARotation `json:"rotation,omitempty"`
 }
+
+// CARotation is the state of a CA rotation.
+type CARotation struct {
+	Kind  string `json:"kind"`  // RotationIntermediate or RotationRoot
+	Phase string `json:"phase"` // PhasePublishing or PhaseReissuing
+	// NextIssuer becomes the issuer when publishing ends.
+	NextIssuer string `json:"next_issuer,omitempty"`
+	// PreviousIssuer is the issuer being replaced; PreviousRoot the root
+	// that leaves the bundle when the rotation ends (root rotation only).
+	PreviousIssuer string    `json:"previous_issuer"`
+	PreviousRoot   string    `json:"previous_root,omitempty"`
+	StartedAt      time.Time `json:"started_at"`
+	PhaseSince     time.Time `json:"phase_since"`
+	// RetireAfter is when the previous CA may go: the longest leaf
+	// lifetime after the switch.
+	RetireAfter time.Time `json:"retire_after,omitempty"`
+}
+
+// CA rotation kinds and phases.
+const (
+	RotationIntermediate = "intermediate"
+	RotationRoot         = "root"
+	PhasePublishing      = "publishing" // bundle holds old and new roots; waiting for nodes to acknowledge
+	PhaseReissuing       = "reissuing"  // issuing from the new CA; old one still trusted until RetireAfter
+)
 
 // Node is a proxy registered to receive configuration and secrets.
 type Node struct {
