@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 )
 
@@ -53,7 +54,7 @@ func (e *ValidationError) Error() string {
 		b.WriteString(": 1 problem")
 	default:
 		b.WriteString(": ")
-		b.WriteString(itoa(len(e.Problems)))
+		b.WriteString(strconv.Itoa(len(e.Problems)))
 		b.WriteString(" problems")
 	}
 	for _, p := range e.Problems {
@@ -65,17 +66,3 @@ func (e *ValidationError) Error() string {
 
 // Is makes errors.Is(err, ErrInvalid) true.
 func (e *ValidationError) Is(target error) bool { return target == ErrInvalid }
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var buf [20]byte
-	i := len(buf)
-	for n > 0 {
-		i--
-		buf[i] = byte('0' + n%10)
-		n /= 10
-	}
-	return string(buf[i:])
-}
