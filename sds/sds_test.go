@@ -272,3 +272,35 @@ func TestValidationSecretRejects(t *testing.T) {
 		})
 	}
 }
+
+func TestValidationSecretCarriesCRL(t *testing.T) {
+	m := newMaterial(t)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca := &x509.Certificate{SerialNumber: big.NewInt(9), Subject: pkix.Name{CommonName: "crl issuer"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	der, _ := x509.CreateCertificate(rand.Reader, ca, ca, key.Public(), key)
+	ca, _ = x509.ParseCertificate(der)
+	crlDER, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: time.Now(), NextUpdate: time.Now().Add(time.Hour),
+		RevokedCertificateEntries: []x509.RevocationListEntry{{SerialNumber: big.NewInt(42), RevocationTime: time.Now()}}}, ca, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crlPEM := pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crlDER})
+	s, err := sds.ValidationSecret("spiffe://mesh.local", m.rootPEM, append(crlPEM, crlPEM...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc := s.GetValidationContext()
+	if !bytes.Equal(vc.GetCrl().GetInlineBytes(), append(crlPEM, crlPEM...)) || !vc.GetOnlyVerifyLeafCertCrl() {
+		t.Fatalf("crl %q, only_verify_leaf_cert_crl %v", vc.GetCrl().GetInlineBytes(), vc.GetOnlyVerifyLeafCertCrl())
+	}
+	for name, bad := range map[string][]byte{
+		"garbage":       []byte("not a crl"),
+		"wrong type":    m.rootPEM,
+		"trailing text": append(append([]byte{}, crlPEM...), "junk"...),
+	} {
+		if _, err := sds.ValidationSecret("spiffe://mesh.local", m.rootPEM, bad); !errors.Is(err, sds.ErrBadCRL) {
+			t.Errorf("%s: err = %v, want ErrBadCRL", name, err)
+		}
+	}
+}
