@@ -67,6 +67,7 @@ type Config struct {
 	Nodes       Nodes       // required
 	Reissuer    Reissuer    // required
 	Revoker     Revoker     // required
+	Meshes      Meshes      // required
 	Connections Connections // required
 	// XDSAddress is where nodes reach meshca, shown with join tokens.
 	XDSAddress  string
@@ -86,7 +87,7 @@ type Server struct {
 // New validates cfg and builds the routes.
 func New(cfg Config) (*Server, error) {
 	if cfg.Identities == nil || cfg.CSRSigner == nil || cfg.Authority == nil || cfg.Audit == nil ||
-		cfg.Nodes == nil || cfg.Reissuer == nil || cfg.Revoker == nil || cfg.Connections == nil {
+		cfg.Nodes == nil || cfg.Reissuer == nil || cfg.Revoker == nil || cfg.Meshes == nil || cfg.Connections == nil {
 		return nil, errors.New("admin: Identities, CSRSigner, Nodes, Reissuer, Connections, Authority and Audit are required")
 	}
 	if cfg.Logger == nil {
@@ -104,6 +105,7 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc("POST "+api.PathCARotate, s.rotateCA)
 	s.mux.HandleFunc("GET "+api.PathAudit, s.listAudit)
 	s.routeNodes()
+	s.routeMesh()
 	return s, nil
 }
 

@@ -52,7 +52,7 @@ func newServer(t *testing.T) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := admin.New(admin.Config{Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Connections: noConnections{}, Authority: reg, Audit: reg, TrustDomain: "mesh.local"})
+	srv, err := admin.New(admin.Config{Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: noConnections{}, Authority: reg, Audit: reg, TrustDomain: "mesh.local"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,9 @@ const (
 	PathReissue    = "/v1/reissue"
 	PathRevoke     = "/v1/revoke"
 	PathCRL        = "/crl"
+	PathMesh       = "/v1/mesh"
+	PathMeshHist   = "/v1/mesh/history"
+	PathMeshRoll   = "/v1/mesh/rollback"
 )
 
 // AddIdentityRequest is the body of POST /v1/identities.
@@ -113,6 +116,8 @@ type AuditEvent struct {
 type Error struct {
 	Error string `json:"error"`
 	Code  string `json:"code"`
+	// Problems lists every problem of an invalid mesh file, with its path.
+	Problems []string `json:"problems,omitempty"`
 }
 
 // Error codes.
@@ -180,4 +185,39 @@ type RevokeRequest struct {
 type Revoked struct {
 	Serials []string `json:"serials"` // certificates put on the CRL
 	Nodes   int      `json:"nodes"`   // nodes the change was pushed to
+}
+
+// ApplyMeshRequest is the body of POST /v1/mesh.
+type ApplyMeshRequest struct {
+	Document string `json:"document"` // the mesh file (YAML)
+	DryRun   bool   `json:"dry_run,omitempty"`
+}
+
+// RollbackMeshRequest is the body of POST /v1/mesh/rollback.
+type RollbackMeshRequest struct {
+	Version uint64 `json:"version"`
+	DryRun  bool   `json:"dry_run,omitempty"`
+}
+
+// MeshPlan answers an apply or rollback: the new version and what changed
+// (or would change) for each node.
+type MeshPlan struct {
+	Version uint64                  `json:"version,omitempty"`
+	DryRun  bool                    `json:"dry_run,omitempty"`
+	Changes map[string][]MeshChange `json:"changes"`
+}
+
+// MeshChange is one resource added, removed or changed for a node.
+type MeshChange struct {
+	Type string `json:"type"`
+	Name string `json:"name"`
+	Op   string `json:"op"`
+}
+
+// MeshVersion is one stored mesh version.
+type MeshVersion struct {
+	Version   uint64    `json:"version"`
+	AppliedAt time.Time `json:"applied_at"`
+	AppliedBy string    `json:"applied_by,omitempty"`
+	Document  string    `json:"document,omitempty"`
 }

@@ -185,7 +185,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	runs = append(runs, renewer.Run, reg.RunCRL, func(ctx context.Context) error { return reg.RunCA(ctx, xdsSrv.Pending) })
 
 	adm, err := admin.New(admin.Config{
-		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Connections: connections{srv: xdsSrv},
+		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv},
 		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: xdsLn.Addr().String(), Logger: logger,
 	})
 	if err != nil {

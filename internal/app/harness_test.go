@@ -54,6 +54,7 @@ func startMeshIn(t *testing.T, clk clock.Clock, dir string) *mesh {
 	cfg.DataDir = dir
 	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.XDS.Listen = "127.0.0.1:0"
+	cfg.XDS.DNSNames = []string{"localhost"} // grpc-go checks the host name of the xDS server
 	ctx, cancel := context.WithCancel(context.Background())
 	opts := []app.Option{}
 	if clk != nil {
@@ -266,4 +267,27 @@ func secretName(identity string) string {
 		return "spiffe://mesh.local"
 	}
 	return "spiffe://mesh.local/" + identity
+}
+
+func pemCert(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+func pemKey(t *testing.T, key any) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+}
+
+func readBody(t *testing.T, resp *http.Response) []byte {
+	t.Helper()
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -65,7 +65,18 @@ func (a xdsSource) Resources(ctx context.Context, node string) (map[string][]typ
 		}
 		secrets = append(secrets, s)
 	}
-	return map[string][]types.Resource{resource.SecretType: secrets}, nil
+	out := map[string][]types.Resource{resource.SecretType: secrets}
+	routing, err := a.reg.NodeMesh(n)
+	if err != nil {
+		// Apply and assignment changes are checked against the mesh, so
+		// this means a bug or a stored mesh that no longer fits: keep the
+		// node's last good snapshot rather than withdraw its listeners.
+		return nil, fmt.Errorf("mesh configuration of node %q: %w", node, err)
+	}
+	for typeURL, rs := range routing.ByType {
+		out[typeURL] = append(out[typeURL], rs...)
+	}
+	return out, nil
 }
 
 // joiner adapts registry.Join to the xDS server's join service and decides

@@ -73,7 +73,7 @@ func New(cfg Config) *cobra.Command {
 	root.SetErr(cfg.Stderr)
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.admin, "admin", "", "admin API address host:port (default $"+EnvAdmin+" or "+DefaultAdmin+")")
-	pf.StringVarP(&g.output, "output", "o", "text", "output format of list and show commands: text or json")
+	pf.StringVarP(&g.output, "output", "o", "text", "output format of list and show commands: text or json (mesh show: yaml or json)")
 	pf.StringVar(&g.tlsCert, "tls-cert", "", "client certificate for a non-loopback admin API (default $"+EnvTLSCert+")")
 	pf.StringVar(&g.tlsKey, "tls-key", "", "client key for a non-loopback admin API (default $"+EnvTLSKey+")")
 	pf.StringVar(&g.tlsCA, "tls-ca", "", "trust bundle that verifies a non-loopback admin API (default $"+EnvTLSCA+")")
@@ -84,6 +84,7 @@ func New(cfg Config) *cobra.Command {
 		caCmd(g),
 		auditCmd(g),
 		nodeCmd(g),
+		meshCmd(g),
 		bootstrapCmd(g),
 		versionCmd(),
 	)

@@ -42,3 +42,15 @@ func group(use, short string) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 }
+
+// readAllLimited reads at most 8 MiB, enough for any mesh file.
+func readAllLimited(r io.Reader) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, 8<<20+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > 8<<20 {
+		return nil, fmt.Errorf("input larger than 8 MiB")
+	}
+	return data, nil
+}

@@ -104,6 +104,9 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (stor
 				return err
 			}
 		}
+		if err := r.fitsMesh(n); err != nil {
+			return err
+		}
 		if err := tx.PutNode(n); err != nil {
 			return err
 		}
@@ -150,6 +153,18 @@ func newToken() (token string, hash []byte, err error) {
 func tokenHash(token string) []byte {
 	h := sha256.Sum256([]byte(token))
 	return h[:]
+}
+
+// fitsMesh refuses a node change that the mesh in use cannot serve, such as
+// taking away the identity of a listener the mesh gives the node.
+func (r *Registry) fitsMesh(n store.Node) error {
+	if n.State != store.StateActive || r.Mesh() == nil {
+		return nil
+	}
+	if _, err := r.NodeMesh(n); err != nil {
+		return fmt.Errorf("%w: the mesh in use cannot configure node %q after this change: %v (apply a mesh that fits first)", ErrInvalid, n.Name, err)
+	}
+	return nil
 }
 
 // NewJoinToken replaces a node's join token with a fresh one.
@@ -228,6 +243,9 @@ func (r *Registry) updateNode(ctx context.Context, name string, change func(*sto
 		}
 		ev, err := change(tx, &n)
 		if err != nil {
+			return err
+		}
+		if err := r.fitsMesh(n); err != nil {
 			return err
 		}
 		n.UpdatedAt = r.cfg.Clock.Now().UTC()

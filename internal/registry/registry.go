@@ -22,6 +22,7 @@ import (
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/mesh"
 )
 
 // Sentinel errors. Errors from internal/identity and ca pass through wrapped,
@@ -72,6 +73,7 @@ type Registry struct {
 	crl      atomic.Pointer[crlState]
 	prev     atomic.Pointer[ca.CA] // previous issuer while a root rotation retires it
 	rotation atomic.Pointer[Rotation]
+	mesh     atomic.Pointer[mesh.Mesh]
 }
 
 // Subscribe registers fn to learn which nodes' credentials or assignments
@@ -132,6 +134,9 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 		return nil, err
 	}
 	if err := r.reload(ctx); err != nil {
+		return nil, err
+	}
+	if err := r.loadMesh(ctx); err != nil {
 		return nil, err
 	}
 	return r, nil
