@@ -39,8 +39,10 @@ unit:
 bench-smoke:
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 20x -timeout 5m $(PKGS)
 
+FUZZ_PKGS := ./internal/config ./mesh
+
 fuzz-smoke:
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config
+	@for p in $(FUZZ_PKGS); do $(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) $$p || exit 1; done
 
 ## bench: full benchmarks (figures go to docs, not CI)
 bench:
@@ -48,7 +50,7 @@ bench:
 
 ## fuzz: longer fuzzing of every fuzz target
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(SOAKFUZZ) ./internal/config
+	@for p in $(FUZZ_PKGS); do $(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(SOAKFUZZ) $$p || exit 1; done
 
 soak: fuzz bench
 

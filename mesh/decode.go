@@ -26,11 +26,29 @@ const (
 // has every default filled in.
 func Parse(data []byte, td spiffeid.TrustDomain) (*Mesh, error) {
 	m, problems := decode(data)
-	if len(problems) > 0 {
+	if m == nil {
 		return nil, &ValidationError{Problems: problems}
 	}
+	// Validate what decoded even when some keys did not, so that one run
+	// reports every problem; a path that already failed to decode is not
+	// reported twice.
 	if err := m.Validate(td); err != nil {
-		return nil, err
+		var ve *ValidationError
+		if !errors.As(err, &ve) {
+			return nil, err
+		}
+		seen := map[string]bool{}
+		for _, p := range problems {
+			seen[p.Path] = true
+		}
+		for _, p := range ve.Problems {
+			if !seen[p.Path] {
+				problems = append(problems, p)
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return nil, &ValidationError{Problems: problems}
 	}
 	return m, nil
 }

@@ -145,6 +145,9 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 	if resp.StatusCode >= 300 {
 		var e api.Error
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			if len(e.Problems) > 0 {
+				return errors.New(e.Error + ":\n  " + strings.Join(e.Problems, "\n  "))
+			}
 			return errors.New(e.Error)
 		}
 		return fmt.Errorf("admin API at %s answered %s", c.base, resp.Status)
