@@ -27,23 +27,37 @@ type callbacks struct {
 	s *Server
 
 	mu      sync.Mutex
-	streams map[int64]string // stream ID -> authenticated node
-	named   map[int64]bool   // delta streams whose first request named the node
+	streams map[streamKey]string // stream -> authenticated node
+	named   map[streamKey]bool   // delta streams whose first request named the node
 	status  map[string]*nodeStatus
+}
+
+// streamKey identifies a stream: go-control-plane numbers SotW and delta
+// streams with separate counters, so the ID alone is ambiguous.
+type streamKey struct {
+	delta bool
+	id    int64
 }
 
 var _ serverv3.Callbacks = (*callbacks)(nil)
 
 type nodeStatus struct {
-	secrets  string // version of the secrets in the node's current snapshot
-	streams  int
-	acked    map[string]string // type URL -> version
-	nacks    int
-	lastNack string
-	lastSeen time.Time
+	published map[string]publication // type URL -> version in the node's current snapshot
+	streams   int
+	acked     map[string]string // type URL -> version
+	nacks     int
+	lastNack  string
+	lastSeen  time.Time
 }
 
 // NodeStatus is what the server knows of a node's connections.
+// publication is a version of one type set for a node, and when.
+type publication struct {
+	version string
+	at      time.Time
+	acked   bool
+}
+
 type NodeStatus struct {
 	Streams  int               // open xDS streams
 	Acked    map[string]string // type URL -> last ACKed version
@@ -53,10 +67,10 @@ type NodeStatus struct {
 }
 
 func newCallbacks(s *Server) *callbacks {
-	return &callbacks{s: s, streams: map[int64]string{}, named: map[int64]bool{}, status: map[string]*nodeStatus{}}
+	return &callbacks{s: s, streams: map[streamKey]string{}, named: map[streamKey]bool{}, status: map[string]*nodeStatus{}}
 }
 
-func (c *callbacks) open(ctx context.Context, id int64) error {
+func (c *callbacks) open(ctx context.Context, id streamKey) error {
 	node, ok := nodeFrom(ctx)
 	if !ok {
 		// The interceptors make this unreachable; refuse rather than trust.
@@ -71,7 +85,7 @@ func (c *callbacks) open(ctx context.Context, id int64) error {
 	return nil
 }
 
-func (c *callbacks) closed(id int64) {
+func (c *callbacks) closed(id streamKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if node, ok := c.streams[id]; ok {
@@ -84,13 +98,13 @@ func (c *callbacks) closed(id int64) {
 func (c *callbacks) nodeStatus(node string) *nodeStatus {
 	st, ok := c.status[node]
 	if !ok {
-		st = &nodeStatus{acked: map[string]string{}}
+		st = &nodeStatus{acked: map[string]string{}, published: map[string]publication{}}
 		c.status[node] = st
 	}
 	return st
 }
 
-func (c *callbacks) bound(id int64) string {
+func (c *callbacks) bound(id streamKey) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.streams[id]
@@ -143,15 +157,33 @@ func (c *callbacks) track(node, typeURL, version string, nack string) {
 	case nack != "":
 		st.nacks++
 		st.lastNack = clip(nack, 500)
+		if c.s.cfg.OnNACK != nil {
+			c.s.cfg.OnNACK(node, typeURL, st.lastNack)
+		}
 	case version != "":
 		st.acked[typeURL] = version
+		if p, ok := st.published[typeURL]; ok && !p.acked && p.version == version {
+			p.acked = true
+			st.published[typeURL] = p
+			if c.s.cfg.OnPush != nil {
+				c.s.cfg.OnPush(typeURL, c.s.cfg.Clock.Now().Sub(p.at))
+			}
+		}
 	}
 }
 
-func (c *callbacks) setVersion(node, version string) {
+// published records the versions of a node's new snapshot, to measure how
+// long the node takes to acknowledge each change.
+func (c *callbacks) published(node string, versions map[string]string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.nodeStatus(node).secrets = version
+	st := c.nodeStatus(node)
+	now := c.s.cfg.Clock.Now()
+	for typeURL, v := range versions {
+		if st.published[typeURL].version != v {
+			st.published[typeURL] = publication{version: v, at: now}
+		}
+	}
 }
 
 // pending counts connected nodes that subscribe to secrets and have not
@@ -161,7 +193,7 @@ func (c *callbacks) pending() int {
 	defer c.mu.Unlock()
 	n := 0
 	for _, st := range c.status {
-		if acked, ok := st.acked[resource.SecretType]; st.streams > 0 && ok && acked != st.secrets {
+		if acked, ok := st.acked[resource.SecretType]; st.streams > 0 && ok && acked != st.published[resource.SecretType].version {
 			n++
 		}
 	}
@@ -184,12 +216,12 @@ func (c *callbacks) Status(node string) NodeStatus {
 }
 
 func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
-	return c.open(ctx, id)
+	return c.open(ctx, streamKey{id: id})
 }
-func (c *callbacks) OnStreamClosed(id int64, _ *core.Node) { c.closed(id) }
+func (c *callbacks) OnStreamClosed(id int64, _ *core.Node) { c.closed(streamKey{id: id}) }
 
 func (c *callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
-	node := c.bound(id)
+	node := c.bound(streamKey{id: id})
 	// The SotW server has already put the stream's node on requests that
 	// omit it, so req.Node is what the cache will key on.
 	if err := c.authorize(context.Background(), node, req.GetNode(), req.GetTypeUrl(), req.GetResourceNames()); err != nil {
@@ -209,11 +241,14 @@ func (c *callbacks) OnStreamResponse(context.Context, int64, *discovery.Discover
 }
 
 func (c *callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
-	return c.open(ctx, id)
+	return c.open(ctx, streamKey{delta: true, id: id})
 }
-func (c *callbacks) OnDeltaStreamClosed(id int64, _ *core.Node) { c.closed(id) }
+func (c *callbacks) OnDeltaStreamClosed(id int64, _ *core.Node) {
+	c.closed(streamKey{delta: true, id: id})
+}
 
-func (c *callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
+func (c *callbacks) OnStreamDeltaRequest(delta int64, req *discovery.DeltaDiscoveryRequest) error {
+	id := streamKey{delta: true, id: delta}
 	node := c.bound(id)
 	// The delta server calls back before it copies the stream's node onto
 	// requests that omit it: the first request must carry the node, later

@@ -60,6 +60,11 @@ type Config struct {
 	ServerCert func(*tls.ClientHelloInfo) (*tls.Certificate, error) // required
 	Clock      clock.Clock
 	Logger     *slog.Logger
+	// OnPush, when set, learns how long a node took to acknowledge a new
+	// version of a resource type; OnNACK learns every rejection. Both run
+	// on the stream's goroutine and must be quick.
+	OnPush func(typeURL string, d time.Duration)
+	OnNACK func(node, typeURL, message string)
 }
 
 // Server is the xDS and node join server.
@@ -78,7 +83,8 @@ type Server struct {
 	allowedMu sync.RWMutex
 	allowed   map[string]map[string]bool // node -> secret names it may request
 
-	stats stats
+	stats   stats
+	serving atomic.Bool
 }
 
 type stats struct {
@@ -134,6 +140,8 @@ func New(cfg Config) (*Server, error) {
 // finish) they are cut and clients reconnect elsewhere or later.
 func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 1)
+	s.serving.Store(true)
+	defer s.serving.Store(false)
 	go func() { errc <- s.grpc.Serve(ln) }()
 	select {
 	case err := <-errc:
@@ -152,6 +160,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	}
 	return nil
 }
+
+// Serving reports whether Run is serving.
+func (s *Server) Serving() bool { return s.serving.Load() }
 
 // Status returns what the server knows of a node's connections.
 func (s *Server) Status(node string) NodeStatus { return s.cb.Status(node) }

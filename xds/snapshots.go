@@ -87,7 +87,11 @@ func (s *Server) refreshNode(ctx context.Context, node string) error {
 		return fmt.Errorf("set snapshot: %w", err)
 	}
 	s.setAllowed(node, secrets)
-	s.cb.setVersion(node, snap.GetVersion(resource.SecretType))
+	versions := map[string]string{}
+	for _, t := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType} {
+		versions[t] = snap.GetVersion(t)
+	}
+	s.cb.published(node, versions)
 	s.log.Debug("xDS snapshot set", "node", node, "secrets", len(secrets), "version", snap.GetVersion(resource.SecretType))
 	return nil
 }

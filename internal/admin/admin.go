@@ -70,7 +70,12 @@ type Config struct {
 	Meshes      Meshes      // required
 	Connections Connections // required
 	// XDSAddress is where nodes reach meshca, shown with join tokens.
-	XDSAddress  string
+	XDSAddress string
+	// Metrics serves /metrics; Ready answers /readyz (nil error: ready).
+	Metrics http.Handler
+	Ready   func(ctx context.Context) error
+	// Authorizer re-checks an mTLS caller on every request (see MTLS).
+	Authorizer  Authorizer
 	Authority   Authority // required
 	Audit       AuditLog  // required
 	TrustDomain string
@@ -106,6 +111,15 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc("GET "+api.PathAudit, s.listAudit)
 	s.routeNodes()
 	s.routeMesh()
+	s.routeStatus()
+	if cfg.Metrics != nil {
+		s.mux.Handle("GET /metrics", cfg.Metrics)
+	}
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	s.mux.HandleFunc("GET /readyz", s.readyz)
 	return s, nil
 }
 
@@ -116,8 +130,12 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // in-flight requests finish for up to 10 seconds. With tlsCfg (see MTLS) it
 // serves HTTPS; without, plain HTTP, which is only for loopback.
 func (s *Server) Run(ctx context.Context, ln net.Listener, tlsCfg *tls.Config) error {
+	handler := s.loopbackOnly(s.mux)
+	if tlsCfg != nil {
+		handler = s.adminOnly(s.mux)
+	}
 	srv := &http.Server{
-		Handler:           s.mux,
+		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -142,6 +160,23 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, tlsCfg *tls.Config) e
 		return fmt.Errorf("admin: shutdown: %w", err)
 	}
 	return nil
+}
+
+// readyz is 200 when meshca can issue and serve, 503 with the reason
+// otherwise.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if s.cfg.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := s.cfg.Ready(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
+			return
+		}
+	}
+	_, _ = w.Write([]byte("ready\n"))
 }
 
 func (s *Server) addIdentity(w http.ResponseWriter, r *http.Request) {

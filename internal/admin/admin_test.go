@@ -34,6 +34,14 @@ func (noConnections) NodeConnection(string) api.NodeConnection { return api.Node
 
 func newServer(t *testing.T) *httptest.Server {
 	t.Helper()
+	ts := httptest.NewServer(newAdmin(t).Handler())
+	t.Cleanup(ts.Close)
+	return ts
+}
+
+// newAdmin builds the admin server on a real registry in a temp store.
+func newAdmin(t *testing.T) *admin.Server {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "data")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -56,9 +64,7 @@ func newServer(t *testing.T) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(srv.Handler())
-	t.Cleanup(ts.Close)
-	return ts
+	return srv
 }
 
 type answer struct {

@@ -1,11 +1,16 @@
 package admin
 
 import (
+	"net"
+	"net/http"
+	"strings"
+
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/meshca/meshca/internal/api"
 	"time"
 )
 
@@ -52,4 +57,50 @@ func MTLS(authority Authority, authz Authorizer, getCert func(*tls.ClientHelloIn
 			return nil
 		},
 	}
+}
+
+// Authorizer, when set in Config, is asked again on every request of an
+// mTLS connection, so that a revoked admin identity loses access at once
+// rather than when its keep-alive connection ends.
+func (s *Server) adminOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.Authorizer != nil {
+			if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+				s.reply(w, http.StatusUnauthorized, api.Error{Error: "a client certificate is required", Code: api.CodeDenied})
+				return
+			}
+			if _, err := s.cfg.Authorizer.AuthorizeAdmin(r.Context(), r.TLS.PeerCertificates[0]); err != nil {
+				s.reply(w, http.StatusForbidden, api.Error{Error: "this certificate may not use the admin API", Code: api.CodeDenied})
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// loopbackOnly guards the plain-HTTP loopback listener against browsers:
+// a page on the operator's machine must not drive the API. The Host must
+// be a loopback address or localhost (DNS rebinding sends the attacker's
+// name), and every request with a body must be JSON (a cross-site form or
+// text/plain POST cannot set that without a CORS preflight, which this
+// API never grants).
+func (s *Server) loopbackOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.Trim(host, "[]")
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			s.reply(w, http.StatusForbidden, api.Error{Error: "the loopback admin API only answers requests for localhost or a loopback address", Code: api.CodeDenied})
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); ct != "application/json" {
+				s.reply(w, http.StatusUnsupportedMediaType, api.Error{Error: "send the request body as application/json", Code: api.CodeInvalid})
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
@@ -110,8 +111,10 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
+	ops := &opsState{now: o.clock.Now}
+	met := metrics.New(ops, o.clock.Now)
 	st, err := store.Open(store.Config{
-		Dir: dir, Sealer: sealer, LockTimeout: cfg.Store.LockTimeout.D(), Logger: logger,
+		Dir: dir, Sealer: sealer, LockTimeout: cfg.Store.LockTimeout.D(), Logger: logger, OnCommit: met.ObserveCommit,
 	})
 	if err != nil {
 		return nil, err
@@ -154,10 +157,12 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		TrustDomain: td, Source: xdsSource{reg: reg, td: td}, Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
 		Roots: func() []*x509.Certificate { return reg.CA().Roots() }, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
+		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
 	})
 	if err != nil {
 		return nil, err
 	}
+	ops.reg, ops.xds, ops.store = reg, xdsSrv, st
 	reg.Subscribe(xdsSrv.Refresh)
 	if err := xdsSrv.RefreshAll(ctx); err != nil {
 		return nil, err
@@ -187,6 +192,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	adm, err := admin.New(admin.Config{
 		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv},
 		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: xdsLn.Addr().String(), Logger: logger,
+		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg,
 	})
 	if err != nil {
 		return nil, err

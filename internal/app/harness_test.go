@@ -99,6 +99,9 @@ func (m *mesh) admin(method, path string, body, out any, want int) {
 		rd = bytes.NewReader(b)
 	}
 	req, _ := http.NewRequest(method, "http://"+m.app.Admin+path, rd)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := m.http.Do(req)
 	if err != nil {
 		m.t.Fatal(err)

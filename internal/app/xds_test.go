@@ -576,3 +576,44 @@ func TestExpiredNodeCertificate(t *testing.T) {
 }
 
 func contains(err error, s string) bool { return err != nil && strings.Contains(err.Error(), s) }
+
+// TestSotWAndDeltaStreamsDoNotShareBindings: go-control-plane numbers SotW
+// and delta streams separately, so stream 1 of each exists at once. Node
+// evil's delta stream must stay bound to evil while victim's SotW stream 1
+// is open.
+func TestSotWAndDeltaStreamsDoNotShareBindings(t *testing.T) {
+	m := startMesh(t, nil)
+	m.addIdentity("payments")
+	m.addIdentity("evilid")
+	victim := m.joined("victim", "payments")
+	evil := m.joined("evil", "evilid")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d, err := discovery.NewAggregatedDiscoveryServiceClient(m.dial(evil)).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The delta stream is open once its first request is answered.
+	if err := d.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "evil"}, TypeUrl: resource.SecretType, ResourceNamesSubscribe: []string{secretName("evilid")}}); err != nil {
+		t.Fatal(err)
+	}
+	deltaRecv(t, d)
+	v, err := discovery.NewAggregatedDiscoveryServiceClient(m.dial(victim)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "victim"}, TypeUrl: resource.SecretType, ResourceNames: []string{secretName("payments")}}); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, v)
+	if err := d.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "victim"}, TypeUrl: resource.SecretType, ResourceNamesSubscribe: []string{secretName("payments")}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.Recv()
+	if err == nil {
+		t.Fatalf("evil received %d resources for victim's node.id", len(r.GetResources()))
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("err = %v, want PermissionDenied", err)
+	}
+}

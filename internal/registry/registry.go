@@ -70,10 +70,13 @@ type Registry struct {
 	mu        sync.Mutex
 	listeners []func(nodes []string)
 
+	crlMu    sync.Mutex // serializes building and publishing CRLs
 	crl      atomic.Pointer[crlState]
 	prev     atomic.Pointer[ca.CA] // previous issuer while a root rotation retires it
 	rotation atomic.Pointer[Rotation]
 	mesh     atomic.Pointer[mesh.Mesh]
+
+	autoRotateTried atomic.Pointer[time.Time]
 }
 
 // Subscribe registers fn to learn which nodes' credentials or assignments

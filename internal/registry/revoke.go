@@ -75,6 +75,10 @@ func (r *Registry) RevokeNode(ctx context.Context, name, reason, actor string) (
 }
 
 func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node bool) (Revoked, error) {
+	// CRLs are built in their transaction and published after it: one at a
+	// time, so that an older CRL never replaces a newer one.
+	r.crlMu.Lock()
+	defer r.crlMu.Unlock()
 	reason = clip(reason, 200)
 	var res Revoked
 	var built *crlState
@@ -192,6 +196,23 @@ func (r *Registry) buildCRL(tx *store.Tx, now time.Time) (*crlState, error) {
 	if len(issuers) == 0 {
 		return &crlState{thisUpdate: now}, nil
 	}
+	// Envoy checks CRLs for every leaf once any CRL is configured, and
+	// refuses a leaf whose issuer has none: publish one, empty if need be,
+	// for every issuer whose leaves may be in use.
+	set, err := tx.CASet()
+	if err != nil {
+		return nil, err
+	}
+	inUse := []string{set.IssuerSerial}
+	if set.Rotation != nil {
+		inUse = append(inUse, set.Rotation.PreviousIssuer, set.Rotation.NextIssuer)
+	}
+	for _, is := range inUse {
+		if _, ok := byIssuer[is]; !ok && is != "" {
+			byIssuer[is] = nil
+			issuers = append(issuers, is)
+		}
+	}
 	sort.Strings(issuers)
 	ev, err := tx.Append(store.Event{Action: ActionCRLIssue, Actor: "meshca", Serial: strings.Join(issuers, ","),
 		Detail: fmt.Sprintf("entries=%d issuers=%d next_update=%s", len(revs), len(issuers), now.Add(CRLValidity).Format(time.RFC3339))})
@@ -227,6 +248,8 @@ func (r *Registry) buildCRL(tx *store.Tx, now time.Time) (*crlState, error) {
 // change is pushed to every node. On start (no CRL yet) it builds the CRL
 // from the stored revocations.
 func (r *Registry) RefreshCRL(ctx context.Context) error {
+	r.crlMu.Lock()
+	defer r.crlMu.Unlock()
 	cur := r.crl.Load()
 	now := r.cfg.Clock.Now().UTC()
 	issuer := serialHex(r.CA().Issuer())
@@ -275,6 +298,9 @@ func (r *Registry) RefreshCRL(ctx context.Context) error {
 		return fmt.Errorf("refresh CRL: %w", err)
 	}
 	r.crl.Store(built)
+	if built.pem != nil && cur != nil && cur.pem != nil && now.Sub(cur.thisUpdate) > CRLValidity*3/4 {
+		r.log.Error("the CRL was refreshed late: it was close to its nextUpdate", "age", now.Sub(cur.thisUpdate))
+	}
 	r.log.Info("CRL refreshed", "crl_number", built.number, "entries", built.entries, "next_update", built.nextUpdate)
 	r.notify(nodes...)
 	return nil
@@ -292,4 +318,13 @@ func (r *Registry) RunCRL(ctx context.Context) error {
 		case <-r.cfg.Clock.After(time.Minute):
 		}
 	}
+}
+
+// CRLAge is how old the published CRL is; ok is false when none is.
+func (r *Registry) CRLAge() (time.Duration, bool) {
+	s := r.crl.Load()
+	if s == nil || s.pem == nil {
+		return 0, false
+	}
+	return r.cfg.Clock.Now().Sub(s.thisUpdate), true
 }

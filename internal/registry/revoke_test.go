@@ -186,3 +186,48 @@ func TestRevokeNode(t *testing.T) {
 		}
 	}
 }
+
+// TestCRLCoversEveryIssuerInUse: once any CRL is published, every issuer
+// whose leaves may be presented has one, or Envoy would refuse those
+// leaves; during an intermediate rotation that is the old and the new.
+func TestCRLCoversEveryIssuerInUse(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, dataDir(t))
+	r := newRegistry(t, st, clock.NewFake(t0))
+	for _, n := range []string{"echo", "web"} {
+		if _, err := r.AddIdentity(ctx, AddIdentity{Name: n}, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldIssuer := r.CA().Issuer()
+	if _, err := r.RevokeIdentity(ctx, "web", "", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.StartRotation(ctx, false, "test"); err != nil {
+		t.Fatal(err)
+	}
+	newIssuer := r.CA().Issuer()
+	var crls []*x509.RevocationList
+	rest := r.CRL()
+	for b, more := pem.Decode(rest); b != nil; b, more = pem.Decode(more) {
+		c, err := x509.ParseRevocationList(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		crls = append(crls, c)
+	}
+	signedBy := func(issuer *x509.Certificate) *x509.RevocationList {
+		for _, c := range crls {
+			if c.CheckSignatureFrom(issuer) == nil {
+				return c
+			}
+		}
+		return nil
+	}
+	if c := signedBy(oldIssuer); c == nil || len(c.RevokedCertificateEntries) != 1 {
+		t.Fatalf("previous issuer's CRL missing or wrong: %v", c)
+	}
+	if c := signedBy(newIssuer); c == nil || len(c.RevokedCertificateEntries) != 0 {
+		t.Fatalf("new issuer has no (empty) CRL: %d CRLs", len(crls))
+	}
+}

@@ -165,7 +165,10 @@ func (r *Registry) reload(ctx context.Context) error {
 		r.prev.Store(prev)
 	}
 	r.setRotationStatus(set.Rotation, "")
-	r.crl.Store(nil) // the issuer may have changed: rebuild
+	// The issuers in use may have changed: rebuild the CRL now.
+	r.crlMu.Lock()
+	r.crl.Store(nil)
+	r.crlMu.Unlock()
 	if err := r.RefreshCRL(ctx); err != nil {
 		return err
 	}
@@ -242,9 +245,15 @@ func (r *Registry) AdvanceRotation(ctx context.Context, pending Pending) (string
 		if now.Before(issuer.NotBefore.Add(time.Duration(float64(life) * autoRotateAt))) {
 			return "", nil
 		}
+		// One attempt an hour: an imported CA cannot be rotated here, and
+		// each failure is audited.
+		if last := r.autoRotateTried.Load(); last != nil && now.Sub(*last) < time.Hour {
+			return "", nil
+		}
+		r.autoRotateTried.Store(&now)
 		r.log.Warn("issuing CA is past 80% of its lifetime: rotating it", "issuer_not_after", issuer.NotAfter)
 		if err := r.StartRotation(ctx, false, "meshca"); err != nil {
-			return "", fmt.Errorf("automatic intermediate rotation: %w", err)
+			return "", fmt.Errorf("automatic intermediate rotation (import the next CA if this one was imported): %w", err)
 		}
 		return store.PhaseReissuing, nil
 	}

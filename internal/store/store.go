@@ -63,16 +63,22 @@ type Config struct {
 	BatchDelay  time.Duration // default 1ms: bbolt MaxBatchDelay (group commit)
 	Clock       clock.Clock   // default clock.Real{}: fills Event.Time when zero
 	Logger      *slog.Logger  // default discard
+	// OnCommit, when set, is called after every successful Update with
+	// the audit events it appended and how long the call took (waiting for
+	// the group commit included). It runs on the caller's goroutine and
+	// must be quick: metrics use it.
+	OnCommit func(events []Event, took time.Duration)
 }
 
 // Store is meshca's state on disk. It is safe for concurrent use.
 type Store struct {
-	db     *bolt.DB
-	dir    string
-	path   string
-	sealer *seal.Sealer
-	clock  clock.Clock
-	log    *slog.Logger
+	onCommit func([]Event, time.Duration)
+	db       *bolt.DB
+	dir      string
+	path     string
+	sealer   *seal.Sealer
+	clock    clock.Clock
+	log      *slog.Logger
 }
 
 // Open opens (creating if needed) the database in cfg.Dir. It refuses a data
@@ -125,12 +131,13 @@ func Open(cfg Config) (*Store, error) {
 	}
 	cfg.Logger.Info("store opened", logPath, path, logSchema, SchemaVersion)
 	return &Store{
-		db:     db,
-		dir:    cfg.Dir,
-		path:   path,
-		sealer: cfg.Sealer,
-		clock:  cfg.Clock,
-		log:    cfg.Logger,
+		db:       db,
+		dir:      cfg.Dir,
+		path:     path,
+		sealer:   cfg.Sealer,
+		clock:    cfg.Clock,
+		log:      cfg.Logger,
+		onCommit: cfg.OnCommit,
 	}, nil
 }
 
@@ -218,6 +225,8 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	start := s.clock.Now()
+	var events []Event
 	err := s.db.Batch(func(btx *bolt.Tx) error {
 		// A fresh Tx per run: the wrote/appended flags belong to this run of
 		// fn only, even when bbolt shares btx with other callers.
@@ -228,8 +237,12 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 		if tx.wrote && !tx.appended {
 			return ErrNoAudit
 		}
+		events = tx.events
 		return nil
 	})
+	if err == nil && s.onCommit != nil {
+		s.onCommit(events, s.clock.Now().Sub(start))
+	}
 	return mapClosed(err)
 }
 

@@ -19,8 +19,9 @@ type Tx struct {
 	btx      *bolt.Tx
 	s        *Store
 	writable bool
-	wrote    bool // a record was changed in this run of fn
-	appended bool // an audit event was appended in this run of fn
+	wrote    bool    // a record was changed in this run of fn
+	appended bool    // an audit event was appended in this run of fn
+	events   []Event // the events appended in this run of fn
 }
 
 // On-disk forms of the records that hold keys. Cert.Key and CA.Key are
@@ -139,6 +140,7 @@ func (tx *Tx) Append(ev Event) (Event, error) {
 		return Event{}, err
 	}
 	tx.appended = true
+	tx.events = append(tx.events, ev)
 	return ev, nil
 }
 

@@ -1,0 +1,84 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meshca/meshca/internal/metrics"
+	"github.com/meshca/meshca/internal/registry"
+	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/xds"
+)
+
+// opsState answers the metrics' scrape-time questions and the readiness
+// check. Its fields are set once the parts exist; scrapes come later.
+type opsState struct {
+	reg   *registry.Registry
+	xds   *xds.Server
+	store *store.Store
+	now   func() time.Time
+}
+
+var _ metrics.State = (*opsState)(nil)
+
+func (o *opsState) IdentityExpiries() []metrics.Expiry {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ids, err := o.reg.Identities(ctx)
+	if err != nil {
+		return nil
+	}
+	out := make([]metrics.Expiry, 0, len(ids))
+	for _, st := range ids {
+		if st.Identity.State == store.StateActive && st.Cert != nil {
+			out = append(out, metrics.Expiry{Name: st.Identity.Name, NotAfter: st.Cert.NotAfter})
+		}
+	}
+	return out
+}
+
+func (o *opsState) CAExpiries() []metrics.Expiry {
+	c := o.reg.CA()
+	out := []metrics.Expiry{{Name: fmt.Sprintf("issuer:%x", c.Issuer().SerialNumber), NotAfter: c.Issuer().NotAfter}}
+	for _, r := range c.Roots() {
+		out = append(out, metrics.Expiry{Name: fmt.Sprintf("root:%x", r.SerialNumber), NotAfter: r.NotAfter})
+	}
+	return out
+}
+
+func (o *opsState) CRLAge() (time.Duration, bool) { return o.reg.CRLAge() }
+
+func (o *opsState) ConnectedNodes() map[string]int {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out := map[string]int{}
+	ns, err := o.reg.Nodes(ctx)
+	if err != nil {
+		return out
+	}
+	for _, n := range ns {
+		if o.xds.Status(n.Name).Streams > 0 {
+			out[n.Kind]++
+		}
+	}
+	return out
+}
+
+// ready reports whether meshca can do its job: the store answers, the CA
+// can issue (its issuer is valid and within its lifetime), and the xDS
+// server is serving.
+func (o *opsState) ready(ctx context.Context) error {
+	if err := o.store.View(ctx, func(tx *store.Tx) error { _, err := tx.CASet(); return err }); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	issuer := o.reg.CA().Issuer()
+	if now := o.now(); !now.Before(issuer.NotAfter) || now.Before(issuer.NotBefore) {
+		return errors.New("CA: the issuing certificate is not valid now")
+	}
+	if !o.xds.Serving() {
+		return errors.New("xDS: not serving")
+	}
+	return nil
+}

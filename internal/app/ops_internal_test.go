@@ -1,0 +1,77 @@
+package app
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/registry"
+	"github.com/meshca/meshca/internal/seal"
+	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/xds"
+)
+
+// TestReadinessFollowsStore: closing the store makes meshca not ready.
+func TestReadinessFollowsStore(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "data")
+	sealer, err := seal.LoadOrCreate(filepath.Join(t.TempDir(), "kek"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(store.Config{Dir: dir, Sealer: sealer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	td, _ := identity.TrustDomain("mesh.local")
+	clk := clock.NewFake(time.Now())
+	reg, err := registry.New(ctx, registry.Config{Store: st, TrustDomain: td, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := xds.New(xds.Config{TrustDomain: td, Source: xdsSource{reg: reg, td: td}, Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
+		Roots: reg.CA().Roots, ServerCert: nil})
+	if err == nil {
+		t.Fatal("xds.New accepted a missing ServerCert")
+	}
+	sc, _ := reg.ServerCert(nil, time.Hour)
+	srv, err = xds.New(xds.Config{TrustDomain: td, Source: xdsSource{reg: reg, td: td}, Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
+		Roots: reg.CA().Roots, ServerCert: sc.Get})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &opsState{reg: reg, xds: srv, store: st, now: clk.Now}
+	if err := o.ready(ctx); err == nil || !strings.Contains(err.Error(), "xDS") {
+		t.Fatalf("ready before xDS serves: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(runCtx, ln) }()
+	defer func() { stop(); <-done }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := o.ready(ctx)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready while serving: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.ready(ctx); err == nil || !strings.Contains(err.Error(), "store") {
+		t.Fatalf("ready with a closed store: %v", err)
+	}
+}

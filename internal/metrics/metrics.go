@@ -1,0 +1,233 @@
+// Package metrics exposes meshca's Prometheus metrics. It is the only
+// importer of client_golang. Counters are derived from the audit records
+// each store commit appends, so every issuance, renewal, revocation and
+// denial is counted exactly once and only when it is durable; gauges are
+// read from the running parts at scrape time.
+package metrics
+
+import (
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshca/meshca/internal/store"
+)
+
+// Expiry is one certificate's NotAfter, labelled.
+type Expiry struct {
+	Name     string
+	NotAfter time.Time
+}
+
+// State is read at every scrape.
+type State interface {
+	// IdentityExpiries returns each active identity's current NotAfter.
+	IdentityExpiries() []Expiry
+	// CAExpiries returns the NotAfter of the issuer ("issuer") and of each
+	// root ("root").
+	CAExpiries() []Expiry
+	// CRLAge is how old the CRL is; ok is false when none is published.
+	CRLAge() (age time.Duration, ok bool)
+	// ConnectedNodes counts nodes with an open xDS stream, by kind.
+	ConnectedNodes() map[string]int
+}
+
+// Metrics holds every collector.
+type Metrics struct {
+	reg   *prometheus.Registry
+	now   func() time.Time
+	state State
+
+	audit    *prometheus.CounterVec
+	issued   *prometheus.CounterVec
+	renewed  *prometheus.CounterVec
+	revoked  prometheus.Counter
+	failed   *prometheus.CounterVec
+	lint     prometheus.Counter
+	denials  *prometheus.CounterVec
+	commit   prometheus.Histogram
+	push     *prometheus.HistogramVec
+	nacks    *prometheus.CounterVec
+	lastNACK *prometheus.GaugeVec
+
+	mu       sync.Mutex
+	nackMsgs map[string]string // type -> last message label in use
+}
+
+// New registers every metric. now is the clock for expiry gauges.
+func New(state State, now func() time.Time) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(), now: now, state: state, nackMsgs: map[string]string{},
+		audit: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_audit_events_total",
+			Help: "Audit records written, by action and outcome."}, []string{"action", "outcome"}),
+		issued: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_certificates_issued_total",
+			Help: "Certificates issued, by kind (identity, node, server, csr)."}, []string{"kind"}),
+		renewed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_certificates_renewed_total",
+			Help: "Certificates renewed, by who asked (rotation, operator, node)."}, []string{"by"}),
+		revoked: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshca_revocations_total",
+			Help: "Identities and nodes revoked."}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_certificate_failures_total",
+			Help: "Issuance requests that failed or were refused, by action and reason (lint, denied, failed)."}, []string{"action", "reason"}),
+		lint: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshca_lint_rejections_total",
+			Help: "Certificates refused by the zlint gate before signing."}),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_authorization_denials_total",
+			Help: "Requests refused for lack of rights, by where (xds.request, xds.auth, node.auth, admin.auth, node.join...)."}, []string{"where"}),
+		commit: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshca_store_commit_duration_seconds",
+			Help: "Time from a store update to its durable commit (group commit wait included).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		push: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "meshca_xds_push_duration_seconds",
+			Help: "Time from publishing a node's new configuration to the node's ACK, by resource type.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"type"}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_xds_nacks_total",
+			Help: "Configurations rejected by proxies, by resource type."}, []string{"type"}),
+		lastNACK: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshca_xds_last_nack_info",
+			Help: "The last NACK message per resource type (value 1)."}, []string{"type", "message"}),
+	}
+	m.reg.MustRegister(m.audit, m.issued, m.renewed, m.revoked, m.failed, m.lint, m.denials, m.commit, m.push, m.nacks, m.lastNACK,
+		&gauges{m: m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// ObserveCommit counts the audit records of one durable store commit; it
+// fits store.Config.OnCommit.
+func (m *Metrics) ObserveCommit(events []store.Event, took time.Duration) {
+	m.commit.Observe(took.Seconds())
+	for _, e := range events {
+		m.audit.WithLabelValues(e.Action, e.Outcome).Inc()
+		switch e.Outcome {
+		case store.OutcomeOK:
+			m.countOK(e)
+		case store.OutcomeDenied:
+			if authz(e.Action) {
+				m.denials.WithLabelValues(e.Action).Inc()
+			} else if issuing(e.Action) {
+				m.failed.WithLabelValues(e.Action, "denied").Inc()
+			}
+		case store.OutcomeFailed:
+			reason := "failed"
+			if strings.Contains(e.Detail, "lint") {
+				reason = "lint"
+				m.lint.Inc()
+			}
+			m.failed.WithLabelValues(e.Action, reason).Inc()
+		}
+	}
+}
+
+func (m *Metrics) countOK(e store.Event) {
+	switch e.Action {
+	case "cert.issue":
+		kind := "identity"
+		switch {
+		case e.Identity == "meshca":
+			kind = "server"
+		case strings.HasPrefix(e.Detail, "from CSR"):
+			kind = "csr"
+		}
+		m.issued.WithLabelValues(kind).Inc()
+	case "identity.reissue":
+		m.issued.WithLabelValues("identity").Inc()
+		by := "operator"
+		if e.Actor == "rotation" {
+			by = "rotation"
+		}
+		m.renewed.WithLabelValues(by).Inc()
+	case "node.join":
+		m.issued.WithLabelValues("node").Inc()
+	case "node.renew":
+		m.issued.WithLabelValues("node").Inc()
+		m.renewed.WithLabelValues("node").Inc()
+	case "identity.revoke", "node.revoke":
+		m.revoked.Inc()
+	}
+}
+
+func authz(action string) bool {
+	switch action {
+	case "xds.request", "xds.auth", "node.auth", "admin.auth", "node.join", "node.renew":
+		return true
+	}
+	return false
+}
+
+func issuing(action string) bool {
+	switch action {
+	case "identity.add", "cert.issue", "identity.reissue":
+		return true
+	}
+	return false
+}
+
+// ObservePush records how long a node took to ACK a new configuration.
+func (m *Metrics) ObservePush(typeURL string, d time.Duration) {
+	m.push.WithLabelValues(shortType(typeURL)).Observe(d.Seconds())
+}
+
+// ObserveNACK counts a rejected configuration and keeps its message.
+func (m *Metrics) ObserveNACK(typeURL, message string) {
+	t := shortType(typeURL)
+	m.nacks.WithLabelValues(t).Inc()
+	if len(message) > 200 {
+		message = message[:200]
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old, ok := m.nackMsgs[t]; ok {
+		m.lastNACK.DeleteLabelValues(t, old)
+	}
+	m.nackMsgs[t] = message
+	m.lastNACK.WithLabelValues(t, message).Set(1)
+}
+
+func shortType(typeURL string) string {
+	if i := strings.LastIndex(typeURL, "."); i >= 0 {
+		return typeURL[i+1:]
+	}
+	return typeURL
+}
+
+// gauges reads State at scrape time.
+type gauges struct{ m *Metrics }
+
+var (
+	descIdentityExpiry = prometheus.NewDesc("meshca_certificate_expiry_seconds",
+		"Seconds until the current certificate of each identity expires (negative when expired).", []string{"identity"}, nil)
+	descCAExpiry = prometheus.NewDesc("meshca_ca_expiry_seconds",
+		"Seconds until each CA certificate in use expires.", []string{"role", "serial"}, nil)
+	descCRLAge = prometheus.NewDesc("meshca_crl_age_seconds",
+		"Age of the published CRL (absent when none is published).", nil, nil)
+	descNodes = prometheus.NewDesc("meshca_nodes_connected",
+		"Nodes with an open xDS stream, by kind.", []string{"kind"}, nil)
+)
+
+func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descIdentityExpiry
+	ch <- descCAExpiry
+	ch <- descCRLAge
+	ch <- descNodes
+}
+
+func (g *gauges) Collect(ch chan<- prometheus.Metric) {
+	now := g.m.now()
+	for _, e := range g.m.state.IdentityExpiries() {
+		ch <- prometheus.MustNewConstMetric(descIdentityExpiry, prometheus.GaugeValue, e.NotAfter.Sub(now).Seconds(), e.Name)
+	}
+	for _, e := range g.m.state.CAExpiries() {
+		role, serial, _ := strings.Cut(e.Name, ":")
+		ch <- prometheus.MustNewConstMetric(descCAExpiry, prometheus.GaugeValue, e.NotAfter.Sub(now).Seconds(), role, serial)
+	}
+	if age, ok := g.m.state.CRLAge(); ok {
+		ch <- prometheus.MustNewConstMetric(descCRLAge, prometheus.GaugeValue, age.Seconds())
+	}
+	for kind, n := range g.m.state.ConnectedNodes() {
+		ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(n), kind)
+	}
+}
