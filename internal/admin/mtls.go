@@ -81,9 +81,8 @@ func (s *Server) adminOnly(next http.Handler) http.Handler {
 // loopbackOnly guards the plain-HTTP loopback listener against browsers:
 // a page on the operator's machine must not drive the API. The Host must
 // be a loopback address or localhost (DNS rebinding sends the attacker's
-// name), and every request with a body must be JSON (a cross-site form or
-// text/plain POST cannot set that without a CORS preflight, which this
-// API never grants).
+// name), and a POST must be JSON (a cross-site form or text/plain POST
+// cannot set that without a CORS preflight, which this API never grants).
 func (s *Server) loopbackOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host := r.Host
@@ -95,7 +94,9 @@ func (s *Server) loopbackOnly(next http.Handler) http.Handler {
 			s.reply(w, http.StatusForbidden, api.Error{Error: "the loopback admin API only answers requests for localhost or a loopback address", Code: api.CodeDenied})
 			return
 		}
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// POST is the one writing method a page may send cross-site without
+		// a preflight; DELETE and PUT always need one.
+		if r.Method == http.MethodPost {
 			if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); ct != "application/json" {
 				s.reply(w, http.StatusUnsupportedMediaType, api.Error{Error: "send the request body as application/json", Code: api.CodeInvalid})
 				return
