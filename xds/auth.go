@@ -82,7 +82,7 @@ func (s *Server) verifyNode(chain []*x509.Certificate) (string, error) {
 
 // peerNode derives the node of an authenticated connection. The chain was
 // verified during the handshake; here the node name is read back from it.
-func peerNode(ctx context.Context) (string, error) {
+func (s *Server) peerNode(ctx context.Context) (string, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return "", errors.New("no peer")
@@ -92,6 +92,10 @@ func peerNode(ctx context.Context) (string, error) {
 		return "", errors.New("no client certificate")
 	}
 	leaf := info.State.PeerCertificates[0]
+	if !s.cfg.Clock.Now().Before(leaf.NotAfter) {
+		// A connection outlives the certificate it was made with.
+		return "", errors.New("node certificate expired")
+	}
 	if len(leaf.URIs) != 1 {
 		return "", errors.New("client certificate has no single SPIFFE ID")
 	}
@@ -111,18 +115,18 @@ func (s *Server) authInterceptors() []grpc.ServerOption {
 			if info.FullMethod == nodeapi.FullJoinMethod {
 				return h(ctx, req)
 			}
-			node, err := peerNode(ctx)
+			node, err := s.peerNode(ctx)
 			if err != nil {
 				s.stats.unauthenticated.Add(1)
-				return nil, status.Error(codes.Unauthenticated, "a node certificate is required (run meshca bootstrap)")
+				return nil, status.Error(codes.Unauthenticated, "a valid node certificate is required (run meshca bootstrap, or meshca bootstrap renew)")
 			}
 			return h(context.WithValue(ctx, nodeKey{}, node), req)
 		}),
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			node, err := peerNode(ss.Context())
+			node, err := s.peerNode(ss.Context())
 			if err != nil {
 				s.stats.unauthenticated.Add(1)
-				return status.Error(codes.Unauthenticated, "a node certificate is required (run meshca bootstrap)")
+				return status.Error(codes.Unauthenticated, "a valid node certificate is required (run meshca bootstrap, or meshca bootstrap renew)")
 			}
 			// The connection was authenticated when it was made; the node
 			// may have been revoked since.
@@ -134,6 +138,11 @@ func (s *Server) authInterceptors() []grpc.ServerOption {
 			defer cancel(nil)
 			id := s.trackStream(node, cancel)
 			defer s.untrackStream(node, id)
+			// A revocation between the check above and trackStream would
+			// have missed this stream.
+			if !s.knownNode(node) {
+				return status.Error(codes.PermissionDenied, "node is not registered or was revoked")
+			}
 			err = h(srv, &boundStream{ServerStream: ss, ctx: ctx})
 			if errors.Is(context.Cause(ctx), errNodeGone) {
 				return status.Error(codes.PermissionDenied, "node was revoked or removed")

@@ -43,11 +43,14 @@ var _ serverv3.Callbacks = (*callbacks)(nil)
 
 type nodeStatus struct {
 	published map[string]publication // type URL -> version in the node's current snapshot
-	streams   int
-	acked     map[string]string // type URL -> version
-	nacks     int
-	lastNack  string
-	lastSeen  time.Time
+	// secrets is set once the node asks for secrets: CA rotation waits for
+	// such nodes to acknowledge a new bundle.
+	secrets  bool
+	streams  int
+	acked    map[string]string // type URL -> version
+	nacks    int
+	lastNack string
+	lastSeen time.Time
 }
 
 // NodeStatus is what the server knows of a node's connections.
@@ -186,14 +189,15 @@ func (c *callbacks) published(node string, versions map[string]string) {
 	}
 }
 
-// pending counts connected nodes that subscribe to secrets and have not
-// acknowledged their current ones.
+// pending counts connected nodes that ask for secrets and have not
+// acknowledged their current ones (including nodes that have not
+// acknowledged anything yet).
 func (c *callbacks) pending() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := 0
 	for _, st := range c.status {
-		if acked, ok := st.acked[resource.SecretType]; st.streams > 0 && ok && acked != st.published[resource.SecretType].version {
+		if st.streams > 0 && st.secrets && st.acked[resource.SecretType] != st.published[resource.SecretType].version {
 			n++
 		}
 	}
@@ -226,6 +230,9 @@ func (c *callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) e
 	// omit it, so req.Node is what the cache will key on.
 	if err := c.authorize(context.Background(), node, req.GetNode(), req.GetTypeUrl(), req.GetResourceNames()); err != nil {
 		return err
+	}
+	if req.GetTypeUrl() == resource.SecretType {
+		c.subscribedSecrets(node)
 	}
 	// go-control-plane v0.14's SnapshotCache filters SotW answers by the
 	// literal names, so an explicit wildcard "*" would match nothing. An
@@ -273,10 +280,24 @@ func (c *callbacks) OnStreamDeltaRequest(delta int64, req *discovery.DeltaDiscov
 	if req.GetResponseNonce() != "" {
 		version = "nonce:" + req.GetResponseNonce()
 	}
-	// Delta ACKs carry no version; they are kept apart so that CA
-	// rotation, which compares versions, does not wait on them.
-	c.track(node, req.GetTypeUrl()+" (delta)", version, req.GetErrorDetail().GetMessage())
+	if req.GetTypeUrl() == resource.SecretType {
+		c.subscribedSecrets(node)
+	}
+	// A delta ACK carries no version: it acknowledges the last response,
+	// which holds the node's current configuration.
+	c.mu.Lock()
+	if version != "" {
+		version = c.nodeStatus(node).published[req.GetTypeUrl()].version
+	}
+	c.mu.Unlock()
+	c.track(node, req.GetTypeUrl(), version, req.GetErrorDetail().GetMessage())
 	return nil
+}
+
+func (c *callbacks) subscribedSecrets(node string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.nodeStatus(node).secrets = true
 }
 
 func (c *callbacks) OnStreamDeltaResponse(int64, *discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse) {

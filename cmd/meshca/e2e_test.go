@@ -458,7 +458,9 @@ func TestNodeBootstrap(t *testing.T) {
 		t.Fatal(err)
 	}
 	gout := filepath.Join(t.TempDir(), "g1")
-	if r := meshca(t, "", "bootstrap", "--server", srv.xds, "--node", "g1", "--token", gtok.Token, "--ca-file", filepath.Join(out, "bundle.pem"), "--out", gout); r.code != 0 {
+	tokFile := filepath.Join(t.TempDir(), "token")
+	writeFile(t, tokFile, []byte(gtok.Token+"\n"))
+	if r := meshca(t, "", "bootstrap", "--server", srv.xds, "--node", "g1", "--token-file", tokFile, "--ca-file", filepath.Join(out, "bundle.pem"), "--out", gout); r.code != 0 {
 		t.Fatalf("grpc bootstrap: exit %d, stderr %q", r.code, r.stderr)
 	}
 	if _, err := os.Stat(filepath.Join(gout, "grpc-bootstrap.json")); err != nil {

@@ -35,6 +35,7 @@ import (
 
 type bootstrapOptions struct {
 	server, token, node, out string
+	tokenFile                string
 	caSHA256, caFile         string
 	adminPort                uint32
 }
@@ -50,13 +51,30 @@ func bootstrapCmd(*globals) *cobra.Command {
 			"--ca-sha256 (printed by meshca node add) or --ca-file (the trust bundle).",
 		Args: exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.tokenFile != "" {
+				if o.token != "" {
+					return errors.New("pass --token or --token-file, not both")
+				}
+				var data []byte
+				var err error
+				if o.tokenFile == "-" {
+					data, err = readAllLimited(cmd.InOrStdin())
+				} else {
+					data, err = os.ReadFile(o.tokenFile)
+				}
+				if err != nil {
+					return fmt.Errorf("read --token-file: %w", err)
+				}
+				o.token = strings.TrimSpace(string(data))
+			}
 			return runBootstrap(cmd.Context(), o, cmd.OutOrStdout())
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.server, "server", "", "meshca's xDS address, host:port")
 	f.StringVar(&o.node, "node", "", "node name given to meshca node add")
-	f.StringVar(&o.token, "token", "", "one-time join token")
+	f.StringVar(&o.token, "token", "", "one-time join token (visible in ps: prefer --token-file)")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the join token; - reads standard input")
 	f.StringVar(&o.out, "out", "", "directory to write into (created 0700)")
 	f.StringVar(&o.caSHA256, "ca-sha256", "", "SHA-256 of meshca's root certificate, as printed by meshca node add")
 	f.StringVar(&o.caFile, "ca-file", "", "trust bundle PEM to verify meshca with, instead of --ca-sha256")

@@ -69,7 +69,7 @@ func nodeTokenCmd(g *globals) *cobra.Command {
 
 func writeToken(w io.Writer, tok api.JoinToken) {
 	fmt.Fprintf(w, "join token (single use, expires %s):\n  %s\n", tok.Expires.UTC().Format(time.RFC3339), tok.Token)
-	fmt.Fprintf(w, "on the node, run:\n  meshca bootstrap --server %s --node %s --token %s --ca-sha256 %s --out /etc/meshca/node\n",
+	fmt.Fprintf(w, "on the node, run:\n  meshca bootstrap --server %s --node %s --token %s --ca-sha256 %s --out /etc/meshca/node\n(or put the token in a file and pass --token-file FILE, so it stays out of ps)\n",
 		tok.XDSAddress, tok.Node.Name, tok.Token, tok.CASHA256)
 }
 

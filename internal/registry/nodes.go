@@ -301,7 +301,7 @@ type Joined struct {
 func (r *Registry) Join(ctx context.Context, node, token string, csrDER []byte, actor string) (Joined, error) {
 	j, err := r.join(ctx, node, token, csrDER, actor)
 	if err != nil && ctx.Err() == nil {
-		r.deny(ctx, store.Event{Action: ActionNodeJoin, Actor: actor, Node: clip(node, identity.MaxNameLength), Detail: err.Error()})
+		r.limitedDeny(ctx, store.Event{Action: ActionNodeJoin, Actor: actor, Node: clip(node, identity.MaxNameLength), Detail: err.Error()})
 	}
 	return j, err
 }

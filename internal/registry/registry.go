@@ -69,6 +69,9 @@ type Registry struct {
 
 	mu        sync.Mutex
 	listeners []func(nodes []string)
+	// rate limit of unauthenticated refusals (under mu)
+	denyWindowStart           time.Time
+	denyCount, denySuppressed int
 
 	crlMu    sync.Mutex // serializes building and publishing CRLs
 	crl      atomic.Pointer[crlState]
@@ -77,6 +80,7 @@ type Registry struct {
 	mesh     atomic.Pointer[mesh.Mesh]
 
 	autoRotateTried atomic.Pointer[time.Time]
+	started         time.Time // when this registry was built, for grace periods
 }
 
 // Subscribe registers fn to learn which nodes' credentials or assignments
@@ -127,7 +131,7 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	if cfg.KeyAlgorithm == "" {
 		cfg.KeyAlgorithm = ca.ECDSAP256
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger}
+	r := &Registry{cfg: cfg, log: cfg.Logger, started: cfg.Clock.Now()}
 	r.issue = func(ctx context.Context, req ca.Request) (*ca.Issued, error) { return r.CA().Issue(ctx, req) }
 	if _, err := r.loadCA(ctx); errors.Is(err, store.ErrNotFound) {
 		if _, err := r.initCA(ctx); err != nil {
@@ -384,7 +388,39 @@ func clip(s string, n int) string {
 	return s
 }
 
-// RecordDenial audits a request that another part (the xDS server) refused.
+// RecordDenial audits a request that another part (the xDS server)
+// refused. Refusals of unauthenticated callers are rate limited, since
+// anyone who can reach the port can cause them.
 func (r *Registry) RecordDenial(ctx context.Context, action, node, detail string) {
-	r.deny(ctx, store.Event{Action: action, Node: clip(node, identity.MaxNameLength), Detail: detail})
+	r.limitedDeny(ctx, store.Event{Action: action, Node: clip(node, identity.MaxNameLength), Detail: detail})
+}
+
+// Rate limit for refusals of unauthenticated callers.
+const (
+	denyBurst  = 20
+	denyWindow = time.Second
+)
+
+// limitedDeny audits at most denyBurst refusals per denyWindow; the next
+// record after a suppressed stretch says how many were left out.
+func (r *Registry) limitedDeny(ctx context.Context, ev store.Event) {
+	now := r.cfg.Clock.Now()
+	r.mu.Lock()
+	if now.Sub(r.denyWindowStart) >= denyWindow {
+		r.denyWindowStart, r.denyCount = now, 0
+	}
+	r.denyCount++
+	if r.denyCount > denyBurst {
+		r.denySuppressed++
+		r.mu.Unlock()
+		return
+	}
+	suppressed := r.denySuppressed
+	r.denySuppressed = 0
+	r.mu.Unlock()
+	if suppressed > 0 {
+		ev.Detail = fmt.Sprintf("(%d similar refusals not recorded: rate limit) %s", suppressed, ev.Detail)
+		r.log.Warn("refusals of unauthenticated callers were rate limited", "suppressed", suppressed)
+	}
+	r.deny(ctx, ev)
 }

@@ -18,6 +18,10 @@ const (
 // ErrRotating is returned when a CA rotation is already in progress.
 var ErrRotating = errors.New("a CA rotation is already in progress")
 
+// publishGrace is the least time a new root is published before issuance
+// switches to it.
+const publishGrace = 30 * time.Second
+
 // autoRotateAt is the share of the intermediate's lifetime after which
 // meshca starts rotating it on its own.
 const autoRotateAt = 0.8
@@ -259,6 +263,17 @@ func (r *Registry) AdvanceRotation(ctx context.Context, pending Pending) (string
 	}
 	switch rot.Phase {
 	case store.PhasePublishing:
+		// Nodes reconnect after a restart of meshca, and a node only counts
+		// as pending once it is connected: give them publishGrace after the
+		// phase began and after this process started.
+		wait := rot.PhaseSince.Add(publishGrace)
+		if s := r.started.Add(publishGrace); s.After(wait) {
+			wait = s
+		}
+		if now.Before(wait) {
+			r.setRotationStatus(rot, "nodes to reconnect and acknowledge the trust bundle with the new root (at least until "+wait.Format(time.RFC3339)+")")
+			return rot.Phase, nil
+		}
 		if n := pending(); n > 0 {
 			r.setRotationStatus(rot, fmt.Sprintf("%d connected node(s) to acknowledge the trust bundle with the new root", n))
 			return rot.Phase, nil

@@ -108,7 +108,12 @@ func TestRootRotationPhases(t *testing.T) {
 		t.Fatal("publishing must add the new root and keep issuing from the old CA")
 	}
 	newRoot := roots[1]
-	pending := 2
+	pending := 0
+	if phase, _ := r.AdvanceRotation(ctx, func() int { return pending }); phase != store.PhasePublishing || r.RotationStatus().WaitingFor == "" {
+		t.Fatal("switched before the publish grace, when nodes may not have reconnected")
+	}
+	clk.Add(publishGrace)
+	pending = 2
 	if phase, _ := r.AdvanceRotation(ctx, func() int { return pending }); phase != store.PhasePublishing || r.RotationStatus().WaitingFor == "" {
 		t.Fatal("switched while nodes had not acknowledged the bundle")
 	}
