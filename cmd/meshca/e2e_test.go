@@ -216,6 +216,12 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("identity show lacks %q:\n%s", want, show)
 		}
 	}
+	status := mustRun(t, srv.admin, "status")
+	for _, want := range []string{"CA", "mesh.local", "identities  2 active, 0 revoked", "next to expire: echo", "nodes       0 registered", "identity.add"} {
+		if !strings.Contains(status, want) {
+			t.Fatalf("status lacks %q:\n%s", want, status)
+		}
+	}
 	caShow := mustRun(t, srv.admin, "ca", "show")
 	if !strings.Contains(caShow, "issuer:") || !strings.Contains(caShow, "root:") {
 		t.Fatalf("ca show:\n%s", caShow)

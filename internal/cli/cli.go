@@ -85,6 +85,7 @@ func New(cfg Config) *cobra.Command {
 		auditCmd(g),
 		nodeCmd(g),
 		meshCmd(g),
+		statusCmd(g),
 		bootstrapCmd(g),
 		versionCmd(),
 	)
