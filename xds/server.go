@@ -12,10 +12,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	metricsv3 "github.com/envoyproxy/go-control-plane/envoy/service/metrics/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -26,6 +28,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/telemetry"
 )
 
 // Limits of the gRPC server, set deliberately rather than left at grpc-go's
@@ -33,7 +36,7 @@ import (
 const (
 	ConnectionTimeout    = 5 * time.Second
 	MaxConcurrentStreams = 100
-	MaxRecvMsgSize       = 256 << 10
+	MaxRecvMsgSize       = 2 << 20 // Envoy sends all its stats in one metrics message
 	keepaliveTime        = 30 * time.Second
 	keepaliveTimeout     = 10 * time.Second
 	keepaliveMinTime     = 10 * time.Second
@@ -65,6 +68,9 @@ type Config struct {
 	// on the stream's goroutine and must be quick.
 	OnPush func(typeURL string, d time.Duration)
 	OnNACK func(node, typeURL, message string)
+	// Telemetry, when set, receives what proxies send to the access-log
+	// and metrics services.
+	Telemetry *telemetry.Store
 }
 
 // Server is the xDS and node join server.
@@ -131,6 +137,8 @@ func New(cfg Config) (*Server, error) {
 	routeservice.RegisterRouteDiscoveryServiceServer(s.grpc, xs)
 	clusterservice.RegisterClusterDiscoveryServiceServer(s.grpc, xs)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(s.grpc, xs)
+	accesslogv3.RegisterAccessLogServiceServer(s.grpc, sinks{s: s})
+	metricsv3.RegisterMetricsServiceServer(s.grpc, sinks{s: s})
 	s.registerJoin()
 	return s, nil
 }

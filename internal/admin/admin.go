@@ -26,6 +26,7 @@ import (
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/telemetry"
 )
 
 // Identities registers and reads identities.
@@ -75,7 +76,9 @@ type Config struct {
 	Metrics http.Handler
 	Ready   func(ctx context.Context) error
 	// Authorizer re-checks an mTLS caller on every request (see MTLS).
-	Authorizer  Authorizer
+	Authorizer Authorizer
+	// Logs holds the access logs proxies sent (GET /v1/logs).
+	Logs        *telemetry.Store
 	Authority   Authority // required
 	Audit       AuditLog  // required
 	TrustDomain string
@@ -120,6 +123,7 @@ func New(cfg Config) (*Server, error) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.HandleFunc("GET "+api.PathLogs, s.logs)
 	return s, nil
 }
 
@@ -160,6 +164,28 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, tlsCfg *tls.Config) e
 		return fmt.Errorf("admin: shutdown: %w", err)
 	}
 	return nil
+}
+
+// logs returns access-log entries: ?node=N&after=SEQ (per node) &limit=K.
+func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	after, err := uintParam(q.Get("after"))
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: after: %v", errInvalid, err))
+		return
+	}
+	limit, err := uintParam(q.Get("limit"))
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: limit: %v", errInvalid, err))
+		return
+	}
+	out := []api.LogEntry{}
+	if s.cfg.Logs != nil {
+		for _, e := range s.cfg.Logs.Logs(q.Get("node"), after, int(min(limit, telemetry.RingSize))) {
+			out = append(out, api.LogEntry(e))
+		}
+	}
+	s.reply(w, http.StatusOK, out)
 }
 
 // readyz is 200 when meshca can issue and serve, 503 with the reason

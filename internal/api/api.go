@@ -21,6 +21,7 @@ const (
 	PathMesh       = "/v1/mesh"
 	PathMeshHist   = "/v1/mesh/history"
 	PathMeshRoll   = "/v1/mesh/rollback"
+	PathLogs       = "/v1/logs"
 )
 
 // AddIdentityRequest is the body of POST /v1/identities.
@@ -220,4 +221,19 @@ type MeshVersion struct {
 	AppliedAt time.Time `json:"applied_at"`
 	AppliedBy string    `json:"applied_by,omitempty"`
 	Document  string    `json:"document,omitempty"`
+}
+
+// LogEntry is one access-log entry a proxy sent (GET /v1/logs).
+type LogEntry struct {
+	Seq       uint64    `json:"seq"`
+	Node      string    `json:"node"`
+	Time      time.Time `json:"time"`
+	Method    string    `json:"method,omitempty"`
+	Authority string    `json:"authority,omitempty"`
+	Path      string    `json:"path,omitempty"`
+	Status    uint32    `json:"status,omitempty"`
+	Duration  string    `json:"duration,omitempty"`
+	Upstream  string    `json:"upstream,omitempty"`
+	Peer      string    `json:"peer,omitempty"`
+	Protocol  string    `json:"protocol,omitempty"`
 }

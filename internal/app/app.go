@@ -25,6 +25,7 @@ import (
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/telemetry"
 	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/xds"
 )
@@ -112,7 +113,8 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, err
 	}
 	ops := &opsState{now: o.clock.Now}
-	met := metrics.New(ops, o.clock.Now)
+	tel := telemetry.New()
+	met := metrics.New(ops, o.clock.Now, tel)
 	st, err := store.Open(store.Config{
 		Dir: dir, Sealer: sealer, LockTimeout: cfg.Store.LockTimeout.D(), Logger: logger, OnCommit: met.ObserveCommit,
 	})
@@ -158,6 +160,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		Roots: func() []*x509.Certificate { return reg.CA().Roots() }, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
+		Telemetry: tel,
 	})
 	if err != nil {
 		return nil, err
@@ -192,7 +195,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	adm, err := admin.New(admin.Config{
 		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv},
 		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: xdsLn.Addr().String(), Logger: logger,
-		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg,
+		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Logs: tel,
 	})
 	if err != nil {
 		return nil, err

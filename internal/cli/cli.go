@@ -86,6 +86,7 @@ func New(cfg Config) *cobra.Command {
 		nodeCmd(g),
 		meshCmd(g),
 		statusCmd(g),
+		logsCmd(g),
 		bootstrapCmd(g),
 		versionCmd(),
 	)

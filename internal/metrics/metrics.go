@@ -7,6 +7,7 @@ package metrics
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -14,8 +15,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/telemetry"
 )
 
 // Expiry is one certificate's NotAfter, labelled.
@@ -59,8 +62,9 @@ type Metrics struct {
 	nackMsgs map[string]string // type -> last message label in use
 }
 
-// New registers every metric. now is the clock for expiry gauges.
-func New(state State, now func() time.Time) *Metrics {
+// New registers every metric. now is the clock for expiry gauges; proxy
+// stats received by the metrics service are re-exposed from tel.
+func New(state State, now func() time.Time, tel *telemetry.Store) *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(), now: now, state: state, nackMsgs: map[string]string{},
 		audit: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_audit_events_total",
@@ -87,7 +91,7 @@ func New(state State, now func() time.Time) *Metrics {
 			Help: "The last NACK message per resource type (value 1)."}, []string{"type", "message"}),
 	}
 	m.reg.MustRegister(m.audit, m.issued, m.renewed, m.revoked, m.failed, m.lint, m.denials, m.commit, m.push, m.nacks, m.lastNACK,
-		&gauges{m: m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		&gauges{m: m}, &proxyStats{tel: tel}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
@@ -230,4 +234,99 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 	for kind, n := range g.m.state.ConnectedNodes() {
 		ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(n), kind)
 	}
+}
+
+// proxyStats re-exposes the counters and gauges proxies send to the
+// metrics service, prefixed envoy_ and labelled with the authenticated
+// node. A family whose samples disagree on label names is left out, as
+// Prometheus requires one label set per family.
+type proxyStats struct{ tel *telemetry.Store }
+
+// Describe sends nothing: the families are only known at scrape time.
+func (p *proxyStats) Describe(chan<- *prometheus.Desc) {}
+
+func (p *proxyStats) Collect(ch chan<- prometheus.Metric) {
+	if p.tel == nil {
+		return
+	}
+	type sample struct {
+		values []string
+		v      float64
+	}
+	type family struct {
+		help   string
+		vt     prometheus.ValueType
+		labels []string
+		ok     bool
+		s      []sample
+	}
+	families := map[string]*family{}
+	p.tel.Stats(func(node string, fams []*dto.MetricFamily) {
+		for _, f := range fams {
+			var vt prometheus.ValueType
+			switch f.GetType() {
+			case dto.MetricType_COUNTER:
+				vt = prometheus.CounterValue
+			case dto.MetricType_GAUGE:
+				vt = prometheus.GaugeValue
+			default:
+				continue
+			}
+			name := "envoy_" + sanitize(f.GetName())
+			for _, m := range f.GetMetric() {
+				labels, values := []string{"node"}, []string{node}
+				for _, lp := range m.GetLabel() {
+					labels = append(labels, sanitize(lp.GetName()))
+					values = append(values, lp.GetValue())
+				}
+				fam := families[name]
+				if fam == nil {
+					help := f.GetHelp()
+					if help == "" {
+						help = "Envoy stat " + f.GetName() + " sent by the node's proxy."
+					}
+					fam = &family{help: help, vt: vt, labels: labels, ok: true}
+					families[name] = fam
+				}
+				if fam.vt != vt || !slices.Equal(fam.labels, labels) {
+					fam.ok = false
+				}
+				v := m.GetCounter().GetValue()
+				if vt == prometheus.GaugeValue {
+					v = m.GetGauge().GetValue()
+				}
+				fam.s = append(fam.s, sample{values: values, v: v})
+			}
+		}
+	})
+	// Emit only consistent families, so one odd stat cannot fail a scrape.
+	for name, fam := range families {
+		if !fam.ok {
+			continue
+		}
+		desc := prometheus.NewDesc(name, fam.help, fam.labels, nil)
+		seen := map[string]bool{}
+		for _, smp := range fam.s {
+			key := strings.Join(smp.values, "\x00")
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			if m, err := prometheus.NewConstMetric(desc, fam.vt, smp.v, smp.values...); err == nil {
+				ch <- m
+			}
+		}
+	}
+}
+
+// sanitize makes an Envoy stat or tag name a valid Prometheus name.
+func sanitize(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= '0' && c <= '9' && i > 0
+		if !ok {
+			b[i] = '_'
+		}
+	}
+	return string(b)
 }

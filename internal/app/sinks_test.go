@@ -1,0 +1,98 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	accesslogdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	metricsv3 "github.com/envoyproxy/go-control-plane/envoy/service/metrics/v3"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/cli"
+)
+
+func TestSinksAccessLogsAndStats(t *testing.T) {
+	m := startMesh(t, nil)
+	m.addIdentity("echo")
+	cert := m.joined("edge-1", "echo")
+	conn := m.dial(cert)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	als, err := accesslogv3.NewAccessLogServiceClient(conn).StreamAccessLogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := &accesslogdata.HTTPAccessLogEntry{
+		CommonProperties: &accesslogdata.AccessLogCommon{StartTime: timestamppb.Now()},
+		Request:          &accesslogdata.HTTPRequestProperties{RequestMethod: core.RequestMethod_GET, Authority: "echo.example.com", Path: "/hello"},
+		Response:         &accesslogdata.HTTPResponseProperties{ResponseCode: wrapperspb.UInt32(200)},
+	}
+	// The identifier claims another node: entries are filed under the
+	// authenticated one.
+	if err := als.Send(&accesslogv3.StreamAccessLogsMessage{
+		Identifier: &accesslogv3.StreamAccessLogsMessage_Identifier{Node: &core.Node{Id: "someone-else"}, LogName: "meshca"},
+		LogEntries: &accesslogv3.StreamAccessLogsMessage_HttpLogs{HttpLogs: &accesslogv3.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: []*accesslogdata.HTTPAccessLogEntry{entry}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := metricsv3.NewMetricsServiceClient(conn).StreamMetrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ms.Send(&metricsv3.StreamMetricsMessage{EnvoyMetrics: []*dto.MetricFamily{{
+		Name: proto.String("cluster.echo.upstream_rq_total"), Type: dto.MetricType_COUNTER.Enum(),
+		Metric: []*dto.Metric{{Counter: &dto.Counter{Value: proto.Float64(42)}}},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var logs []api.LogEntry
+		m.admin("GET", api.PathLogs+"?node=edge-1", nil, &logs, http.StatusOK)
+		text := scrape(t, m)
+		v, ok := sample(t, text, `envoy_cluster_echo_upstream_rq_total{node="edge-1"}`)
+		if len(logs) == 1 && ok && v == 42 {
+			if logs[0].Path != "/hello" || logs[0].Status != 200 || logs[0].Node != "edge-1" {
+				t.Fatalf("entry %+v", logs[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sinks: logs %+v, stat %v %v", logs, v, ok)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// And meshca logs shows it.
+	var out, errb bytes.Buffer
+	if err := cli.Execute(context.Background(), cli.Config{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }},
+		[]string{"--admin", m.app.Admin, "logs", "--node", "edge-1"}); err != nil {
+		t.Fatalf("meshca logs: %v %s", err, errb.String())
+	}
+	if !strings.Contains(out.String(), "edge-1 GET echo.example.com/hello 200") {
+		t.Fatalf("meshca logs printed %q", out.String())
+	}
+	var other []api.LogEntry
+	m.admin("GET", api.PathLogs+"?node=someone-else", nil, &other, http.StatusOK)
+	if len(other) != 0 || strings.Contains(scrape(t, m), `node="someone-else"`) {
+		t.Fatal("telemetry filed under the node the proxy claimed")
+	}
+	// Without a client certificate the sinks are closed.
+	if s, err := accesslogv3.NewAccessLogServiceClient(m.dial(nil)).StreamAccessLogs(ctx); err == nil {
+		s.Send(&accesslogv3.StreamAccessLogsMessage{})
+		if _, err := s.CloseAndRecv(); err == nil {
+			t.Fatal("access-log stream accepted without a node certificate")
+		}
+	}
+}

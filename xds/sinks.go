@@ -1,0 +1,99 @@
+package xds
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	metricsv3 "github.com/envoyproxy/go-control-plane/envoy/service/metrics/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/internal/telemetry"
+)
+
+// maxLogBatch bounds one access-log message; larger batches are cut.
+const maxLogBatch = 1000
+
+// sinks serves Envoy's access-log and metrics services on the xDS port.
+// Entries are filed under the authenticated node, never under the
+// identifier the proxy sends.
+type sinks struct {
+	accesslogv3.UnimplementedAccessLogServiceServer
+	metricsv3.UnimplementedMetricsServiceServer
+	s *Server
+}
+
+func (k sinks) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccessLogsServer) error {
+	node, ok := nodeFrom(stream.Context())
+	if !ok {
+		return status.Error(codes.Unauthenticated, "stream has no authenticated node")
+	}
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return stream.SendAndClose(&accesslogv3.StreamAccessLogsResponse{})
+		}
+		if err != nil {
+			return err
+		}
+		http := msg.GetHttpLogs().GetLogEntry()
+		if len(http) > maxLogBatch {
+			http = http[:maxLogBatch]
+		}
+		entries := make([]telemetry.Entry, 0, len(http))
+		for _, e := range http {
+			c := e.GetCommonProperties()
+			entry := telemetry.Entry{
+				Time:      c.GetStartTime().AsTime(),
+				Method:    e.GetRequest().GetRequestMethod().String(),
+				Authority: clip(e.GetRequest().GetAuthority(), 256),
+				Path:      clip(e.GetRequest().GetPath(), 512),
+				Status:    e.GetResponse().GetResponseCode().GetValue(),
+				Upstream:  address(c.GetUpstreamRemoteAddress()),
+				Peer:      address(c.GetDownstreamRemoteAddress()),
+				Protocol:  e.GetProtocolVersion().String(),
+			}
+			if d := c.GetTimeToLastDownstreamTxByte(); d != nil {
+				entry.Duration = d.AsDuration().String()
+			}
+			entries = append(entries, entry)
+		}
+		for _, e := range msg.GetTcpLogs().GetLogEntry() {
+			c := e.GetCommonProperties()
+			entries = append(entries, telemetry.Entry{Time: c.GetStartTime().AsTime(), Protocol: "TCP",
+				Upstream: address(c.GetUpstreamRemoteAddress()), Peer: address(c.GetDownstreamRemoteAddress())})
+		}
+		if k.s.cfg.Telemetry != nil && len(entries) > 0 {
+			k.s.cfg.Telemetry.AddLogs(node, entries)
+		}
+	}
+}
+
+func (k sinks) StreamMetrics(stream metricsv3.MetricsService_StreamMetricsServer) error {
+	node, ok := nodeFrom(stream.Context())
+	if !ok {
+		return status.Error(codes.Unauthenticated, "stream has no authenticated node")
+	}
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return stream.SendAndClose(&metricsv3.StreamMetricsResponse{})
+		}
+		if err != nil {
+			return err
+		}
+		if k.s.cfg.Telemetry != nil {
+			k.s.cfg.Telemetry.SetStats(node, k.s.cfg.Clock.Now(), msg.GetEnvoyMetrics())
+		}
+	}
+}
+
+func address(a *corev3.Address) string {
+	if sa := a.GetSocketAddress(); sa != nil {
+		return fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue())
+	}
+	return ""
+}
