@@ -104,6 +104,9 @@ func Build(m *Mesh, n Node, td spiffeid.TrustDomain) (Resources, error) {
 		return emptyResources(), fmt.Errorf("mesh: node %q: %w", n.Name, errors.Join(b.errs...))
 	}
 	res := b.resources()
+	if mm.AccessLog && n.Kind != KindGRPC {
+		addAccessLogs(res.ByType[resource.ListenerType])
+	}
 	if err := check(&res, td, b.heldIDs); err != nil {
 		return emptyResources(), fmt.Errorf("mesh: node %q: %w", n.Name, err)
 	}

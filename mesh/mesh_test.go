@@ -15,6 +15,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	grpclogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -22,6 +23,7 @@ import (
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/validate"
 	"github.com/meshca/meshca/mesh"
 )
@@ -558,5 +560,37 @@ func TestHostNameEndpointsUseStrictDNS(t *testing.T) {
 	}
 	if got := names(res, resource.EndpointType); len(got) != 0 {
 		t.Errorf("load assignments %v for a STRICT_DNS cluster", got)
+	}
+}
+
+func TestAccessLogGoesToMeshca(t *testing.T) {
+	data := "access_log: true\n" + string(readExample(t, "https-front-proxy"))
+	m := parse(t, []byte(data))
+	res := build(t, m, frontNode)
+	for _, name := range []string{"https_8443", "http_8080"} {
+		h := listenerHCM(t, find[*listenerv3.Listener](t, res, resource.ListenerType, name))
+		if len(h.GetAccessLog()) != 1 {
+			t.Fatalf("%s: %d access logs", name, len(h.GetAccessLog()))
+		}
+		cfg := &grpclogv3.HttpGrpcAccessLogConfig{}
+		if err := h.GetAccessLog()[0].GetTypedConfig().UnmarshalTo(cfg); err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.GetCommonConfig().GetGrpcService().GetEnvoyGrpc().GetClusterName(); got != bootstrap.ClusterName {
+			t.Fatalf("%s logs to cluster %q, want the bootstrap's %q", name, got, bootstrap.ClusterName)
+		}
+	}
+	for _, r := range build(t, m, grpcNode).ByType[resource.ListenerType] {
+		if len(listenerHCM(t, r.(*listenerv3.Listener)).GetAccessLog()) != 0 {
+			t.Fatal("grpc node listener has an access log")
+		}
+	}
+	if mesh.MeshcaCluster != bootstrap.ClusterName {
+		t.Fatalf("mesh logs to %q but the bootstrap's cluster is %q", mesh.MeshcaCluster, bootstrap.ClusterName)
+	}
+	// Without the key, nothing is logged.
+	plain := build(t, parse(t, readExample(t, "https-front-proxy")), frontNode)
+	if len(listenerHCM(t, find[*listenerv3.Listener](t, plain, resource.ListenerType, "https_8443")).GetAccessLog()) != 0 {
+		t.Fatal("access log without access_log: true")
 	}
 }

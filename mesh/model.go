@@ -10,6 +10,9 @@ type Mesh struct {
 	FrontProxy *FrontProxy   `yaml:"front_proxy,omitempty"`
 	Sidecars   []Sidecar     `yaml:"sidecars,omitempty"`
 	GRPC       []GRPCService `yaml:"grpc,omitempty"`
+	// AccessLog sends the access logs of every Envoy listener to meshca
+	// (meshca logs); proxyless gRPC nodes have none.
+	AccessLog bool `yaml:"access_log,omitempty"`
 }
 
 // Service is a set of endpoints reachable under one name, and the cluster

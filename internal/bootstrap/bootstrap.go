@@ -47,8 +47,9 @@ const (
 // DefaultAdminPort is Envoy's admin port when Params.AdminPort is 0.
 const DefaultAdminPort = 9901
 
-// xdsClusterName is the static cluster that reaches meshca.
-const xdsClusterName = "meshca_xds"
+// ClusterName is the static cluster that reaches meshca: xDS, SDS and
+// the access-log and metrics sinks all use it.
+const ClusterName = "meshca_xds"
 
 // ErrInvalidParams wraps every Params error.
 var ErrInvalidParams = errors.New("invalid bootstrap parameters")
@@ -136,7 +137,7 @@ func (p Params) resolve() (resolved, error) {
 		AdminPort:      admin,
 		ServerID:       serverID.String(),
 		NodeSecretName: NodeSecretName, BundleSecretName: BundleSecretName,
-		XDSCluster: xdsClusterName,
+		XDSCluster: ClusterName,
 	}, nil
 }
 
@@ -206,6 +207,17 @@ dynamic_resources:
     - envoy_grpc: {cluster_name: {{.XDSCluster}}}
   lds_config: {ads: {}, resource_api_version: V3}
   cds_config: {ads: {}, resource_api_version: V3}
+# Stats go to meshca's metrics service (re-exposed at its /metrics with a
+# node label), over the same mTLS connection as xDS.
+stats_flush_interval: 10s
+stats_sinks:
+- name: envoy.stat_sinks.metrics_service
+  typed_config:
+    "@type": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig
+    transport_api_version: V3
+    emit_tags_as_labels: true
+    grpc_service:
+      envoy_grpc: {cluster_name: {{.XDSCluster}}}
 static_resources:
   clusters:
   - name: {{.XDSCluster}}
