@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -655,5 +656,33 @@ func TestMeshCLI(t *testing.T) {
 	// The node cannot lose the identity its 8080 front proxy... does not need; but an
 	// unassign that the mesh cannot serve is refused. (The http demo has no HTTPS
 	// listener, so edge keeps working without it.)
+	srv.stop(t)
+}
+
+func TestBulkIdentityAdd(t *testing.T) {
+	srv := startServer(t, filepath.Join(t.TempDir(), "data"))
+	file := filepath.Join(t.TempDir(), "ids.txt")
+	var b strings.Builder
+	b.WriteString("# services of the shop\n\n")
+	for i := 0; i < 30; i++ {
+		fmt.Fprintf(&b, "svc-%02d dns=svc-%02d.mesh.local ttl=30m\n", i, i)
+	}
+	b.WriteString("ops admin\nbad name here\nsvc-00\n") // bad field; duplicate
+	writeFile(t, file, []byte(b.String()))
+	r := meshca(t, srv.admin, "identity", "add", "--from", file)
+	if r.code == 0 {
+		t.Fatal("bulk add with bad lines exited 0")
+	}
+	if !strings.Contains(r.stderr, "33/33 done, 2 failed") || !strings.Contains(r.stderr, "2 of 33 lines failed; 31 identities added") ||
+		!strings.Contains(r.stderr, `unknown field "name"`) || !strings.Contains(r.stderr, "already exists") {
+		t.Fatalf("stderr:\n%s", r.stderr)
+	}
+	if n := strings.Count(r.stdout, "\n"); n != 31 {
+		t.Fatalf("%d identities printed, want 31:\n%s", n, r.stdout)
+	}
+	var ids []api.Identity
+	if err := json.Unmarshal([]byte(mustRun(t, srv.admin, "identity", "list", "-o", "json")), &ids); err != nil || len(ids) != 31 {
+		t.Fatalf("%d identities, %v", len(ids), err)
+	}
 	srv.stop(t)
 }

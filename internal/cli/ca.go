@@ -61,7 +61,7 @@ func writeCA(cmd *cobra.Command, out api.CA) error {
 }
 
 func caRotateCmd(g *globals) *cobra.Command {
-	var root bool
+	var root, wait bool
 	cmd := &cobra.Command{
 		Use:   "rotate [--root]",
 		Short: "Rotate the intermediate (or, with --root, the root) without breaking a handshake",
@@ -77,13 +77,17 @@ func caRotateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
+			if asJSON && !wait {
 				return writeJSON(cmd.OutOrStdout(), out)
 			}
-			return writeCA(cmd, out)
+			if err := writeCA(cmd, out); err != nil || !wait {
+				return err
+			}
+			return waitRotation(cmd, g, time.Second)
 		},
 	}
 	cmd.Flags().BoolVar(&root, "root", false, "rotate the root too")
+	cmd.Flags().BoolVar(&wait, "wait", false, "follow the rotation, printing each phase and what it waits for, until it is done")
 	return cmd
 }
 
@@ -163,4 +167,33 @@ func caImportCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&certFile, "cert", "", "PEM file: CA certificate, then its chain up to the root")
 	cmd.Flags().StringVar(&keyFile, "key", "", "PEM file: the CA's private key")
 	return cmd
+}
+
+// waitRotation polls the CA until no rotation is in progress, printing
+// every change of phase or of what it waits for.
+func waitRotation(cmd *cobra.Command, g *globals, every time.Duration) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	last := ""
+	for {
+		var cur api.CA
+		if err := c.do(cmd.Context(), "GET", api.PathCA, nil, &cur); err != nil {
+			return err
+		}
+		if cur.Rotation == nil {
+			fmt.Fprintf(cmd.OutOrStdout(), "%s rotation done: issuer %s\n", time.Now().UTC().Format(time.RFC3339), cur.Issuer.Serial)
+			return nil
+		}
+		if line := cur.Rotation.Kind + " rotation: " + cur.Rotation.Phase + "; waiting for " + cur.Rotation.WaitingFor; line != last {
+			last = line
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", time.Now().UTC().Format(time.RFC3339), line)
+		}
+		select {
+		case <-cmd.Context().Done():
+			return nil
+		case <-time.After(every):
+		}
+	}
 }

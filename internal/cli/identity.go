@@ -23,11 +23,24 @@ func identityAddCmd(g *globals) *cobra.Command {
 		ttl   time.Duration
 		admin bool
 	)
+	var from string
 	cmd := &cobra.Command{
-		Use:   "add NAME",
+		Use:   "add NAME | add --from FILE",
 		Short: "Register an identity (spiffe://<trust-domain>/NAME) and issue its first certificate",
-		Args:  exactArgs(1, "NAME"),
+		Long: "Registers one identity, or with --from FILE one per line of FILE (- for standard\n" +
+			"input): NAME [dns=HOST,HOST] [ttl=DURATION] [admin]. Blank lines and # comments are\n" +
+			"skipped. Progress goes to standard error; every line is tried, and the exit status is\n" +
+			"non-zero when any failed.",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if from != "" {
+				return exactArgs(0, "")(cmd, args)
+			}
+			return exactArgs(1, "NAME")(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if from != "" {
+				return addFromFile(cmd, g, from)
+			}
 			req := api.AddIdentityRequest{Name: args[0], DNSNames: dns, Admin: admin}
 			if ttl != 0 {
 				req.TTL = ttl.String()
@@ -47,6 +60,7 @@ func identityAddCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringSliceVar(&dns, "dns", nil, "DNS name to add as a SAN (repeat for more)")
 	cmd.Flags().DurationVar(&ttl, "ttl", 0, "certificate lifetime, 5m to 720h (default: the server's, 1h)")
 	cmd.Flags().BoolVar(&admin, "admin-access", false, "allow this identity's certificate to call the admin API over mTLS")
+	cmd.Flags().StringVar(&from, "from", "", "add the identities listed in FILE, one per line (- reads standard input)")
 	return cmd
 }
 
