@@ -16,12 +16,16 @@ build:
 run: build
 	./$(BIN) server
 
-## deps: install the tools the tests call (openssl) when missing
+## deps: install the tools the tests call (openssl; chromium for the status page test) when missing
 deps:
 	@command -v openssl >/dev/null 2>&1 || { \
 		echo "installing openssl"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl; }
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
 ## test: everything CI runs (format, vet, unit/integration/e2e tests, short benchmark and fuzz runs)
 test: deps fmt-check vet unit bench-smoke fuzz-smoke

@@ -27,6 +27,7 @@ import (
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
 	"github.com/meshca/meshca/internal/telemetry"
+	"github.com/meshca/meshca/rotation"
 )
 
 // Identities registers and reads identities.
@@ -50,9 +51,11 @@ type Authority interface {
 	RotationStatus() *registry.Rotation
 }
 
-// AuditLog reads audit records after a sequence number, oldest first.
+// AuditLog reads audit records after a sequence number, oldest first, and
+// tells the newest sequence number.
 type AuditLog interface {
 	Audit(ctx context.Context, after uint64, limit int) ([]store.Event, error)
+	LastAuditSeq(ctx context.Context) (uint64, error)
 }
 
 // Limits on requests.
@@ -78,7 +81,9 @@ type Config struct {
 	// Authorizer re-checks an mTLS caller on every request (see MTLS).
 	Authorizer Authorizer
 	// Logs holds the access logs proxies sent (GET /v1/logs).
-	Logs        *telemetry.Store
+	Logs *telemetry.Store
+	// Renewal is the renewal policy, to show when each certificate renews.
+	Renewal     rotation.Policy
 	Authority   Authority // required
 	Audit       AuditLog  // required
 	TrustDomain string

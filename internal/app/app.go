@@ -183,8 +183,9 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if jitter == 0 {
 		jitter = -1 // rotation.Policy reads 0 as "default"; the config means none
 	}
+	policy := rotation.Policy{Fraction: cfg.Rotation.Fraction, Jitter: jitter}
 	renewer, err := rotation.New(rotation.Config{
-		Policy: rotation.Policy{Fraction: cfg.Rotation.Fraction, Jitter: jitter},
+		Policy: policy,
 		Source: renewals{reg: reg}, Renewer: renewals{reg: reg}, Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
@@ -195,7 +196,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	adm, err := admin.New(admin.Config{
 		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv},
 		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: xdsLn.Addr().String(), Logger: logger,
-		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Logs: tel,
+		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Logs: tel, Renewal: policy,
 	})
 	if err != nil {
 		return nil, err

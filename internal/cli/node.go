@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/atomicfile"
 )
 
 func nodeCmd(g *globals) *cobra.Command {
@@ -21,8 +22,8 @@ func nodeCmd(g *globals) *cobra.Command {
 
 func nodeAddCmd(g *globals) *cobra.Command {
 	var (
-		ids  []string
-		kind string
+		ids             []string
+		kind, tokenFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "add NODE --identity NAME... [--kind sidecar|front-proxy|grpc]",
@@ -34,14 +35,25 @@ func nodeAddCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if tokenFile != "" {
+				if err := atomicfile.Write(tokenFile, []byte(tok.Token+"\n"), 0o600); err != nil {
+					return fmt.Errorf("write --token-file: %w", err)
+				}
+			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), tok)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "added node %s (%s) with identities: %s\n", tok.Node.Name, tok.Node.Kind, list(tok.Node.Identities))
+			if tokenFile != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "join token written to %s (single use, expires %s); on the node, run:\n  meshca bootstrap --server %s --node %s --token-file %s --ca-sha256 %s --out /etc/meshca/node\n",
+					tokenFile, tok.Expires.UTC().Format(time.RFC3339), tok.XDSAddress, tok.Node.Name, tokenFile, tok.CASHA256)
+				return nil
+			}
 			writeToken(cmd.OutOrStdout(), tok)
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "write the join token to this file (0600) instead of printing it")
 	cmd.Flags().StringSliceVar(&ids, "identity", nil, "identity whose secret the node receives (repeat for more)")
 	cmd.Flags().StringVar(&kind, "kind", "sidecar", "node kind: sidecar, front-proxy or grpc")
 	return cmd

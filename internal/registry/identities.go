@@ -182,3 +182,13 @@ func (r *Registry) Audit(ctx context.Context, after uint64, limit int) ([]store.
 	})
 	return out, err
 }
+
+// LastAuditSeq returns the sequence number of the newest audit record.
+func (r *Registry) LastAuditSeq(ctx context.Context) (uint64, error) {
+	var seq uint64
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		seq = tx.LastSeq()
+		return nil
+	})
+	return seq, err
+}
