@@ -37,8 +37,9 @@ fmt-check:
 vet:
 	$(GO) vet $(PKGS)
 
+# The race detector is on for every test run in CI.
 unit:
-	$(GO) test -count=1 -timeout 8m $(PKGS)
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
 bench-smoke:
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 20x -timeout 5m $(PKGS)
