@@ -57,7 +57,9 @@ bench:
 fuzz:
 	@for p in $(FUZZ_PKGS); do $(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(SOAKFUZZ) $$p || exit 1; done
 
+## soak: the long reliability runs (20 kill -9, 10 TTLs of rotation...), longer fuzzing, full benchmarks
 soak: fuzz bench
+	MESHCA_SOAK=1 $(GO) test -count=1 -timeout 60m -run 'CrashConsistency|GracefulStop|RotationSoak|Hostile|Abuse|Fault|Skew' ./cmd/meshca ./internal/app ./ca
 
 clean:
 	rm -rf bin
