@@ -44,10 +44,12 @@ unit:
 bench-smoke:
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 20x -timeout 5m $(PKGS)
 
-FUZZ_PKGS := ./internal/config ./mesh
+# package:target pairs; make fuzz runs each for $(SOAKFUZZ).
+FUZZ_TARGETS := ./internal/config:FuzzParse ./mesh:FuzzParse ./internal/identity:FuzzID ./internal/identity:FuzzDNSNames \
+	./ca:FuzzIssueCSR ./ca:FuzzParseImport ./sds:FuzzSecrets
 
 fuzz-smoke:
-	@for p in $(FUZZ_PKGS); do $(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) $$p || exit 1; done
+	@for t in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}" || exit 1; done
 
 ## bench: full benchmarks (figures go to docs, not CI)
 bench:
@@ -55,7 +57,7 @@ bench:
 
 ## fuzz: longer fuzzing of every fuzz target
 fuzz:
-	@for p in $(FUZZ_PKGS); do $(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(SOAKFUZZ) $$p || exit 1; done
+	@for t in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(SOAKFUZZ) "$${t%%:*}" || exit 1; done
 
 ## soak: the long reliability runs (20 kill -9, 10 TTLs of rotation...), longer fuzzing, full benchmarks
 soak: fuzz bench

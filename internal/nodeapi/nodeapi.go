@@ -5,6 +5,7 @@
 package nodeapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 )
@@ -65,5 +66,11 @@ func (Codec) Name() string { return "meshca-json" }
 // Marshal encodes v as JSON.
 func (Codec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
 
-// Unmarshal decodes JSON into v.
-func (Codec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+// Unmarshal decodes JSON into v. Unknown fields are refused, as on the
+// admin API: a field meshca does not read (a validity, say) must not look
+// accepted.
+func (Codec) Unmarshal(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}

@@ -68,11 +68,13 @@ type Config struct {
 	// the group commit included). It runs on the caller's goroutine and
 	// must be quick: metrics use it.
 	OnCommit func(events []Event, took time.Duration)
+	Fault    func() error // testing: when set, called at the start of every Update; a non-nil error fails it
 }
 
 // Store is meshca's state on disk. It is safe for concurrent use.
 type Store struct {
 	onCommit func([]Event, time.Duration)
+	fault    func() error
 	db       *bolt.DB
 	dir      string
 	path     string
@@ -138,6 +140,7 @@ func Open(cfg Config) (*Store, error) {
 		clock:    cfg.Clock,
 		log:      cfg.Logger,
 		onCommit: cfg.OnCommit,
+		fault:    cfg.Fault,
 	}, nil
 }
 
@@ -224,6 +227,11 @@ func (s *Store) Path() string { return s.path }
 func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if s.fault != nil {
+		if err := s.fault(); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
 	}
 	start := s.clock.Now()
 	var events []Event
