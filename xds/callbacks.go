@@ -134,7 +134,7 @@ func (c *callbacks) authorize(ctx context.Context, node string, reqNode *core.No
 	allowed := c.s.allowedSecrets(node)
 	for _, list := range names {
 		for _, name := range list {
-			if name == "*" || allowed[name] {
+			if name == "*" || allowed[name] || c.s.formerlyAllowed(node, name) {
 				continue
 			}
 			return c.deny(ctx, node, fmt.Sprintf("secret %q is not assigned to node %q", clip(name, 300), node))

@@ -88,6 +88,7 @@ type Server struct {
 	refreshMu sync.Mutex
 	allowedMu sync.RWMutex
 	allowed   map[string]map[string]bool // node -> secret names it may request
+	former    map[string]map[string]bool // node -> names it could request before (served nothing now)
 
 	stats   stats
 	serving atomic.Bool
@@ -118,7 +119,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, allowed: map[string]map[string]bool{}, cancels: map[string]map[uint64]context.CancelCauseFunc{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, allowed: map[string]map[string]bool{}, former: map[string]map[string]bool{}, cancels: map[string]map[uint64]context.CancelCauseFunc{}}
 	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	s.cb = newCallbacks(s)
 	opts := append([]grpc.ServerOption{

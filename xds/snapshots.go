@@ -158,9 +158,32 @@ func (s *Server) setAllowed(node string, names map[string]bool) {
 	defer s.allowedMu.Unlock()
 	if names == nil {
 		delete(s.allowed, node)
+		delete(s.former, node)
 		return
 	}
+	// Names the node loses (an unassigned or revoked identity) stay
+	// requestable: Envoy keeps asking for a secret while listeners that
+	// reference it drain, and refusing would close its whole ADS stream.
+	// Nothing is served for them, since they are in no snapshot of the node.
+	for n := range s.allowed[node] {
+		if !names[n] {
+			if s.former[node] == nil {
+				s.former[node] = map[string]bool{}
+			}
+			s.former[node][n] = true
+		}
+	}
+	for n := range names {
+		delete(s.former[node], n)
+	}
 	s.allowed[node] = names
+}
+
+// formerlyAllowed reports whether node could once request name.
+func (s *Server) formerlyAllowed(node, name string) bool {
+	s.allowedMu.RLock()
+	defer s.allowedMu.RUnlock()
+	return s.former[node][name]
 }
 
 func (s *Server) addAllowed(node string, names map[string]bool) {
