@@ -67,6 +67,7 @@ func (s *Server) join(ctx context.Context, req *nodeapi.JoinRequest) (*nodeapi.J
 	csr, err := csrDER(req.CSRPEM)
 	if err != nil {
 		s.stats.joinRefused.Add(1)
+		s.cfg.Audit.RecordDenial(ctx, "node.join", clip(req.Node, 255), "csr_pem is not one PEM CERTIFICATE REQUEST block")
 		return nil, err
 	}
 	resp, err := s.cfg.Joiner.Join(ctx, req.Node, req.Token, csr)
@@ -82,6 +83,7 @@ func (s *Server) renew(ctx context.Context, req *nodeapi.RenewRequest) (*nodeapi
 	}
 	csr, err := csrDER(req.CSRPEM)
 	if err != nil {
+		s.cfg.Audit.RecordDenial(ctx, "node.renew", node, "csr_pem is not one PEM CERTIFICATE REQUEST block")
 		return nil, err
 	}
 	resp, err := s.cfg.Joiner.Renew(ctx, node, csr)

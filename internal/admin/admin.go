@@ -42,6 +42,11 @@ type CSRSigner interface {
 	IssueFromCSR(ctx context.Context, name string, csrDER []byte, actor string) (store.Cert, error)
 }
 
+// DenialRecorder audits a refused request.
+type DenialRecorder interface {
+	RecordDenial(ctx context.Context, action, node, detail string)
+}
+
 // Authority exposes the CA in use, imports an operator's CA and rotates
 // the CA.
 type Authority interface {
@@ -80,6 +85,10 @@ type Config struct {
 	Ready   func(ctx context.Context) error
 	// Authorizer re-checks an mTLS caller on every request (see MTLS).
 	Authorizer Authorizer
+	// Denials, when set, audits requests refused here, before they reach
+	// the registry (malformed or oversized bodies); the registry audits
+	// its own refusals.
+	Denials DenialRecorder
 	// Logs holds the access logs proxies sent (GET /v1/logs).
 	Logs *telemetry.Store
 	// Renewal is the renewal policy, to show when each certificate renews.
@@ -419,6 +428,9 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status, code, msg = http.StatusInternalServerError, api.CodeLint, "the certificate failed the lint gate and was not issued (meshca audit list shows which lints)"
 	case errors.Is(err, ca.ErrIssuerExpired):
 		status, code, msg = http.StatusServiceUnavailable, api.CodeExpired, "the issuing CA has expired; rotate or import a CA"
+	}
+	if (errors.Is(err, errInvalid) || errors.Is(err, errTooLarge)) && s.cfg.Denials != nil && r.Method != http.MethodGet {
+		s.cfg.Denials.RecordDenial(r.Context(), "admin.request", "", r.Method+" "+clip(r.URL.Path)+": "+msg)
 	}
 	if status >= 500 {
 		s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
