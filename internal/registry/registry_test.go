@@ -25,7 +25,7 @@ import (
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 // dataDir is a fresh 0700 data directory.
-func dataDir(t *testing.T) string {
+func dataDir(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "data")
 	if err := os.Mkdir(dir, 0o700); err != nil {
@@ -34,7 +34,7 @@ func dataDir(t *testing.T) string {
 	return dir
 }
 
-func openStore(t *testing.T, dir string) *store.Store {
+func openStore(t testing.TB, dir string) *store.Store {
 	t.Helper()
 	sealer, err := seal.LoadOrCreate(filepath.Join(dir, "kek"))
 	if err != nil {
@@ -47,7 +47,7 @@ func openStore(t *testing.T, dir string) *store.Store {
 	return st
 }
 
-func newRegistry(t *testing.T, st *store.Store, clk clock.Clock) *Registry {
+func newRegistry(t testing.TB, st *store.Store, clk clock.Clock) *Registry {
 	t.Helper()
 	td, _ := identity.TrustDomain("mesh.local")
 	r, err := New(context.Background(), Config{Store: st, TrustDomain: td, Clock: clk})
