@@ -24,6 +24,10 @@ type Source interface {
 	// (resource.SecretType, ...). A node that is not registered or not
 	// active is ErrUnknownNode.
 	Resources(ctx context.Context, node string) (map[string][]types.Resource, error)
+	// Withdrawn names secrets the node held and lost (a revoked identity
+	// still assigned to it): it may keep naming them, as Envoy does while a
+	// listener references them, but gets nothing for them.
+	Withdrawn(ctx context.Context, node string) ([]string, error)
 }
 
 // RefreshAll rebuilds every node's snapshot, so that a node has one before
@@ -80,9 +84,14 @@ func (s *Server) refreshNode(ctx context.Context, node string) error {
 	for name := range snap.GetResources(resource.SecretType) {
 		secrets[name] = true
 	}
+	withdrawn, err := s.cfg.Source.Withdrawn(ctx, node)
+	if err != nil {
+		return err
+	}
 	// Names a node may ask for grow before the snapshot and shrink after
 	// it, so a request for a newly assigned secret is never refused.
 	s.addAllowed(node, secrets)
+	s.addFormer(node, withdrawn)
 	if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
 		return fmt.Errorf("set snapshot: %w", err)
 	}
@@ -177,6 +186,20 @@ func (s *Server) setAllowed(node string, names map[string]bool) {
 		delete(s.former[node], n)
 	}
 	s.allowed[node] = names
+}
+
+func (s *Server) addFormer(node string, names []string) {
+	if len(names) == 0 {
+		return
+	}
+	s.allowedMu.Lock()
+	defer s.allowedMu.Unlock()
+	if s.former[node] == nil {
+		s.former[node] = map[string]bool{}
+	}
+	for _, n := range names {
+		s.former[node][n] = true
+	}
 }
 
 // formerlyAllowed reports whether node could once request name.

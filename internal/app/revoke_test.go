@@ -320,6 +320,16 @@ func TestRevocationReachesProxies(t *testing.T) {
 	if !found {
 		t.Fatal("CRL after restart lacks web's serial")
 	}
+	// After the restart the client node, whose listeners still name web's
+	// secret, keeps its stream: web is withdrawn, not forbidden.
+	again2 := subscribe(t, m, "client-node", cliNode, secretName(""), secretName("web"), secretName("db"))
+	got := again2.next()
+	if _, ok := got[secretName("web")]; ok {
+		t.Fatal("revoked secret served after restart")
+	}
+	if _, ok := got[secretName("db")]; !ok {
+		t.Fatalf("after restart the client node got %v", names(got))
+	}
 }
 
 func TestNodeRevokeClosesStreams(t *testing.T) {

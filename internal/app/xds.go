@@ -79,6 +79,10 @@ func (a xdsSource) Resources(ctx context.Context, node string) (map[string][]typ
 	return out, nil
 }
 
+func (a xdsSource) Withdrawn(ctx context.Context, node string) ([]string, error) {
+	return a.reg.WithdrawnSecrets(ctx, node)
+}
+
 // joiner adapts registry.Join to the xDS server's join service and decides
 // which gRPC code each refusal gets.
 type joiner struct{ reg *registry.Registry }

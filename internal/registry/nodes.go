@@ -545,6 +545,30 @@ func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node
 	return n, creds, err
 }
 
+// WithdrawnSecrets names the SPIFFE IDs of revoked identities still
+// assigned to a node: its proxies may keep asking for those secrets (a
+// listener references them) and must not lose their stream for it, but get
+// nothing.
+func (r *Registry) WithdrawnSecrets(ctx context.Context, node string) ([]string, error) {
+	var out []string
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		n, err := tx.Node(node)
+		if err != nil {
+			return err
+		}
+		for _, name := range n.Identities {
+			if id, err := tx.Identity(name); err == nil && id.State == store.StateRevoked {
+				out = append(out, id.SPIFFEID)
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	return out, err
+}
+
 func chainPEM(leaf []byte, chain [][]byte) []byte {
 	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf})
 	for _, der := range chain {
