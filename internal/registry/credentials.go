@@ -104,7 +104,7 @@ func (r *Registry) authorizeAdmin(ctx context.Context, leaf *x509.Certificate) (
 		if !ident.Admin || ident.State != store.StateActive {
 			return fmt.Errorf("identity %q has no admin access: %w", name, ErrDenied)
 		}
-		c, err := tx.Cert(serial)
+		c, err := tx.CertWithoutKey(serial)
 		if err != nil || c.Identity != name {
 			return fmt.Errorf("certificate %s was not issued to %q: %w", serial, name, ErrDenied)
 		}

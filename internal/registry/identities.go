@@ -115,11 +115,10 @@ func (r *Registry) Identity(ctx context.Context, name string) (Status, error) {
 		}
 		var cert *store.Cert
 		if id.CurrentSerial != "" {
-			c, err := tx.Cert(id.CurrentSerial)
+			c, err := tx.CertWithoutKey(id.CurrentSerial)
 			if err != nil {
 				return err
 			}
-			c.Key = nil // callers of Identity never need the key
 			cert = &c
 		}
 		st = r.status(id, cert)
@@ -142,11 +141,10 @@ func (r *Registry) Identities(ctx context.Context) ([]Status, error) {
 		for _, id := range ids {
 			var cert *store.Cert
 			if id.CurrentSerial != "" {
-				c, err := tx.Cert(id.CurrentSerial)
+				c, err := tx.CertWithoutKey(id.CurrentSerial)
 				if err != nil {
 					return err
 				}
-				c.Key = nil
 				cert = &c
 			}
 			out = append(out, r.status(id, cert))

@@ -461,7 +461,7 @@ func (r *Registry) authenticateNode(ctx context.Context, leaf *x509.Certificate)
 		if n.State != store.StateActive {
 			return fmt.Errorf("node %q is %s: %w", node, n.State, ErrDenied)
 		}
-		c, err := tx.Cert(serial)
+		c, err := tx.CertWithoutKey(serial)
 		if err != nil || c.Identity != nodeSubject(node) {
 			return fmt.Errorf("certificate %s was not issued to node %q: %w", serial, node, ErrDenied)
 		}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -195,4 +196,33 @@ func TestNoClearKeysInFile(t *testing.T) {
 			}
 		}
 	}
+}
+
+func TestCertWithoutKeyLeavesKeySealed(t *testing.T) {
+	s, _ := newStore(t)
+	c := testCert("echo", "0a1b", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	c.Key = []byte("pkcs8 key bytes")
+	update(t, s, func(tx *store.Tx) error {
+		if err := tx.PutCert(c); err != nil {
+			return err
+		}
+		_, err := tx.Append(store.Event{Action: "cert.issue"})
+		return err
+	})
+	view(t, s, func(tx *store.Tx) error {
+		got, err := tx.CertWithoutKey("0a1b")
+		if err != nil {
+			return err
+		}
+		if got.Key != nil || got.Serial != c.Serial || string(got.DER) != string(c.DER) || !got.NotAfter.Equal(c.NotAfter) {
+			t.Fatalf("CertWithoutKey = %+v", got)
+		}
+		full, err := tx.Cert("0a1b")
+		if err != nil || string(full.Key) != string(c.Key) {
+			t.Fatalf("Cert key = %q, %v", full.Key, err)
+		}
+		_, err = tx.CertWithoutKey("nope")
+		wantErr(t, err, store.ErrNotFound)
+		return nil
+	})
 }

@@ -271,6 +271,17 @@ func (tx *Tx) Cert(serial string) (Cert, error) {
 	return tx.openCert(rec)
 }
 
+// CertWithoutKey returns the certificate of serial without unsealing its
+// key (Key is nil): for readers that never need the key, so the key stays
+// sealed and no decryption is spent on it.
+func (tx *Tx) CertWithoutKey(serial string) (Cert, error) {
+	var rec certRecord
+	if err := tx.get(bucketCerts, []byte(serial), &rec); err != nil {
+		return Cert{}, err
+	}
+	return rec.Cert, nil
+}
+
 func (tx *Tx) openCert(rec certRecord) (Cert, error) {
 	c := rec.Cert
 	if rec.SealedKey != nil {
