@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -179,11 +180,17 @@ func (b *boundStream) RecvMsg(m any) error {
 
 var errNodeGone = errors.New("node revoked or removed")
 
+// clip bounds untrusted text, on a character boundary: the result may go
+// into metric labels, which must be valid UTF-8.
 func clip(s string, n int) string {
 	if len(s) > n {
-		return s[:n] + "..."
+		s = s[:n]
+		for len(s) > 0 && !utf8.ValidString(s) {
+			s = s[:len(s)-1]
+		}
+		return strings.ToValidUTF8(s, "?") + "..."
 	}
-	return s
+	return strings.ToValidUTF8(s, "?")
 }
 
 // trackStream remembers how to end a node's stream, so that a revoked node

@@ -152,6 +152,14 @@ func (c *callbacks) deny(ctx context.Context, node, why string) error {
 
 // track records ACKs and NACKs for node status.
 func (c *callbacks) track(node, typeURL, version string, nack string) {
+	// Type URLs and versions come from the proxy: keep them bounded, as
+	// they reach node status, metric labels and the status page.
+	switch typeURL {
+	case resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType:
+	default:
+		typeURL = "other"
+	}
+	version = clip(version, 64)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.nodeStatus(node)

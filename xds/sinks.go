@@ -52,8 +52,8 @@ func (k sinks) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccess
 				Authority: clip(e.GetRequest().GetAuthority(), 256),
 				Path:      clip(e.GetRequest().GetPath(), 512),
 				Status:    e.GetResponse().GetResponseCode().GetValue(),
-				Upstream:  address(c.GetUpstreamRemoteAddress()),
-				Peer:      address(c.GetDownstreamRemoteAddress()),
+				Upstream:  clip(address(c.GetUpstreamRemoteAddress()), 128),
+				Peer:      clip(address(c.GetDownstreamRemoteAddress()), 128),
 				Protocol:  e.GetProtocolVersion().String(),
 			}
 			if d := c.GetTimeToLastDownstreamTxByte(); d != nil {
@@ -61,10 +61,14 @@ func (k sinks) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccess
 			}
 			entries = append(entries, entry)
 		}
-		for _, e := range msg.GetTcpLogs().GetLogEntry() {
+		tcp := msg.GetTcpLogs().GetLogEntry()
+		if len(tcp) > maxLogBatch {
+			tcp = tcp[:maxLogBatch]
+		}
+		for _, e := range tcp {
 			c := e.GetCommonProperties()
 			entries = append(entries, telemetry.Entry{Time: c.GetStartTime().AsTime(), Protocol: "TCP",
-				Upstream: address(c.GetUpstreamRemoteAddress()), Peer: address(c.GetDownstreamRemoteAddress())})
+				Upstream: clip(address(c.GetUpstreamRemoteAddress()), 128), Peer: clip(address(c.GetDownstreamRemoteAddress()), 128)})
 		}
 		if k.s.cfg.Telemetry != nil && len(entries) > 0 {
 			k.s.cfg.Telemetry.AddLogs(node, entries)

@@ -67,6 +67,9 @@ func (s *Server) refreshNode(ctx context.Context, node string) error {
 		// Unregistered or revoked: forget its snapshot and end its streams.
 		s.setAllowed(node, nil)
 		s.cache.ClearSnapshot(node)
+		if s.cfg.Telemetry != nil {
+			s.cfg.Telemetry.Forget(node)
+		}
 		if n := s.closeNode(node); n > 0 {
 			s.log.Info("closed the streams of a node that may no longer connect", "node", node, "streams", n)
 		}
@@ -92,15 +95,16 @@ func (s *Server) refreshNode(ctx context.Context, node string) error {
 	// it, so a request for a newly assigned secret is never refused.
 	s.addAllowed(node, secrets)
 	s.addFormer(node, withdrawn)
-	if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
-		return fmt.Errorf("set snapshot: %w", err)
-	}
-	s.setAllowed(node, secrets)
+	// Recorded before the push, so that a fast ACK finds its version.
 	versions := map[string]string{}
 	for _, t := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType} {
 		versions[t] = snap.GetVersion(t)
 	}
 	s.cb.published(node, versions)
+	if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
+		return fmt.Errorf("set snapshot: %w", err)
+	}
+	s.setAllowed(node, secrets)
 	s.log.Debug("xDS snapshot set", "node", node, "secrets", len(secrets), "version", snap.GetVersion(resource.SecretType))
 	return nil
 }

@@ -196,7 +196,8 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	out := []api.LogEntry{}
 	if s.cfg.Logs != nil {
 		for _, e := range s.cfg.Logs.Logs(q.Get("node"), after, int(min(limit, telemetry.RingSize))) {
-			out = append(out, api.LogEntry(e))
+			out = append(out, api.LogEntry{Seq: e.Seq, Node: e.Node, Time: e.Time, Method: e.Method, Authority: e.Authority, Path: e.Path,
+				Status: e.Status, Duration: e.Duration, Upstream: e.Upstream, Peer: e.Peer, Protocol: e.Protocol})
 		}
 	}
 	s.reply(w, http.StatusOK, out)
@@ -359,6 +360,21 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.fail(w, r, fmt.Errorf("%w: limit: %v", errInvalid, err))
 		return
+	}
+	// ?last=N: the newest N records.
+	if last, err := uintParam(q.Get("last")); err != nil {
+		s.fail(w, r, fmt.Errorf("%w: last: %v", errInvalid, err))
+		return
+	} else if last > 0 {
+		newest, err := s.cfg.Audit.LastAuditSeq(r.Context())
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		after, limit = 0, last
+		if newest > last {
+			after = newest - last
+		}
 	}
 	evs, err := s.cfg.Audit.Audit(r.Context(), after, int(min(limit, 100000)))
 	if err != nil {

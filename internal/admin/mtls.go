@@ -64,6 +64,9 @@ func MTLS(authority Authority, authz Authorizer, getCert func(*tls.ClientHelloIn
 // rather than when its keep-alive connection ends.
 func (s *Server) adminOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !jsonPost(w, r, s) {
+			return
+		}
 		if s.cfg.Authorizer != nil {
 			if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 				s.reply(w, http.StatusUnauthorized, api.Error{Error: "a client certificate is required", Code: api.CodeDenied})
@@ -94,14 +97,24 @@ func (s *Server) loopbackOnly(next http.Handler) http.Handler {
 			s.reply(w, http.StatusForbidden, api.Error{Error: "the loopback admin API only answers requests for localhost or a loopback address", Code: api.CodeDenied})
 			return
 		}
-		// POST is the one writing method a page may send cross-site without
-		// a preflight; DELETE and PUT always need one.
-		if r.Method == http.MethodPost {
-			if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); ct != "application/json" {
-				s.reply(w, http.StatusUnsupportedMediaType, api.Error{Error: "send the request body as application/json", Code: api.CodeInvalid})
-				return
-			}
+		if !jsonPost(w, r, s) {
+			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// jsonPost refuses a POST whose body is not JSON. POST is the one writing
+// method a page may send cross-site without a CORS preflight (as a form or
+// text/plain), and a browser holding an admin client certificate would
+// present it; DELETE and PUT always need a preflight, never granted here.
+func jsonPost(w http.ResponseWriter, r *http.Request, s *Server) bool {
+	if r.Method != http.MethodPost {
+		return true
+	}
+	if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); ct != "application/json" {
+		s.reply(w, http.StatusUnsupportedMediaType, api.Error{Error: "send the request body as application/json", Code: api.CodeInvalid})
+		return false
+	}
+	return true
 }

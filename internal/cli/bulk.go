@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,7 +28,17 @@ func parseIdentityLine(line string) (api.AddIdentityRequest, error) {
 			}
 			req.TTL = v
 		case "admin":
-			req.Admin = true
+			// "admin" alone, or admin=true/false: anything else is a mistake
+			// that must not grant admin access.
+			if _, v, has := strings.Cut(f, "="); has {
+				b, err := strconv.ParseBool(v)
+				if err != nil {
+					return req, fmt.Errorf("admin=%q: use admin, admin=true or admin=false", v)
+				}
+				req.Admin = b
+			} else {
+				req.Admin = true
+			}
 		default:
 			return req, fmt.Errorf("unknown field %q (use dns=, ttl= or admin)", f)
 		}
@@ -67,6 +78,9 @@ func addFromFile(cmd *cobra.Command, g *globals, path string) error {
 			continue
 		}
 		jobs = append(jobs, job{line: n, req: req})
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read --from: %w (lines are limited to 64 KiB); nothing was added", err)
 	}
 	lines, unparsed := len(jobs)+len(failed), len(failed)
 	c, err := g.client()

@@ -38,7 +38,7 @@ func statusCmd(g *globals) *cobra.Command {
 			for _, q := range []struct {
 				path string
 				out  any
-			}{{api.PathCA, &st.CA}, {api.PathIdentities, &st.Identities}, {api.PathNodes, &st.Nodes}, {api.PathAudit, &st.Recent}} {
+			}{{api.PathCA, &st.CA}, {api.PathIdentities, &st.Identities}, {api.PathNodes, &st.Nodes}, {api.PathAudit + "?last=5", &st.Recent}} {
 				if err := c.do(ctx, "GET", q.path, nil, q.out); err != nil {
 					return err
 				}

@@ -178,17 +178,24 @@ func (m *Metrics) ObservePush(typeURL string, d time.Duration) {
 // ObserveNACK counts a rejected configuration and keeps its message.
 func (m *Metrics) ObserveNACK(typeURL, message string) {
 	t := shortType(typeURL)
-	m.nacks.WithLabelValues(t).Inc()
+	if c, err := m.nacks.GetMetricWithLabelValues(t); err == nil {
+		c.Inc()
+	}
+	// Label values must be valid UTF-8 and bounded: the message is the
+	// proxy's text.
 	if len(message) > 200 {
 		message = message[:200]
 	}
+	message = strings.ToValidUTF8(message, "?")
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if old, ok := m.nackMsgs[t]; ok {
 		m.lastNACK.DeleteLabelValues(t, old)
 	}
-	m.nackMsgs[t] = message
-	m.lastNACK.WithLabelValues(t, message).Set(1)
+	if g, err := m.lastNACK.GetMetricWithLabelValues(t, message); err == nil {
+		m.nackMsgs[t] = message
+		g.Set(1)
+	}
 }
 
 func shortType(typeURL string) string {
@@ -236,6 +243,10 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// maxProxySamples bounds the stats re-exposed per node, so a proxy cannot
+// blow up a scrape.
+const maxProxySamples = 5000
+
 // proxyStats re-exposes the counters and gauges proxies send to the
 // metrics service, prefixed envoy_ and labelled with the authenticated
 // node. A family whose samples disagree on label names is left out, as
@@ -262,6 +273,7 @@ func (p *proxyStats) Collect(ch chan<- prometheus.Metric) {
 	}
 	families := map[string]*family{}
 	p.tel.Stats(func(node string, fams []*dto.MetricFamily) {
+		perNode := 0
 		for _, f := range fams {
 			var vt prometheus.ValueType
 			switch f.GetType() {
@@ -274,10 +286,18 @@ func (p *proxyStats) Collect(ch chan<- prometheus.Metric) {
 			}
 			name := "envoy_" + sanitize(f.GetName())
 			for _, m := range f.GetMetric() {
+				if perNode >= maxProxySamples {
+					return
+				}
+				perNode++
 				labels, values := []string{"node"}, []string{node}
 				for _, lp := range m.GetLabel() {
 					labels = append(labels, sanitize(lp.GetName()))
-					values = append(values, lp.GetValue())
+					v := lp.GetValue()
+					if len(v) > 128 {
+						v = v[:128]
+					}
+					values = append(values, strings.ToValidUTF8(v, "?"))
 				}
 				fam := families[name]
 				if fam == nil {

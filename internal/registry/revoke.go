@@ -250,7 +250,23 @@ func (r *Registry) buildCRL(tx *store.Tx, now time.Time) (*crlState, error) {
 func (r *Registry) RefreshCRL(ctx context.Context) error {
 	r.crlMu.Lock()
 	defer r.crlMu.Unlock()
+	return r.refreshCRL(ctx, false)
+}
+
+// rebuildCRL builds the CRL again whatever its age, for a change of the
+// issuers in use.
+func (r *Registry) rebuildCRL(ctx context.Context) error {
+	r.crlMu.Lock()
+	defer r.crlMu.Unlock()
+	return r.refreshCRL(ctx, true)
+}
+
+// refreshCRL runs under crlMu.
+func (r *Registry) refreshCRL(ctx context.Context, force bool) error {
 	cur := r.crl.Load()
+	if force {
+		cur = nil
+	}
 	now := r.cfg.Clock.Now().UTC()
 	issuer := serialHex(r.CA().Issuer())
 	live := 0
@@ -268,7 +284,7 @@ func (r *Registry) RefreshCRL(ctx context.Context) error {
 	}
 	switch {
 	case live == 0 && (cur == nil || cur.pem == nil):
-		r.crl.CompareAndSwap(cur, &crlState{thisUpdate: now})
+		r.crl.Store(&crlState{thisUpdate: now})
 		return nil
 	case live > 0 && cur != nil && cur.pem != nil && now.Before(cur.thisUpdate.Add(crlRefresh)):
 		return nil

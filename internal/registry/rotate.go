@@ -169,11 +169,10 @@ func (r *Registry) reload(ctx context.Context) error {
 		r.prev.Store(prev)
 	}
 	r.setRotationStatus(set.Rotation, "")
-	// The issuers in use may have changed: rebuild the CRL now.
-	r.crlMu.Lock()
-	r.crl.Store(nil)
-	r.crlMu.Unlock()
-	if err := r.RefreshCRL(ctx); err != nil {
+	// The issuers in use may have changed: rebuild the CRL now, replacing
+	// the old one only once the new one is built (no push goes out without
+	// a CRL in between).
+	if err := r.rebuildCRL(ctx); err != nil {
 		return err
 	}
 	r.notifyAll(ctx)

@@ -28,13 +28,15 @@ type Entry struct {
 	Upstream  string    `json:"upstream,omitempty"`
 	Peer      string    `json:"peer,omitempty"` // downstream address
 	Protocol  string    `json:"protocol,omitempty"`
+	arrival   uint64
 }
 
 // Store holds the telemetry of every node. It is safe for concurrent use.
 type Store struct {
-	mu    sync.Mutex
-	logs  map[string]*ring
-	stats map[string]stats
+	mu       sync.Mutex
+	logs     map[string]*ring
+	stats    map[string]stats
+	received uint64 // arrival counter across nodes
 }
 
 type ring struct {
@@ -61,7 +63,8 @@ func (s *Store) AddLogs(node string, entries []Entry) {
 	}
 	for _, e := range entries {
 		r.next++
-		e.Seq, e.Node = r.next, node
+		s.received++
+		e.Seq, e.Node, e.arrival = r.next, node, s.received
 		r.entries = append(r.entries, e)
 	}
 	if over := len(r.entries) - RingSize; over > 0 {
@@ -86,12 +89,22 @@ func (s *Store) Logs(node string, after uint64, limit int) []Entry {
 		}
 	}
 	if node == "" {
-		sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+		// Arrival order, not the proxy's timestamps: a proxy cannot push
+		// other nodes' entries out of view with times in the future.
+		sort.Slice(out, func(i, j int) bool { return out[i].arrival < out[j].arrival })
 	}
 	if limit > 0 && len(out) > limit {
 		out = out[len(out)-limit:]
 	}
 	return out
+}
+
+// Forget drops everything of a node that was revoked or removed.
+func (s *Store) Forget(node string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.logs, node)
+	delete(s.stats, node)
 }
 
 // SetStats replaces the latest stats of node.
