@@ -277,7 +277,7 @@ func (s *Server) getCert(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := certJSON(st)
-	c.ChainPEM = string(chainPEM(st.Cert))
+	c.ChainPEM = string(registry.ChainPEM(*st.Cert))
 	s.reply(w, http.StatusOK, c)
 }
 
@@ -299,7 +299,7 @@ func (s *Server) issueCert(w http.ResponseWriter, r *http.Request) {
 	}
 	st := registry.Status{Cert: &c, CertState: "valid"}
 	out := certJSON(st)
-	out.ChainPEM = string(chainPEM(&c))
+	out.ChainPEM = string(registry.ChainPEM(c))
 	s.reply(w, http.StatusCreated, out)
 }
 

@@ -92,29 +92,18 @@ func caRotateCmd(g *globals) *cobra.Command {
 }
 
 func caCRLCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "crl",
-		Short: "Print the current CRL as PEM (nothing when no unexpired certificate is revoked)",
-		Args:  exactArgs(0, ""),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			var pem []byte
-			if err := c.do(cmd.Context(), "GET", api.PathCRL, nil, &pem); err != nil {
-				return err
-			}
-			_, err = cmd.OutOrStdout().Write(pem)
-			return err
-		},
-	}
+	return pemCmd(g, "crl", "Print the current CRL as PEM (nothing when no unexpired certificate is revoked)", api.PathCRL)
 }
 
 func caBundleCmd(g *globals) *cobra.Command {
+	return pemCmd(g, "bundle", "Print the trust bundle (the root certificates) as PEM", api.PathCABundle)
+}
+
+// pemCmd prints the PEM the admin API serves at path.
+func pemCmd(g *globals, use, short, path string) *cobra.Command {
 	return &cobra.Command{
-		Use:   "bundle",
-		Short: "Print the trust bundle (the root certificates) as PEM",
+		Use:   use,
+		Short: short,
 		Args:  exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.client()
@@ -122,7 +111,7 @@ func caBundleCmd(g *globals) *cobra.Command {
 				return err
 			}
 			var pem []byte
-			if err := c.do(cmd.Context(), "GET", api.PathCABundle, nil, &pem); err != nil {
+			if err := c.do(cmd.Context(), "GET", path, nil, &pem); err != nil {
 				return err
 			}
 			_, err = cmd.OutOrStdout().Write(pem)

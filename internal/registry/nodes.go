@@ -569,6 +569,9 @@ func (r *Registry) WithdrawnSecrets(ctx context.Context, node string) ([]string,
 	return out, err
 }
 
+// ChainPEM is a certificate and its intermediates as PEM; never the key.
+func ChainPEM(c store.Cert) []byte { return chainPEM(c.DER, c.Chain) }
+
 func chainPEM(leaf []byte, chain [][]byte) []byte {
 	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf})
 	for _, der := range chain {
