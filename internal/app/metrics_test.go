@@ -79,6 +79,8 @@ func TestMetricsFollowAScenario(t *testing.T) {
 		`meshca_nodes_connected{kind="sidecar"}`:                           1,
 		`meshca_xds_push_duration_seconds_count{type="Secret"}`:            1,
 		`meshca_audit_events_total{action="identity.revoke",outcome="ok"}`: 1,
+		`meshca_xds_events_total{event="joins"}`:                           1,
+		`meshca_xds_events_total{event="denied"}`:                          1,
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {

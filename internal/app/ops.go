@@ -66,6 +66,14 @@ func (o *opsState) ConnectedNodes() map[string]int {
 	return out
 }
 
+func (o *opsState) XDSEvents() map[string]int64 {
+	st := o.xds.Stats()
+	return map[string]int64{
+		"denied": st.Denied, "unauthenticated": st.Unauthenticated, "auth_failures": st.AuthFailures,
+		"invalid_configs": st.InvalidConfigs, "joins": st.Joins, "joins_refused": st.JoinsRefused,
+	}
+}
+
 // ready reports whether meshca can do its job: the store answers, the CA
 // can issue (its issuer is valid and within its lifetime), and the xDS
 // server is serving.

@@ -38,6 +38,11 @@ type State interface {
 	CRLAge() (age time.Duration, ok bool)
 	// ConnectedNodes counts nodes with an open xDS stream, by kind.
 	ConnectedNodes() map[string]int
+	// XDSEvents are the xDS server's own counters since start, by event
+	// (denied, unauthenticated, auth_failures, invalid_configs, joins,
+	// joins_refused): some never reach the audit log, such as a call
+	// without a client certificate or a snapshot that failed validation.
+	XDSEvents() map[string]int64
 }
 
 // Metrics holds every collector.
@@ -217,6 +222,8 @@ var (
 		"Age of the published CRL (absent when none is published).", nil, nil)
 	descNodes = prometheus.NewDesc("meshca_nodes_connected",
 		"Nodes with an open xDS stream, by kind.", []string{"kind"}, nil)
+	descXDSEvents = prometheus.NewDesc("meshca_xds_events_total",
+		"xDS server events since start, by event (denied, unauthenticated, auth_failures, invalid_configs, joins, joins_refused).", []string{"event"}, nil)
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
@@ -224,6 +231,7 @@ func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descCAExpiry
 	ch <- descCRLAge
 	ch <- descNodes
+	ch <- descXDSEvents
 }
 
 func (g *gauges) Collect(ch chan<- prometheus.Metric) {
@@ -240,6 +248,9 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 	}
 	for kind, n := range g.m.state.ConnectedNodes() {
 		ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(n), kind)
+	}
+	for event, n := range g.m.state.XDSEvents() {
+		ch <- prometheus.MustNewConstMetric(descXDSEvents, prometheus.CounterValue, float64(n), event)
 	}
 }
 

@@ -21,6 +21,7 @@ func (noState) IdentityExpiries() []metrics.Expiry { return nil }
 func (noState) CAExpiries() []metrics.Expiry       { return nil }
 func (noState) CRLAge() (time.Duration, bool)      { return 0, false }
 func (noState) ConnectedNodes() map[string]int     { return nil }
+func (noState) XDSEvents() map[string]int64        { return map[string]int64{"invalid_configs": 2} }
 
 func scrape(t *testing.T, m *metrics.Metrics) (int, string) {
 	t.Helper()
@@ -57,6 +58,7 @@ func TestCountersFromAuditRecords(t *testing.T) {
 		`meshca_lint_rejections_total 1`,
 		`meshca_authorization_denials_total{where="xds.request"} 1`,
 		`meshca_store_commit_duration_seconds_count 1`,
+		`meshca_xds_events_total{event="invalid_configs"} 2`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("missing %s", want)
