@@ -45,20 +45,24 @@ func (r *Registry) applyMesh(ctx context.Context, doc []byte, dryRun bool, actor
 	if err != nil {
 		return MeshPlan{}, err
 	}
-	if err := mesh.Check(m, nodes, r.cfg.TrustDomain); err != nil {
-		return MeshPlan{}, err
-	}
+	// Build every node once: any failure refuses the whole apply, with
+	// every node's problem listed.
 	plan := MeshPlan{Changes: map[string][]mesh.Change{}, DryRun: dryRun}
 	cur := r.Mesh()
+	var errs []error
 	for _, n := range nodes {
-		before, _ := mesh.Build(cur, n, r.cfg.TrustDomain)
 		after, err := mesh.Build(m, n, r.cfg.TrustDomain)
 		if err != nil {
-			return MeshPlan{}, err
+			errs = append(errs, err)
+			continue
 		}
+		before, _ := mesh.Build(cur, n, r.cfg.TrustDomain)
 		if ch := mesh.Diff(before, after); len(ch) > 0 {
 			plan.Changes[n.Name] = ch
 		}
+	}
+	if len(errs) > 0 {
+		return MeshPlan{}, errors.Join(errs...)
 	}
 	if dryRun {
 		return plan, nil
