@@ -1,0 +1,63 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary serve as the harness's workers.
+func TestMain(m *testing.M) {
+	if worker, err := WorkerFromEnv(context.Background(), os.Args[1:]); worker {
+		if err != nil {
+			os.Stderr.WriteString("worker: " + err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// buildMeshca builds the meshca binary once per test run.
+func buildMeshca(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "meshca")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/meshca/meshca/cmd/meshca")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build meshca: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestQuick runs every section at its smoke size: each must finish and
+// report rows with figures. No timing is asserted.
+func TestQuick(t *testing.T) {
+	meshca := buildMeshca(t)
+	for _, s := range Sections {
+		t.Run(s.Name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			var log strings.Builder
+			out := filepath.Join(t.TempDir(), "BENCHMARKS.md")
+			self, err := os.Executable()
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = Run(ctx, Config{Meshca: meshca, Self: self, Out: out, Quick: true, Only: []string{s.Name}, WorkDir: t.TempDir(), Log: &log})
+			if err != nil {
+				t.Fatalf("%v\n%s", err, log.String())
+			}
+			md, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(md), "## "+s.Title) || !strings.Contains(string(md), "| figure |") {
+				t.Fatalf("report lacks the section's table:\n%s", md)
+			}
+		})
+	}
+}

@@ -1,0 +1,28 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// runFanout, runStorm, runMemory: to be written.
+func runFanout(ctx context.Context, env *Env) (*Report, error) {
+	return nil, errors.New("not written yet")
+}
+
+func runStorm(ctx context.Context, env *Env) (*Report, error) {
+	return nil, errors.New("not written yet")
+}
+
+func runMemory(ctx context.Context, env *Env) (*Report, error) {
+	return nil, errors.New("not written yet")
+}
+
+func workXDSClients(ctx context.Context, args []string, in io.Reader, out io.Writer) error {
+	return errors.New("not written yet")
+}
+
+func workNaiveXDS(ctx context.Context, args []string, in io.Reader, out io.Writer) error {
+	return errors.New("not written yet")
+}
