@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"slices"
 	"strings"
 	"sync"
@@ -22,7 +23,6 @@ import (
 	"github.com/cloudflare/cfssl/csr"
 	cflog "github.com/cloudflare/cfssl/log"
 	"github.com/cloudflare/cfssl/signer"
-	"github.com/cloudflare/cfssl/signer/local"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/internal/clock"
@@ -68,6 +68,12 @@ type Config struct {
 	Backdate     time.Duration        // default DefaultBackdate; negative is an error
 	Clock        clock.Clock          // default clock.Real{}
 	Logger       *slog.Logger         // default discard
+	// LintBeforeSigning lints a copy signed by a throwaway issuer before the
+	// real key signs anything (Boulder's way): the real key then never signs
+	// a certificate zlint objects to, at the price of a second signature per
+	// certificate. By default the signed certificate is linted before it is
+	// released: nothing unlinted is ever returned either way.
+	LintBeforeSigning bool
 }
 
 // CA issues SPIFFE leaf certificates from one issuer. It is safe for
@@ -80,8 +86,8 @@ type CA struct {
 	clock    clock.Clock
 	log      *slog.Logger
 
-	real *local.Signer // the issuer's key
-	lint *local.Signer // a throwaway copy of the issuer, for the lint gate
+	real *issuerSigner // the issuer's key
+	lint *issuerSigner // a throwaway copy of the issuer; nil unless linting before signing
 
 	chainDER  [][]byte
 	bundlePEM []byte
@@ -121,8 +127,8 @@ type Issued struct {
 	Serial string
 }
 
-// New validates cfg and builds a CA. It generates a throwaway key of the
-// issuer's type for the lint gate.
+// New validates cfg and builds a CA. With LintBeforeSigning it generates a
+// throwaway key of the issuer's type for the lint gate.
 func New(cfg Config) (*CA, error) {
 	if cfg.TrustDomain.IsZero() {
 		return nil, fmt.Errorf("%w: a trust domain is required", ErrConfig)
@@ -172,15 +178,17 @@ func New(cfg Config) (*CA, error) {
 	if algo == x509.UnknownSignatureAlgorithm {
 		return nil, fmt.Errorf("%w: issuer key type %T", ErrKeyAlgorithm, m.IssuerKey.Public())
 	}
-	if c.real, err = local.NewSigner(m.IssuerKey, m.Issuer, algo, policy); err != nil {
+	if c.real, err = newIssuerSigner(m.IssuerKey, m.Issuer, algo, policy); err != nil {
 		return nil, fmt.Errorf("cfssl signer: %w", err)
 	}
-	lintKey, lintIssuer, err := throwawayIssuer(m.Issuer)
-	if err != nil {
-		return nil, fmt.Errorf("lint issuer: %w", err)
-	}
-	if c.lint, err = local.NewSigner(lintKey, lintIssuer, signer.DefaultSigAlgo(lintKey), policy); err != nil {
-		return nil, fmt.Errorf("cfssl lint signer: %w", err)
+	if cfg.LintBeforeSigning {
+		lintKey, lintIssuer, err := throwawayIssuer(m.Issuer)
+		if err != nil {
+			return nil, fmt.Errorf("lint issuer: %w", err)
+		}
+		if c.lint, err = newIssuerSigner(lintKey, lintIssuer, signer.DefaultSigAlgo(lintKey), policy); err != nil {
+			return nil, fmt.Errorf("cfssl lint signer: %w", err)
+		}
 	}
 
 	if !isRoot(m.Issuer, m.Roots) {
@@ -298,10 +306,6 @@ func (c *CA) Issue(ctx context.Context, req Request) (*Issued, error) {
 		if pkcs8, err = x509.MarshalPKCS8PrivateKey(key); err != nil {
 			return nil, fmt.Errorf("marshal leaf key: %w", err)
 		}
-		// cfssl signs only from a CSR; this one carries nothing but the key.
-		if csrDER, err = x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key); err != nil {
-			return nil, fmt.Errorf("leaf CSR: %w", err)
-		}
 		pub = key.Public()
 	}
 
@@ -330,14 +334,16 @@ func (c *CA) Issue(ctx context.Context, req Request) (*Issued, error) {
 	}
 	sr := signer.SignRequest{
 		Hosts:     append([]string{req.ID.String()}, dnsNames...),
-		Request:   string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})),
 		Subject:   subject,
 		Profile:   profile,
 		Serial:    serial,
 		NotBefore: notBefore,
 		NotAfter:  notAfter,
 	}
-	cert, err := c.issueRaw(ctx, sr)
+	if csrDER != nil {
+		sr.Request = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))
+	}
+	cert, err := c.issueRaw(ctx, sr, pub)
 	if err != nil {
 		return nil, err
 	}
@@ -407,45 +413,52 @@ func checkCSR(der []byte) (crypto.PublicKey, error) {
 	return csr.PublicKey, nil
 }
 
-// issueRaw is the lint gate: it signs sr with the throwaway issuer, lints
-// the result and only then signs the same request with the real key. The
-// two to-be-signed certificates must be identical, so what was linted is
-// exactly what is released.
-func (c *CA) issueRaw(ctx context.Context, sr signer.SignRequest) (*x509.Certificate, error) {
-	lintPEM, err := c.lint.Sign(sr)
-	if err != nil {
-		return nil, fmt.Errorf("sign for lint: %w", err)
-	}
-	lintCert, err := parsePEMCert(lintPEM)
-	if err != nil {
-		return nil, fmt.Errorf("parse lint certificate: %w", err)
-	}
-	if err := lintDER(lintCert.Raw); err != nil {
-		var le *LintError
-		if errors.As(err, &le) {
-			c.log.WarnContext(ctx, "certificate refused by lint gate",
-				slog.String(logKeySerial, hex.EncodeToString(sr.Serial.Bytes())),
-				slog.Any(logKeyLints, le.Lints))
+// issueRaw signs sr and returns the certificate only if it passes the lint
+// gate. By default the real key signs and the signed certificate is linted;
+// with a throwaway issuer (LintBeforeSigning) a copy is signed and linted
+// first, the real key signs only what passed, and the two to-be-signed
+// certificates must be byte-identical. pub is the leaf's key; sr.Request,
+// when set, is the caller's CSR holding it.
+func (c *CA) issueRaw(ctx context.Context, sr signer.SignRequest, pub crypto.PublicKey) (*x509.Certificate, error) {
+	var linted *x509.Certificate
+	if c.lint != nil {
+		var err error
+		if linted, err = c.lint.sign(sr, pub); err != nil {
+			return nil, fmt.Errorf("sign for lint: %w", err)
 		}
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
+		if err := c.lintGate(ctx, linted.Raw, sr.Serial); err != nil {
+			return nil, err
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 	}
 
 	c.realSigns.Add(1)
-	realPEM, err := c.real.Sign(sr)
+	cert, err := c.real.sign(sr, pub)
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
-	cert, err := parsePEMCert(realPEM)
-	if err != nil {
-		return nil, fmt.Errorf("parse signed certificate: %w", err)
-	}
-	if !bytes.Equal(cert.RawTBSCertificate, lintCert.RawTBSCertificate) {
+	if linted == nil {
+		if err := c.lintGate(ctx, cert.Raw, sr.Serial); err != nil {
+			return nil, err
+		}
+	} else if !bytes.Equal(cert.RawTBSCertificate, linted.RawTBSCertificate) {
 		return nil, fmt.Errorf("%w: signed certificate differs from the linted one (serial %x); not released", ErrLint, sr.Serial)
 	}
 	return cert, nil
+}
+
+// lintGate lints der and logs what a refused certificate failed.
+func (c *CA) lintGate(ctx context.Context, der []byte, serial *big.Int) error {
+	err := lintDER(der)
+	var le *LintError
+	if errors.As(err, &le) {
+		c.log.WarnContext(ctx, "certificate refused by lint gate",
+			slog.String(logKeySerial, hex.EncodeToString(serial.Bytes())),
+			slog.Any(logKeyLints, le.Lints))
+	}
+	return err
 }
 
 func parsePEMCert(p []byte) (*x509.Certificate, error) {

@@ -14,7 +14,7 @@ var (
 	ErrTTL = errors.New("invalid certificate TTL")
 	// ErrInvalidRequest: the request (ID, CSR, ...) cannot be issued.
 	ErrInvalidRequest = errors.New("invalid issuance request")
-	// ErrLint: the certificate failed the zlint gate and was not signed.
+	// ErrLint: the certificate failed the zlint gate and was not released.
 	ErrLint = errors.New("certificate failed lint checks")
 	// ErrIssuerExpired: the issuing CA certificate is no longer valid.
 	ErrIssuerExpired = errors.New("issuing CA certificate has expired")

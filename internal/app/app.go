@@ -144,7 +144,8 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		Store: st, TrustDomain: td, KeyAlgorithm: keyAlg,
 		RootTTL: cfg.CA.RootTTL.D(), IntermediateTTL: cfg.CA.IntermediateTTL.D(),
 		DefaultTTL: cfg.CA.DefaultLeafTTL.D(), JoinTokenTTL: cfg.XDS.JoinTokenTTL.D(), NodeCertTTL: cfg.XDS.NodeCertTTL.D(),
-		Clock: o.clock, Logger: logger,
+		LintBeforeSigning: cfg.CA.LintBeforeSigning,
+		Clock:             o.clock, Logger: logger,
 	})
 	if err != nil {
 		return nil, err

@@ -55,8 +55,10 @@ type Config struct {
 	JoinTokenTTL time.Duration // default DefaultJoinTokenTTL
 	// NodeCertTTL is the lifetime of node certificates.
 	NodeCertTTL time.Duration // default DefaultNodeCertTTL
-	Clock       clock.Clock
-	Logger      *slog.Logger
+	// LintBeforeSigning is ca.Config.LintBeforeSigning.
+	LintBeforeSigning bool
+	Clock             clock.Clock
+	Logger            *slog.Logger
 }
 
 // Registry registers identities and issues their certificates.
@@ -156,6 +158,8 @@ func (r *Registry) use(m *ca.Material) error {
 		KeyAlgorithm: r.cfg.KeyAlgorithm,
 		Clock:        r.cfg.Clock,
 		Logger:       r.log,
+
+		LintBeforeSigning: r.cfg.LintBeforeSigning,
 	})
 	if err != nil {
 		return fmt.Errorf("registry: %w", err)

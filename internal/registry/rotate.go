@@ -191,7 +191,8 @@ func (r *Registry) caFor(ctx context.Context, serial string, m *ca.Material) (*c
 	}
 	return ca.New(ca.Config{
 		TrustDomain: r.cfg.TrustDomain, KeyAlgorithm: r.cfg.KeyAlgorithm, Clock: r.cfg.Clock, Logger: r.log,
-		Material: &ca.Material{Issuer: cert, IssuerKey: key, Roots: m.Roots, RootKey: m.RootKey},
+		LintBeforeSigning: r.cfg.LintBeforeSigning,
+		Material:          &ca.Material{Issuer: cert, IssuerKey: key, Roots: m.Roots, RootKey: m.RootKey},
 	})
 }
 
