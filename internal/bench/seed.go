@@ -59,30 +59,11 @@ func SeedDir(ctx context.Context, dataDir string, s Seed) (*Seeded, error) {
 	if s.Workers <= 0 {
 		s.Workers = 64
 	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, err
-	}
-	sealer, err := seal.LoadOrCreate(filepath.Join(dataDir, app.KEKFile))
+	reg, closeStore, err := openRegistry(ctx, dataDir, false)
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(store.Config{Dir: dataDir, Sealer: sealer})
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	def := config.Default()
-	td, err := identity.TrustDomain(TrustDomain)
-	if err != nil {
-		return nil, err
-	}
-	reg, err := registry.New(ctx, registry.Config{
-		Store: st, TrustDomain: td, RootTTL: def.CA.RootTTL.D(), IntermediateTTL: def.CA.IntermediateTTL.D(),
-		DefaultTTL: def.CA.DefaultLeafTTL.D(),
-	})
-	if err != nil {
-		return nil, err
-	}
+	defer closeStore()
 	out := &Seeded{Nodes: make([]SeedNode, s.Nodes), BundlePEM: reg.CA().BundlePEM()}
 	err = parallel(ctx, s.Identities, s.Workers, func(i int) error {
 		_, err := reg.AddIdentity(ctx, registry.AddIdentity{Name: fmt.Sprintf("id-%d", i)}, "bench")
@@ -128,6 +109,38 @@ func SeedDir(ctx context.Context, dataDir string, s Seed) (*Seeded, error) {
 		return nil, fmt.Errorf("seed nodes: %w", err)
 	}
 	return out, nil
+}
+
+// openRegistry opens (creating if needed) a data directory the way meshca
+// server does, with the default configuration, and returns its registry
+// and the function that closes the store.
+func openRegistry(ctx context.Context, dataDir string, lintBeforeSigning bool) (*registry.Registry, func() error, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, nil, err
+	}
+	sealer, err := seal.LoadOrCreate(filepath.Join(dataDir, app.KEKFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := store.Open(store.Config{Dir: dataDir, Sealer: sealer})
+	if err != nil {
+		return nil, nil, err
+	}
+	def := config.Default()
+	td, err := identity.TrustDomain(TrustDomain)
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	reg, err := registry.New(ctx, registry.Config{
+		Store: st, TrustDomain: td, RootTTL: def.CA.RootTTL.D(), IntermediateTTL: def.CA.IntermediateTTL.D(),
+		DefaultTTL: def.CA.DefaultLeafTTL.D(), LintBeforeSigning: lintBeforeSigning,
+	})
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	return reg, st.Close, nil
 }
 
 // WriteNodes writes nodes as JSON lines (one SeedNode each) for a worker.
