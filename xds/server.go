@@ -85,10 +85,12 @@ type Server struct {
 	nextStream uint64
 	cancels    map[string]map[uint64]context.CancelCauseFunc // node -> open streams
 
-	refreshMu sync.Mutex
-	allowedMu sync.RWMutex
-	allowed   map[string]map[string]bool // node -> secret names it may request
-	former    map[string]map[string]bool // node -> names it could request before (served nothing now)
+	// refreshLocks serialize refreshes of one node (striped by name), so
+	// its snapshots are set in order while other nodes refresh in parallel.
+	refreshLocks [64]sync.Mutex
+	allowedMu    sync.RWMutex
+	allowed      map[string]map[string]bool // node -> secret names it may request
+	former       map[string]map[string]bool // node -> names it could request before (served nothing now)
 
 	stats   stats
 	serving atomic.Bool

@@ -6,7 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"runtime"
 	"sort"
+	"sync"
+	"sync/atomic"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -49,19 +53,43 @@ func (s *Server) Refresh(nodes []string) {
 }
 
 func (s *Server) refresh(ctx context.Context, nodes []string) error {
-	var errs []error
-	for _, node := range nodes {
-		if err := s.refreshNode(ctx, node); err != nil {
-			errs = append(errs, fmt.Errorf("node %q: %w", node, err))
-		}
+	var (
+		mu   sync.Mutex
+		errs []error
+		next atomic.Int64
+		wg   sync.WaitGroup
+		memo = &digests{}
+	)
+	// Nodes refresh on every core: a trust-bundle change or a restart
+	// touches them all.
+	for w := 0; w < min(len(nodes), runtime.GOMAXPROCS(0)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(nodes) {
+					return
+				}
+				if err := s.refreshNode(ctx, nodes[i], memo); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("node %q: %w", nodes[i], err))
+					mu.Unlock()
+				}
+			}
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
-func (s *Server) refreshNode(ctx context.Context, node string) error {
+func (s *Server) refreshNode(ctx context.Context, node string, memo *digests) error {
 	// One refresh per node at a time, so snapshots are set in order.
-	s.refreshMu.Lock()
-	defer s.refreshMu.Unlock()
+	h := fnv.New32a()
+	h.Write([]byte(node))
+	mu := &s.refreshLocks[h.Sum32()%uint32(len(s.refreshLocks))]
+	mu.Lock()
+	defer mu.Unlock()
 	res, err := s.cfg.Source.Resources(ctx, node)
 	if errors.Is(err, ErrUnknownNode) {
 		// Unregistered or revoked: forget its snapshot and end its streams.
@@ -78,7 +106,7 @@ func (s *Server) refreshNode(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
-	snap, err := buildSnapshot(res)
+	snap, err := buildSnapshot(res, memo)
 	if err != nil {
 		s.stats.invalid.Add(1)
 		return err
@@ -111,8 +139,10 @@ func (s *Server) refreshNode(ctx context.Context, node string) error {
 
 // buildSnapshot validates every resource and gives each type a version that
 // is the hash of its content: a type whose resources did not change keeps
-// its version and is not resent.
-func buildSnapshot(res map[string][]types.Resource) (*cachev3.Snapshot, error) {
+// its version and is not resent. memo, when not nil, remembers the digest
+// of resources shared between nodes (the trust bundle), so they are
+// validated and marshaled once per refresh, not once per node.
+func buildSnapshot(res map[string][]types.Resource, memo *digests) (*cachev3.Snapshot, error) {
 	snap := &cachev3.Snapshot{}
 	for typeURL, items := range res {
 		rt := cachev3.GetResponseType(typeURL)
@@ -131,15 +161,12 @@ func buildSnapshot(res map[string][]types.Resource) (*cachev3.Snapshot, error) {
 				return nil, fmt.Errorf("%w: two %s resources named %q", errInvalidResource, typeURL, name)
 			}
 			seen[name] = true
-			if err := validate.Message(r); err != nil {
-				return nil, fmt.Errorf("%w: %s %q: %v", errInvalidResource, typeURL, name, err)
-			}
-			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+			d, err := memo.digest(r)
 			if err != nil {
 				return nil, fmt.Errorf("%w: %s %q: %v", errInvalidResource, typeURL, name, err)
 			}
 			h.Write([]byte(name))
-			h.Write(b)
+			h.Write(d[:])
 		}
 		snap.Resources[rt] = cachev3.NewResources(hex.EncodeToString(h.Sum(nil))[:16], items)
 	}
@@ -149,6 +176,42 @@ func buildSnapshot(res map[string][]types.Resource) (*cachev3.Snapshot, error) {
 		}
 	}
 	return snap, nil
+}
+
+// digests validates resources and hashes their deterministic encoding,
+// once per resource value: the same *Secret handed to every node is done
+// once. Resources must not change after they are handed over.
+type digests struct {
+	mu   sync.Mutex
+	done map[types.Resource][sha256.Size]byte
+}
+
+func (m *digests) digest(r types.Resource) ([sha256.Size]byte, error) {
+	if m != nil {
+		m.mu.Lock()
+		d, ok := m.done[r]
+		m.mu.Unlock()
+		if ok {
+			return d, nil
+		}
+	}
+	if err := validate.Message(r); err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+	if err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	d := sha256.Sum256(b)
+	if m != nil {
+		m.mu.Lock()
+		if m.done == nil {
+			m.done = map[types.Resource][sha256.Size]byte{}
+		}
+		m.done[r] = d
+		m.mu.Unlock()
+	}
+	return d, nil
 }
 
 func (s *Server) allowedSecrets(node string) map[string]bool {

@@ -157,7 +157,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, fmt.Errorf("xds.dns_names / admin.dns_names: %w", err)
 	}
 	xdsSrv, err := xds.New(xds.Config{
-		TrustDomain: td, Source: xdsSource{reg: reg, td: td}, Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
+		TrustDomain: td, Source: newXDSSource(reg, td), Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
 		Roots: func() []*x509.Certificate { return reg.CA().Roots() }, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },

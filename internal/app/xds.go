@@ -1,9 +1,11 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -24,8 +26,36 @@ import (
 // xdsSource turns the registry's nodes and credentials into the resources
 // each node may receive.
 type xdsSource struct {
-	reg *registry.Registry
-	td  spiffeid.TrustDomain
+	reg    *registry.Registry
+	td     spiffeid.TrustDomain
+	bundle *sharedBundle
+}
+
+func newXDSSource(reg *registry.Registry, td spiffeid.TrustDomain) xdsSource {
+	return xdsSource{reg: reg, td: td, bundle: &sharedBundle{}}
+}
+
+// sharedBundle is the trust-bundle secret every node receives, built once
+// per bundle and CRL rather than once per node: one value shared by all
+// snapshots, which the xDS server then validates and hashes once.
+type sharedBundle struct {
+	mu          sync.Mutex
+	bundle, crl []byte
+	secret      types.Resource
+}
+
+func (b *sharedBundle) get(td spiffeid.TrustDomain, bundlePEM, crl []byte) (types.Resource, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.secret != nil && bytes.Equal(b.bundle, bundlePEM) && bytes.Equal(b.crl, crl) {
+		return b.secret, nil
+	}
+	secret, err := sds.ValidationSecret(sds.BundleName(td), bundlePEM, crl)
+	if err != nil {
+		return nil, err
+	}
+	b.bundle, b.crl, b.secret = bundlePEM, crl, secret
+	return secret, nil
 }
 
 var _ xds.Source = xdsSource{}
@@ -53,7 +83,7 @@ func (a xdsSource) Resources(ctx context.Context, node string) (map[string][]typ
 	if n.State != store.StateActive {
 		return nil, xds.ErrUnknownNode
 	}
-	bundle, err := sds.ValidationSecret(sds.BundleName(a.td), a.reg.CA().BundlePEM(), a.reg.CRL())
+	bundle, err := a.bundle.get(a.td, a.reg.CA().BundlePEM(), a.reg.CRL())
 	if err != nil {
 		return nil, fmt.Errorf("trust bundle secret: %w", err)
 	}
