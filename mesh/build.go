@@ -78,13 +78,7 @@ func Build(m *Mesh, n Node, td spiffeid.TrustDomain) (Resources, error) {
 	if m == nil {
 		return emptyResources(), nil
 	}
-	// Build works on a validated, defaulted copy: a Mesh assembled in code
-	// gets the same checks as a parsed file, and m is never modified.
-	data, err := m.Marshal()
-	if err != nil {
-		return emptyResources(), err
-	}
-	mm, err := Parse(data, td)
+	mm, err := checked(m, td)
 	if err != nil {
 		return emptyResources(), err
 	}
@@ -113,15 +107,27 @@ func Build(m *Mesh, n Node, td spiffeid.TrustDomain) (Resources, error) {
 	return res, nil
 }
 
+// checked returns m validated and defaulted for td: m itself when Parse
+// made it for td, otherwise a copy through Marshal and Parse, so that a
+// Mesh assembled in code gets the same checks as a parsed file and is never
+// modified. Building never writes to the Mesh, so one parsed Mesh serves
+// concurrent builds.
+func checked(m *Mesh, td spiffeid.TrustDomain) (*Mesh, error) {
+	if m.parsed == m && m.parsedTD == td {
+		return m, nil
+	}
+	data, err := m.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	return Parse(data, td)
+}
+
 // Check builds every node and returns all errors joined (nil when each
 // node builds). apply calls it before storing a mesh.
 func Check(m *Mesh, nodes []Node, td spiffeid.TrustDomain) error {
 	if m != nil {
-		data, err := m.Marshal()
-		if err != nil {
-			return err
-		}
-		if _, err := Parse(data, td); err != nil {
+		if _, err := checked(m, td); err != nil {
 			return err // once, not once per node
 		}
 	}

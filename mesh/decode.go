@@ -23,7 +23,8 @@ const (
 // Parse decodes and validates a mesh document for trust domain td. On any
 // problem it returns a *ValidationError listing every problem found, each
 // with its path; errors.Is(err, ErrInvalid) is then true. The returned Mesh
-// has every default filled in.
+// has every default filled in. Build uses a Mesh from Parse as it is, so
+// it must not be modified afterwards (Marshal and Parse again instead).
 func Parse(data []byte, td spiffeid.TrustDomain) (*Mesh, error) {
 	m, problems := decode(data)
 	if m == nil {
@@ -50,6 +51,7 @@ func Parse(data []byte, td spiffeid.TrustDomain) (*Mesh, error) {
 	if len(problems) > 0 {
 		return nil, &ValidationError{Problems: problems}
 	}
+	m.parsed, m.parsedTD = m, td
 	return m, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -22,6 +23,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/validate"
@@ -593,4 +595,57 @@ func TestAccessLogGoesToMeshca(t *testing.T) {
 	if len(listenerHCM(t, find[*listenerv3.Listener](t, plain, resource.ListenerType, "https_8443")).GetAccessLog()) != 0 {
 		t.Fatal("access log without access_log: true")
 	}
+}
+
+// BenchmarkBuild builds the front proxy of the incremental-deployment
+// example: the per-node cost of every snapshot refresh.
+func BenchmarkBuild(b *testing.B) {
+	m := parse(b, readExample(b, "incremental-deployment"))
+	n := mesh.Node{Name: "front", Kind: mesh.KindFrontProxy}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := mesh.Build(m, n, td); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestBuildSharesParsedMesh builds every node of one parsed mesh from many
+// goroutines at once, as parallel snapshot refreshes do: under -race this
+// fails if building writes to the shared Mesh, and each build must equal a
+// build from a fresh parse.
+func TestBuildSharesParsedMesh(t *testing.T) {
+	data := readExample(t, "incremental-deployment")
+	shared := parse(t, data)
+	nodes := []mesh.Node{frontNode, {Name: "front-2", Kind: mesh.KindFrontProxy}}
+	want := make([]mesh.Resources, len(nodes))
+	for i, n := range nodes {
+		want[i] = build(t, parse(t, data), n)
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i, n := range nodes {
+				got, err := mesh.Build(shared, n, td)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for typeURL, rs := range want[i].ByType {
+					if len(got.ByType[typeURL]) != len(rs) {
+						t.Errorf("%s: %d %s resources, want %d", n.Name, len(got.ByType[typeURL]), typeURL, len(rs))
+						continue
+					}
+					for j := range rs {
+						if !proto.Equal(got.ByType[typeURL][j], rs[j]) {
+							t.Errorf("%s: %s resource %d differs from a fresh parse", n.Name, typeURL, j)
+						}
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

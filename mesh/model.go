@@ -1,5 +1,7 @@
 package mesh
 
+import "github.com/spiffe/go-spiffe/v2/spiffeid"
+
 // Mesh is a parsed mesh document. Parse fills in every default, so the
 // values below are explicit and Marshal writes the canonical form.
 type Mesh struct {
@@ -13,6 +15,12 @@ type Mesh struct {
 	// AccessLog sends the access logs of every Envoy listener to meshca
 	// (meshca logs); proxyless gRPC nodes have none.
 	AccessLog bool `yaml:"access_log,omitempty"`
+
+	// parsed is set by Parse to the Mesh itself, with the trust domain it
+	// was validated for: Build then uses it as it is. A copy of the struct
+	// (which may be changed) points elsewhere, so it is validated again.
+	parsed   *Mesh
+	parsedTD spiffeid.TrustDomain
 }
 
 // Service is a set of endpoints reachable under one name, and the cluster
