@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -684,6 +685,55 @@ func TestBulkIdentityAdd(t *testing.T) {
 	var ids []api.Identity
 	if err := json.Unmarshal([]byte(mustRun(t, srv.admin, "identity", "list", "-o", "json")), &ids); err != nil || len(ids) != 31 {
 		t.Fatalf("%d identities, %v", len(ids), err)
+	}
+	srv.stop(t)
+}
+
+// TestReissueAllCLI re-keys every identity with `identity reissue --all`
+// and checks each one got a new serial, the refusals of a malformed call,
+// and the run's audit record.
+func TestReissueAllCLI(t *testing.T) {
+	srv := startServer(t, filepath.Join(t.TempDir(), "data"))
+	serials := map[string]string{}
+	for i := 0; i < 12; i++ {
+		name := fmt.Sprintf("svc-%02d", i)
+		mustRun(t, srv.admin, "identity", "add", name)
+	}
+	list := func() []api.Identity {
+		var ids []api.Identity
+		if err := json.Unmarshal([]byte(mustRun(t, srv.admin, "identity", "list", "-o", "json")), &ids); err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	for _, id := range list() {
+		serials[id.Name] = id.Cert.Serial
+	}
+	out := mustRun(t, srv.admin, "identity", "reissue", "--all")
+	if !strings.Contains(out, "re-keyed 12 of 12 identities") || !strings.Contains(out, "(0 failed)") {
+		t.Fatalf("stdout: %s", out)
+	}
+	for _, id := range list() {
+		if id.Cert == nil || id.Cert.Serial == serials[id.Name] {
+			t.Errorf("%s kept serial %s", id.Name, serials[id.Name])
+		}
+	}
+	for _, args := range [][]string{{"identity", "reissue"}, {"identity", "reissue", "svc-01", "--all"}} {
+		if r := meshca(t, srv.admin, args...); r.code == 0 || !strings.Contains(r.stderr, "NAME or --all") {
+			t.Errorf("%v: exit %d, stderr %q", args, r.code, r.stderr)
+		}
+	}
+	// The API refuses a body that does not ask for everything.
+	resp, err := http.Post("http://"+srv.admin+api.PathReissue, "application/json", strings.NewReader(`{"all": false}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("{all: false}: %s, want 400", resp.Status)
+	}
+	if audit := mustRun(t, srv.admin, "audit", "list"); !strings.Contains(audit, "identity.reissue_all") || !strings.Contains(audit, "reissued=12 failed=0") {
+		t.Errorf("audit has no summary of the run:\n%s", audit)
 	}
 	srv.stop(t)
 }

@@ -4,7 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"net/http"
+	"sync/atomic"
+	"time"
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/registry"
@@ -24,6 +28,7 @@ type Nodes interface {
 // Reissuer issues a new current certificate for an identity and pushes it.
 type Reissuer interface {
 	ReissueIdentity(ctx context.Context, name, actor string) (registry.Status, error)
+	ReissueAll(ctx context.Context, actor string, progress func(registry.ReissueProgress)) (registry.ReissueProgress, error)
 }
 
 // Revoker revokes identities and nodes and serves the CRL.
@@ -45,6 +50,7 @@ func (s *Server) routeNodes() {
 	s.mux.HandleFunc("POST "+api.PathNodes+"/{name}/token", s.nodeToken)
 	s.mux.HandleFunc("POST "+api.PathNodes+"/{name}/identities", s.assign)
 	s.mux.HandleFunc("DELETE "+api.PathNodes+"/{name}/identities/{identity...}", s.unassign)
+	s.mux.HandleFunc("POST "+api.PathReissue, s.reissueAll)
 	s.mux.HandleFunc("POST "+api.PathReissue+"/{name...}", s.reissue)
 	s.mux.HandleFunc("POST "+api.PathRevoke+"/{name...}", s.revokeIdentity)
 	s.mux.HandleFunc("POST "+api.PathNodes+"/{name}/revoke", s.revokeNode)
@@ -182,6 +188,60 @@ func (s *Server) reissue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.reply(w, http.StatusOK, identityJSON(st))
+}
+
+// reissueAll re-keys every identity, streaming progress as JSON lines: the
+// run can outlast the server's write timeout, which is lifted for it.
+func (s *Server) reissueAll(w http.ResponseWriter, r *http.Request) {
+	var req api.ReissueAllRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	if !req.All {
+		s.fail(w, r, fmt.Errorf(`%w: send {"all": true} to re-key every identity, or POST %s/NAME for one`, errInvalid, api.PathReissue))
+		return
+	}
+	rc := http.NewResponseController(w)
+	if err := rc.SetWriteDeadline(time.Time{}); err != nil {
+		s.log.Debug("write deadline kept", "err", err)
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	start := time.Now()
+	line := func(p registry.ReissueProgress) api.ReissueProgress {
+		return api.ReissueProgress{Total: p.Total, Reissued: p.Reissued, Failed: p.Failed, ElapsedMS: time.Since(start).Milliseconds()}
+	}
+	enc := json.NewEncoder(w)
+	var last atomic.Pointer[registry.ReissueProgress]
+	type result struct {
+		sum registry.ReissueProgress
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sum, err := s.cfg.Reissuer.ReissueAll(r.Context(), actor(r), func(p registry.ReissueProgress) { last.Store(&p) })
+		done <- result{sum, err}
+	}()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case res := <-done:
+			out := line(res.sum)
+			out.Finished, out.Errors = true, res.sum.Errors
+			if res.err != nil {
+				out.Error = res.err.Error()
+			}
+			_ = enc.Encode(out)
+			return
+		case <-tick.C:
+			if p := last.Load(); p != nil {
+				_ = enc.Encode(line(*p))
+				_ = rc.Flush()
+			}
+		}
+	}
 }
 
 func (s *Server) nodeJSON(n store.Node) api.Node {

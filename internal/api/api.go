@@ -237,3 +237,23 @@ type LogEntry struct {
 	Peer      string    `json:"peer,omitempty"`
 	Protocol  string    `json:"protocol,omitempty"`
 }
+
+// ReissueAllRequest is the body of POST /v1/reissue: re-key every active
+// identity now. All must be true, so that an empty request changes nothing.
+type ReissueAllRequest struct {
+	All bool `json:"all"`
+}
+
+// ReissueProgress is one line of POST /v1/reissue's answer, which is
+// newline-delimited JSON: a line about every second while identities are
+// re-keyed, then a last one with Finished set (and Error if the run stopped
+// early).
+type ReissueProgress struct {
+	Total     int      `json:"total"`
+	Reissued  int      `json:"reissued"`
+	Failed    int      `json:"failed"`
+	ElapsedMS int64    `json:"elapsed_ms"`
+	Finished  bool     `json:"finished"`
+	Errors    []string `json:"errors,omitempty"` // on the last line: up to 20 failures
+	Error     string   `json:"error,omitempty"`
+}

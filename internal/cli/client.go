@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -118,39 +119,14 @@ func isLoopback(host string) bool {
 
 // do sends a request and decodes a JSON answer into out (unless out is nil).
 func (c *client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	resp, err := c.send(ctx, c.http, method, path, body)
 	if err != nil {
 		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return c.unreachable(err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return fmt.Errorf("reading the answer of %s: %w", c.base, err)
-	}
-	if resp.StatusCode >= 300 {
-		var e api.Error
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			if len(e.Problems) > 0 {
-				return errors.New(e.Error + ":\n  " + strings.Join(e.Problems, "\n  "))
-			}
-			return errors.New(e.Error)
-		}
-		return fmt.Errorf("admin API at %s answered %s", c.base, resp.Status)
 	}
 	if out == nil {
 		return nil
@@ -163,6 +139,70 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("admin API at %s sent an answer this meshca does not understand: %w", c.base, err)
 	}
 	return nil
+}
+
+// stream sends one request and calls fn with each line of the answer
+// (newline-delimited JSON). There is no overall time limit: the server
+// sends a line every second or so while it works.
+func (c *client) stream(ctx context.Context, method, path string, body any, fn func(line []byte) error) error {
+	h := *c.http
+	h.Timeout = 0
+	resp, err := c.send(ctx, &h, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if err := fn(sc.Bytes()); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading the answer of %s: %w", c.base, err)
+	}
+	return nil
+}
+
+// send sends a request and returns a successful answer, or the error the
+// server gave.
+func (c *client) send(ctx context.Context, h *http.Client, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := h.Do(req)
+	if err != nil {
+		return nil, c.unreachable(err)
+	}
+	if resp.StatusCode < 300 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("reading the answer of %s: %w", c.base, err)
+	}
+	var e api.Error
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		if len(e.Problems) > 0 {
+			return nil, errors.New(e.Error + ":\n  " + strings.Join(e.Problems, "\n  "))
+		}
+		return nil, errors.New(e.Error)
+	}
+	return nil, fmt.Errorf("admin API at %s answered %s", c.base, resp.Status)
 }
 
 func (c *client) unreachable(err error) error {

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -133,11 +135,24 @@ func writeIdentity(w interface{ Write([]byte) (int, error) }, id api.Identity) e
 }
 
 func identityReissueCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "reissue NAME",
-		Short: "Issue a new certificate for an identity and push it to every node that holds it",
-		Args:  exactArgs(1, "NAME"),
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "reissue NAME | --all",
+		Short: "Issue a new certificate for an identity (or all of them) and push it to every node that holds it",
+		Long: "Issue a new key and certificate for an identity and push it to every node that holds it.\n" +
+			"With --all, re-key every active identity at once, for example after a suspected key\n" +
+			"compromise; progress is printed while it runs. Routine renewals need neither: meshca\n" +
+			"renews every certificate before it expires.",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if all {
+				if len(args) > 0 {
+					return fmt.Errorf("%s takes NAME or --all, not both (usage: %s)", cmd.CommandPath(), cmd.UseLine())
+				}
+				return reissueAll(cmd, g)
+			}
+			if len(args) != 1 {
+				return fmt.Errorf("%s needs NAME or --all (usage: %s)", cmd.CommandPath(), cmd.UseLine())
+			}
 			var id api.Identity
 			asJSON, err := g.call(cmd, "POST", api.PathReissue+"/"+escapeName(args[0]), struct{}{}, &id)
 			if err != nil {
@@ -150,6 +165,58 @@ func identityReissueCmd(g *globals) *cobra.Command {
 			return writeIdentity(cmd.OutOrStdout(), id)
 		},
 	}
+	cmd.Flags().BoolVar(&all, "all", false, "re-key every active identity now")
+	return cmd
+}
+
+// reissueAll runs POST /v1/reissue, printing progress on stderr and the
+// outcome on stdout.
+func reissueAll(cmd *cobra.Command, g *globals) error {
+	asJSON, err := g.json()
+	if err != nil {
+		return err
+	}
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	var final *api.ReissueProgress
+	err = c.stream(cmd.Context(), "POST", api.PathReissue, api.ReissueAllRequest{All: true}, func(line []byte) error {
+		var p api.ReissueProgress
+		if err := json.Unmarshal(line, &p); err != nil {
+			return fmt.Errorf("admin API sent a progress line this meshca does not understand: %w", err)
+		}
+		if p.Finished {
+			final = &p
+			return nil
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "re-keyed %d of %d identities (%d failed)\n", p.Reissued, p.Total, p.Failed)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if final == nil {
+		return errors.New("the admin API stopped before reporting the outcome; meshca audit list shows what was re-keyed")
+	}
+	if asJSON {
+		if err := writeJSON(cmd.OutOrStdout(), final); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(cmd.OutOrStdout(), "re-keyed %d of %d identities in %s (%d failed)\n", final.Reissued, final.Total,
+			(time.Duration(final.ElapsedMS) * time.Millisecond).Round(time.Millisecond), final.Failed)
+		for _, e := range final.Errors {
+			fmt.Fprintf(cmd.OutOrStdout(), "  %s\n", e)
+		}
+	}
+	switch {
+	case final.Error != "":
+		return fmt.Errorf("stopped early: %s", final.Error)
+	case final.Failed > 0:
+		return fmt.Errorf("%d identities were not re-keyed", final.Failed)
+	}
+	return nil
 }
 
 // revokeCmd is `identity revoke` and `node revoke`.

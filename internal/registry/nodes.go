@@ -615,10 +615,13 @@ func (r *Registry) reissue(ctx context.Context, name, actor string) (Status, []s
 	}
 	now := r.cfg.Clock.Now().UTC()
 	cert := certRecord(name, issued, serialHex(r.CA().Issuer()), now)
-	var (
-		ident store.Identity
-		nodes []string
-	)
+	// Holders before the commit are for the audit record; those after it
+	// are the nodes to push to (see holdersOf).
+	before, err := r.holdersOf(ctx, name)
+	if err != nil {
+		return Status{}, nil, err
+	}
+	var ident store.Identity
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		var err error
 		if ident, err = tx.Identity(name); err != nil {
@@ -632,22 +635,16 @@ func (r *Registry) reissue(ctx context.Context, name, actor string) (Status, []s
 		if err := tx.PutIdentity(ident); err != nil {
 			return err
 		}
-		ns, err := tx.Nodes()
-		if err != nil {
-			return err
-		}
-		nodes = nodes[:0]
-		for _, n := range ns {
-			if slices.Contains(n.Identities, name) {
-				nodes = append(nodes, n.Name)
-			}
-		}
 		_, err = tx.Append(store.Event{Action: ActionCertReissue, Actor: actor, Identity: name, Serial: cert.Serial,
-			Detail: fmt.Sprintf("replaces=%s not_after=%s nodes=%d", prev, cert.NotAfter.Format(time.RFC3339), len(nodes))})
+			Detail: fmt.Sprintf("replaces=%s not_after=%s nodes=%d", prev, cert.NotAfter.Format(time.RFC3339), len(before))})
 		return err
 	})
 	if err != nil {
 		return Status{}, nil, fmt.Errorf("record certificate for %q: %w", name, err)
+	}
+	nodes, err := r.holdersOf(ctx, name)
+	if err != nil {
+		return Status{}, nil, fmt.Errorf("nodes holding %q: %w", name, err)
 	}
 	r.log.Info("identity reissued", "identity", name, "serial", cert.Serial, "not_after", cert.NotAfter, "nodes", len(nodes), "actor", actor)
 	cert.Key = nil

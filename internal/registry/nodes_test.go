@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/meshca/meshca/internal/clock"
@@ -116,6 +120,21 @@ func TestReissueNotifiesHoldersOnly(t *testing.T) {
 	if len(creds) != 1 || creds[0].Identity != "db" {
 		t.Fatalf("after unassign: %+v", creds)
 	}
+	// The holders index follows assignments made after it was read.
+	if _, err := r.Assign(ctx, "n2", "echo", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.AddNode(ctx, AddNode{Name: "n4", Identities: []string{"echo"}}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	changed = nil
+	if _, err := r.ReissueIdentity(ctx, "echo", "test"); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(changed)
+	if !slices.Equal(changed, []string{"n1", "n2", "n4"}) {
+		t.Fatalf("after assign, unassign and add: notified %v, want [n1 n2 n4]", changed)
+	}
 	if err := st.Check(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -139,5 +158,69 @@ func TestUnauthenticatedRefusalsAreRateLimited(t *testing.T) {
 	last := evs[len(evs)-1]
 	if want := "(80 similar refusals not recorded"; len(last.Detail) < len(want) || last.Detail[:len(want)] != want {
 		t.Fatalf("summary record: %q", last.Detail)
+	}
+}
+
+// TestReissueAll re-keys every active identity, skips revoked ones, pushes
+// each new secret to its holders and audits the run.
+func TestReissueAll(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, dataDir(t))
+	r := newRegistry(t, st, clock.NewFake(t0))
+	var names []string
+	for i := 0; i < 30; i++ {
+		names = append(names, fmt.Sprintf("id-%d", i))
+		if _, err := r.AddIdentity(ctx, AddIdentity{Name: names[i]}, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := r.AddNode(ctx, AddNode{Name: "n1", Identities: names[:3]}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.RevokeIdentity(ctx, "id-29", "test", "test"); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]string{}
+	for _, n := range names {
+		s, _ := r.Identity(ctx, n)
+		if s.Cert != nil {
+			before[n] = s.Cert.Serial
+		}
+	}
+	var mu sync.Mutex
+	var notified []string
+	r.Subscribe(func(nodes []string) { mu.Lock(); notified = append(notified, nodes...); mu.Unlock() })
+	var calls atomic.Int64
+	sum, err := r.ReissueAll(ctx, "test", func(p ReissueProgress) {
+		calls.Add(1)
+		if p.Total != 29 || p.Reissued+p.Failed > p.Total {
+			t.Errorf("progress %+v", p)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Total != 29 || sum.Reissued != 29 || sum.Failed != 0 || calls.Load() != 29 {
+		t.Fatalf("summary %+v after %d progress calls, want 29 re-keyed", sum, calls.Load())
+	}
+	for _, n := range names[:29] {
+		s, _ := r.Identity(ctx, n)
+		if s.Cert == nil || s.Cert.Serial == before[n] {
+			t.Errorf("%s not re-keyed", n)
+		}
+	}
+	if len(notified) != 3 || notified[0] != "n1" {
+		t.Errorf("notified %v, want n1 once per assigned identity", notified)
+	}
+	events, err := r.Audit(ctx, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := events[len(events)-1]
+	if last.Action != ActionReissueAll || !strings.Contains(last.Detail, "reissued=29 failed=0") {
+		t.Errorf("last audit record %+v", last)
+	}
+	if err := st.Check(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

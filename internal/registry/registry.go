@@ -83,6 +83,34 @@ type Registry struct {
 
 	autoRotateTried atomic.Pointer[time.Time]
 	started         time.Time // when this registry was built, for grace periods
+
+	holdersMu      sync.Mutex
+	holders        map[string][]string // identity -> nodes assigned it
+	holdersVersion uint64              // the store's NodesVersion when holders was read
+}
+
+// holdersOf returns the nodes identity name is assigned to. It reads every
+// node only after nodes changed (store.NodesVersion), not on each call: a
+// renewal or reissue does not scan thousands of nodes. Called after a
+// change is committed, it sees every assignment committed before it; a
+// later assignment notifies its node itself.
+func (r *Registry) holdersOf(ctx context.Context, name string) ([]string, error) {
+	r.holdersMu.Lock()
+	defer r.holdersMu.Unlock()
+	if v := r.cfg.Store.NodesVersion(); r.holders == nil || r.holdersVersion != v {
+		ns, err := r.Nodes(ctx)
+		if err != nil {
+			return nil, err
+		}
+		m := make(map[string][]string)
+		for _, n := range ns {
+			for _, id := range n.Identities {
+				m[id] = append(m[id], n.Name)
+			}
+		}
+		r.holders, r.holdersVersion = m, v
+	}
+	return slices.Clone(r.holders[name]), nil
 }
 
 // Subscribe registers fn to learn which nodes' credentials or assignments

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -73,6 +74,9 @@ type Config struct {
 
 // Store is meshca's state on disk. It is safe for concurrent use.
 type Store struct {
+	// nodesVersion grows after every commit that wrote a node.
+	nodesVersion atomic.Uint64
+
 	onCommit func([]Event, time.Duration)
 	fault    func() error
 	db       *bolt.DB
@@ -234,7 +238,10 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 		}
 	}
 	start := s.clock.Now()
-	var events []Event
+	var (
+		events []Event
+		nodes  bool
+	)
 	err := s.db.Batch(func(btx *bolt.Tx) error {
 		// A fresh Tx per run: the wrote/appended flags belong to this run of
 		// fn only, even when bbolt shares btx with other callers.
@@ -245,14 +252,22 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 		if tx.wrote && !tx.appended {
 			return ErrNoAudit
 		}
-		events = tx.events
+		events, nodes = tx.events, tx.nodes
 		return nil
 	})
+	if err == nil && nodes {
+		s.nodesVersion.Add(1)
+	}
 	if err == nil && s.onCommit != nil {
 		s.onCommit(events, s.clock.Now().Sub(start))
 	}
 	return mapClosed(err)
 }
+
+// NodesVersion changes after every committed Update that wrote or deleted a
+// node, before that Update returns: a cache of nodes read after it changed
+// can be trusted until it changes again.
+func (s *Store) NodesVersion() uint64 { return s.nodesVersion.Load() }
 
 // View runs fn in a read-only transaction; write methods on tx then return
 // ErrReadOnly. ctx is checked before the transaction starts.

@@ -22,6 +22,7 @@ type Tx struct {
 	wrote    bool    // a record was changed in this run of fn
 	appended bool    // an audit event was appended in this run of fn
 	events   []Event // the events appended in this run of fn
+	nodes    bool    // a node was written or deleted in this run of fn
 }
 
 // On-disk forms of the records that hold keys. Cert.Key and CA.Key are
@@ -401,7 +402,11 @@ func (tx *Tx) PutNode(n Node) error {
 	if err := validName("node name", n.Name); err != nil {
 		return err
 	}
-	return tx.put(bucketNodes, []byte(n.Name), n)
+	if err := tx.put(bucketNodes, []byte(n.Name), n); err != nil {
+		return err
+	}
+	tx.nodes = true
+	return nil
 }
 
 // Node returns the node called name, or ErrNotFound.
@@ -426,7 +431,7 @@ func (tx *Tx) DeleteNode(name string) error {
 	if err := b.Delete([]byte(name)); err != nil {
 		return fmt.Errorf("store: delete node %q: %w", name, err)
 	}
-	tx.wrote = true
+	tx.wrote, tx.nodes = true, true
 	return nil
 }
 
