@@ -19,10 +19,6 @@ func runMemory(ctx context.Context, env *Env) (*Report, error) {
 	return nil, errors.New("not written yet")
 }
 
-func workXDSClients(ctx context.Context, args []string, in io.Reader, out io.Writer) error {
-	return errors.New("not written yet")
-}
-
 func workNaiveXDS(ctx context.Context, args []string, in io.Reader, out io.Writer) error {
 	return errors.New("not written yet")
 }
