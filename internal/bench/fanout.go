@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"errors"
-	"io"
 )
 
 // runFanout, runStorm, runMemory: to be written.
@@ -17,8 +16,4 @@ func runStorm(ctx context.Context, env *Env) (*Report, error) {
 
 func runMemory(ctx context.Context, env *Env) (*Report, error) {
 	return nil, errors.New("not written yet")
-}
-
-func workNaiveXDS(ctx context.Context, args []string, in io.Reader, out io.Writer) error {
-	return errors.New("not written yet")
 }
