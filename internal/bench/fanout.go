@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -58,12 +59,12 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 		if err != nil {
 			return nil, fmt.Errorf("naive server, %d streams: %w", n, err)
 		}
-		env.Logf("naive: bundle change to %d streams in %s (SetSnapshot loop %s)", n, fmtDur(base.last), fmtDur(base.trigger))
+		env.Logf("naive: bundle change to %d streams in %s (SetSnapshot loop %s, %d responses)", n, fmtDur(base.last), fmtDur(base.trigger), base.responses)
 		mesh, err := fc.meshcaBundleChange(ctx, env)
 		if err != nil {
 			return nil, fmt.Errorf("meshca, %d streams: %w", n, err)
 		}
-		env.Logf("meshca: bundle change to %d streams in %s (admin call %s)", n, fmtDur(mesh.last), fmtDur(mesh.trigger))
+		env.Logf("meshca: bundle change to %d streams in %s (admin call %s, %d responses)", n, fmtDur(mesh.last), fmtDur(mesh.trigger), mesh.responses)
 		runs = append(runs, pair{n, mesh, base})
 	}
 	for _, r := range runs {
@@ -79,8 +80,12 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 		}
 		rep.Rows = append(rep.Rows, row)
 		rep.Rows = append(rep.Rows, Row{
-			Figure: fmt.Sprintf("of which the trigger returns, %d streams (meshca: admin call; baseline: SetSnapshot loop)", r.n),
-			Value:  fmtDur(r.meshca.trigger), Baseline: fmtDur(r.base.trigger), Ratio: r.meshca.trigger.Seconds() / r.base.trigger.Seconds(),
+			Figure: fmt.Sprintf("of which until the trigger returns, %d streams (meshca: admin call; baseline: SetSnapshot loop)", r.n),
+			Value:  fmtDur(r.meshca.trigger), Baseline: fmtDur(r.base.trigger),
+		}, Row{
+			Figure:   fmt.Sprintf("CPU used meanwhile, %d streams: server + client process", r.n),
+			Value:    fmtDur(r.meshca.serverCPU) + " + " + fmtDur(r.meshca.clientCPU),
+			Baseline: fmtDur(r.base.serverCPU) + " + " + fmtDur(r.base.clientCPU),
 		})
 	}
 	for _, r := range runs {
@@ -94,6 +99,12 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 		a, b := runs[i-1], runs[i]
 		rep.Notes = append(rep.Notes, fmt.Sprintf("Growth from %d to %d streams (×%.0f): meshca ×%.1f, baseline ×%.1f.",
 			a.n, b.n, float64(b.n)/float64(a.n), b.meshca.last.Seconds()/a.meshca.last.Seconds(), b.base.last.Seconds()/a.base.last.Seconds()))
+	}
+	for _, r := range runs {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("The client process shares the machine's %d cores: at %d streams it used %s (meshca run) and %s "+
+			"(baseline run) of CPU to receive, check and ACK the change, so no server could finish in much less than %s there, "+
+			"against a goal of %s.", runtime.NumCPU(), r.n, fmtDur(r.meshca.clientCPU), fmtDur(r.base.clientCPU),
+			fmtDur(min(r.meshca.clientCPU, r.base.clientCPU)/time.Duration(runtime.NumCPU())), fmtDur(time.Duration(fanoutGoal*float64(r.base.last)))))
 	}
 	for _, r := range runs {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("Connecting %d streams until all held their first response: meshca %s, baseline %s.",
@@ -206,11 +217,16 @@ type fanoutResult struct {
 	last, median time.Duration // from the trigger to the last and the median stream
 	trigger      time.Duration // until the trigger returned
 	connect      time.Duration // until every stream held its first response
+	// CPU time the server and the client process used from the trigger
+	// until the last stream had the change.
+	serverCPU, clientCPU time.Duration
+	responses            int64 // received by all streams meanwhile
 }
 
-// bundleChange connects the clients to addr, calls trigger and waits until
-// every stream holds a bundle with a new root.
-func (fc *fanoutCase) bundleChange(ctx context.Context, env *Env, addr string, trigger func() error) (fanoutResult, error) {
+// bundleChange connects the clients to the server at addr (process
+// serverPid), calls trigger and waits until every stream holds a bundle
+// with a new root.
+func (fc *fanoutCase) bundleChange(ctx context.Context, env *Env, addr string, serverPid int, trigger func() error) (fanoutResult, error) {
 	var res fanoutResult
 	clients, connect, err := fc.startClients(ctx, env, addr)
 	if err != nil {
@@ -224,6 +240,11 @@ func (fc *fanoutCase) bundleChange(ctx context.Context, env *Env, addr string, t
 	if _, err := clients.Expect("armed ", 30*time.Second); err != nil {
 		return res, err
 	}
+	server0, err1 := cpuOf(serverPid)
+	client0, err2 := cpuOf(clients.Pid())
+	if err := errors.Join(err1, err2); err != nil {
+		return res, err
+	}
 	start := time.Now()
 	if err := trigger(); err != nil {
 		return res, err
@@ -233,13 +254,21 @@ func (fc *fanoutCase) bundleChange(ctx context.Context, env *Env, addr string, t
 	if err != nil {
 		return res, fmt.Errorf("clients: %w", err)
 	}
+	server1, err1 := cpuOf(serverPid)
+	client1, err2 := cpuOf(clients.Pid())
+	if err := errors.Join(err1, err2); err != nil {
+		return res, err
+	}
+	res.serverCPU, res.clientCPU = server1-server0, client1-client0
 	f := fields(done)
 	last, err1 := strconv.ParseInt(f["last"], 10, 64)
 	median, err2 := strconv.ParseInt(f["p50"], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
+	responses, err3 := strconv.ParseInt(f["responses"], 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
 		return res, fmt.Errorf("clients said %q: %w", done, err)
 	}
 	res.last, res.median = time.Unix(0, last).Sub(start), time.Unix(0, median).Sub(start)
+	res.responses = responses
 	return res, nil
 }
 
@@ -251,7 +280,7 @@ func (fc *fanoutCase) meshcaBundleChange(ctx context.Context, env *Env) (fanoutR
 		return fanoutResult{}, err
 	}
 	defer m.Stop()
-	return fc.bundleChange(ctx, env, m.XDS, func() error { return rotateRoot(ctx, m.Admin) })
+	return fc.bundleChange(ctx, env, m.XDS, m.Pid(), func() error { return rotateRoot(ctx, m.Admin) })
 }
 
 // rotateRoot starts a root rotation through the admin API, as
@@ -274,9 +303,10 @@ func rotateRoot(ctx context.Context, admin string) error {
 	return nil
 }
 
-// startNaive starts the naive-xds worker and returns its address.
-func (fc *fanoutCase) startNaive(ctx context.Context, env *Env) (*Proc, string, error) {
-	p, err := StartWorker(ctx, env, "naive-xds", "-nodes", fc.nodesFile, "-input", fc.naiveIn)
+// startNaive starts the naive-xds worker, with extra flags, and returns its
+// address.
+func (fc *fanoutCase) startNaive(ctx context.Context, env *Env, extra ...string) (*Proc, string, error) {
+	p, err := StartWorker(ctx, env, "naive-xds", append([]string{"-nodes", fc.nodesFile, "-input", fc.naiveIn}, extra...)...)
 	if err != nil {
 		return nil, "", err
 	}
@@ -289,13 +319,13 @@ func (fc *fanoutCase) startNaive(ctx context.Context, env *Env) (*Proc, string, 
 }
 
 // naiveBundleChange times the naive server's bundle change.
-func (fc *fanoutCase) naiveBundleChange(ctx context.Context, env *Env) (fanoutResult, error) {
-	p, addr, err := fc.startNaive(ctx, env)
+func (fc *fanoutCase) naiveBundleChange(ctx context.Context, env *Env, extra ...string) (fanoutResult, error) {
+	p, addr, err := fc.startNaive(ctx, env, extra...)
 	if err != nil {
 		return fanoutResult{}, err
 	}
 	defer p.Stop()
-	return fc.bundleChange(ctx, env, addr, func() error {
+	return fc.bundleChange(ctx, env, addr, p.Pid(), func() error {
 		if err := p.Send("change"); err != nil {
 			return err
 		}
@@ -377,8 +407,8 @@ func lowest(ctx context.Context, sample func() (memSample, error)) (memSample, e
 }
 
 // naiveIdleCost measures the naive server's memory per idle stream.
-func (fc *fanoutCase) naiveIdleCost(ctx context.Context, env *Env) (memCost, error) {
-	p, addr, err := fc.startNaive(ctx, env)
+func (fc *fanoutCase) naiveIdleCost(ctx context.Context, env *Env, extra ...string) (memCost, error) {
+	p, addr, err := fc.startNaive(ctx, env, extra...)
 	if err != nil {
 		return memCost{}, err
 	}
@@ -449,6 +479,30 @@ func meshcaMem(ctx context.Context, m *Meshca) (memSample, error) {
 		return s, errors.New("meshca's /metrics lacks go_memstats_heap_inuse_bytes or go_goroutines")
 	}
 	return s, nil
+}
+
+// cpuOf returns the CPU time (user and system) a process has used (Linux).
+func cpuOf(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces: count from after it.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	// Linux reports clock ticks of USER_HZ, 100 per second.
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
 
 // fields parses "k=v k=v" into a map.

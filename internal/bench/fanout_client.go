@@ -57,10 +57,11 @@ const firstResponseTimeout = 2 * time.Minute
 // It prints "ready N" once every stream has ACKed its first response. Then:
 //
 //	watch KIND  answers "armed" once every stream's current state is noted,
-//	            then "done last=NS p50=NS n=N" when every stream has received
-//	            a change of KIND (bundle, identity, any): the Unix times in
-//	            nanoseconds at which the last stream and the median stream
-//	            received theirs, and how many streams were waited for.
+//	            then "done last=NS p50=NS n=N responses=R" when every stream
+//	            has received a change of KIND (bundle, identity, any): the
+//	            Unix times in nanoseconds at which the last stream and the
+//	            median stream received theirs, how many streams were waited
+//	            for, and how many responses all streams received meanwhile.
 //
 // A stream that fails is reported once as "error ...". Closing stdin stops it.
 func workXDSClients(ctx context.Context, args []string, in io.Reader, out io.Writer) error {
@@ -129,9 +130,10 @@ func workXDSClients(ctx context.Context, args []string, in io.Reader, out io.Wri
 
 // xdsClients is the state of the xds-clients worker.
 type xdsClients struct {
-	out     *lines
-	streams []*clientStream
-	failed  atomic.Bool
+	out       *lines
+	streams   []*clientStream
+	failed    atomic.Bool
+	responses atomic.Int64 // received by all streams since the last watch began
 }
 
 // clientStream is one node's connection and ADS stream.
@@ -292,6 +294,7 @@ func sidecarTLS(cert tls.Certificate, roots *x509.CertPool) *tls.Config {
 // brings the change it waits for, and ACKs it.
 func (c *xdsClients) receive(s *clientStream, ads discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient, resp *discovery.DiscoveryResponse) error {
 	at := time.Now()
+	c.responses.Add(1)
 	next, err := s.decode(resp)
 	if err != nil {
 		return err
@@ -400,6 +403,7 @@ func (c *xdsClients) watch(kind string) error {
 	// Counted before any stream is armed, so that no early arrival can
 	// bring the count to zero while others are still being armed.
 	w.pending.Store(int64(len(waiting)))
+	c.responses.Store(0)
 	for _, s := range waiting {
 		s.mu.Lock()
 		s.base, s.w = s.held, w
@@ -407,7 +411,7 @@ func (c *xdsClients) watch(kind string) error {
 	}
 	c.out.Printf("armed %d", len(waiting))
 	if len(waiting) == 0 {
-		c.out.Printf("done last=0 p50=0 n=0")
+		c.out.Printf("done last=0 p50=0 n=0 responses=0")
 	}
 	return nil
 }
@@ -425,7 +429,7 @@ func (c *xdsClients) settled(w *watch, at time.Time) {
 	times := slices.Clone(w.times)
 	w.mu.Unlock()
 	slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
-	c.out.Printf("done last=%d p50=%d n=%d", times[len(times)-1].UnixNano(), times[len(times)/2].UnixNano(), len(times))
+	c.out.Printf("done last=%d p50=%d n=%d responses=%d", times[len(times)-1].UnixNano(), times[len(times)/2].UnixNano(), len(times), c.responses.Load())
 }
 
 // lines writes whole lines to a worker's stdout from many goroutines.
