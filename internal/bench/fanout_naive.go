@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"os"
@@ -130,12 +131,18 @@ func WriteNaiveInput(ctx context.Context, dataDir string, nodes []SeedNode, path
 // identity secret, served over ADS and SDS with the same mTLS as meshca
 // (client certificates required and verified against the bundle).
 //
-// Flags: -nodes FILE -input FILE (WriteNaiveInput). It prints
-// "listening ADDR" once every node has its snapshot. Then:
+// Flags: -nodes FILE -input FILE (WriteNaiveInput). Two more try out
+// designs on the same harness: -secrets linear serves every secret from one
+// LinearCache shared by all nodes (secret names are unique per identity),
+// so a new bundle is one UpdateResource; -read-buffer BYTES sets gRPC's
+// per-connection read buffer (default 32 KiB) and shares write buffers.
 //
-//	change  builds a trust bundle with one more root and sets every node's
-//	        snapshot, one node after another; prints "changed NS", the
-//	        nanoseconds that loop took.
+// It prints "listening ADDR" once every node has its secrets. Then:
+//
+//	change  builds a trust bundle with one more root and publishes it: sets
+//	        every node's snapshot, one node after another (or updates the
+//	        one shared resource); prints "changed NS", the nanoseconds that
+//	        took.
 //	mem     prints "mem heap_inuse=B goroutines=N".
 //
 // Closing stdin stops it.
@@ -143,6 +150,8 @@ func workNaiveXDS(ctx context.Context, args []string, in io.Reader, out io.Write
 	fs := flag.NewFlagSet("naive-xds", flag.ContinueOnError)
 	nodesFile := fs.String("nodes", "", "nodes (WriteNodes JSON lines)")
 	inputFile := fs.String("input", "", "credentials (WriteNaiveInput JSON)")
+	layout := fs.String("secrets", "snapshot", "snapshot (one per node) or linear (one cache shared by all nodes)")
+	readBuffer := fs.Int("read-buffer", 0, "gRPC read buffer per connection in bytes; 0 keeps gRPC's default")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -178,39 +187,30 @@ func workNaiveXDS(ctx context.Context, args []string, in io.Reader, out io.Write
 			CertificateChain: inlineBytes([]byte(id.ChainPEM)), PrivateKey: inlineBytes([]byte(id.KeyPEM)),
 		}}}
 	}
-
-	ctx, cmds := commands(ctx, in)
-	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
-	version := 0
 	bundle := []byte(input.BundlePEM)
-	setAll := func() error {
-		version++
-		v := strconv.Itoa(version)
-		b := bundleSecret(bundle)
-		for _, n := range nodes {
-			secrets := []types.Resource{b}
-			if id, ok := ids[n.Identity]; ok {
-				secrets = append(secrets, id)
-			}
-			snap, err := cachev3.NewSnapshot(v, map[resource.Type][]types.Resource{resource.SecretType: secrets})
-			if err != nil {
-				return err
-			}
-			if err := cache.SetSnapshot(ctx, n.Name, snap); err != nil {
-				return err
-			}
-		}
-		return nil
+	var secrets naiveSecrets
+	switch *layout {
+	case "snapshot":
+		secrets, err = newSnapshotSecrets(ctx, nodes, ids, bundle)
+	case "linear":
+		secrets = newLinearSecrets(ids, bundle)
+	default:
+		err = fmt.Errorf("naive-xds: -secrets %q: want snapshot or linear", *layout)
 	}
-	if err := setAll(); err != nil {
+	if err != nil {
 		return err
 	}
 
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
+	ctx, cmds := commands(ctx, in)
+	opts := []grpc.ServerOption{grpc.Creds(credentials.NewTLS(&tls.Config{
 		MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert},
 		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCAs,
-	})))
-	xs := serverv3.NewServer(ctx, cache, nil)
+	}))}
+	if *readBuffer > 0 {
+		opts = append(opts, grpc.ReadBufferSize(*readBuffer), grpc.SharedWriteBuffer(true))
+	}
+	srv := grpc.NewServer(opts...)
+	xs := serverv3.NewServer(ctx, secrets.cache(), nil)
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, xs)
 	secretservice.RegisterSecretDiscoveryServiceServer(srv, xs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -234,8 +234,8 @@ func workNaiveXDS(ctx context.Context, args []string, in io.Reader, out io.Write
 				}
 				bundle = append(append([]byte{}, bundle...), root...)
 				start := time.Now()
-				if err := setAll(); err != nil {
-					w.Printf("error set snapshots: %v", err)
+				if err := secrets.publish(ctx, bundle); err != nil {
+					w.Printf("error publish the bundle: %v", err)
 					continue
 				}
 				w.Printf("changed %d", time.Since(start).Nanoseconds())
@@ -248,6 +248,63 @@ func workNaiveXDS(ctx context.Context, args []string, in io.Reader, out io.Write
 			}
 		}
 	}
+}
+
+// naiveSecrets is how the naive server holds its secrets.
+type naiveSecrets interface {
+	cache() cachev3.Cache
+	// publish serves a new trust bundle to every node.
+	publish(ctx context.Context, bundlePEM []byte) error
+}
+
+// snapshotSecrets is a snapshot per node, set one node after another.
+type snapshotSecrets struct {
+	snaps   cachev3.SnapshotCache
+	nodes   []SeedNode
+	ids     map[string]types.Resource
+	version int
+}
+
+func newSnapshotSecrets(ctx context.Context, nodes []SeedNode, ids map[string]types.Resource, bundlePEM []byte) (*snapshotSecrets, error) {
+	s := &snapshotSecrets{snaps: cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), nodes: nodes, ids: ids}
+	return s, s.publish(ctx, bundlePEM)
+}
+
+func (s *snapshotSecrets) cache() cachev3.Cache { return s.snaps }
+
+func (s *snapshotSecrets) publish(ctx context.Context, bundlePEM []byte) error {
+	s.version++
+	v := strconv.Itoa(s.version)
+	b := bundleSecret(bundlePEM)
+	for _, n := range s.nodes {
+		secrets := []types.Resource{b}
+		if id, ok := s.ids[n.Identity]; ok {
+			secrets = append(secrets, id)
+		}
+		snap, err := cachev3.NewSnapshot(v, map[resource.Type][]types.Resource{resource.SecretType: secrets})
+		if err != nil {
+			return err
+		}
+		if err := s.snaps.SetSnapshot(ctx, n.Name, snap); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// linearSecrets is one cache of every secret, shared by all nodes.
+type linearSecrets struct{ lin *cachev3.LinearCache }
+
+func newLinearSecrets(ids map[string]types.Resource, bundlePEM []byte) *linearSecrets {
+	all := maps.Clone(ids)
+	all[BundleSecret] = bundleSecret(bundlePEM)
+	return &linearSecrets{lin: cachev3.NewLinearCache(resource.SecretType, cachev3.WithInitialResources(all))}
+}
+
+func (s *linearSecrets) cache() cachev3.Cache { return s.lin }
+
+func (s *linearSecrets) publish(_ context.Context, bundlePEM []byte) error {
+	return s.lin.UpdateResource(BundleSecret, bundleSecret(bundlePEM))
 }
 
 func bundleSecret(bundlePEM []byte) *tlsv3.Secret {
