@@ -145,25 +145,29 @@ func runMemory(ctx context.Context, env *Env) (*Report, error) {
 	env.Logf("naive: %d idle streams: %s", n, base)
 
 	per := func(d memSample) memSample {
-		return memSample{rss: d.rss / int64(n), heap: d.heap / int64(n), goroutines: d.goroutines / int64(n)}
+		return memSample{rss: d.rss / int64(n), heap: d.heap / int64(n), stack: d.stack / int64(n), goroutines: d.goroutines / int64(n)}
 	}
 	pm, pb := per(mesh.delta()), per(base.delta())
 	rep := &Report{Intro: fmt.Sprintf("%d sidecar nodes connect to the server as in the fan-out section (one mTLS connection and one ADS "+
 		"stream each, holding the bundle and identity secrets, clients in a separate process) and stay idle. Per stream: the "+
-		"server's growth in RSS (/proc) and in Go heap in use (meshca: go_memstats_heap_inuse_bytes from /metrics; baseline: "+
-		"runtime.MemStats.HeapInuse) from before the streams connect to after, each the lowest of five samples over a second, "+
+		"server's growth in RSS (/proc), in Go heap in use and in goroutine stacks (meshca: go_memstats_heap_inuse_bytes and "+
+		"go_memstats_stack_inuse_bytes from /metrics; baseline: runtime.MemStats) from before the streams connect to after, each the lowest of five samples over a second, "+
 		"divided by %d. No GC is forced in either server. Baseline: the naive go-control-plane server of the fan-out section.", n, n)}
 	rep.Rows = append(rep.Rows,
 		Row{Figure: fmt.Sprintf("RSS per idle authenticated stream (%d streams)", n), Value: fmtBytes(pm.rss), Baseline: fmtBytes(pb.rss),
 			Ratio: ratioOf(pm.rss, pb.rss), Goal: "≤ 64 KiB", Verdict: Judge(pm.rss <= memoryGoal)},
 		Row{Figure: fmt.Sprintf("Go heap in use per idle authenticated stream (%d streams)", n), Value: fmtBytes(pm.heap), Baseline: fmtBytes(pb.heap),
 			Ratio: ratioOf(pm.heap, pb.heap), Goal: "≤ 64 KiB", Verdict: Judge(pm.heap <= memoryGoal)},
+		Row{Figure: "goroutine stacks per idle stream (in RSS, not in the heap)", Value: fmtBytes(pm.stack), Baseline: fmtBytes(pb.stack),
+			Ratio: ratioOf(pm.stack, pb.stack)},
 		Row{Figure: "goroutines per idle stream", Value: fmt.Sprint(mesh.delta().goroutines / int64(n)), Baseline: fmt.Sprint(base.delta().goroutines / int64(n)),
 			Ratio: ratioOf(pm.goroutines, pb.goroutines)},
 	)
 	rep.Notes = append(rep.Notes, fmt.Sprintf("meshca before → after: RSS %s → %s, heap %s → %s, goroutines %d → %d. Baseline: RSS %s → %s, heap %s → %s, goroutines %d → %d.",
 		fmtBytes(mesh.before.rss), fmtBytes(mesh.after.rss), fmtBytes(mesh.before.heap), fmtBytes(mesh.after.heap), mesh.before.goroutines, mesh.after.goroutines,
-		fmtBytes(base.before.rss), fmtBytes(base.after.rss), fmtBytes(base.before.heap), fmtBytes(base.after.heap), base.before.goroutines, base.after.goroutines))
+		fmtBytes(base.before.rss), fmtBytes(base.after.rss), fmtBytes(base.before.heap), fmtBytes(base.after.heap), base.before.goroutines, base.after.goroutines),
+		"Where the memory goes: `go test -run TestProfileFanout ./internal/bench -args -fanout.profile DIR` writes a heap profile "+
+			"of meshca holding idle streams (heap.pprof); `-fanout.sketch` measures the naive server with a smaller gRPC read buffer.")
 	return rep, nil
 }
 
@@ -336,19 +340,20 @@ func (fc *fanoutCase) naiveBundleChange(ctx context.Context, env *Env, extra ...
 
 // memSample is a server's memory at one moment.
 type memSample struct {
-	rss, heap, goroutines int64
+	rss, heap, stack, goroutines int64
 }
 
 // memCost is a server's memory before and after the streams connected.
 type memCost struct{ before, after memSample }
 
 func (c memCost) delta() memSample {
-	return memSample{rss: c.after.rss - c.before.rss, heap: c.after.heap - c.before.heap, goroutines: c.after.goroutines - c.before.goroutines}
+	return memSample{rss: c.after.rss - c.before.rss, heap: c.after.heap - c.before.heap, stack: c.after.stack - c.before.stack,
+		goroutines: c.after.goroutines - c.before.goroutines}
 }
 
 func (c memCost) String() string {
 	d := c.delta()
-	return fmt.Sprintf("RSS +%s, heap +%s, goroutines +%d", fmtBytes(d.rss), fmtBytes(d.heap), d.goroutines)
+	return fmt.Sprintf("RSS +%s, heap +%s, stacks +%s, goroutines +%d", fmtBytes(d.rss), fmtBytes(d.heap), fmtBytes(d.stack), d.goroutines)
 }
 
 // idleCost samples a server's memory, connects the clients, lets them idle
@@ -388,7 +393,7 @@ func (fc *fanoutCase) idleCost(ctx context.Context, env *Env, addr string, sampl
 // lowest takes five samples over a second and keeps the lowest of each
 // figure: heap in use also counts garbage not yet swept.
 func lowest(ctx context.Context, sample func() (memSample, error)) (memSample, error) {
-	low := memSample{rss: math.MaxInt64, heap: math.MaxInt64, goroutines: math.MaxInt64}
+	low := memSample{rss: math.MaxInt64, heap: math.MaxInt64, stack: math.MaxInt64, goroutines: math.MaxInt64}
 	for i := 0; i < 5; i++ {
 		if i > 0 {
 			select {
@@ -401,7 +406,7 @@ func lowest(ctx context.Context, sample func() (memSample, error)) (memSample, e
 		if err != nil {
 			return low, err
 		}
-		low = memSample{rss: min(low.rss, s.rss), heap: min(low.heap, s.heap), goroutines: min(low.goroutines, s.goroutines)}
+		low = memSample{rss: min(low.rss, s.rss), heap: min(low.heap, s.heap), stack: min(low.stack, s.stack), goroutines: min(low.goroutines, s.goroutines)}
 	}
 	return low, nil
 }
@@ -427,16 +432,17 @@ func (fc *fanoutCase) naiveIdleCost(ctx context.Context, env *Env, extra ...stri
 		}
 		f := fields(line)
 		heap, err1 := strconv.ParseInt(f["heap_inuse"], 10, 64)
-		gs, err2 := strconv.ParseInt(f["goroutines"], 10, 64)
-		if err := errors.Join(err1, err2); err != nil {
+		stack, err2 := strconv.ParseInt(f["stack_inuse"], 10, 64)
+		gs, err3 := strconv.ParseInt(f["goroutines"], 10, 64)
+		if err := errors.Join(err1, err2, err3); err != nil {
 			return memSample{}, fmt.Errorf("naive server said %q: %w", line, err)
 		}
-		return memSample{rss: rss, heap: heap, goroutines: gs}, nil
+		return memSample{rss: rss, heap: heap, stack: stack, goroutines: gs}, nil
 	})
 }
 
-// meshcaMem reads meshca's RSS and, from its /metrics, its Go heap in use
-// and goroutines.
+// meshcaMem reads meshca's RSS and, from its /metrics, its Go heap and
+// stacks in use and its goroutines.
 func meshcaMem(ctx context.Context, m *Meshca) (memSample, error) {
 	rss, err := m.RSS()
 	if err != nil {
@@ -451,7 +457,7 @@ func meshcaMem(ctx context.Context, m *Meshca) (memSample, error) {
 		return memSample{}, err
 	}
 	defer resp.Body.Close()
-	s := memSample{rss: rss, heap: -1, goroutines: -1}
+	s := memSample{rss: rss, heap: -1, stack: -1, goroutines: -1}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -460,14 +466,17 @@ func meshcaMem(ctx context.Context, m *Meshca) (memSample, error) {
 			continue
 		}
 		switch name {
-		case "go_memstats_heap_inuse_bytes", "go_goroutines":
+		case "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "go_goroutines":
 			v, err := strconv.ParseFloat(value, 64)
 			if err != nil {
 				return s, fmt.Errorf("metric %s: %w", name, err)
 			}
-			if name == "go_goroutines" {
+			switch name {
+			case "go_goroutines":
 				s.goroutines = int64(v)
-			} else {
+			case "go_memstats_stack_inuse_bytes":
+				s.stack = int64(v)
+			default:
 				s.heap = int64(v)
 			}
 		}
@@ -475,8 +484,8 @@ func meshcaMem(ctx context.Context, m *Meshca) (memSample, error) {
 	if err := sc.Err(); err != nil {
 		return s, err
 	}
-	if s.heap < 0 || s.goroutines < 0 {
-		return s, errors.New("meshca's /metrics lacks go_memstats_heap_inuse_bytes or go_goroutines")
+	if s.heap < 0 || s.stack < 0 || s.goroutines < 0 {
+		return s, errors.New("meshca's /metrics lacks go_memstats_heap_inuse_bytes, go_memstats_stack_inuse_bytes or go_goroutines")
 	}
 	return s, nil
 }

@@ -143,7 +143,7 @@ func WriteNaiveInput(ctx context.Context, dataDir string, nodes []SeedNode, path
 //	        every node's snapshot, one node after another (or updates the
 //	        one shared resource); prints "changed NS", the nanoseconds that
 //	        took.
-//	mem     prints "mem heap_inuse=B goroutines=N".
+//	mem     prints "mem heap_inuse=B stack_inuse=B goroutines=N".
 //
 // Closing stdin stops it.
 func workNaiveXDS(ctx context.Context, args []string, in io.Reader, out io.Writer) error {
@@ -242,7 +242,7 @@ func workNaiveXDS(ctx context.Context, args []string, in io.Reader, out io.Write
 			case "mem":
 				var ms runtime.MemStats
 				runtime.ReadMemStats(&ms)
-				w.Printf("mem heap_inuse=%d goroutines=%d", ms.HeapInuse, runtime.NumGoroutine())
+				w.Printf("mem heap_inuse=%d stack_inuse=%d goroutines=%d", ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine())
 			default:
 				w.Printf("error unknown command %q", cmd)
 			}

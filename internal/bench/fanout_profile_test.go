@@ -121,7 +121,8 @@ func TestSketchFanout(t *testing.T) {
 			t.Fatal(err)
 		}
 		d := c.delta()
-		t.Logf("%d idle streams, -read-buffer %s: per stream RSS %s, heap %s", fc.n, buf, fmtBytes(d.rss/int64(fc.n)), fmtBytes(d.heap/int64(fc.n)))
+		t.Logf("%d idle streams, -read-buffer %s: per stream RSS %s, heap %s, stacks %s", fc.n, buf,
+			fmtBytes(d.rss/int64(fc.n)), fmtBytes(d.heap/int64(fc.n)), fmtBytes(d.stack/int64(fc.n)))
 	}
 }
 
