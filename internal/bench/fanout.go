@@ -40,11 +40,13 @@ func fanoutSizes(quick bool) []int {
 func runFanout(ctx context.Context, env *Env) (*Report, error) {
 	rep := &Report{Intro: "Each of N sidecar nodes (seeded through meshca's registry, one identity per ten nodes) holds one " +
 		"mTLS connection with its own node certificate and one ADS stream on it asking for the trust bundle and its identity " +
-		"secret, ACKing every response as Envoy does; all clients run in one separate process. meshca: `POST /v1/ca/rotate " +
+		"secret, ACKing every response as Envoy does; all clients run in one separate process, which stops collecting garbage " +
+		"once connected. meshca: `POST /v1/ca/rotate " +
 		"{\"root\":true}` publishes a new root beside the old one to every node. Baseline: a go-control-plane v0.14.0 " +
 		"SnapshotCache server (ads=false, same credentials, same mTLS, same client process) that builds a bundle with one more " +
 		"root and calls SetSnapshot for every node, one after another. Figure: from the trigger until the last stream has " +
-		"received a bundle holding a root it did not hold before (median stream in brackets)."}
+		"received a bundle holding a root it did not hold before (median stream in brackets). One trial per size: a root " +
+		"rotation cannot be repeated while one is in progress."}
 	type pair struct {
 		n            int
 		meshca, base fanoutResult
