@@ -45,8 +45,8 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 		"{\"root\":true}` publishes a new root beside the old one to every node. Baseline: a go-control-plane v0.14.0 " +
 		"SnapshotCache server (ads=false, same credentials, same mTLS, same client process) that builds a bundle with one more " +
 		"root and calls SetSnapshot for every node, one after another. Figure: from the trigger until the last stream has " +
-		"received a bundle holding a root it did not hold before (median stream in brackets). One trial per size: a root " +
-		"rotation cannot be repeated while one is in progress."}
+		"received a bundle holding a root it did not hold before (median stream in brackets). CPU times are read from /proc " +
+		"in 10 ms ticks. One trial per size: a root rotation cannot be repeated while one is in progress."}
 	type pair struct {
 		n            int
 		meshca, base fanoutResult
@@ -103,6 +103,9 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 			a.n, b.n, float64(b.n)/float64(a.n), b.meshca.last.Seconds()/a.meshca.last.Seconds(), b.base.last.Seconds()/a.base.last.Seconds()))
 	}
 	for _, r := range runs {
+		if min(r.meshca.clientCPU, r.base.clientCPU) < 10*cpuTick {
+			continue // too few ticks to say anything
+		}
 		rep.Notes = append(rep.Notes, fmt.Sprintf("The client process shares the machine's %d cores: at %d streams it used %s (meshca run) and %s "+
 			"(baseline run) of CPU to receive, check and ACK the change, so no server could finish in much less than %s there, "+
 			"against a goal of %s.", runtime.NumCPU(), r.n, fmtDur(r.meshca.clientCPU), fmtDur(r.base.clientCPU),
@@ -512,9 +515,11 @@ func cpuOf(pid int) (time.Duration, error) {
 	if err := errors.Join(err1, err2); err != nil {
 		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	// Linux reports clock ticks of USER_HZ, 100 per second.
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+	return time.Duration(utime+stime) * cpuTick, nil
 }
+
+// cpuTick is the unit of CPU times in /proc: USER_HZ is 100 on Linux.
+const cpuTick = 10 * time.Millisecond
 
 // fields parses "k=v k=v" into a map.
 func fields(s string) map[string]string {
