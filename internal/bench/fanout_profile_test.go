@@ -1,0 +1,190 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/internal/app"
+	"github.com/meshca/meshca/internal/config"
+)
+
+var (
+	profileDir   = flag.String("fanout.profile", "", "write CPU and heap profiles of an in-process meshca during the fan-out to this directory")
+	profileNodes = flag.Int("fanout.nodes", 10000, "streams for -fanout.profile and -fanout.sketch")
+	sketch       = flag.Bool("fanout.sketch", false, "measure the naive server's design variants")
+	profileNaive = flag.String("fanout.naive", "", "profile the naive server with these -secrets instead of meshca")
+)
+
+// TestProfileFanout runs meshca (or with -fanout.naive snapshot|linear the
+// naive server) in this process, connects the xds-clients worker's streams
+// to it, and profiles a bundle change reaching them all (cpu.pprof) and the
+// idle streams before it (heap.pprof). It runs only with -fanout.profile:
+//
+//	go test -run TestProfileFanout ./internal/bench -args -fanout.profile /tmp/prof
+//	go tool pprof -top /tmp/prof/cpu.pprof
+func TestProfileFanout(t *testing.T) {
+	if *profileDir == "" {
+		t.Skip("profiles only with -fanout.profile DIR")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &Env{Config: Config{Self: self, Log: os.Stderr}, Dir: t.TempDir()}
+	fc, err := prepareFanout(ctx, env, "data", *profileNodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, trigger, stop, err := profiledServer(ctx, fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+
+	clients, _, err := fc.startClients(ctx, env, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clients.Stop()
+	runtime.GC()
+	write(t, "heap.pprof", func(f *os.File) error { return pprof.Lookup("heap").WriteTo(f, 0) })
+
+	if err := clients.Send("watch " + WatchBundle); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clients.Expect("armed ", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	cpu, err := os.Create(filepath.Join(*profileDir, "cpu.pprof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cpu.Close()
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := trigger(); err != nil {
+		pprof.StopCPUProfile()
+		t.Fatal(err)
+	}
+	call := time.Since(start)
+	_, err = clients.Expect("done ", 5*time.Minute)
+	pprof.StopCPUProfile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d streams: trigger returned after %s, last stream by %s", fc.n, call, time.Since(start))
+}
+
+// TestSketchFanout measures, on the fan-out harness, the two changes the
+// fan-out and memory figures point at, on the naive go-control-plane
+// server: every secret in one LinearCache shared by all nodes instead of a
+// snapshot per node, and a smaller gRPC read buffer per connection. It runs
+// only with -fanout.sketch.
+func TestSketchFanout(t *testing.T) {
+	if !*sketch {
+		t.Skip("sketches only with -fanout.sketch")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &Env{Config: Config{Self: self, Log: os.Stderr}, Dir: t.TempDir()}
+	fc, err := prepareFanout(ctx, env, "data", *profileNodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secrets := range []string{"snapshot", "linear"} {
+		res, err := fc.naiveBundleChange(ctx, env, "-secrets", secrets)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%d streams, -secrets %s: last stream %s, median %s, publish %s", fc.n, secrets, fmtDur(res.last), fmtDur(res.median), fmtDur(res.trigger))
+	}
+	for _, buf := range []string{"0", "4096"} {
+		c, err := fc.naiveIdleCost(ctx, env, "-read-buffer", buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := c.delta()
+		t.Logf("%d idle streams, -read-buffer %s: per stream RSS %s, heap %s, stacks %s", fc.n, buf,
+			fmtBytes(d.rss/int64(fc.n)), fmtBytes(d.heap/int64(fc.n)), fmtBytes(d.stack/int64(fc.n)))
+	}
+}
+
+// profiledServer starts meshca, or with -fanout.naive the naive server, in
+// this process and returns its xDS address and how to change its bundle.
+func profiledServer(ctx context.Context, fc *fanoutCase) (addr string, trigger func() error, stop func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	if *profileNaive != "" {
+		in, toWorker := io.Pipe()
+		fromWorker, out := io.Pipe()
+		p := &Proc{lines: make(chan string, 1024), done: make(chan struct{})}
+		go func() {
+			p.err = workNaiveXDS(ctx, []string{"-nodes", fc.nodesFile, "-input", fc.naiveIn, "-secrets", *profileNaive}, in, out)
+			out.Close()
+		}()
+		go func() {
+			sc := bufio.NewScanner(fromWorker)
+			for sc.Scan() {
+				p.lines <- sc.Text()
+			}
+			close(p.lines)
+			close(p.done)
+		}()
+		stop := func() { toWorker.Close(); cancel(); <-p.done }
+		addr, err := p.Expect("listening ", time.Minute)
+		if err != nil {
+			stop()
+			return "", nil, nil, err
+		}
+		return addr, func() error {
+			if _, err := io.WriteString(toWorker, "change\n"); err != nil {
+				return err
+			}
+			_, err := p.Expect("changed ", 2*time.Minute)
+			return err
+		}, stop, nil
+	}
+	cfg := config.Default()
+	cfg.DataDir = fc.data
+	cfg.Admin.Listen = "127.0.0.1:0"
+	cfg.XDS.Listen = "127.0.0.1:0"
+	a, err := app.Start(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		cancel()
+		return "", nil, nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Wait(ctx) }()
+	return a.XDS, func() error { return rotateRoot(ctx, a.Admin) }, func() { cancel(); <-done }, nil
+}
+
+func write(t *testing.T, name string, fn func(*os.File) error) {
+	t.Helper()
+	if err := os.MkdirAll(*profileDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(*profileDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := fn(f); err != nil {
+		t.Fatal(err)
+	}
+}
