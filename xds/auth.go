@@ -97,6 +97,11 @@ func (s *Server) peerNode(ctx context.Context) (string, error) {
 		// A connection outlives the certificate it was made with.
 		return "", errors.New("node certificate expired")
 	}
+	return nodeName(leaf)
+}
+
+// nodeName is the node a node certificate (spiffe://<td>/node/NAME) names.
+func nodeName(leaf *x509.Certificate) (string, error) {
 	if len(leaf.URIs) != 1 {
 		return "", errors.New("client certificate has no single SPIFFE ID")
 	}
@@ -153,30 +158,14 @@ func (s *Server) authInterceptors() []grpc.ServerOption {
 	}
 }
 
-// boundStream carries the authenticated node in its context, and ends the
-// stream when that context is cancelled: go-control-plane's SotW loop
-// watches only the server's context, and a blocked Recv would otherwise keep
-// a revoked node's stream open.
+// boundStream carries the authenticated node in its context. A revoked
+// node's streams end when closeNode closes its connections (nodeCreds).
 type boundStream struct {
 	grpc.ServerStream
 	ctx context.Context
 }
 
 func (b *boundStream) Context() context.Context { return b.ctx }
-
-// RecvMsg returns as soon as the stream's context ends. The message is
-// allocated per call by the generated code, so the abandoned read cannot
-// race with a later one; it ends when the RPC does.
-func (b *boundStream) RecvMsg(m any) error {
-	errc := make(chan error, 1)
-	go func() { errc <- b.ServerStream.RecvMsg(m) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-b.ctx.Done():
-		return context.Cause(b.ctx)
-	}
-}
 
 var errNodeGone = errors.New("node revoked or removed")
 
@@ -222,5 +211,7 @@ func (s *Server) closeNode(node string) int {
 	for _, cancel := range s.cancels[node] {
 		cancel(errNodeGone)
 	}
-	return len(s.cancels[node])
+	n := len(s.cancels[node])
+	s.conns.close(node)
+	return n
 }

@@ -42,6 +42,7 @@ const (
 	keepaliveMinTime     = 10 * time.Second
 	authTimeout          = 5 * time.Second
 	shutdownGrace        = 2 * time.Second
+	readBufferSize       = 4 << 10
 )
 
 // DenialRecorder writes an audit record for a refused request.
@@ -84,6 +85,7 @@ type Server struct {
 	streamsMu  sync.Mutex
 	nextStream uint64
 	cancels    map[string]map[uint64]context.CancelCauseFunc // node -> open streams
+	conns      nodeConns                                     // node -> open connections
 
 	// refreshLocks serialize refreshes of one node (striped by name), so
 	// its snapshots are set in order while other nodes refresh in parallel.
@@ -125,10 +127,15 @@ func New(cfg Config) (*Server, error) {
 	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	s.cb = newCallbacks(s)
 	opts := append([]grpc.ServerOption{
-		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
+		grpc.Creds(&nodeCreds{TransportCredentials: credentials.NewTLS(s.tlsConfig()), s: s}),
 		grpc.ConnectionTimeout(ConnectionTimeout),
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		// Proxies send small requests and mostly sit idle: gRPC's 32 KiB
+		// read buffer per connection was most of an idle stream's memory.
+		// Write buffers go back to a shared pool between flushes.
+		grpc.ReadBufferSize(readBufferSize),
+		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
 	}, s.authInterceptors()...)
