@@ -32,6 +32,10 @@ type Source interface {
 	// still assigned to it): it may keep naming them, as Envoy does while a
 	// listener references them, but gets nothing for them.
 	Withdrawn(ctx context.Context, node string) ([]string, error)
+	// TrustBundle returns the trust-bundle secret, the one resource every
+	// node receives (also among Resources). The same value may be returned
+	// again while the bundle is unchanged.
+	TrustBundle(ctx context.Context) (types.Resource, error)
 }
 
 // RefreshAll rebuilds every node's snapshot, so that a node has one before
@@ -53,15 +57,90 @@ func (s *Server) Refresh(nodes []string) {
 }
 
 func (s *Server) refresh(ctx context.Context, nodes []string) error {
+	memo := &digests{}
+	return eachNode(nodes, func(node string) error { return s.refreshNode(ctx, node, memo) })
+}
+
+// RefreshTrust pushes a new trust bundle (new roots or a new CRL) to every
+// node that has a snapshot, without rebuilding the rest: each node's current
+// snapshot is reused with the bundle secret swapped. It fits
+// registry.SubscribeTrust.
+func (s *Server) RefreshTrust() {
+	ctx := context.Background()
+	bundle, err := s.cfg.Source.TrustBundle(ctx)
+	if err == nil {
+		err = validate.Message(bundle)
+	}
+	if err != nil {
+		s.stats.invalid.Add(1)
+		s.log.Error("trust bundle not pushed", "err", err)
+		return
+	}
+	nodes, err := s.cfg.Source.NodeNames(ctx)
+	if err != nil {
+		s.log.Error("trust bundle not pushed: cannot list nodes", "err", err)
+		return
+	}
+	memo := &digests{}
+	err = eachNode(nodes, func(node string) error { return s.swapBundle(ctx, node, bundle, memo) })
+	if err != nil {
+		s.log.Error("trust bundle not pushed to every node", "err", err)
+	}
+}
+
+// swapBundle replaces the bundle secret in node's snapshot, if it has one.
+func (s *Server) swapBundle(ctx context.Context, node string, bundle types.Resource, memo *digests) error {
+	mu := s.refreshLock(node)
+	mu.Lock()
+	defer mu.Unlock()
+	cur, err := s.cache.GetSnapshot(node)
+	if err != nil {
+		return nil // unknown or revoked: nothing to push to
+	}
+	old, ok := cur.(*cachev3.Snapshot)
+	if !ok {
+		return fmt.Errorf("snapshot of type %T", cur)
+	}
+	name := cachev3.GetResourceName(bundle)
+	secrets := old.GetResources(resource.SecretType)
+	if _, held := secrets[name]; !held {
+		return nil
+	}
+	items := make([]types.Resource, 0, len(secrets))
+	for n, r := range secrets {
+		if n == name {
+			r = bundle
+		}
+		items = append(items, r)
+	}
+	version, err := typeVersion(resource.SecretType, items, memo)
+	if err != nil {
+		return err
+	}
+	if version == old.GetVersion(resource.SecretType) {
+		return nil
+	}
+	snap := &cachev3.Snapshot{Resources: old.Resources}
+	snap.Resources[types.Secret] = cachev3.NewResources(version, items)
+	versions := map[string]string{}
+	for _, t := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType} {
+		versions[t] = snap.GetVersion(t)
+	}
+	s.cb.published(node, versions)
+	if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
+		return fmt.Errorf("set snapshot: %w", err)
+	}
+	return nil
+}
+
+// eachNode runs fn for every node on every core and joins the errors.
+func eachNode(nodes []string, fn func(node string) error) error {
 	var (
 		mu   sync.Mutex
 		errs []error
 		next atomic.Int64
 		wg   sync.WaitGroup
-		memo = &digests{}
 	)
-	// Nodes refresh on every core: a trust-bundle change or a restart
-	// touches them all.
 	for w := 0; w < min(len(nodes), runtime.GOMAXPROCS(0)); w++ {
 		wg.Add(1)
 		go func() {
@@ -71,7 +150,7 @@ func (s *Server) refresh(ctx context.Context, nodes []string) error {
 				if i >= len(nodes) {
 					return
 				}
-				if err := s.refreshNode(ctx, nodes[i], memo); err != nil {
+				if err := fn(nodes[i]); err != nil {
 					mu.Lock()
 					errs = append(errs, fmt.Errorf("node %q: %w", nodes[i], err))
 					mu.Unlock()
@@ -83,11 +162,16 @@ func (s *Server) refresh(ctx context.Context, nodes []string) error {
 	return errors.Join(errs...)
 }
 
-func (s *Server) refreshNode(ctx context.Context, node string, memo *digests) error {
-	// One refresh per node at a time, so snapshots are set in order.
+// refreshLock is the lock that orders node's refreshes (striped by name).
+func (s *Server) refreshLock(node string) *sync.Mutex {
 	h := fnv.New32a()
 	h.Write([]byte(node))
-	mu := &s.refreshLocks[h.Sum32()%uint32(len(s.refreshLocks))]
+	return &s.refreshLocks[h.Sum32()%uint32(len(s.refreshLocks))]
+}
+
+func (s *Server) refreshNode(ctx context.Context, node string, memo *digests) error {
+	// One refresh per node at a time, so snapshots are set in order.
+	mu := s.refreshLock(node)
 	mu.Lock()
 	defer mu.Unlock()
 	res, err := s.cfg.Source.Resources(ctx, node)
@@ -149,26 +233,11 @@ func buildSnapshot(res map[string][]types.Resource, memo *digests) (*cachev3.Sna
 		if rt == types.UnknownType {
 			return nil, fmt.Errorf("%w: unknown type %s", errInvalidResource, typeURL)
 		}
-		sort.Slice(items, func(i, j int) bool { return cachev3.GetResourceName(items[i]) < cachev3.GetResourceName(items[j]) })
-		h := sha256.New()
-		seen := map[string]bool{}
-		for _, r := range items {
-			name := cachev3.GetResourceName(r)
-			if name == "" {
-				return nil, fmt.Errorf("%w: %s without a name", errInvalidResource, typeURL)
-			}
-			if seen[name] {
-				return nil, fmt.Errorf("%w: two %s resources named %q", errInvalidResource, typeURL, name)
-			}
-			seen[name] = true
-			d, err := memo.digest(r)
-			if err != nil {
-				return nil, fmt.Errorf("%w: %s %q: %v", errInvalidResource, typeURL, name, err)
-			}
-			h.Write([]byte(name))
-			h.Write(d[:])
+		version, err := typeVersion(typeURL, items, memo)
+		if err != nil {
+			return nil, err
 		}
-		snap.Resources[rt] = cachev3.NewResources(hex.EncodeToString(h.Sum(nil))[:16], items)
+		snap.Resources[rt] = cachev3.NewResources(version, items)
 	}
 	for rt := range snap.Resources {
 		if snap.Resources[rt].Items == nil {
@@ -176,6 +245,32 @@ func buildSnapshot(res map[string][]types.Resource, memo *digests) (*cachev3.Sna
 		}
 	}
 	return snap, nil
+}
+
+// typeVersion checks one type's resources (named, unique, valid) and
+// returns the hash of their content in name order: the same resources give
+// the same version whatever built them. It sorts items.
+func typeVersion(typeURL string, items []types.Resource, memo *digests) (string, error) {
+	sort.Slice(items, func(i, j int) bool { return cachev3.GetResourceName(items[i]) < cachev3.GetResourceName(items[j]) })
+	h := sha256.New()
+	seen := map[string]bool{}
+	for _, r := range items {
+		name := cachev3.GetResourceName(r)
+		if name == "" {
+			return "", fmt.Errorf("%w: %s without a name", errInvalidResource, typeURL)
+		}
+		if seen[name] {
+			return "", fmt.Errorf("%w: two %s resources named %q", errInvalidResource, typeURL, name)
+		}
+		seen[name] = true
+		d, err := memo.digest(r)
+		if err != nil {
+			return "", fmt.Errorf("%w: %s %q: %v", errInvalidResource, typeURL, name, err)
+		}
+		h.Write([]byte(name))
+		h.Write(d[:])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
 // digests validates resources and hashes their deterministic encoding,

@@ -115,7 +115,7 @@ func (a xdsSource) Resources(ctx context.Context, node string) (map[string][]typ
 	if n.State != store.StateActive {
 		return nil, xds.ErrUnknownNode
 	}
-	bundle, err := a.bundle.get(a.td, a.reg.CA().BundlePEM(), a.reg.CRL())
+	bundle, err := a.TrustBundle(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("trust bundle secret: %w", err)
 	}
@@ -139,6 +139,10 @@ func (a xdsSource) Resources(ctx context.Context, node string) (map[string][]typ
 		out[typeURL] = append(out[typeURL], rs...)
 	}
 	return out, nil
+}
+
+func (a xdsSource) TrustBundle(context.Context) (types.Resource, error) {
+	return a.bundle.get(a.td, a.reg.CA().BundlePEM(), a.reg.CRL())
 }
 
 func (a xdsSource) Withdrawn(ctx context.Context, node string) ([]string, error) {

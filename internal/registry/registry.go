@@ -71,6 +71,7 @@ type Registry struct {
 
 	mu        sync.Mutex
 	listeners []func(nodes []string)
+	trust     []func()
 	// rate limit of unauthenticated refusals (under mu)
 	denyWindowStart           time.Time
 	denyCount, denySuppressed int
@@ -120,6 +121,24 @@ func (r *Registry) Subscribe(fn func(nodes []string)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.listeners = append(r.listeners, fn)
+}
+
+// SubscribeTrust registers fn to learn that the trust bundle (roots or
+// CRL) changed, and nothing else: every node's bundle secret must be pushed
+// again. fn runs synchronously after the change, like Subscribe's.
+func (r *Registry) SubscribeTrust(fn func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.trust = append(r.trust, fn)
+}
+
+func (r *Registry) notifyTrust() {
+	r.mu.Lock()
+	fns := slices.Clone(r.trust)
+	r.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
 }
 
 func (r *Registry) notify(nodes ...string) {

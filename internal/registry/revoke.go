@@ -167,7 +167,17 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 		what, key = "node revoked", "node"
 	}
 	r.log.Info(what, key, name, "certificates", len(res.Serials), "crl_number", built.number, "actor", actor)
-	r.notify(res.Nodes...)
+	// The revoked node, or the nodes holding the revoked identity, lose
+	// it; every node gets the new CRL in its trust bundle.
+	if node {
+		r.notify(name)
+	} else if holders, err := r.holdersOf(ctx, name); err != nil {
+		r.log.Error("cannot find the nodes holding a revoked identity; pushing to every node", "identity", name, "err", err)
+		r.notifyAll(ctx)
+	} else {
+		r.notify(holders...)
+	}
+	r.notifyTrust()
 	return res, nil
 }
 
@@ -289,10 +299,7 @@ func (r *Registry) refreshCRL(ctx context.Context, force bool) error {
 	case live > 0 && cur != nil && cur.pem != nil && now.Before(cur.thisUpdate.Add(crlRefresh)):
 		return nil
 	}
-	var (
-		built *crlState
-		nodes []string
-	)
+	var built *crlState
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		var err error
 		if built, err = r.buildCRL(tx, now); err != nil {
@@ -300,13 +307,6 @@ func (r *Registry) refreshCRL(ctx context.Context, force bool) error {
 		}
 		if built.pem == nil {
 			_, err = tx.Append(store.Event{Action: ActionCRLIssue, Actor: "meshca", Serial: issuer, Detail: "withdrawn: every revoked certificate has expired"})
-			if err != nil {
-				return err
-			}
-		}
-		ns, err := tx.Nodes()
-		for _, n := range ns {
-			nodes = append(nodes, n.Name)
 		}
 		return err
 	})
@@ -318,7 +318,7 @@ func (r *Registry) refreshCRL(ctx context.Context, force bool) error {
 		r.log.Error("the CRL was refreshed late: it was close to its nextUpdate", "age", now.Sub(cur.thisUpdate))
 	}
 	r.log.Info("CRL refreshed", "crl_number", built.number, "entries", built.entries, "next_update", built.nextUpdate)
-	r.notify(nodes...)
+	r.notifyTrust()
 	return nil
 }
 

@@ -175,7 +175,7 @@ func (r *Registry) reload(ctx context.Context) error {
 	if err := r.rebuildCRL(ctx); err != nil {
 		return err
 	}
-	r.notifyAll(ctx)
+	r.notifyTrust()
 	return nil
 }
 
