@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -91,8 +92,9 @@ type Server struct {
 	// its snapshots are set in order while other nodes refresh in parallel.
 	refreshLocks [64]sync.Mutex
 	allowedMu    sync.RWMutex
-	allowed      map[string]map[string]bool // node -> secret names it may request
-	former       map[string]map[string]bool // node -> names it could request before (served nothing now)
+	allowed      map[string]map[string]bool              // node -> secret names it may request
+	sums         map[string]map[string][sha256.Size]byte // node -> its secrets' digests (see swapBundle)
+	former       map[string]map[string]bool              // node -> names it could request before (served nothing now)
 
 	stats   stats
 	serving atomic.Bool
@@ -123,7 +125,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, allowed: map[string]map[string]bool{}, former: map[string]map[string]bool{}, cancels: map[string]map[uint64]context.CancelCauseFunc{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, allowed: map[string]map[string]bool{}, sums: map[string]map[string][sha256.Size]byte{}, former: map[string]map[string]bool{}, cancels: map[string]map[uint64]context.CancelCauseFunc{}}
 	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	s.cb = newCallbacks(s)
 	opts := append([]grpc.ServerOption{

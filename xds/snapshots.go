@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -106,17 +108,32 @@ func (s *Server) swapBundle(ctx context.Context, node string, bundle types.Resou
 	if _, held := secrets[name]; !held {
 		return nil
 	}
-	items := make([]types.Resource, 0, len(secrets))
-	for n, r := range secrets {
-		if n == name {
-			r = bundle
-		}
-		items = append(items, r)
-	}
-	version, err := typeVersion(resource.SecretType, items, memo)
+	bundleSum, err := memo.digest(bundle)
 	if err != nil {
 		return err
 	}
+	// The other secrets' digests were kept when the snapshot was built: no
+	// secret is encoded again.
+	sums := maps.Clone(s.secretSums(node))
+	items := make([]types.Resource, 0, len(secrets))
+	names := make([]string, 0, len(secrets))
+	for n, r := range secrets {
+		if n == name {
+			r = bundle
+		} else if _, ok := sums[n]; !ok {
+			if sums == nil {
+				sums = map[string][sha256.Size]byte{}
+			}
+			if sums[n], err = memo.digest(r); err != nil {
+				return err
+			}
+		}
+		items = append(items, r)
+		names = append(names, n)
+	}
+	sums[name] = bundleSum
+	slices.Sort(names)
+	version := versionOf(names, sums)
 	if version == old.GetVersion(resource.SecretType) {
 		return nil
 	}
@@ -127,10 +144,27 @@ func (s *Server) swapBundle(ctx context.Context, node string, bundle types.Resou
 		versions[t] = snap.GetVersion(t)
 	}
 	s.cb.published(node, versions)
+	s.setSecretSums(node, sums)
 	if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
 		return fmt.Errorf("set snapshot: %w", err)
 	}
 	return nil
+}
+
+func (s *Server) secretSums(node string) map[string][sha256.Size]byte {
+	s.allowedMu.RLock()
+	defer s.allowedMu.RUnlock()
+	return s.sums[node]
+}
+
+func (s *Server) setSecretSums(node string, sums map[string][sha256.Size]byte) {
+	s.allowedMu.Lock()
+	defer s.allowedMu.Unlock()
+	if sums == nil {
+		delete(s.sums, node)
+		return
+	}
+	s.sums[node] = sums
 }
 
 // eachNode runs fn for every node on every core and joins the errors.
@@ -178,6 +212,7 @@ func (s *Server) refreshNode(ctx context.Context, node string, memo *digests) er
 	if errors.Is(err, ErrUnknownNode) {
 		// Unregistered or revoked: forget its snapshot and end its streams.
 		s.setAllowed(node, nil)
+		s.setSecretSums(node, nil)
 		s.cache.ClearSnapshot(node)
 		if s.cfg.Telemetry != nil {
 			s.cfg.Telemetry.Forget(node)
@@ -190,7 +225,7 @@ func (s *Server) refreshNode(ctx context.Context, node string, memo *digests) er
 	if err != nil {
 		return err
 	}
-	snap, err := buildSnapshot(res, memo)
+	snap, sums, err := buildSnapshot(res, memo)
 	if err != nil {
 		s.stats.invalid.Add(1)
 		return err
@@ -213,6 +248,7 @@ func (s *Server) refreshNode(ctx context.Context, node string, memo *digests) er
 		versions[t] = snap.GetVersion(t)
 	}
 	s.cb.published(node, versions)
+	s.setSecretSums(node, sums)
 	if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
 		return fmt.Errorf("set snapshot: %w", err)
 	}
@@ -223,19 +259,22 @@ func (s *Server) refreshNode(ctx context.Context, node string, memo *digests) er
 
 // buildSnapshot validates every resource and gives each type a version that
 // is the hash of its content: a type whose resources did not change keeps
-// its version and is not resent. memo, when not nil, remembers the digest
+// its version and is not resent. It also returns the secrets' digests. memo, when not nil, remembers the digest
 // of resources shared between nodes (the trust bundle), so they are
 // validated and marshaled once per refresh, not once per node.
-func buildSnapshot(res map[string][]types.Resource, memo *digests) (*cachev3.Snapshot, error) {
+func buildSnapshot(res map[string][]types.Resource, memo *digests) (_ *cachev3.Snapshot, secretSums map[string][sha256.Size]byte, _ error) {
 	snap := &cachev3.Snapshot{}
 	for typeURL, items := range res {
 		rt := cachev3.GetResponseType(typeURL)
 		if rt == types.UnknownType {
-			return nil, fmt.Errorf("%w: unknown type %s", errInvalidResource, typeURL)
+			return nil, nil, fmt.Errorf("%w: unknown type %s", errInvalidResource, typeURL)
 		}
-		version, err := typeVersion(typeURL, items, memo)
+		version, sums, err := typeVersion(typeURL, items, memo)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		if typeURL == resource.SecretType {
+			secretSums = sums
 		}
 		snap.Resources[rt] = cachev3.NewResources(version, items)
 	}
@@ -244,33 +283,44 @@ func buildSnapshot(res map[string][]types.Resource, memo *digests) (*cachev3.Sna
 			snap.Resources[rt] = cachev3.NewResources("empty", nil)
 		}
 	}
-	return snap, nil
+	return snap, secretSums, nil
 }
 
 // typeVersion checks one type's resources (named, unique, valid) and
-// returns the hash of their content in name order: the same resources give
-// the same version whatever built them. It sorts items.
-func typeVersion(typeURL string, items []types.Resource, memo *digests) (string, error) {
+// returns the hash of their content in name order, and each one's digest:
+// the same resources give the same version whatever built them. It sorts
+// items.
+func typeVersion(typeURL string, items []types.Resource, memo *digests) (string, map[string][sha256.Size]byte, error) {
 	sort.Slice(items, func(i, j int) bool { return cachev3.GetResourceName(items[i]) < cachev3.GetResourceName(items[j]) })
-	h := sha256.New()
-	seen := map[string]bool{}
+	sums := make(map[string][sha256.Size]byte, len(items))
+	names := make([]string, 0, len(items))
 	for _, r := range items {
 		name := cachev3.GetResourceName(r)
 		if name == "" {
-			return "", fmt.Errorf("%w: %s without a name", errInvalidResource, typeURL)
+			return "", nil, fmt.Errorf("%w: %s without a name", errInvalidResource, typeURL)
 		}
-		if seen[name] {
-			return "", fmt.Errorf("%w: two %s resources named %q", errInvalidResource, typeURL, name)
+		if _, dup := sums[name]; dup {
+			return "", nil, fmt.Errorf("%w: two %s resources named %q", errInvalidResource, typeURL, name)
 		}
-		seen[name] = true
 		d, err := memo.digest(r)
 		if err != nil {
-			return "", fmt.Errorf("%w: %s %q: %v", errInvalidResource, typeURL, name, err)
+			return "", nil, fmt.Errorf("%w: %s %q: %v", errInvalidResource, typeURL, name, err)
 		}
+		sums[name] = d
+		names = append(names, name)
+	}
+	return versionOf(names, sums), sums, nil
+}
+
+// versionOf hashes sorted names with their digests.
+func versionOf(names []string, sums map[string][sha256.Size]byte) string {
+	h := sha256.New()
+	for _, name := range names {
+		d := sums[name]
 		h.Write([]byte(name))
 		h.Write(d[:])
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16], nil
+	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
 // digests validates resources and hashes their deterministic encoding,

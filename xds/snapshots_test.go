@@ -21,12 +21,12 @@ func TestBuildSnapshotVersions(t *testing.T) {
 	// Same content in another order: same version.
 	b := map[string][]types.Resource{resource.SecretType: {bundleSecret("b", "x"), bundleSecret("spiffe://mesh.local", "ca-1")}}
 	c := map[string][]types.Resource{resource.SecretType: {bundleSecret("spiffe://mesh.local", "ca-2"), bundleSecret("b", "x")}}
-	sa, err := buildSnapshot(a, nil)
+	sa, _, err := buildSnapshot(a, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, _ := buildSnapshot(b, nil)
-	sc, _ := buildSnapshot(c, nil)
+	sb, _, _ := buildSnapshot(b, nil)
+	sc, _, _ := buildSnapshot(c, nil)
 	va, vb, vc := sa.GetVersion(resource.SecretType), sb.GetVersion(resource.SecretType), sc.GetVersion(resource.SecretType)
 	if va != vb {
 		t.Fatalf("order changed the version: %s != %s", va, vb)
@@ -55,7 +55,7 @@ func TestBuildSnapshotRefusesInvalid(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := buildSnapshot(tt.res, &digests{}); !errors.Is(err, errInvalidResource) {
+			if _, _, err := buildSnapshot(tt.res, &digests{}); !errors.Is(err, errInvalidResource) {
 				t.Fatalf("err = %v, want errInvalidResource", err)
 			}
 		})
