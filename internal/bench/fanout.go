@@ -118,10 +118,6 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 	return rep, nil
 }
 
-func runStorm(ctx context.Context, env *Env) (*Report, error) {
-	return nil, errors.New("not written yet")
-}
-
 // runMemory measures what an idle authenticated stream costs the server:
 // RSS and Go heap before and after N streams connect, divided by N.
 func runMemory(ctx context.Context, env *Env) (*Report, error) {
@@ -236,6 +232,13 @@ type fanoutResult struct {
 // serverPid), calls trigger and waits until every stream holds a bundle
 // with a new root.
 func (fc *fanoutCase) bundleChange(ctx context.Context, env *Env, addr string, serverPid int, trigger func() error) (fanoutResult, error) {
+	return fc.change(ctx, env, addr, serverPid, WatchBundle, trigger)
+}
+
+// change connects the clients to the server at addr (process serverPid),
+// calls trigger and waits until every stream has seen a change of kind
+// (WatchBundle, WatchIdentity, WatchAny).
+func (fc *fanoutCase) change(ctx context.Context, env *Env, addr string, serverPid int, kind string, trigger func() error) (fanoutResult, error) {
 	var res fanoutResult
 	clients, connect, err := fc.startClients(ctx, env, addr)
 	if err != nil {
@@ -243,7 +246,7 @@ func (fc *fanoutCase) bundleChange(ctx context.Context, env *Env, addr string, s
 	}
 	defer clients.Stop()
 	res.connect = connect
-	if err := clients.Send("watch " + WatchBundle); err != nil {
+	if err := clients.Send("watch " + kind); err != nil {
 		return res, err
 	}
 	if _, err := clients.Expect("armed ", 30*time.Second); err != nil {

@@ -22,6 +22,7 @@ var (
 	profileNodes = flag.Int("fanout.nodes", 10000, "streams for -fanout.profile and -fanout.sketch")
 	sketch       = flag.Bool("fanout.sketch", false, "measure the naive server's design variants")
 	profileNaive = flag.String("fanout.naive", "", "profile the naive server with these -secrets instead of meshca")
+	profileStorm = flag.Bool("fanout.storm", false, "profile a rotation storm (reissue --all, one identity per node) instead of a bundle change")
 )
 
 // TestProfileFanout runs meshca (or with -fanout.naive snapshot|linear the
@@ -42,7 +43,11 @@ func TestProfileFanout(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := &Env{Config: Config{Self: self, Log: os.Stderr}, Dir: t.TempDir()}
-	fc, err := prepareFanout(ctx, env, "data", *profileNodes)
+	prepare, watch := prepareFanout, WatchBundle
+	if *profileStorm {
+		prepare, watch = prepareStorm, WatchIdentity
+	}
+	fc, err := prepare(ctx, env, "data", *profileNodes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +65,7 @@ func TestProfileFanout(t *testing.T) {
 	runtime.GC()
 	write(t, "heap.pprof", func(f *os.File) error { return pprof.Lookup("heap").WriteTo(f, 0) })
 
-	if err := clients.Send("watch " + WatchBundle); err != nil {
+	if err := clients.Send("watch " + watch); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := clients.Expect("armed ", 30*time.Second); err != nil {
@@ -171,7 +176,11 @@ func profiledServer(ctx context.Context, fc *fanoutCase) (addr string, trigger f
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Wait(ctx) }()
-	return a.XDS, func() error { return rotateRoot(ctx, a.Admin) }, func() { cancel(); <-done }, nil
+	trigger = func() error { return rotateRoot(ctx, a.Admin) }
+	if *profileStorm {
+		trigger = func() error { _, err := reissueAll(ctx, a.Admin); return err }
+	}
+	return a.XDS, trigger, func() { cancel(); <-done }, nil
 }
 
 func write(t *testing.T, name string, fn func(*os.File) error) {
