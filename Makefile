@@ -41,8 +41,12 @@ vet:
 unit:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
-bench-smoke:
+# Each Go benchmark 20 times, and the harness at its tiny quick sizes: proof
+# that they still run, no timing asserted (TestQuick in internal/bench checks
+# each section's report under -race too).
+bench-smoke: build
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 20x -timeout 5m $(PKGS)
+	$(GO) run ./cmd/meshca-bench -quick -meshca $(BIN) -out ""
 
 # package:target pairs; make fuzz runs each for $(SOAKFUZZ).
 FUZZ_TARGETS := ./internal/config:FuzzParse ./mesh:FuzzParse ./internal/identity:FuzzID ./internal/identity:FuzzDNSNames \
@@ -51,9 +55,10 @@ FUZZ_TARGETS := ./internal/config:FuzzParse ./mesh:FuzzParse ./internal/identity
 fuzz-smoke:
 	@for t in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}" || exit 1; done
 
-## bench: full benchmarks (figures go to docs, not CI)
-bench:
+## bench: the Go benchmarks, then the harness (about 10 minutes), which writes BENCHMARKS.md
+bench: build
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem -timeout 30m $(PKGS)
+	$(GO) run ./cmd/meshca-bench -meshca $(BIN) -out BENCHMARKS.md
 
 ## fuzz: longer fuzzing of every fuzz target
 fuzz:
