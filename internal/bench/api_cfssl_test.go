@@ -32,7 +32,9 @@ func TestCFSSLServeWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	target := newCFSSLTarget(addr)
-	if _, err := target.run(ctx, 2, 0, Load{Callers: 2, Count: 3}); err != nil {
+	client := loadClient(2)
+	defer client.CloseIdleConnections()
+	if _, err := target.load(ctx, client, Load{Callers: 2, Count: 3}); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := target.verify(ctx, check); err != nil || n != 3 {

@@ -27,6 +27,22 @@ type LoadResult struct {
 	// Elapsed runs from the first request sent to the last answer read.
 	Elapsed  time.Duration
 	P50, P99 time.Duration
+
+	sorted []time.Duration // every request's latency
+}
+
+// CombineLoads pools the results of loads run one after another: their
+// requests over their summed time, percentiles over every sample.
+func CombineLoads(rs ...LoadResult) LoadResult {
+	var out LoadResult
+	for _, r := range rs {
+		out.Requests += r.Requests
+		out.Elapsed += r.Elapsed
+		out.sorted = append(out.sorted, r.sorted...)
+	}
+	slices.Sort(out.sorted)
+	out.P50, out.P99 = percentile(out.sorted, 50), percentile(out.sorted, 99)
+	return out
 }
 
 // Rate is requests per second.
@@ -91,7 +107,7 @@ func RunLoad(ctx context.Context, l Load, op func(ctx context.Context, i int) er
 	}
 	all := slices.Concat(lat...)
 	slices.Sort(all)
-	return LoadResult{Requests: len(all), Elapsed: elapsed, P50: percentile(all, 50), P99: percentile(all, 99)}, nil
+	return LoadResult{Requests: len(all), Elapsed: elapsed, P50: percentile(all, 50), P99: percentile(all, 99), sorted: all}, nil
 }
 
 // percentile returns the nearest-rank p-th percentile of sorted.

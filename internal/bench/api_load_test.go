@@ -104,3 +104,15 @@ func TestRunLoad(t *testing.T) {
 		}
 	})
 }
+
+func TestCombineLoads(t *testing.T) {
+	a := LoadResult{Requests: 2, Elapsed: time.Second, sorted: []time.Duration{1, 3}}
+	b := LoadResult{Requests: 2, Elapsed: 3 * time.Second, sorted: []time.Duration{2, 100}}
+	got := CombineLoads(a, b)
+	if got.Requests != 4 || got.Elapsed != 4*time.Second || got.Rate() != 1 {
+		t.Fatalf("%d requests in %s: %.2f/s, want 4 in 4s", got.Requests, got.Elapsed, got.Rate())
+	}
+	if got.P50 != 2 || got.P99 != 100 {
+		t.Fatalf("p50 %d, p99 %d; want 2 and 100 over the pooled samples", got.P50, got.P99)
+	}
+}

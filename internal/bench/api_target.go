@@ -48,12 +48,9 @@ type apiTarget struct {
 
 type issuedCert struct{ name, proof string }
 
-// run loads the target with callers after a warm-up of that long, whose
-// samples are dropped.
-func (t *apiTarget) run(ctx context.Context, callers int, warmup time.Duration, l Load) (LoadResult, error) {
-	client := loadClient(callers)
-	defer client.CloseIdleConnections()
-	op := func(ctx context.Context, _ int) error {
+// load runs l against the target through client.
+func (t *apiTarget) load(ctx context.Context, client *http.Client, l Load) (LoadResult, error) {
+	return RunLoad(ctx, l, func(ctx context.Context, _ int) error {
 		name := fmt.Sprintf("api-%d", t.names.Add(1))
 		proof, err := t.issue(ctx, client, t.base, name)
 		if err != nil {
@@ -63,13 +60,7 @@ func (t *apiTarget) run(ctx context.Context, callers int, warmup time.Duration, 
 		t.issued = append(t.issued, issuedCert{name, proof})
 		t.mu.Unlock()
 		return nil
-	}
-	if warmup > 0 {
-		if _, err := RunLoad(ctx, Load{Callers: callers, For: warmup}, op); err != nil {
-			return LoadResult{}, fmt.Errorf("warm-up: %w", err)
-		}
-	}
-	return RunLoad(ctx, l, op)
+	})
 }
 
 // verify checks every certificate the target issued and returns how many.
