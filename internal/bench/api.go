@@ -18,7 +18,23 @@ const apiGoal = 1.0
 // apiLevel is one concurrency level's figures for both servers.
 type apiLevel struct {
 	callers       int
-	meshca, cfssl LoadResult
+	meshca, cfssl serverRun
+}
+
+// serverRun is one server's figures at one level.
+type serverRun struct {
+	LoadResult
+	// cpu is the server process's CPU time (user and system) over its
+	// turns.
+	cpu time.Duration
+}
+
+// cpuPerCert is the server's CPU time per certificate issued.
+func (s serverRun) cpuPerCert() time.Duration {
+	if s.Requests == 0 {
+		return 0
+	}
+	return s.cpu / time.Duration(s.Requests)
 }
 
 // runAPI measures issuance through meshca's admin API against cfssl's own
@@ -59,7 +75,7 @@ func runAPI(ctx context.Context, env *Env) (*Report, error) {
 	}
 	env.Logf("api: cfssl newcert on %s, meshca admin API on %s, same CA", cfAddr, m.Admin)
 
-	cfssl, meshca := newCFSSLTarget(cfAddr), newMeshcaTarget(m.Admin)
+	cfssl, meshca := newCFSSLTarget(cfAddr, cf.Pid()), newMeshcaTarget(m.Admin, m.Pid())
 	targets := []*apiTarget{cfssl, meshca}
 	var levels []apiLevel
 	for _, c := range plan.callers {
@@ -68,8 +84,8 @@ func runAPI(ctx context.Context, env *Env) (*Report, error) {
 			return nil, err
 		}
 		for i, t := range targets {
-			env.Logf("api: %s, %d callers: %d requests, %.0f certs/s, p50 %s, p99 %s",
-				t.name, c, res[i].Requests, res[i].Rate(), fmtMillis(res[i].P50), fmtMillis(res[i].P99))
+			env.Logf("api: %s, %d callers: %d requests, %.0f certs/s, p50 %s, p99 %s, server CPU %s per cert",
+				t.name, c, res[i].Requests, res[i].Rate(), fmtMillis(res[i].P50), fmtMillis(res[i].P99), fmtMillis(res[i].cpuPerCert()))
 		}
 		levels = append(levels, apiLevel{callers: c, cfssl: res[0], meshca: res[1]})
 	}
@@ -99,9 +115,9 @@ type apiPlan struct {
 
 // measureLevel loads each target with c callers in alternating turns, so
 // that any other load on the machine falls on both alike, and pools each
-// target's turns. Each target keeps one client, and so its connections,
-// for the whole level.
-func measureLevel(ctx context.Context, targets []*apiTarget, c int, p apiPlan) ([]LoadResult, error) {
+// target's turns and the CPU time its process spent in them. Each target
+// keeps one client, and so its connections, for the whole level.
+func measureLevel(ctx context.Context, targets []*apiTarget, c int, p apiPlan) ([]serverRun, error) {
 	clients := make([]*http.Client, len(targets))
 	for i, t := range targets {
 		clients[i] = loadClient(c)
@@ -113,19 +129,29 @@ func measureLevel(ctx context.Context, targets []*apiTarget, c int, p apiPlan) (
 		}
 	}
 	turns := make([][]LoadResult, len(targets))
+	cpu := make([]time.Duration, len(targets))
 	for r := range p.rounds {
 		for k := range targets {
 			i := (k + r) % len(targets)
+			before, err := cpuOf(targets[i].pid)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", targets[i].name, err)
+			}
 			res, err := targets[i].load(ctx, clients[i], p.turn(c))
 			if err != nil {
 				return nil, fmt.Errorf("%s, %d callers: %w", targets[i].name, c, err)
 			}
+			after, err := cpuOf(targets[i].pid)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", targets[i].name, err)
+			}
 			turns[i] = append(turns[i], res)
+			cpu[i] += after - before
 		}
 	}
-	out := make([]LoadResult, len(targets))
+	out := make([]serverRun, len(targets))
 	for i := range targets {
-		out[i] = CombineLoads(turns[i]...)
+		out[i] = serverRun{LoadResult: CombineLoads(turns[i]...), cpu: cpu[i]}
 	}
 	return out, nil
 }
@@ -163,6 +189,8 @@ func apiReport(levels []apiLevel, checked int, p apiPlan) *Report {
 				Goal: fmt.Sprintf("≥ %g×", apiGoal), Verdict: Judge(ratio >= apiGoal)},
 			Row{Figure: "p50 latency, " + who, Value: fmtMillis(lv.meshca.P50), Baseline: fmtMillis(lv.cfssl.P50), Verdict: Info},
 			Row{Figure: "p99 latency, " + who, Value: fmtMillis(lv.meshca.P99), Baseline: fmtMillis(lv.cfssl.P99), Verdict: Info},
+			Row{Figure: "server CPU per certificate, " + who, Value: fmtMillis(lv.meshca.cpuPerCert()),
+				Baseline: fmtMillis(lv.cfssl.cpuPerCert()), Verdict: Info},
 		)
 	}
 	var counts []string
@@ -180,7 +208,9 @@ func apiReport(levels []apiLevel, checked int, p apiPlan) *Report {
 			"names spiffe://" + TrustDomain + "/NAME, lives 1h and allows server and client auth: " +
 			fmt.Sprintf("%d certificates checked.", checked),
 		fmt.Sprintf("Measured requests per level, callers: meshca vs cfssl — %s. The load client and both servers "+
-			"share this machine's %d cores.", strings.Join(counts, "; "), runtime.NumCPU()),
+			"share this machine's %d cores, so work elsewhere on it lowers every figure; server CPU per "+
+			"certificate (each server process's user and system time over its turns, from /proc, divided by the "+
+			"certificates it issued) is the figure such load disturbs least.", strings.Join(counts, "; "), runtime.NumCPU()),
 	}
 	return rep
 }
@@ -195,7 +225,7 @@ func importCA(ctx context.Context, meshca, admin string, f sharedCAFiles) error 
 	return nil
 }
 
-func certRate(r LoadResult) string { return fmt.Sprintf("%.0f certs/s", r.Rate()) }
+func certRate(r serverRun) string { return fmt.Sprintf("%.0f certs/s", r.Rate()) }
 
 func fmtMillis(d time.Duration) string {
 	return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))

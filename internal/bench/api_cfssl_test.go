@@ -31,7 +31,7 @@ func TestCFSSLServeWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := newCFSSLTarget(addr)
+	target := newCFSSLTarget(addr, p.Pid())
 	client := loadClient(2)
 	defer client.CloseIdleConnections()
 	if _, err := target.load(ctx, client, Load{Callers: 2, Count: 3}); err != nil {

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -114,5 +115,21 @@ func TestCombineLoads(t *testing.T) {
 	}
 	if got.P50 != 2 || got.P99 != 100 {
 		t.Fatalf("p50 %d, p99 %d; want 2 and 100 over the pooled samples", got.P50, got.P99)
+	}
+}
+
+func TestCPUOf(t *testing.T) {
+	before, err := cpuOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); time.Since(start) < 100*time.Millisecond; {
+	}
+	after, err := cpuOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spent := after - before; spent < 50*time.Millisecond || spent > 10*time.Second {
+		t.Fatalf("100ms of spinning counted as %s of CPU", spent)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +37,7 @@ const maxAnswer = 1 << 20
 type apiTarget struct {
 	name string
 	base string // http://HOST:PORT
+	pid  int    // the server's process
 	// issue asks for one new certificate for the identity name and returns
 	// proof of it; it fails unless the answer is a success carrying one.
 	issue func(ctx context.Context, c *http.Client, base, name string) (string, error)
@@ -84,8 +87,8 @@ func (t *apiTarget) verify(ctx context.Context, check leafCheck) (int, error) {
 	return len(issued), err
 }
 
-func newMeshcaTarget(admin string) *apiTarget {
-	return &apiTarget{name: "meshca", base: "http://" + admin, issue: meshcaIssue, fetch: meshcaFetch}
+func newMeshcaTarget(admin string, pid int) *apiTarget {
+	return &apiTarget{name: "meshca", base: "http://" + admin, pid: pid, issue: meshcaIssue, fetch: meshcaFetch}
 }
 
 // meshcaIssue adds the identity name, which issues its first certificate
@@ -118,8 +121,8 @@ func meshcaFetch(ctx context.Context, c *http.Client, base, name, serial string)
 	return cert, nil
 }
 
-func newCFSSLTarget(addr string) *apiTarget {
-	return &apiTarget{name: "cfssl", base: "http://" + addr, issue: cfsslIssue,
+func newCFSSLTarget(addr string, pid int) *apiTarget {
+	return &apiTarget{name: "cfssl", base: "http://" + addr, pid: pid, issue: cfsslIssue,
 		fetch: func(_ context.Context, _ *http.Client, _, _, certPEM string) (*x509.Certificate, error) {
 			return firstCert([]byte(certPEM))
 		}}
@@ -292,4 +295,30 @@ func (lc leafCheck) leaf(c *x509.Certificate, name string) error {
 		return fmt.Errorf("key is %T, not ECDSA P-256", c.PublicKey)
 	}
 	return nil
+}
+
+// clockTicks is Linux's USER_HZ, the unit of CPU times in /proc.
+const clockTicks = 100
+
+// cpuOf returns the CPU time (user and system, all threads) process pid
+// has used (Linux).
+func cpuOf(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces and parentheses:
+	// count fields after its last ')'. utime and stime are fields 14 and
+	// 15 of the line.
+	end := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[end+1:]))
+	if end < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicks, nil
 }
