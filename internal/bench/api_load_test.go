@@ -1,0 +1,135 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		out := make([]time.Duration, len(v))
+		for i, x := range v {
+			out[i] = time.Duration(x) * time.Millisecond
+		}
+		return out
+	}
+	hundred := make([]int, 100)
+	for i := range hundred {
+		hundred[i] = i + 1
+	}
+	tests := []struct {
+		name   string
+		sorted []time.Duration
+		p      int
+		want   time.Duration
+	}{
+		{name: "empty", sorted: nil, p: 50, want: 0},
+		{name: "one sample is every percentile", sorted: ms(7), p: 99, want: 7 * time.Millisecond},
+		{name: "median of four is the second", sorted: ms(1, 2, 3, 4), p: 50, want: 2 * time.Millisecond},
+		{name: "p99 of 100 is the 99th", sorted: ms(hundred...), p: 99, want: 99 * time.Millisecond},
+		{name: "p99 of 20 is the largest", sorted: ms(hundred[:20]...), p: 99, want: 20 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := percentile(tt.sorted, tt.p); got != tt.want {
+				t.Fatalf("percentile(%d) = %s, want %s", tt.p, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRunLoad(t *testing.T) {
+	ctx := context.Background()
+	t.Run("count: every index once, on at most Callers goroutines", func(t *testing.T) {
+		var (
+			mu             sync.Mutex
+			seen           = map[int]bool{}
+			inFlight, peak int
+		)
+		res, err := RunLoad(ctx, Load{Callers: 4, Count: 50}, func(_ context.Context, i int) error {
+			mu.Lock()
+			seen[i] = true
+			inFlight++
+			peak = max(peak, inFlight)
+			mu.Unlock()
+			time.Sleep(time.Millisecond)
+			mu.Lock()
+			inFlight--
+			mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Requests != 50 || len(seen) != 50 || !seen[0] || !seen[49] {
+			t.Fatalf("%d requests, %d distinct indexes", res.Requests, len(seen))
+		}
+		if peak > 4 {
+			t.Fatalf("%d requests in flight at once, want at most 4", peak)
+		}
+		if res.P50 < time.Millisecond || res.P99 < res.P50 || res.Rate() <= 0 {
+			t.Fatalf("p50 %s, p99 %s, rate %.0f/s", res.P50, res.P99, res.Rate())
+		}
+	})
+	t.Run("duration: stops after For", func(t *testing.T) {
+		res, err := RunLoad(ctx, Load{Callers: 2, For: 50 * time.Millisecond}, func(context.Context, int) error {
+			time.Sleep(time.Millisecond)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Elapsed < 50*time.Millisecond || res.Elapsed > 5*time.Second || res.Requests == 0 {
+			t.Fatalf("%d requests in %s", res.Requests, res.Elapsed)
+		}
+	})
+	t.Run("a failed request fails the load", func(t *testing.T) {
+		errBoom := errors.New("no certificate in the answer")
+		_, err := RunLoad(ctx, Load{Callers: 3, Count: 100}, func(_ context.Context, i int) error {
+			if i == 10 {
+				return errBoom
+			}
+			return nil
+		})
+		if !errors.Is(err, errBoom) {
+			t.Fatalf("err = %v, want %v", err, errBoom)
+		}
+	})
+	t.Run("no callers is refused", func(t *testing.T) {
+		if _, err := RunLoad(ctx, Load{Count: 1}, func(context.Context, int) error { return nil }); err == nil {
+			t.Fatal("a load without callers ran")
+		}
+	})
+}
+
+func TestCombineLoads(t *testing.T) {
+	a := LoadResult{Requests: 2, Elapsed: time.Second, sorted: []time.Duration{1, 3}}
+	b := LoadResult{Requests: 2, Elapsed: 3 * time.Second, sorted: []time.Duration{2, 100}}
+	got := CombineLoads(a, b)
+	if got.Requests != 4 || got.Elapsed != 4*time.Second || got.Rate() != 1 {
+		t.Fatalf("%d requests in %s: %.2f/s, want 4 in 4s", got.Requests, got.Elapsed, got.Rate())
+	}
+	if got.P50 != 2 || got.P99 != 100 {
+		t.Fatalf("p50 %d, p99 %d; want 2 and 100 over the pooled samples", got.P50, got.P99)
+	}
+}
+
+func TestCPUOf(t *testing.T) {
+	before, err := cpuOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); time.Since(start) < 100*time.Millisecond; {
+	}
+	after, err := cpuOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spent := after - before; spent < 50*time.Millisecond || spent > 10*time.Second {
+		t.Fatalf("100ms of spinning counted as %s of CPU", spent)
+	}
+}
