@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -77,6 +78,10 @@ func runAPI(ctx context.Context, env *Env) (*Report, error) {
 
 	cfssl, meshca := newCFSSLTarget(cfAddr, cf.Pid()), newMeshcaTarget(m.Admin, m.Pid())
 	targets := []*apiTarget{cfssl, meshca}
+	meter, err := newCPUMeter(os.Getpid(), cf.Pid(), m.Pid())
+	if err != nil {
+		return nil, err
+	}
 	var levels []apiLevel
 	for _, c := range plan.callers {
 		res, err := measureLevel(ctx, targets, c, plan)
@@ -90,6 +95,12 @@ func runAPI(ctx context.Context, env *Env) (*Report, error) {
 		levels = append(levels, apiLevel{callers: c, cfssl: res[0], meshca: res[1]})
 	}
 
+	others, err := meter.Others(runtime.NumCPU())
+	if err != nil {
+		return nil, err
+	}
+	env.Logf("api: other processes used %.0f%% of the machine's CPU meanwhile", 100*others)
+
 	checked := 0
 	for _, t := range targets {
 		n, err := t.verify(ctx, check)
@@ -98,7 +109,7 @@ func runAPI(ctx context.Context, env *Env) (*Report, error) {
 		}
 		checked += n
 	}
-	return apiReport(levels, checked, plan), nil
+	return apiReport(levels, checked, others, plan), nil
 }
 
 // apiPlan sizes the section.
@@ -156,7 +167,7 @@ func measureLevel(ctx context.Context, targets []*apiTarget, c int, p apiPlan) (
 	return out, nil
 }
 
-func apiReport(levels []apiLevel, checked int, p apiPlan) *Report {
+func apiReport(levels []apiLevel, checked int, others float64, p apiPlan) *Report {
 	var size string
 	if l := p.turn(1); l.Count > 0 {
 		size = fmt.Sprintf("%d requests (or one per caller, if more) per server and level", l.Count)
@@ -198,10 +209,11 @@ func apiReport(levels []apiLevel, checked int, p apiPlan) *Report {
 		counts = append(counts, fmt.Sprintf("%d: %d vs %d", lv.callers, lv.meshca.Requests, lv.cfssl.Requests))
 	}
 	rep.Notes = []string{
-		"The two requests do different work. meshca's registers the identity, generates the key, signs through " +
-			"cfssl, signs again with a throwaway key for the zlint gate, seals the key, and commits identity, " +
-			"certificate and two audit records in one fsync'd bbolt transaction (group commit) before it answers. " +
-			"cfssl's generates key and CSR, signs, and returns certificate, key and CSR; it keeps nothing.",
+		"The two requests do different work. meshca's registers the identity, generates the key and a CSR for " +
+			"it, signs through cfssl twice (first with a throwaway key, for the zlint gate, then with the CA's), " +
+			"seals the key, and commits identity, certificate and two audit records in one fsync'd bbolt " +
+			"transaction (group commit) before it answers. cfssl's generates key and CSR, signs once, and returns " +
+			"certificate, key and CSR; it keeps nothing.",
 		"A failed request fails the section; none is counted. meshca answers with the certificate's serial, not " +
 			"its PEM, so after the timed runs the harness fetched every certificate meshca issued " +
 			"(`GET /v1/certs/NAME`) and parsed every one cfssl returned, and checked each chains to the shared CA, " +
@@ -210,7 +222,8 @@ func apiReport(levels []apiLevel, checked int, p apiPlan) *Report {
 		fmt.Sprintf("Measured requests per level, callers: meshca vs cfssl — %s. The load client and both servers "+
 			"share this machine's %d cores, so work elsewhere on it lowers every figure; server CPU per "+
 			"certificate (each server process's user and system time over its turns, from /proc, divided by the "+
-			"certificates it issued) is the figure such load disturbs least.", strings.Join(counts, "; "), runtime.NumCPU()),
+			"certificates it issued) is the figure such load disturbs least. Other processes used %.0f%% of the "+
+			"machine's CPU while the section measured.", strings.Join(counts, "; "), runtime.NumCPU(), 100*others),
 	}
 	return rep
 }

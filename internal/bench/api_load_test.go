@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"os"
+	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -119,17 +121,56 @@ func TestCombineLoads(t *testing.T) {
 }
 
 func TestCPUOf(t *testing.T) {
-	before, err := cpuOf(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
 	for start := time.Now(); time.Since(start) < 100*time.Millisecond; {
 	}
-	after, err := cpuOf(os.Getpid())
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	got, err := cpuOf(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if spent := after - before; spent < 50*time.Millisecond || spent > 10*time.Second {
-		t.Fatalf("100ms of spinning counted as %s of CPU", spent)
+	want := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	if d := got - want; d < -30*time.Millisecond || d > 30*time.Millisecond || got <= 0 {
+		t.Fatalf("cpuOf says %s, getrusage %s", got, want)
+	}
+}
+
+func TestCPUMeter(t *testing.T) {
+	self := os.Getpid()
+	all, err := newCPUMeter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	others, err := newCPUMeter(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := cpuOf(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for time.Since(start) < 200*time.Millisecond {
+	}
+	after, err := cpuOf(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cores := runtime.NumCPU()
+	a, err := all.Others(cores)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := others.Others(cores)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both meters saw the same machine; one left this process out, so the
+	// difference is this process's share, within a few clock ticks.
+	own := float64(after-before) / float64(time.Since(start)*time.Duration(cores))
+	if diff := a - o - own; diff < -0.1 || diff > 0.1 || own <= 0 {
+		t.Fatalf("all %.3f, others %.3f, this process %.3f of %d cores", a, o, own, cores)
 	}
 }

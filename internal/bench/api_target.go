@@ -15,8 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -295,30 +293,4 @@ func (lc leafCheck) leaf(c *x509.Certificate, name string) error {
 		return fmt.Errorf("key is %T, not ECDSA P-256", c.PublicKey)
 	}
 	return nil
-}
-
-// clockTicks is Linux's USER_HZ, the unit of CPU times in /proc.
-const clockTicks = 100
-
-// cpuOf returns the CPU time (user and system, all threads) process pid
-// has used (Linux).
-func cpuOf(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name, in parentheses, may hold spaces and parentheses:
-	// count fields after its last ')'. utime and stime are fields 14 and
-	// 15 of the line.
-	end := strings.LastIndexByte(string(b), ')')
-	f := strings.Fields(string(b[end+1:]))
-	if end < 0 || len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-	}
-	return time.Duration(utime+stime) * time.Second / clockTicks, nil
 }
