@@ -209,11 +209,11 @@ func apiReport(levels []apiLevel, checked int, others float64, p apiPlan) *Repor
 		counts = append(counts, fmt.Sprintf("%d: %d vs %d", lv.callers, lv.meshca.Requests, lv.cfssl.Requests))
 	}
 	rep.Notes = []string{
-		"The two requests do different work. meshca's registers the identity, generates the key and a CSR for " +
-			"it, signs through cfssl twice (first with a throwaway key, for the zlint gate, then with the CA's), " +
-			"seals the key, and commits identity, certificate and two audit records in one fsync'd bbolt " +
-			"transaction (group commit) before it answers. cfssl's generates key and CSR, signs once, and returns " +
-			"certificate, key and CSR; it keeps nothing.",
+		"The two requests do different work. meshca's registers the identity, generates the key, signs once on " +
+			"cfssl's policy, lints the signed certificate with zlint, seals the key, and commits identity, " +
+			"certificate and two audit records in one fsync'd bbolt transaction (group commit) before it answers. " +
+			"cfssl's generates key and CSR, verifies the CSR, signs once, and returns certificate, key and CSR; it " +
+			"keeps nothing and lints nothing.",
 		"A failed request fails the section; none is counted. meshca answers with the certificate's serial, not " +
 			"its PEM, so after the timed runs the harness fetched every certificate meshca issued " +
 			"(`GET /v1/certs/NAME`) and parsed every one cfssl returned, and checked each chains to the shared CA, " +

@@ -103,7 +103,7 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 			a.n, b.n, float64(b.n)/float64(a.n), b.meshca.last.Seconds()/a.meshca.last.Seconds(), b.base.last.Seconds()/a.base.last.Seconds()))
 	}
 	for _, r := range runs {
-		if min(r.meshca.clientCPU, r.base.clientCPU) < 10*cpuTick {
+		if min(r.meshca.clientCPU, r.base.clientCPU) < 10*(time.Second/clockTicks) {
 			continue // too few ticks to say anything
 		}
 		rep.Notes = append(rep.Notes, fmt.Sprintf("The client process shares the machine's %d cores: at %d streams it used %s (meshca run) and %s "+
@@ -498,8 +498,6 @@ func meshcaMem(ctx context.Context, m *Meshca) (memSample, error) {
 	return s, nil
 }
 
-// cpuTick is the unit of CPU times in /proc: USER_HZ is 100 on Linux.
-const cpuTick = 10 * time.Millisecond
 
 // fields parses "k=v k=v" into a map.
 func fields(s string) map[string]string {
