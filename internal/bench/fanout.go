@@ -498,7 +498,6 @@ func meshcaMem(ctx context.Context, m *Meshca) (memSample, error) {
 	return s, nil
 }
 
-
 // fields parses "k=v k=v" into a map.
 func fields(s string) map[string]string {
 	out := map[string]string{}
