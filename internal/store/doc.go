@@ -16,8 +16,10 @@
 //
 // # Caveats
 //
-// Update runs its function through bbolt's DB.Batch so that concurrent callers
-// share one fsync'd commit. The function may therefore run more than once,
+// Update runs its function in a group commit (commit.go): concurrent callers
+// share one fsync'd transaction, a lone caller commits at once, and callers
+// arriving during a commit join the next one. The function may therefore run
+// more than once,
 // also when it returned an error, and another caller's failure can make it
 // run again. It must be idempotent and must not have side effects outside the
 // transaction (no channel sends, no counters, no cache updates); act on the

@@ -61,7 +61,6 @@ type Config struct {
 	Dir         string        // data directory; created with mode 0700 if missing
 	Sealer      *seal.Sealer  // required: seals Cert.Key and CA.Key
 	LockTimeout time.Duration // default 1s: how long Open waits for the file lock
-	BatchDelay  time.Duration // default 1ms: bbolt MaxBatchDelay (group commit)
 	Clock       clock.Clock   // default clock.Real{}: fills Event.Time when zero
 	Logger      *slog.Logger  // default discard
 	// OnCommit, when set, is called after every successful Update with
@@ -79,6 +78,7 @@ type Store struct {
 
 	onCommit func([]Event, time.Duration)
 	fault    func() error
+	commits  committer
 	db       *bolt.DB
 	dir      string
 	path     string
@@ -99,9 +99,6 @@ func Open(cfg Config) (*Store, error) {
 	}
 	if cfg.LockTimeout <= 0 {
 		cfg.LockTimeout = time.Second
-	}
-	if cfg.BatchDelay <= 0 {
-		cfg.BatchDelay = time.Millisecond
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
@@ -129,7 +126,6 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	db.MaxBatchDelay = cfg.BatchDelay
 
 	if err := db.Update(migrate); err != nil {
 		db.Close()
@@ -137,6 +133,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	cfg.Logger.Info("store opened", logPath, path, logSchema, SchemaVersion)
 	return &Store{
+		commits:  committer{db: db},
 		db:       db,
 		dir:      cfg.Dir,
 		path:     path,
@@ -221,8 +218,8 @@ func (s *Store) Close() error {
 // Path returns the path of the database file: <Dir>/meshca.db.
 func (s *Store) Path() string { return s.path }
 
-// Update runs fn in a read-write transaction through bbolt's DB.Batch, so that
-// concurrent callers share one fsync'd commit (group commit). fn may run more
+// Update runs fn in a read-write transaction shared with concurrent callers:
+// they share one fsync'd commit (group commit, see committer). fn may run more
 // than once and must be idempotent (no side effects outside tx). If fn wrote
 // anything (any Put*/Insert*/Delete*/AppendMesh call) but appended no audit
 // Event with tx.Append, Update fails with ErrNoAudit and nothing is written.
@@ -242,9 +239,9 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 		events []Event
 		nodes  bool
 	)
-	err := s.db.Batch(func(btx *bolt.Tx) error {
+	err := s.commits.run(func(btx *bolt.Tx) error {
 		// A fresh Tx per run: the wrote/appended flags belong to this run of
-		// fn only, even when bbolt shares btx with other callers.
+		// fn only, even when btx is shared with other callers.
 		tx := &Tx{btx: btx, s: s, writable: true}
 		if err := fn(tx); err != nil {
 			return err

@@ -3,6 +3,8 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/meshca/meshca/internal/store"
@@ -50,5 +52,56 @@ func TestNodesVersion(t *testing.T) {
 	write(func(tx *store.Tx) error { return tx.DeleteNode("n1") })
 	if s.NodesVersion() == v1 {
 		t.Fatal("did not move after DeleteNode")
+	}
+}
+
+// TestGroupCommitKeepsFailuresApart runs many Updates at once, some of which
+// write and then fail: each failing one gets its own error and leaves
+// nothing behind, every other one is committed, and the audit log stays
+// gapless.
+func TestGroupCommitKeepsFailuresApart(t *testing.T) {
+	s, _ := newStore(t)
+	errBoom := errors.New("boom")
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.Update(context.Background(), func(tx *store.Tx) error {
+				id := store.Identity{Name: fmt.Sprintf("id-%d", i), SPIFFEID: fmt.Sprintf("spiffe://mesh.local/id-%d", i), State: store.StateActive}
+				if err := tx.InsertIdentity(id); err != nil {
+					return err
+				}
+				if _, err := tx.Append(store.Event{Action: "test", Actor: "test", Identity: id.Name}); err != nil {
+					return err
+				}
+				if i%7 == 0 {
+					return errBoom
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	if err := s.View(context.Background(), func(tx *store.Tx) error {
+		for i := 0; i < n; i++ {
+			_, err := tx.Identity(fmt.Sprintf("id-%d", i))
+			switch {
+			case i%7 == 0 && !errors.Is(errs[i], errBoom):
+				t.Errorf("update %d: err = %v, want its own error", i, errs[i])
+			case i%7 == 0 && !errors.Is(err, store.ErrNotFound):
+				t.Errorf("failed update %d left its identity behind", i)
+			case i%7 != 0 && (errs[i] != nil || err != nil):
+				t.Errorf("update %d: %v; identity: %v", i, errs[i], err)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Check(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
