@@ -139,6 +139,12 @@ func (s *Server) swapBundle(ctx context.Context, node string, bundle types.Resou
 	}
 	snap := &cachev3.Snapshot{Resources: old.Resources}
 	snap.Resources[types.Secret] = cachev3.NewResources(version, items)
+	return s.publish(ctx, node, snap, sums)
+}
+
+// publish records snap's versions, so that a fast ACK finds them, and its
+// secrets' digests, then sets it.
+func (s *Server) publish(ctx context.Context, node string, snap *cachev3.Snapshot, sums map[string][sha256.Size]byte) error {
 	versions := map[string]string{}
 	for _, t := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType} {
 		versions[t] = snap.GetVersion(t)
@@ -242,15 +248,8 @@ func (s *Server) refreshNode(ctx context.Context, node string, memo *digests) er
 	// it, so a request for a newly assigned secret is never refused.
 	s.addAllowed(node, secrets)
 	s.addFormer(node, withdrawn)
-	// Recorded before the push, so that a fast ACK finds its version.
-	versions := map[string]string{}
-	for _, t := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType, resource.SecretType} {
-		versions[t] = snap.GetVersion(t)
-	}
-	s.cb.published(node, versions)
-	s.setSecretSums(node, sums)
-	if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
-		return fmt.Errorf("set snapshot: %w", err)
+	if err := s.publish(ctx, node, snap, sums); err != nil {
+		return err
 	}
 	s.setAllowed(node, secrets)
 	s.log.Debug("xDS snapshot set", "node", node, "secrets", len(secrets), "version", snap.GetVersion(resource.SecretType))

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -46,7 +48,9 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 		"SnapshotCache server (ads=false, same credentials, same mTLS, same client process) that builds a bundle with one more " +
 		"root and calls SetSnapshot for every node, one after another. Figure: from the trigger until the last stream has " +
 		"received a bundle holding a root it did not hold before (median stream in brackets). CPU times are read from /proc " +
-		"in 10 ms ticks. One trial per size: a root rotation cannot be repeated while one is in progress."}
+		"in 10 ms ticks. Each figure is the median of three trials (one in quick mode), meshca and baseline taking turns; " +
+		"each meshca trial starts from a fresh copy of the seeded data directory, since a root rotation cannot be repeated " +
+		"while one is in progress."}
 	type pair struct {
 		n            int
 		meshca, base fanoutResult
@@ -57,17 +61,32 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		base, err := fc.naiveBundleChange(ctx, env)
-		if err != nil {
-			return nil, fmt.Errorf("naive server, %d streams: %w", n, err)
+		trials := 3
+		if env.Quick {
+			trials = 1
 		}
-		env.Logf("naive: bundle change to %d streams in %s (SetSnapshot loop %s, %d responses)", n, fmtDur(base.last), fmtDur(base.trigger), base.responses)
-		mesh, err := fc.meshcaBundleChange(ctx, env)
-		if err != nil {
-			return nil, fmt.Errorf("meshca, %d streams: %w", n, err)
+		var bases, meshes []fanoutResult
+		for t := 0; t < trials; t++ {
+			base, err := fc.naiveBundleChange(ctx, env)
+			if err != nil {
+				return nil, fmt.Errorf("naive server, %d streams: %w", n, err)
+			}
+			env.Logf("naive: bundle change to %d streams in %s (SetSnapshot loop %s, %d responses)", n, fmtDur(base.last), fmtDur(base.trigger), base.responses)
+			data := filepath.Join(env.Dir, fmt.Sprintf("n%d-trial%d", n, t))
+			if err := copyDir(fc.data, data); err != nil {
+				return nil, err
+			}
+			mesh, err := fc.meshcaBundleChange(ctx, env, data)
+			if err != nil {
+				return nil, fmt.Errorf("meshca, %d streams: %w", n, err)
+			}
+			env.Logf("meshca: bundle change to %d streams in %s (admin call %s, %d responses)", n, fmtDur(mesh.last), fmtDur(mesh.trigger), mesh.responses)
+			bases, meshes = append(bases, base), append(meshes, mesh)
 		}
-		env.Logf("meshca: bundle change to %d streams in %s (admin call %s, %d responses)", n, fmtDur(mesh.last), fmtDur(mesh.trigger), mesh.responses)
-		runs = append(runs, pair{n, mesh, base})
+		runs = append(runs, pair{n, medianResult(meshes), medianResult(bases)})
+		if trials > 1 {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%d streams, the %d trials: meshca %s; baseline %s.", n, trials, trialList(meshes), trialList(bases)))
+		}
 	}
 	for _, r := range runs {
 		ratio := r.meshca.last.Seconds() / r.base.last.Seconds()
@@ -181,11 +200,17 @@ type fanoutCase struct {
 // prepareFanout seeds n nodes (and one identity per ten nodes) under
 // env.Dir/name and writes the workers' inputs beside them.
 func prepareFanout(ctx context.Context, env *Env, name string, n int) (*fanoutCase, error) {
+	return seedCase(ctx, env, name, Seed{Identities: max(1, n/10), Nodes: n}, true)
+}
+
+// seedCase seeds s under env.Dir/name and writes the clients' inputs (and
+// with naive, the naive server's) beside it.
+func seedCase(ctx context.Context, env *Env, name string, s Seed, naive bool) (*fanoutCase, error) {
 	dir := filepath.Join(env.Dir, name)
-	fc := &fanoutCase{n: n, data: filepath.Join(dir, "data"), nodesFile: filepath.Join(dir, "nodes.jsonl"),
-		bundleFile: filepath.Join(dir, "bundle.pem"), naiveIn: filepath.Join(dir, "naive.json")}
+	fc := &fanoutCase{n: s.Nodes, data: filepath.Join(dir, "data"), nodesFile: filepath.Join(dir, "nodes.jsonl"),
+		bundleFile: filepath.Join(dir, "bundle.pem")}
 	start := time.Now()
-	seeded, err := SeedDir(ctx, fc.data, Seed{Identities: max(1, n/10), Nodes: n})
+	seeded, err := SeedDir(ctx, fc.data, s)
 	if err != nil {
 		return nil, err
 	}
@@ -195,10 +220,13 @@ func prepareFanout(ctx context.Context, env *Env, name string, n int) (*fanoutCa
 	if err := os.WriteFile(fc.bundleFile, seeded.BundlePEM, 0o600); err != nil {
 		return nil, err
 	}
-	if err := WriteNaiveInput(ctx, fc.data, seeded.Nodes, fc.naiveIn); err != nil {
-		return nil, fmt.Errorf("naive server input: %w", err)
+	if naive {
+		fc.naiveIn = filepath.Join(dir, "naive.json")
+		if err := WriteNaiveInput(ctx, fc.data, seeded.Nodes, fc.naiveIn); err != nil {
+			return nil, fmt.Errorf("naive server input: %w", err)
+		}
 	}
-	env.Logf("seeded %d nodes in %s", n, fmtDur(time.Since(start)))
+	env.Logf("seeded %d identities on %d nodes in %s", s.Identities, s.Nodes, fmtDur(time.Since(start)))
 	return fc, nil
 }
 
@@ -286,8 +314,8 @@ func (fc *fanoutCase) change(ctx context.Context, env *Env, addr string, serverP
 
 // meshcaBundleChange starts meshca on the case's data directory and times
 // a root rotation reaching every stream.
-func (fc *fanoutCase) meshcaBundleChange(ctx context.Context, env *Env) (fanoutResult, error) {
-	m, _, err := StartMeshca(ctx, env, fc.data)
+func (fc *fanoutCase) meshcaBundleChange(ctx context.Context, env *Env, data string) (fanoutResult, error) {
+	m, _, err := StartMeshca(ctx, env, data)
 	if err != nil {
 		return fanoutResult{}, err
 	}
@@ -496,6 +524,50 @@ func meshcaMem(ctx context.Context, m *Meshca) (memSample, error) {
 		return s, errors.New("meshca's /metrics lacks go_memstats_heap_inuse_bytes, go_memstats_stack_inuse_bytes or go_goroutines")
 	}
 	return s, nil
+}
+
+// medianResult returns the trial whose last stream came in the middle.
+func medianResult(rs []fanoutResult) fanoutResult {
+	s := slices.Clone(rs)
+	slices.SortFunc(s, func(a, b fanoutResult) int { return cmp.Compare(a.last, b.last) })
+	return s[len(s)/2]
+}
+
+func trialList(rs []fanoutResult) string {
+	var out []string
+	for _, r := range rs {
+		out = append(out, fmtDur(r.last))
+	}
+	return strings.Join(out, ", ")
+}
+
+// copyDir copies the regular files of a data directory (the database and
+// the key-encryption key), keeping their modes.
+func copyDir(from, to string) error {
+	if err := os.MkdirAll(to, 0o700); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(from)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		b, err := os.ReadFile(filepath.Join(from, e.Name()))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(to, e.Name()), b, info.Mode().Perm()); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // fields parses "k=v k=v" into a map.

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -85,21 +83,7 @@ func runStorm(ctx context.Context, env *Env) (*Report, error) {
 
 // prepareStorm seeds n identities on n nodes, one each.
 func prepareStorm(ctx context.Context, env *Env, name string, n int) (*fanoutCase, error) {
-	dir := filepath.Join(env.Dir, name)
-	fc := &fanoutCase{n: n, data: filepath.Join(dir, "data"), nodesFile: filepath.Join(dir, "nodes.jsonl"), bundleFile: filepath.Join(dir, "bundle.pem")}
-	begin := time.Now()
-	seeded, err := SeedDir(ctx, fc.data, Seed{Identities: n, Nodes: n})
-	if err != nil {
-		return nil, err
-	}
-	if err := WriteNodes(fc.nodesFile, seeded.Nodes); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(fc.bundleFile, seeded.BundlePEM, 0o600); err != nil {
-		return nil, err
-	}
-	env.Logf("seeded %d identities on %d nodes in %s", n, n, fmtDur(time.Since(begin)))
-	return fc, nil
+	return seedCase(ctx, env, name, Seed{Identities: n, Nodes: n}, false)
 }
 
 // reissueAll calls POST /v1/reissue and reads its progress lines to the
