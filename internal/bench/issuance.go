@@ -135,7 +135,7 @@ func runIssuance(ctx context.Context, env *Env) (*Report, error) {
 			return nil, err
 		}
 		row := Row{
-			Figure: fmt.Sprintf("durable issuance, %d callers", callers), Value: certsPerSec(r),
+			Figure: fmt.Sprintf("durable issuance, %s", plural(callers, "caller")), Value: certsPerSec(r),
 			Baseline: certsPerSec(ceiling), Ratio: r.perSec / ceiling.perSec,
 		}
 		if callers == 64 {
@@ -163,4 +163,11 @@ func certsPerSec(r rate) string { return fmt.Sprintf("%.0f certs/s", r.perSec) }
 
 func micros(d time.Duration) string {
 	return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
