@@ -27,11 +27,13 @@ import (
 // before signing the real key never signs it either.
 func TestLintGate(t *testing.T) {
 	for _, before := range []bool{false, true} {
-		t.Run(fmt.Sprintf("before signing=%v", before), func(t *testing.T) { testLintGate(t, before) })
+		for _, withCSR := range []bool{false, true} {
+			t.Run(fmt.Sprintf("before signing=%v, csr=%v", before, withCSR), func(t *testing.T) { testLintGate(t, before, withCSR) })
+		}
 	}
 }
 
-func testLintGate(t *testing.T, before bool) {
+func testLintGate(t *testing.T, before, withCSR bool) {
 	td := spiffeid.RequireTrustDomainFromString("mesh.local")
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	tests := []struct {
@@ -74,6 +76,9 @@ func testLintGate(t *testing.T, before bool) {
 				Serial:    serial,
 				NotBefore: now.Add(-time.Minute),
 				NotAfter:  now.Add(time.Hour),
+			}
+			if !withCSR {
+				sr.Request = "" // a key meshca generated: no CSR
 			}
 			cert, err := c.issueRaw(context.Background(), sr, key.Public())
 			// The real key signs once, except for a bad certificate linted
@@ -153,6 +158,7 @@ func TestSignPathsAgree(t *testing.T) {
 		{name: "ecdsa issuer, p384 leaf, dns", issuer: ECDSAP256, leaf: ECDSAP384, hosts: []string{"spiffe://mesh.local/a/b", "web.example", "*.web.example"}, cn: "a/b", profileID: profileECDSA},
 		{name: "rsa issuer, ecdsa leaf", issuer: RSA2048, leaf: ECDSAP256, hosts: []string{"spiffe://mesh.local/web"}, cn: "web", profileID: profileECDSA},
 		{name: "ecdsa issuer, rsa leaf", issuer: ECDSAP384, leaf: RSA2048, hosts: []string{"spiffe://mesh.local/web"}, profileID: profileRSA},
+		{name: "rsa issuer, rsa leaf", issuer: RSA2048, leaf: RSA2048, hosts: []string{"spiffe://mesh.local/web"}, cn: "web", profileID: profileRSA},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

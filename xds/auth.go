@@ -207,11 +207,11 @@ func (s *Server) untrackStream(node string, id uint64) {
 // closeNode ends every open stream of a node.
 func (s *Server) closeNode(node string) int {
 	s.streamsMu.Lock()
-	defer s.streamsMu.Unlock()
 	for _, cancel := range s.cancels[node] {
 		cancel(errNodeGone)
 	}
 	n := len(s.cancels[node])
+	s.streamsMu.Unlock()
 	s.conns.close(node)
 	return n
 }

@@ -20,7 +20,11 @@ type nodeCreds struct {
 var _ credentials.TransportCredentials = (*nodeCreds)(nil)
 
 func (c *nodeCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	conn, auth, err := c.TransportCredentials.ServerHandshake(raw)
+	// TLS runs over the tracked connection, so closing the TLS connection
+	// closes (and forgets) it, while revocation closes it underneath TLS:
+	// no alert is written to a peer that may not be reading.
+	t := &trackedConn{Conn: raw, set: &c.s.conns}
+	conn, auth, err := c.TransportCredentials.ServerHandshake(t)
 	if err != nil {
 		return conn, auth, err
 	}
@@ -32,7 +36,8 @@ func (c *nodeCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInf
 	if err != nil {
 		return conn, auth, nil // refused per call by the interceptors
 	}
-	return c.s.conns.track(node, conn), auth, nil
+	c.s.conns.track(node, t)
+	return conn, auth, nil
 }
 
 func (c *nodeCreds) Clone() credentials.TransportCredentials {
@@ -47,9 +52,10 @@ type nodeConns struct {
 
 type trackedConn struct {
 	net.Conn
-	node string
 	set  *nodeConns
 	once sync.Once
+
+	node string // under set.mu; "" until tracked
 }
 
 func (t *trackedConn) Close() error {
@@ -57,8 +63,7 @@ func (t *trackedConn) Close() error {
 	return t.Conn.Close()
 }
 
-func (n *nodeConns) track(node string, c net.Conn) net.Conn {
-	t := &trackedConn{Conn: c, node: node, set: n}
+func (n *nodeConns) track(node string, t *trackedConn) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.conns == nil {
@@ -67,13 +72,16 @@ func (n *nodeConns) track(node string, c net.Conn) net.Conn {
 	if n.conns[node] == nil {
 		n.conns[node] = map[*trackedConn]struct{}{}
 	}
+	t.node = node
 	n.conns[node][t] = struct{}{}
-	return t
 }
 
 func (n *nodeConns) forget(t *trackedConn) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if t.node == "" {
+		return
+	}
 	delete(n.conns[t.node], t)
 	if len(n.conns[t.node]) == 0 {
 		delete(n.conns, t.node)

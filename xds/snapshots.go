@@ -69,32 +69,29 @@ func (s *Server) refresh(ctx context.Context, nodes []string) error {
 // registry.SubscribeTrust.
 func (s *Server) RefreshTrust() {
 	ctx := context.Background()
-	bundle, err := s.cfg.Source.TrustBundle(ctx)
-	if err == nil {
-		err = validate.Message(bundle)
-	}
-	if err != nil {
-		s.stats.invalid.Add(1)
-		s.log.Error("trust bundle not pushed", "err", err)
-		return
-	}
 	nodes, err := s.cfg.Source.NodeNames(ctx)
 	if err != nil {
 		s.log.Error("trust bundle not pushed: cannot list nodes", "err", err)
 		return
 	}
 	memo := &digests{}
-	err = eachNode(nodes, func(node string) error { return s.swapBundle(ctx, node, bundle, memo) })
+	err = eachNode(nodes, func(node string) error { return s.swapBundle(ctx, node, memo) })
 	if err != nil {
 		s.log.Error("trust bundle not pushed to every node", "err", err)
 	}
 }
 
 // swapBundle replaces the bundle secret in node's snapshot, if it has one.
-func (s *Server) swapBundle(ctx context.Context, node string, bundle types.Resource, memo *digests) error {
+// The bundle is read under the node's lock, as a full refresh reads it, so
+// that of two changes racing the later always lands last.
+func (s *Server) swapBundle(ctx context.Context, node string, memo *digests) error {
 	mu := s.refreshLock(node)
 	mu.Lock()
 	defer mu.Unlock()
+	bundle, err := s.cfg.Source.TrustBundle(ctx)
+	if err != nil {
+		return fmt.Errorf("trust bundle: %w", err)
+	}
 	cur, err := s.cache.GetSnapshot(node)
 	if err != nil {
 		return nil // unknown or revoked: nothing to push to
@@ -110,6 +107,7 @@ func (s *Server) swapBundle(ctx context.Context, node string, bundle types.Resou
 	}
 	bundleSum, err := memo.digest(bundle)
 	if err != nil {
+		s.stats.invalid.Add(1)
 		return err
 	}
 	// The other secrets' digests were kept when the snapshot was built: no

@@ -190,8 +190,10 @@ func (s *Server) reissue(w http.ResponseWriter, r *http.Request) {
 	s.reply(w, http.StatusOK, identityJSON(st))
 }
 
-// reissueAll re-keys every identity, streaming progress as JSON lines: the
-// run can outlast the server's write timeout, which is lifted for it.
+// reissueAll re-keys every identity, streaming progress as JSON lines. The
+// status line is sent with the first progress line, so a run refused at
+// once gets a proper error; each write then has its own deadline, as the
+// run may outlast the server's write timeout.
 func (s *Server) reissueAll(w http.ResponseWriter, r *http.Request) {
 	var req api.ReissueAllRequest
 	if !s.decode(w, r, &req) {
@@ -202,17 +204,23 @@ func (s *Server) reissueAll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rc := http.NewResponseController(w)
-	if err := rc.SetWriteDeadline(time.Time{}); err != nil {
-		s.log.Debug("write deadline kept", "err", err)
-	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
 	start := time.Now()
 	line := func(p registry.ReissueProgress) api.ReissueProgress {
 		return api.ReissueProgress{Total: p.Total, Reissued: p.Reissued, Failed: p.Failed, ElapsedMS: time.Since(start).Milliseconds()}
 	}
 	enc := json.NewEncoder(w)
+	started := false
+	send := func(p api.ReissueProgress) {
+		if !started {
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.Header().Set("Cache-Control", "no-store")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		_ = rc.SetWriteDeadline(time.Now().Add(reissueWriteTimeout))
+		_ = enc.Encode(p)
+		_ = rc.Flush()
+	}
 	var last atomic.Pointer[registry.ReissueProgress]
 	type result struct {
 		sum registry.ReissueProgress
@@ -228,21 +236,27 @@ func (s *Server) reissueAll(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case res := <-done:
+			if !started && res.err != nil && res.sum.Total == 0 {
+				s.fail(w, r, res.err)
+				return
+			}
 			out := line(res.sum)
 			out.Finished, out.Errors = true, res.sum.Errors
 			if res.err != nil {
 				out.Error = res.err.Error()
 			}
-			_ = enc.Encode(out)
+			send(out)
 			return
 		case <-tick.C:
 			if p := last.Load(); p != nil {
-				_ = enc.Encode(line(*p))
-				_ = rc.Flush()
+				send(line(*p))
 			}
 		}
 	}
 }
+
+// reissueWriteTimeout bounds each progress write of reissueAll.
+const reissueWriteTimeout = 30 * time.Second
 
 func (s *Server) nodeJSON(n store.Node) api.Node {
 	ids := n.Identities

@@ -26,45 +26,13 @@ import (
 // xdsSource turns the registry's nodes and credentials into the resources
 // each node may receive.
 type xdsSource struct {
-	reg     *registry.Registry
-	td      spiffeid.TrustDomain
-	bundle  *sharedBundle
-	secrets *identitySecrets
+	reg    *registry.Registry
+	td     spiffeid.TrustDomain
+	bundle *sharedBundle
 }
 
 func newXDSSource(reg *registry.Registry, td spiffeid.TrustDomain) xdsSource {
-	return xdsSource{reg: reg, td: td, bundle: &sharedBundle{}, secrets: &identitySecrets{bySPIFFEID: map[string]identitySecret{}}}
-}
-
-// identitySecrets keeps each identity's certificate secret, built once per
-// certificate (serial) and shared by every node holding the identity and
-// every later refresh: a trust-bundle change does not parse and re-encode
-// every identity's chain and key again.
-type identitySecrets struct {
-	mu         sync.Mutex
-	bySPIFFEID map[string]identitySecret
-}
-
-type identitySecret struct {
-	serial string
-	secret types.Resource
-}
-
-func (s *identitySecrets) get(c registry.Credential) (types.Resource, error) {
-	s.mu.Lock()
-	e, ok := s.bySPIFFEID[c.SPIFFEID]
-	s.mu.Unlock()
-	if ok && e.serial == c.Serial {
-		return e.secret, nil
-	}
-	secret, err := sds.TLSSecret(c.SPIFFEID, c.ChainPEM, c.KeyPEM)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	s.bySPIFFEID[c.SPIFFEID] = identitySecret{serial: c.Serial, secret: secret}
-	s.mu.Unlock()
-	return secret, nil
+	return xdsSource{reg: reg, td: td, bundle: &sharedBundle{}}
 }
 
 // sharedBundle is the trust-bundle secret every node receives, built once
@@ -121,7 +89,7 @@ func (a xdsSource) Resources(ctx context.Context, node string) (map[string][]typ
 	}
 	secrets := []types.Resource{bundle}
 	for _, c := range creds {
-		s, err := a.secrets.get(c)
+		s, err := sds.TLSSecret(c.SPIFFEID, c.ChainPEM, c.KeyPEM)
 		if err != nil {
 			return nil, fmt.Errorf("secret of identity %q: %w", c.Identity, err)
 		}

@@ -142,9 +142,15 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 }
 
 // stream sends one request and calls fn with each line of the answer
-// (newline-delimited JSON). There is no overall time limit: the server
-// sends a line every second or so while it works.
+// (newline-delimited JSON). There is no overall time limit, since the
+// server sends a line every second or so while it works, but a silence of
+// streamIdle ends the call.
 func (c *client) stream(ctx context.Context, method, path string, body any, fn func(line []byte) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	errIdle := fmt.Errorf("the admin API at %s sent nothing for %s", c.base, streamIdle)
+	idle := time.AfterFunc(streamIdle, func() { cancel(errIdle) })
+	defer idle.Stop()
 	h := *c.http
 	h.Timeout = 0
 	resp, err := c.send(ctx, &h, method, path, body)
@@ -155,15 +161,22 @@ func (c *client) stream(ctx context.Context, method, path string, body any, fn f
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
+		idle.Reset(streamIdle)
 		if err := fn(sc.Bytes()); err != nil {
 			return err
 		}
+	}
+	if cause := context.Cause(ctx); cause == errIdle {
+		return cause
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("reading the answer of %s: %w", c.base, err)
 	}
 	return nil
 }
+
+// streamIdle is how long stream waits for the next line.
+const streamIdle = time.Minute
 
 // send sends a request and returns a successful answer, or the error the
 // server gave.

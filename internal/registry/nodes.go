@@ -627,6 +627,10 @@ func (r *Registry) reissue(ctx context.Context, name, actor string) (Status, []s
 		if ident, err = tx.Identity(name); err != nil {
 			return err
 		}
+		// Revoked while the certificate was being signed: record nothing.
+		if ident.State != store.StateActive {
+			return fmt.Errorf("identity %q is %s: %w", name, ident.State, ErrDenied)
+		}
 		prev := ident.CurrentSerial
 		ident.CurrentSerial, ident.UpdatedAt = cert.Serial, now
 		if err := tx.PutCert(cert); err != nil {
@@ -642,9 +646,11 @@ func (r *Registry) reissue(ctx context.Context, name, actor string) (Status, []s
 	if err != nil {
 		return Status{}, nil, fmt.Errorf("record certificate for %q: %w", name, err)
 	}
-	nodes, err := r.holdersOf(ctx, name)
+	// Committed: the caller going away must not stop the push.
+	nodes, err := r.holdersOf(context.WithoutCancel(ctx), name)
 	if err != nil {
-		return Status{}, nil, fmt.Errorf("nodes holding %q: %w", name, err)
+		r.log.Error("cannot find the nodes holding a reissued identity; pushing to every node", "identity", name, "err", err)
+		r.notifyAll(context.WithoutCancel(ctx))
 	}
 	r.log.Info("identity reissued", "identity", name, "serial", cert.Serial, "not_after", cert.NotAfter, "nodes", len(nodes), "actor", actor)
 	cert.Key = nil

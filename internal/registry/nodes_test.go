@@ -12,8 +12,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
 )
 
@@ -222,5 +225,122 @@ func TestReissueAll(t *testing.T) {
 	}
 	if err := st.Check(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// goneAfterCommit is a caller's context that ends the moment the store
+// commits a change (armed only while the operation under test runs): the
+// caller went away just after the commit.
+type goneAfterCommit struct {
+	context.Context
+	armed, gone *atomic.Bool
+}
+
+func (c goneAfterCommit) Err() error {
+	if c.gone.Load() {
+		return context.Canceled
+	}
+	return nil
+}
+
+// TestPushAfterCommitOutlivesTheCaller: once a revocation or a reissue is
+// committed, its holders are pushed to even if the caller's context ends
+// right after the commit (and the holders index must be read again).
+func TestPushAfterCommitOutlivesTheCaller(t *testing.T) {
+	ctx := context.Background()
+	dir := dataDir(t)
+	sealer, err := seal.LoadOrCreate(filepath.Join(dir, "kek"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var armed, gone atomic.Bool
+	st, err := store.Open(store.Config{Dir: dir, Sealer: sealer, OnCommit: func([]store.Event, time.Duration) {
+		if armed.Load() {
+			gone.Store(true)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	r := newRegistry(t, st, clock.NewFake(t0))
+	for _, id := range []string{"echo", "db"} {
+		if _, err := r.AddIdentity(ctx, AddIdentity{Name: id}, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var pushed []string
+	r.Subscribe(func(nodes []string) { pushed = append(pushed, nodes...) })
+	for _, tt := range []struct {
+		name string
+		op   func(ctx context.Context) error
+	}{
+		{"reissue", func(ctx context.Context) error { _, err := r.ReissueIdentity(ctx, "db", "test"); return err }},
+		{"revoke", func(ctx context.Context) error { _, err := r.RevokeIdentity(ctx, "echo", "test", "test"); return err }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// A node change since the index was last read: the push needs a
+			// store read after the commit.
+			if _, _, err := r.AddNode(ctx, AddNode{Name: "n-" + tt.name, Identities: []string{"echo", "db"}}, "test"); err != nil {
+				t.Fatal(err)
+			}
+			pushed = nil
+			armed.Store(true)
+			err := tt.op(goneAfterCommit{Context: ctx, armed: &armed, gone: &gone})
+			armed.Store(false)
+			gone.Store(false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(pushed, "n-"+tt.name) {
+				t.Fatalf("pushed to %v, want the holder n-%s", pushed, tt.name)
+			}
+		})
+	}
+}
+
+// TestReissueOfAnIdentityRevokedMeanwhile: a revocation that commits while
+// the new certificate is being signed wins; nothing is recorded.
+func TestReissueOfAnIdentityRevokedMeanwhile(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, dataDir(t))
+	r := newRegistry(t, st, clock.NewFake(t0))
+	before, err := r.AddIdentity(ctx, AddIdentity{Name: "web"}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := r.issue
+	r.issue = func(ctx context.Context, req ca.Request) (*ca.Issued, error) {
+		if _, err := r.RevokeIdentity(ctx, "web", "test", "test"); err != nil {
+			t.Fatal(err)
+		}
+		return issue(ctx, req)
+	}
+	if _, err := r.ReissueIdentity(ctx, "web", "test"); !errors.Is(err, ErrDenied) {
+		t.Fatalf("err = %v, want ErrDenied", err)
+	}
+	after, _ := r.Identity(ctx, "web")
+	if after.Identity.CurrentSerial != before.Cert.Serial {
+		t.Fatalf("a certificate was recorded for a revoked identity: %s", after.Identity.CurrentSerial)
+	}
+}
+
+// TestReissueAllOneAtATime: a second run while one is going is refused.
+func TestReissueAllOneAtATime(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, dataDir(t))
+	r := newRegistry(t, st, clock.NewFake(t0))
+	if _, err := r.AddIdentity(ctx, AddIdentity{Name: "web"}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	var second error
+	if _, err := r.ReissueAll(ctx, "test", func(ReissueProgress) { _, second = r.ReissueAll(ctx, "test", nil) }); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(second, ErrExists) {
+		t.Fatalf("second run: %v, want ErrExists", second)
+	}
+	if _, err := r.ReissueAll(ctx, "test", nil); err != nil {
+		t.Fatalf("a run after the first ended: %v", err)
 	}
 }

@@ -85,6 +85,8 @@ type Registry struct {
 	autoRotateTried atomic.Pointer[time.Time]
 	started         time.Time // when this registry was built, for grace periods
 
+	reissuingAll atomic.Bool // a ReissueAll is running
+
 	holdersMu      sync.Mutex
 	holders        map[string][]string // identity -> nodes assigned it
 	holdersVersion uint64              // the store's NodesVersion when holders was read

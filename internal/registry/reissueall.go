@@ -32,9 +32,13 @@ type ReissueProgress struct {
 // its nodes as soon as it is recorded. It is for emergencies (a suspected
 // key compromise, a replaced CA); the rotation loop spreads routine
 // renewals out. A failure does not stop the others; a cancelled ctx stops
-// starting new ones. progress, when not nil, is called after each identity,
+// starting new ones; one run at a time. progress, when not nil, is called after each identity,
 // from several goroutines at once. One more audit record sums the run up.
 func (r *Registry) ReissueAll(ctx context.Context, actor string, progress func(ReissueProgress)) (ReissueProgress, error) {
+	if !r.reissuingAll.CompareAndSwap(false, true) {
+		return ReissueProgress{}, fmt.Errorf("every identity is already being re-keyed: %w", ErrExists)
+	}
+	defer r.reissuingAll.Store(false)
 	ids, err := r.Identities(ctx)
 	if err != nil {
 		return ReissueProgress{}, err

@@ -168,7 +168,9 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 	}
 	r.log.Info(what, key, name, "certificates", len(res.Serials), "crl_number", built.number, "actor", actor)
 	// The revoked node, or the nodes holding the revoked identity, lose
-	// it; every node gets the new CRL in its trust bundle.
+	// it; every node gets the new CRL in its trust bundle. The revocation
+	// is committed: the caller going away must not stop the push.
+	ctx = context.WithoutCancel(ctx)
 	if node {
 		r.notify(name)
 	} else if holders, err := r.holdersOf(ctx, name); err != nil {

@@ -70,14 +70,29 @@ func (c *committer) lead() {
 	}
 }
 
-// commit runs batch in one transaction. A function that fails is taken out
-// and told to run alone; the transaction is retried without it.
+// errPanicked stands for a function that panicked in a shared transaction:
+// run alone in its caller's goroutine, it panics there again, where the
+// caller (or net/http) can recover.
+var errPanicked = errors.New("store: update panicked")
+
+func call(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
+	defer func() {
+		if recover() != nil {
+			err = errPanicked
+		}
+	}()
+	return fn(tx)
+}
+
+// commit runs batch in one transaction. A function that fails (or panics)
+// is taken out and told to run alone; the transaction is retried without
+// it.
 func (c *committer) commit(batch []*pending) {
 	for len(batch) > 0 {
 		failed := -1
 		err := c.db.Update(func(tx *bolt.Tx) error {
 			for i, p := range batch {
-				if err := p.fn(tx); err != nil {
+				if err := call(p.fn, tx); err != nil {
 					failed = i
 					return err
 				}

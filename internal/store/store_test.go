@@ -105,3 +105,41 @@ func TestGroupCommitKeepsFailuresApart(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestGroupCommitPanicStaysWithItsCaller: a function that panics inside a
+// shared transaction panics again in its own caller's goroutine, where it
+// can be recovered; the others commit.
+func TestGroupCommitPanicStaysWithItsCaller(t *testing.T) {
+	s, _ := newStore(t)
+	var wg sync.WaitGroup
+	recovered := make(chan any, 1)
+	errs := make([]error, 20)
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i == 7 {
+				defer func() { recovered <- recover() }()
+			}
+			errs[i] = s.Update(context.Background(), func(tx *store.Tx) error {
+				if i == 7 {
+					panic("boom")
+				}
+				_, err := tx.Append(store.Event{Action: "test", Actor: "test", Detail: fmt.Sprint(i)})
+				return err
+			})
+		}()
+	}
+	wg.Wait()
+	if got := <-recovered; got != "boom" {
+		t.Fatalf("caller recovered %v, want its own panic", got)
+	}
+	for i, err := range errs {
+		if i != 7 && err != nil {
+			t.Errorf("update %d: %v", i, err)
+		}
+	}
+	if err := s.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
