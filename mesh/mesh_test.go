@@ -615,9 +615,20 @@ func BenchmarkBuild(b *testing.B) {
 // fails if building writes to the shared Mesh, and each build must equal a
 // build from a fresh parse.
 func TestBuildSharesParsedMesh(t *testing.T) {
-	data := readExample(t, "incremental-deployment")
+	for _, tt := range []struct {
+		example string
+		nodes   []mesh.Node
+	}{
+		{"incremental-deployment", []mesh.Node{frontNode, {Name: "front-2", Kind: mesh.KindFrontProxy}}},
+		{"https-front-proxy", []mesh.Node{frontNode, sidecarNode("echo"), sidecarNode("billing"), grpcNode}},
+	} {
+		t.Run(tt.example, func(t *testing.T) { testBuildSharesParsedMesh(t, tt.example, tt.nodes) })
+	}
+}
+
+func testBuildSharesParsedMesh(t *testing.T, example string, nodes []mesh.Node) {
+	data := readExample(t, example)
 	shared := parse(t, data)
-	nodes := []mesh.Node{frontNode, {Name: "front-2", Kind: mesh.KindFrontProxy}}
 	want := make([]mesh.Resources, len(nodes))
 	for i, n := range nodes {
 		want[i] = build(t, parse(t, data), n)
