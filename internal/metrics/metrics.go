@@ -83,7 +83,7 @@ func New(state State, now func() time.Time, tel *telemetry.Store) *Metrics {
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_certificate_failures_total",
 			Help: "Issuance requests that failed or were refused, by action and reason (lint, denied, failed)."}, []string{"action", "reason"}),
 		lint: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshca_lint_rejections_total",
-			Help: "Certificates refused by the zlint gate before signing."}),
+			Help: "Certificates refused by the zlint gate: never stored or served."}),
 		denials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_authorization_denials_total",
 			Help: "Requests refused for lack of rights, by where (xds.request, xds.auth, node.auth, admin.auth, node.join...)."}, []string{"where"}),
 		commit: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshca_store_commit_duration_seconds",
