@@ -346,11 +346,7 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		return Joined{}, err
 	}
 	r.log.Info("node joined", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter)
-	n.TokenHash = nil
-	return Joined{
-		Node: n, TrustDomain: r.cfg.TrustDomain.Name(), ChainPEM: chainPEM(cert.DER, cert.Chain),
-		BundlePEM: r.CA().BundlePEM(), Serial: cert.Serial, NotAfter: cert.NotAfter,
-	}, nil
+	return r.joined(n, cert), nil
 }
 
 // RenewNode issues a new node certificate to an authenticated, active node
@@ -393,11 +389,16 @@ func (r *Registry) renewNode(ctx context.Context, node string, csrDER []byte) (J
 		return Joined{}, err
 	}
 	r.log.Info("node certificate renewed", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter)
+	return r.joined(n, cert), nil
+}
+
+// joined is what a node gets back for its new certificate.
+func (r *Registry) joined(n store.Node, cert store.Cert) Joined {
 	n.TokenHash = nil
 	return Joined{
 		Node: n, TrustDomain: r.cfg.TrustDomain.Name(), ChainPEM: chainPEM(cert.DER, cert.Chain),
 		BundlePEM: r.CA().BundlePEM(), Serial: cert.Serial, NotAfter: cert.NotAfter,
-	}, nil
+	}
 }
 
 func (r *Registry) checkToken(ctx context.Context, node, token string) (store.Node, error) {
