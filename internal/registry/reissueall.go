@@ -36,7 +36,7 @@ type ReissueProgress struct {
 // from several goroutines at once. One more audit record sums the run up.
 func (r *Registry) ReissueAll(ctx context.Context, actor string, progress func(ReissueProgress)) (ReissueProgress, error) {
 	if !r.reissuingAll.CompareAndSwap(false, true) {
-		return ReissueProgress{}, fmt.Errorf("every identity is already being re-keyed: %w", ErrExists)
+		return ReissueProgress{}, fmt.Errorf("a re-key of every identity is already running (%w); wait for it to end: meshca audit list shows an %s record when it has", ErrExists, ActionReissueAll)
 	}
 	defer r.reissuingAll.Store(false)
 	ids, err := r.Identities(ctx)
