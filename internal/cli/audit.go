@@ -34,8 +34,8 @@ func auditCmd(g *globals) *cobra.Command {
 				if e.Node != "" {
 					subject = "node/" + e.Node
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), e.Action, e.Outcome,
-					dash(e.Actor), dash(subject), dash(e.Serial), e.Detail)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), esc(e.Action), esc(e.Outcome),
+					dash(esc(e.Actor)), dash(esc(subject)), dash(esc(e.Serial)), esc(e.Detail))
 			}
 			return tw.Flush()
 		},

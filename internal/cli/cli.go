@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/text"
 )
 
 // ServerFunc runs the server until ctx is done.
@@ -46,7 +47,14 @@ func Execute(ctx context.Context, cfg Config, args []string) error {
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(ctx)
 	if err != nil {
+		// Stderr escapes control characters: an error can quote what the
+		// server or a peer sent.
 		fmt.Fprintln(cmd.ErrOrStderr(), "meshca: "+err.Error())
+	}
+	for _, w := range []io.Writer{cmd.OutOrStdout(), cmd.ErrOrStderr()} {
+		if f, ok := w.(interface{ Flush() error }); ok {
+			f.Flush()
+		}
 	}
 	return err
 }
@@ -69,8 +77,8 @@ func New(cfg Config) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.SetOut(cfg.Stdout)
-	root.SetErr(cfg.Stderr)
+	root.SetOut(&output{g: g, raw: cfg.Stdout, esc: text.NewWriter(cfg.Stdout)})
+	root.SetErr(text.NewWriter(cfg.Stderr))
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.admin, "admin", "", "admin API address host:port (default $"+EnvAdmin+" or "+DefaultAdmin+")")
 	pf.StringVarP(&g.output, "output", "o", "text", "output format of list and show commands: text or json (mesh show: yaml or json)")

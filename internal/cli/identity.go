@@ -87,7 +87,7 @@ func identityListCmd(g *globals) *cobra.Command {
 				if id.Cert != nil {
 					serial, notAfter, certState = id.Cert.Serial, id.Cert.NotAfter.UTC().Format(time.RFC3339), id.Cert.State
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", id.Name, id.State, serial, notAfter, certState)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", esc(id.Name), esc(id.State), esc(serial), notAfter, esc(certState))
 			}
 			return tw.Flush()
 		},
@@ -115,11 +115,11 @@ func identityShowCmd(g *globals) *cobra.Command {
 
 func writeIdentity(w interface{ Write([]byte) (int, error) }, id api.Identity) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "name:\t%s\n", id.Name)
-	fmt.Fprintf(tw, "spiffe id:\t%s\n", id.SPIFFEID)
+	fmt.Fprintf(tw, "name:\t%s\n", esc(id.Name))
+	fmt.Fprintf(tw, "spiffe id:\t%s\n", esc(id.SPIFFEID))
 	fmt.Fprintf(tw, "state:\t%s\n", id.State)
 	if len(id.DNSNames) > 0 {
-		fmt.Fprintf(tw, "dns names:\t%s\n", strings.Join(id.DNSNames, ", "))
+		fmt.Fprintf(tw, "dns names:\t%s\n", esc(strings.Join(id.DNSNames, ", ")))
 	}
 	fmt.Fprintf(tw, "ttl:\t%s\n", id.TTL)
 	if id.Admin {
@@ -207,7 +207,7 @@ func reissueAll(cmd *cobra.Command, g *globals) error {
 		fmt.Fprintf(cmd.OutOrStdout(), "re-keyed %d of %d identities in %s (%d failed)\n", final.Reissued, final.Total,
 			(time.Duration(final.ElapsedMS) * time.Millisecond).Round(time.Millisecond), final.Failed)
 		for _, e := range final.Errors {
-			fmt.Fprintf(cmd.OutOrStdout(), "  %s\n", e)
+			fmt.Fprintf(cmd.OutOrStdout(), "  %s\n", esc(e))
 		}
 	}
 	switch {

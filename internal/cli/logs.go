@@ -52,8 +52,8 @@ func logsCmd(g *globals) *cobra.Command {
 						}
 						continue
 					}
-					fmt.Fprintf(cmd.OutOrStdout(), "%s %s %s %s%s %d %s upstream=%s peer=%s\n", e.Time.UTC().Format(time.RFC3339Nano), e.Node,
-						dash(e.Method), e.Authority, e.Path, e.Status, dash(e.Duration), dash(e.Upstream), dash(e.Peer))
+					fmt.Fprintf(cmd.OutOrStdout(), "%s %s %s %s%s %d %s upstream=%s peer=%s\n", e.Time.UTC().Format(time.RFC3339Nano), esc(e.Node),
+						dash(esc(e.Method)), esc(e.Authority), esc(e.Path), e.Status, dash(esc(e.Duration)), dash(esc(e.Upstream)), dash(esc(e.Peer)))
 				}
 				if !follow {
 					return nil

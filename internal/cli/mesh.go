@@ -77,9 +77,9 @@ func meshApplyCmd(g *globals) *cobra.Command {
 			}
 			sort.Strings(nodes)
 			for _, n := range nodes {
-				fmt.Fprintf(w, "node %s:\n", n)
+				fmt.Fprintf(w, "node %s:\n", esc(n))
 				for _, c := range plan.Changes[n] {
-					fmt.Fprintf(w, "  %-6s %s %s\n", c.Op, shortType(c.Type), c.Name)
+					fmt.Fprintf(w, "  %-6s %s %s\n", c.Op, shortType(c.Type), esc(c.Name))
 				}
 			}
 			return nil
@@ -146,7 +146,7 @@ func meshHistoryCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "VERSION\tAPPLIED\tBY")
 			for _, m := range hist {
-				fmt.Fprintf(tw, "%d\t%s\t%s\n", m.Version, m.AppliedAt.UTC().Format(time.RFC3339), m.AppliedBy)
+				fmt.Fprintf(tw, "%d\t%s\t%s\n", m.Version, m.AppliedAt.UTC().Format(time.RFC3339), esc(m.AppliedBy))
 			}
 			return tw.Flush()
 		},

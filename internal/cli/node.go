@@ -102,7 +102,7 @@ func nodeListCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tJOINED\tCONNECTED\tIDENTITIES\tACKED")
 			for _, n := range ns {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Kind, n.State, yesNo(n.Joined),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", esc(n.Name), esc(n.Kind), esc(n.State), yesNo(n.Joined),
 					connected(n.Connection), list(n.Identities), acked(n.Connection.Acked))
 			}
 			return tw.Flush()
@@ -169,9 +169,9 @@ func nodeAssignCmd(g *globals, assign bool) *cobra.Command {
 
 func writeNode(w io.Writer, n api.Node) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "name:\t%s\n", n.Name)
-	fmt.Fprintf(tw, "kind:\t%s\n", n.Kind)
-	fmt.Fprintf(tw, "state:\t%s\n", n.State)
+	fmt.Fprintf(tw, "name:\t%s\n", esc(n.Name))
+	fmt.Fprintf(tw, "kind:\t%s\n", esc(n.Kind))
+	fmt.Fprintf(tw, "state:\t%s\n", esc(n.State))
 	fmt.Fprintf(tw, "joined:\t%s\n", yesNo(n.Joined))
 	fmt.Fprintf(tw, "identities:\t%s\n", list(n.Identities))
 	fmt.Fprintf(tw, "connected:\t%s\n", connected(n.Connection))
@@ -179,7 +179,7 @@ func writeNode(w io.Writer, n api.Node) {
 		fmt.Fprintf(tw, "acked:\t%s\n", acked(n.Connection.Acked))
 	}
 	if n.Connection.NACKs > 0 {
-		fmt.Fprintf(tw, "nacks:\t%d (last: %s)\n", n.Connection.NACKs, n.Connection.LastNACK)
+		fmt.Fprintf(tw, "nacks:\t%d (last: %s)\n", n.Connection.NACKs, esc(n.Connection.LastNACK))
 	}
 	tw.Flush()
 }
@@ -199,7 +199,7 @@ func acked(m map[string]string) string {
 	parts := make([]string, 0, len(m))
 	for typeURL, v := range m {
 		t := typeURL[strings.LastIndex(typeURL, ".")+1:]
-		parts = append(parts, t+"="+v)
+		parts = append(parts, esc(t+"="+v))
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, " ")
@@ -209,7 +209,7 @@ func list(s []string) string {
 	if len(s) == 0 {
 		return "-"
 	}
-	return strings.Join(s, ",")
+	return esc(strings.Join(s, ","))
 }
 
 func yesNo(b bool) string {

@@ -6,6 +6,8 @@ import (
 	"io"
 
 	"github.com/spf13/cobra"
+
+	"github.com/meshca/meshca/internal/text"
 )
 
 func writeJSON(w io.Writer, v any) error {
@@ -54,3 +56,29 @@ func readAllLimited(r io.Reader) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// esc escapes one field of text output that came from outside: a node
+// name from a request, a proxy's NACK message, an access-log field, an
+// audit detail. Newlines and tabs are escaped too, so a field cannot forge
+// rows or columns.
+func esc(s string) string { return text.Escape(s) }
+
+// output is stdout as the commands see it: in text mode every write goes
+// through text.Writer, so no control character reaches the terminal even
+// from a field printed without esc; -o json passes unchanged (JSON already
+// escapes control characters).
+type output struct {
+	g   *globals
+	raw io.Writer
+	esc *text.Writer
+}
+
+func (o *output) Write(p []byte) (int, error) {
+	if o.g.output == "json" {
+		return o.raw.Write(p)
+	}
+	return o.esc.Write(p)
+}
+
+// Flush writes what the escaping writer still holds.
+func (o *output) Flush() error { return o.esc.Flush() }

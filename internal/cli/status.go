@@ -61,7 +61,7 @@ func writeStatus(w io.Writer, st Status, now time.Time) {
 	if r := st.CA.Rotation; r != nil {
 		rot = fmt.Sprintf("%s rotation, phase %s", r.Kind, r.Phase)
 		if r.WaitingFor != "" {
-			rot += ", waiting for " + r.WaitingFor
+			rot += ", waiting for " + esc(r.WaitingFor)
 		}
 	}
 	fmt.Fprintf(tw, "CA\t%s, issuer %s expires in %s; %s\n", st.CA.TrustDomain, st.CA.Issuer.Serial, until(now, st.CA.Issuer.NotAfter), rot)
@@ -79,7 +79,7 @@ func writeStatus(w io.Writer, st Status, now time.Time) {
 	}
 	line := fmt.Sprintf("%d active, %d revoked", active, revoked)
 	if expiring != "" {
-		line += fmt.Sprintf("; next to expire: %s in %s", expiring, until(now, soonest))
+		line += fmt.Sprintf("; next to expire: %s in %s", esc(expiring), until(now, soonest))
 	}
 	fmt.Fprintf(tw, "identities\t%s\n", line)
 	connected, nacks := 0, 0
@@ -91,7 +91,7 @@ func writeStatus(w io.Writer, st Status, now time.Time) {
 	}
 	fmt.Fprintf(tw, "nodes\t%d registered, %d connected, %d NACKs\n", len(st.Nodes), connected, nacks)
 	for _, e := range st.Recent {
-		fmt.Fprintf(tw, "audit\t#%d %s %s %s %s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), e.Action, e.Outcome, dash(e.Identity+e.Node))
+		fmt.Fprintf(tw, "audit\t#%d %s %s %s %s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), esc(e.Action), esc(e.Outcome), dash(esc(e.Identity+e.Node)))
 	}
 	tw.Flush()
 }
