@@ -144,8 +144,8 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		Store: st, TrustDomain: td, KeyAlgorithm: keyAlg,
 		RootTTL: cfg.CA.RootTTL.D(), IntermediateTTL: cfg.CA.IntermediateTTL.D(),
 		DefaultTTL: cfg.CA.DefaultLeafTTL.D(), JoinTokenTTL: cfg.XDS.JoinTokenTTL.D(), NodeCertTTL: cfg.XDS.NodeCertTTL.D(),
-		LintBeforeSigning: cfg.CA.LintBeforeSigning,
-		Clock:             o.clock, Logger: logger,
+		LintBeforeSigning: cfg.CA.LintBeforeSigning, OnDenial: met.ObserveDenial,
+		Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
@@ -193,12 +193,13 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	runs = append(runs, renewer.Run, reg.RunCRL, func(ctx context.Context) error { return reg.RunCA(ctx, xdsSrv.Pending) })
+	runs = append(runs, renewer.Run, reg.RunCRL, reg.RunDenials, func(ctx context.Context) error { return reg.RunCA(ctx, xdsSrv.Pending) })
 
 	adm, err := admin.New(admin.Config{
 		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv},
 		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: xdsLn.Addr().String(), Logger: logger,
 		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Denials: reg, Logs: tel, Renewal: policy,
+		Clock: o.clock,
 	})
 	if err != nil {
 		return nil, err

@@ -1,8 +1,10 @@
 // Package metrics exposes meshca's Prometheus metrics. It is the only
-// importer of client_golang. Counters are derived from the audit records
-// each store commit appends, so every issuance, renewal, revocation and
-// denial is counted exactly once and only when it is durable; gauges are
-// read from the running parts at scrape time.
+// importer of client_golang. Counters of issuances, renewals and
+// revocations are derived from the audit records each store commit
+// appends, so each is counted exactly once and only when it is durable.
+// Refusals and failures are counted as they happen (ObserveDenial): the
+// audit log holds them in aggregate, one record per source and reason per
+// interval. Gauges are read from the running parts at scrape time.
 package metrics
 
 import (
@@ -58,6 +60,7 @@ type Metrics struct {
 	failed   *prometheus.CounterVec
 	lint     prometheus.Counter
 	denials  *prometheus.CounterVec
+	refusals *prometheus.CounterVec
 	commit   prometheus.Histogram
 	push     *prometheus.HistogramVec
 	nacks    *prometheus.CounterVec
@@ -86,6 +89,8 @@ func New(state State, now func() time.Time, tel *telemetry.Store) *Metrics {
 			Help: "Certificates refused by the zlint gate: never stored or served."}),
 		denials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_authorization_denials_total",
 			Help: "Requests refused for lack of rights, by where (xds.request, xds.auth, node.auth, admin.auth, node.join...)."}, []string{"where"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_refusals_total",
+			Help: "Every refused or failed request, exactly, by audit action, outcome (denied, failed) and reason (the audit log aggregates repeats)."}, []string{"action", "outcome", "reason"}),
 		commit: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshca_store_commit_duration_seconds",
 			Help: "Time from a store update to its durable commit (group commit wait included).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		push: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "meshca_xds_push_duration_seconds",
@@ -95,7 +100,7 @@ func New(state State, now func() time.Time, tel *telemetry.Store) *Metrics {
 		lastNACK: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshca_xds_last_nack_info",
 			Help: "The last NACK message per resource type (value 1)."}, []string{"type", "message"}),
 	}
-	m.reg.MustRegister(m.audit, m.issued, m.renewed, m.revoked, m.failed, m.lint, m.denials, m.commit, m.push, m.nacks, m.lastNACK,
+	m.reg.MustRegister(m.audit, m.issued, m.renewed, m.revoked, m.failed, m.lint, m.denials, m.refusals, m.commit, m.push, m.nacks, m.lastNACK,
 		&gauges{m: m}, &proxyStats{tel: tel}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -105,29 +110,38 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-// ObserveCommit counts the audit records of one durable store commit; it
-// fits store.Config.OnCommit.
+// ObserveCommit counts the audit records of one durable store commit and
+// the successes among them; it fits store.Config.OnCommit. Refusals are
+// counted by ObserveDenial, since their records are aggregated.
 func (m *Metrics) ObserveCommit(events []store.Event, took time.Duration) {
 	m.commit.Observe(took.Seconds())
 	for _, e := range events {
 		m.audit.WithLabelValues(e.Action, e.Outcome).Inc()
-		switch e.Outcome {
-		case store.OutcomeOK:
+		if e.Outcome == store.OutcomeOK {
 			m.countOK(e)
-		case store.OutcomeDenied:
-			if authz(e.Action) {
-				m.denials.WithLabelValues(e.Action).Inc()
-			} else if issuing(e.Action) {
-				m.failed.WithLabelValues(e.Action, "denied").Inc()
-			}
-		case store.OutcomeFailed:
-			reason := "failed"
-			if strings.Contains(e.Detail, "lint") {
-				reason = "lint"
-				m.lint.Inc()
-			}
-			m.failed.WithLabelValues(e.Action, reason).Inc()
 		}
+	}
+}
+
+// ObserveDenial counts one refused (outcome denied) or failed request as
+// it happens; it fits registry.Config.OnDenial. reason is a small fixed
+// set (registry.Reason*).
+func (m *Metrics) ObserveDenial(action, outcome, reason string) {
+	m.refusals.WithLabelValues(action, outcome, reason).Inc()
+	switch outcome {
+	case store.OutcomeDenied:
+		if authz(action) {
+			m.denials.WithLabelValues(action).Inc()
+		} else if issuing(action) {
+			m.failed.WithLabelValues(action, "denied").Inc()
+		}
+	case store.OutcomeFailed:
+		r := "failed"
+		if reason == "lint" {
+			r = "lint"
+			m.lint.Inc()
+		}
+		m.failed.WithLabelValues(action, r).Inc()
 	}
 }
 

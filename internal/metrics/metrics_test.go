@@ -43,20 +43,28 @@ func TestNACKMessagesAreSafeLabels(t *testing.T) {
 	}
 }
 
+// Successes are counted from audit records; refusals and failures as they
+// happen (ObserveDenial), and never again from their aggregated records.
 func TestCountersFromAuditRecords(t *testing.T) {
 	m := metrics.New(noState{}, time.Now, telemetry.New())
 	m.ObserveCommit([]store.Event{
 		{Action: "cert.issue", Identity: "echo", Outcome: store.OutcomeOK},
 		{Action: "identity.reissue", Actor: "rotation", Outcome: store.OutcomeOK},
 		{Action: "cert.issue", Outcome: store.OutcomeFailed, Detail: "certificate failed lint"},
-		{Action: "xds.request", Outcome: store.OutcomeDenied},
+		{Action: "xds.request", Outcome: store.OutcomeDenied, Detail: "41 more refusals between ..."},
 	}, time.Millisecond)
+	m.ObserveDenial("cert.issue", store.OutcomeFailed, "lint")
+	for i := 0; i < 42; i++ {
+		m.ObserveDenial("xds.request", store.OutcomeDenied, "not_allowed")
+	}
 	_, text := scrape(t, m)
 	for _, want := range []string{
 		`meshca_certificates_issued_total{kind="identity"} 2`,
 		`meshca_certificates_renewed_total{by="rotation"} 1`,
 		`meshca_lint_rejections_total 1`,
-		`meshca_authorization_denials_total{where="xds.request"} 1`,
+		`meshca_authorization_denials_total{where="xds.request"} 42`,
+		`meshca_refusals_total{action="xds.request",outcome="denied",reason="not_allowed"} 42`,
+		`meshca_audit_events_total{action="xds.request",outcome="denied"} 1`,
 		`meshca_store_commit_duration_seconds_count 1`,
 		`meshca_xds_events_total{event="invalid_configs"} 2`,
 	} {

@@ -143,27 +143,6 @@ func TestReissueNotifiesHoldersOnly(t *testing.T) {
 	}
 }
 
-func TestUnauthenticatedRefusalsAreRateLimited(t *testing.T) {
-	ctx := context.Background()
-	st := openStore(t, dataDir(t))
-	clk := clock.NewFake(t0)
-	r := newRegistry(t, st, clk)
-	before := len(events(t, r))
-	for i := 0; i < 100; i++ {
-		r.RecordDenial(ctx, "xds.auth", "", "client certificate does not verify")
-	}
-	if got := len(events(t, r)) - before; got != denyBurst {
-		t.Fatalf("%d refusals audited in one window, want %d", got, denyBurst)
-	}
-	clk.Add(denyWindow)
-	r.RecordDenial(ctx, "xds.auth", "", "again")
-	evs := events(t, r)
-	last := evs[len(evs)-1]
-	if want := "(80 similar refusals not recorded"; len(last.Detail) < len(want) || last.Detail[:len(want)] != want {
-		t.Fatalf("summary record: %q", last.Detail)
-	}
-}
-
 // TestReissueAll re-keys every active identity, skips revoked ones, pushes
 // each new secret to its holders and audits the run.
 func TestReissueAll(t *testing.T) {

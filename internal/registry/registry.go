@@ -20,7 +20,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/lograte"
 	"github.com/meshca/meshca/internal/store"
 	"github.com/meshca/meshca/mesh"
 )
@@ -57,8 +57,15 @@ type Config struct {
 	NodeCertTTL time.Duration // default DefaultNodeCertTTL
 	// LintBeforeSigning is ca.Config.LintBeforeSigning.
 	LintBeforeSigning bool
-	Clock             clock.Clock
-	Logger            *slog.Logger
+	// DenialInterval is how often repeated refusals are summed up in one
+	// audit record per source and reason (default DefaultDenialInterval).
+	DenialInterval time.Duration
+	// OnDenial, when set, counts every refusal or failure exactly, as it
+	// happens: the audit log only holds them in aggregate. reason is one
+	// of the Reason constants.
+	OnDenial func(action, outcome, reason string)
+	Clock    clock.Clock
+	Logger   *slog.Logger
 }
 
 // Registry registers identities and issues their certificates.
@@ -69,12 +76,11 @@ type Registry struct {
 	// issue is the CA's Issue; tests replace it to reach failure paths.
 	issue func(context.Context, ca.Request) (*ca.Issued, error)
 
-	mu        sync.Mutex
-	listeners []func(nodes []string)
-	trust     []func()
-	// rate limit of unauthenticated refusals (under mu)
-	denyWindowStart           time.Time
-	denyCount, denySuppressed int
+	mu         sync.Mutex
+	listeners  []func(nodes []string)
+	trust      []func()
+	denials    denials      // refusals not yet recorded (denials.go)
+	refusalLog *slog.Logger // rate limited: refusals can come in floods
 
 	crlMu    sync.Mutex // serializes building and publishing CRLs
 	crl      atomic.Pointer[crlState]
@@ -179,10 +185,14 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	if cfg.NodeCertTTL == 0 {
 		cfg.NodeCertTTL = DefaultNodeCertTTL
 	}
+	if cfg.DenialInterval <= 0 {
+		cfg.DenialInterval = DefaultDenialInterval
+	}
 	if cfg.KeyAlgorithm == "" {
 		cfg.KeyAlgorithm = ca.ECDSAP256
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger, started: cfg.Clock.Now()}
+	r := &Registry{cfg: cfg, log: cfg.Logger, started: cfg.Clock.Now(),
+		refusalLog: slog.New(lograte.New(cfg.Logger.Handler(), lograte.Config{Now: cfg.Clock.Now}))}
 	r.issue = func(ctx context.Context, req ca.Request) (*ca.Issued, error) { return r.CA().Issue(ctx, req) }
 	if _, err := r.loadCA(ctx); errors.Is(err, store.ErrNotFound) {
 		if _, err := r.initCA(ctx); err != nil {
@@ -419,61 +429,4 @@ func (r *Registry) issuedCount(ctx context.Context) (int, error) {
 		return err
 	})
 	return n, err
-}
-
-// deny records a refused request. A failure to record is logged: the request
-// is refused either way.
-func (r *Registry) deny(ctx context.Context, ev store.Event) {
-	if ev.Outcome == "" {
-		ev.Outcome = store.OutcomeDenied
-	}
-	ev.Identity = clip(ev.Identity, identity.MaxNameLength)
-	ev.Detail = clip(ev.Detail, 512)
-	if _, err := r.cfg.Store.Append(context.WithoutCancel(ctx), ev); err != nil {
-		r.log.Error("audit record not written", "action", ev.Action, "err", err)
-	}
-}
-
-func clip(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
-	}
-	return s
-}
-
-// RecordDenial audits a request that another part (the xDS server)
-// refused. Refusals of unauthenticated callers are rate limited, since
-// anyone who can reach the port can cause them.
-func (r *Registry) RecordDenial(ctx context.Context, action, node, detail string) {
-	r.limitedDeny(ctx, store.Event{Action: action, Node: clip(node, identity.MaxNameLength), Detail: detail})
-}
-
-// Rate limit for refusals of unauthenticated callers.
-const (
-	denyBurst  = 20
-	denyWindow = time.Second
-)
-
-// limitedDeny audits at most denyBurst refusals per denyWindow; the next
-// record after a suppressed stretch says how many were left out.
-func (r *Registry) limitedDeny(ctx context.Context, ev store.Event) {
-	now := r.cfg.Clock.Now()
-	r.mu.Lock()
-	if now.Sub(r.denyWindowStart) >= denyWindow {
-		r.denyWindowStart, r.denyCount = now, 0
-	}
-	r.denyCount++
-	if r.denyCount > denyBurst {
-		r.denySuppressed++
-		r.mu.Unlock()
-		return
-	}
-	suppressed := r.denySuppressed
-	r.denySuppressed = 0
-	r.mu.Unlock()
-	if suppressed > 0 {
-		ev.Detail = fmt.Sprintf("(%d similar refusals not recorded: rate limit) %s", suppressed, ev.Detail)
-		r.log.Warn("refusals of unauthenticated callers were rate limited", "suppressed", suppressed)
-	}
-	r.deny(ctx, ev)
 }
