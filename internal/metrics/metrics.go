@@ -274,9 +274,16 @@ const maxProxySamples = 5000
 
 // proxyStats re-exposes the counters and gauges proxies send to the
 // metrics service, prefixed envoy_ and labelled with the authenticated
-// node. A family whose samples disagree on label names is left out, as
-// Prometheus requires one label set per family.
+// node. Prometheus requires one type and one label set per name, and
+// nodes may disagree (or one may lie to hide another's series): per name,
+// the shape (type and label names) that most nodes send wins, ties going
+// to the first node by name, and only the samples of other shapes are
+// left out, counted per node in meshca_proxy_samples_dropped. A node's
+// bad sample costs only that node's sample.
 type proxyStats struct{ tel *telemetry.Store }
+
+var descProxyDropped = prometheus.NewDesc("meshca_proxy_samples_dropped",
+	"Stats samples of a node left out of this scrape: their type or label names disagree with what most nodes send under that name, or they are invalid.", []string{"node"}, nil)
 
 // Describe sends nothing: the families are only known at scrape time.
 func (p *proxyStats) Describe(chan<- *prometheus.Desc) {}
@@ -286,19 +293,26 @@ func (p *proxyStats) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	type sample struct {
+		node   string
 		values []string
 		v      float64
 	}
-	type family struct {
-		help   string
+	// shape is what one node sends under one name.
+	type shape struct {
 		vt     prometheus.ValueType
 		labels []string
-		ok     bool
+		help   string
+		nodes  int
 		s      []sample
 	}
-	families := map[string]*family{}
+	families := map[string][]*shape{} // name -> shapes in order of first node
+	dropped := map[string]int{}
+	var nodes []string
 	p.tel.Stats(func(node string, fams []*dto.MetricFamily) {
+		nodes = append(nodes, node)
+		dropped[node] += 0
 		perNode := 0
+		seen := map[*shape]bool{}
 		for _, f := range fams {
 			var vt prometheus.ValueType
 			switch f.GetType() {
@@ -324,43 +338,67 @@ func (p *proxyStats) Collect(ch chan<- prometheus.Metric) {
 					}
 					values = append(values, strings.ToValidUTF8(v, "?"))
 				}
-				fam := families[name]
-				if fam == nil {
+				var sh *shape
+				for _, c := range families[name] {
+					if c.vt == vt && slices.Equal(c.labels, labels) {
+						sh = c
+						break
+					}
+				}
+				if sh == nil {
 					help := f.GetHelp()
 					if help == "" {
 						help = "Envoy stat " + f.GetName() + " sent by the node's proxy."
 					}
-					fam = &family{help: help, vt: vt, labels: labels, ok: true}
-					families[name] = fam
+					sh = &shape{vt: vt, labels: labels, help: strings.ToValidUTF8(help, "?")}
+					families[name] = append(families[name], sh)
 				}
-				if fam.vt != vt || !slices.Equal(fam.labels, labels) {
-					fam.ok = false
+				if !seen[sh] {
+					seen[sh] = true
+					sh.nodes++
 				}
 				v := m.GetCounter().GetValue()
 				if vt == prometheus.GaugeValue {
 					v = m.GetGauge().GetValue()
 				}
-				fam.s = append(fam.s, sample{values: values, v: v})
+				sh.s = append(sh.s, sample{node: node, values: values, v: v})
 			}
 		}
 	})
-	// Emit only consistent families, so one odd stat cannot fail a scrape.
-	for name, fam := range families {
-		if !fam.ok {
-			continue
+	for name, shapes := range families {
+		win := shapes[0]
+		for _, sh := range shapes[1:] {
+			if sh.nodes > win.nodes {
+				win = sh
+			}
 		}
-		desc := prometheus.NewDesc(name, fam.help, fam.labels, nil)
+		for _, sh := range shapes {
+			if sh != win {
+				for _, smp := range sh.s {
+					dropped[smp.node]++
+				}
+			}
+		}
+		// The first node's help text for the winning shape: one help per name.
+		desc := prometheus.NewDesc(name, win.help, win.labels, nil)
 		seen := map[string]bool{}
-		for _, smp := range fam.s {
+		for _, smp := range win.s {
 			key := strings.Join(smp.values, "\x00")
 			if seen[key] {
+				dropped[smp.node]++
 				continue
 			}
 			seen[key] = true
-			if m, err := prometheus.NewConstMetric(desc, fam.vt, smp.v, smp.values...); err == nil {
-				ch <- m
+			m, err := prometheus.NewConstMetric(desc, win.vt, smp.v, smp.values...)
+			if err != nil {
+				dropped[smp.node]++
+				continue
 			}
+			ch <- m
 		}
+	}
+	for _, node := range nodes {
+		ch <- prometheus.MustNewConstMetric(descProxyDropped, prometheus.GaugeValue, float64(dropped[node]), node)
 	}
 }
 

@@ -30,8 +30,8 @@ const (
 // Widths of refused input in audit records: one long refused name must not
 // widen every row of `meshca audit list`.
 const (
-	deniedNameWidth   = 64
-	deniedActorWidth  = 128
+	deniedNameWidth   = 48
+	deniedActorWidth  = 64
 	deniedDetailWidth = 300
 )
 

@@ -1,0 +1,334 @@
+package app_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/app"
+	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/lograte"
+	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/internal/registry"
+)
+
+// lineLog keeps every log line meshca writes, for counting.
+type lineLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		l.lines = append(l.lines, s)
+	}
+	return len(p), nil
+}
+
+func (l *lineLog) count(sub string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, s := range l.lines {
+		if strings.Contains(s, sub) {
+			n++
+		}
+	}
+	return n
+}
+
+// startMeshMTLS is startMesh with the mTLS admin listener on and the log
+// kept in lines.
+func startMeshMTLS(t *testing.T, clk *clock.Fake, lines *lineLog) *mesh {
+	t.Helper()
+	cfg := config.Default()
+	cfg.DataDir = filepath.Join(t.TempDir(), "data")
+	cfg.Admin.Listen = "127.0.0.1:0"
+	cfg.Admin.MTLSListen = "127.0.0.1:0"
+	cfg.XDS.Listen = "127.0.0.1:0"
+	cfg.XDS.DNSNames = []string{"localhost"}
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := app.Start(ctx, cfg, slog.New(slog.NewTextHandler(lines, &slog.HandlerOptions{Level: slog.LevelInfo})), app.WithClock(clk))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Wait(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("meshca stopped with: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("meshca did not stop within 20s")
+		}
+	}
+	t.Cleanup(stop)
+	return &mesh{t: t, app: a, clock: clk, http: &http.Client{Timeout: 30 * time.Second}, dir: cfg.DataDir, stop: stop}
+}
+
+// workloadCert has meshca sign a CSR for identity name, as `meshca cert
+// issue` does: a valid certificate from meshca's CA that is not a node's.
+func (m *mesh) workloadCert(name string) *tls.Certificate {
+	m.t.Helper()
+	m.addIdentity(name)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	var out api.Cert
+	m.admin("POST", api.PathCerts+"/"+name, api.IssueCertRequest{CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}, &out, http.StatusCreated)
+	var chain [][]byte
+	for rest := []byte(out.ChainPEM); ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		chain = append(chain, b.Bytes)
+	}
+	return &tls.Certificate{Certificate: chain, PrivateKey: key}
+}
+
+// handshakes opens n TLS connections to addr presenting cert, 8 at a time,
+// and reads each until the server closes it or sends an alert, so the
+// server has decided on every one when it returns. It returns how many
+// the server accepted.
+func handshakes(t *testing.T, addr string, cert *tls.Certificate, n int) (accepted int) {
+	t.Helper()
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	next := make(chan struct{})
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				raw, err := net.DialTimeout("tcp", addr, 10*time.Second)
+				if err != nil {
+					t.Errorf("dial: %v", err)
+					continue
+				}
+				raw.SetDeadline(time.Now().Add(20 * time.Second))
+				c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2"}})
+				if err := c.Handshake(); err == nil {
+					// TLS 1.3: the server judges the client certificate
+					// after the client's handshake ends; its verdict is
+					// an alert or the server's first frames.
+					if _, err := c.Read(make([]byte, 1)); err == nil {
+						ok.Add(1)
+					}
+				}
+				raw.Close()
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		next <- struct{}{}
+	}
+	close(next)
+	wg.Wait()
+	return int(ok.Load())
+}
+
+var refusalSeries = regexp.MustCompile(`(?m)^meshca_refusals_total\{action="([^"]+)",outcome="([^"]+)",reason="([^"]+)"\} (\S+)$`)
+
+// refusals sums meshca_refusals_total by action.
+func refusals(t *testing.T, m *mesh) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, mm := range refusalSeries.FindAllStringSubmatch(scrape(t, m), -1) {
+		v, err := strconv.ParseFloat(mm[4], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[mm[1]] += int(v)
+	}
+	return out
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// refusalRecords counts audit records after seq that are not successes,
+// by action.
+func refusalRecords(m *mesh, after uint64) map[string]int {
+	var evs []api.AuditEvent
+	m.admin("GET", fmt.Sprintf("%s?after=%d", api.PathAudit, after), nil, &evs, http.StatusOK)
+	out := map[string]int{}
+	for _, e := range evs {
+		if e.Outcome != "ok" {
+			out[e.Action]++
+		}
+	}
+	return out
+}
+
+func lastSeq(m *mesh) uint64 {
+	evs := m.audit()
+	if len(evs) == 0 {
+		return 0
+	}
+	return evs[len(evs)-1].Seq
+}
+
+// flushRefusals moves the fake clock past the aggregation interval and
+// waits until the interval's summaries are in the audit log.
+func flushRefusals(t *testing.T, m *mesh, clk *clock.Fake, after uint64, want int) map[string]int {
+	t.Helper()
+	clk.Add(registry.DefaultDenialInterval)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := refusalRecords(m, after)
+		if sum(got) >= want || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(20 * time.Millisecond) // the summary is written by meshca's own goroutine
+	}
+}
+
+// TestRefusalFloodsAreBounded refuses workload certificates on the xDS
+// port and on the mTLS admin port, a revoked node's old certificate, and
+// malformed renewals, 500 to 1,000 times each (handshakes cost ~7 ms each
+// on a loaded 2-core machine): metrics count every refusal, the
+// audit log holds a record at once and a summary per source and reason,
+// and the log holds at most lograte.DefaultBurst handshake errors a
+// minute.
+func TestRefusalFloodsAreBounded(t *testing.T) {
+	const handshakesN, renewalsN = 500, 1000
+	clk := clock.NewFake(time.Now())
+	lines := &lineLog{}
+	m := startMeshMTLS(t, clk, lines)
+	workload := m.workloadCert("web")
+	m.addIdentity("echo")
+	revoked := m.joined("gone", "echo")
+	live := m.joined("live", "echo")
+	m.admin("POST", api.PathNodes+"/gone/revoke", api.RevokeRequest{Reason: "test"}, nil, http.StatusOK)
+
+	type flood struct {
+		name string
+		n    int
+		run  func(n int) int // returns how many were accepted
+	}
+	floods := []flood{
+		{"workload certificate on the xDS port", handshakesN, func(n int) int { return handshakes(t, m.app.XDS, workload, n) }},
+		{"workload certificate on the mTLS admin port", handshakesN, func(n int) int { return handshakes(t, m.app.AdminMTLS, workload, n) }},
+		{"revoked node's certificate on the xDS port", handshakesN, func(n int) int { return handshakes(t, m.app.XDS, revoked, n) }},
+		{"malformed renewals of a live node", renewalsN, func(n int) int {
+			conn := m.dial(live)
+			ok := 0
+			for i := 0; i < n; i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				var resp nodeapi.JoinResponse
+				if err := conn.Invoke(ctx, nodeapi.FullRenewMethod, &nodeapi.RenewRequest{CSRPEM: "not a CSR"}, &resp, grpc.ForceCodec(nodeapi.Codec{})); err == nil {
+					ok++
+				}
+				cancel()
+			}
+			return ok
+		}},
+	}
+	for _, f := range floods {
+		t.Run(f.name, func(t *testing.T) {
+			n := f.n
+			seq, before := lastSeq(m), refusals(t, m)
+			start := time.Now()
+			if ok := f.run(n); ok != 0 {
+				t.Fatalf("%d of %d accepted", ok, n)
+			}
+			took := time.Since(start)
+			after := refusals(t, m)
+			counted := sum(after) - sum(before)
+			if counted != n {
+				t.Errorf("metrics counted %d refusals, want exactly %d (before %v, after %v)", counted, n, before, after)
+			}
+			atOnce := refusalRecords(m, seq)
+			got := flushRefusals(t, m, clk, seq, sum(atOnce)+1)
+			// Per source and reason: one record at once, one summary.
+			if sum(atOnce) < 1 || sum(got) > 4 {
+				t.Errorf("audit records: %v at once, %v after the interval; want 1..4 in all for %d refusals", atOnce, got, n)
+			}
+			t.Logf("%d refusals in %s: metric +%d %v, audit records %d at once, %d after one interval %v",
+				n, took.Round(time.Millisecond), counted, diff(after, before), sum(atOnce), sum(got), got)
+		})
+	}
+
+	t.Run("malformed connections to the mTLS admin port", func(t *testing.T) {
+		logged := lines.count("TLS handshake error")
+		var wg sync.WaitGroup
+		next := make(chan struct{})
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range next {
+					c, err := net.DialTimeout("tcp", m.app.AdminMTLS, 10*time.Second)
+					if err != nil {
+						t.Errorf("dial: %v", err)
+						continue
+					}
+					c.SetDeadline(time.Now().Add(20 * time.Second))
+					// A TLS record header announcing a handshake, then junk.
+					c.Write([]byte("\x16\x03\x01\x00\x08\x01\x00\x00\x04junk"))
+					io.Copy(io.Discard, c) // until the server closes: it has logged by then
+					c.Close()
+				}
+			}()
+		}
+		start := time.Now()
+		const conns = 1000
+		for i := 0; i < conns; i++ {
+			next <- struct{}{}
+		}
+		close(next)
+		wg.Wait()
+		got := lines.count("TLS handshake error") - logged
+		if got > lograte.DefaultBurst || lines.count("TLS handshake error") == 0 {
+			t.Fatalf("%d handshake-error log lines for %d malformed connections (plus %d before), want 1..%d a minute", got, conns, logged, lograte.DefaultBurst)
+		}
+		t.Logf("%d malformed connections in %s: %d log lines (before them: %d; at most %d a minute)", conns, time.Since(start).Round(time.Millisecond), got, logged, lograte.DefaultBurst)
+	})
+}
+
+func diff(after, before map[string]int) map[string]int {
+	out := map[string]int{}
+	for k, v := range after {
+		if d := v - before[k]; d != 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
