@@ -11,6 +11,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"strings"
+
+	"github.com/meshca/meshca/internal/text"
 )
 
 // KeyAlgorithm names a key type and size meshca can generate.
@@ -155,9 +157,4 @@ func isRSA(pub crypto.PublicKey) bool {
 }
 
 // clip keeps hostile input from flooding an error message.
-func clip(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
-}
+func clip(s string) string { return text.Clip(s, 80) }

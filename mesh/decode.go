@@ -10,6 +10,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/meshca/meshca/internal/text"
 )
 
 // Limits that keep a hostile document from costing much.
@@ -233,9 +235,4 @@ func kindName(k reflect.Kind) string {
 }
 
 // clip keeps hostile input from flooding an error message.
-func clip(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
-}
+func clip(s string) string { return text.Clip(s, 80) }

@@ -28,6 +28,7 @@ import (
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
 	"github.com/meshca/meshca/internal/telemetry"
+	"github.com/meshca/meshca/internal/text"
 	"github.com/meshca/meshca/rotation"
 )
 
@@ -513,9 +514,4 @@ func caCertJSON(c *x509.Certificate) api.CACert {
 	}
 }
 
-func clip(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
-}
+func clip(s string) string { return text.Clip(s, 80) }

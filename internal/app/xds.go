@@ -18,6 +18,7 @@ import (
 	"github.com/meshca/meshca/internal/nodeapi"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/text"
 	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/sds"
 	"github.com/meshca/meshca/xds"
@@ -162,12 +163,7 @@ func (c connections) NodeConnection(node string) api.NodeConnection {
 	return out
 }
 
-func clip(s string) string {
-	if len(s) > 100 {
-		return s[:100] + "..."
-	}
-	return s
-}
+func clip(s string) string { return text.Clip(s, 100) }
 
 // renewals adapts the registry to the rotation loop.
 type renewals struct{ reg *registry.Registry }

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/internal/text"
 )
 
 // Limits on names. A SPIFFE ID is capped at 2048 bytes by the SPIFFE spec.
@@ -176,9 +178,4 @@ func dnsName(n string) error {
 }
 
 // clip keeps hostile input from flooding an error message.
-func clip(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
-}
+func clip(s string) string { return text.Clip(s, 80) }
