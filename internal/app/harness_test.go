@@ -151,14 +151,22 @@ func (m *mesh) audit() []api.AuditEvent {
 	return evs
 }
 
-// denials counts audit records with outcome denied and the given action.
+// denials counts the refusals of action exactly, from
+// meshca_refusals_total: the audit log holds them aggregated per source
+// and reason. It fails the test when refusals were counted but none is in
+// the audit log (the first of each source and reason is recorded at once).
 func (m *mesh) denials(action string) int {
-	n := 0
+	m.t.Helper()
+	n := refusalsOf(m.t, m, action, "denied")
+	if n == 0 {
+		return 0
+	}
 	for _, e := range m.audit() {
 		if e.Action == action && e.Outcome == "denied" {
-			n++
+			return n
 		}
 	}
+	m.t.Fatalf("%d %s refusals counted, none in the audit log", n, action)
 	return n
 }
 

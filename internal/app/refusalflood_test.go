@@ -175,6 +175,24 @@ func refusals(t *testing.T, m *mesh) map[string]int {
 	return out
 }
 
+// refusalsOf reads meshca_refusals_total of one action and outcome, summed
+// over reasons.
+func refusalsOf(t *testing.T, m *mesh, action, outcome string) int {
+	t.Helper()
+	n := 0
+	for _, mm := range refusalSeries.FindAllStringSubmatch(scrape(t, m), -1) {
+		if mm[1] != action || mm[2] != outcome {
+			continue
+		}
+		v, err := strconv.ParseFloat(mm[4], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += int(v)
+	}
+	return n
+}
+
 func sum(m map[string]int) int {
 	n := 0
 	for _, v := range m {
