@@ -150,6 +150,14 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
+	app.close = func() error {
+		// Refusals that came in while the parts stopped, after
+		// RunDenials' own last flush.
+		if err := reg.FlushDenials(context.WithoutCancel(ctx)); err != nil {
+			logger.Error("refusal summaries not written", "err", err)
+		}
+		return st.Close()
+	}
 	// One server certificate (spiffe://<td>/meshca) for xDS and the mTLS
 	// admin API.
 	serverCert, err := reg.ServerCert(union(cfg.XDS.DNSNames, cfg.Admin.DNSNames), serverCertTTL)
