@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -13,6 +14,8 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/internal/lograte"
 )
 
 // Audit actions recorded by the xDS server.
@@ -25,6 +28,9 @@ const (
 // per-node status.
 type callbacks struct {
 	s *Server
+
+	refusalOnce sync.Once
+	refusalLog  *slog.Logger // rate limited: a node can repeat refused requests at will
 
 	mu      sync.Mutex
 	streams map[streamKey]string // stream -> authenticated node
@@ -145,7 +151,10 @@ func (c *callbacks) authorize(ctx context.Context, node string, reqNode *core.No
 
 func (c *callbacks) deny(ctx context.Context, node, why string) error {
 	c.s.stats.denied.Add(1)
-	c.s.log.Warn("xDS request denied", "node", node, "reason", why)
+	c.refusalOnce.Do(func() {
+		c.refusalLog = slog.New(lograte.New(c.s.log.Handler(), lograte.Config{Now: c.s.cfg.Clock.Now}))
+	})
+	c.refusalLog.Warn("xDS request denied", "node", node, "reason", why)
 	c.s.cfg.Audit.RecordDenial(context.WithoutCancel(ctx), ActionRequest, node, why)
 	return status.Error(codes.PermissionDenied, why)
 }
