@@ -83,11 +83,13 @@ func (r *Registry) deny(ctx context.Context, ev store.Event) {
 	if r.cfg.OnDenial != nil {
 		r.cfg.OnDenial(ev.Action, ev.Outcome, reason)
 	}
-	if !r.denials.add(ev, reason, r.cfg.Clock.Now()) {
+	now := r.cfg.Clock.Now()
+	if !r.denials.add(ev, reason, now) {
 		return
 	}
 	if _, err := r.cfg.Store.Append(context.WithoutCancel(ctx), ev); err != nil {
 		r.refusalLog.Error("audit record not written", "action", ev.Action, "err", err)
+		r.denials.add(ev, reason, now) // counted again: the summary carries it
 	}
 }
 
@@ -140,7 +142,7 @@ func (d *denials) take() []store.Event {
 		}
 		evs = append(evs, store.Event{
 			Action: k.action, Actor: k.actor, Node: k.node, Identity: k.identity, Serial: b.serial, Outcome: b.outcome,
-			Detail: text.Clip(fmt.Sprintf("%d more %s between %s and %s; last: %s", b.count, plural(b.outcome),
+			Detail: text.Clip(fmt.Sprintf("%d more %s between %s and %s; last: %s", b.count, plural(b.outcome, b.count),
 				b.since.UTC().Format(time.RFC3339), b.until.UTC().Format(time.RFC3339), b.last), deniedDetailWidth+100),
 		})
 		b.count = 0
@@ -149,18 +151,22 @@ func (d *denials) take() []store.Event {
 		evs = append(evs, store.Event{
 			Action: action, Actor: "other", Outcome: b.outcome,
 			Detail: text.Clip(fmt.Sprintf("%d %s between %s and %s from other sources or reasons (more than %d tracked at once); last: %s",
-				b.count, plural(b.outcome), b.since.UTC().Format(time.RFC3339), b.until.UTC().Format(time.RFC3339), maxDenialKeys, b.last), deniedDetailWidth+100),
+				b.count, plural(b.outcome, b.count), b.since.UTC().Format(time.RFC3339), b.until.UTC().Format(time.RFC3339), maxDenialKeys, b.last), deniedDetailWidth+100),
 		})
 		delete(d.other, action)
 	}
 	return evs
 }
 
-func plural(outcome string) string {
+func plural(outcome string, n int) string {
+	word := "refusal"
 	if outcome == store.OutcomeFailed {
-		return "failures"
+		word = "failure"
 	}
-	return "refusals"
+	if n == 1 {
+		return word
+	}
+	return word + "s"
 }
 
 // FlushDenials writes the summaries of refusals not yet recorded, in one

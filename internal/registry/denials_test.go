@@ -2,15 +2,19 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
 )
 
@@ -90,7 +94,7 @@ func TestRefusalBurstIsOneRecordPlusSummary(t *testing.T) {
 	if err := r.FlushDenials(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := denied(events(t, r)); len(got) != 3 || !strings.HasPrefix(got[2].Detail, "1 more refusals") {
+	if got := denied(events(t, r)); len(got) != 3 || !strings.HasPrefix(got[2].Detail, "1 more refusal ") {
 		t.Fatalf("records = %d, last %q; want a third, a summary of 1", len(got), got[len(got)-1].Detail)
 	}
 	// Quiet for an interval: forgotten, so the next refusal is news again.
@@ -217,5 +221,39 @@ func TestDenialReason(t *testing.T) {
 				t.Fatalf("reason = %s, want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestRefusalNotWrittenIsInTheSummary: when the first record of a key
+// cannot be written, the interval's summary counts it.
+func TestRefusalNotWrittenIsInTheSummary(t *testing.T) {
+	ctx := context.Background()
+	dir := dataDir(t)
+	sealer, err := seal.LoadOrCreate(filepath.Join(dir, "kek"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Bool
+	st, err := store.Open(store.Config{Dir: dir, Sealer: sealer, Fault: func() error {
+		if failing.Load() {
+			return errors.New("injected fault")
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRegistry(t, st, clock.NewFake(t0))
+	failing.Store(true)
+	r.RecordDenial(ctx, "xds.auth", "", "client certificate does not verify")
+	failing.Store(false)
+	if got := denied(events(t, r)); len(got) != 0 {
+		t.Fatalf("%d records written during the fault", len(got))
+	}
+	if err := r.FlushDenials(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := denied(events(t, r)); len(got) != 1 || !strings.HasPrefix(got[0].Detail, "1 more refusal ") {
+		t.Fatalf("after the interval: %+v", got)
 	}
 }
