@@ -93,3 +93,20 @@ func (h *holder) holds(t *testing.T, id, serial string) bool {
 	s := h.secrets[secretName(id)]
 	return s != nil && fmt.Sprintf("%x", tlsCert(t, s).Leaf.SerialNumber) == serial
 }
+
+// pollUntil checks cond every tick until it holds (true) or timeout has
+// passed (false). Only for effects of the real network that announce no
+// event a test could wait for.
+func pollUntil(timeout, tick time.Duration, cond func() bool) bool {
+	deadline := time.After(timeout)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-deadline:
+			return cond()
+		case <-t.C:
+		}
+	}
+	return true
+}
