@@ -747,18 +747,7 @@ func TestReissueAllCLI(t *testing.T) {
 // Then it checks that what the nodes receive fits the walkthrough's curls
 // and the identities the mesh expects (checkWalkthroughMesh).
 func TestREADMEWalkthrough(t *testing.T) {
-	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, rest, ok := strings.Cut(string(readme), "<!-- walkthrough -->")
-	block, _, ok2 := strings.Cut(rest, "<!-- /walkthrough -->")
-	if !ok || !ok2 {
-		t.Fatal("README has no walkthrough block")
-	}
-	block = strings.TrimSpace(block)
-	block = strings.TrimPrefix(block, "```sh")
-	block = strings.TrimSuffix(block, "```")
+	block := readmeBlock(t, "walkthrough")
 	for _, def := range []string{":8000", ":6565"} {
 		if strings.Contains(block, def) {
 			t.Fatalf("the walkthrough uses the default port %s, which a `make run` server holds", def)
@@ -773,17 +762,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 	}
 	block = strings.NewReplacer(subst...).Replace(block)
 
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, "bin"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(binary, filepath.Join(dir, "bin", "meshca")); err != nil {
-		t.Fatal(err)
-	}
-	testdata, _ := filepath.Abs(filepath.Join("..", "..", "testdata"))
-	if err := os.Symlink(testdata, filepath.Join(dir, "testdata")); err != nil {
-		t.Fatal(err)
-	}
+	dir := readmeDir(t)
 	script := "set -euo pipefail\n" +
 		"envoy() { echo 'envoy: not run in tests'; }\n" +
 		// The README greps curl's headers; without Envoy there are none.
