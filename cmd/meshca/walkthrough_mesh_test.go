@@ -304,22 +304,19 @@ func listenerOn(views []*nodeView, port uint32) (*nodeView, *listenerv3.Listener
 // then the first route whose prefix or path matches and that has no
 // header matchers.
 func routeFor(rc *routev3.RouteConfiguration, host, path string) (*routev3.VirtualHost, *routev3.Route) {
-	var vh *routev3.VirtualHost
-	for _, exact := range []bool{true, false} {
-		for _, h := range rc.GetVirtualHosts() {
-			for _, d := range h.GetDomains() {
-				if (exact && strings.EqualFold(d, host)) || (!exact && d == "*") {
-					vh = h
-					break
-				}
-			}
-			if vh != nil {
-				break
+	var vh, wildcard *routev3.VirtualHost
+	for _, h := range rc.GetVirtualHosts() {
+		for _, d := range h.GetDomains() {
+			switch {
+			case vh == nil && strings.EqualFold(d, host):
+				vh = h
+			case wildcard == nil && d == "*":
+				wildcard = h
 			}
 		}
-		if vh != nil {
-			break
-		}
+	}
+	if vh == nil {
+		vh = wildcard
 	}
 	if vh == nil {
 		return nil, nil
@@ -329,7 +326,7 @@ func routeFor(rc *routev3.RouteConfiguration, host, path string) (*routev3.Virtu
 		if len(m.GetHeaders()) > 0 {
 			continue
 		}
-		if p := m.GetPrefix(); (p != "" || m.GetPath() == "") && strings.HasPrefix(path, p) || m.GetPath() == path {
+		if (m.GetPrefix() != "" && strings.HasPrefix(path, m.GetPrefix())) || (m.GetPath() != "" && m.GetPath() == path) {
 			return vh, r
 		}
 	}
