@@ -5,7 +5,7 @@ PKGS      := ./...
 FUZZTIME  ?= 5s
 SOAKFUZZ  ?= 2m
 
-.PHONY: all build run test deps vet fmt-check unit bench-smoke fuzz-smoke bench fuzz soak clean
+.PHONY: all build run test deps vet fmt-check unit bench-smoke fuzz-smoke bench fuzz soak soak-tests clean
 
 all: build
 
@@ -64,9 +64,12 @@ bench: build
 fuzz:
 	@for t in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(SOAKFUZZ) "$${t%%:*}" || exit 1; done
 
-## soak: the long reliability runs (20 kill -9, 10 TTLs of rotation...), longer fuzzing, full benchmarks
-soak: fuzz bench
-	MESHCA_SOAK=1 $(GO) test -count=1 -timeout 60m -run 'CrashConsistency|GracefulStop|RotationSoak|Hostile|Abuse|Fault|Skew' ./cmd/meshca ./internal/app ./ca
+## soak: the long reliability runs, longer fuzzing, full benchmarks
+soak: soak-tests fuzz bench
+
+## soak-tests: the long variants of the reliability tests alone (20 kill -9, 10 TTLs of rotation...), with their figures
+soak-tests:
+	MESHCA_SOAK=1 $(GO) test -count=1 -v -timeout 60m -run 'CrashConsistency|GracefulStop|RotationSoak|Hostile|Abuse|Fault|Skew' ./cmd/meshca ./internal/app ./ca
 
 clean:
 	rm -rf bin

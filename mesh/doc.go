@@ -56,4 +56,8 @@
 //     are refused for grpc nodes.
 //   - Build returns complete state for one node; ordering, versions and
 //     removal of RDS/EDS dependents are the server's job.
+//   - Parse cannot know which identities exist. Mesh.IdentityRefs lists
+//     every identity a document names (services, the front proxy, exact
+//     allowed_spiffe_ids) by field path; meshca refuses the apply when one
+//     of them does not exist or is revoked.
 package mesh

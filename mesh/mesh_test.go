@@ -440,7 +440,7 @@ func TestSidecar(t *testing.T) {
 	}
 	local := find[*clusterv3.Cluster](t, res, resource.ClusterType, "local_echo")
 	sa := local.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
-	if local.GetType() != clusterv3.Cluster_STATIC || sa.GetAddress() != "127.0.0.1" || sa.GetPortValue() != 8080 {
+	if local.GetType() != clusterv3.Cluster_STATIC || sa.GetAddress() != "127.0.0.1" || sa.GetPortValue() != 9080 {
 		t.Errorf("local cluster %v", local)
 	}
 	up := upstreamTLS(t, find[*clusterv3.Cluster](t, res, resource.ClusterType, "billing"))
@@ -495,7 +495,8 @@ func TestBuildErrors(t *testing.T) {
 	}
 	// Two sidecars on one node with the same inbound port.
 	n := mesh.Node{Name: "both", Kind: mesh.KindSidecar, Identities: []string{"echo", "billing"}}
-	if _, err := mesh.Build(m, n, td); !errors.Is(err, mesh.ErrConflict) {
+	samePort := parse(t, []byte(strings.Replace(string(readExample(t, "https-front-proxy")), "    inbound_port: 15444\n", "    inbound_port: 15443\n", 1)))
+	if _, err := mesh.Build(samePort, n, td); !errors.Is(err, mesh.ErrConflict) {
 		t.Errorf("two sidecars on port 15443: %v, want ErrConflict", err)
 	}
 	// A mesh built in code is validated too.
@@ -518,8 +519,8 @@ func TestRemoveServiceDiff(t *testing.T) {
 	data = strings.Replace(data, `  - name: billing
     identity: billing
     endpoints:
-      - address: 10.0.3.10
-        port: 15443
+      - address: 127.0.0.1          # billing's sidecar (inbound_port 15444)
+        port: 15444
 `, "", 1)
 	data = strings.Replace(data, "      - {service: billing, port: 9001}\n", "", 1)
 	data = data[:strings.Index(data, "  - service: billing")] + data[strings.Index(data, "grpc:"):]
@@ -554,7 +555,7 @@ func TestRemoveServiceDiff(t *testing.T) {
 }
 
 func TestHostNameEndpointsUseStrictDNS(t *testing.T) {
-	data := strings.Replace(string(readExample(t, "http-front-proxy")), "address: 10.0.0.10", "address: echo.internal", 1)
+	data := strings.Replace(string(readExample(t, "http-front-proxy")), "address: 127.0.0.1", "address: echo.internal", 1)
 	res := build(t, parse(t, []byte(data)), frontNode)
 	c := find[*clusterv3.Cluster](t, res, resource.ClusterType, "echo")
 	if c.GetType() != clusterv3.Cluster_STRICT_DNS || len(c.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()) != 2 {

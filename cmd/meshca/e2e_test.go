@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -740,42 +741,33 @@ func TestReissueAllCLI(t *testing.T) {
 
 // TestREADMEWalkthrough runs the README's walkthrough block with bash,
 // everything but Envoy and curl (stubbed: no Envoy can run here), against
-// the real binary on the default loopback ports.
+// the real binary. The walkthrough's own ports (admin 8100, xDS 6600) are
+// replaced with free ones, so that a server on the default or the
+// walkthrough ports does not get in the way; nothing else is changed.
+// Then it checks that what the nodes receive fits the walkthrough's curls
+// and the identities the mesh expects (checkWalkthroughMesh).
 func TestREADMEWalkthrough(t *testing.T) {
-	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, rest, ok := strings.Cut(string(readme), "<!-- walkthrough -->")
-	block, _, ok2 := strings.Cut(rest, "<!-- /walkthrough -->")
-	if !ok || !ok2 {
-		t.Fatal("README has no walkthrough block")
-	}
-	block = strings.TrimSpace(block)
-	block = strings.TrimPrefix(block, "```sh")
-	block = strings.TrimSuffix(block, "```")
-	for _, addr := range []string{"127.0.0.1:8000", "127.0.0.1:6565"} {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Fatalf("the walkthrough uses the default port %s, which is busy: %v", addr, err)
+	block := readmeBlock(t, "walkthrough")
+	for _, def := range []string{":8000", ":6565"} {
+		if strings.Contains(block, def) {
+			t.Fatalf("the walkthrough uses the default port %s, which a `make run` server holds", def)
 		}
-		ln.Close()
 	}
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, "bin"), 0o755); err != nil {
-		t.Fatal(err)
+	var subst []string
+	for _, port := range []string{":8100", ":6600"} {
+		if !strings.Contains(block, port) {
+			t.Fatalf("the walkthrough no longer uses its port %s: update this test", port)
+		}
+		subst = append(subst, port, ":"+freePort(t))
 	}
-	if err := os.Symlink(binary, filepath.Join(dir, "bin", "meshca")); err != nil {
-		t.Fatal(err)
-	}
-	testdata, _ := filepath.Abs(filepath.Join("..", "..", "testdata"))
-	if err := os.Symlink(testdata, filepath.Join(dir, "testdata")); err != nil {
-		t.Fatal(err)
-	}
+	block = strings.NewReplacer(subst...).Replace(block)
+
+	dir := readmeDir(t)
 	script := "set -euo pipefail\n" +
 		"envoy() { echo 'envoy: not run in tests'; }\n" +
 		// The README greps curl's headers; without Envoy there are none.
-		"curl() { printf 'x-upstream-host: (no envoy in tests)\\nlocation: (no envoy in tests)\\n'; }\n" +
+		// The stub notes each call on stderr for the checks below.
+		"curl() { echo \"curl-stub: $*\" >&2; printf 'x-upstream-host: (no envoy in tests)\\nlocation: (no envoy in tests)\\n'; }\n" +
 		"trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" +
 		block + "\n"
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -788,7 +780,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 		log, _ := os.ReadFile(filepath.Join(dir, "demo", "server.log"))
 		t.Fatalf("walkthrough failed: %v\n%s\nserver log:\n%s", err, out, log)
 	}
-	for _, want := range []string{"applied mesh version 1", "applied mesh version 4", "node edge-1 joined", "wrote cert.pem"} {
+	for _, want := range []string{"applied mesh version 1", "applied mesh version 4", "node edge-1 joined", "node echo-1 joined", "node billing-1 joined", "wrote cert.pem"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("walkthrough output lacks %q:\n%s", want, out)
 		}
@@ -796,7 +788,42 @@ func TestREADMEWalkthrough(t *testing.T) {
 	if strings.Contains(string(out), "PRIVATE KEY") {
 		t.Fatal("the walkthrough printed key material")
 	}
-	if _, err := bootstrapfiles.ParseEnvoy(mustRead(t, filepath.Join(dir, "demo", "edge-1", "envoy.yaml"))); err != nil {
+	for _, node := range []string{"edge-1", "echo-1", "billing-1"} {
+		if _, err := bootstrapfiles.ParseEnvoy(mustRead(t, filepath.Join(dir, "demo", node, "envoy.yaml"))); err != nil {
+			t.Fatalf("%s: %v", node, err)
+		}
+	}
+	// Everything the walkthrough wrote is under demo/, which git ignores.
+	entries, err := os.ReadDir(dir)
+	if err != nil {
 		t.Fatal(err)
 	}
+	for _, e := range entries {
+		if !slices.Contains([]string{"bin", "testdata", "demo"}, e.Name()) {
+			t.Errorf("the walkthrough wrote %s outside demo/", e.Name())
+		}
+	}
+	// The curls after the last mesh apply run against the final mesh.
+	var curls []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "applied mesh version") {
+			curls = nil
+		}
+		if c, ok := strings.CutPrefix(line, "curl-stub: "); ok {
+			curls = append(curls, c)
+		}
+	}
+	checkWalkthroughMesh(t, dir, curls)
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port
 }

@@ -68,12 +68,43 @@ type loadGen struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	results []issueResult
+	changed chan struct{} // closed and replaced at each result
+}
+
+// waitUntil blocks until ok holds for the results so far, or fails after
+// timeout.
+func (g *loadGen) waitUntil(timeout time.Duration, ok func([]issueResult) bool) error {
+	deadline := time.After(timeout)
+	for {
+		g.mu.Lock()
+		done, ch := ok(g.results), g.changed
+		g.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			return fmt.Errorf("load: condition not met within %s", timeout)
+		}
+	}
+}
+
+// answered counts the results with an HTTP answer.
+func answered(rs []issueResult) int {
+	n := 0
+	for _, r := range rs {
+		if r.status != 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // startIssuers starts the issuers; names are c-<issuer>-<n>, with next[i]
 // the next n of issuer i (kept across server lifetimes so names stay unique).
 func startIssuers(admin string, next *[issuers]int) *loadGen {
-	g := &loadGen{stop: make(chan struct{})}
+	g := &loadGen{stop: make(chan struct{}), changed: make(chan struct{})}
 	client := &http.Client{Timeout: issueTimeout, Transport: &http.Transport{}}
 	for i := 0; i < issuers; i++ {
 		g.wg.Add(1)
@@ -92,6 +123,8 @@ func startIssuers(admin string, next *[issuers]int) *loadGen {
 				r := issueOne(client, admin, name)
 				g.mu.Lock()
 				g.results = append(g.results, r)
+				close(g.changed)
+				g.changed = make(chan struct{})
 				g.mu.Unlock()
 			}
 		}(i)
@@ -270,8 +303,11 @@ func TestCrashConsistency(t *testing.T) {
 	var last stateCheck
 	for k := 0; k < kills; k++ {
 		g := startIssuers(srv.admin, &next)
-		// A random moment after the load started: 100ms to 1.5s.
-		time.Sleep(100*time.Millisecond + time.Duration(rng.Int64N(int64(1400*time.Millisecond))))
+		// A random moment in the load: after 5 to 75 answered requests.
+		atAnswer := 5 + rng.IntN(71)
+		if err := g.waitUntil(30*time.Second, func(rs []issueResult) bool { return answered(rs) >= atAnswer }); err != nil {
+			t.Fatalf("kill %d: %d answers before the kill: %v", k+1, atAnswer, err)
+		}
 		if err := srv.cmd.Process.Kill(); err != nil {
 			t.Fatal(err)
 		}
@@ -329,13 +365,28 @@ func TestGracefulStopUnderLoad(t *testing.T) {
 	var maxStop, maxReq time.Duration
 	for round := 0; round < rounds; round++ {
 		g := startIssuers(srv.admin, &next)
-		time.Sleep(800*time.Millisecond + time.Duration(rng.Int64N(int64(400*time.Millisecond))))
+		// A random moment in the load: after 40 to 80 answered requests.
+		atAnswer := 40 + rng.IntN(41)
+		if err := g.waitUntil(30*time.Second, func(rs []issueResult) bool { return answered(rs) >= atAnswer }); err != nil {
+			t.Fatalf("round %d: %d answers before SIGTERM: %v", round+1, atAnswer, err)
+		}
 		sigAt := time.Now()
 		srv.stop(t) // SIGTERM; exit 0 and "meshca stopped" within 15s
 		exited := time.Now()
 		maxStop = max(maxStop, exited.Sub(sigAt))
-		// Let the issuers run against the stopped server for a while.
-		time.Sleep(200 * time.Millisecond)
+		// Let the issuers run against the stopped server: each sends one
+		// more request at least.
+		if err := g.waitUntil(30*time.Second, func(rs []issueResult) bool {
+			after := 0
+			for _, r := range rs {
+				if r.started.After(exited) {
+					after++
+				}
+			}
+			return after >= issuers
+		}); err != nil {
+			t.Fatalf("round %d: requests after the exit: %v", round+1, err)
+		}
 		for _, r := range g.halt() {
 			sent++
 			maxReq = max(maxReq, r.took)

@@ -93,6 +93,8 @@ func TestAbuseStalledHandshakes(t *testing.T) {
 		closedAfter     []time.Duration
 		notClosed, dErr int
 	)
+	var stalling sync.WaitGroup // done when every connection is open and stalled
+	stalling.Add(stalled)
 	for i := 0; i < stalled; i++ {
 		wg.Add(1)
 		// Half send nothing, half send the first bytes of a ClientHello
@@ -100,6 +102,8 @@ func TestAbuseStalledHandshakes(t *testing.T) {
 		partial := rng.IntN(2) == 0
 		go func() {
 			defer wg.Done()
+			stalls := sync.OnceFunc(stalling.Done)
+			defer stalls()
 			start := time.Now()
 			c, err := net.DialTimeout("tcp", m.app.XDS, 5*time.Second)
 			if err != nil {
@@ -112,6 +116,7 @@ func TestAbuseStalledHandshakes(t *testing.T) {
 			if partial {
 				_, _ = c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01})
 			}
+			stalls()
 			d := waitClosed(c, start, limit+3*time.Second)
 			mu.Lock()
 			defer mu.Unlock()
@@ -122,8 +127,8 @@ func TestAbuseStalledHandshakes(t *testing.T) {
 			}
 		}()
 	}
-	// Meanwhile, the legitimate client.
-	time.Sleep(200 * time.Millisecond)
+	// Meanwhile, the legitimate client, once every stalled connection is in.
+	stalling.Wait()
 	lat, fails := fetchOwn(t, sdsc, "n1", "web", 100)
 	wg.Wait()
 	slices.Sort(closedAfter)
@@ -256,6 +261,8 @@ func TestAbuseStreamFlood(t *testing.T) {
 	// another node is served meanwhile.
 	maxStreams, polls := 0, 0
 	var lat []time.Duration
+	sample := time.NewTicker(100 * time.Millisecond)
+	defer sample.Stop()
 	for ctx.Err() == nil {
 		var n api.Node
 		m.admin("GET", api.PathNodes+"/n1", nil, &n, http.StatusOK)
@@ -266,7 +273,10 @@ func TestAbuseStreamFlood(t *testing.T) {
 			break
 		}
 		lat = append(lat, l...)
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-sample.C:
+		}
 	}
 	wg.Wait()
 	slices.Sort(lat)
@@ -288,19 +298,14 @@ func TestAbuseStreamFlood(t *testing.T) {
 	if len(lat) == 0 || pct(lat, 99) >= 3*time.Second {
 		t.Errorf("other node during the flood: %d fetches, p99 %s", len(lat), pct(lat, 99))
 	}
-	// The streams go away once the flooder gives up.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var n api.Node
+	// The streams go away once the flooder gives up. The server announces
+	// no event for that: poll its count.
+	var n api.Node
+	if !pollUntil(10*time.Second, 50*time.Millisecond, func() bool {
 		m.admin("GET", api.PathNodes+"/n1", nil, &n, http.StatusOK)
-		if n.Connection.Streams == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("%d streams still counted 10s after the flood ended", n.Connection.Streams)
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
+		return n.Connection.Streams == 0
+	}) {
+		t.Errorf("%d streams still counted 10s after the flood ended", n.Connection.Streams)
 	}
 }
 
@@ -329,11 +334,15 @@ func TestAbuseAdminSlowHeaders(t *testing.T) {
 		notCut    int
 		responses = map[string]int{}
 	)
+	var stalling sync.WaitGroup // done when every client has sent its part
+	stalling.Add(clients)
 	for i := 0; i < clients; i++ {
 		wg.Add(1)
 		p := partials[rng.IntN(len(partials))]
 		go func() {
 			defer wg.Done()
+			stalls := sync.OnceFunc(stalling.Done)
+			defer stalls()
 			start := time.Now()
 			c, err := net.DialTimeout("tcp", m.app.Admin, 5*time.Second)
 			if err != nil {
@@ -342,6 +351,7 @@ func TestAbuseAdminSlowHeaders(t *testing.T) {
 			}
 			defer c.Close()
 			_, _ = io.WriteString(c, p)
+			stalls()
 			_ = c.SetReadDeadline(start.Add(limit + 3*time.Second))
 			data, err := io.ReadAll(c)
 			d := time.Since(start)
@@ -360,7 +370,7 @@ func TestAbuseAdminSlowHeaders(t *testing.T) {
 			responses[first]++
 		}()
 	}
-	time.Sleep(500 * time.Millisecond)
+	stalling.Wait()
 	var lat []time.Duration
 	for i := 0; i < 20; i++ {
 		start := time.Now()

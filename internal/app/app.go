@@ -101,6 +101,18 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
+	// Bind every listener before anything is created: a server that cannot
+	// serve (another meshca already on these ports) must not leave a data
+	// directory or a fresh CA behind.
+	lns, err := bindListeners(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil { // a later step failed: nothing serves these
+			lns.close()
+		}
+	}()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
@@ -129,17 +141,9 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	}()
 
 	var (
-		runs      []func(context.Context) error
-		listeners []net.Listener
-		attrs     = []any{"data_dir", dir, "trust_domain", td.Name()}
+		runs  []func(context.Context) error
+		attrs = []any{"data_dir", dir, "trust_domain", td.Name()}
 	)
-	defer func() {
-		if err != nil { // a later step failed: nothing serves these
-			for _, ln := range listeners {
-				ln.Close()
-			}
-		}
-	}()
 	reg, err := registry.New(ctx, registry.Config{
 		Store: st, TrustDomain: td, KeyAlgorithm: keyAlg,
 		RootTTL: cfg.CA.RootTTL.D(), IntermediateTTL: cfg.CA.IntermediateTTL.D(),
@@ -180,11 +184,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err := xdsSrv.RefreshAll(ctx); err != nil {
 		return nil, err
 	}
-	xdsLn, err := net.Listen("tcp", cfg.XDS.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("xds.listen %s: %w", cfg.XDS.Listen, err)
-	}
-	listeners = append(listeners, xdsLn)
+	xdsLn := lns.xds
 	runs = append(runs, func(ctx context.Context) error { return xdsSrv.Run(ctx, xdsLn) })
 	attrs = append(attrs, "xds", xdsLn.Addr().String())
 	app.XDS = xdsLn.Addr().String()
@@ -213,44 +213,75 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, err
 	}
 	mtls := admin.MTLS(reg, reg, serverCert.Get)
-	var tlsCfgs []*tls.Config
-	adminStart := len(listeners)
 	for _, l := range []struct {
 		key, addr string
+		ln        net.Listener
 		forceTLS  bool
 	}{
-		{"admin", cfg.Admin.Listen, false},
-		{"admin_mtls", cfg.Admin.MTLSListen, true},
+		{"admin", cfg.Admin.Listen, lns.admin, false},
+		{"admin_mtls", cfg.Admin.MTLSListen, lns.adminMTLS, true},
 	} {
-		if l.addr == "" {
+		if l.ln == nil {
 			continue
 		}
 		var tlsCfg *tls.Config
 		if l.forceTLS || !isLoopback(l.addr) {
 			tlsCfg = mtls
 		}
-		tlsCfgs = append(tlsCfgs, tlsCfg)
-		ln, err := net.Listen("tcp", l.addr)
-		if err != nil {
-			return nil, fmt.Errorf("%s listen %s: %w", l.key, l.addr, err)
-		}
-		listeners = append(listeners, ln)
-		attrs = append(attrs, l.key, ln.Addr().String())
+		attrs = append(attrs, l.key, l.ln.Addr().String())
 		if l.forceTLS {
-			app.AdminMTLS = ln.Addr().String()
+			app.AdminMTLS = l.ln.Addr().String()
 		} else {
-			app.Admin = ln.Addr().String()
+			app.Admin = l.ln.Addr().String()
 		}
-	}
-	for i, ln := range listeners[adminStart:] {
-		tlsCfg := tlsCfgs[i]
-		runs = append(runs, func(ctx context.Context) error { return adm.Run(ctx, ln, tlsCfg) })
+		runs = append(runs, func(ctx context.Context) error { return adm.Run(ctx, l.ln, tlsCfg) })
 	}
 	issuer := reg.CA().Issuer()
 	attrs = append(attrs, "issuer_serial", fmt.Sprintf("%x", issuer.SerialNumber), "issuer_not_after", issuer.NotAfter)
 	logger.Info("meshca started", attrs...)
 	app.runs = runs
 	return app, nil
+}
+
+// boundListeners are the sockets of a starting meshca; admin and adminMTLS
+// are nil when not configured.
+type boundListeners struct{ xds, admin, adminMTLS net.Listener }
+
+// bindListeners binds xds.listen, admin.listen and admin.mtls_listen, or
+// none of them: the error names the address that could not be bound.
+func bindListeners(cfg config.Config) (_ boundListeners, err error) {
+	var lns boundListeners
+	defer func() {
+		if err != nil {
+			lns.close()
+		}
+	}()
+	for _, l := range []struct {
+		key, addr string
+		ln        *net.Listener
+	}{
+		{"xds.listen", cfg.XDS.Listen, &lns.xds},
+		{"admin.listen", cfg.Admin.Listen, &lns.admin},
+		{"admin.mtls_listen", cfg.Admin.MTLSListen, &lns.adminMTLS},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return lns, fmt.Errorf("%s %s: %w (is another meshca running? stop it or choose another address)", l.key, l.addr, err)
+		}
+		*l.ln = ln
+	}
+	return lns, nil
+}
+
+func (l boundListeners) close() {
+	for _, ln := range []net.Listener{l.xds, l.admin, l.adminMTLS} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
 }
 
 // kekPresent refuses to start on an existing store whose key-encryption key

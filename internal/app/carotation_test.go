@@ -1,7 +1,11 @@
 package app_test
 
 import (
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -35,26 +39,29 @@ func TestCARotationKeepsHandshakes(t *testing.T) {
 	handshakes, phases := 0, map[string]time.Duration{}
 	step := func() {
 		t.Helper()
-		clk.Add(5 * time.Minute)
-		time.Sleep(5 * time.Millisecond) // let the loops run and push
-		server.drain()
-		client.drain()
+		// Move the clock while meshca's loops are parked, wait until they
+		// are parked again, then until both nodes hold the current leaves
+		// and a bundle of exactly the current roots.
+		advance(t, clk, 5*time.Minute)
 		now := clk.Now()
+		current := m.serials()
+		var roots []string
+		for _, r := range caState().Roots {
+			roots = append(roots, r.Serial)
+		}
+		slices.Sort(roots)
+		for _, n := range []struct {
+			h  *holder
+			id string
+		}{{server, "echo"}, {client, "web"}} {
+			n.h.await(t, fmt.Sprintf("%s: node holds %s %s and roots %v", now.Format(time.DateTime), n.id, current[n.id], roots), func() bool {
+				return n.h.holds(t, n.id, current[n.id]) && slices.Equal(bundleSerials(t, n.h), roots)
+			})
+		}
 		srv, okS := server.validAt(t, "echo", now)
 		cli, okC := client.validAt(t, "web", now)
 		if !okS || !okC {
-			// Renewals are pushed within real milliseconds; give them a moment.
-			deadline := time.Now().Add(3 * time.Second)
-			for (!okS || !okC) && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-				server.drain()
-				client.drain()
-				srv, okS = server.validAt(t, "echo", now)
-				cli, okC = client.validAt(t, "web", now)
-			}
-			if !okS || !okC {
-				t.Fatalf("%s: a node holds no valid certificate", now.Format(time.DateTime))
-			}
+			t.Fatalf("%s: a node holds no valid certificate", now.Format(time.DateTime))
 		}
 		at := func() time.Time { return now }
 		if err := handshakeAt(t, at, srv, server.secrets[secretName("")], cli, client.secrets[secretName("")]); err != nil {
@@ -122,6 +129,28 @@ func TestCARotationKeepsHandshakes(t *testing.T) {
 	if handshakes < 100 {
 		t.Fatalf("only %d handshakes", handshakes)
 	}
+}
+
+// bundleSerials lists the serials of the roots in the bundle a node holds,
+// sorted.
+func bundleSerials(t *testing.T, h *holder) []string {
+	t.Helper()
+	var out []string
+	rest := h.secrets[secretName("")].GetValidationContext().GetTrustedCa().GetInlineBytes()
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fmt.Sprintf("%x", c.SerialNumber))
+	}
+	slices.Sort(out)
+	return out
 }
 
 func kindName(root bool) string {

@@ -190,7 +190,7 @@ func readExample(t *testing.T, name string) string {
 func TestEnvoyFrontProxyAndSidecar(t *testing.T) {
 	m := startMesh(t, nil)
 	m.admin("POST", api.PathIdentities, api.AddIdentityRequest{Name: "front", DNSNames: []string{"echo.example.com"}}, nil, http.StatusCreated)
-	for _, id := range []string{"echo", "billing"} {
+	for _, id := range []string{"echo", "billing", "ops"} {
 		m.addIdentity(id)
 	}
 	edgeTok := m.addNode("edge-1", "front-proxy", "front")
@@ -239,16 +239,16 @@ func TestEnvoyFrontProxyAndSidecar(t *testing.T) {
 	// the sidecar's next full-state responses.
 	trimmed := strings.Replace(doc, "      - {service: billing, port: 9001}\n", "", 1)
 	trimmed = strings.Replace(trimmed, `  - service: billing
-    inbound_port: 15443
-    app_port: 8081
+    inbound_port: 15444
+    app_port: 9090
     allowed_spiffe_ids:
       - exact: spiffe://mesh.local/echo
 `, "", 1)
 	trimmed = strings.Replace(trimmed, `  - name: billing
     identity: billing
     endpoints:
-      - address: 10.0.3.10
-        port: 15443
+      - address: 127.0.0.1          # billing's sidecar (inbound_port 15444)
+        port: 15444
 `, "", 1)
 	var plan api.MeshPlan
 	m.admin("POST", api.PathMesh, api.ApplyMeshRequest{Document: trimmed}, &plan, http.StatusCreated)

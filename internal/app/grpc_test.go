@@ -130,16 +130,14 @@ func spread(t *testing.T, c testgrpc.TestServiceClient, n int) map[string]int {
 // eventually retries batches of calls until ok holds.
 func eventually(t *testing.T, c testgrpc.TestServiceClient, what string, ok func(map[string]int) bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		got := spread(t, c, 40)
-		if ok(got) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: last batch %v", what, got)
-		}
-		time.Sleep(50 * time.Millisecond)
+	// grpc-go applies an xDS update to its picker without telling anyone:
+	// send batches until the spread shows it.
+	var got map[string]int
+	if !pollUntil(15*time.Second, 50*time.Millisecond, func() bool {
+		got = spread(t, c, 40)
+		return ok(got)
+	}) {
+		t.Fatalf("%s: last batch %v", what, got)
 	}
 }
 

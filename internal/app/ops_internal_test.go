@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"net"
 	"path/filepath"
 	"strings"
@@ -57,16 +59,20 @@ func TestReadinessFollowsStore(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(runCtx, ln) }()
 	defer func() { stop(); <-done }()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := o.ready(ctx)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready while serving: %v", err)
-		}
-		time.Sleep(5 * time.Millisecond)
+	// A TLS handshake is answered only once Run serves: it is the event
+	// that Run has started. Its outcome does not matter (no client
+	// certificate is sent and the server's is not checked).
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", ln.Addr().String(),
+		&tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("xDS did not answer a handshake within 5s: %v", err)
+	}
+	if c != nil {
+		c.Close()
+	}
+	if err := o.ready(ctx); err != nil {
+		t.Fatalf("not ready while serving: %v", err)
 	}
 	if err := st.Close(); err != nil {
 		t.Fatal(err)

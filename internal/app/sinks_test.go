@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	accesslogdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
@@ -57,22 +56,22 @@ func TestSinksAccessLogsAndStats(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var logs []api.LogEntry
-		m.admin("GET", api.PathLogs+"?node=edge-1", nil, &logs, http.StatusOK)
-		text := scrape(t, m)
-		v, ok := sample(t, text, `envoy_cluster_echo_upstream_rq_total{node="edge-1"}`)
-		if len(logs) == 1 && ok && v == 42 {
-			if logs[0].Path != "/hello" || logs[0].Status != 200 || logs[0].Node != "edge-1" {
-				t.Fatalf("entry %+v", logs[0])
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sinks: logs %+v, stat %v %v", logs, v, ok)
-		}
-		time.Sleep(20 * time.Millisecond)
+	// Each sink answers a closed stream once it has taken every message.
+	if _, err := als.CloseAndRecv(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ms.CloseAndRecv(); err != nil {
+		t.Fatal(err)
+	}
+	var logs []api.LogEntry
+	m.admin("GET", api.PathLogs+"?node=edge-1", nil, &logs, http.StatusOK)
+	text := scrape(t, m)
+	v, ok := sample(t, text, `envoy_cluster_echo_upstream_rq_total{node="edge-1"}`)
+	if len(logs) != 1 || !ok || v != 42 {
+		t.Fatalf("sinks: logs %+v, stat %v %v", logs, v, ok)
+	}
+	if logs[0].Path != "/hello" || logs[0].Status != 200 || logs[0].Node != "edge-1" {
+		t.Fatalf("entry %+v", logs[0])
 	}
 	// And meshca logs shows it.
 	var out, errb bytes.Buffer

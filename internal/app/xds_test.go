@@ -175,18 +175,14 @@ func TestADSSecretsByNameAndReissue(t *testing.T) {
 	}
 	ack(t, ads, r2, want...)
 
-	// node list shows the connection and the ACKed version.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var n api.Node
+	// node list shows the connection and the ACKed version. The ACK is
+	// processed on the server's stream goroutine, which tells no one: poll.
+	var n api.Node
+	if !pollUntil(5*time.Second, 20*time.Millisecond, func() bool {
 		m.admin("GET", api.PathNodes+"/n1", nil, &n, http.StatusOK)
-		if n.Connection.Connected && n.Connection.Acked[resource.SecretType] == r2.GetVersionInfo() && n.Joined {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node status = %+v", n)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return n.Connection.Connected && n.Connection.Acked[resource.SecretType] == r2.GetVersionInfo() && n.Joined
+	}) {
+		t.Fatalf("node status = %+v", n)
 	}
 }
 
@@ -358,17 +354,14 @@ func TestGoControlPlaneClient(t *testing.T) {
 	if err := c.Ack(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var n api.Node
+	// The server records the ACK on its own goroutine, which tells no one:
+	// poll the node's status.
+	var n api.Node
+	if !pollUntil(5*time.Second, 20*time.Millisecond, func() bool {
 		m.admin("GET", api.PathNodes+"/n1", nil, &n, http.StatusOK)
-		if n.Connection.Acked[resource.SecretType] != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ACK not seen: %+v", n.Connection)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return n.Connection.Acked[resource.SecretType] != ""
+	}) {
+		t.Fatalf("ACK not seen: %+v", n.Connection)
 	}
 }
 

@@ -51,18 +51,32 @@ func TestRunLoad(t *testing.T) {
 			mu             sync.Mutex
 			seen           = map[int]bool{}
 			inFlight, peak int
+			allIn          = make(chan struct{}) // closed when 4 calls are in flight at once
 		)
-		res, err := RunLoad(ctx, Load{Callers: 4, Count: 50}, func(_ context.Context, i int) error {
+		res, err := RunLoad(ctx, Load{Callers: 4, Count: 50}, func(ctx context.Context, i int) error {
 			mu.Lock()
 			seen[i] = true
 			inFlight++
-			peak = max(peak, inFlight)
+			if inFlight > peak {
+				peak = inFlight
+				if peak == 4 {
+					close(allIn)
+				}
+			}
 			mu.Unlock()
-			time.Sleep(time.Millisecond)
-			mu.Lock()
-			inFlight--
-			mu.Unlock()
-			return nil
+			defer func() {
+				mu.Lock()
+				inFlight--
+				mu.Unlock()
+			}()
+			// The first calls wait for each other: RunLoad must run Callers
+			// of them at once for any to finish.
+			select {
+			case <-allIn:
+				return nil
+			case <-time.After(10 * time.Second):
+				return errors.New("4 callers never ran at once")
+			}
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -70,18 +84,16 @@ func TestRunLoad(t *testing.T) {
 		if res.Requests != 50 || len(seen) != 50 || !seen[0] || !seen[49] {
 			t.Fatalf("%d requests, %d distinct indexes", res.Requests, len(seen))
 		}
-		if peak > 4 {
-			t.Fatalf("%d requests in flight at once, want at most 4", peak)
+		if peak != 4 {
+			t.Fatalf("%d requests in flight at once, want 4 (Callers)", peak)
 		}
-		if res.P50 < time.Millisecond || res.P99 < res.P50 || res.Rate() <= 0 {
+		// The first 4 of 50 calls waited for each other: p99 saw them.
+		if res.P99 <= 0 || res.P99 < res.P50 || res.Rate() <= 0 {
 			t.Fatalf("p50 %s, p99 %s, rate %.0f/s", res.P50, res.P99, res.Rate())
 		}
 	})
 	t.Run("duration: stops after For", func(t *testing.T) {
-		res, err := RunLoad(ctx, Load{Callers: 2, For: 50 * time.Millisecond}, func(context.Context, int) error {
-			time.Sleep(time.Millisecond)
-			return nil
-		})
+		res, err := RunLoad(ctx, Load{Callers: 2, For: 50 * time.Millisecond}, func(context.Context, int) error { return nil })
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -41,6 +41,9 @@ func (r *Registry) applyMesh(ctx context.Context, doc []byte, dryRun bool, actor
 	if err != nil {
 		return MeshPlan{}, err
 	}
+	if err := r.checkIdentityRefs(ctx, m); err != nil {
+		return MeshPlan{}, err
+	}
 	nodes, err := r.meshNodes(ctx)
 	if err != nil {
 		return MeshPlan{}, err
@@ -88,6 +91,40 @@ func (r *Registry) applyMesh(ctx context.Context, doc []byte, dryRun bool, actor
 	r.log.Info("mesh applied", "version", plan.Version, "nodes_changed", len(plan.Changes), "actor", actor)
 	r.notifyAll(ctx)
 	return plan, nil
+}
+
+// checkIdentityRefs refuses a mesh that names an identity that does not
+// exist or is revoked: it would be accepted, and every handshake with that
+// identity would fail. Each reference is reported by its field path.
+func (r *Registry) checkIdentityRefs(ctx context.Context, m *mesh.Mesh) error {
+	refs := m.IdentityRefs()
+	if len(refs) == 0 {
+		return nil
+	}
+	var problems []mesh.Problem
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		for _, ref := range refs {
+			id, err := tx.Identity(ref.Name)
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+				problems = append(problems, mesh.Problem{Path: ref.Path,
+					Message: fmt.Sprintf("identity %q does not exist: create it first (meshca identity add %s)", ref.Name, ref.Name)})
+			case err != nil:
+				return err
+			case id.State == store.StateRevoked:
+				problems = append(problems, mesh.Problem{Path: ref.Path,
+					Message: fmt.Sprintf("identity %q is revoked: name another identity or add a new one", ref.Name)})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("check mesh identities: %w", err)
+	}
+	if len(problems) > 0 {
+		return &mesh.ValidationError{Problems: problems}
+	}
+	return nil
 }
 
 // meshNodes lists the active nodes as the mesh builder sees them.
