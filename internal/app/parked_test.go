@@ -14,8 +14,9 @@ import (
 )
 
 // appLoops is how many of meshca's loops wait on its clock between rounds:
-// the renewal loop, the CRL refresh and the CA rotation loop.
-const appLoops = 3
+// the renewal loop, the CRL refresh, the refusal summaries and the CA
+// rotation loop.
+const appLoops = 4
 
 // settle blocks until every loop of the app is parked on the fake clock,
 // that is until each has done what the current fake time makes due.
