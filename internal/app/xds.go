@@ -169,6 +169,24 @@ func clip(s string) string {
 	return s
 }
 
+// rotationAcks tells a CA rotation how many nodes are connected and how
+// many of those have not acknowledged their current secrets.
+func rotationAcks(reg *registry.Registry, srv *xds.Server) registry.Acks {
+	return func(ctx context.Context) (pending, connected int) {
+		pending = srv.Pending()
+		nodes, err := reg.Nodes(ctx)
+		if err != nil {
+			return pending, pending
+		}
+		for _, n := range nodes {
+			if srv.Status(n.Name).Streams > 0 {
+				connected++
+			}
+		}
+		return pending, max(connected, pending)
+	}
+}
+
 // renewals adapts the registry to the rotation loop.
 type renewals struct{ reg *registry.Registry }
 
