@@ -105,8 +105,14 @@ func caRotateCmd(g *globals) *cobra.Command {
 			if abort {
 				fmt.Fprintln(cmd.OutOrStdout(), "rotation aborted: the new root is withdrawn from the trust bundle")
 			}
-			if err := writeCA(cmd, out); err != nil || !wait {
+			if err := writeCA(cmd, out); err != nil {
 				return err
+			}
+			if emergency && root {
+				fmt.Fprintln(cmd.OutOrStdout(), "nodes must join again: their node certificates and bundle files name the replaced root (meshca node token NAME, then meshca bootstrap on the node)")
+			}
+			if !wait {
+				return nil
 			}
 			return waitRotation(cmd, g, time.Second)
 		},
@@ -121,6 +127,9 @@ func caRotateCmd(g *globals) *cobra.Command {
 // rotationProgress is one line of a rotation's progress.
 func rotationProgress(rot *api.CARotation) string {
 	s := fmt.Sprintf("re-issued %d of %d leaves", rot.Reissued, rot.Leaves)
+	if rot.Leaves == 0 && rot.Phase == "publishing" {
+		s = "leaves are re-issued after the switch"
+	}
 	if rot.ReissueFailed > 0 {
 		s += fmt.Sprintf(" (%d failed, retried)", rot.ReissueFailed)
 	}
