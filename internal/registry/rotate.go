@@ -921,7 +921,12 @@ func (r *Registry) Stale(issuerSerial string) bool {
 // RunCA advances CA rotations until ctx is done.
 func (r *Registry) RunCA(ctx context.Context, acks Acks) error {
 	for {
-		if _, err := r.AdvanceRotation(ctx, acks); err != nil && ctx.Err() == nil {
+		_, err := r.AdvanceRotation(ctx, acks)
+		switch {
+		case err == nil || ctx.Err() != nil:
+		case errors.Is(err, context.Canceled):
+			r.log.Info("CA rotation step stopped: an emergency rotation replaced it")
+		default:
 			r.log.Error("CA rotation step failed; will retry", "err", err)
 		}
 		select {
