@@ -154,7 +154,7 @@ func (r *Registry) emergencyRotation(ctx context.Context, root bool, actor strin
 		return RotationDone{}, err
 	}
 	if st := r.RotationStatus(); st != nil {
-		return RotationDone{}, fmt.Errorf("the emergency rotation is not done (%s); meshca keeps at it: follow it with 'meshca ca rotate --wait'", st.WaitingFor)
+		return RotationDone{}, fmt.Errorf("%w: the emergency rotation switched to the new CA but is not done (waiting for %s); meshca keeps at it every %s: follow it with 'meshca ca rotate --wait'", ErrRotating, st.WaitingFor, rotationTick)
 	}
 	if d := r.rot.last.Load(); d != nil {
 		return *d, nil

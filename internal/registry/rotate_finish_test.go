@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/store"
 )
@@ -373,5 +374,41 @@ func TestEmergencyRotationSupersedes(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestEmergencyRotationResumesAfterAFailedReissue: when a re-key fails the
+// emergency rotation has switched but is not done; the call says so, the
+// status names the failure, and RunCA's next step finishes it.
+func TestEmergencyRotationResumesAfterAFailedReissue(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, dataDir(t))
+	clk := clock.NewFake(t0)
+	r := newRegistry(t, st, clk)
+	names := addIdentities(t, r, 5, time.Hour)
+	issue := r.issue
+	r.issue = func(ctx context.Context, req ca.Request) (*ca.Issued, error) {
+		if strings.HasSuffix(req.ID.String(), "/svc-003") {
+			return nil, errors.New("signer unavailable")
+		}
+		return issue(ctx, req)
+	}
+	_, err := r.EmergencyRotation(ctx, true, "test")
+	if !errors.Is(err, ErrRotating) || !strings.Contains(err.Error(), "not done") || !strings.Contains(err.Error(), "--wait") {
+		t.Fatalf("err = %v", err)
+	}
+	rot := r.RotationStatus()
+	if rot == nil || !rot.Emergency || rot.Reissued != 4 || rot.ReissueFailed != 1 || !strings.Contains(rot.WaitingFor, "svc-003: ") {
+		t.Fatalf("status = %+v", rot)
+	}
+	if len(r.CA().Roots()) != 2 {
+		t.Fatal("the replaced root left the bundle before every leaf was re-keyed")
+	}
+	r.issue = issue
+	if phase, err := r.AdvanceRotation(ctx, acks(0, 0)); err != nil || phase != "" {
+		t.Fatalf("not finished on the next step: %q %v", phase, err)
+	}
+	if d := r.LastRotation(); d == nil || d.Revoked != len(names) || len(r.CA().Roots()) != 1 {
+		t.Fatalf("last rotation = %+v, %d roots", d, len(r.CA().Roots()))
 	}
 }
