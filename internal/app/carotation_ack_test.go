@@ -135,5 +135,13 @@ func TestCARotationWaitsForNodeAcks(t *testing.T) {
 	if cur.Issuer.Serial == "" || cur.LastRotation == nil || cur.LastRotation.Reissued != 1 {
 		t.Fatalf("after the rotation: %+v", cur)
 	}
+	// The rotation's re-issue is counted apart from routine renewals.
+	metrics := scrape(t, m)
+	if v, ok := sample(t, metrics, `meshca_certificates_renewed_total{by="ca_rotation"}`); !ok || v != 1 {
+		t.Errorf("renewals by ca_rotation = %v (present %v), want 1", v, ok)
+	}
+	if _, ok := sample(t, metrics, `meshca_certificates_renewed_total{by="rotation"}`); ok {
+		t.Error("the CA rotation's re-issue was counted as a routine renewal")
+	}
 	t.Logf("intermediate rotation with a 720h identity and one connected node: done %s of fake time after it started, one tick after the node's ACK", clk.Now().Sub(start))
 }
