@@ -88,8 +88,9 @@ type CARotation struct {
 	Emergency  bool      `json:"emergency,omitempty"`
 	StartedAt  time.Time `json:"started_at"`
 	PhaseSince time.Time `json:"phase_since"`
-	// RetireAfter is when the previous CA retires at the latest, once
-	// every leaf is re-issued.
+	// RetireAfter is when the rotation ends at the latest once every leaf
+	// is re-issued; in phase publishing, when issuance switches at the
+	// latest.
 	RetireAfter *time.Time `json:"retire_after,omitempty"`
 	WaitingFor  string     `json:"waiting_for,omitempty"`
 	// Leaves to re-issue under the new CA, and how far that got.

@@ -60,7 +60,11 @@ func writeCA(cmd *cobra.Command, out api.CA) error {
 			fmt.Fprintf(tw, "  waiting for:\t%s\n", rot.WaitingFor)
 		}
 		if rot.RetireAfter != nil {
-			fmt.Fprintf(tw, "  ends by:\t%s at the latest\n", rot.RetireAfter.UTC().Format(time.RFC3339))
+			label := "ends by"
+			if rot.Phase == "publishing" {
+				label = "switches by"
+			}
+			fmt.Fprintf(tw, "  %s:\t%s at the latest\n", label, rot.RetireAfter.UTC().Format(time.RFC3339))
 		}
 	} else {
 		fmt.Fprintf(tw, "rotation:\tnone\n")

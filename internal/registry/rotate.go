@@ -59,7 +59,8 @@ type Rotation struct {
 	StartedAt  time.Time
 	PhaseSince time.Time
 	// RetireAfter is when the previous CA retires at the latest, if every
-	// leaf is re-issued by then (zero while the phase has no bound).
+	// leaf is re-issued by then; in phase publishing, when issuance
+	// switches at the latest (zero while the phase has no bound).
 	RetireAfter time.Time
 	WaitingFor  string
 	// Leaves is how many leaf certificates this rotation re-issues under
@@ -269,7 +270,11 @@ func (r *Registry) busy(rot *store.CARotation) error {
 		if st.WaitingFor != "" {
 			what += "; waiting for " + st.WaitingFor
 		}
-		if !st.RetireAfter.IsZero() {
+		switch {
+		case st.RetireAfter.IsZero():
+		case rot.Phase == store.PhasePublishing:
+			what += "; issuance switches to the new CA by " + st.RetireAfter.Format(time.RFC3339) + " at the latest"
+		default:
 			what += "; it ends by " + st.RetireAfter.Format(time.RFC3339) + " at the latest"
 		}
 	}
@@ -554,7 +559,7 @@ func (r *Registry) advanceReissuing(ctx context.Context, set store.CASet, acks A
 			if last.After(w.until) {
 				w.until = last
 			}
-			w.what = fmt.Sprintf("%d node(s) to renew their node certificate under the new root (nodes renew it themselves; the old root retires by %s, when the last one expires)", n, last.Format(time.RFC3339))
+			w.what = fmt.Sprintf("%d node(s) to renew their node certificate under the new root (nodes renew it themselves; the old root retires when they have, or when the last of those certificates expires)", n)
 			r.waitFor(rot, w)
 			return rot.Phase, false, nil
 		}

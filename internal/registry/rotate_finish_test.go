@@ -244,6 +244,7 @@ func TestRotationRefusalSaysWhatToDo(t *testing.T) {
 			if !errors.Is(tc.err, ErrRotating) {
 				t.Fatalf("err = %v", tc.err)
 			}
+			t.Logf("refusal: %v", tc.err)
 			for _, w := range tc.want {
 				if !strings.Contains(tc.err.Error(), w) {
 					t.Errorf("refusal %q lacks %q", tc.err, w)
