@@ -470,7 +470,7 @@ func (r *Registry) autoRotate(ctx context.Context, now time.Time) (string, bool,
 
 // advancePublishing switches issuance to the new root once connected
 // nodes acknowledged the bundle that holds it, at most ackWait after the
-// grace for nodes to reconnect.
+// grace for nodes that hold a node certificate to reconnect.
 func (r *Registry) advancePublishing(ctx context.Context, rot *store.CARotation, acks Acks, now time.Time) (string, bool, error) {
 	holders, _, err := r.nodeCerts(ctx, "", now)
 	if err != nil {
@@ -484,7 +484,9 @@ func (r *Registry) advancePublishing(ctx context.Context, rot *store.CARotation,
 			grace = s
 		}
 		w.until = grace.Add(ackWait)
-		if now.Before(grace) {
+		// The grace is for nodes that hold a certificate but have not
+		// reconnected: when every such node is connected, none is needed.
+		if now.Before(grace) && connected < holders {
 			w.what = fmt.Sprintf("nodes to reconnect and acknowledge the trust bundle with the new root (%d of %d connected node(s) did; until %s at least)", w.acked, connected, grace.Format(time.RFC3339))
 			r.waitFor(rot, w)
 			return rot.Phase, false, nil
@@ -559,7 +561,7 @@ func (r *Registry) advanceReissuing(ctx context.Context, set store.CASet, acks A
 			if last.After(w.until) {
 				w.until = last
 			}
-			w.what = fmt.Sprintf("%d node(s) to renew their node certificate under the new root (nodes renew it themselves; the old root retires when they have, or when the last of those certificates expires)", n)
+			w.what = fmt.Sprintf("%d node(s) to renew their node certificate under the new root (nodes renew it themselves, or at once with 'meshca bootstrap renew' on the node; the old root retires when they have, or when the last of those certificates expires)", n)
 			r.waitFor(rot, w)
 			return rot.Phase, false, nil
 		}

@@ -237,7 +237,7 @@ func TestRotationRefusalSaysWhatToDo(t *testing.T) {
 		err  error
 		want []string
 	}{
-		{"publishing", publishing, []string{"phase publishing", "waiting for nodes to reconnect", "--wait", "--abort", "--emergency --root"}},
+		{"publishing", publishing, []string{"phase publishing", "1 of 1 connected node(s) to acknowledge the trust bundle", "switches to the new CA by", "--wait", "--abort", "--emergency --root"}},
 		{"reissuing", reissuing, []string{"phase reissuing", "renew their node certificate", "ends by " + rot.RetireAfter.Format(time.RFC3339), "--wait", "cannot be aborted", "--emergency"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
