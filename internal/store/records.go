@@ -84,9 +84,6 @@ type CARotation struct {
 	PreviousRoot   string    `json:"previous_root,omitempty"`
 	StartedAt      time.Time `json:"started_at"`
 	PhaseSince     time.Time `json:"phase_since"`
-	// RetireAfter is when the previous CA goes at the latest once every
-	// leaf is re-issued under the new one.
-	RetireAfter time.Time `json:"retire_after,omitempty"`
 	// Emergency marks a rotation that replaced a CA whose keys may be
 	// compromised: the certificates of the Compromised issuers are revoked
 	// and the RetireRoots leave the bundle as soon as every leaf is
