@@ -102,11 +102,12 @@ type rotationRun struct {
 	// reissuedAt is when the last re-issue pass ended (under mu): the
 	// wait for acknowledgements counts from it.
 	reissuedAt time.Time
-	// Progress of the rotation in progress.
-	leaves, reissued, failed atomic.Int64
-	lastErr                  atomic.Pointer[string]
-	wait                     atomic.Pointer[rotationWait]
-	last                     atomic.Pointer[RotationDone]
+	// Progress of the rotation in progress; passes counts re-issue passes
+	// (failures are audited on the first, and only logged on retries).
+	leaves, reissued, failed, passes atomic.Int64
+	lastErr                          atomic.Pointer[string]
+	wait                             atomic.Pointer[rotationWait]
+	last                             atomic.Pointer[RotationDone]
 }
 
 // rotationWait is what the rotation waits for, for its status.
@@ -352,6 +353,7 @@ func (r *Registry) resetProgress() {
 	r.rot.leaves.Store(0)
 	r.rot.reissued.Store(0)
 	r.rot.failed.Store(0)
+	r.rot.passes.Store(0)
 	r.rot.lastErr.Store(nil)
 	r.rot.wait.Store(nil)
 }
@@ -598,6 +600,7 @@ func (r *Registry) reissueForRotation(ctx context.Context, rot *store.CARotation
 		note += " emergency=true"
 	}
 	start := r.cfg.Clock.Now()
+	first := r.rot.passes.Add(1) == 1
 	sum := r.reissueEach(ctx, names, func(ctx context.Context, name string) error {
 		_, nodes, err := r.reissue(ctx, name, "meshca", ActionCARotateReissue, note)
 		if err != nil {
@@ -605,6 +608,9 @@ func (r *Registry) reissueForRotation(ctx context.Context, rot *store.CARotation
 				msg := fmt.Sprintf("%s: %v", name, err)
 				r.rot.lastErr.Store(&msg)
 				r.log.Error("CA rotation: re-issue failed; will retry", "identity", name, "err", err)
+				if first && !errors.Is(err, ca.ErrLint) { // a lint failure is audited where it happens
+					r.deny(ctx, store.Event{Action: ActionCARotateReissue, Actor: "meshca", Identity: name, Outcome: store.OutcomeFailed, Detail: note + ": " + err.Error()})
+				}
 			}
 			return err
 		}

@@ -405,6 +405,19 @@ func TestEmergencyRotationResumesAfterAFailedReissue(t *testing.T) {
 	if len(r.CA().Roots()) != 2 {
 		t.Fatal("the replaced root left the bundle before every leaf was re-keyed")
 	}
+	// A second failing pass is not audited again.
+	if phase, _ := r.AdvanceRotation(ctx, acks(0, 0)); phase != store.PhaseReissuing {
+		t.Fatalf("phase %q with a failing re-issue", phase)
+	}
+	failed := 0
+	for _, e := range events(t, r) {
+		if e.Action == ActionCARotateReissue && e.Outcome == store.OutcomeFailed && e.Identity == "svc-003" {
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d audited failures of svc-003's re-issue, want 1", failed)
+	}
 	r.issue = issue
 	if phase, err := r.AdvanceRotation(ctx, acks(0, 0)); err != nil || phase != "" {
 		t.Fatalf("not finished on the next step: %q %v", phase, err)
