@@ -18,8 +18,10 @@ type Cert struct {
 	Serial    string
 	NotBefore time.Time
 	NotAfter  time.Time
-	// Stale marks a certificate from a CA that is being rotated out: it is
-	// renewed now, Burst at a time, whatever its renewal point.
+	// Stale marks a certificate from another CA than the one that issues
+	// now, which no CA rotation is re-issuing (a rotation re-issues every
+	// leaf itself, at full speed): it is renewed now, Burst at a time,
+	// whatever its renewal point.
 	Stale bool
 }
 

@@ -55,7 +55,10 @@ type Authority interface {
 	CA() *ca.CA
 	ImportCA(ctx context.Context, certPEM, keyPEM []byte, actor string) error
 	StartRotation(ctx context.Context, root bool, actor string) error
+	AbortRotation(ctx context.Context, actor string) error
+	EmergencyRotation(ctx context.Context, root bool, actor string) (registry.RotationDone, error)
 	RotationStatus() *registry.Rotation
+	LastRotation() *registry.RotationDone
 }
 
 // AuditLog reads audit records after a sequence number, oldest first, and
@@ -315,14 +318,27 @@ func (s *Server) getCA(w http.ResponseWriter, r *http.Request) {
 	for _, root := range c.Roots() {
 		out.Roots = append(out.Roots, caCertJSON(root))
 	}
-	if rot := s.cfg.Authority.RotationStatus(); rot != nil {
-		out.Rotation = &api.CARotation{Kind: rot.Kind, Phase: rot.Phase, StartedAt: rot.StartedAt, PhaseSince: rot.PhaseSince, WaitingFor: rot.WaitingFor}
-		if !rot.RetireAfter.IsZero() {
-			t := rot.RetireAfter
-			out.Rotation.RetireAfter = &t
-		}
+	out.Rotation = rotationJSON(s.cfg.Authority.RotationStatus())
+	if d := s.cfg.Authority.LastRotation(); d != nil {
+		out.LastRotation = &api.CARotationDone{Kind: d.Kind, Emergency: d.Emergency, Aborted: d.Aborted,
+			StartedAt: d.StartedAt, FinishedAt: d.FinishedAt, Reissued: d.Reissued, Revoked: d.Revoked}
 	}
 	s.reply(w, http.StatusOK, out)
+}
+
+// rotationJSON is the API form of a rotation in progress; nil for none.
+func rotationJSON(rot *registry.Rotation) *api.CARotation {
+	if rot == nil {
+		return nil
+	}
+	out := &api.CARotation{Kind: rot.Kind, Phase: rot.Phase, Emergency: rot.Emergency, StartedAt: rot.StartedAt, PhaseSince: rot.PhaseSince,
+		WaitingFor: rot.WaitingFor, Leaves: rot.Leaves, Reissued: rot.Reissued, ReissueFailed: rot.ReissueFailed,
+		NodesConnected: rot.NodesConnected, NodesAcked: rot.NodesAcked, OldNodeCerts: rot.OldNodeCerts, OwnWorkDone: rot.OwnWorkDone}
+	if !rot.RetireAfter.IsZero() {
+		t := rot.RetireAfter
+		out.RetireAfter = &t
+	}
+	return out
 }
 
 func (s *Server) rotateCA(w http.ResponseWriter, r *http.Request) {
@@ -330,7 +346,18 @@ func (s *Server) rotateCA(w http.ResponseWriter, r *http.Request) {
 	if !s.decode(w, r, &req) {
 		return
 	}
-	if err := s.cfg.Authority.StartRotation(r.Context(), req.Root, actor(r)); err != nil {
+	var err error
+	switch {
+	case req.Abort && (req.Root || req.Emergency):
+		err = fmt.Errorf("%w: abort takes no other option: it withdraws the rotation in progress", errInvalid)
+	case req.Abort:
+		err = s.cfg.Authority.AbortRotation(r.Context(), actor(r))
+	case req.Emergency:
+		_, err = s.cfg.Authority.EmergencyRotation(r.Context(), req.Root, actor(r))
+	default:
+		err = s.cfg.Authority.StartRotation(r.Context(), req.Root, actor(r))
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}

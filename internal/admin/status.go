@@ -137,13 +137,7 @@ func (s *Server) statusView(ctx context.Context) (statusView, error) {
 	for _, root := range c.Roots() {
 		view.CA.Roots = append(view.CA.Roots, caCertRow(caCertJSON(root)))
 	}
-	if rot := s.cfg.Authority.RotationStatus(); rot != nil {
-		view.CA.Rotation = &api.CARotation{Kind: rot.Kind, Phase: rot.Phase, StartedAt: rot.StartedAt, PhaseSince: rot.PhaseSince, WaitingFor: rot.WaitingFor}
-		if !rot.RetireAfter.IsZero() {
-			t := rot.RetireAfter
-			view.CA.Rotation.RetireAfter = &t
-		}
-	}
+	view.CA.Rotation = rotationJSON(s.cfg.Authority.RotationStatus())
 
 	ids, err := s.cfg.Identities.Identities(ctx)
 	if err != nil {

@@ -77,21 +77,56 @@ type CA struct {
 	Issuer      CACert      `json:"issuer"`
 	Roots       []CACert    `json:"roots"`
 	Rotation    *CARotation `json:"rotation,omitempty"`
+	// LastRotation is the last rotation that ended since meshca started.
+	LastRotation *CARotationDone `json:"last_rotation,omitempty"`
 }
 
 // CARotation is a CA rotation in progress.
 type CARotation struct {
-	Kind        string     `json:"kind"`  // intermediate or root
-	Phase       string     `json:"phase"` // publishing or reissuing
-	StartedAt   time.Time  `json:"started_at"`
-	PhaseSince  time.Time  `json:"phase_since"`
+	Kind       string    `json:"kind"`  // intermediate or root
+	Phase      string    `json:"phase"` // publishing or reissuing
+	Emergency  bool      `json:"emergency,omitempty"`
+	StartedAt  time.Time `json:"started_at"`
+	PhaseSince time.Time `json:"phase_since"`
+	// RetireAfter is when the rotation ends at the latest once every leaf
+	// is re-issued; in phase publishing, when issuance switches at the
+	// latest.
 	RetireAfter *time.Time `json:"retire_after,omitempty"`
 	WaitingFor  string     `json:"waiting_for,omitempty"`
+	// Leaves to re-issue under the new CA, and how far that got.
+	Leaves        int `json:"leaves"`
+	Reissued      int `json:"reissued"`
+	ReissueFailed int `json:"reissue_failed,omitempty"`
+	// Connected nodes and those that acknowledged what was last pushed.
+	NodesConnected int `json:"nodes_connected"`
+	NodesAcked     int `json:"nodes_acked"`
+	// OldNodeCerts counts nodes whose node certificate still chains to
+	// the root that is leaving; nodes renew it themselves.
+	OldNodeCerts int `json:"old_node_certs,omitempty"`
+	// OwnWorkDone: meshca has nothing left to do; only nodes' renewals of
+	// their node certificates are awaited.
+	OwnWorkDone bool `json:"own_work_done,omitempty"`
 }
 
-// RotateCARequest is the body of POST /v1/ca/rotate.
+// CARotationDone sums up a rotation that ended.
+type CARotationDone struct {
+	Kind       string    `json:"kind"`
+	Emergency  bool      `json:"emergency,omitempty"`
+	Aborted    bool      `json:"aborted,omitempty"`
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at"`
+	Reissued   int       `json:"reissued"`
+	Revoked    int       `json:"revoked,omitempty"`
+}
+
+// RotateCARequest is the body of POST /v1/ca/rotate. Emergency replaces
+// the CA now, superseding a rotation in progress, and revokes the replaced
+// issuers' certificates; Abort withdraws a root rotation that has not
+// switched issuance yet.
 type RotateCARequest struct {
-	Root bool `json:"root,omitempty"`
+	Root      bool `json:"root,omitempty"`
+	Emergency bool `json:"emergency,omitempty"`
+	Abort     bool `json:"abort,omitempty"`
 }
 
 // ImportCARequest is the body of POST /v1/ca/import.

@@ -165,6 +165,24 @@ func (c connections) NodeConnection(node string) api.NodeConnection {
 
 func clip(s string) string { return text.Clip(s, 100) }
 
+// rotationAcks tells a CA rotation how many nodes are connected and how
+// many of those have not acknowledged their current secrets.
+func rotationAcks(reg *registry.Registry, srv *xds.Server) registry.Acks {
+	return func(ctx context.Context) (pending, connected int) {
+		pending = srv.Pending()
+		nodes, err := reg.Nodes(ctx)
+		if err != nil {
+			return pending, pending
+		}
+		for _, n := range nodes {
+			if srv.Status(n.Name).Streams > 0 {
+				connected++
+			}
+		}
+		return pending, max(connected, pending)
+	}
+}
+
 // renewals adapts the registry to the rotation loop.
 type renewals struct{ reg *registry.Registry }
 

@@ -50,45 +50,114 @@ func writeCA(cmd *cobra.Command, out api.CA) error {
 		row("root", r)
 	}
 	if rot := out.Rotation; rot != nil {
-		fmt.Fprintf(tw, "rotation:\t%s, phase %s since %s\n", rot.Kind, rot.Phase, rot.PhaseSince.UTC().Format(time.RFC3339))
+		kind := rot.Kind
+		if rot.Emergency {
+			kind = "emergency " + kind
+		}
+		fmt.Fprintf(tw, "rotation:\t%s, phase %s since %s (started %s)\n", kind, rot.Phase, rot.PhaseSince.UTC().Format(time.RFC3339), rot.StartedAt.UTC().Format(time.RFC3339))
+		fmt.Fprintf(tw, "  progress:\t%s\n", rotationProgress(rot))
 		if rot.WaitingFor != "" {
 			fmt.Fprintf(tw, "  waiting for:\t%s\n", rot.WaitingFor)
 		}
+		if rot.RetireAfter != nil {
+			label := "ends by"
+			if rot.Phase == "publishing" {
+				label = "switches by"
+			}
+			fmt.Fprintf(tw, "  %s:\t%s at the latest\n", label, rot.RetireAfter.UTC().Format(time.RFC3339))
+		}
 	} else {
 		fmt.Fprintf(tw, "rotation:\tnone\n")
+	}
+	if d := out.LastRotation; d != nil {
+		fmt.Fprintf(tw, "last rotation:\t%s\n", rotationDone(d))
 	}
 	return tw.Flush()
 }
 
 func caRotateCmd(g *globals) *cobra.Command {
-	var root, wait bool
+	var root, wait, abort, emergency bool
 	cmd := &cobra.Command{
-		Use:   "rotate [--root]",
+		Use:   "rotate [--root] [--wait] | --abort | --emergency [--root]",
 		Short: "Rotate the intermediate (or, with --root, the root) without breaking a handshake",
 		Long: "An intermediate rotation switches issuance to a new intermediate under the same root at\n" +
 			"once; a root rotation first publishes old and new roots in every node's trust bundle and\n" +
-			"waits until every connected node has acknowledged it. Either way leaves are reissued in\n" +
-			"spread-out batches and the previous CA is retired after the longest leaf lifetime.\n" +
-			"Follow it with: meshca ca show",
+			"switches once every connected node has acknowledged it. Then every leaf is re-issued under\n" +
+			"the new CA at once, and the previous CA retires as soon as connected nodes acknowledged\n" +
+			"their new certificates (and, for a root rotation, every node renewed its node certificate\n" +
+			"or let it expire).\n\n" +
+			"--wait follows it, printing the phase and progress, until meshca's own work is done.\n" +
+			"--abort withdraws a root rotation that has not switched issuance yet.\n" +
+			"--emergency, when a CA key may be compromised, replaces the CA now (with --root the root\n" +
+			"too), superseding a rotation in progress: every identity is re-keyed at once and the\n" +
+			"replaced CA's certificates are revoked. After --emergency --root, nodes join again with a\n" +
+			"new token (meshca node token NAME). Follow a rotation with: meshca ca show",
 		Args: exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if abort && (root || emergency || wait) {
+				return fmt.Errorf("--abort takes no other flag: it withdraws the rotation in progress")
+			}
 			var out api.CA
-			asJSON, err := g.call(cmd, "POST", api.PathCARotate, api.RotateCARequest{Root: root}, &out)
+			req := api.RotateCARequest{Root: root, Emergency: emergency, Abort: abort}
+			asJSON, err := g.call(cmd, "POST", api.PathCARotate, req, &out)
 			if err != nil {
 				return err
 			}
 			if asJSON && !wait {
 				return writeJSON(cmd.OutOrStdout(), out)
 			}
-			if err := writeCA(cmd, out); err != nil || !wait {
+			if abort {
+				fmt.Fprintln(cmd.OutOrStdout(), "rotation aborted: the new root is withdrawn from the trust bundle")
+			}
+			if err := writeCA(cmd, out); err != nil {
 				return err
+			}
+			if emergency && root {
+				fmt.Fprintln(cmd.OutOrStdout(), "nodes must join again: their node certificates and bundle files name the replaced root (meshca node token NAME, then meshca bootstrap on the node)")
+			}
+			if !wait {
+				return nil
 			}
 			return waitRotation(cmd, g, time.Second)
 		},
 	}
 	cmd.Flags().BoolVar(&root, "root", false, "rotate the root too")
-	cmd.Flags().BoolVar(&wait, "wait", false, "follow the rotation, printing each phase and what it waits for, until it is done")
+	cmd.Flags().BoolVar(&wait, "wait", false, "follow the rotation, printing its phase and progress, until meshca's own work is done")
+	cmd.Flags().BoolVar(&abort, "abort", false, "withdraw a root rotation that has not switched issuance yet")
+	cmd.Flags().BoolVar(&emergency, "emergency", false, "a CA key may be compromised: replace the CA now, re-key every identity and revoke the replaced CA's certificates")
 	return cmd
+}
+
+// rotationProgress is one line of a rotation's progress.
+func rotationProgress(rot *api.CARotation) string {
+	s := fmt.Sprintf("re-issued %d of %d leaves", rot.Reissued, rot.Leaves)
+	if rot.Leaves == 0 && rot.Phase == "publishing" {
+		s = "leaves are re-issued after the switch"
+	}
+	if rot.ReissueFailed > 0 {
+		s += fmt.Sprintf(" (%d failed, retried)", rot.ReissueFailed)
+	}
+	s += fmt.Sprintf(", nodes acknowledged %d of %d connected", rot.NodesAcked, rot.NodesConnected)
+	if rot.OldNodeCerts > 0 {
+		s += fmt.Sprintf(", %d node certificate(s) under the old root", rot.OldNodeCerts)
+	}
+	return s
+}
+
+func rotationDone(d *api.CARotationDone) string {
+	kind := d.Kind
+	if d.Emergency {
+		kind = "emergency " + kind
+	}
+	if d.Aborted {
+		return fmt.Sprintf("%s, aborted %s", kind, d.FinishedAt.UTC().Format(time.RFC3339))
+	}
+	s := fmt.Sprintf("%s, finished %s after %s, re-issued %d leaves", kind, d.FinishedAt.UTC().Format(time.RFC3339),
+		d.FinishedAt.Sub(d.StartedAt).Round(time.Millisecond), d.Reissued)
+	if d.Revoked > 0 {
+		s += fmt.Sprintf(", revoked %d certificates of the replaced CA", d.Revoked)
+	}
+	return s
 }
 
 func caCRLCmd(g *globals) *cobra.Command {
@@ -158,8 +227,10 @@ func caImportCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// waitRotation polls the CA until no rotation is in progress, printing
-// every change of phase or of what it waits for.
+// waitRotation polls the CA until no rotation is in progress or meshca's
+// own part of it is done (what is left is nodes renewing their node
+// certificates), printing every change of phase, progress or of what it
+// waits for.
 func waitRotation(cmd *cobra.Command, g *globals, every time.Duration) error {
 	c, err := g.client()
 	if err != nil {
@@ -171,13 +242,29 @@ func waitRotation(cmd *cobra.Command, g *globals, every time.Duration) error {
 		if err := c.do(cmd.Context(), "GET", api.PathCA, nil, &cur); err != nil {
 			return err
 		}
-		if cur.Rotation == nil {
-			fmt.Fprintf(cmd.OutOrStdout(), "%s rotation done: issuer %s\n", time.Now().UTC().Format(time.RFC3339), cur.Issuer.Serial)
+		now := time.Now().UTC().Format(time.RFC3339)
+		rot := cur.Rotation
+		if rot == nil {
+			line := "rotation done: issuer " + cur.Issuer.Serial
+			if d := cur.LastRotation; d != nil {
+				line += " (" + rotationDone(d) + ")"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", now, line)
 			return nil
 		}
-		if line := cur.Rotation.Kind + " rotation: " + cur.Rotation.Phase + "; waiting for " + cur.Rotation.WaitingFor; line != last {
+		line := rot.Kind + " rotation: " + rot.Phase
+		if rot.WaitingFor != "" {
+			line += "; waiting for " + rot.WaitingFor
+		}
+		line += "; " + rotationProgress(rot)
+		if line != last {
 			last = line
-			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", time.Now().UTC().Format(time.RFC3339), line)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", now, line)
+		}
+		if rot.OwnWorkDone {
+			fmt.Fprintf(cmd.OutOrStdout(), "%s meshca's part of the rotation is done: issuer %s; the old root retires once nodes renewed their node certificates (by %s at the latest); follow it with: meshca ca show\n",
+				now, cur.Issuer.Serial, retireBy(rot))
+			return nil
 		}
 		select {
 		case <-cmd.Context().Done():
@@ -185,4 +272,11 @@ func waitRotation(cmd *cobra.Command, g *globals, every time.Duration) error {
 		case <-time.After(every):
 		}
 	}
+}
+
+func retireBy(rot *api.CARotation) string {
+	if rot.RetireAfter == nil {
+		return "their expiry"
+	}
+	return rot.RetireAfter.UTC().Format(time.RFC3339)
 }

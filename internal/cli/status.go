@@ -59,7 +59,7 @@ func writeStatus(w io.Writer, st Status, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	rot := "no rotation"
 	if r := st.CA.Rotation; r != nil {
-		rot = fmt.Sprintf("%s rotation, phase %s", r.Kind, r.Phase)
+		rot = fmt.Sprintf("%s rotation, phase %s (%s)", r.Kind, r.Phase, rotationProgress(r))
 		if r.WaitingFor != "" {
 			rot += ", waiting for " + esc(r.WaitingFor)
 		}

@@ -80,7 +80,7 @@ func New(state State, now func() time.Time, tel *telemetry.Store) *Metrics {
 		issued: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_certificates_issued_total",
 			Help: "Certificates issued, by kind (identity, node, server, csr)."}, []string{"kind"}),
 		renewed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_certificates_renewed_total",
-			Help: "Certificates renewed, by who asked (rotation, operator, node)."}, []string{"by"}),
+			Help: "Certificates renewed, by who asked (rotation, operator, node, ca_rotation)."}, []string{"by"}),
 		revoked: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshca_revocations_total",
 			Help: "Identities and nodes revoked."}),
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_certificate_failures_total",
@@ -163,6 +163,9 @@ func (m *Metrics) countOK(e store.Event) {
 			by = "rotation"
 		}
 		m.renewed.WithLabelValues(by).Inc()
+	case "ca.rotate.reissue":
+		m.issued.WithLabelValues("identity").Inc()
+		m.renewed.WithLabelValues("ca_rotation").Inc()
 	case "node.join":
 		m.issued.WithLabelValues("node").Inc()
 	case "node.renew":
@@ -183,7 +186,7 @@ func authz(action string) bool {
 
 func issuing(action string) bool {
 	switch action {
-	case "identity.add", "cert.issue", "identity.reissue":
+	case "identity.add", "cert.issue", "identity.reissue", "ca.rotate.reissue":
 		return true
 	}
 	return false

@@ -584,7 +584,7 @@ func chainPEM(leaf []byte, chain [][]byte) []byte {
 // ReissueIdentity issues a new current certificate for an identity and
 // pushes it to every node that holds the identity.
 func (r *Registry) ReissueIdentity(ctx context.Context, name, actor string) (Status, error) {
-	st, nodes, err := r.reissue(ctx, name, actor)
+	st, nodes, err := r.reissue(ctx, name, actor, ActionCertReissue, "")
 	if err != nil {
 		if !errors.Is(err, ca.ErrLint) && ctx.Err() == nil {
 			r.deny(ctx, store.Event{Action: ActionCertReissue, Actor: actor, Identity: clip(name, identity.MaxNameLength), Detail: err.Error()})
@@ -595,7 +595,10 @@ func (r *Registry) ReissueIdentity(ctx context.Context, name, actor string) (Sta
 	return st, nil
 }
 
-func (r *Registry) reissue(ctx context.Context, name, actor string) (Status, []string, error) {
+// reissue records the new certificate with an audit record of action,
+// whose detail ends with note when there is one (a CA rotation tells its
+// re-issues apart from routine renewals this way).
+func (r *Registry) reissue(ctx context.Context, name, actor, action, note string) (Status, []string, error) {
 	cur, err := r.Identity(ctx, name)
 	if err != nil {
 		return Status{}, nil, err
@@ -640,8 +643,11 @@ func (r *Registry) reissue(ctx context.Context, name, actor string) (Status, []s
 		if err := tx.PutIdentity(ident); err != nil {
 			return err
 		}
-		_, err = tx.Append(store.Event{Action: ActionCertReissue, Actor: actor, Identity: name, Serial: cert.Serial,
-			Detail: fmt.Sprintf("replaces=%s not_after=%s nodes=%d", prev, cert.NotAfter.Format(time.RFC3339), len(before))})
+		detail := fmt.Sprintf("replaces=%s not_after=%s nodes=%d", prev, cert.NotAfter.Format(time.RFC3339), len(before))
+		if note != "" {
+			detail += " " + note
+		}
+		_, err = tx.Append(store.Event{Action: action, Actor: actor, Identity: name, Serial: cert.Serial, Detail: detail})
 		return err
 	})
 	if err != nil {

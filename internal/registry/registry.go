@@ -86,6 +86,7 @@ type Registry struct {
 	crl      atomic.Pointer[crlState]
 	prev     atomic.Pointer[ca.CA] // previous issuer while a root rotation retires it
 	rotation atomic.Pointer[Rotation]
+	rot      rotationRun // see rotate.go
 	mesh     atomic.Pointer[mesh.Mesh]
 
 	autoRotateTried atomic.Pointer[time.Time]

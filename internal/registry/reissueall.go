@@ -50,6 +50,31 @@ func (r *Registry) ReissueAll(ctx context.Context, actor string, progress func(R
 		}
 	}
 	r.log.Info("re-keying every identity", "identities", len(names), "actor", actor)
+	sum := r.reissueEach(ctx, names, func(ctx context.Context, name string) error {
+		_, err := r.ReissueIdentity(ctx, name, actor)
+		return err
+	}, progress)
+	detail := fmt.Sprintf("identities=%d reissued=%d failed=%d", sum.Total, sum.Reissued, sum.Failed)
+	if err := ctx.Err(); err != nil {
+		detail += " stopped=" + err.Error()
+	}
+	r.log.Info("re-keyed identities", "identities", sum.Total, "reissued", sum.Reissued, "failed", sum.Failed, "actor", actor)
+	// The record outlives a cancelled request: it says what was done.
+	if err := r.cfg.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+		_, err := tx.Append(store.Event{Action: ActionReissueAll, Actor: actor, Detail: detail})
+		return err
+	}); err != nil {
+		return sum, fmt.Errorf("record the run: %w", err)
+	}
+	return sum, ctx.Err()
+}
+
+// reissueEach calls one for every name, reissueAllWorkers at once: enough
+// that every core signs and concurrent commits share an fsync. A failure
+// does not stop the others; a cancelled ctx stops starting new ones.
+// progress, when not nil, is called after each name from several
+// goroutines at once.
+func (r *Registry) reissueEach(ctx context.Context, names []string, one func(context.Context, string) error, progress func(ReissueProgress)) ReissueProgress {
 	var (
 		mu  sync.Mutex
 		sum = ReissueProgress{Total: len(names)}
@@ -61,7 +86,7 @@ func (r *Registry) ReissueAll(ctx context.Context, actor string, progress func(R
 		go func() {
 			defer wg.Done()
 			for name := range work {
-				_, err := r.ReissueIdentity(ctx, name, actor)
+				err := one(ctx, name)
 				mu.Lock()
 				if err != nil {
 					sum.Failed++
@@ -90,20 +115,5 @@ feed:
 	}
 	close(work)
 	wg.Wait()
-
-	mu.Lock()
-	defer mu.Unlock()
-	detail := fmt.Sprintf("identities=%d reissued=%d failed=%d", sum.Total, sum.Reissued, sum.Failed)
-	if err := ctx.Err(); err != nil {
-		detail += " stopped=" + err.Error()
-	}
-	r.log.Info("re-keyed identities", "identities", sum.Total, "reissued", sum.Reissued, "failed", sum.Failed, "actor", actor)
-	// The record outlives a cancelled request: it says what was done.
-	if err := r.cfg.Store.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
-		_, err := tx.Append(store.Event{Action: ActionReissueAll, Actor: actor, Detail: detail})
-		return err
-	}); err != nil {
-		return sum, fmt.Errorf("record the run: %w", err)
-	}
-	return sum, ctx.Err()
+	return sum
 }

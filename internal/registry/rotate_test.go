@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,12 +22,22 @@ func rotationEvents(t *testing.T, r *Registry) int {
 	return n
 }
 
-func reissueAll(t *testing.T, r *Registry, names ...string) {
+// acks answers AdvanceRotation with fixed counts.
+func acks(pending, connected int) Acks {
+	return func(context.Context) (int, int) { return pending, connected }
+}
+
+// joinNode registers a node holding ids and joins it: it then has a node
+// certificate from the current issuer.
+func joinNode(t *testing.T, r *Registry, name string, ids ...string) {
 	t.Helper()
-	for _, n := range names {
-		if _, err := r.ReissueIdentity(context.Background(), n, "test"); err != nil {
-			t.Fatal(err)
-		}
+	ctx := context.Background()
+	_, tok, err := r.AddNode(ctx, AddNode{Name: name, Identities: ids}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Join(ctx, name, tok.Token, csr(t), "test"); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -35,11 +46,10 @@ func TestIntermediateRotationPhases(t *testing.T) {
 	st := openStore(t, dataDir(t))
 	clk := clock.NewFake(t0)
 	r := newRegistry(t, st, clk)
-	if _, err := r.AddIdentity(ctx, AddIdentity{Name: "echo", TTL: 2 * time.Hour}, "test"); err != nil {
+	if _, err := r.AddIdentity(ctx, AddIdentity{Name: "echo", TTL: 720 * time.Hour}, "test"); err != nil {
 		t.Fatal(err)
 	}
 	oldIssuer, oldBundle := r.CA().Issuer(), string(r.CA().BundlePEM())
-	none := func() int { return 0 }
 
 	if err := r.StartRotation(ctx, false, "test"); err != nil {
 		t.Fatal(err)
@@ -51,28 +61,28 @@ func TestIntermediateRotationPhases(t *testing.T) {
 	if rot == nil || rot.Kind != store.RotationIntermediate || rot.Phase != store.PhaseReissuing {
 		t.Fatalf("status = %+v", rot)
 	}
-	// Longest leaf lifetime: node certificates (24h) beat echo's 2h.
-	if want := clk.Now().Add(DefaultNodeCertTTL + ca.DefaultBackdate); !rot.RetireAfter.Equal(want) {
-		t.Fatalf("retire after %s, want %s", rot.RetireAfter, want)
-	}
 	newIssuer := r.CA().Issuer()
 	if newIssuer.Equal(oldIssuer) || newIssuer.CheckSignatureFrom(r.CA().Roots()[0]) != nil || string(r.CA().BundlePEM()) != oldBundle {
 		t.Fatal("an intermediate rotation must switch to a new intermediate under the same root, bundle unchanged")
 	}
-	st0, _ := r.Identity(ctx, "echo")
-	if !r.Stale(st0.Cert.IssuerSerial) {
-		t.Fatal("echo's certificate is not reported stale")
+	// The rotation re-issues echo itself at once; one connected node has
+	// not acknowledged it yet.
+	if phase, err := r.AdvanceRotation(ctx, acks(1, 1)); err != nil || phase != store.PhaseReissuing {
+		t.Fatalf("advanced past a pending node: %q %v", phase, err)
 	}
-	if phase, _ := r.AdvanceRotation(ctx, none); phase != store.PhaseReissuing || r.RotationStatus().WaitingFor == "" {
-		t.Fatalf("advanced with a stale leaf: %q %+v", phase, r.RotationStatus())
+	st1, _ := r.Identity(ctx, "echo")
+	if st1.Cert.IssuerSerial != serialHex(newIssuer) {
+		t.Fatal("echo was not re-issued under the new intermediate")
 	}
-	reissueAll(t, r, "echo")
-	if phase, _ := r.AdvanceRotation(ctx, none); phase != store.PhaseReissuing {
-		t.Fatal("retired the previous CA before the longest leaf lifetime")
+	if rot := r.RotationStatus(); rot.Leaves != 1 || rot.Reissued != 1 || rot.NodesConnected != 1 || rot.NodesAcked != 0 ||
+		!strings.Contains(rot.WaitingFor, "acknowledge") || rot.RetireAfter.IsZero() {
+		t.Fatalf("progress = %+v", rot)
 	}
-	clk.Set(rot.RetireAfter)
-	if phase, err := r.AdvanceRotation(ctx, none); err != nil || phase != "" || r.RotationStatus() != nil {
-		t.Fatalf("not done after retire time: %q %v %+v", phase, err, r.RotationStatus())
+	if phase, err := r.AdvanceRotation(ctx, acks(0, 1)); err != nil || phase != "" || r.RotationStatus() != nil {
+		t.Fatalf("not done once every leaf was re-issued and acknowledged: %q %v %+v", phase, err, r.RotationStatus())
+	}
+	if !clk.Now().Equal(t0) {
+		t.Fatal("the fake clock moved")
 	}
 	if n := rotationEvents(t, r); n != 2 {
 		t.Fatalf("%d rotation audit records, want 2 (start, done)", n)
@@ -91,6 +101,7 @@ func TestRootRotationPhases(t *testing.T) {
 	if _, err := r.AddIdentity(ctx, AddIdentity{Name: "echo"}, "test"); err != nil {
 		t.Fatal(err)
 	}
+	joinNode(t, r, "n1", "echo")
 	oldRoot, oldIssuer := r.CA().Roots()[0], r.CA().Issuer()
 	sc, err := r.ServerCert(nil, 2*time.Hour)
 	if err != nil {
@@ -108,21 +119,23 @@ func TestRootRotationPhases(t *testing.T) {
 		t.Fatal("publishing must add the new root and keep issuing from the old CA")
 	}
 	newRoot := roots[1]
-	pending := 0
-	if phase, _ := r.AdvanceRotation(ctx, func() int { return pending }); phase != store.PhasePublishing || r.RotationStatus().WaitingFor == "" {
-		t.Fatal("switched before the publish grace, when nodes may not have reconnected")
+	if phase, _ := r.AdvanceRotation(ctx, acks(0, 0)); phase != store.PhasePublishing || r.RotationStatus().WaitingFor == "" {
+		t.Fatal("switched before the publish grace, when a node that holds a certificate may not have reconnected")
 	}
 	clk.Add(publishGrace)
-	pending = 2
-	if phase, _ := r.AdvanceRotation(ctx, func() int { return pending }); phase != store.PhasePublishing || r.RotationStatus().WaitingFor == "" {
-		t.Fatal("switched while nodes had not acknowledged the bundle")
+	if phase, _ := r.AdvanceRotation(ctx, acks(1, 1)); phase != store.PhasePublishing || r.RotationStatus().WaitingFor == "" {
+		t.Fatal("switched while a node had not acknowledged the bundle")
 	}
-	pending = 0
-	if phase, err := r.AdvanceRotation(ctx, func() int { return pending }); err != nil || phase != store.PhaseReissuing {
+	// Acknowledged: the switch, then the re-issue, in one go; then the
+	// rotation waits for n1 to renew its node certificate.
+	if phase, err := r.AdvanceRotation(ctx, acks(0, 1)); err != nil || phase != store.PhaseReissuing {
 		t.Fatalf("phase %q, %v", phase, err)
 	}
 	if r.CA().Issuer().CheckSignatureFrom(newRoot) != nil || !r.CA().Roots()[0].Equal(newRoot) || len(r.CA().Roots()) != 2 {
 		t.Fatal("after the switch the issuer must chain to the new root, with both roots trusted")
+	}
+	if rot := r.RotationStatus(); rot.Reissued != 1 || rot.OldNodeCerts != 1 || !rot.OwnWorkDone || !strings.Contains(rot.WaitingFor, "node certificate") {
+		t.Fatalf("progress = %+v", rot)
 	}
 	// meshca's own certificate stays under the old root until it retires.
 	cert, err := sc.Get(nil)
@@ -142,10 +155,11 @@ func TestRootRotationPhases(t *testing.T) {
 	if rot := r.RotationStatus(); rot == nil || rot.Phase != store.PhaseReissuing {
 		t.Fatalf("after restart: %+v", rot)
 	}
-	reissueAll(t, r, "echo")
-	clk.Set(r.RotationStatus().RetireAfter)
-	if phase, err := r.AdvanceRotation(ctx, func() int { return 0 }); err != nil || phase != "" {
-		t.Fatalf("not done: %q %v", phase, err)
+	if _, err := r.RenewNode(ctx, "n1", csr(t)); err != nil {
+		t.Fatal(err)
+	}
+	if phase, err := r.AdvanceRotation(ctx, acks(0, 0)); err != nil || phase != "" {
+		t.Fatalf("not done once the node renewed: %q %v", phase, err)
 	}
 	if roots := r.CA().Roots(); len(roots) != 1 || !roots[0].Equal(newRoot) {
 		t.Fatal("the old root was not retired")
@@ -165,11 +179,11 @@ func TestAutomaticIntermediateRotation(t *testing.T) {
 	issuer := r.CA().Issuer()
 	at := issuer.NotBefore.Add(time.Duration(float64(issuer.NotAfter.Sub(issuer.NotBefore)) * autoRotateAt))
 	clk.Set(at.Add(-time.Minute))
-	if phase, _ := r.AdvanceRotation(ctx, func() int { return 0 }); phase != "" {
+	if phase, _ := r.AdvanceRotation(ctx, acks(0, 0)); phase != "" {
 		t.Fatal("rotated before 80% of the intermediate's lifetime")
 	}
 	clk.Set(at)
-	if phase, err := r.AdvanceRotation(ctx, func() int { return 0 }); err != nil || phase != store.PhaseReissuing {
+	if phase, err := r.AdvanceRotation(ctx, acks(0, 0)); err != nil || phase != store.PhaseReissuing {
 		t.Fatalf("no automatic rotation at 80%%: %q %v", phase, err)
 	}
 	if r.CA().Issuer().Equal(issuer) {

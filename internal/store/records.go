@@ -74,17 +74,23 @@ type CASet struct {
 type CARotation struct {
 	Kind  string `json:"kind"`  // RotationIntermediate or RotationRoot
 	Phase string `json:"phase"` // PhasePublishing or PhaseReissuing
-	// NextIssuer becomes the issuer when publishing ends.
+	// NextIssuer becomes the issuer when publishing ends; NextRoot is the
+	// root published beside the old one (root rotation only).
 	NextIssuer string `json:"next_issuer,omitempty"`
+	NextRoot   string `json:"next_root,omitempty"`
 	// PreviousIssuer is the issuer being replaced; PreviousRoot the root
 	// that leaves the bundle when the rotation ends (root rotation only).
 	PreviousIssuer string    `json:"previous_issuer"`
 	PreviousRoot   string    `json:"previous_root,omitempty"`
 	StartedAt      time.Time `json:"started_at"`
 	PhaseSince     time.Time `json:"phase_since"`
-	// RetireAfter is when the previous CA may go: the longest leaf
-	// lifetime after the switch.
-	RetireAfter time.Time `json:"retire_after,omitempty"`
+	// Emergency marks a rotation that replaced a CA whose keys may be
+	// compromised: the certificates of the Compromised issuers are revoked
+	// and the RetireRoots leave the bundle as soon as every leaf is
+	// re-issued, without waiting for nodes.
+	Emergency   bool     `json:"emergency,omitempty"`
+	Compromised []string `json:"compromised,omitempty"`
+	RetireRoots []string `json:"retire_roots,omitempty"`
 }
 
 // CA rotation kinds and phases.
@@ -92,7 +98,7 @@ const (
 	RotationIntermediate = "intermediate"
 	RotationRoot         = "root"
 	PhasePublishing      = "publishing" // bundle holds old and new roots; waiting for nodes to acknowledge
-	PhaseReissuing       = "reissuing"  // issuing from the new CA; old one still trusted until RetireAfter
+	PhaseReissuing       = "reissuing"  // issuing from the new CA; old one trusted until every leaf is re-issued
 )
 
 // Node is a proxy registered to receive configuration and secrets.

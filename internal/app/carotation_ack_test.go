@@ -1,0 +1,147 @@
+package app_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/clock"
+)
+
+// parkedLoops is how many loops of meshca sleep on the clock when idle:
+// the renewal loop, the CRL loop and the CA rotation loop.
+const parkedLoops = 3
+
+// TestCARotationWaitsForNodeAcks rotates the intermediate with a node
+// connected over a real ADS stream that acknowledges only when told: the
+// rotation re-issues the node's 720h identity at once, waits while the
+// node has not acknowledged it, and ends on the next tick after it has,
+// without waiting for any certificate lifetime.
+func TestCARotationWaitsForNodeAcks(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	m := startMesh(t, clk)
+	m.admin("POST", api.PathIdentities, api.AddIdentityRequest{Name: "echo", TTL: "720h"}, nil, http.StatusCreated)
+	cert := m.joined("n1", "echo")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(m.dial(cert)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{secretName(""), secretName("echo")}
+	if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "n1"}, TypeUrl: resource.SecretType, ResourceNames: names}); err != nil {
+		t.Fatal(err)
+	}
+	ack := func(r *discovery.DiscoveryResponse) {
+		t.Helper()
+		if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce(), ResourceNames: names}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	responses := make(chan *discovery.DiscoveryResponse, 16)
+	go func() {
+		defer close(responses)
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			responses <- r
+		}
+	}()
+	recv := func() *discovery.DiscoveryResponse {
+		t.Helper()
+		select {
+		case r, ok := <-responses:
+			if !ok {
+				t.Fatal("stream ended")
+			}
+			return r
+		case <-time.After(recvTimeout):
+			t.Fatal("no push within 10s")
+		}
+		return nil
+	}
+	ack(recv())
+	caState := func() api.CA {
+		var c api.CA
+		m.admin("GET", api.PathCA, nil, &c, http.StatusOK)
+		return c
+	}
+	// tick moves the clock one second once every loop sleeps, and waits
+	// until the rotation loop has taken its step and sleeps again.
+	tick := func() {
+		t.Helper()
+		if err := clk.WaitForWaiters(ctx, parkedLoops); err != nil {
+			t.Fatal(err)
+		}
+		clk.Add(time.Second)
+		if err := clk.WaitForWaiters(ctx, parkedLoops); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := clk.Now()
+	var started api.CA
+	m.admin("POST", api.PathCARotate, api.RotateCARequest{}, &started, http.StatusOK)
+	tick()
+	// Re-issued and pushed; the node holds the push unacknowledged.
+	pushed := recv()
+	for i := 0; i < 3; i++ {
+		tick()
+	}
+	for len(responses) > 0 {
+		pushed = recv() // only the latest counts
+	}
+	rot := caState().Rotation
+	if rot == nil || rot.Reissued != 1 || rot.Leaves != 1 || rot.NodesConnected != 1 || rot.NodesAcked != 0 || !strings.Contains(rot.WaitingFor, "acknowledge") {
+		t.Fatalf("rotation while the node has not acknowledged: %+v", rot)
+	}
+	// Another rotation is refused with what this one waits for.
+	var refusal api.Error
+	m.admin("POST", api.PathCARotate, api.RotateCARequest{Root: true}, &refusal, http.StatusConflict)
+	for _, want := range []string{"in phase reissuing", "acknowledge", "ends by", "--wait", "--emergency"} {
+		if !strings.Contains(refusal.Error, want) {
+			t.Errorf("refusal %q lacks %q", refusal.Error, want)
+		}
+	}
+	ack(pushed)
+	// The ACK crosses the network: wait until the server recorded it.
+	for deadline := time.Now().Add(recvTimeout); ; {
+		var n api.Node
+		m.admin("GET", api.PathNodes+"/n1", nil, &n, http.StatusOK)
+		if n.Connection.Acked[resource.SecretType] == pushed.GetVersionInfo() {
+			break
+		}
+		if len(responses) > 0 { // a push that was still on its way
+			pushed = recv()
+			ack(pushed)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server did not record the ACK of version %s within %s: %+v", pushed.GetVersionInfo(), recvTimeout, n.Connection)
+		}
+	}
+	tick()
+	cur := caState()
+	if cur.Rotation != nil {
+		t.Fatalf("rotation not done after the node acknowledged: %+v", cur.Rotation)
+	}
+	if cur.Issuer.Serial == "" || cur.LastRotation == nil || cur.LastRotation.Reissued != 1 {
+		t.Fatalf("after the rotation: %+v", cur)
+	}
+	// The rotation's re-issue is counted apart from routine renewals.
+	metrics := scrape(t, m)
+	if v, ok := sample(t, metrics, `meshca_certificates_renewed_total{by="ca_rotation"}`); !ok || v != 1 {
+		t.Errorf("renewals by ca_rotation = %v (present %v), want 1", v, ok)
+	}
+	if _, ok := sample(t, metrics, `meshca_certificates_renewed_total{by="rotation"}`); ok {
+		t.Error("the CA rotation's re-issue was counted as a routine renewal")
+	}
+	t.Logf("intermediate rotation with a 720h identity and one connected node: done %s of fake time after it started, one tick after the node's ACK", clk.Now().Sub(start))
+}

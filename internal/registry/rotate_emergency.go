@@ -1,0 +1,223 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/meshca/meshca/internal/store"
+)
+
+// AbortRotation withdraws a root rotation that has not switched issuance
+// yet: the new root leaves the bundle, which is pushed to every node again,
+// and nothing was issued under it. A rotation past its switch cannot be
+// aborted (ErrRotating says why and what to do).
+func (r *Registry) AbortRotation(ctx context.Context, actor string) error {
+	r.rot.mu.Lock()
+	defer r.rot.mu.Unlock()
+	err := r.abortRotation(ctx, actor)
+	if err != nil && ctx.Err() == nil {
+		r.deny(ctx, store.Event{Action: ActionCARotate, Actor: actor, Detail: "abort: " + err.Error()})
+	}
+	return err
+}
+
+func (r *Registry) abortRotation(ctx context.Context, actor string) error {
+	var rot store.CARotation
+	err := r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		set, err := tx.CASet()
+		if err != nil {
+			return err
+		}
+		if set.Rotation == nil {
+			return fmt.Errorf("%w: no CA rotation is in progress, so there is nothing to abort", ErrNotFound)
+		}
+		rot = *set.Rotation
+		if rot.Phase != store.PhasePublishing {
+			return fmt.Errorf("%w: the %s rotation cannot be aborted: issuance switched to the new CA at %s and leaves are issued under it; "+
+				"follow it with 'meshca ca rotate --wait', or replace it with 'meshca ca rotate --emergency'", ErrRotating, rot.Kind, rot.PhaseSince.Format(time.RFC3339))
+		}
+		set.RootSerials = slices.DeleteFunc(set.RootSerials, func(s string) bool {
+			if rot.NextRoot != "" {
+				return s == rot.NextRoot
+			}
+			return s != rot.PreviousRoot // a record from before NextRoot was kept
+		})
+		set.Rotation = nil
+		if err := tx.SetCASet(set); err != nil {
+			return err
+		}
+		_, err = tx.Append(store.Event{Action: ActionCARotate, Actor: actor, Serial: set.IssuerSerial,
+			Detail: fmt.Sprintf("kind=%s aborted in phase %s: new root %s withdrawn from the bundle, nothing was issued under it", rot.Kind, rot.Phase, rot.NextRoot)})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	r.rot.last.Store(&RotationDone{Kind: rot.Kind, Aborted: true, StartedAt: rot.StartedAt, FinishedAt: r.cfg.Clock.Now().UTC()})
+	r.log.Warn("CA rotation aborted", "kind", rot.Kind, "withdrawn_root", rot.NextRoot, "actor", actor)
+	return r.reload(ctx)
+}
+
+// EmergencyRotation replaces a CA whose keys may be compromised, now,
+// superseding any rotation in progress: a new intermediate (with root, a
+// new root and intermediate) issues from now on, every active identity is
+// re-keyed under it at full speed, every unexpired identity certificate of
+// the replaced issuers is revoked (it appears in the CRL), and the roots
+// other than the new issuer's leave the bundle. Node certificates are not
+// revoked: meshca accepts only the node certificates it recorded; after an
+// emergency root rotation nodes join again with a new token. It returns
+// when that is done, or when ctx ends (RunCA then finishes it).
+func (r *Registry) EmergencyRotation(ctx context.Context, root bool, actor string) (RotationDone, error) {
+	if c := r.rot.cancel.Load(); c != nil {
+		(*c)() // stop a re-issue in flight under the CA being replaced
+	}
+	r.rot.mu.Lock()
+	defer r.rot.mu.Unlock()
+	done, err := r.emergencyRotation(ctx, root, actor)
+	if err != nil && ctx.Err() == nil {
+		r.deny(ctx, store.Event{Action: ActionCARotate, Actor: actor, Detail: "emergency: " + err.Error()})
+	}
+	return done, err
+}
+
+func (r *Registry) emergencyRotation(ctx context.Context, root bool, actor string) (RotationDone, error) {
+	next, recs, err := r.nextCA(ctx, root)
+	if err != nil {
+		return RotationDone{}, err
+	}
+	issuer := recs[0]
+	now := r.cfg.Clock.Now().UTC()
+	var rot store.CARotation
+	var superseded string
+	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		set, err := tx.CASet()
+		if err != nil {
+			return err
+		}
+		for _, rec := range recs {
+			if err := tx.PutCA(rec); err != nil {
+				return err
+			}
+		}
+		rot = store.CARotation{Kind: kindOf(root), Phase: store.PhaseReissuing, Emergency: true,
+			PreviousIssuer: set.IssuerSerial, Compromised: []string{set.IssuerSerial}, StartedAt: now, PhaseSince: now}
+		withdrawn := ""
+		if old := set.Rotation; old != nil {
+			superseded = fmt.Sprintf("%s rotation in phase %s", old.Kind, old.Phase)
+			if old.Emergency {
+				superseded = "emergency " + superseded
+			}
+			for _, s := range append([]string{old.PreviousIssuer}, old.Compromised...) {
+				if s != "" && !slices.Contains(rot.Compromised, s) {
+					rot.Compromised = append(rot.Compromised, s)
+				}
+			}
+			if old.Phase == store.PhasePublishing {
+				withdrawn = old.NextRoot // issued nothing: it goes now
+			}
+		}
+		signing := recs[len(recs)-1].Serial // the new root, or the root of the new intermediate
+		if !root {
+			signing = set.RootSerials[0]
+		}
+		roots := []string{signing}
+		for _, s := range set.RootSerials {
+			if s != signing && s != withdrawn {
+				roots = append(roots, s)
+				rot.RetireRoots = append(rot.RetireRoots, s)
+			}
+		}
+		set.IssuerSerial, set.ChainSerials, set.RootSerials, set.Rotation = issuer.Serial, nil, roots, &rot
+		if err := tx.SetCASet(set); err != nil {
+			return err
+		}
+		_, err = tx.Append(store.Event{Action: ActionCARotate, Actor: actor, Serial: issuer.Serial,
+			Detail: fmt.Sprintf("kind=%s emergency: compromised_issuers=%s superseded=%q signing_root=%s", rot.Kind, strings.Join(rot.Compromised, ","), superseded, signing)})
+		return err
+	})
+	if err != nil {
+		return RotationDone{}, err
+	}
+	r.resetProgress()
+	r.rot.reissuedAt = time.Time{}
+	r.log.Warn("emergency CA rotation: re-keying every identity and revoking the replaced CA's certificates",
+		"kind", rot.Kind, "next_issuer", issuer.Serial, "issuer_not_after", next.Issuer.NotAfter, "superseded", superseded, "actor", actor)
+	if err := r.reload(ctx); err != nil {
+		return RotationDone{}, err
+	}
+	// Nothing is waited for: re-key, revoke, retire.
+	if _, err := r.advanceSteps(ctx, func(context.Context) (int, int) { return 0, 0 }); err != nil {
+		return RotationDone{}, err
+	}
+	if st := r.RotationStatus(); st != nil {
+		return RotationDone{}, fmt.Errorf("%w: the emergency rotation switched to the new CA but is not done (waiting for %s); meshca keeps at it every %s: follow it with 'meshca ca rotate --wait'", ErrRotating, st.WaitingFor, rotationTick)
+	}
+	if d := r.rot.last.Load(); d != nil {
+		return *d, nil
+	}
+	return RotationDone{}, nil
+}
+
+// finishEmergency revokes every unexpired identity certificate of the
+// compromised issuers, drops the roots that leave, and ends the rotation.
+func (r *Registry) finishEmergency(ctx context.Context) (string, bool, error) {
+	var revoked int
+	var rot store.CARotation
+	err := r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		revoked = 0
+		set, err := tx.CASet()
+		if err != nil {
+			return err
+		}
+		if set.Rotation == nil {
+			return errors.New("no rotation in progress")
+		}
+		rot = *set.Rotation
+		now := r.cfg.Clock.Now().UTC()
+		ids, err := tx.Identities()
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			certs, err := tx.CertsFor(id.Name)
+			if err != nil {
+				return err
+			}
+			for _, c := range certs {
+				if !slices.Contains(rot.Compromised, c.IssuerSerial) || !c.NotAfter.After(now) {
+					continue
+				}
+				if _, err := tx.Revocation(c.Serial); err == nil {
+					continue
+				}
+				if err := tx.PutRevocation(store.Revocation{Serial: c.Serial, Identity: id.Name, IssuerSerial: c.IssuerSerial,
+					Reason: ReasonCACompromise, NotAfter: c.NotAfter, RevokedAt: now}); err != nil {
+					return err
+				}
+				revoked++
+			}
+		}
+		set.RootSerials = slices.DeleteFunc(set.RootSerials, func(s string) bool { return slices.Contains(rot.RetireRoots, s) })
+		set.Rotation = nil
+		if err := tx.SetCASet(set); err != nil {
+			return err
+		}
+		_, err = tx.Append(store.Event{Action: ActionCARotate, Actor: "meshca", Serial: set.IssuerSerial,
+			Detail: fmt.Sprintf("kind=%s emergency: revoked %d certificate(s) of issuer(s) %s reason=%s; retired root(s) %s; rotation done",
+				rot.Kind, revoked, strings.Join(rot.Compromised, ","), ReasonCACompromise, strings.Join(rot.RetireRoots, ","))})
+		return err
+	})
+	if err != nil {
+		return "", false, err
+	}
+	r.rot.last.Store(&RotationDone{Kind: rot.Kind, Emergency: true, StartedAt: rot.StartedAt, FinishedAt: r.cfg.Clock.Now().UTC(),
+		Reissued: int(r.rot.reissued.Load()), Revoked: revoked})
+	r.log.Warn("emergency CA rotation done", "kind", rot.Kind, "reissued", r.rot.reissued.Load(), "revoked", revoked,
+		"compromised_issuers", strings.Join(rot.Compromised, ","))
+	// Every node gets the new bundle and the CRL with the revoked serials.
+	return "", true, r.reload(ctx)
+}
