@@ -51,6 +51,9 @@ type DenialRecorder interface {
 // the CA.
 type Authority interface {
 	CA() *ca.CA
+	// ServerIssuer signs meshca's server certificate: its SHA-256 is the
+	// pin a node bootstraps with.
+	ServerIssuer() *x509.Certificate
 	ImportCA(ctx context.Context, certPEM, keyPEM []byte, actor string) error
 	StartRotation(ctx context.Context, root bool, actor string) error
 	RotationStatus() *registry.Rotation

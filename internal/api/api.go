@@ -172,7 +172,7 @@ type JoinToken struct {
 	Node       Node      `json:"node"`
 	Token      string    `json:"token"`
 	Expires    time.Time `json:"expires"`
-	CASHA256   string    `json:"ca_sha256"`   // SHA-256 of the root the node must trust
+	CASHA256   string    `json:"ca_sha256"`   // SHA-256 of the CA that signs meshca's server certificate: the bootstrap pin
 	XDSAddress string    `json:"xds_address"` // where meshca serves xDS and joins
 }
 

@@ -6,7 +6,6 @@ package app
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -157,8 +156,8 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, fmt.Errorf("xds.dns_names / admin.dns_names: %w", err)
 	}
 	xdsSrv, err := xds.New(xds.Config{
-		TrustDomain: td, Source: newXDSSource(reg, td), Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
-		Roots: func() []*x509.Certificate { return reg.CA().Roots() }, ServerCert: serverCert.Get,
+		TrustDomain: td, Source: newXDSSource(reg, td), Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg}, Audit: reg,
+		Roots: reg.IssuingCAs, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
 		Telemetry: tel,

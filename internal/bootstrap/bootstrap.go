@@ -32,6 +32,7 @@ const (
 	CertFile      = "node.pem"            // node certificate chain, leaf first
 	KeyFile       = "node-key.pem"        // node private key
 	BundleFile    = "bundle.pem"          // trust bundle
+	IssuersFile   = "meshca-issuers.pem"  // meshca's issuing CAs: what renewals pin meshca by
 	CertSDSFile   = "node-sds.yaml"       // SDS file naming CertFile and KeyFile
 	BundleSDSFile = "bundle-sds.yaml"     // SDS file naming BundleFile
 	EnvoyFile     = "envoy.yaml"          // Envoy bootstrap

@@ -119,7 +119,7 @@ func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificat
 	if !ok {
 		return nil, errors.New("node key cannot sign")
 	}
-	trust, err := newServerTrust("", filepath.Join(dir, bootstrap.BundleFile))
+	trust, err := renewTrust(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -149,6 +149,9 @@ func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificat
 	}
 	// The bundle first: it may hold a new root the new chain needs.
 	if err := atomicfile.Write(filepath.Join(dir, bootstrap.BundleFile), []byte(resp.BundlePEM), 0o600); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, bootstrap.IssuersFile), []byte(resp.IssuersPEM), 0o600); err != nil {
 		return nil, err
 	}
 	if err := atomicfile.Write(filepath.Join(dir, bootstrap.CertFile), []byte(resp.ChainPEM), 0o600); err != nil {

@@ -87,6 +87,8 @@ type Registry struct {
 
 	reissuingAll atomic.Bool // a ReissueAll is running
 
+	caCerts sync.Map // CA serial -> parsed *x509.Certificate
+
 	holdersMu      sync.Mutex
 	holders        map[string][]string // identity -> nodes assigned it
 	holdersVersion uint64              // the store's NodesVersion when holders was read

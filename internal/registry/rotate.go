@@ -161,7 +161,10 @@ func (r *Registry) reload(ctx context.Context) error {
 		return err
 	}
 	r.prev.Store(nil)
-	if rot := set.Rotation; rot != nil && rot.Kind == store.RotationRoot && rot.Phase == store.PhaseReissuing {
+	// During either rotation meshca's server certificate stays with the
+	// previous issuer: nodes pin the issuer they learnt at their last join
+	// or renewal (see serverCA).
+	if rot := set.Rotation; rot != nil && rot.Phase == store.PhaseReissuing && rot.PreviousIssuer != set.IssuerSerial {
 		prev, err := r.caFor(ctx, rot.PreviousIssuer, m)
 		if err != nil {
 			return err
@@ -218,10 +221,11 @@ func (r *Registry) notifyAll(ctx context.Context) {
 	r.notify(names...)
 }
 
-// serverCA issues meshca's own server certificate. During a root rotation
-// that is the previous issuer until the old root retires: nodes verify
-// meshca with their bundle file, which only learns the new root when their
-// node certificate is renewed.
+// serverCA issues meshca's own server certificate. During a rotation that
+// is the previous issuer until it retires: nodes verify meshca with the
+// issuing CAs they were given (and, with a root rotation, their bundle
+// file), which only learn the new CA when their node certificate is
+// renewed.
 func (r *Registry) serverCA() *ca.CA {
 	if p := r.prev.Load(); p != nil {
 		return p
