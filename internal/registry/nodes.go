@@ -744,6 +744,12 @@ func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node
 			if err != nil || id.State != store.StateActive || id.CurrentSerial == "" {
 				continue
 			}
+			if id.Admin {
+				// Only a store written before admin identities were kept
+				// from nodes can hold this assignment: serve nothing.
+				r.log.Error("not serving an admin identity to a node; unassign it", "identity", name, "node", node)
+				continue
+			}
 			c, err := tx.Cert(id.CurrentSerial)
 			if err != nil {
 				return fmt.Errorf("identity %q: %w", name, err)
@@ -771,8 +777,8 @@ func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node
 	return n, creds, err
 }
 
-// WithdrawnSecrets names the SPIFFE IDs of revoked identities still
-// assigned to a node: its proxies may keep asking for those secrets (a
+// WithdrawnSecrets names the SPIFFE IDs of revoked (or admin) identities
+// still assigned to a node: its proxies may keep asking for those secrets (a
 // listener references them) and must not lose their stream for it, but get
 // nothing.
 func (r *Registry) WithdrawnSecrets(ctx context.Context, node string) ([]string, error) {
@@ -783,7 +789,7 @@ func (r *Registry) WithdrawnSecrets(ctx context.Context, node string) ([]string,
 			return err
 		}
 		for _, name := range n.Identities {
-			if id, err := tx.Identity(name); err == nil && id.State == store.StateRevoked {
+			if id, err := tx.Identity(name); err == nil && (id.State == store.StateRevoked || id.Admin) {
 				out = append(out, id.SPIFFEID)
 			}
 		}
