@@ -665,3 +665,50 @@ func TestJoinAndRenewRefusalsOfRevokedNodes(t *testing.T) {
 		t.Fatalf("SDS of a revoked node: %v", err)
 	}
 }
+
+// TestBootstrapPinAcrossIntermediateRotation: a bootstrap command printed
+// before an intermediate rotation still works during it (meshca's server
+// certificate stays with the previous CA until it retires), the node
+// learns both CAs for its renewals, and node certificates of both CAs
+// authenticate.
+func TestBootstrapPinAcrossIntermediateRotation(t *testing.T) {
+	m := startMesh(t, nil)
+	m.addIdentity("web")
+	before := m.joined("old-node", "web")
+	tok := m.addNode("late", "sidecar", "web")
+	resp, err := m.http.Post("http://"+m.app.Admin+api.PathCARotate, "application/json", strings.NewReader(`{"root":false}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readBody(t, resp); resp.StatusCode != http.StatusOK {
+		t.Fatalf("ca rotate: %d %s", resp.StatusCode, body)
+	}
+	var during api.JoinToken
+	m.admin("POST", api.PathNodes+"/late/token", struct{}{}, &during, http.StatusOK)
+	if during.CASHA256 != tok.CASHA256 {
+		t.Fatalf("during the rotation node token pins %s, before it %s: the server certificate changed CA", during.CASHA256, tok.CASHA256)
+	}
+	out := filepath.Join(t.TempDir(), "late")
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cli.Execute(ctx, cli.Config{Stdout: &stdout, Stderr: &stderr}, []string{"bootstrap", "--server", m.app.XDS, "--node", "late",
+		"--token", during.Token, "--ca-sha256", tok.CASHA256, "--out", out}); err != nil {
+		t.Fatalf("bootstrap with the pin printed before the rotation: %v %s", err, stderr.String())
+	}
+	issuers, err := os.ReadFile(filepath.Join(out, "meshca-issuers.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(issuers), "BEGIN CERTIFICATE"); n != 2 {
+		t.Fatalf("the node learnt %d issuing CAs during the rotation, want the previous and the new one", n)
+	}
+	// The node renews against the CAs it learnt, with its new-CA certificate.
+	if err := cli.Execute(ctx, cli.Config{Stdout: &stdout, Stderr: &stderr}, []string{"bootstrap", "renew", "--dir", out}); err != nil {
+		t.Fatalf("renew during the rotation: %v %s", err, stderr.String())
+	}
+	if _, err := fetchSecret(m, before, "old-node", "web"); err != nil {
+		t.Fatalf("a node certificate of the previous CA during the rotation: %v", err)
+	}
+	t.Logf("during an intermediate rotation: printed pin accepted, %d issuing CAs pinned for renewal", strings.Count(string(issuers), "BEGIN CERTIFICATE"))
+}
