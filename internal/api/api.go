@@ -11,6 +11,7 @@ const (
 	PathCerts      = "/v1/certs"
 	PathCA         = "/v1/ca"
 	PathCABundle   = "/v1/ca/bundle"
+	PathCAPin      = "/v1/ca/pin" // PEM of the CAs that may sign meshca's server certificate
 	PathCAImport   = "/v1/ca/import"
 	PathCARotate   = "/v1/ca/rotate"
 	PathAudit      = "/v1/audit"

@@ -544,7 +544,7 @@ func (r *Registry) joined(ctx context.Context, n store.Node, cert store.Cert) Jo
 	n.TokenHash = nil
 	return Joined{
 		Node: n, TrustDomain: r.cfg.TrustDomain.Name(), ChainPEM: chainPEM(cert.DER, cert.Chain),
-		BundlePEM: r.CA().BundlePEM(), IssuersPEM: r.issuersPEM(context.WithoutCancel(ctx)), Serial: cert.Serial, NotAfter: cert.NotAfter,
+		BundlePEM: r.CA().BundlePEM(), IssuersPEM: r.IssuersPEM(context.WithoutCancel(ctx)), Serial: cert.Serial, NotAfter: cert.NotAfter,
 	}
 }
 

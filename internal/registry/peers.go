@@ -79,10 +79,11 @@ func (r *Registry) caCert(tx *store.Tx, serial string) (*x509.Certificate, error
 // a node pins (by its SHA-256) before it sends its join token.
 func (r *Registry) ServerIssuer() *x509.Certificate { return r.serverCA().Issuer() }
 
-// issuersPEM are the CAs a node may find as the issuer of meshca's server
+// IssuersPEM are the CAs a node may find as the issuer of meshca's server
 // certificate until its next renewal: the issuer in use and, during a
-// rotation, the previous and the next one.
-func (r *Registry) issuersPEM(ctx context.Context) []byte {
+// rotation, the previous and the next one. It is what `meshca bootstrap
+// --ca-file` and renewals pin.
+func (r *Registry) IssuersPEM(ctx context.Context) []byte {
 	var out []byte
 	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
 		set, err := tx.CASet()
