@@ -224,6 +224,12 @@ func (s *Server) untrackStream(node string, id uint64) {
 	}
 }
 
+// CloseNode ends every open stream and connection of a node, for example
+// once its earlier node certificates are revoked: a connection made with
+// one of them must not outlive it. A connection still in its handshake is
+// not affected.
+func (s *Server) CloseNode(node string) int { return s.closeNode(node) }
+
 // closeNode ends every open stream of a node.
 func (s *Server) closeNode(node string) int {
 	s.streamsMu.Lock()

@@ -168,6 +168,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	ops.reg, ops.xds, ops.store = reg, xdsSrv, st
 	reg.Subscribe(xdsSrv.Refresh)
 	reg.SubscribeTrust(xdsSrv.RefreshTrust)
+	reg.SubscribeNodeCerts(func(node string) { xdsSrv.CloseNode(node) })
 	if err := xdsSrv.RefreshAll(ctx); err != nil {
 		return nil, err
 	}

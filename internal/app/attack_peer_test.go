@@ -562,9 +562,13 @@ func TestOneValidNodeCertificate(t *testing.T) {
 	if _, err := fetchSecret(m, c1, "n", "web"); err != nil {
 		t.Fatalf("the current certificate before its replacement is used: %v", err)
 	}
+	stolen := subscribe(t, m, "n", c1, secretName("web"))
+	stolen.next()
+	start := time.Now()
 	if _, err := fetchSecret(m, c2, "n", "web"); err != nil {
 		t.Fatalf("the renewed certificate: %v", err)
 	}
+	ended(t, stolen, start, "a stream opened with the superseded certificate")
 	if _, err := fetchSecret(m, c1, "n", "web"); err == nil {
 		t.Fatal("the previous certificate still authenticates after its replacement was used")
 	}
@@ -579,10 +583,14 @@ func TestOneValidNodeCertificate(t *testing.T) {
 	}
 	var tok api.JoinToken
 	m.admin("POST", api.PathNodes+"/n/token", struct{}{}, &tok, http.StatusOK)
+	inUse := subscribe(t, m, "n", c2, secretName("web"))
+	inUse.next()
+	start = time.Now()
 	c4, err := m.join("n", tok.Token)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ended(t, inUse, start, "a stream of the node's certificate before the re-join")
 	for name, c := range map[string]*tls.Certificate{"in use": c2, "renewed, unused": c3x} {
 		if _, err := fetchSecret(m, c, "n", "web"); err == nil {
 			t.Fatalf("the %s certificate still authenticates after a re-join", name)
@@ -615,6 +623,25 @@ func TestOneValidNodeCertificate(t *testing.T) {
 	m = m.restart()
 	if _, err := renewWith(m, c4); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("renewal after a restart: %v (the limit must survive it)", err)
+	}
+}
+
+// ended waits for a stream to end, within 2 seconds of start.
+func ended(t *testing.T, p *proxy, start time.Time, what string) {
+	t.Helper()
+	for {
+		select {
+		case <-p.updates:
+			continue
+		case err := <-p.done:
+			t.Logf("%s ended %s after its certificate was superseded: %v", what, time.Since(start).Round(time.Millisecond), status.Code(err))
+			if d := time.Since(start); d > 2*time.Second {
+				t.Fatalf("%s took %s to end", what, d)
+			}
+			return
+		case <-time.After(recvTimeout):
+			t.Fatalf("%s is still open %s later", what, recvTimeout)
+		}
 	}
 }
 

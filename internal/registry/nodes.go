@@ -405,6 +405,9 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		r.crl.Store(built)
 		r.notifyTrust()
 	}
+	if len(revoked) > 0 {
+		r.notifyNodeCerts(node)
+	}
 	return r.joined(ctx, n, cert), nil
 }
 
@@ -695,6 +698,11 @@ func (r *Registry) switchNodeCert(ctx context.Context, node, serial string) erro
 		r.log.Info("node switched to its renewed certificate", "node", node, "serial", serial, "revoked_previous", len(revoked))
 		r.crl.Store(built)
 		r.notifyTrust()
+	}
+	if len(revoked) > 0 {
+		// Connections made with the earlier certificates end; this
+		// handshake's connection is not tracked yet, so it stays.
+		r.notifyNodeCerts(node)
 	}
 	return nil
 }

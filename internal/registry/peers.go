@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/meshca/meshca/internal/store"
 )
@@ -15,6 +16,26 @@ import (
 // did issue to a node that has since been revoked: the caller may let the
 // connection be made so that every call can be refused saying so.
 var ErrNodeRevoked = errors.New("node was revoked")
+
+// SubscribeNodeCerts registers fn to learn that a node's earlier node
+// certificates were revoked (its renewed certificate was used, or it joined
+// again): connections made with them must end. fn runs synchronously after
+// the change is committed, possibly inside a handshake, so it must be quick
+// and must not wait for other handshakes.
+func (r *Registry) SubscribeNodeCerts(fn func(node string)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.nodeCerts = append(r.nodeCerts, fn)
+}
+
+func (r *Registry) notifyNodeCerts(node string) {
+	r.mu.Lock()
+	fns := slices.Clone(r.nodeCerts)
+	r.mu.Unlock()
+	for _, fn := range fns {
+		fn(node)
+	}
+}
 
 // issuingSerials are the CAs whose leaves meshca accepts from its peers:
 // the issuer in use and, during a rotation, the previous one. An imported

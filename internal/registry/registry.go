@@ -72,6 +72,7 @@ type Registry struct {
 	mu        sync.Mutex
 	listeners []func(nodes []string)
 	trust     []func()
+	nodeCerts []func(node string) // see SubscribeNodeCerts
 	// rate limit of unauthenticated refusals (under mu)
 	denyWindowStart           time.Time
 	denyCount, denySuppressed int
