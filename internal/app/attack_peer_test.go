@@ -731,8 +731,22 @@ func TestBootstrapPinAcrossIntermediateRotation(t *testing.T) {
 		t.Fatalf("the node learnt %d issuing CAs during the rotation, want the previous and the new one", n)
 	}
 	// The node renews against the CAs it learnt, with its new-CA certificate.
+	joinedCert, err := tls.LoadX509KeyPair(filepath.Join(out, "node.pem"), filepath.Join(out, "node-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fetchSecret(m, &joinedCert, "late", "web"); err != nil {
+		t.Fatalf("the joined certificate: %v", err)
+	}
 	if err := cli.Execute(ctx, cli.Config{Stdout: &stdout, Stderr: &stderr}, []string{"bootstrap", "renew", "--dir", out}); err != nil {
 		t.Fatalf("renew during the rotation: %v %s", err, stderr.String())
+	}
+	if strings.Contains(stdout.String(), "stays valid") {
+		t.Fatalf("renew did not use the renewed certificate: %s", stdout.String())
+	}
+	// bootstrap renew used the new certificate once: the old one is revoked.
+	if _, err := fetchSecret(m, &joinedCert, "late", "web"); err == nil {
+		t.Fatal("the node certificate before bootstrap renew still authenticates")
 	}
 	if _, err := fetchSecret(m, before, "old-node", "web"); err != nil {
 		t.Fatalf("a node certificate of the previous CA during the rotation: %v", err)
