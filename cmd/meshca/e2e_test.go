@@ -538,14 +538,14 @@ func TestAdminMTLS(t *testing.T) {
 	opsDir, echoDir := filepath.Join(t.TempDir(), "ops"), filepath.Join(t.TempDir(), "echo")
 	mustRun(t, srv.admin, "cert", "issue", "ops", "--out", opsDir)
 	mustRun(t, srv.admin, "cert", "issue", "echo", "--out", echoDir)
-	for _, f := range []string{"cert.pem", "key.pem", "bundle.pem"} {
+	for _, f := range []string{"cert.pem", "key.pem", "bundle.pem", "meshca-ca.pem"} {
 		fi, err := os.Stat(filepath.Join(opsDir, f))
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("%s: %v %v", f, err, fi)
 		}
 	}
 	creds := func(dir string) []string {
-		return []string{"--tls-cert", filepath.Join(dir, "cert.pem"), "--tls-key", filepath.Join(dir, "key.pem"), "--tls-ca", filepath.Join(dir, "bundle.pem")}
+		return []string{"--tls-cert", filepath.Join(dir, "cert.pem"), "--tls-key", filepath.Join(dir, "key.pem"), "--tls-ca", filepath.Join(dir, "meshca-ca.pem")}
 	}
 
 	// An admin identity's certificate works, and the audit names it.
