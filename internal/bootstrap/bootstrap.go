@@ -73,6 +73,7 @@ type resolved struct {
 	Server                           string
 	Dir                              string
 	CertPath, KeyPath, BundlePath    string
+	IssuersPath                      string
 	CertSDSPath, BundleSDSPath       string
 	AdminPort                        uint32
 	ServerID                         string // SPIFFE ID meshca's serving certificate must carry
@@ -134,6 +135,7 @@ func (p Params) resolve() (resolved, error) {
 		CertPath:    path.Join(dir, CertFile),
 		KeyPath:     path.Join(dir, KeyFile),
 		BundlePath:  path.Join(dir, BundleFile),
+		IssuersPath: path.Join(dir, IssuersFile),
 		CertSDSPath: path.Join(dir, CertSDSFile), BundleSDSPath: path.Join(dir, BundleSDSFile),
 		AdminPort:      admin,
 		ServerID:       serverID.String(),

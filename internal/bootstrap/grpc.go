@@ -64,10 +64,15 @@ func GRPC(p Params) ([]byte, error) {
 		CACertificateFile: r.BundlePath,
 		RefreshInterval:   refreshInterval,
 	}
+	// meshca itself is verified against its issuing CAs, not the roots,
+	// which an organisation may share with other CAs; mesh peers against
+	// the trust bundle.
+	xdsFiles := files
+	xdsFiles.CACertificateFile = r.IssuersPath
 	b := grpcBootstrap{
 		XDSServers: []grpcServer{{
 			ServerURI:      r.Server,
-			ChannelCreds:   []grpcChanCreds{{Type: "tls", Config: files}},
+			ChannelCreds:   []grpcChanCreds{{Type: "tls", Config: xdsFiles}},
 			ServerFeatures: []string{"xds_v3"},
 		}},
 		Node:                       grpcNode{ID: r.Node, Cluster: r.Cluster},
