@@ -443,7 +443,12 @@ func revokeNodeCerts(tx *store.Tx, node, keep, reason string, now time.Time) ([]
 func (r *Registry) RenewNode(ctx context.Context, node string, csrDER []byte) (Joined, error) {
 	j, err := r.renewNode(ctx, node, csrDER)
 	if err != nil && ctx.Err() == nil {
-		r.deny(ctx, store.Event{Action: ActionNodeRenew, Actor: "node:" + clip(node, 100), Node: clip(node, identity.MaxNameLength), Detail: err.Error()})
+		ev := store.Event{Action: ActionNodeRenew, Actor: "node:" + clip(node, 100), Node: clip(node, identity.MaxNameLength), Detail: err.Error()}
+		if errors.Is(err, ErrRateLimited) {
+			r.limitedDeny(ctx, ev) // a node in a loop must not flood the audit log
+		} else {
+			r.deny(ctx, ev)
+		}
 	}
 	return j, err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/store"
 )
@@ -63,5 +64,43 @@ func TestRenewLimitWindow(t *testing.T) {
 	}
 	if err := st.Check(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNodeRevokeWhenReKeyFails: a re-key that cannot be issued does not
+// hold up the node's revocation; it is audited as failed with what to do.
+func TestNodeRevokeWhenReKeyFails(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, dataDir(t))
+	clk := clock.NewFake(t0)
+	r := newRegistry(t, st, clk)
+	if _, err := r.AddIdentity(ctx, AddIdentity{Name: "web"}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.AddNode(ctx, AddNode{Name: "n1", Identities: []string{"web"}}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	before, err := r.Identity(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.issue = func(context.Context, ca.Request) (*ca.Issued, error) { return nil, errors.New("signer unavailable") }
+	if _, err := r.RevokeNode(ctx, "n1", "test", "test"); err != nil {
+		t.Fatalf("node revoke with a failing re-key: %v", err)
+	}
+	n, err := r.Node(ctx, "n1")
+	if err != nil || n.State != store.StateRevoked {
+		t.Fatalf("node after revoke: %+v %v", n, err)
+	}
+	after, _ := r.Identity(ctx, "web")
+	if after.Identity.CurrentSerial != before.Identity.CurrentSerial {
+		t.Fatal("identity changed although its re-key failed")
+	}
+	found := false
+	for _, ev := range events(t, r) {
+		found = found || ev.Action == ActionCertReissue && ev.Outcome == store.OutcomeFailed && ev.Identity == "web"
+	}
+	if !found {
+		t.Fatal("failed re-key not audited")
 	}
 }

@@ -70,30 +70,24 @@ func (r *Registry) RevokeIdentity(ctx context.Context, name, reason, actor strin
 // holders, and the certificates the node may have received go on the CRL:
 // the revoked node's copies stop working at once, not at their expiry.
 func (r *Registry) RevokeNode(ctx context.Context, name, reason, actor string) (Revoked, error) {
-	rekeys, err := r.prepareRekeys(ctx, name)
-	if err == nil {
-		var res Revoked
-		res, err = r.revoke(ctx, name, reason, actor, true, rekeys)
-		if err == nil {
-			return res, nil
-		}
-	}
-	if ctx.Err() == nil {
+	// A re-key that cannot be issued must not hold up the revocation.
+	rekeys := r.prepareRekeys(ctx, name, actor)
+	res, err := r.revoke(ctx, name, reason, actor, true, rekeys)
+	if err != nil && ctx.Err() == nil {
 		r.deny(ctx, store.Event{Action: ActionNodeRevoke, Actor: actor, Node: clip(name, identity.MaxNameLength), Detail: err.Error()})
 	}
-	return Revoked{}, err
+	return res, err
 }
 
 // prepareRekeys issues, before the revocation's transaction, a new
-// certificate for each active identity node holds whose key meshca serves.
-func (r *Registry) prepareRekeys(ctx context.Context, node string) (map[string]store.Cert, error) {
-	n, err := r.Node(ctx, node)
-	if err != nil {
-		return nil, err
-	}
+// certificate for each active identity node holds. An identity whose
+// certificate cannot be issued is logged and audited as failed, with what
+// to do, and keeps its key.
+func (r *Registry) prepareRekeys(ctx context.Context, node, actor string) map[string]store.Cert {
 	out := map[string]store.Cert{}
-	if n.State != store.StateActive {
-		return out, nil // refused in the transaction
+	n, err := r.Node(ctx, node)
+	if err != nil || n.State != store.StateActive {
+		return out // refused in the transaction
 	}
 	for _, name := range n.Identities {
 		st, err := r.Identity(ctx, name)
@@ -101,16 +95,18 @@ func (r *Registry) prepareRekeys(ctx context.Context, node string) (map[string]s
 			continue
 		}
 		id, err := identity.ID(r.cfg.TrustDomain, name)
-		if err != nil {
-			return nil, err
+		if err == nil {
+			var issued *ca.Issued
+			if issued, err = r.issue(ctx, ca.Request{ID: id, DNSNames: st.Identity.DNSNames, TTL: st.Identity.TTL}); err == nil {
+				out[name] = certRecord(name, issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+				continue
+			}
 		}
-		issued, err := r.issue(ctx, ca.Request{ID: id, DNSNames: st.Identity.DNSNames, TTL: st.Identity.TTL})
-		if err != nil {
-			return nil, fmt.Errorf("re-key identity %q of node %q: %w", name, node, err)
-		}
-		out[name] = certRecord(name, issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+		err = fmt.Errorf("re-key of identity %q held by revoked node %q failed (run meshca identity reissue %s, or revoke it): %w", name, node, name, err)
+		r.log.Error("identity of a revoked node not re-keyed", "identity", name, "node", node, "err", err)
+		r.deny(ctx, store.Event{Action: ActionCertReissue, Actor: actor, Identity: name, Node: node, Outcome: store.OutcomeFailed, Detail: err.Error()})
 	}
-	return out, nil
+	return out
 }
 
 // rekey makes fresh the current certificate of identity name inside tx and
