@@ -252,7 +252,8 @@ func TestParseSDS(t *testing.T) {
 		t.Fatalf("ParseSDS(%s) = %v", bootstrap.BundleSDSFile, err)
 	}
 	if len(s) != 1 || s[0].GetName() != bootstrap.BundleSecretName ||
-		s[0].GetValidationContext().GetTrustedCa().GetFilename() != "/etc/meshca/node/bundle.pem" {
+		// meshca is verified against its issuing CAs, not the shared roots.
+		s[0].GetValidationContext().GetTrustedCa().GetFilename() != "/etc/meshca/node/meshca-issuers.pem" {
 		t.Errorf("bundle secret = %v", s)
 	}
 
