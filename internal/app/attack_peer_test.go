@@ -751,5 +751,29 @@ func TestBootstrapPinAcrossIntermediateRotation(t *testing.T) {
 	if _, err := fetchSecret(m, before, "old-node", "web"); err != nil {
 		t.Fatalf("a node certificate of the previous CA during the rotation: %v", err)
 	}
+	// grpc-go's bootstrap channel credentials: crypto/tls with the issuers
+	// file as RootCAs and the host name checked.
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(issuers) {
+		t.Fatal("meshca-issuers.pem holds no certificate")
+	}
+	renewed, err := tls.LoadX509KeyPair(filepath.Join(out, "node.pem"), filepath.Join(out, "node-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(m.app.XDS)
+	conn, err := grpc.NewClient(net.JoinHostPort("localhost", port), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: pool, Certificates: []tls.Certificate{renewed}, MinVersion: tls.VersionTLS13,
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fctx, fcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer fcancel()
+	if _, err := secretservice.NewSecretDiscoveryServiceClient(conn).FetchSecrets(fctx, &discovery.DiscoveryRequest{
+		Node: &core.Node{Id: "late"}, TypeUrl: resource.SecretType, ResourceNames: []string{secretName("web")}}); err != nil {
+		t.Fatalf("a grpc-go client trusting only meshca-issuers.pem: %v", err)
+	}
 	t.Logf("during an intermediate rotation: printed pin accepted, %d issuing CAs pinned for renewal", strings.Count(string(issuers), "BEGIN CERTIFICATE"))
 }
