@@ -80,8 +80,8 @@ func (s *Server) verifyNode(chain []*x509.Certificate) (string, error) {
 	defer cancel()
 	node, err := s.cfg.Auth.AuthenticateNode(ctx, leaf)
 	if errors.Is(err, ErrNodeRevoked) {
-		// The node is not in s.allowed: every call is refused, and says why.
-		s.stats.authFailures.Add(1)
+		// The node is not in s.allowed: every call is refused (and
+		// counted as denied), and says why.
 		return node, nil
 	}
 	if err != nil {
