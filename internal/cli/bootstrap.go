@@ -50,9 +50,9 @@ func bootstrapCmd(*globals) *cobra.Command {
 			"(" + bootstrap.IssuersFile + ", pinned by later renewals), and envoy.yaml (sidecar,\n" +
 			"front-proxy) or grpc-bootstrap.json (grpc). The token is sent only to a server whose\n" +
 			"certificate is signed by the CA pinned with --ca-sha256 (printed by meshca node add and\n" +
-			"meshca node token; the issuer's sha256 in meshca ca show) or by a CA in --ca-file (PEM of\n" +
-			"meshca's issuing CA, e.g. the " + bootstrap.IssuersFile + " of a node that already joined).\n" +
-			"An organisation root shared with other CAs is not enough.",
+			"meshca node token) or by a CA in --ca-file (PEM of meshca's issuing CA: meshca ca pin, or\n" +
+			"the " + bootstrap.IssuersFile + " of a node that already joined). An organisation root\n" +
+			"shared with other CAs is not enough.",
 		Args: exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.tokenFile != "" {
@@ -216,8 +216,9 @@ type serverTrust struct {
 	issuers []*x509.Certificate // from --ca-file or IssuersFile
 	// roots, for a node directory written before IssuersFile existed:
 	// the server chain is then checked against the trust bundle.
-	roots []*x509.Certificate
-	node  string // for hints
+	roots   []*x509.Certificate
+	node    string // for hints
+	renewal bool   // meshca is pinned by what an earlier answer named
 }
 
 func newServerTrust(pinHex, caFile string) (*serverTrust, error) {
@@ -262,7 +263,7 @@ func readCAFile(path string) ([]*x509.Certificate, error) {
 func renewTrust(dir string) (*serverTrust, error) {
 	issuers, err := readCAFile(filepath.Join(dir, bootstrap.IssuersFile))
 	if err == nil {
-		return &serverTrust{issuers: issuers}, nil
+		return &serverTrust{issuers: issuers, renewal: true}, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
@@ -271,7 +272,7 @@ func renewTrust(dir string) (*serverTrust, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &serverTrust{roots: roots}, nil
+	return &serverTrust{roots: roots, renewal: true}, nil
 }
 
 // pinned reports whether c is a CA this trust names.
@@ -313,11 +314,10 @@ func (t *serverTrust) verifyServer(certs []*x509.Certificate) error {
 		}
 	}
 	if _, err := certs[0].Verify(opts); err != nil {
-		what := "--ca-sha256 / --ca-file"
-		if t.pin == nil && t.issuers != nil && t.node == "" {
-			what = bootstrap.IssuersFile
+		if t.renewal {
+			return fmt.Errorf("the server's certificate is not signed by a meshca CA this node knows (%s): either this is not meshca, or meshca's CA was rotated while this node could not renew; bootstrap it again with a token from meshca node token %s: %w", bootstrap.IssuersFile, t.nodeHint(), err)
 		}
-		return fmt.Errorf("the server's certificate is not signed by the meshca CA you pinned (%s): either this is not meshca, or meshca's CA was rotated since the command was printed; get a fresh command with meshca node token %s: %w", what, t.nodeHint(), err)
+		return fmt.Errorf("the server's certificate is not signed by the meshca CA you pinned (--ca-sha256 / --ca-file): either this is not meshca, or meshca's CA was rotated since the command was printed; get a fresh command with meshca node token %s: %w", t.nodeHint(), err)
 	}
 	if u := certs[0].URIs; len(u) != 1 || u[0].Scheme != "spiffe" || u[0].Path != "/"+ServerName {
 		return errors.New("server is not meshca: its certificate lacks spiffe://<trust-domain>/meshca")
@@ -368,7 +368,7 @@ func (t *serverTrust) checkJoined(resp nodeapi.JoinResponse, node string, pub cr
 	if err != nil || len(issuers) == 0 {
 		return fmt.Errorf("issuing CAs: %v (is the server an older meshca?)", err)
 	}
-	if t.pin != nil || t.node != "" {
+	if !t.renewal {
 		if !slices.ContainsFunc(issuers, t.pinned) {
 			return errors.New("the issuing CAs meshca sent do not contain the CA you pinned")
 		}

@@ -123,6 +123,7 @@ func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificat
 	if err != nil {
 		return nil, err
 	}
+	trust.node = nf.Node
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
 		return nil, err
@@ -181,7 +182,7 @@ func useRenewed(ctx context.Context, server string, trust *serverTrust, dir stri
 	}
 	// The renewed node learnt the CAs meshca may use from now on.
 	if issuers, err := readCAFile(filepath.Join(dir, bootstrap.IssuersFile)); err == nil {
-		trust = &serverTrust{issuers: issuers}
+		trust = &serverTrust{issuers: issuers, renewal: true}
 	}
 	cfg := trust.tlsConfig()
 	cfg.Certificates = []tls.Certificate{pair}
