@@ -527,7 +527,7 @@ func (r *Registry) renewNode(ctx context.Context, node string, csrDER []byte) (J
 			return err
 		}
 		_, err = tx.Append(store.Event{Action: ActionNodeRenew, Actor: "node:" + node, Node: node, Serial: cert.Serial,
-			Detail: fmt.Sprintf("node certificate; not_after=%s renewals_in_window=%d", cert.NotAfter.Format(time.RFC3339), n.Renewals)})
+			Detail: fmt.Sprintf("node certificate; not_after=%s renewals_in_window=%d revoked_unused=%v", cert.NotAfter.Format(time.RFC3339), n.Renewals, dropped)})
 		if err != nil {
 			return err
 		}
