@@ -5,8 +5,11 @@ import (
 	"fmt"
 )
 
-// refreshInterval is how often grpc-go re-reads the certificate files.
-const refreshInterval = "600s"
+// refreshInterval is how often grpc-go re-reads the certificate files. A
+// renewal revokes the previous node certificate at once and ends the
+// connections made with it: grpc-go reconnects with the new files within
+// this interval (keeping its last configuration meanwhile).
+const refreshInterval = "60s"
 
 // serverListenerTemplate names the LDS resource of an xDS gRPC server.
 const serverListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
