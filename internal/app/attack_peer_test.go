@@ -281,6 +281,13 @@ func TestSiblingCAImpersonation(t *testing.T) {
 		}
 		t.Logf("admin POST with the sibling's certificate: %v", err)
 		m.admin("GET", api.PathIdentities+"/by-sibling", nil, nil, http.StatusNotFound)
+		// The right serial under meshca's own CA, another key: not the
+		// recorded certificate.
+		forged = meshcas.mint(t, "spiffe://mesh.local/ops", ops.Leaf.SerialNumber, key.Public(), x509.ExtKeyUsageClientAuth)
+		if code, err := adminPOST(m, tlsPair(forged, key, meshcas.cert), api.PathIdentities, api.AddIdentityRequest{Name: "by-forgery", Admin: true}); err == nil {
+			t.Fatalf("admin leaf with the right serial and another key answered %d", code)
+		}
+		m.admin("GET", api.PathIdentities+"/by-forgery", nil, nil, http.StatusNotFound)
 	})
 
 	t.Run("server certificate from the sibling CA", func(t *testing.T) {
