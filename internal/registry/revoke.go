@@ -110,17 +110,18 @@ func (r *Registry) prepareRekeys(ctx context.Context, node, actor string) map[st
 }
 
 // rekey makes fresh the current certificate of identity name inside tx and
-// revokes every unexpired certificate of it whose key meshca served.
-func rekey(tx *store.Tx, name string, fresh store.Cert, node, reason, actor string, now time.Time) ([]string, error) {
+// revokes every unexpired certificate of it whose key meshca served. ok is
+// false when the identity is no longer active (then its certificates are on
+// the CRL already).
+func rekey(tx *store.Tx, name string, fresh store.Cert, node, reason, actor string, now time.Time) (revoked []string, ok bool, err error) {
 	id, err := tx.Identity(name)
 	if err != nil || id.State != store.StateActive {
-		return nil, nil // revoked meanwhile: its certificates are on the CRL already
+		return nil, false, nil
 	}
 	certs, err := tx.CertsFor(name)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	var out []string
 	for _, c := range certs {
 		if !c.KeyHeld || !c.NotAfter.After(now) {
 			continue // a CSR's key never left its owner; expired is harmless
@@ -130,21 +131,21 @@ func rekey(tx *store.Tx, name string, fresh store.Cert, node, reason, actor stri
 		}
 		if err := tx.PutRevocation(store.Revocation{Serial: c.Serial, Identity: name, IssuerSerial: c.IssuerSerial,
 			Reason: "held by revoked node " + node + ": " + reason, NotAfter: c.NotAfter, RevokedAt: now}); err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		out = append(out, c.Serial)
+		revoked = append(revoked, c.Serial)
 	}
 	prev := id.CurrentSerial
 	id.CurrentSerial, id.UpdatedAt = fresh.Serial, now
 	if err := tx.PutCert(fresh); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if err := tx.PutIdentity(id); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	_, err = tx.Append(store.Event{Action: ActionCertReissue, Actor: actor, Identity: name, Node: node, Serial: fresh.Serial,
-		Detail: fmt.Sprintf("re-keyed: node %s was revoked; replaces=%s revoked=%d not_after=%s", node, prev, len(out), fresh.NotAfter.Format(time.RFC3339))})
-	return out, err
+		Detail: fmt.Sprintf("re-keyed: node %s was revoked; replaces=%s revoked=%d not_after=%s", node, prev, len(revoked), fresh.NotAfter.Format(time.RFC3339))})
+	return revoked, true, err
 }
 
 func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node bool, rekeys map[string]store.Cert) (Revoked, error) {
@@ -181,12 +182,14 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 				if !ok {
 					continue
 				}
-				serials, err := rekey(tx, ident, fresh, name, reason, actor, now)
+				serials, ok, err := rekey(tx, ident, fresh, name, reason, actor, now)
 				if err != nil {
 					return err
 				}
-				res.Serials = append(res.Serials, serials...)
-				rekeyed = append(rekeyed, ident)
+				if ok {
+					res.Serials = append(res.Serials, serials...)
+					rekeyed = append(rekeyed, ident)
+				}
 			}
 		} else {
 			id, err := tx.Identity(name)
