@@ -18,8 +18,12 @@ import (
 	"github.com/meshca/meshca/internal/nodeapi"
 )
 
-// Authenticator maps a client certificate that verified against the trust
-// bundle to a registered, active node. It audits its refusals.
+// Authenticator maps a client certificate that verified against meshca's
+// issuing CAs to a registered, active node: the certificate must be the
+// very one meshca recorded for it. It audits its refusals. For a certificate
+// meshca did issue to a node since revoked it returns the node's name and
+// an error wrapping ErrNodeRevoked: the handshake then completes, so that
+// every call can be refused saying the node was revoked.
 type Authenticator interface {
 	AuthenticateNode(ctx context.Context, leaf *x509.Certificate) (string, error)
 }
@@ -52,8 +56,9 @@ func (s *Server) tlsConfig() *tls.Config {
 	}
 }
 
-// verifyNode checks a presented chain against the current trust bundle and
-// asks the Authenticator for the node.
+// verifyNode checks a presented chain against meshca's issuing CAs (not the
+// roots: another CA under an organisation root must not make node
+// certificates) and asks the Authenticator for the node.
 func (s *Server) verifyNode(chain []*x509.Certificate) (string, error) {
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	for _, r := range s.cfg.Roots() {
@@ -69,16 +74,26 @@ func (s *Server) verifyNode(chain []*x509.Certificate) (string, error) {
 	}); err != nil {
 		s.stats.authFailures.Add(1)
 		s.cfg.Audit.RecordDenial(context.Background(), ActionAuth, "", "client certificate does not verify: "+clip(err.Error(), 300))
-		return "", fmt.Errorf("client certificate does not verify against meshca's trust bundle: %w", err)
+		return "", fmt.Errorf("client certificate was not issued by meshca's CA: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
 	defer cancel()
 	node, err := s.cfg.Auth.AuthenticateNode(ctx, leaf)
+	if errors.Is(err, ErrNodeRevoked) {
+		// The node is not in s.allowed: every call is refused (and
+		// counted as denied), and says why.
+		return node, nil
+	}
 	if err != nil {
 		s.stats.authFailures.Add(1)
 		return "", err
 	}
 	return node, nil
+}
+
+// revokedMessage is what a revoked node's calls are answered.
+func revokedMessage(node string) string {
+	return fmt.Sprintf("node %q was revoked (meshca node revoke): it can neither renew nor rejoin; register the machine under a new name with meshca node add", clip(node, 100))
 }
 
 // peerNode derives the node of an authenticated connection. The chain was
@@ -126,6 +141,11 @@ func (s *Server) authInterceptors() []grpc.ServerOption {
 				s.stats.unauthenticated.Add(1)
 				return nil, status.Error(codes.Unauthenticated, "a valid node certificate is required (run meshca bootstrap, or meshca bootstrap renew)")
 			}
+			if !s.knownNode(node) {
+				s.stats.denied.Add(1)
+				s.cfg.Audit.RecordDenial(ctx, ActionAuth, node, info.FullMethod+": node is not registered or was revoked")
+				return nil, status.Error(codes.PermissionDenied, revokedMessage(node))
+			}
 			return h(context.WithValue(ctx, nodeKey{}, node), req)
 		}),
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
@@ -138,7 +158,7 @@ func (s *Server) authInterceptors() []grpc.ServerOption {
 			// may have been revoked since.
 			if !s.knownNode(node) {
 				s.stats.denied.Add(1)
-				return status.Error(codes.PermissionDenied, "node is not registered or was revoked")
+				return status.Error(codes.PermissionDenied, revokedMessage(node))
 			}
 			ctx, cancel := context.WithCancelCause(context.WithValue(ss.Context(), nodeKey{}, node))
 			defer cancel(nil)
@@ -203,6 +223,12 @@ func (s *Server) untrackStream(node string, id uint64) {
 		delete(s.cancels, node)
 	}
 }
+
+// CloseNode ends every open stream and connection of a node, for example
+// once its earlier node certificates are revoked: a connection made with
+// one of them must not outlive it. A connection still in its handshake is
+// not affected.
+func (s *Server) CloseNode(node string) int { return s.closeNode(node) }
 
 // closeNode ends every open stream of a node.
 func (s *Server) closeNode(node string) int {

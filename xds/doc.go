@@ -8,7 +8,12 @@
 // its TLS certificate when the connection is made, bound to each stream
 // when the stream opens, and every request (SotW, delta and fetch) must name
 // that node and only resources the node may receive; anything else closes
-// the stream with PermissionDenied, is counted and audited.
+// the stream with PermissionDenied, is counted and audited. A node
+// certificate must be signed by one of meshca's issuing CAs (Config.Roots:
+// not the roots above them, which an organisation may share with other CAs)
+// and be, byte for byte, the certificate the Authenticator recorded. A
+// revoked node's genuine certificate completes the handshake, so that its
+// calls can be refused saying it was revoked.
 //
 // Caching. Each node has its own snapshot in a SnapshotCache created with
 // ads=false, holding exactly the resources the node may receive. ads=false

@@ -58,7 +58,8 @@ type Config struct {
 	Auth        Authenticator  // required
 	Joiner      Joiner         // required
 	Audit       DenialRecorder // required
-	// Roots returns the trust bundle in use; called on every handshake.
+	// Roots returns the CAs a node certificate must be issued by: meshca's
+	// issuing CAs, not the roots above them. Called on every handshake.
 	Roots func() []*x509.Certificate // required
 	// ServerCert returns meshca's own server certificate (renewed by the
 	// caller).

@@ -400,7 +400,7 @@ func TestNodeBootstrap(t *testing.T) {
 	}
 	// A wrong pin stops the client before it sends the token.
 	wrongPin := strings.Repeat("ab", 32)
-	if r := bootstrap(wrongPin, token); r.code == 0 || !strings.Contains(r.stderr, "pinned meshca root") {
+	if r := bootstrap(wrongPin, token); r.code == 0 || !strings.Contains(r.stderr, "not signed by the meshca CA you pinned") {
 		t.Fatalf("wrong pin: exit %d, stderr %q", r.code, r.stderr)
 	}
 	if _, err := os.Stat(out); err == nil {
@@ -417,7 +417,7 @@ func TestNodeBootstrap(t *testing.T) {
 		t.Fatalf("reused token: exit %d, stderr %q", r.code, r.stderr)
 	}
 
-	for _, f := range []string{"node.pem", "node-key.pem", "bundle.pem", "node-sds.yaml", "bundle-sds.yaml", "envoy.yaml", "meshca-node.json"} {
+	for _, f := range []string{"node.pem", "node-key.pem", "bundle.pem", "meshca-issuers.pem", "node-sds.yaml", "bundle-sds.yaml", "envoy.yaml", "meshca-node.json"} {
 		fi, err := os.Stat(filepath.Join(out, f))
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("%s: %v %v", f, err, fi)
@@ -456,10 +456,14 @@ func TestNodeBootstrap(t *testing.T) {
 	if renewed.SerialNumber.Cmp(leaf.SerialNumber) == 0 || string(mustRead(t, filepath.Join(out, "node-key.pem"))) != string(keyBefore) {
 		t.Fatal("renew did not replace the certificate, or replaced the key")
 	}
-	// A revoked node cannot renew.
+	// A revoked node cannot renew, and is told why.
 	mustRun(t, srv.admin, "node", "revoke", "edge-1", "--reason", "test")
-	if r := meshca(t, "", "bootstrap", "renew", "--dir", out); r.code == 0 {
-		t.Fatal("a revoked node renewed its certificate")
+	if r := meshca(t, "", "bootstrap", "renew", "--dir", out); r.code == 0 || !strings.Contains(r.stderr, `node "edge-1" was revoked`) {
+		t.Fatalf("renew of a revoked node: exit %d, stderr %q", r.code, r.stderr)
+	}
+	// Nor can it get a new join token.
+	if r := meshca(t, srv.admin, "node", "token", "edge-1"); r.code == 0 || !strings.Contains(r.stderr, "was revoked and can never join again") {
+		t.Fatalf("node token of a revoked node: exit %d, stderr %q", r.code, r.stderr)
 	}
 
 	// A grpc node gets a grpc-go bootstrap instead of envoy.yaml.
@@ -470,7 +474,12 @@ func TestNodeBootstrap(t *testing.T) {
 	gout := filepath.Join(t.TempDir(), "g1")
 	tokFile := filepath.Join(t.TempDir(), "token")
 	writeFile(t, tokFile, []byte(gtok.Token+"\n"))
-	if r := meshca(t, "", "bootstrap", "--server", srv.xds, "--node", "g1", "--token-file", tokFile, "--ca-file", filepath.Join(out, "bundle.pem"), "--out", gout); r.code != 0 {
+	// The trust bundle holds only the root, which an organisation may
+	// share with other CAs: it does not identify meshca.
+	if r := meshca(t, "", "bootstrap", "--server", srv.xds, "--node", "g1", "--token-file", tokFile, "--ca-file", filepath.Join(out, "bundle.pem"), "--out", gout); r.code == 0 || !strings.Contains(r.stderr, "not signed by the meshca CA you pinned") {
+		t.Fatalf("bootstrap pinned to the root: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := meshca(t, "", "bootstrap", "--server", srv.xds, "--node", "g1", "--token-file", tokFile, "--ca-file", filepath.Join(out, "meshca-issuers.pem"), "--out", gout); r.code != 0 {
 		t.Fatalf("grpc bootstrap: exit %d, stderr %q", r.code, r.stderr)
 	}
 	if _, err := os.Stat(filepath.Join(gout, "grpc-bootstrap.json")); err != nil {
@@ -530,14 +539,14 @@ func TestAdminMTLS(t *testing.T) {
 	opsDir, echoDir := filepath.Join(t.TempDir(), "ops"), filepath.Join(t.TempDir(), "echo")
 	mustRun(t, srv.admin, "cert", "issue", "ops", "--out", opsDir)
 	mustRun(t, srv.admin, "cert", "issue", "echo", "--out", echoDir)
-	for _, f := range []string{"cert.pem", "key.pem", "bundle.pem"} {
+	for _, f := range []string{"cert.pem", "key.pem", "bundle.pem", "meshca-ca.pem"} {
 		fi, err := os.Stat(filepath.Join(opsDir, f))
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("%s: %v %v", f, err, fi)
 		}
 	}
 	creds := func(dir string) []string {
-		return []string{"--tls-cert", filepath.Join(dir, "cert.pem"), "--tls-key", filepath.Join(dir, "key.pem"), "--tls-ca", filepath.Join(dir, "bundle.pem")}
+		return []string{"--tls-cert", filepath.Join(dir, "cert.pem"), "--tls-key", filepath.Join(dir, "key.pem"), "--tls-ca", filepath.Join(dir, "meshca-ca.pem")}
 	}
 
 	// An admin identity's certificate works, and the audit names it.

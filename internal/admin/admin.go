@@ -53,6 +53,12 @@ type DenialRecorder interface {
 // the CA.
 type Authority interface {
 	CA() *ca.CA
+	// ServerIssuer signs meshca's server certificate: its SHA-256 is the
+	// pin a node bootstraps with.
+	ServerIssuer() *x509.Certificate
+	// IssuersPEM are the CAs that may sign meshca's server certificate:
+	// the --ca-file of meshca bootstrap.
+	IssuersPEM(ctx context.Context) []byte
 	ImportCA(ctx context.Context, certPEM, keyPEM []byte, actor string) error
 	StartRotation(ctx context.Context, root bool, actor string) error
 	AbortRotation(ctx context.Context, actor string) error
@@ -132,6 +138,7 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc("POST "+api.PathCerts+"/{name...}", s.issueCert)
 	s.mux.HandleFunc("GET "+api.PathCA, s.getCA)
 	s.mux.HandleFunc("GET "+api.PathCABundle, s.getBundle)
+	s.mux.HandleFunc("GET "+api.PathCAPin, s.getPin)
 	s.mux.HandleFunc("POST "+api.PathCAImport, s.importCA)
 	s.mux.HandleFunc("POST "+api.PathCARotate, s.rotateCA)
 	s.mux.HandleFunc("GET "+api.PathAudit, s.listAudit)
@@ -368,6 +375,13 @@ func (s *Server) getBundle(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-pem-file")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(s.cfg.Authority.CA().BundlePEM())
+}
+
+// getPin serves the CAs a node pins meshca by when it bootstraps.
+func (s *Server) getPin(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(s.cfg.Authority.IssuersPEM(r.Context()))
 }
 
 func (s *Server) importCA(w http.ResponseWriter, r *http.Request) {

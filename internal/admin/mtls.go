@@ -23,31 +23,38 @@ type Authorizer interface {
 // authzTimeout bounds the store read made during a handshake.
 const authzTimeout = 5 * time.Second
 
+// Issuers names the CAs whose certificates meshca accepts from its peers:
+// its own issuing CA and, during a rotation, the previous one.
+type Issuers interface {
+	IssuingCAs() []*x509.Certificate
+}
+
 // MTLS returns the TLS configuration of a non-loopback admin listener: TLS
 // 1.3, meshca's own server certificate from getCert, and a client
-// certificate that must verify against the CA's current trust bundle and
-// belong to an admin identity.
-func MTLS(authority Authority, authz Authorizer, getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+// certificate that must be issued by one of meshca's issuing CAs (another CA
+// under the same organisation root does not do) and be an admin credential
+// meshca recorded.
+func MTLS(issuers Issuers, authz Authorizer, getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: getCert,
-		// The chain is verified in VerifyConnection against the bundle in
-		// use at handshake time, which an import can change.
+		// The chain is verified in VerifyConnection against the issuing CAs
+		// in use at handshake time, which an import or rotation changes.
 		ClientAuth: tls.RequireAnyClientCert,
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {
 				return errors.New("admin API: a client certificate is required")
 			}
 			roots, inter := x509.NewCertPool(), x509.NewCertPool()
-			for _, r := range authority.CA().Roots() {
-				roots.AddCert(r)
+			for _, c := range issuers.IssuingCAs() {
+				roots.AddCert(c)
 			}
 			for _, c := range cs.PeerCertificates[1:] {
 				inter.AddCert(c)
 			}
 			leaf := cs.PeerCertificates[0]
 			if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-				return fmt.Errorf("admin API: client certificate does not verify: %w", err)
+				return fmt.Errorf("admin API: client certificate was not issued by meshca's CA: %w", err)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), authzTimeout)
 			defer cancel()

@@ -130,8 +130,10 @@ func (s *Server) nodeToken(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) joinToken(n store.Node, tok registry.JoinToken) api.JoinToken {
 	out := api.JoinToken{Node: s.nodeJSON(n), Token: tok.Token, Expires: tok.Expires, XDSAddress: s.cfg.XDSAddress}
-	if roots := s.cfg.Authority.CA().Roots(); len(roots) > 0 {
-		sum := sha256.Sum256(roots[0].Raw)
+	// The pin is the CA that signs meshca's server certificate, which only
+	// meshca holds: a root may be shared with other CAs of an organisation.
+	if issuer := s.cfg.Authority.ServerIssuer(); issuer != nil {
+		sum := sha256.Sum256(issuer.Raw)
 		out.CASHA256 = hex.EncodeToString(sum[:])
 	}
 	return out

@@ -11,6 +11,7 @@ const (
 	PathCerts      = "/v1/certs"
 	PathCA         = "/v1/ca"
 	PathCABundle   = "/v1/ca/bundle"
+	PathCAPin      = "/v1/ca/pin" // PEM of the CAs that may sign meshca's server certificate
 	PathCAImport   = "/v1/ca/import"
 	PathCARotate   = "/v1/ca/rotate"
 	PathAudit      = "/v1/audit"
@@ -207,7 +208,7 @@ type JoinToken struct {
 	Node       Node      `json:"node"`
 	Token      string    `json:"token"`
 	Expires    time.Time `json:"expires"`
-	CASHA256   string    `json:"ca_sha256"`   // SHA-256 of the root the node must trust
+	CASHA256   string    `json:"ca_sha256"`   // SHA-256 of the CA that signs meshca's server certificate: the bootstrap pin
 	XDSAddress string    `json:"xds_address"` // where meshca serves xDS and joins
 }
 

@@ -6,7 +6,6 @@ package app
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -169,8 +168,8 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, fmt.Errorf("xds.dns_names / admin.dns_names: %w", err)
 	}
 	xdsSrv, err := xds.New(xds.Config{
-		TrustDomain: td, Source: newXDSSource(reg, td), Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
-		Roots: func() []*x509.Certificate { return reg.CA().Roots() }, ServerCert: serverCert.Get,
+		TrustDomain: td, Source: newXDSSource(reg, td), Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg}, Audit: reg,
+		Roots: reg.IssuingCAs, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
 		Telemetry: tel,
@@ -181,6 +180,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	ops.reg, ops.xds, ops.store = reg, xdsSrv, st
 	reg.Subscribe(xdsSrv.Refresh)
 	reg.SubscribeTrust(xdsSrv.RefreshTrust)
+	reg.SubscribeNodeCerts(func(node string) { xdsSrv.CloseNode(node) })
 	if err := xdsSrv.RefreshAll(ctx); err != nil {
 		return nil, err
 	}

@@ -94,6 +94,12 @@ func grpcClient(t *testing.T, m *mesh, node string) testgrpc.TestServiceClient {
 	}
 	bundle := readBody(t, resp)
 	write(bootstrap.BundleFile, bundle)
+	// grpc-go verifies meshca's xDS server against its issuing CAs.
+	resp, err = m.http.Get("http://" + m.app.Admin + api.PathCAPin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(bootstrap.IssuersFile, readBody(t, resp))
 	_, port, _ := net.SplitHostPort(m.app.XDS)
 	js, err := bootstrap.GRPC(bootstrap.Params{Node: node, TrustDomain: "mesh.local", Server: "localhost:" + port, Dir: dir})
 	if err != nil {

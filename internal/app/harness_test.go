@@ -48,13 +48,17 @@ func (m *mesh) restart() *mesh {
 	return startMeshIn(m.t, m.clock, m.dir)
 }
 
-func startMeshIn(t *testing.T, clk clock.Clock, dir string) *mesh {
+// startMeshIn starts meshca on dir; tweaks change its configuration.
+func startMeshIn(t *testing.T, clk clock.Clock, dir string, tweaks ...func(*config.Config)) *mesh {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = dir
 	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.XDS.Listen = "127.0.0.1:0"
 	cfg.XDS.DNSNames = []string{"localhost"} // grpc-go checks the host name of the xDS server
+	for _, tw := range tweaks {
+		tw(&cfg)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	opts := []app.Option{}
 	if clk != nil {

@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"sync"
@@ -118,6 +119,19 @@ func (a xdsSource) Withdrawn(ctx context.Context, node string) ([]string, error)
 	return a.reg.WithdrawnSecrets(ctx, node)
 }
 
+// nodeAuth tells the xDS server which refusals are of a revoked node.
+type nodeAuth struct{ reg *registry.Registry }
+
+var _ xds.Authenticator = nodeAuth{}
+
+func (a nodeAuth) AuthenticateNode(ctx context.Context, leaf *x509.Certificate) (string, error) {
+	node, err := a.reg.AuthenticateNode(ctx, leaf)
+	if errors.Is(err, registry.ErrNodeRevoked) {
+		return node, fmt.Errorf("%w: %w", xds.ErrNodeRevoked, err)
+	}
+	return node, err
+}
+
 // joiner adapts registry.Join to the xDS server's join service and decides
 // which gRPC code each refusal gets.
 type joiner struct{ reg *registry.Registry }
@@ -137,6 +151,8 @@ func (j joiner) Renew(ctx context.Context, node string, csrDER []byte) (nodeapi.
 func joinResponse(res registry.Joined, err error) (nodeapi.JoinResponse, error) {
 	switch {
 	case err == nil:
+	case errors.Is(err, registry.ErrRateLimited):
+		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.ResourceExhausted, Message: err.Error()}
 	case errors.Is(err, registry.ErrToken), errors.Is(err, registry.ErrDenied):
 		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.PermissionDenied, Message: err.Error()}
 	case errors.Is(err, identity.ErrInvalidName), errors.Is(err, ca.ErrInvalidRequest):
@@ -146,7 +162,7 @@ func joinResponse(res registry.Joined, err error) (nodeapi.JoinResponse, error) 
 	}
 	return nodeapi.JoinResponse{
 		Node: res.Node.Name, Kind: res.Node.Kind, TrustDomain: res.TrustDomain,
-		ChainPEM: string(res.ChainPEM), BundlePEM: string(res.BundlePEM), Serial: res.Serial, NotAfter: res.NotAfter,
+		ChainPEM: string(res.ChainPEM), BundlePEM: string(res.BundlePEM), IssuersPEM: string(res.IssuersPEM), Serial: res.Serial, NotAfter: res.NotAfter,
 	}, nil
 }
 

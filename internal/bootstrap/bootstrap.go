@@ -32,8 +32,9 @@ const (
 	CertFile      = "node.pem"            // node certificate chain, leaf first
 	KeyFile       = "node-key.pem"        // node private key
 	BundleFile    = "bundle.pem"          // trust bundle
+	IssuersFile   = "meshca-issuers.pem"  // meshca's issuing CAs: what renewals pin meshca by
 	CertSDSFile   = "node-sds.yaml"       // SDS file naming CertFile and KeyFile
-	BundleSDSFile = "bundle-sds.yaml"     // SDS file naming BundleFile
+	BundleSDSFile = "bundle-sds.yaml"     // SDS file naming IssuersFile: what Envoy verifies meshca with
 	EnvoyFile     = "envoy.yaml"          // Envoy bootstrap
 	GRPCFile      = "grpc-bootstrap.json" // grpc-go xDS bootstrap
 )
@@ -72,6 +73,7 @@ type resolved struct {
 	Server                           string
 	Dir                              string
 	CertPath, KeyPath, BundlePath    string
+	IssuersPath                      string
 	CertSDSPath, BundleSDSPath       string
 	AdminPort                        uint32
 	ServerID                         string // SPIFFE ID meshca's serving certificate must carry
@@ -133,6 +135,7 @@ func (p Params) resolve() (resolved, error) {
 		CertPath:    path.Join(dir, CertFile),
 		KeyPath:     path.Join(dir, KeyFile),
 		BundlePath:  path.Join(dir, BundleFile),
+		IssuersPath: path.Join(dir, IssuersFile),
 		CertSDSPath: path.Join(dir, CertSDSFile), BundleSDSPath: path.Join(dir, BundleSDSFile),
 		AdminPort:      admin,
 		ServerID:       serverID.String(),
@@ -164,7 +167,9 @@ func CertSDS(p Params) ([]byte, error) {
 }
 
 // BundleSDS returns bundle-sds.yaml: the BundleSecretName secret pointing at
-// BundleFile.
+// IssuersFile. Envoy verifies meshca's xDS server with it: meshca's issuing
+// CAs, not the roots, which an organisation may share with other CAs (Envoy
+// sets X509_V_FLAG_PARTIAL_CHAIN, so an intermediate is a trust anchor).
 func BundleSDS(p Params) ([]byte, error) {
 	r, err := p.resolve()
 	if err != nil {
@@ -272,10 +277,10 @@ resources:
     private_key: {filename: {{q .KeyPath}}}
 `))
 
-var bundleSDSTmpl = template.Must(template.New(BundleSDSFile).Funcs(funcs).Parse(`# File-based SDS written by meshca: the trust bundle.
+var bundleSDSTmpl = template.Must(template.New(BundleSDSFile).Funcs(funcs).Parse(`# File-based SDS written by meshca: the CAs that sign meshca's server certificate.
 resources:
 - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
   name: {{q .BundleSecretName}}
   validation_context:
-    trusted_ca: {filename: {{q .BundlePath}}}
+    trusted_ca: {filename: {{q .IssuersPath}}}
 `))

@@ -252,7 +252,8 @@ func TestParseSDS(t *testing.T) {
 		t.Fatalf("ParseSDS(%s) = %v", bootstrap.BundleSDSFile, err)
 	}
 	if len(s) != 1 || s[0].GetName() != bootstrap.BundleSecretName ||
-		s[0].GetValidationContext().GetTrustedCa().GetFilename() != "/etc/meshca/node/bundle.pem" {
+		// meshca is verified against its issuing CAs, not the shared roots.
+		s[0].GetValidationContext().GetTrustedCa().GetFilename() != "/etc/meshca/node/meshca-issuers.pem" {
 		t.Errorf("bundle secret = %v", s)
 	}
 
@@ -347,7 +348,7 @@ func TestGRPCWithGRPCGoParser(t *testing.T) {
 	broken := []struct{ name, old, new string }{
 		{"no xds_servers", `"xds_servers": [`, `"xds_servers": [], "unused": [`},
 		{"unsupported channel creds only", `"type": "tls"`, `"type": "no-such-creds"`},
-		{"bad refresh interval", `"refresh_interval": "600s"`, `"refresh_interval": "soon"`},
+		{"bad refresh interval", `"refresh_interval": "60s"`, `"refresh_interval": "soon"`},
 	}
 	for _, tt := range broken {
 		t.Run(tt.name, func(t *testing.T) {

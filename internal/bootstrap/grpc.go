@@ -5,8 +5,11 @@ import (
 	"fmt"
 )
 
-// refreshInterval is how often grpc-go re-reads the certificate files.
-const refreshInterval = "600s"
+// refreshInterval is how often grpc-go re-reads the certificate files. A
+// renewal revokes the previous node certificate at once and ends the
+// connections made with it: grpc-go reconnects with the new files within
+// this interval (keeping its last configuration meanwhile).
+const refreshInterval = "60s"
 
 // serverListenerTemplate names the LDS resource of an xDS gRPC server.
 const serverListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
@@ -64,10 +67,15 @@ func GRPC(p Params) ([]byte, error) {
 		CACertificateFile: r.BundlePath,
 		RefreshInterval:   refreshInterval,
 	}
+	// meshca itself is verified against its issuing CAs, not the roots,
+	// which an organisation may share with other CAs; mesh peers against
+	// the trust bundle.
+	xdsFiles := files
+	xdsFiles.CACertificateFile = r.IssuersPath
 	b := grpcBootstrap{
 		XDSServers: []grpcServer{{
 			ServerURI:      r.Server,
-			ChannelCreds:   []grpcChanCreds{{Type: "tls", Config: files}},
+			ChannelCreds:   []grpcChanCreds{{Type: "tls", Config: xdsFiles}},
 			ServerFeatures: []string{"xds_v3"},
 		}},
 		Node:                       grpcNode{ID: r.Node, Cluster: r.Cluster},

@@ -46,9 +46,13 @@ func bootstrapCmd(*globals) *cobra.Command {
 		Use:   "bootstrap --server HOST:PORT --node NODE --token TOKEN --ca-sha256 HEX --out DIR",
 		Short: "Exchange a node's join token for its certificate and write the proxy's bootstrap",
 		Long: "Generates the node key here and sends only a CSR. Writes into DIR the node certificate\n" +
-			"and key (0600), the trust bundle, file-based SDS files for both, and envoy.yaml\n" +
-			"(sidecar, front-proxy) or grpc-bootstrap.json (grpc). The server is trusted through\n" +
-			"--ca-sha256 (printed by meshca node add) or --ca-file (the trust bundle).",
+			"and key (0600), the trust bundle, file-based SDS files for both, meshca's issuing CAs\n" +
+			"(" + bootstrap.IssuersFile + ", pinned by later renewals), and envoy.yaml (sidecar,\n" +
+			"front-proxy) or grpc-bootstrap.json (grpc). The token is sent only to a server whose\n" +
+			"certificate is signed by the CA pinned with --ca-sha256 (printed by meshca node add and\n" +
+			"meshca node token) or by a CA in --ca-file (PEM of meshca's issuing CA: meshca ca pin, or\n" +
+			"the " + bootstrap.IssuersFile + " of a node that already joined). An organisation root\n" +
+			"shared with other CAs is not enough.",
 		Args: exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.tokenFile != "" {
@@ -76,8 +80,8 @@ func bootstrapCmd(*globals) *cobra.Command {
 	f.StringVar(&o.token, "token", "", "one-time join token (visible in ps: prefer --token-file)")
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the join token; - reads standard input")
 	f.StringVar(&o.out, "out", "", "directory to write into (created 0700)")
-	f.StringVar(&o.caSHA256, "ca-sha256", "", "SHA-256 of meshca's root certificate, as printed by meshca node add")
-	f.StringVar(&o.caFile, "ca-file", "", "trust bundle PEM to verify meshca with, instead of --ca-sha256")
+	f.StringVar(&o.caSHA256, "ca-sha256", "", "SHA-256 of the CA that signs meshca's server certificate, as printed by meshca node add")
+	f.StringVar(&o.caFile, "ca-file", "", "PEM of meshca's issuing CA(s) (a joined node's "+bootstrap.IssuersFile+"), instead of --ca-sha256")
 	f.Uint32Var(&o.adminPort, "envoy-admin-port", 9901, "Envoy admin port on 127.0.0.1 in envoy.yaml")
 	cmd.AddCommand(renewCmd())
 	return cmd
@@ -111,6 +115,7 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 	if err != nil {
 		return err
 	}
+	trust.node = o.node
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -151,6 +156,7 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 		{bootstrap.KeyFile, func() ([]byte, error) { return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil }},
 		{bootstrap.CertFile, func() ([]byte, error) { return []byte(resp.ChainPEM), nil }},
 		{bootstrap.BundleFile, func() ([]byte, error) { return []byte(resp.BundlePEM), nil }},
+		{bootstrap.IssuersFile, func() ([]byte, error) { return []byte(resp.IssuersPEM), nil }},
 		{bootstrap.CertSDSFile, func() ([]byte, error) { return bootstrap.CertSDS(p) }},
 		{bootstrap.BundleSDSFile, func() ([]byte, error) { return bootstrap.BundleSDS(p) }},
 		{NodeFile, func() ([]byte, error) {
@@ -201,10 +207,18 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 }
 
 // serverTrust decides whether the server is meshca before the token is
-// sent: its chain must verify to a root pinned by hash or given as a file.
+// sent: its certificate must be signed directly by a CA only meshca holds,
+// pinned by hash (--ca-sha256) or given as PEM (--ca-file, or the node's
+// issuers file when it renews). Another CA under the same organisation root
+// cannot pass.
 type serverTrust struct {
-	pin   []byte              // SHA-256 of the root
-	roots []*x509.Certificate // from --ca-file
+	pin     []byte              // SHA-256 of the CA that signs meshca's server certificate
+	issuers []*x509.Certificate // from --ca-file or IssuersFile
+	// roots, for a node directory written before IssuersFile existed:
+	// the server chain is then checked against the trust bundle.
+	roots   []*x509.Certificate
+	node    string // for hints
+	renewal bool   // meshca is pinned by what an earlier answer named
 }
 
 func newServerTrust(pinHex, caFile string) (*serverTrust, error) {
@@ -215,45 +229,113 @@ func newServerTrust(pinHex, caFile string) (*serverTrust, error) {
 		}
 		return &serverTrust{pin: pin}, nil
 	}
-	data, err := os.ReadFile(caFile)
+	certs, err := readCAFile(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("read --ca-file: %w", err)
+		return nil, fmt.Errorf("--ca-file: %w", err)
 	}
-	var roots []*x509.Certificate
+	return &serverTrust{issuers: certs}, nil
+}
+
+func readCAFile(path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []*x509.Certificate
 	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
 		if block.Type != "CERTIFICATE" {
 			continue
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("--ca-file: %w", err)
+			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		roots = append(roots, c)
+		out = append(out, c)
 	}
-	if len(roots) == 0 {
-		return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", caFile)
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
 	}
-	return &serverTrust{roots: roots}, nil
+	return out, nil
 }
 
-// anchors returns the roots to verify a presented chain with.
-func (t *serverTrust) anchors(presented []*x509.Certificate) *x509.CertPool {
-	pool := x509.NewCertPool()
-	for _, r := range t.roots {
-		pool.AddCert(r)
+// renewTrust is how a node directory pins meshca when it renews: by the
+// issuing CAs it was given, or by its trust bundle when it predates them.
+func renewTrust(dir string) (*serverTrust, error) {
+	issuers, err := readCAFile(filepath.Join(dir, bootstrap.IssuersFile))
+	if err == nil {
+		return &serverTrust{issuers: issuers, renewal: true}, nil
 	}
-	for _, c := range presented {
-		if sum := sha256.Sum256(c.Raw); t.pin != nil && bytes.Equal(sum[:], t.pin) {
-			pool.AddCert(c)
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	roots, err := readCAFile(filepath.Join(dir, bootstrap.BundleFile))
+	if err != nil {
+		return nil, err
+	}
+	return &serverTrust{roots: roots, renewal: true}, nil
+}
+
+// pinned reports whether c is a CA this trust names.
+func (t *serverTrust) pinned(c *x509.Certificate) bool {
+	if sum := sha256.Sum256(c.Raw); t.pin != nil && bytes.Equal(sum[:], t.pin) {
+		return true
+	}
+	for _, is := range t.issuers {
+		if is.Equal(c) {
+			return true
 		}
 	}
-	return pool
+	return false
+}
+
+// verifyServer checks meshca's presented chain.
+func (t *serverTrust) verifyServer(certs []*x509.Certificate) error {
+	if len(certs) == 0 {
+		return errors.New("server presented no certificate")
+	}
+	opts := x509.VerifyOptions{Roots: x509.NewCertPool(), Intermediates: x509.NewCertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	if t.roots != nil {
+		for _, r := range t.roots {
+			opts.Roots.AddCert(r)
+		}
+		for _, c := range certs[1:] {
+			opts.Intermediates.AddCert(c)
+		}
+	} else {
+		// The pinned CA is the anchor, and no intermediate is offered: the
+		// server certificate must be signed by it directly.
+		for _, is := range t.issuers {
+			opts.Roots.AddCert(is)
+		}
+		for _, c := range certs[1:] {
+			if t.pin != nil && t.pinned(c) {
+				opts.Roots.AddCert(c)
+			}
+		}
+	}
+	if _, err := certs[0].Verify(opts); err != nil {
+		if t.renewal {
+			return fmt.Errorf("the server's certificate is not signed by a meshca CA this node knows (%s): either this is not meshca, or meshca's CA was rotated while this node could not renew; bootstrap it again with a token from meshca node token %s: %w", bootstrap.IssuersFile, t.nodeHint(), err)
+		}
+		return fmt.Errorf("the server's certificate is not signed by the meshca CA you pinned (--ca-sha256 / --ca-file): either this is not meshca, or meshca's CA was rotated since the command was printed; get a fresh command with meshca node token %s: %w", t.nodeHint(), err)
+	}
+	if u := certs[0].URIs; len(u) != 1 || u[0].Scheme != "spiffe" || u[0].Path != "/"+ServerName {
+		return errors.New("server is not meshca: its certificate lacks spiffe://<trust-domain>/meshca")
+	}
+	return nil
+}
+
+func (t *serverTrust) nodeHint() string {
+	if t.node != "" {
+		return t.node
+	}
+	return "NODE"
 }
 
 func (t *serverTrust) tlsConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		// The server is identified by the pinned root and its SPIFFE ID,
+		// The server is identified by the pinned CA and its SPIFFE ID,
 		// not by a host name: verification happens below.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
@@ -265,26 +347,14 @@ func (t *serverTrust) tlsConfig() *tls.Config {
 				}
 				certs = append(certs, c)
 			}
-			if len(certs) == 0 {
-				return errors.New("server presented no certificate")
-			}
-			inter := x509.NewCertPool()
-			for _, c := range certs[1:] {
-				inter.AddCert(c)
-			}
-			if _, err := certs[0].Verify(x509.VerifyOptions{Roots: t.anchors(certs), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-				return fmt.Errorf("server certificate does not chain to the pinned meshca root (check --ca-sha256 / --ca-file): %w", err)
-			}
-			if u := certs[0].URIs; len(u) != 1 || u[0].Scheme != "spiffe" || u[0].Path != "/"+ServerName {
-				return errors.New("server is not meshca: its certificate lacks spiffe://<trust-domain>/meshca")
-			}
-			return nil
+			return t.verifyServer(certs)
 		},
 	}
 }
 
 // checkJoined verifies the answer: the certificate is for this node and
-// this key, it chains to the bundle, and the bundle holds the trusted root.
+// this key, it chains to the bundle, and the issuing CAs it names hold the
+// one pinned (on a join; a renewal learns them from meshca, authenticated).
 func (t *serverTrust) checkJoined(resp nodeapi.JoinResponse, node string, pub crypto.PublicKey) error {
 	chain, err := parseCerts([]byte(resp.ChainPEM))
 	if err != nil || len(chain) == 0 {
@@ -294,20 +364,14 @@ func (t *serverTrust) checkJoined(resp nodeapi.JoinResponse, node string, pub cr
 	if err != nil || len(bundle) == 0 {
 		return fmt.Errorf("trust bundle: %v", err)
 	}
-	trusted := false
-	for _, b := range bundle {
-		sum := sha256.Sum256(b.Raw)
-		if t.pin != nil && bytes.Equal(sum[:], t.pin) {
-			trusted = true
-		}
-		for _, r := range t.roots {
-			if r.Equal(b) {
-				trusted = true
-			}
-		}
+	issuers, err := parseCerts([]byte(resp.IssuersPEM))
+	if err != nil || len(issuers) == 0 {
+		return fmt.Errorf("issuing CAs: %v (is the server an older meshca?)", err)
 	}
-	if !trusted {
-		return errors.New("the trust bundle does not contain the root you pinned")
+	if !t.renewal {
+		if !slices.ContainsFunc(issuers, t.pinned) {
+			return errors.New("the issuing CAs meshca sent do not contain the CA you pinned")
+		}
 	}
 	leaf := chain[0]
 	want := "spiffe://" + resp.TrustDomain + "/node/" + node

@@ -13,7 +13,7 @@ import (
 
 func caCmd(g *globals) *cobra.Command {
 	cmd := group("ca", "Inspect the CA, print its trust bundle, import an existing CA")
-	cmd.AddCommand(caShowCmd(g), caBundleCmd(g), caImportCmd(g), caRotateCmd(g), caCRLCmd(g))
+	cmd.AddCommand(caShowCmd(g), caBundleCmd(g), caPinCmd(g), caImportCmd(g), caRotateCmd(g), caCRLCmd(g))
 	return cmd
 }
 
@@ -169,6 +169,15 @@ func caBundleCmd(g *globals) *cobra.Command {
 }
 
 // pemCmd prints the PEM the admin API serves at path.
+func caPinCmd(g *globals) *cobra.Command {
+	cmd := pemCmd(g, "pin", "Print the CA(s) that sign meshca's server certificate as PEM: the --ca-file of meshca bootstrap", api.PathCAPin)
+	cmd.Long = "Prints meshca's issuing CA (and, during a rotation, the previous and next one) as PEM.\n" +
+		"A node given this file with meshca bootstrap --ca-file sends its join token only to a\n" +
+		"server holding one of these CAs; the trust bundle's roots may be shared with other CAs of\n" +
+		"an organisation and do not identify meshca."
+	return cmd
+}
+
 func pemCmd(g *globals, use, short, path string) *cobra.Command {
 	return &cobra.Command{
 		Use:   use,

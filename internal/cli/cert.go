@@ -47,6 +47,7 @@ const (
 	CertFile   = "cert.pem"
 	KeyFile    = "key.pem"
 	BundleFile = "bundle.pem"
+	PinFile    = "meshca-ca.pem" // the CAs that sign meshca's server certificate
 )
 
 func certIssueCmd(g *globals) *cobra.Command {
@@ -55,8 +56,10 @@ func certIssueCmd(g *globals) *cobra.Command {
 		Use:   "issue NAME --out DIR",
 		Short: "Generate a key here and get a certificate for identity NAME (for example admin credentials)",
 		Long: "Generates an ECDSA P-256 key locally, sends only a CSR, and writes DIR/" + CertFile +
-			" (certificate and chain), DIR/" + KeyFile + " (0600) and DIR/" + BundleFile + " (trust bundle).\n" +
-			"With an identity added with --admin-access, these files are the --tls-cert, --tls-key and --tls-ca of a remote admin API.",
+			" (certificate and chain), DIR/" + KeyFile + " (0600), DIR/" + BundleFile + " (trust bundle) and\n" +
+			"DIR/" + PinFile + " (meshca's issuing CA). With an identity added with --admin-access, " + CertFile + ", " + KeyFile + "\n" +
+			"and " + PinFile + " are the --tls-cert, --tls-key and --tls-ca of a remote admin API: the\n" +
+			"only admin credentials meshca accepts are certificates for keys it never held.",
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {
@@ -79,8 +82,11 @@ func certIssueCmd(g *globals) *cobra.Command {
 			if err := c.do(cmd.Context(), "POST", api.PathCerts+"/"+escapeName(args[0]), req, &issued); err != nil {
 				return err
 			}
-			var bundle []byte
+			var bundle, pin []byte
 			if err := c.do(cmd.Context(), "GET", api.PathCABundle, nil, &bundle); err != nil {
+				return err
+			}
+			if err := c.do(cmd.Context(), "GET", api.PathCAPin, nil, &pin); err != nil {
 				return err
 			}
 			keyDER, err := x509.MarshalPKCS8PrivateKey(key)
@@ -97,14 +103,15 @@ func certIssueCmd(g *globals) *cobra.Command {
 				{KeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})},
 				{CertFile, []byte(issued.ChainPEM)},
 				{BundleFile, bundle},
+				{PinFile, pin},
 			}
 			for _, f := range files {
 				if err := atomicfile.Write(filepath.Join(out, f.name), f.data, 0o600); err != nil {
 					return fmt.Errorf("write %s: %w", f.name, err)
 				}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s, %s and %s in %s (serial %s, not after %s)\n",
-				CertFile, KeyFile, BundleFile, out, issued.Serial, issued.NotAfter.UTC().Format("2006-01-02T15:04:05Z"))
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s, %s, %s and %s in %s (serial %s, not after %s)\n",
+				CertFile, KeyFile, BundleFile, PinFile, out, issued.Serial, issued.NotAfter.UTC().Format("2006-01-02T15:04:05Z"))
 			return nil
 		},
 	}

@@ -56,12 +56,18 @@ func identityAddCmd(g *globals) *cobra.Command {
 				return writeJSON(cmd.OutOrStdout(), id)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "added %s (%s)\n", id.Name, id.SPIFFEID)
-			return writeIdentity(cmd.OutOrStdout(), id)
+			if err := writeIdentity(cmd.OutOrStdout(), id); err != nil {
+				return err
+			}
+			if id.Admin {
+				fmt.Fprintf(cmd.OutOrStdout(), "admin credentials are made where they are used (the key never reaches meshca):\n  meshca cert issue %s --out DIR\n(or send a CSR made with openssl: POST %s/%s with {\"csr_pem\": ...})\n", id.Name, api.PathCerts, id.Name)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringSliceVar(&dns, "dns", nil, "DNS name to add as a SAN (repeat for more)")
 	cmd.Flags().DurationVar(&ttl, "ttl", 0, "certificate lifetime, 5m to 720h (default: the server's, 1h)")
-	cmd.Flags().BoolVar(&admin, "admin-access", false, "allow this identity's certificate to call the admin API over mTLS")
+	cmd.Flags().BoolVar(&admin, "admin-access", false, "allow certificates issued for this identity from a CSR (meshca cert issue) to call the admin API over mTLS; such an identity can never be assigned to a node")
 	cmd.Flags().StringVar(&from, "from", "", "add the identities listed in FILE, one per line (- reads standard input)")
 	return cmd
 }
@@ -224,7 +230,7 @@ func revokeCmd(g *globals, node bool) *cobra.Command {
 	var reason string
 	use, short := "revoke NAME [--reason R]", "Revoke an identity: stop issuing, withdraw its secret, push its serials in the CRL"
 	if node {
-		use, short = "revoke NODE [--reason R]", "Revoke a node: close its streams now and refuse it from then on"
+		use, short = "revoke NODE [--reason R]", "Revoke a node: close its streams now, refuse it from then on, re-key every identity it held"
 	}
 	cmd := &cobra.Command{
 		Use:   use,

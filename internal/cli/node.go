@@ -62,7 +62,7 @@ func nodeAddCmd(g *globals) *cobra.Command {
 func nodeTokenCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "token NODE",
-		Short: "Replace a node's join token with a new one (to bootstrap it again)",
+		Short: "Replace a node's join token with a new one (to bootstrap it again; its earlier node certificates are revoked when it joins)",
 		Args:  exactArgs(1, "NODE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var tok api.JoinToken
@@ -81,7 +81,7 @@ func nodeTokenCmd(g *globals) *cobra.Command {
 
 func writeToken(w io.Writer, tok api.JoinToken) {
 	fmt.Fprintf(w, "join token (single use, expires %s):\n  %s\n", tok.Expires.UTC().Format(time.RFC3339), tok.Token)
-	fmt.Fprintf(w, "on the node, run:\n  meshca bootstrap --server %s --node %s --token %s --ca-sha256 %s --out /etc/meshca/node\n(or put the token in a file and pass --token-file FILE, so it stays out of ps)\n",
+	fmt.Fprintf(w, "on the node, run:\n  meshca bootstrap --server %s --node %s --token %s --ca-sha256 %s --out /etc/meshca/node\n(or put the token in a file and pass --token-file FILE, so it stays out of ps;\n --ca-sha256 pins the CA that signs meshca's server certificate)\n",
 		tok.XDSAddress, tok.Node.Name, tok.Token, tok.CASHA256)
 }
 

@@ -119,10 +119,11 @@ func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificat
 	if !ok {
 		return nil, errors.New("node key cannot sign")
 	}
-	trust, err := newServerTrust("", filepath.Join(dir, bootstrap.BundleFile))
+	trust, err := renewTrust(dir)
 	if err != nil {
 		return nil, err
 	}
+	trust.node = nf.Node
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
 		return nil, err
@@ -151,6 +152,9 @@ func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificat
 	if err := atomicfile.Write(filepath.Join(dir, bootstrap.BundleFile), []byte(resp.BundlePEM), 0o600); err != nil {
 		return nil, err
 	}
+	if err := atomicfile.Write(filepath.Join(dir, bootstrap.IssuersFile), []byte(resp.IssuersPEM), 0o600); err != nil {
+		return nil, err
+	}
 	if err := atomicfile.Write(filepath.Join(dir, bootstrap.CertFile), []byte(resp.ChainPEM), 0o600); err != nil {
 		return nil, err
 	}
@@ -159,5 +163,43 @@ func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificat
 		return nil, err
 	}
 	fmt.Fprintf(out, "renewed node %s: serial %s, not after %s\n", nf.Node, resp.Serial, resp.NotAfter.UTC().Format(time.RFC3339))
+	if err := useRenewed(ctx, nf.Server, trust, dir); err != nil {
+		// The files are written: the proxy uses the new certificate on
+		// its next connection, which revokes the old one then.
+		fmt.Fprintf(out, "the previous certificate stays valid until the new one is first used: %v\n", err)
+	}
 	return leaf, nil
+}
+
+// useRenewed makes one connection to meshca with the renewed certificate:
+// its first use revokes the node's previous certificates (and ends the
+// connections made with them), so that a stolen copy of the old one stops
+// working now rather than at the proxy's next reconnect.
+func useRenewed(ctx context.Context, server string, trust *serverTrust, dir string) error {
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, bootstrap.CertFile), filepath.Join(dir, bootstrap.KeyFile))
+	if err != nil {
+		return err
+	}
+	// The renewed node learnt the CAs meshca may use from now on.
+	if issuers, err := readCAFile(filepath.Join(dir, bootstrap.IssuersFile)); err == nil {
+		trust = &serverTrust{issuers: issuers, renewal: true}
+	}
+	cfg := trust.tlsConfig()
+	cfg.Certificates = []tls.Certificate{pair}
+	cfg.NextProtos = []string{"h2"}
+	d := tls.Dialer{Config: cfg}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := d.DialContext(ctx, "tcp", server)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	// meshca writes its HTTP/2 settings only after it has verified the
+	// client certificate: one byte read means it was accepted.
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	_, err = conn.Read(make([]byte, 1))
+	return err
 }

@@ -47,13 +47,16 @@ type JoinRequest struct {
 // JoinResponse carries the node certificate and what the node needs to
 // write its bootstrap. Renew answers with it too.
 type JoinResponse struct {
-	Node        string    `json:"node"`
-	Kind        string    `json:"kind"`
-	TrustDomain string    `json:"trust_domain"`
-	ChainPEM    string    `json:"chain_pem"`
-	BundlePEM   string    `json:"bundle_pem"`
-	Serial      string    `json:"serial"`
-	NotAfter    time.Time `json:"not_after"`
+	Node        string `json:"node"`
+	Kind        string `json:"kind"`
+	TrustDomain string `json:"trust_domain"`
+	ChainPEM    string `json:"chain_pem"`
+	BundlePEM   string `json:"bundle_pem"`
+	// IssuersPEM are the CAs that may sign meshca's server certificate
+	// until the next renewal; the node pins them (IssuersFile).
+	IssuersPEM string    `json:"issuers_pem,omitempty"`
+	Serial     string    `json:"serial"`
+	NotAfter   time.Time `json:"not_after"`
 }
 
 // Codec is gRPC's codec for these messages: JSON, content-subtype

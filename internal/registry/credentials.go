@@ -72,10 +72,12 @@ func (r *Registry) issueFromCSR(ctx context.Context, name string, csrDER []byte,
 	return cert, nil
 }
 
-// AuthorizeAdmin decides whether a verified client certificate may call the
-// admin API: its SPIFFE ID must name an active identity marked admin, and its
-// serial must be one meshca issued to that identity. It returns the caller's
-// SPIFFE ID for audit records. A refusal is audited.
+// AuthorizeAdmin decides whether a client certificate that verified against
+// meshca's issuing CAs may call the admin API: its SPIFFE ID must name an
+// active identity marked admin, it must be, byte for byte, a certificate
+// meshca issued to that identity and recorded, and meshca must never have
+// held its key (it was issued from a CSR: meshca cert issue). It returns the
+// caller's SPIFFE ID for audit records. A refusal is audited.
 func (r *Registry) AuthorizeAdmin(ctx context.Context, leaf *x509.Certificate) (string, error) {
 	who, err := r.authorizeAdmin(ctx, leaf)
 	if err != nil {
@@ -107,6 +109,12 @@ func (r *Registry) authorizeAdmin(ctx context.Context, leaf *x509.Certificate) (
 		c, err := tx.CertWithoutKey(serial)
 		if err != nil || c.Identity != name {
 			return fmt.Errorf("certificate %s was not issued to %q: %w", serial, name, ErrDenied)
+		}
+		if err := recorded(tx, leaf, c); err != nil {
+			return err
+		}
+		if c.KeyHeld {
+			return fmt.Errorf("certificate %s of %q has a key meshca generated; admin credentials must be issued for a key made elsewhere (meshca cert issue %s): %w", serial, name, name, ErrDenied)
 		}
 		if _, err := tx.Revocation(serial); err == nil {
 			return fmt.Errorf("certificate %s of %q is revoked: %w", serial, name, ErrDenied)

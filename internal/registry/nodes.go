@@ -138,6 +138,9 @@ func assignable(tx *store.Tx, name string) error {
 	if id.State != store.StateActive {
 		return fmt.Errorf("identity %q is %s: %w", name, id.State, ErrDenied)
 	}
+	if id.Admin {
+		return fmt.Errorf("identity %q has admin access, and a node's proxies must never hold a key that opens the admin API: assign an identity without --admin-access (admin credentials come from meshca cert issue): %w", name, ErrDenied)
+	}
 	return nil
 }
 
@@ -175,10 +178,16 @@ func (r *Registry) NewJoinToken(ctx context.Context, name, actor string) (JoinTo
 	}
 	expires := r.cfg.Clock.Now().UTC().Add(r.cfg.JoinTokenTTL)
 	err = r.updateNode(ctx, name, func(tx *store.Tx, n *store.Node) (store.Event, error) {
+		if n.State != store.StateActive {
+			return store.Event{}, fmt.Errorf("node %q was revoked and can never join again: register the machine under a new name (meshca node add NEW-NAME): %w", name, ErrDenied)
+		}
 		n.TokenHash, n.TokenExpires = hash, expires
 		return store.Event{Action: ActionNodeToken, Actor: actor, Node: name, Detail: "token_expires=" + expires.Format(time.RFC3339)}, nil
 	})
 	if err != nil {
+		if ctx.Err() == nil {
+			r.deny(ctx, store.Event{Action: ActionNodeToken, Actor: actor, Node: clip(name, identity.MaxNameLength), Detail: err.Error()})
+		}
 		return JoinToken{}, err
 	}
 	return JoinToken{Token: tok, Expires: expires}, nil
@@ -290,18 +299,43 @@ type Joined struct {
 	TrustDomain string
 	ChainPEM    []byte // node certificate and intermediates
 	BundlePEM   []byte
-	Serial      string
-	NotAfter    time.Time
+	// IssuersPEM are the CAs that may sign meshca's server certificate
+	// until the node's next renewal: what the node pins when it renews.
+	IssuersPEM []byte
+	Serial     string
+	NotAfter   time.Time
+}
+
+// Node renewal limit: a node renews about every 12 hours, so a burst of
+// renewals is a loop or a stolen key.
+const (
+	RenewBurst  = 3
+	RenewWindow = 10 * time.Minute
+)
+
+// ErrRateLimited is returned for a renewal beyond the node's limit.
+var ErrRateLimited = errors.New("too many renewals")
+
+// joinRefused is all an unauthenticated caller learns of a refused join
+// token: whether the node exists, was revoked or the token was wrong stays
+// in the audit record.
+func joinRefused(node string) error {
+	return fmt.Errorf("%w: the join token is not valid for node %q (mistyped, already used, replaced or expired, or the node is not an active registered node); ask the operator for a new one: meshca node token %s", ErrToken, node, node)
 }
 
 // Join redeems a node's one-time join token for a node certificate
 // (spiffe://<td>/node/NAME) issued to the CSR's key. The token is consumed in
-// the same transaction that records the certificate. A refused token is
-// audited.
+// the same transaction that records the certificate, and every earlier
+// certificate of the node is revoked in it: a node has one valid
+// certificate. A refused token is audited with its real reason; the caller
+// gets the same answer for every reason.
 func (r *Registry) Join(ctx context.Context, node, token string, csrDER []byte, actor string) (Joined, error) {
 	j, err := r.join(ctx, node, token, csrDER, actor)
 	if err != nil && ctx.Err() == nil {
 		r.limitedDeny(ctx, store.Event{Action: ActionNodeJoin, Actor: actor, Node: clip(node, identity.MaxNameLength), Detail: err.Error()})
+		if errors.Is(err, ErrToken) {
+			return Joined{}, joinRefused(node)
+		}
 	}
 	return j, err
 }
@@ -320,17 +354,32 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		return Joined{}, err
 	}
 	cert := certRecord(nodeSubject(node), issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+	r.crlMu.Lock()
+	defer r.crlMu.Unlock()
+	var (
+		built   *crlState
+		revoked []string
+	)
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		built, revoked = nil, nil
 		cur, err := tx.Node(node)
 		if err != nil {
 			return err
 		}
-		// The token may have been used or replaced since checkToken.
-		if subtle.ConstantTimeCompare(cur.TokenHash, tokenHash(token)) != 1 {
-			return fmt.Errorf("%w: the join token for node %q was used or replaced meanwhile", ErrToken, node)
+		// The token may have been used or replaced, or the node revoked,
+		// since checkToken.
+		if cur.State != store.StateActive || subtle.ConstantTimeCompare(cur.TokenHash, tokenHash(token)) != 1 {
+			return fmt.Errorf("%w: the join token for node %q was used or replaced, or the node revoked, meanwhile", ErrToken, node)
+		}
+		now := r.cfg.Clock.Now().UTC()
+		// A new join replaces every certificate the node had: a copy
+		// taken from the old machine stops working now.
+		if revoked, err = revokeNodeCerts(tx, node, "", "replaced by a new join", now); err != nil {
+			return err
 		}
 		cur.TokenHash, cur.TokenExpires = nil, time.Time{}
-		cur.UpdatedAt = r.cfg.Clock.Now().UTC()
+		cur.CertSerial, cur.NextSerial = cert.Serial, ""
+		cur.UpdatedAt = now
 		if err := tx.PutNode(cur); err != nil {
 			return err
 		}
@@ -338,25 +387,84 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 			return err
 		}
 		_, err = tx.Append(store.Event{Action: ActionNodeJoin, Actor: actor, Node: node, Serial: cert.Serial,
-			Detail: "node certificate; not_after=" + cert.NotAfter.Format(time.RFC3339)})
+			Detail: fmt.Sprintf("node certificate; not_after=%s revoked_previous=%d", cert.NotAfter.Format(time.RFC3339), len(revoked))})
+		if err != nil {
+			return err
+		}
+		if len(revoked) > 0 {
+			built, err = r.buildCRL(tx, now)
+		}
 		n = cur
 		return err
 	})
 	if err != nil {
 		return Joined{}, err
 	}
-	r.log.Info("node joined", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter)
-	return r.joined(n, cert), nil
+	r.log.Info("node joined", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter, "revoked_previous", len(revoked))
+	if built != nil {
+		r.crl.Store(built)
+		r.notifyTrust()
+	}
+	if len(revoked) > 0 {
+		r.notifyNodeCerts(node)
+	}
+	return r.joined(ctx, n, cert), nil
+}
+
+// revokeNodeCerts revokes, inside tx, every unexpired certificate of node
+// but keep that is not revoked yet, and returns their serials.
+func revokeNodeCerts(tx *store.Tx, node, keep, reason string, now time.Time) ([]string, error) {
+	certs, err := tx.CertsFor(nodeSubject(node))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, c := range certs {
+		if c.Serial == keep || !c.NotAfter.After(now) {
+			continue
+		}
+		if _, err := tx.Revocation(c.Serial); err == nil {
+			continue
+		}
+		if err := tx.PutRevocation(store.Revocation{Serial: c.Serial, Identity: nodeSubject(node), IssuerSerial: c.IssuerSerial,
+			Reason: reason, NotAfter: c.NotAfter, RevokedAt: now}); err != nil {
+			return nil, err
+		}
+		out = append(out, c.Serial)
+	}
+	return out, nil
 }
 
 // RenewNode issues a new node certificate to an authenticated, active node
-// for the CSR's key, recorded and audited in one transaction.
+// for the CSR's key, recorded and audited in one transaction. The node's
+// other certificates are revoked when the new one is first used (see
+// AuthenticateNode). Renewals are limited to RenewBurst per RenewWindow per
+// node, counted in the store.
 func (r *Registry) RenewNode(ctx context.Context, node string, csrDER []byte) (Joined, error) {
 	j, err := r.renewNode(ctx, node, csrDER)
 	if err != nil && ctx.Err() == nil {
-		r.deny(ctx, store.Event{Action: ActionNodeRenew, Actor: "node:" + clip(node, 100), Node: clip(node, identity.MaxNameLength), Detail: err.Error()})
+		ev := store.Event{Action: ActionNodeRenew, Actor: "node:" + clip(node, 100), Node: clip(node, identity.MaxNameLength), Detail: err.Error()}
+		if errors.Is(err, ErrRateLimited) {
+			r.limitedDeny(ctx, ev) // a node in a loop must not flood the audit log
+		} else {
+			r.deny(ctx, ev)
+		}
 	}
 	return j, err
+}
+
+// renewAllowed counts a renewal of n at now, or says when the next one is
+// allowed.
+func renewAllowed(n *store.Node, now time.Time) error {
+	if now.Sub(n.RenewWindowStart) >= RenewWindow || now.Before(n.RenewWindowStart) {
+		n.RenewWindowStart, n.Renewals = now, 0
+	}
+	if n.Renewals >= RenewBurst {
+		return fmt.Errorf("%w: node %q renewed its certificate %d times since %s; the next renewal is allowed at %s (a node renews about twice a day: look for a renewal loop, or a copy of the node key in other hands)",
+			ErrRateLimited, n.Name, n.Renewals, n.RenewWindowStart.Format(time.RFC3339), n.RenewWindowStart.Add(RenewWindow).Format(time.RFC3339))
+	}
+	n.Renewals++
+	return nil
 }
 
 func (r *Registry) renewNode(ctx context.Context, node string, csrDER []byte) (Joined, error) {
@@ -364,43 +472,92 @@ func (r *Registry) renewNode(ctx context.Context, node string, csrDER []byte) (J
 	if err != nil {
 		return Joined{}, err
 	}
+	// Refuse before signing anything; the transaction below decides.
+	var n store.Node
+	err = r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) { n, err = tx.Node(node); return err })
+	if err != nil {
+		return Joined{}, fmt.Errorf("node %q: %w", node, err)
+	}
+	if n.State != store.StateActive {
+		return Joined{}, fmt.Errorf("node %q was revoked: %w", node, ErrDenied)
+	}
+	if err := renewAllowed(&n, r.cfg.Clock.Now().UTC()); err != nil {
+		return Joined{}, err
+	}
 	issued, err := r.issue(ctx, ca.Request{ID: id, TTL: r.cfg.NodeCertTTL, CSR: csrDER})
 	if err != nil {
 		return Joined{}, err
 	}
 	cert := certRecord(nodeSubject(node), issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
-	var n store.Node
+	r.crlMu.Lock()
+	defer r.crlMu.Unlock()
+	var built *crlState
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		built = nil
 		var err error
 		if n, err = tx.Node(node); err != nil {
 			return err
 		}
 		if n.State != store.StateActive {
-			return fmt.Errorf("node %q is %s: %w", node, n.State, ErrDenied)
+			return fmt.Errorf("node %q was revoked: %w", node, ErrDenied)
+		}
+		now := r.cfg.Clock.Now().UTC()
+		if err := renewAllowed(&n, now); err != nil {
+			return err
+		}
+		// A renewed certificate that was never used is replaced: revoke it.
+		var dropped []string
+		if prev := n.NextSerial; prev != "" {
+			c, err := tx.CertWithoutKey(prev)
+			if err == nil && c.NotAfter.After(now) {
+				if _, err := tx.Revocation(prev); err != nil {
+					if err := tx.PutRevocation(store.Revocation{Serial: prev, Identity: nodeSubject(node), IssuerSerial: c.IssuerSerial,
+						Reason: "replaced before use by a newer renewal", NotAfter: c.NotAfter, RevokedAt: now}); err != nil {
+						return err
+					}
+					dropped = append(dropped, prev)
+				}
+			}
+		}
+		n.NextSerial, n.UpdatedAt = cert.Serial, now
+		if err := tx.PutNode(n); err != nil {
+			return err
 		}
 		if err := tx.PutCert(cert); err != nil {
 			return err
 		}
 		_, err = tx.Append(store.Event{Action: ActionNodeRenew, Actor: "node:" + node, Node: node, Serial: cert.Serial,
-			Detail: "node certificate; not_after=" + cert.NotAfter.Format(time.RFC3339)})
+			Detail: fmt.Sprintf("node certificate; not_after=%s renewals_in_window=%d revoked_unused=%v", cert.NotAfter.Format(time.RFC3339), n.Renewals, dropped)})
+		if err != nil {
+			return err
+		}
+		if len(dropped) > 0 {
+			built, err = r.buildCRL(tx, now)
+		}
 		return err
 	})
 	if err != nil {
 		return Joined{}, err
 	}
 	r.log.Info("node certificate renewed", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter)
-	return r.joined(n, cert), nil
+	if built != nil {
+		r.crl.Store(built)
+		r.notifyTrust()
+	}
+	return r.joined(ctx, n, cert), nil
 }
 
 // joined is what a node gets back for its new certificate.
-func (r *Registry) joined(n store.Node, cert store.Cert) Joined {
+func (r *Registry) joined(ctx context.Context, n store.Node, cert store.Cert) Joined {
 	n.TokenHash = nil
 	return Joined{
 		Node: n, TrustDomain: r.cfg.TrustDomain.Name(), ChainPEM: chainPEM(cert.DER, cert.Chain),
-		BundlePEM: r.CA().BundlePEM(), Serial: cert.Serial, NotAfter: cert.NotAfter,
+		BundlePEM: r.CA().BundlePEM(), IssuersPEM: r.IssuersPEM(context.WithoutCancel(ctx)), Serial: cert.Serial, NotAfter: cert.NotAfter,
 	}
 }
 
+// checkToken says exactly why a token is refused; Join keeps that for the
+// audit record and answers the caller alike for every reason.
 func (r *Registry) checkToken(ctx context.Context, node, token string) (store.Node, error) {
 	var n store.Node
 	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) {
@@ -408,29 +565,42 @@ func (r *Registry) checkToken(ctx context.Context, node, token string) (store.No
 		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
-		return store.Node{}, fmt.Errorf("%w: node %q is not registered (meshca node add %s)", ErrToken, node, node)
+		return store.Node{}, fmt.Errorf("%w: node %q is not registered", ErrToken, node)
 	}
 	if err != nil {
 		return store.Node{}, err
 	}
+	// Compare the token whatever the node's state, so that the answer
+	// takes as long for a revoked node as for a wrong token.
+	match := len(n.TokenHash) > 0 && subtle.ConstantTimeCompare(n.TokenHash, tokenHash(token)) == 1
 	if n.State != store.StateActive {
 		return store.Node{}, fmt.Errorf("%w: node %q is %s", ErrToken, node, n.State)
 	}
-	if len(n.TokenHash) == 0 || subtle.ConstantTimeCompare(n.TokenHash, tokenHash(token)) != 1 {
-		return store.Node{}, fmt.Errorf("%w: the token for node %q is not valid (already used, replaced, or mistyped); create a new one with: meshca node token %s", ErrToken, node, node)
+	if !match {
+		return store.Node{}, fmt.Errorf("%w: the token for node %q is not valid (already used, replaced, or mistyped)", ErrToken, node)
 	}
 	if now := r.cfg.Clock.Now(); !now.Before(n.TokenExpires) {
-		return store.Node{}, fmt.Errorf("%w: the token for node %q expired at %s; create a new one with: meshca node token %s", ErrToken, node, n.TokenExpires.Format(time.RFC3339), node)
+		return store.Node{}, fmt.Errorf("%w: the token for node %q expired at %s", ErrToken, node, n.TokenExpires.Format(time.RFC3339))
 	}
 	return n, nil
 }
 
+// ActionNodeCertSwitch records the first use of a renewed node
+// certificate, which revokes the node's earlier ones.
+const ActionNodeCertSwitch = "node.cert.switch"
+
 // AuthenticateNode maps a client certificate that already verified against
-// the trust bundle to a node name: its SPIFFE ID must be
-// spiffe://<td>/node/NAME of an active node, and meshca must have issued its
-// serial to that node. A refusal is audited.
+// meshca's issuing CAs to a node name. Its SPIFFE ID must be
+// spiffe://<td>/node/NAME of an active node, and it must be, byte for byte,
+// the node certificate meshca issued and recorded under its serial: the one
+// in use or, on its first use, the node's renewed one, which then revokes
+// every other. For a certificate of a revoked node the error wraps
+// ErrNodeRevoked. A refusal is audited.
 func (r *Registry) AuthenticateNode(ctx context.Context, leaf *x509.Certificate) (string, error) {
-	node, err := r.authenticateNode(ctx, leaf)
+	node, promote, err := r.authenticateNode(ctx, leaf)
+	if err == nil && promote {
+		err = r.switchNodeCert(ctx, node, serialHex(leaf))
+	}
 	if err != nil {
 		who := ""
 		if len(leaf.URIs) > 0 {
@@ -441,37 +611,105 @@ func (r *Registry) AuthenticateNode(ctx context.Context, leaf *x509.Certificate)
 	return node, err
 }
 
-func (r *Registry) authenticateNode(ctx context.Context, leaf *x509.Certificate) (string, error) {
+func (r *Registry) authenticateNode(ctx context.Context, leaf *x509.Certificate) (string, bool, error) {
 	if len(leaf.URIs) != 1 {
-		return "", fmt.Errorf("client certificate has %d URI SANs, want one node SPIFFE ID: %w", len(leaf.URIs), ErrDenied)
+		return "", false, fmt.Errorf("client certificate has %d URI SANs, want one node SPIFFE ID: %w", len(leaf.URIs), ErrDenied)
 	}
 	id, err := identity.ParseID(r.cfg.TrustDomain, leaf.URIs[0].String())
 	if err != nil {
-		return "", fmt.Errorf("%v: %w", err, ErrDenied)
+		return "", false, fmt.Errorf("%v: %w", err, ErrDenied)
 	}
 	node, ok := nodeFromPath(id.Path())
 	if !ok {
-		return "", fmt.Errorf("%s is not a node identity: %w", id, ErrDenied)
+		return "", false, fmt.Errorf("%s is not a node identity: %w", id, ErrDenied)
 	}
 	serial := serialHex(leaf)
+	promote := false
 	err = r.cfg.Store.View(ctx, func(tx *store.Tx) error {
 		n, err := tx.Node(node)
 		if err != nil {
 			return fmt.Errorf("node %q: %v: %w", node, err, ErrDenied)
 		}
-		if n.State != store.StateActive {
-			return fmt.Errorf("node %q is %s: %w", node, n.State, ErrDenied)
-		}
 		c, err := tx.CertWithoutKey(serial)
 		if err != nil || c.Identity != nodeSubject(node) {
 			return fmt.Errorf("certificate %s was not issued to node %q: %w", serial, node, ErrDenied)
 		}
+		if err := recorded(tx, leaf, c); err != nil {
+			return err
+		}
+		if n.State != store.StateActive {
+			return fmt.Errorf("node %q is %s: %w: %w", node, n.State, ErrNodeRevoked, ErrDenied)
+		}
 		if _, err := tx.Revocation(serial); err == nil {
 			return fmt.Errorf("certificate %s of node %q is revoked: %w", serial, node, ErrDenied)
 		}
+		switch {
+		case serial == n.NextSerial:
+			promote = true
+		case n.CertSerial == "" || serial == n.CertSerial:
+		default:
+			return fmt.Errorf("certificate %s of node %q was replaced by a newer one: %w", serial, node, ErrDenied)
+		}
 		return nil
 	})
-	return node, err
+	return node, promote, err
+}
+
+// switchNodeCert makes a renewed certificate on its first use the node's
+// one valid certificate, revoking every other, with the new CRL pushed.
+func (r *Registry) switchNodeCert(ctx context.Context, node, serial string) error {
+	r.crlMu.Lock()
+	defer r.crlMu.Unlock()
+	var (
+		built   *crlState
+		revoked []string
+	)
+	err := r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		built, revoked = nil, nil
+		n, err := tx.Node(node)
+		if err != nil {
+			return err
+		}
+		if n.State != store.StateActive {
+			return fmt.Errorf("node %q was revoked: %w", node, ErrDenied)
+		}
+		if n.CertSerial == serial {
+			return nil // another connection switched first
+		}
+		if n.NextSerial != serial {
+			return fmt.Errorf("certificate %s of node %q was replaced by a newer one: %w", serial, node, ErrDenied)
+		}
+		now := r.cfg.Clock.Now().UTC()
+		if revoked, err = revokeNodeCerts(tx, node, serial, "superseded by the node's renewed certificate", now); err != nil {
+			return err
+		}
+		n.CertSerial, n.NextSerial, n.UpdatedAt = serial, "", now
+		if err := tx.PutNode(n); err != nil {
+			return err
+		}
+		if _, err := tx.Append(store.Event{Action: ActionNodeCertSwitch, Actor: "node:" + node, Node: node, Serial: serial,
+			Detail: fmt.Sprintf("renewed certificate in use; revoked_previous=%d", len(revoked))}); err != nil {
+			return err
+		}
+		if len(revoked) > 0 {
+			built, err = r.buildCRL(tx, now)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if built != nil {
+		r.log.Info("node switched to its renewed certificate", "node", node, "serial", serial, "revoked_previous", len(revoked))
+		r.crl.Store(built)
+		r.notifyTrust()
+	}
+	if len(revoked) > 0 {
+		// Connections made with the earlier certificates end; this
+		// handshake's connection is not tracked yet, so it stays.
+		r.notifyNodeCerts(node)
+	}
+	return nil
 }
 
 // nodeFromPath returns NAME for the SPIFFE path /node/NAME.
@@ -519,6 +757,12 @@ func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node
 			if err != nil || id.State != store.StateActive || id.CurrentSerial == "" {
 				continue
 			}
+			if id.Admin {
+				// Only a store written before admin identities were kept
+				// from nodes can hold this assignment: serve nothing.
+				r.log.Error("not serving an admin identity to a node; unassign it", "identity", name, "node", node)
+				continue
+			}
 			c, err := tx.Cert(id.CurrentSerial)
 			if err != nil {
 				return fmt.Errorf("identity %q: %w", name, err)
@@ -546,8 +790,8 @@ func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node
 	return n, creds, err
 }
 
-// WithdrawnSecrets names the SPIFFE IDs of revoked identities still
-// assigned to a node: its proxies may keep asking for those secrets (a
+// WithdrawnSecrets names the SPIFFE IDs of revoked (or admin) identities
+// still assigned to a node: its proxies may keep asking for those secrets (a
 // listener references them) and must not lose their stream for it, but get
 // nothing.
 func (r *Registry) WithdrawnSecrets(ctx context.Context, node string) ([]string, error) {
@@ -558,7 +802,7 @@ func (r *Registry) WithdrawnSecrets(ctx context.Context, node string) ([]string,
 			return err
 		}
 		for _, name := range n.Identities {
-			if id, err := tx.Identity(name); err == nil && id.State == store.StateRevoked {
+			if id, err := tx.Identity(name); err == nil && (id.State == store.StateRevoked || id.Admin) {
 				out = append(out, id.SPIFFEID)
 			}
 		}

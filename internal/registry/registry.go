@@ -76,11 +76,12 @@ type Registry struct {
 	// issue is the CA's Issue; tests replace it to reach failure paths.
 	issue func(context.Context, ca.Request) (*ca.Issued, error)
 
-	mu         sync.Mutex
-	listeners  []func(nodes []string)
-	trust      []func()
-	denials    denials      // refusals not yet recorded (denials.go)
-	refusalLog *slog.Logger // rate limited: refusals can come in floods
+	mu           sync.Mutex
+	listeners    []func(nodes []string)
+	trust        []func()
+	nodeCertSubs []func(node string) // see SubscribeNodeCerts
+	denials      denials             // refusals not yet recorded (denials.go)
+	refusalLog   *slog.Logger        // rate limited: refusals can come in floods
 
 	crlMu    sync.Mutex // serializes building and publishing CRLs
 	crl      atomic.Pointer[crlState]
@@ -93,6 +94,8 @@ type Registry struct {
 	started         time.Time // when this registry was built, for grace periods
 
 	reissuingAll atomic.Bool // a ReissueAll is running
+
+	caCerts sync.Map // CA serial -> parsed *x509.Certificate
 
 	holdersMu      sync.Mutex
 	holders        map[string][]string // identity -> nodes assigned it

@@ -57,7 +57,7 @@ type Revoked struct {
 // node receives in the trust bundle secret. All in one transaction with its
 // audit records; the pushes follow at once.
 func (r *Registry) RevokeIdentity(ctx context.Context, name, reason, actor string) (Revoked, error) {
-	res, err := r.revoke(ctx, name, reason, actor, false)
+	res, err := r.revoke(ctx, name, reason, actor, false, nil)
 	if err != nil && ctx.Err() == nil {
 		r.deny(ctx, store.Event{Action: ActionIdentityRevoke, Actor: actor, Identity: clip(name, identity.MaxNameLength), Detail: err.Error()})
 	}
@@ -65,16 +65,90 @@ func (r *Registry) RevokeIdentity(ctx context.Context, name, reason, actor strin
 }
 
 // RevokeNode refuses a node from now on (its streams are closed by the xDS
-// server when it is told) and puts its node certificates on the CRL.
+// server when it is told) and puts its node certificates on the CRL. Every
+// identity the node held gets a new key and certificate, pushed to its other
+// holders, and the certificates the node may have received go on the CRL:
+// the revoked node's copies stop working at once, not at their expiry.
 func (r *Registry) RevokeNode(ctx context.Context, name, reason, actor string) (Revoked, error) {
-	res, err := r.revoke(ctx, name, reason, actor, true)
+	// A re-key that cannot be issued must not hold up the revocation.
+	rekeys := r.prepareRekeys(ctx, name, actor)
+	res, err := r.revoke(ctx, name, reason, actor, true, rekeys)
 	if err != nil && ctx.Err() == nil {
 		r.deny(ctx, store.Event{Action: ActionNodeRevoke, Actor: actor, Node: clip(name, identity.MaxNameLength), Detail: err.Error()})
 	}
 	return res, err
 }
 
-func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node bool) (Revoked, error) {
+// prepareRekeys issues, before the revocation's transaction, a new
+// certificate for each active identity node holds. An identity whose
+// certificate cannot be issued is logged and audited as failed, with what
+// to do, and keeps its key.
+func (r *Registry) prepareRekeys(ctx context.Context, node, actor string) map[string]store.Cert {
+	out := map[string]store.Cert{}
+	n, err := r.Node(ctx, node)
+	if err != nil || n.State != store.StateActive {
+		return out // refused in the transaction
+	}
+	for _, name := range n.Identities {
+		st, err := r.Identity(ctx, name)
+		if err != nil || st.Identity.State != store.StateActive {
+			continue
+		}
+		id, err := identity.ID(r.cfg.TrustDomain, name)
+		if err == nil {
+			var issued *ca.Issued
+			if issued, err = r.issue(ctx, ca.Request{ID: id, DNSNames: st.Identity.DNSNames, TTL: st.Identity.TTL}); err == nil {
+				out[name] = certRecord(name, issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+				continue
+			}
+		}
+		err = fmt.Errorf("re-key of identity %q held by revoked node %q failed (run meshca identity reissue %s, or revoke it): %w", name, node, name, err)
+		r.log.Error("identity of a revoked node not re-keyed", "identity", name, "node", node, "err", err)
+		r.deny(ctx, store.Event{Action: ActionCertReissue, Actor: actor, Identity: name, Node: node, Outcome: store.OutcomeFailed, Detail: err.Error()})
+	}
+	return out
+}
+
+// rekey makes fresh the current certificate of identity name inside tx and
+// revokes every unexpired certificate of it whose key meshca served. ok is
+// false when the identity is no longer active (then its certificates are on
+// the CRL already).
+func rekey(tx *store.Tx, name string, fresh store.Cert, node, reason, actor string, now time.Time) (revoked []string, ok bool, err error) {
+	id, err := tx.Identity(name)
+	if err != nil || id.State != store.StateActive {
+		return nil, false, nil
+	}
+	certs, err := tx.CertsFor(name)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, c := range certs {
+		if !c.KeyHeld || !c.NotAfter.After(now) {
+			continue // a CSR's key never left its owner; expired is harmless
+		}
+		if _, err := tx.Revocation(c.Serial); err == nil {
+			continue
+		}
+		if err := tx.PutRevocation(store.Revocation{Serial: c.Serial, Identity: name, IssuerSerial: c.IssuerSerial,
+			Reason: "held by revoked node " + node + ": " + reason, NotAfter: c.NotAfter, RevokedAt: now}); err != nil {
+			return nil, false, err
+		}
+		revoked = append(revoked, c.Serial)
+	}
+	prev := id.CurrentSerial
+	id.CurrentSerial, id.UpdatedAt = fresh.Serial, now
+	if err := tx.PutCert(fresh); err != nil {
+		return nil, false, err
+	}
+	if err := tx.PutIdentity(id); err != nil {
+		return nil, false, err
+	}
+	_, err = tx.Append(store.Event{Action: ActionCertReissue, Actor: actor, Identity: name, Node: node, Serial: fresh.Serial,
+		Detail: fmt.Sprintf("re-keyed: node %s was revoked; replaces=%s revoked=%d not_after=%s", node, prev, len(revoked), fresh.NotAfter.Format(time.RFC3339))})
+	return revoked, true, err
+}
+
+func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node bool, rekeys map[string]store.Cert) (Revoked, error) {
 	// CRLs are built in their transaction and published after it: one at a
 	// time, so that an older CRL never replaces a newer one.
 	r.crlMu.Lock()
@@ -82,8 +156,9 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 	reason = clip(reason, 200)
 	var res Revoked
 	var built *crlState
+	var rekeyed []string
 	err := r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
-		res = Revoked{}
+		res, rekeyed = Revoked{}, nil
 		now := r.cfg.Clock.Now().UTC()
 		subject := name
 		if node {
@@ -102,6 +177,20 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 			}
 			subject = nodeSubject(name)
 			res.Nodes = []string{name}
+			for _, ident := range n.Identities {
+				fresh, ok := rekeys[ident]
+				if !ok {
+					continue
+				}
+				serials, ok, err := rekey(tx, ident, fresh, name, reason, actor, now)
+				if err != nil {
+					return err
+				}
+				if ok {
+					res.Serials = append(res.Serials, serials...)
+					rekeyed = append(rekeyed, ident)
+				}
+			}
 		} else {
 			id, err := tx.Identity(name)
 			if errors.Is(err, store.ErrNotFound) {
@@ -138,7 +227,7 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 			Detail: fmt.Sprintf("reason=%q certificates=%d", reason, len(res.Serials))}
 		if node {
 			ev = store.Event{Action: ActionNodeRevoke, Actor: actor, Node: name,
-				Detail: fmt.Sprintf("reason=%q certificates=%d", reason, len(res.Serials))}
+				Detail: fmt.Sprintf("reason=%q certificates=%d rekeyed_identities=%d", reason, len(res.Serials), len(rekeyed))}
 		}
 		if _, err := tx.Append(ev); err != nil {
 			return err
@@ -166,13 +255,21 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 	if node {
 		what, key = "node revoked", "node"
 	}
-	r.log.Info(what, key, name, "certificates", len(res.Serials), "crl_number", built.number, "actor", actor)
+	r.log.Info(what, key, name, "certificates", len(res.Serials), "rekeyed_identities", len(rekeyed), "crl_number", built.number, "actor", actor)
 	// The revoked node, or the nodes holding the revoked identity, lose
 	// it; every node gets the new CRL in its trust bundle. The revocation
 	// is committed: the caller going away must not stop the push.
 	ctx = context.WithoutCancel(ctx)
 	if node {
 		r.notify(name)
+		for _, ident := range rekeyed {
+			if holders, err := r.holdersOf(ctx, ident); err != nil {
+				r.log.Error("cannot find the nodes holding a re-keyed identity; pushing to every node", "identity", ident, "err", err)
+				r.notifyAll(ctx)
+			} else {
+				r.notify(holders...)
+			}
+		}
 	} else if holders, err := r.holdersOf(ctx, name); err != nil {
 		r.log.Error("cannot find the nodes holding a revoked identity; pushing to every node", "identity", name, "err", err)
 		r.notifyAll(ctx)

@@ -313,7 +313,11 @@ func (r *Registry) reload(ctx context.Context) error {
 		return err
 	}
 	r.prev.Store(nil)
-	if rot := set.Rotation; rot != nil && rot.Kind == store.RotationRoot && rot.Phase == store.PhaseReissuing && !rot.Emergency {
+	// During either rotation meshca's server certificate stays with the
+	// previous issuer: nodes pin the issuer they learnt at their last join
+	// or renewal (see serverCA). Not after an emergency: that issuer may be
+	// compromised.
+	if rot := set.Rotation; rot != nil && rot.Phase == store.PhaseReissuing && rot.PreviousIssuer != set.IssuerSerial && !rot.Emergency {
 		prev, err := r.caFor(ctx, rot.PreviousIssuer, m)
 		if err != nil {
 			return err
@@ -393,10 +397,11 @@ func (r *Registry) notifyAll(ctx context.Context) {
 	r.notify(names...)
 }
 
-// serverCA issues meshca's own server certificate. During a root rotation
-// that is the previous issuer until the old root retires: nodes verify
-// meshca with their bundle file, which only learns the new root when their
-// node certificate is renewed.
+// serverCA issues meshca's own server certificate. During a rotation that
+// is the previous issuer until it retires: nodes verify meshca with the
+// issuing CAs they were given (and, with a root rotation, their bundle
+// file), which only learn the new CA when their node certificate is
+// renewed.
 func (r *Registry) serverCA() *ca.CA {
 	if p := r.prev.Load(); p != nil {
 		return p
@@ -553,7 +558,10 @@ func (r *Registry) advanceReissuing(ctx context.Context, set store.CASet, acks A
 		r.waitFor(rot, w)
 		return rot.Phase, false, nil
 	}
-	if rot.Kind == store.RotationRoot {
+	// Nodes and admins are accepted only with certificates from the issuer
+	// in use or, during a rotation, the previous one (peers.go): the
+	// previous CA retires once no active node still depends on it.
+	{
 		n, last, err := r.nodeCerts(ctx, set.IssuerSerial, now)
 		if err != nil {
 			return "", false, err
@@ -563,7 +571,7 @@ func (r *Registry) advanceReissuing(ctx context.Context, set store.CASet, acks A
 			if last.After(w.until) {
 				w.until = last
 			}
-			w.what = fmt.Sprintf("%d node(s) to renew their node certificate under the new root (nodes renew it themselves, or at once with 'meshca bootstrap renew' on the node; the old root retires when they have, or when the last of those certificates expires)", n)
+			w.what = fmt.Sprintf("%d node(s) to renew their node certificate under the new CA (nodes renew it themselves, or at once with 'meshca bootstrap renew' on the node; the previous CA retires when they have, or when the last of those certificates expires)", n)
 			r.waitFor(rot, w)
 			return rot.Phase, false, nil
 		}

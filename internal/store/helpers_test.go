@@ -100,6 +100,7 @@ func testCert(identity, serial string, notBefore time.Time) store.Cert {
 		NotBefore:    notBefore,
 		NotAfter:     notBefore.Add(time.Hour),
 		IssuedAt:     notBefore.Add(time.Minute),
+		KeyHeld:      true, // what a read reports for a stored key
 	}
 }
 

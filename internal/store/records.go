@@ -37,6 +37,10 @@ type Cert struct {
 	NotBefore    time.Time `json:"not_before"`
 	NotAfter     time.Time `json:"not_after"`
 	IssuedAt     time.Time `json:"issued_at"`
+	// KeyHeld is set on read when meshca generated and holds the key (a
+	// sealed key is stored). Admin credentials must never be such
+	// certificates.
+	KeyHeld bool `json:"-"`
 }
 
 // CA is one CA certificate and, when meshca holds it, its PKCS#8 key (clear in
@@ -111,6 +115,17 @@ type Node struct {
 	State        string    `json:"state"`
 	CreatedAt    time.Time `json:"created_at"`
 	UpdatedAt    time.Time `json:"updated_at"`
+	// CertSerial is the node certificate in use: the one issued at the last
+	// join, or a renewed one after its first use. NextSerial is a renewed
+	// certificate not used yet. Any other node certificate is refused (and
+	// revoked). Both empty for nodes recorded before these fields existed.
+	CertSerial string `json:"cert_serial,omitempty"`
+	NextSerial string `json:"next_serial,omitempty"`
+	// RenewWindowStart and Renewals count the node's renewals in the
+	// current rate-limit window, kept here so that the limit holds across
+	// restarts and replicas.
+	RenewWindowStart time.Time `json:"renew_window_start,omitempty"`
+	Renewals         int       `json:"renewals,omitempty"`
 }
 
 // Revocation records a revoked certificate serial.

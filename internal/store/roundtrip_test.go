@@ -62,7 +62,7 @@ func TestCertRoundTrip(t *testing.T) {
 		testCert("we", "05", t0),
 	}
 	noKey := testCert("web", "06", t0.Add(time.Hour))
-	noKey.Key = nil // issued from a CSR
+	noKey.Key, noKey.KeyHeld = nil, false // issued from a CSR
 	certs = append(certs, noKey)
 
 	update(t, s, audited("cert.issue", func(tx *store.Tx) error {

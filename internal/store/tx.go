@@ -280,11 +280,14 @@ func (tx *Tx) CertWithoutKey(serial string) (Cert, error) {
 	if err := tx.get(bucketCerts, []byte(serial), &rec); err != nil {
 		return Cert{}, err
 	}
-	return rec.Cert, nil
+	c := rec.Cert
+	c.KeyHeld = rec.SealedKey != nil
+	return c, nil
 }
 
 func (tx *Tx) openCert(rec certRecord) (Cert, error) {
 	c := rec.Cert
+	c.KeyHeld = rec.SealedKey != nil
 	if rec.SealedKey != nil {
 		key, err := tx.s.sealer.Open(rec.SealedKey, certAAD(c.Identity, c.Serial))
 		if err != nil {
