@@ -2,6 +2,11 @@ package app_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"net/http"
 	"strings"
 	"testing"
@@ -10,20 +15,20 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/nodeapi"
 )
-
-// parkedLoops is how many loops of meshca sleep on the clock when idle:
-// the renewal loop, the CRL loop and the CA rotation loop.
-const parkedLoops = 3
 
 // TestCARotationWaitsForNodeAcks rotates the intermediate with a node
 // connected over a real ADS stream that acknowledges only when told: the
 // rotation re-issues the node's 720h identity at once, waits while the
-// node has not acknowledged it, and ends on the next tick after it has,
-// without waiting for any certificate lifetime.
+// node has not acknowledged it; once it has, meshca's own work is done and
+// the rotation waits only for the node to renew its node certificate
+// (which chains to the previous intermediate), ending on the next tick
+// after that, without waiting for any certificate lifetime.
 func TestCARotationWaitsForNodeAcks(t *testing.T) {
 	clk := clock.NewFake(time.Now())
 	m := startMesh(t, clk)
@@ -31,7 +36,8 @@ func TestCARotationWaitsForNodeAcks(t *testing.T) {
 	cert := m.joined("n1", "echo")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(m.dial(cert)).StreamAggregatedResources(ctx)
+	conn := m.dial(cert)
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,11 +85,11 @@ func TestCARotationWaitsForNodeAcks(t *testing.T) {
 	// until the rotation loop has taken its step and sleeps again.
 	tick := func() {
 		t.Helper()
-		if err := clk.WaitForWaiters(ctx, parkedLoops); err != nil {
+		if err := clk.WaitForWaiters(ctx, appLoops); err != nil {
 			t.Fatal(err)
 		}
 		clk.Add(time.Second)
-		if err := clk.WaitForWaiters(ctx, parkedLoops); err != nil {
+		if err := clk.WaitForWaiters(ctx, appLoops); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -128,9 +134,23 @@ func TestCARotationWaitsForNodeAcks(t *testing.T) {
 		}
 	}
 	tick()
+	rot = caState().Rotation
+	if rot == nil || !rot.OwnWorkDone || rot.NodesAcked != 1 || rot.OldNodeCerts != 1 || !strings.Contains(rot.WaitingFor, "renew their node certificate") {
+		t.Fatalf("after the node acknowledged, want meshca's own work done and the node's renewal awaited: %+v", rot)
+	}
+	// The node renews its node certificate, as `meshca bootstrap renew`
+	// does; the previous intermediate then has nothing left to vouch for.
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	var resp nodeapi.JoinResponse
+	if err := conn.Invoke(ctx, nodeapi.FullRenewMethod, &nodeapi.RenewRequest{CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))},
+		&resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+		t.Fatalf("node renewal during the rotation: %v", err)
+	}
+	tick()
 	cur := caState()
 	if cur.Rotation != nil {
-		t.Fatalf("rotation not done after the node acknowledged: %+v", cur.Rotation)
+		t.Fatalf("rotation not done after the node renewed: %+v", cur.Rotation)
 	}
 	if cur.Issuer.Serial == "" || cur.LastRotation == nil || cur.LastRotation.Reissued != 1 {
 		t.Fatalf("after the rotation: %+v", cur)
@@ -143,5 +163,5 @@ func TestCARotationWaitsForNodeAcks(t *testing.T) {
 	if _, ok := sample(t, metrics, `meshca_certificates_renewed_total{by="rotation"}`); ok {
 		t.Error("the CA rotation's re-issue was counted as a routine renewal")
 	}
-	t.Logf("intermediate rotation with a 720h identity and one connected node: done %s of fake time after it started, one tick after the node's ACK", clk.Now().Sub(start))
+	t.Logf("intermediate rotation with a 720h identity and one connected node: done %s of fake time after it started, one tick after the node's ACK and renewal", clk.Now().Sub(start))
 }

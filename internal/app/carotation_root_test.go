@@ -113,11 +113,11 @@ func TestRootRotationWaitsForNodeCertRenewal(t *testing.T) {
 	}
 	tick := func() {
 		t.Helper()
-		if err := clk.WaitForWaiters(ctx, parkedLoops); err != nil {
+		if err := clk.WaitForWaiters(ctx, appLoops); err != nil {
 			t.Fatal(err)
 		}
 		clk.Add(time.Second)
-		if err := clk.WaitForWaiters(ctx, parkedLoops); err != nil {
+		if err := clk.WaitForWaiters(ctx, appLoops); err != nil {
 			t.Fatal(err)
 		}
 	}

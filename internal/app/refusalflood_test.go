@@ -23,6 +23,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/app"
@@ -227,15 +230,9 @@ func lastSeq(m *mesh) uint64 {
 // waits until the interval's summaries are in the audit log.
 func flushRefusals(t *testing.T, m *mesh, clk *clock.Fake, after uint64, want int) map[string]int {
 	t.Helper()
-	clk.Add(registry.DefaultDenialInterval)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		got := refusalRecords(m, after)
-		if sum(got) >= want || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(20 * time.Millisecond) // the summary is written by meshca's own goroutine
-	}
+	// RunDenials writes the summaries before it waits on the clock again.
+	advance(t, clk, registry.DefaultDenialInterval)
+	return refusalRecords(m, after)
 }
 
 // TestRefusalFloodsAreBounded refuses workload certificates on the xDS
@@ -265,13 +262,36 @@ func TestRefusalFloodsAreBounded(t *testing.T) {
 		n          int
 		run        func(n int) int // returns how many were accepted
 		maxRecords int             // audit records in all, at once and after one interval
+		each       int             // refusals per attempt, if not 1
 	}
 	// Per source and reason: one record at once, one summary.
 	const perSource = 2
 	floods := []flood{
-		{"workload certificate on the xDS port", handshakesN, func(n int) int { return handshakes(t, m.app.XDS, workload, n) }, perSource},
-		{"workload certificate on the mTLS admin port", handshakesN, func(n int) int { return handshakes(t, m.app.AdminMTLS, workload, n) }, perSource},
-		{"revoked node's certificate on the xDS port", revokedN, func(n int) int { return handshakes(t, m.app.XDS, revoked, n) }, perSource},
+		{"workload certificate on the xDS port", handshakesN, func(n int) int { return handshakes(t, m.app.XDS, workload, n) }, perSource, 1},
+		{"workload certificate on the mTLS admin port", handshakesN, func(n int) int { return handshakes(t, m.app.AdminMTLS, workload, n) }, perSource, 1},
+		// A revoked node's genuine certificate completes the handshake so
+		// that its calls can be told why they are refused: each connection
+		// is refused twice, at the handshake and at its call.
+		{"revoked node's certificate on the xDS port", revokedN, func(n int) int {
+			ok := 0
+			for i := 0; i < n; i++ {
+				conn, err := grpc.NewClient(m.app.XDS, grpc.WithTransportCredentials(credentials.NewTLS(m.serverTLS(revoked))))
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				var resp nodeapi.JoinResponse
+				err = conn.Invoke(ctx, nodeapi.FullRenewMethod, &nodeapi.RenewRequest{CSRPEM: "x"}, &resp, grpc.ForceCodec(nodeapi.Codec{}))
+				if err == nil {
+					ok++
+				} else if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "was revoked") {
+					t.Errorf("call %d: %v, want PermissionDenied saying the node was revoked", i, err)
+				}
+				cancel()
+				conn.Close()
+			}
+			return ok
+		}, 2 * perSource, 2},
 		{"malformed renewals of a live node", renewalsN, func(n int) int {
 			conn := m.dial(live)
 			ok := 0
@@ -284,7 +304,7 @@ func TestRefusalFloodsAreBounded(t *testing.T) {
 				cancel()
 			}
 			return ok
-		}, perSource},
+		}, perSource, 1},
 		// Every join names another node: each is a new source, up to the
 		// 128 tracked at once; the rest fold into one "other" record.
 		{"unauthenticated joins, each for another node", renewalsN, func(n int) int {
@@ -300,7 +320,7 @@ func TestRefusalFloodsAreBounded(t *testing.T) {
 				cancel()
 			}
 			return ok
-		}, 128 + 1},
+		}, 128 + 1, 1},
 	}
 	for _, f := range floods {
 		t.Run(f.name, func(t *testing.T) {
@@ -313,8 +333,8 @@ func TestRefusalFloodsAreBounded(t *testing.T) {
 			took := time.Since(start)
 			after := refusals(t, m)
 			counted := sum(after) - sum(before)
-			if counted != n {
-				t.Errorf("metrics counted %d refusals, want exactly %d (before %v, after %v)", counted, n, before, after)
+			if want := n * max(f.each, 1); counted != want {
+				t.Errorf("metrics counted %d refusals, want exactly %d (before %v, after %v)", counted, want, before, after)
 			}
 			atOnce := refusalRecords(m, seq)
 			got := flushRefusals(t, m, clk, seq, sum(atOnce)+1)
