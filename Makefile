@@ -5,7 +5,7 @@ PKGS      := ./...
 FUZZTIME  ?= 5s
 SOAKFUZZ  ?= 2m
 
-.PHONY: all build run test deps vet fmt-check unit bench-smoke fuzz-smoke bench fuzz soak clean
+.PHONY: all build run test deps vet fmt-check tidy-check unit bench-smoke fuzz-smoke bench fuzz soak clean
 
 all: build
 
@@ -28,11 +28,15 @@ deps:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
 ## test: everything CI runs (format, vet, unit/integration/e2e tests, short benchmark and fuzz runs)
-test: deps fmt-check vet unit bench-smoke fuzz-smoke
+test: deps fmt-check tidy-check vet unit bench-smoke fuzz-smoke
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+# go.mod and go.sum must already be what `go mod tidy` would write.
+tidy-check:
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit the result"; exit 1; }
 
 vet:
 	$(GO) vet $(PKGS)
