@@ -187,7 +187,7 @@ func (s *Server) reissue(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.reply(w, http.StatusOK, identityJSON(st))
+	s.reply(w, http.StatusOK, s.identityJSON(st))
 }
 
 // reissueAll re-keys every identity, streaming progress as JSON lines. The

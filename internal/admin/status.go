@@ -157,7 +157,7 @@ func (s *Server) statusView(ctx context.Context) (statusView, error) {
 			// The server's renewal policy is not in Config; the page shows
 			// the default one, which is what an unconfigured meshca uses.
 			row.Renewal = deadline{At: s.cfg.Renewal.RenewAt(cert.NotBefore, cert.NotAfter, cert.Serial), Past: "due"}
-			row.Renews = st.Identity.State != store.StateRevoked
+			row.Renews = st.Identity.State != store.StateRevoked && st.CertState != "revoked"
 		}
 		view.Identities = append(view.Identities, row)
 	}

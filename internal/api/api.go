@@ -51,8 +51,11 @@ type Cert struct {
 	IssuerSerial string    `json:"issuer_serial"`
 	NotBefore    time.Time `json:"not_before"`
 	NotAfter     time.Time `json:"not_after"`
-	State        string    `json:"state"` // valid, expired, not-yet-valid
-	ChainPEM     string    `json:"chain_pem,omitempty"`
+	State        string    `json:"state"` // valid, expired, not-yet-valid, revoked
+	// RenewAt is when meshca's renewal loop replaces the certificate; absent
+	// when it will not (a revoked identity).
+	RenewAt  *time.Time `json:"renew_at,omitempty"`
+	ChainPEM string     `json:"chain_pem,omitempty"`
 }
 
 // IssueCertRequest is the body of POST /v1/certs/{name}: a certificate for

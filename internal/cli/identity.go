@@ -44,7 +44,7 @@ func identityAddCmd(g *globals) *cobra.Command {
 				return addFromFile(cmd, g, from)
 			}
 			req := api.AddIdentityRequest{Name: args[0], DNSNames: dns, Admin: admin}
-			if ttl != 0 {
+			if cmd.Flags().Changed("ttl") {
 				req.TTL = ttl.String()
 			}
 			var id api.Identity
@@ -130,6 +130,11 @@ func writeIdentity(w interface{ Write([]byte) (int, error) }, id api.Identity) e
 		fmt.Fprintf(tw, "not before:\t%s\n", id.Cert.NotBefore.UTC().Format(time.RFC3339))
 		fmt.Fprintf(tw, "not after:\t%s\n", id.Cert.NotAfter.UTC().Format(time.RFC3339))
 		fmt.Fprintf(tw, "certificate:\t%s\n", id.Cert.State)
+		if id.Cert.RenewAt != nil {
+			fmt.Fprintf(tw, "next renewal:\t%s\n", id.Cert.RenewAt.UTC().Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(tw, "next renewal:\tnone (not renewed)\n")
+		}
 	}
 	return tw.Flush()
 }
