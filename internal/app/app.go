@@ -151,10 +151,11 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, err
 	}
 	// One server certificate (spiffe://<td>/meshca) for xDS and the mTLS
-	// admin API.
-	serverCert, err := reg.ServerCert(union(cfg.XDS.DNSNames, cfg.Admin.DNSNames), serverCertTTL)
+	// admin API. It names the hosts and addresses nodes are told to dial,
+	// which proxyless gRPC nodes verify.
+	serverCert, err := reg.ServerCert(union(cfg.XDS.DNSNames, cfg.Admin.DNSNames), serverCertTTL, cfg.ServerIPs()...)
 	if err != nil {
-		return nil, fmt.Errorf("xds.dns_names / admin.dns_names: %w", err)
+		return nil, fmt.Errorf("xds.dns_names / admin.dns_names / xds.ip_sans: %w", err)
 	}
 	xdsSrv, err := xds.New(xds.Config{
 		TrustDomain: td, Source: newXDSSource(reg, td), Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,

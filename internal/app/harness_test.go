@@ -49,12 +49,20 @@ func (m *mesh) restart() *mesh {
 }
 
 func startMeshIn(t *testing.T, clk clock.Clock, dir string) *mesh {
+	return startMeshWith(t, clk, dir, nil)
+}
+
+// startMeshWith is startMeshIn with edit applied to the configuration.
+func startMeshWith(t *testing.T, clk clock.Clock, dir string, edit func(*config.Config)) *mesh {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = dir
 	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.XDS.Listen = "127.0.0.1:0"
 	cfg.XDS.DNSNames = []string{"localhost"} // grpc-go checks the host name of the xDS server
+	if edit != nil {
+		edit(&cfg)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	opts := []app.Option{}
 	if clk != nil {

@@ -138,6 +138,9 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 	if err := trust.checkJoined(resp, o.node, key.Public()); err != nil {
 		return fmt.Errorf("the join answer does not check out, nothing written: %w", err)
 	}
+	if err := checkServerName(ctx, o.server, o.node, resp.Kind, resp.BundlePEM); err != nil {
+		return err
+	}
 
 	p := bootstrap.Params{Node: o.node, Cluster: o.node, TrustDomain: resp.TrustDomain, Server: o.server, Dir: dir, AdminPort: o.adminPort}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
