@@ -130,6 +130,9 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 	var resp nodeapi.JoinResponse
 	req := nodeapi.JoinRequest{Node: o.node, Token: o.token, CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}
 	if err := conn.Invoke(ctx, nodeapi.FullJoinMethod, &req, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+		if hint := joinHint(o.server, err); hint != nil {
+			return hint
+		}
 		if st, ok := status.FromError(err); ok {
 			return fmt.Errorf("meshca at %s refused the join: %s", o.server, st.Message())
 		}

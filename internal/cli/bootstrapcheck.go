@@ -98,3 +98,13 @@ func certNames(c *x509.Certificate) string {
 	}
 	return strings.Join(names, ", ")
 }
+
+// joinHint explains a join that failed because --server is not meshca's
+// xDS address, or nil for any other failure.
+func joinHint(server string, err error) error {
+	if strings.Contains(err.Error(), "first record does not look like a TLS handshake") {
+		return fmt.Errorf("%s answered in plain HTTP, not TLS: is it the admin API (admin.listen, port 8000 by default)? "+
+			"--server takes meshca's xDS address (xds.listen, port 6565 by default), as printed by meshca node add", server)
+	}
+	return nil
+}
