@@ -264,7 +264,7 @@ func (s *Server) nodeJSON(n store.Node) api.Node {
 		ids = []string{}
 	}
 	return api.Node{
-		Name: n.Name, Kind: n.Kind, Identities: ids, State: n.State, Joined: n.TokenExpires.IsZero(),
+		Name: n.Name, Kind: n.Kind, Identities: ids, State: n.State, Joined: !n.JoinedAt.IsZero() || n.TokenExpires.IsZero(),
 		CreatedAt: n.CreatedAt, Connection: s.cfg.Connections.NodeConnection(n.Name),
 	}
 }

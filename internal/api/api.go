@@ -154,7 +154,7 @@ type Node struct {
 	Kind       string         `json:"kind"`
 	Identities []string       `json:"identities"`
 	State      string         `json:"state"`
-	Joined     bool           `json:"joined"` // its join token was redeemed
+	Joined     bool           `json:"joined"` // a join token was redeemed (a newer one may be pending)
 	CreatedAt  time.Time      `json:"created_at"`
 	Connection NodeConnection `json:"connection"`
 }

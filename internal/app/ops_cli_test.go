@@ -126,3 +126,32 @@ func TestTTLZeroRefused(t *testing.T) {
 		t.Errorf("without --ttl the default applies:\n%s", show)
 	}
 }
+
+// A new join token for a node that has joined leaves JOINED at yes: its
+// certificate still works.
+func TestNodeTokenKeepsJoined(t *testing.T) {
+	m := startMesh(t, nil)
+	m.addIdentity("web")
+	m.joined("n1", "web")
+	m.addNode("n2", "sidecar", "web")
+	m.mustCLI("node", "token", "n1")
+	joined := func() map[string]string {
+		rows := map[string]string{}
+		for _, line := range strings.Split(strings.TrimSpace(m.mustCLI("node", "list")), "\n")[1:] {
+			f := strings.Fields(line)
+			rows[f[0]] = f[3]
+		}
+		return rows
+	}
+	if got := joined(); got["n1"] != "yes" || got["n2"] != "no" {
+		t.Fatalf("JOINED after node token: n1 %q, n2 %q (want yes, no)", got["n1"], got["n2"])
+	}
+	// Bootstrapping again with the new token keeps it joined.
+	tok := m.mustCLI("node", "token", "n1")
+	if !strings.Contains(tok, "meshca bootstrap --server") {
+		t.Fatalf("node token printed:\n%s", tok)
+	}
+	if got := joined(); got["n1"] != "yes" {
+		t.Fatalf("JOINED after a second token: %q", got["n1"])
+	}
+}

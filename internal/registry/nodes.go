@@ -175,6 +175,9 @@ func (r *Registry) NewJoinToken(ctx context.Context, name, actor string) (JoinTo
 	}
 	expires := r.cfg.Clock.Now().UTC().Add(r.cfg.JoinTokenTTL)
 	err = r.updateNode(ctx, name, func(tx *store.Tx, n *store.Node) (store.Event, error) {
+		if n.JoinedAt.IsZero() && n.TokenExpires.IsZero() { // joined before JoinedAt was recorded
+			n.JoinedAt = n.UpdatedAt
+		}
 		n.TokenHash, n.TokenExpires = hash, expires
 		return store.Event{Action: ActionNodeToken, Actor: actor, Node: name, Detail: "token_expires=" + expires.Format(time.RFC3339)}, nil
 	})
@@ -331,6 +334,9 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		}
 		cur.TokenHash, cur.TokenExpires = nil, time.Time{}
 		cur.UpdatedAt = r.cfg.Clock.Now().UTC()
+		if cur.JoinedAt.IsZero() {
+			cur.JoinedAt = cur.UpdatedAt
+		}
 		if err := tx.PutNode(cur); err != nil {
 			return err
 		}

@@ -102,9 +102,12 @@ type Node struct {
 	Identities   []string  `json:"identities,omitempty"`
 	TokenHash    []byte    `json:"token_hash,omitempty"`
 	TokenExpires time.Time `json:"token_expires,omitempty"`
-	State        string    `json:"state"`
-	CreatedAt    time.Time `json:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
+	// JoinedAt is when the node first redeemed a join token; a new token
+	// (to bootstrap again) leaves it set.
+	JoinedAt  time.Time `json:"joined_at,omitempty"`
+	State     string    `json:"state"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // Revocation records a revoked certificate serial.
