@@ -155,3 +155,12 @@ func TestNodeTokenKeepsJoined(t *testing.T) {
 		t.Fatalf("JOINED after a second token: %q", got["n1"])
 	}
 }
+
+// node add with a bad name says the node name is wrong.
+func TestNodeAddBadNameSaysNode(t *testing.T) {
+	m := startMesh(t, nil)
+	_, stderr, err := m.cli("node", "add", "a b")
+	if err == nil || !strings.Contains(stderr, `invalid node name "a b"`) || strings.Contains(stderr, "identity name") {
+		t.Fatalf("node add 'a b': err %v, stderr %q", err, stderr)
+	}
+}
