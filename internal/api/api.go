@@ -209,6 +209,9 @@ type MeshPlan struct {
 	Version uint64                  `json:"version,omitempty"`
 	DryRun  bool                    `json:"dry_run,omitempty"`
 	Changes map[string][]MeshChange `json:"changes"`
+	// Unchanged: the document is already the mesh in use (Version); no
+	// version was stored.
+	Unchanged bool `json:"unchanged,omitempty"`
 }
 
 // MeshChange is one resource added, removed or changed for a node.
