@@ -189,6 +189,9 @@ type RevokeRequest struct {
 type Revoked struct {
 	Serials []string `json:"serials"` // certificates put on the CRL
 	Nodes   int      `json:"nodes"`   // nodes the change was pushed to
+	// Warnings name the nodes whose listeners or clusters presented the
+	// revoked identity and now have no certificate for them.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ApplyMeshRequest is the body of POST /v1/mesh.

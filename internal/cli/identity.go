@@ -252,9 +252,17 @@ func revokeCmd(g *globals, node bool) *cobra.Command {
 			for _, s := range res.Serials {
 				fmt.Fprintf(cmd.OutOrStdout(), "  %s\n", s)
 			}
+			for _, w := range res.Warnings {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
+			}
+			if len(res.Warnings) > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: those listeners have no certificate now: assign the node another identity "+
+					"(meshca node assign) and apply a mesh that uses it (meshca mesh apply)\n")
+			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the audit log)")
+	cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the audit log); when it starts with an RFC 5280 reason (key-compromise, ca-compromise, "+
+		"affiliation-changed, superseded, cessation-of-operation, privilege-withdrawn), the CRL entries carry that reason code")
 	return cmd
 }
