@@ -164,3 +164,47 @@ func TestNodeAddBadNameSaysNode(t *testing.T) {
 		t.Fatalf("node add 'a b': err %v, stderr %q", err, stderr)
 	}
 }
+
+// Shell completion (cobra's __complete, what the scripts from meshca
+// completion call) offers the identity and node names the server knows.
+func TestCompletionOffersNames(t *testing.T) {
+	m := startMesh(t, nil)
+	for _, id := range []string{"web", "worker", "api"} {
+		m.addIdentity(id)
+	}
+	m.addNode("edge-1", "front-proxy", "web")
+	m.addNode("east-2", "sidecar", "api")
+	complete := func(args ...string) []string {
+		out := m.mustCLI(append([]string{"__complete"}, args...)...)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		return lines[:len(lines)-1] // the last line is the directive
+	}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"identity", "show", "w"}, "web worker"},
+		{[]string{"identity", "revoke", ""}, "api web worker"},
+		{[]string{"cert", "issue", "a"}, "api"},
+		{[]string{"node", "show", "e"}, "east-2 edge-1"},
+		{[]string{"node", "token", "ed"}, "edge-1"},
+		{[]string{"node", "assign", "edge-1", "--identity", "wo"}, "worker"},
+		{[]string{"node", "add", "n", "--identity", ""}, "api web worker"},
+		{[]string{"identity", "show", "web", ""}, ""},
+	}
+	for _, tt := range tests {
+		if got := strings.Join(complete(tt.args...), " "); got != tt.want {
+			t.Errorf("complete %q: %q, want %q", tt.args, got, tt.want)
+		}
+	}
+}
+
+// -o json of a list is a JSON list even when empty.
+func TestJSONListsNeverEmpty(t *testing.T) {
+	m := startMesh(t, nil)
+	for _, args := range [][]string{{"logs", "-o", "json"}, {"identity", "list", "-o", "json"}, {"node", "list", "-o", "json"}, {"logs", "--node", "nobody", "-o", "json"}} {
+		if out := strings.TrimSpace(m.mustCLI(args...)); out != "[]" {
+			t.Errorf("meshca %s printed %q, want []", strings.Join(args, " "), out)
+		}
+	}
+}
