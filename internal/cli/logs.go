@@ -24,7 +24,7 @@ func logsCmd(g *globals) *cobra.Command {
 		Long: "Show the access logs proxies sent to meshca (access_log: true in the mesh file turns\n" +
 			"them on). With -o json: a JSON array ([] when there is none); with --follow, one JSON\n" +
 			"object per line as entries arrive.",
-		Args:  exactArgs(0, ""),
+		Args: exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			asJSON, err := g.json()
 			if err != nil {
