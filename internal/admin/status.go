@@ -76,7 +76,32 @@ type caCertView struct {
 type caView struct {
 	Issuer   caCertView
 	Roots    []caCertView
-	Rotation *api.CARotation
+	Rotation *rotationView
+}
+
+// rotationView is a CA rotation as the page words it: each time once.
+type rotationView struct {
+	Kind, Phase string
+	Started     time.Time
+	// PhaseSince is zero when the phase began with the rotation.
+	PhaseSince time.Time
+	WaitingFor string
+	// Retire is when the previous CA retires; HasRetire is false when
+	// unknown or when WaitingFor already gives it.
+	Retire    deadline
+	HasRetire bool
+}
+
+func newRotationView(rot *api.CARotation) *rotationView {
+	v := &rotationView{Kind: rot.Kind, Phase: rot.Phase, Started: rot.StartedAt, WaitingFor: rot.WaitingFor}
+	if !rot.PhaseSince.Equal(rot.StartedAt) {
+		v.PhaseSince = rot.PhaseSince
+	}
+	if rot.RetireAfter != nil && !rot.RetireAfter.IsZero() &&
+		!strings.Contains(rot.WaitingFor, rot.RetireAfter.UTC().Format(time.RFC3339)) {
+		v.Retire, v.HasRetire = deadline{At: *rot.RetireAfter, Past: "due"}, true
+	}
+	return v
 }
 
 type identityRow struct {
@@ -138,11 +163,12 @@ func (s *Server) statusView(ctx context.Context) (statusView, error) {
 		view.CA.Roots = append(view.CA.Roots, caCertRow(caCertJSON(root)))
 	}
 	if rot := s.cfg.Authority.RotationStatus(); rot != nil {
-		view.CA.Rotation = &api.CARotation{Kind: rot.Kind, Phase: rot.Phase, StartedAt: rot.StartedAt, PhaseSince: rot.PhaseSince, WaitingFor: rot.WaitingFor}
+		r := &api.CARotation{Kind: rot.Kind, Phase: rot.Phase, StartedAt: rot.StartedAt, PhaseSince: rot.PhaseSince, WaitingFor: rot.WaitingFor}
 		if !rot.RetireAfter.IsZero() {
 			t := rot.RetireAfter
-			view.CA.Rotation.RetireAfter = &t
+			r.RetireAfter = &t
 		}
+		view.CA.Rotation = newRotationView(r)
 	}
 
 	ids, err := s.cfg.Identities.Identities(ctx)
