@@ -309,3 +309,30 @@ func (c Config) ServerIPs() []net.IP {
 	}
 	return out
 }
+
+// AdvertisedXDS is the xDS address nodes are told to use (by node add and
+// node token), given the address the xDS listener is bound to. A listener
+// on one address is advertised as it is; on every address (0.0.0.0 or ::)
+// the host becomes the first xds.dns_names entry other than localhost, else
+// the first xds.ip_sans address that is not loopback, else 127.0.0.1, so
+// that the advertised host is one meshca's certificate covers.
+func (c Config) AdvertisedXDS(bound string) string {
+	host, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return bound
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+		return bound
+	}
+	for _, n := range c.XDS.DNSNames {
+		if n != "localhost" {
+			return net.JoinHostPort(n, port)
+		}
+	}
+	for _, a := range c.XDS.IPSANs {
+		if ip := net.ParseIP(a); ip != nil && !ip.IsLoopback() {
+			return net.JoinHostPort(a, port)
+		}
+	}
+	return net.JoinHostPort("127.0.0.1", port)
+}

@@ -59,3 +59,27 @@ func TestServerIPSANs(t *testing.T) {
 		})
 	}
 }
+
+// Nodes are told an address the certificate covers, also when meshca
+// listens on every address.
+func TestAdvertisedXDS(t *testing.T) {
+	tests := []struct {
+		name, yaml, bound, want string
+	}{
+		{"one address", "", "127.0.0.1:6565", "127.0.0.1:6565"},
+		{"every address, a DNS name", "xds: {dns_names: [localhost, meshca.internal]}", "0.0.0.0:6565", "meshca.internal:6565"},
+		{"every address, an IP", "xds: {ip_sans: [127.0.0.1, 10.0.0.5]}", "[::]:6565", "10.0.0.5:6565"},
+		{"every address, loopback only", "", "0.0.0.0:6565", "127.0.0.1:6565"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := config.Parse([]byte(tt.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.AdvertisedXDS(tt.bound); got != tt.want {
+				t.Fatalf("AdvertisedXDS(%s) = %s, want %s", tt.bound, got, tt.want)
+			}
+		})
+	}
+}
