@@ -233,9 +233,10 @@ func (s *Server) addIdentity(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		// A given TTL is checked as given: 0 must not fall back to the
-		// default, which is what an absent TTL means.
-		if ttl < ca.MinTTL || ttl > ca.MaxTTL {
-			s.fail(w, r, fmt.Errorf("%w: %s is out of range %s to %s (leave ttl out for the server's default)", ca.ErrTTL, ttl, ca.MinTTL, ca.MaxTTL))
+		// default, which is what an absent TTL means (the registry checks
+		// the other bounds and audits the refusal).
+		if ttl <= 0 {
+			s.fail(w, r, fmt.Errorf("%w: ttl %s is out of range %s to %s (leave ttl out for the server's default)", errInvalid, ttl, ca.MinTTL, ca.MaxTTL))
 			return
 		}
 	}
