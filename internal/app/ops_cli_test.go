@@ -5,6 +5,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -112,6 +114,13 @@ func TestTTLZeroRefused(t *testing.T) {
 		if err == nil || !strings.Contains(stderr, "out of range 5m0s to 720h0m0s") {
 			t.Errorf("meshca %s: err %v, stderr %q; want it refused as out of range", strings.Join(args, " "), err, stderr)
 		}
+	}
+	list := filepath.Join(t.TempDir(), "ids.txt")
+	if err := os.WriteFile(list, []byte("zero ttl=0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, err := m.cli("identity", "add", "--from", list); err == nil || !strings.Contains(stderr, "out of range") {
+		t.Errorf("identity add --from with ttl=0: err %v, stderr %q", err, stderr)
 	}
 	var e api.Error
 	m.admin("POST", api.PathIdentities, api.AddIdentityRequest{Name: "zero", TTL: "0s"}, &e, http.StatusBadRequest)
