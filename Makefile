@@ -27,7 +27,7 @@ deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
-## test: everything CI runs (format, vet, unit/integration/e2e tests, short benchmark and fuzz runs)
+## test: everything CI runs (format, go.mod tidiness, vet, unit/integration/e2e tests, short benchmark and fuzz runs)
 test: deps fmt-check tidy-check vet unit bench-smoke fuzz-smoke
 
 fmt-check:
