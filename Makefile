@@ -5,7 +5,7 @@ PKGS      := ./...
 FUZZTIME  ?= 5s
 SOAKFUZZ  ?= 2m
 
-.PHONY: all build run test deps vet fmt-check unit bench-smoke fuzz-smoke bench fuzz soak soak-tests clean
+.PHONY: all build run test deps vet fmt-check tidy-check unit bench-smoke fuzz-smoke bench fuzz soak soak-tests clean
 
 all: build
 
@@ -27,12 +27,16 @@ deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
-## test: everything CI runs (format, vet, unit/integration/e2e tests, short benchmark and fuzz runs)
-test: deps fmt-check vet unit bench-smoke fuzz-smoke
+## test: everything CI runs (format, go.mod tidiness, vet, unit/integration/e2e tests, short benchmark and fuzz runs)
+test: deps fmt-check tidy-check vet unit bench-smoke fuzz-smoke
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+# go.mod and go.sum must already be what `go mod tidy` would write.
+tidy-check:
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit the result"; exit 1; }
 
 vet:
 	$(GO) vet $(PKGS)

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -35,6 +36,8 @@ const (
 	MaxTTL          = 30 * 24 * time.Hour
 	DefaultTTL      = time.Hour
 	DefaultBackdate = time.Minute
+	// MaxIPAddresses bounds the IP SANs of one certificate.
+	MaxIPAddresses = 16
 )
 
 const (
@@ -103,6 +106,10 @@ type Request struct {
 	ID spiffeid.ID
 	// DNSNames are extra DNS SANs, checked with identity.DNSNames.
 	DNSNames []string
+	// IPAddresses are IP SANs, for a server that clients reach by address
+	// (meshca's own xDS server); at most MaxIPAddresses, none unspecified
+	// or multicast.
+	IPAddresses []net.IP
 	// TTL must be within [MinTTL, MaxTTL]. The certificate never outlives
 	// the issuer.
 	TTL time.Duration
@@ -288,6 +295,10 @@ func (c *CA) Issue(ctx context.Context, req Request) (*Issued, error) {
 	if req.TTL < MinTTL || req.TTL > MaxTTL {
 		return nil, fmt.Errorf("%w: %s is outside [%s, %s]", ErrTTL, req.TTL, MinTTL, MaxTTL)
 	}
+	ips, err := checkIPs(req.IPAddresses)
+	if err != nil {
+		return nil, err
+	}
 
 	var (
 		key    crypto.Signer
@@ -333,7 +344,7 @@ func (c *CA) Issue(ctx context.Context, req Request) (*Issued, error) {
 		profile = profileRSA
 	}
 	sr := signer.SignRequest{
-		Hosts:     append([]string{req.ID.String()}, dnsNames...),
+		Hosts:     append(append([]string{req.ID.String()}, dnsNames...), ips...),
 		Subject:   subject,
 		Profile:   profile,
 		Serial:    serial,
@@ -350,7 +361,7 @@ func (c *CA) Issue(ctx context.Context, req Request) (*Issued, error) {
 	// Defence in depth: what cfssl made of our hosts must be exactly them.
 	if len(cert.URIs) != 1 || cert.URIs[0].String() != req.ID.String() ||
 		!slices.Equal(cert.DNSNames, dnsNames) && len(cert.DNSNames)+len(dnsNames) > 0 ||
-		len(cert.IPAddresses) != 0 || len(cert.EmailAddresses) != 0 || cert.IsCA ||
+		!sameIPs(cert.IPAddresses, req.IPAddresses) || len(cert.EmailAddresses) != 0 || cert.IsCA ||
 		!publicKeysEqual(cert.PublicKey, pub) {
 		return nil, fmt.Errorf("%w: signed certificate does not match the request (serial %x); not released", ErrInvalidRequest, serial)
 	}
@@ -368,6 +379,31 @@ func (c *CA) Issue(ctx context.Context, req Request) (*Issued, error) {
 		slog.String(logKeySPIFFEID, req.ID.String()),
 		slog.Time(logKeyNotAfter, cert.NotAfter))
 	return is, nil
+}
+
+// checkIPs returns the IP SANs as the strings cfssl takes in Hosts. Each
+// must be a unicast or loopback address, listed once.
+func checkIPs(ips []net.IP) ([]string, error) {
+	if len(ips) > MaxIPAddresses {
+		return nil, fmt.Errorf("%w: %d IP addresses, the limit is %d", ErrInvalidRequest, len(ips), MaxIPAddresses)
+	}
+	out := make([]string, 0, len(ips))
+	for i, ip := range ips {
+		if len(ip) != net.IPv4len && len(ip) != net.IPv6len || ip.IsUnspecified() || ip.IsMulticast() {
+			return nil, fmt.Errorf("%w: IP address %q cannot be a SAN (use a unicast or loopback address)", ErrInvalidRequest, ip)
+		}
+		if slices.ContainsFunc(ips[:i], ip.Equal) {
+			return nil, fmt.Errorf("%w: IP address %s listed twice", ErrInvalidRequest, ip)
+		}
+		out = append(out, ip.String())
+	}
+	return out, nil
+}
+
+// sameIPs reports whether a certificate carries exactly the requested IP
+// SANs, in order.
+func sameIPs(got, want []net.IP) bool {
+	return slices.EqualFunc(got, want, net.IP.Equal)
 }
 
 // checkID accepts a non-zero SPIFFE ID with a path in the CA's trust domain.

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"strings"
 	"time"
 )
 
@@ -14,6 +15,41 @@ import (
 type Revoked struct {
 	Serial    string // lowercase hex, as in Issued.Serial
 	RevokedAt time.Time
+	// ReasonCode is the RFC 5280 CRLReason (ReasonCode gives it for an
+	// operator's text); 0, unspecified, leaves the extension out.
+	ReasonCode int
+}
+
+// RFC 5280 CRLReason values meshca can record (certificateHold is left
+// out: meshca never takes a revocation back).
+var reasonCodes = []struct {
+	name string // as RFC 5280 spells it, lowercase, without separators
+	code int
+}{
+	{"keycompromise", 1},
+	{"cacompromise", 2},
+	{"affiliationchanged", 3},
+	{"superseded", 4},
+	{"cessationofoperation", 5},
+	{"privilegewithdrawn", 9},
+}
+
+// ReasonCode reads the CRLReason in the first words of an operator's
+// free-text reason ("key compromise: laptop lost", "keyCompromise",
+// "superseded by web-2"), ignoring case and separators. Anything else is 0
+// (unspecified).
+func ReasonCode(text string) int {
+	words := strings.FieldsFunc(strings.ToLower(text), func(r rune) bool { return r < 'a' || r > 'z' })
+	for _, rc := range reasonCodes {
+		joined := ""
+		for _, w := range words[:min(len(words), 3)] {
+			joined += w
+			if joined == rc.name {
+				return rc.code
+			}
+		}
+	}
+	return 0
 }
 
 // CRL signs a CRL of the issuer over the revoked serials, built with
@@ -42,7 +78,7 @@ func SignCRL(issuer *x509.Certificate, key crypto.Signer, revoked []Revoked, num
 		if !ok || sn.Sign() <= 0 {
 			return nil, fmt.Errorf("%w: revoked serial %q is not hex", ErrInvalidRequest, clip(r.Serial))
 		}
-		entries = append(entries, x509.RevocationListEntry{SerialNumber: sn, RevocationTime: r.RevokedAt.UTC()})
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: sn, RevocationTime: r.RevokedAt.UTC(), ReasonCode: r.ReasonCode})
 	}
 	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
 		RevokedCertificateEntries: entries,

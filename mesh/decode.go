@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -20,6 +22,9 @@ const (
 	maxProblems    = 200
 	maxYAMLDepth   = 32
 	maxListEntries = 10000
+	// maxRefineSize bounds the files whose syntax errors are located by
+	// parsing prefixes (a few parses each).
+	maxRefineSize = 256 << 10
 )
 
 // Parse decodes and validates a mesh document for trust domain td. On any
@@ -83,7 +88,7 @@ func decode(data []byte) (*Mesh, []Problem) {
 		if errors.Is(err, io.EOF) {
 			return nil, []Problem{{Message: "the file is empty: a mesh needs at least a services key"}}
 		}
-		return nil, []Problem{{Message: "not valid YAML: " + err.Error()}}
+		return nil, []Problem{{Message: "not valid YAML: " + syntaxError(data, err)}}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
@@ -96,7 +101,20 @@ func decode(data []byte) (*Mesh, []Problem) {
 		root = root.Content[0]
 	}
 	d.value(root, reflect.ValueOf(m).Elem(), "", 0)
+	if root.Kind == yaml.MappingNode && !hasKey(root, "version") {
+		d.add("version", "missing: start the file with \"version: %d\" (the format version)", FormatVersion)
+	}
 	return m, d.problems
+}
+
+// hasKey reports whether a mapping node has key.
+func hasKey(n *yaml.Node, key string) bool {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Kind == yaml.ScalarNode && n.Content[i].Value == key {
+			return true
+		}
+	}
+	return false
 }
 
 type decoder struct {
@@ -236,3 +254,60 @@ func kindName(k reflect.Kind) string {
 
 // clip keeps hostile input from flooding an error message.
 func clip(s string) string { return text.Clip(s, 80) }
+
+var yamlErrorLine = regexp.MustCompile(`^yaml: line (\d+): (.+)$`)
+
+// syntaxError words a YAML syntax error with the line of the mistake.
+// yaml.v3 reports the line where the enclosing block starts (the parser's
+// context mark), which for a bad indentation can be far above the mistake.
+// The offending line is the last line of the shortest prefix of the file
+// that fails with the very same error: a prefix ending before it parses, or
+// fails otherwise. Failing with that error is monotonic past the mistake,
+// so a binary search finds it in a few parses.
+func syntaxError(data []byte, err error) string {
+	msg := err.Error()
+	m := yamlErrorLine.FindStringSubmatch(msg)
+	if m == nil {
+		return strings.TrimPrefix(msg, "yaml: ")
+	}
+	reported, _ := strconv.Atoi(m[1])
+	if len(data) > maxRefineSize {
+		return strings.TrimPrefix(msg, "yaml: ")
+	}
+	ends := lineEnds(data)
+	fails := func(k int) bool { // the first k lines fail with msg
+		var n yaml.Node
+		err := yaml.Unmarshal(data[:ends[k-1]], &n)
+		return err != nil && err.Error() == msg
+	}
+	lo, hi := max(reported, 1), len(ends)
+	if lo > hi || !fails(hi) {
+		return strings.TrimPrefix(msg, "yaml: ")
+	}
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if fails(mid) {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	if lo == reported {
+		return strings.TrimPrefix(msg, "yaml: ")
+	}
+	return fmt.Sprintf("line %d: %s (check the indentation of line %d; the block it belongs to starts on line %d)", lo, m[2], lo, reported)
+}
+
+// lineEnds returns the offset just past each line of data.
+func lineEnds(data []byte) []int {
+	var ends []int
+	for i, c := range data {
+		if c == '\n' {
+			ends = append(ends, i+1)
+		}
+	}
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		ends = append(ends, len(data))
+	}
+	return ends
+}

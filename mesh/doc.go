@@ -7,7 +7,9 @@
 //
 // A mesh file (all keys snake_case, unknown keys are errors):
 //
-//	version: 1
+//	version: 1                      # required: the format version (1 is the only one)
+//	access_log: true                # optional: every Envoy listener sends its access log
+//	                                # to meshca (meshca logs); default false; grpc nodes have none
 //	services:                       # clusters, named after the service
 //	- name: echo
 //	  identity: echo                # spiffe://<td>/echo, presented by its sidecar
@@ -37,6 +39,9 @@
 //	  outbound: [{service: billing, port: 9001}]   # 127.0.0.1:9001 -> billing
 //	grpc:                           # grpc nodes: xds:///<name>
 //	- {name: echo, route: web}
+//
+// Applying a file that is the mesh in use again stores no new version. A
+// YAML syntax error is reported at the line of the mistake.
 //
 // Resource names: listeners https_<port>, http_<port>, inbound_<port>,
 // outbound_<service>_<port> and, for grpc nodes, the gRPC name itself;

@@ -12,6 +12,7 @@ import (
 )
 
 const goodBase = `
+version: 1
 services:
   - name: echo-alpha
     identity: echo-alpha
@@ -110,6 +111,7 @@ func TestParseRefusesBadFiles(t *testing.T) {
 
 func TestParseReportsEveryProblem(t *testing.T) {
 	data := `
+version: 1
 services:
   - name: echo
     endpoints:
@@ -144,7 +146,7 @@ routes:
 	// Decoding problems (unknown keys, wrong types) are all reported too,
 	// with what validation finds in the rest (the misspelt name is missing),
 	// and a path that failed to decode is not reported twice.
-	_, err = mesh.Parse([]byte("services:\n  - nam: a\n    endpoints: 3\nroute: []\n"), td)
+	_, err = mesh.Parse([]byte("version: 1\nservices:\n  - nam: a\n    endpoints: 3\nroute: []\n"), td)
 	got = nil
 	if errors.As(err, &ve) {
 		for _, p := range ve.Problems {

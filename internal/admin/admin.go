@@ -248,6 +248,13 @@ func (s *Server) addIdentity(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, fmt.Errorf("%w: ttl %q is not a duration (for example 30m, 1h, 24h)", errInvalid, clip(req.TTL)))
 			return
 		}
+		// A given TTL is checked as given: 0 must not fall back to the
+		// default, which is what an absent TTL means (the registry checks
+		// the other bounds and audits the refusal).
+		if ttl <= 0 {
+			s.fail(w, r, fmt.Errorf("%w: ttl %s is out of range %s to %s (leave ttl out for the server's default)", errInvalid, ttl, ca.MinTTL, ca.MaxTTL))
+			return
+		}
 	}
 	st, err := s.cfg.Identities.AddIdentity(r.Context(), registry.AddIdentity{
 		Name: req.Name, DNSNames: req.DNSNames, TTL: ttl, Admin: req.Admin,
@@ -256,7 +263,7 @@ func (s *Server) addIdentity(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.reply(w, http.StatusCreated, identityJSON(st))
+	s.reply(w, http.StatusCreated, s.identityJSON(st))
 }
 
 func (s *Server) listIdentities(w http.ResponseWriter, r *http.Request) {
@@ -267,7 +274,7 @@ func (s *Server) listIdentities(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]api.Identity, 0, len(list))
 	for _, st := range list {
-		out = append(out, identityJSON(st))
+		out = append(out, s.identityJSON(st))
 	}
 	s.reply(w, http.StatusOK, out)
 }
@@ -278,7 +285,7 @@ func (s *Server) getIdentity(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.reply(w, http.StatusOK, identityJSON(st))
+	s.reply(w, http.StatusOK, s.identityJSON(st))
 }
 
 func (s *Server) getCert(w http.ResponseWriter, r *http.Request) {
@@ -529,7 +536,9 @@ func actor(r *http.Request) string {
 	return "local:" + host
 }
 
-func identityJSON(st registry.Status) api.Identity {
+// identityJSON describes an identity; its certificate carries the time the
+// renewal loop replaces it, unless the identity is revoked.
+func (s *Server) identityJSON(st registry.Status) api.Identity {
 	id := st.Identity
 	out := api.Identity{
 		Name: id.Name, SPIFFEID: id.SPIFFEID, DNSNames: id.DNSNames, TTL: id.TTL.String(),
@@ -537,6 +546,10 @@ func identityJSON(st registry.Status) api.Identity {
 	}
 	if st.Cert != nil {
 		c := certJSON(st)
+		if id.State != store.StateRevoked && st.CertState != "revoked" {
+			at := s.cfg.Renewal.RenewAt(st.Cert.NotBefore, st.Cert.NotAfter, st.Cert.Serial)
+			c.RenewAt = &at
+		}
 		out.Cert = &c
 	}
 	return out

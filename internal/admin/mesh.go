@@ -59,14 +59,14 @@ func (s *Server) meshPlan(w http.ResponseWriter, r *http.Request, plan registry.
 		s.fail(w, r, err)
 		return
 	}
-	out := api.MeshPlan{Version: plan.Version, DryRun: plan.DryRun, Changes: map[string][]api.MeshChange{}}
+	out := api.MeshPlan{Version: plan.Version, DryRun: plan.DryRun, Unchanged: plan.Unchanged, Changes: map[string][]api.MeshChange{}}
 	for node, chs := range plan.Changes {
 		for _, c := range chs {
 			out.Changes[node] = append(out.Changes[node], api.MeshChange{Type: c.Type, Name: c.Name, Op: c.Op})
 		}
 	}
 	status := http.StatusCreated
-	if plan.DryRun {
+	if plan.DryRun || plan.Unchanged {
 		status = http.StatusOK
 	}
 	s.reply(w, status, out)

@@ -36,6 +36,9 @@ type Revoker interface {
 	RevokeIdentity(ctx context.Context, name, reason, actor string) (registry.Revoked, error)
 	RevokeNode(ctx context.Context, name, reason, actor string) (registry.Revoked, error)
 	CRL() []byte
+	// MeshDependents lists the nodes whose configuration needs the
+	// identity, with the reason.
+	MeshDependents(ctx context.Context, name string) ([]string, error)
 }
 
 // Connections reports what the xDS server knows of a node.
@@ -62,8 +65,14 @@ func (s *Server) revokeIdentity(w http.ResponseWriter, r *http.Request) {
 	if !s.decode(w, r, &req) {
 		return
 	}
-	res, err := s.cfg.Revoker.RevokeIdentity(r.Context(), r.PathValue("name"), req.Reason, actor(r))
-	s.revoked(w, r, res, err)
+	name := r.PathValue("name")
+	// Read before the revocation, which must not wait on or fail for it.
+	deps, derr := s.cfg.Revoker.MeshDependents(r.Context(), name)
+	if derr != nil {
+		s.log.Error("cannot tell which nodes need a revoked identity", "identity", name, "err", derr)
+	}
+	res, err := s.cfg.Revoker.RevokeIdentity(r.Context(), name, req.Reason, actor(r))
+	s.revoked(w, r, res, deps, err)
 }
 
 func (s *Server) revokeNode(w http.ResponseWriter, r *http.Request) {
@@ -72,10 +81,12 @@ func (s *Server) revokeNode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := s.cfg.Revoker.RevokeNode(r.Context(), r.PathValue("name"), req.Reason, actor(r))
-	s.revoked(w, r, res, err)
+	s.revoked(w, r, res, nil, err)
 }
 
-func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Revoked, err error) {
+// revoked answers a revocation; warnings name what it leaves without a
+// certificate.
+func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Revoked, warnings []string, err error) {
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -84,7 +95,7 @@ func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Re
 	if serials == nil {
 		serials = []string{}
 	}
-	s.reply(w, http.StatusOK, api.Revoked{Serials: serials, Nodes: len(res.Nodes)})
+	s.reply(w, http.StatusOK, api.Revoked{Serials: serials, Nodes: len(res.Nodes), Warnings: warnings})
 }
 
 // getCRL serves the current CRL as PEM; with nothing revoked there is no
@@ -189,7 +200,7 @@ func (s *Server) reissue(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.reply(w, http.StatusOK, identityJSON(st))
+	s.reply(w, http.StatusOK, s.identityJSON(st))
 }
 
 // reissueAll re-keys every identity, streaming progress as JSON lines. The
@@ -266,7 +277,7 @@ func (s *Server) nodeJSON(n store.Node) api.Node {
 		ids = []string{}
 	}
 	return api.Node{
-		Name: n.Name, Kind: n.Kind, Identities: ids, State: n.State, Joined: n.TokenExpires.IsZero(),
+		Name: n.Name, Kind: n.Kind, Identities: ids, State: n.State, Joined: !n.JoinedAt.IsZero() || n.TokenExpires.IsZero(),
 		CreatedAt: n.CreatedAt, Connection: s.cfg.Connections.NodeConnection(n.Name),
 	}
 }

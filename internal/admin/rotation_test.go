@@ -36,7 +36,7 @@ func TestRotateEndpoint(t *testing.T) {
 		t.Fatalf("after rotate --root: %+v", c)
 	}
 	page := call(t, ts, "GET", "/", nil)
-	for _, want := range []string{"root rotation, phase <strong class=\"phase\">publishing</strong>", "leaves are re-issued after the switch", "nodes acknowledged 0 of 0"} {
+	for _, want := range []string{"root rotation started ", "phase <strong class=\"phase\">publishing</strong>", "leaves are re-issued after the switch", "nodes acknowledged 0 of 0"} {
 		if page.status != http.StatusOK || !strings.Contains(string(page.body), want) {
 			t.Fatalf("status page (%d) lacks %q", page.status, want)
 		}

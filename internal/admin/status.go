@@ -24,9 +24,10 @@ import (
 var pageFS embed.FS
 
 var statusTmpl = template.Must(template.New("status.html").Funcs(template.FuncMap{
-	"utc":     func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
-	"rfc3339": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-	"inc":     func(i int) int { return i + 1 },
+	"utc":      func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
+	"rfc3339":  func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"inc":      func(i int) int { return i + 1 },
+	"contains": strings.Contains,
 }).ParseFS(pageFS, "page/status.html"))
 
 var statusJS = func() []byte {
@@ -74,8 +75,11 @@ type caCertView struct {
 }
 
 type caView struct {
-	Issuer   caCertView
-	Roots    []caCertView
+	Issuer caCertView
+	Roots  []caCertView
+	// Rotation is worded by the page with each time once: the phase
+	// start only when it differs from the rotation's, the bound only
+	// when WaitingFor does not already give it.
 	Rotation *api.CARotation
 }
 
@@ -151,7 +155,7 @@ func (s *Server) statusView(ctx context.Context) (statusView, error) {
 			// The server's renewal policy is not in Config; the page shows
 			// the default one, which is what an unconfigured meshca uses.
 			row.Renewal = deadline{At: s.cfg.Renewal.RenewAt(cert.NotBefore, cert.NotAfter, cert.Serial), Past: "due"}
-			row.Renews = st.Identity.State != store.StateRevoked
+			row.Renews = st.Identity.State != store.StateRevoked && st.CertState != "revoked"
 		}
 		view.Identities = append(view.Identities, row)
 	}

@@ -83,7 +83,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	shot := filepath.Join(dir, "status-page.png")
-	chromium(t, bin, "--screenshot="+shot, "--window-size=1280,900", base+"/")
+	chromium(t, bin, "--screenshot="+shot, "--window-size=1280,800", base+"/")
 	fi, err := os.Stat(shot)
 	if err != nil {
 		t.Fatalf("no screenshot: %v", err)

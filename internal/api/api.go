@@ -52,8 +52,11 @@ type Cert struct {
 	IssuerSerial string    `json:"issuer_serial"`
 	NotBefore    time.Time `json:"not_before"`
 	NotAfter     time.Time `json:"not_after"`
-	State        string    `json:"state"` // valid, expired, not-yet-valid
-	ChainPEM     string    `json:"chain_pem,omitempty"`
+	State        string    `json:"state"` // valid, expired, not-yet-valid, revoked
+	// RenewAt is when meshca's renewal loop replaces the certificate; absent
+	// when it will not (a revoked identity).
+	RenewAt  *time.Time `json:"renew_at,omitempty"`
+	ChainPEM string     `json:"chain_pem,omitempty"`
 }
 
 // IssueCertRequest is the body of POST /v1/certs/{name}: a certificate for
@@ -187,7 +190,7 @@ type Node struct {
 	Kind       string         `json:"kind"`
 	Identities []string       `json:"identities"`
 	State      string         `json:"state"`
-	Joined     bool           `json:"joined"` // its join token was redeemed
+	Joined     bool           `json:"joined"` // a join token was redeemed (a newer one may be pending)
 	CreatedAt  time.Time      `json:"created_at"`
 	Connection NodeConnection `json:"connection"`
 }
@@ -222,6 +225,9 @@ type RevokeRequest struct {
 type Revoked struct {
 	Serials []string `json:"serials"` // certificates put on the CRL
 	Nodes   int      `json:"nodes"`   // nodes the change was pushed to
+	// Warnings name the nodes whose listeners or clusters presented the
+	// revoked identity and now have no certificate for them.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ApplyMeshRequest is the body of POST /v1/mesh.
@@ -242,6 +248,9 @@ type MeshPlan struct {
 	Version uint64                  `json:"version,omitempty"`
 	DryRun  bool                    `json:"dry_run,omitempty"`
 	Changes map[string][]MeshChange `json:"changes"`
+	// Unchanged: the document is already the mesh in use (Version); no
+	// version was stored.
+	Unchanged bool `json:"unchanged,omitempty"`
 }
 
 // MeshChange is one resource added, removed or changed for a node.

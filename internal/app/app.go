@@ -162,10 +162,11 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return st.Close()
 	}
 	// One server certificate (spiffe://<td>/meshca) for xDS and the mTLS
-	// admin API.
-	serverCert, err := reg.ServerCert(union(cfg.XDS.DNSNames, cfg.Admin.DNSNames), serverCertTTL)
+	// admin API. It names the hosts and addresses nodes are told to dial,
+	// which proxyless gRPC nodes verify.
+	serverCert, err := reg.ServerCert(union(cfg.XDS.DNSNames, cfg.Admin.DNSNames), serverCertTTL, cfg.ServerIPs()...)
 	if err != nil {
-		return nil, fmt.Errorf("xds.dns_names / admin.dns_names: %w", err)
+		return nil, fmt.Errorf("xds.dns_names / admin.dns_names / xds.ip_sans: %w", err)
 	}
 	xdsSrv, err := xds.New(xds.Config{
 		TrustDomain: td, Source: newXDSSource(reg, td), Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg}, Audit: reg,
@@ -205,7 +206,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 
 	adm, err := admin.New(admin.Config{
 		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv},
-		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: xdsLn.Addr().String(), Logger: logger,
+		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: cfg.AdvertisedXDS(xdsLn.Addr().String()), Logger: logger,
 		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Denials: reg, Logs: tel, Renewal: policy,
 		Clock: o.clock,
 	})

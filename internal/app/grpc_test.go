@@ -45,7 +45,7 @@ func startEcho(t *testing.T, name string) int {
 
 func echoMesh(ports map[string][]int, weightA, weightB int) string {
 	var b strings.Builder
-	b.WriteString("services:\n")
+	b.WriteString("version: 1\nservices:\n")
 	for _, svc := range []string{"echo-a", "echo-b"} {
 		fmt.Fprintf(&b, "  - name: %s\n    protocol: http2\n    endpoints:\n", svc)
 		for _, p := range ports[svc] {

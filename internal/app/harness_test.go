@@ -48,6 +48,11 @@ func (m *mesh) restart() *mesh {
 	return startMeshIn(m.t, m.clock, m.dir)
 }
 
+// startMeshWith is startMeshIn with edit applied to the configuration.
+func startMeshWith(t *testing.T, clk clock.Clock, dir string, edit func(*config.Config)) *mesh {
+	return startMeshIn(t, clk, dir, edit)
+}
+
 // startMeshIn starts meshca on dir; tweaks change its configuration.
 func startMeshIn(t *testing.T, clk clock.Clock, dir string, tweaks ...func(*config.Config)) *mesh {
 	t.Helper()

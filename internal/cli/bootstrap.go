@@ -135,6 +135,9 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 	var resp nodeapi.JoinResponse
 	req := nodeapi.JoinRequest{Node: o.node, Token: o.token, CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}
 	if err := conn.Invoke(ctx, nodeapi.FullJoinMethod, &req, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+		if hint := joinHint(o.server, err); hint != nil {
+			return hint
+		}
 		if st, ok := status.FromError(err); ok {
 			return fmt.Errorf("meshca at %s refused the join: %s", o.server, st.Message())
 		}
@@ -142,6 +145,9 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 	}
 	if err := trust.checkJoined(resp, o.node, key.Public()); err != nil {
 		return fmt.Errorf("the join answer does not check out, nothing written: %w", err)
+	}
+	if err := checkServerName(ctx, o.server, o.node, resp.Kind, resp.BundlePEM); err != nil {
+		return err
 	}
 
 	p := bootstrap.Params{Node: o.node, Cluster: o.node, TrustDomain: resp.TrustDomain, Server: o.server, Dir: dir, AdminPort: o.adminPort}

@@ -98,6 +98,7 @@ func New(cfg Config) *cobra.Command {
 		bootstrapCmd(g),
 		versionCmd(),
 	)
+	addCompletions(root, g)
 	return root
 }
 

@@ -100,10 +100,10 @@ func verifyServer(roots *x509.CertPool) func([][]byte, [][]*x509.Certificate) er
 			inter.AddCert(c)
 		}
 		if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-			return fmt.Errorf("admin API certificate does not verify against the trust bundle: %w", err)
+			return &untrustedServerError{fmt.Errorf("its certificate does not verify against the trust bundle: %w", err)}
 		}
 		if len(certs[0].URIs) != 1 || certs[0].URIs[0].Scheme != "spiffe" || certs[0].URIs[0].Path != "/"+ServerName {
-			return fmt.Errorf("admin API certificate is not meshca's (want SPIFFE ID spiffe://<trust-domain>/%s)", ServerName)
+			return &untrustedServerError{fmt.Errorf("its certificate is not meshca's (want SPIFFE ID spiffe://<trust-domain>/%s)", ServerName)}
 		}
 		return nil
 	}
@@ -215,10 +215,34 @@ func (c *client) send(ctx context.Context, h *http.Client, method, path string, 
 		}
 		return nil, errors.New(e.Error)
 	}
+	if bytes.Contains(data, []byte("HTTP request to an HTTPS server")) {
+		return nil, fmt.Errorf("the admin API at %s requires mTLS: pass --tls-cert, --tls-key and --tls-ca (an admin identity's certificate and the trust bundle)", c.base)
+	}
 	return nil, fmt.Errorf("admin API at %s answered %s", c.base, resp.Status)
 }
 
+// untrustedServerError is a failed check of the admin API's certificate.
+type untrustedServerError struct{ why error }
+
+func (e *untrustedServerError) Error() string { return e.why.Error() }
+func (e *untrustedServerError) Unwrap() error { return e.why }
+
 func (c *client) unreachable(err error) error {
+	msg := err.Error()
+	var untrusted *untrustedServerError
+	switch {
+	case errors.As(err, &untrusted):
+		return fmt.Errorf("the server at %s is not the meshca that --tls-ca trusts: %w", c.base, untrusted)
+	case strings.Contains(msg, "remote error: tls:"):
+		// The handshake reached meshca, which refused the client
+		// certificate (it sends a TLS alert, not an HTTP answer).
+		return fmt.Errorf("the admin API at %s refused this client certificate (%s): it must be the current certificate of an active identity "+
+			"added with --admin-access (meshca cert issue NAME --out DIR writes one); 'meshca audit list' on the server shows the refusal as admin.auth",
+			c.base, msg[strings.Index(msg, "remote error: tls:"):])
+	case strings.Contains(msg, "server gave HTTP response to HTTPS client"), strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return fmt.Errorf("the admin API at %s answers plain HTTP, not TLS: it is the loopback listener (admin.listen); "+
+			"leave out --tls-cert, --tls-key and --tls-ca there, or point --admin at the address of admin.mtls_listen", c.base)
+	}
 	why := "no answer"
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):

@@ -44,7 +44,7 @@ func identityAddCmd(g *globals) *cobra.Command {
 				return addFromFile(cmd, g, from)
 			}
 			req := api.AddIdentityRequest{Name: args[0], DNSNames: dns, Admin: admin}
-			if ttl != 0 {
+			if cmd.Flags().Changed("ttl") {
 				req.TTL = ttl.String()
 			}
 			var id api.Identity
@@ -136,6 +136,11 @@ func writeIdentity(w interface{ Write([]byte) (int, error) }, id api.Identity) e
 		fmt.Fprintf(tw, "not before:\t%s\n", id.Cert.NotBefore.UTC().Format(time.RFC3339))
 		fmt.Fprintf(tw, "not after:\t%s\n", id.Cert.NotAfter.UTC().Format(time.RFC3339))
 		fmt.Fprintf(tw, "certificate:\t%s\n", id.Cert.State)
+		if id.Cert.RenewAt != nil {
+			fmt.Fprintf(tw, "next renewal:\t%s\n", id.Cert.RenewAt.UTC().Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(tw, "next renewal:\tnone (not renewed)\n")
+		}
 	}
 	return tw.Flush()
 }
@@ -253,9 +258,17 @@ func revokeCmd(g *globals, node bool) *cobra.Command {
 			for _, s := range res.Serials {
 				fmt.Fprintf(cmd.OutOrStdout(), "  %s\n", s)
 			}
+			for _, w := range res.Warnings {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
+			}
+			if len(res.Warnings) > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: those listeners have no certificate now: assign the node another identity "+
+					"(meshca node assign) and apply a mesh that uses it (meshca mesh apply)\n")
+			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the audit log)")
+	cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the audit log); when it starts with an RFC 5280 reason (key-compromise, ca-compromise, "+
+		"affiliation-changed, superseded, cessation-of-operation, privilege-withdrawn), the CRL entries carry that reason code")
 	return cmd
 }

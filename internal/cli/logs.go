@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -20,7 +21,10 @@ func logsCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "logs [--node N] [--follow]",
 		Short: "Show the access logs proxies sent to meshca (the mesh file turns them on)",
-		Args:  exactArgs(0, ""),
+		Long: "Show the access logs proxies sent to meshca (access_log: true in the mesh file turns\n" +
+			"them on). With -o json: a JSON array ([] when there is none); with --follow, one JSON\n" +
+			"object per line as entries arrive.",
+		Args: exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			asJSON, err := g.json()
 			if err != nil {
@@ -31,6 +35,9 @@ func logsCmd(g *globals) *cobra.Command {
 				return err
 			}
 			last := map[string]uint64{} // node -> last seq shown
+			// -o json: one JSON array ([] when there is nothing), or with
+			// --follow one compact object per line as entries arrive.
+			shown := []api.LogEntry{}
 			for {
 				q := url.Values{"limit": {strconv.Itoa(limit)}}
 				if node != "" {
@@ -46,8 +53,12 @@ func logsCmd(g *globals) *cobra.Command {
 						continue
 					}
 					last[e.Node] = e.Seq
+					if asJSON && !follow {
+						shown = append(shown, e)
+						continue
+					}
 					if asJSON {
-						if err := writeJSON(cmd.OutOrStdout(), e); err != nil {
+						if err := json.NewEncoder(cmd.OutOrStdout()).Encode(e); err != nil {
 							return err
 						}
 						continue
@@ -56,6 +67,9 @@ func logsCmd(g *globals) *cobra.Command {
 						dash(esc(e.Method)), esc(e.Authority), esc(e.Path), e.Status, dash(esc(e.Duration)), dash(esc(e.Upstream)), dash(esc(e.Peer)))
 				}
 				if !follow {
+					if asJSON {
+						return writeJSON(cmd.OutOrStdout(), shown)
+					}
 					return nil
 				}
 				select {

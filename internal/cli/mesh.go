@@ -62,9 +62,13 @@ func meshApplyCmd(g *globals) *cobra.Command {
 				return writeJSON(cmd.OutOrStdout(), plan)
 			}
 			w := cmd.OutOrStdout()
-			if plan.DryRun {
+			switch {
+			case plan.DryRun:
 				fmt.Fprintln(w, "dry run: nothing was stored or pushed")
-			} else {
+			case plan.Unchanged:
+				fmt.Fprintf(w, "unchanged: this is mesh version %d, the one in use; nothing was stored or pushed\n", plan.Version)
+				return nil
+			default:
 				fmt.Fprintf(w, "applied mesh version %d\n", plan.Version)
 			}
 			if len(plan.Changes) == 0 {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,7 +50,11 @@ type Admin struct {
 type XDS struct {
 	Listen string `yaml:"listen"`
 	// DNSNames are put on meshca's server certificate next to its SPIFFE ID.
+	// Proxyless gRPC nodes check the host of their --server against them.
 	DNSNames []string `yaml:"dns_names"`
+	// IPSANs are IP addresses put on that certificate, for nodes that reach
+	// meshca by address. The listen address, when it is one IP, is added.
+	IPSANs []string `yaml:"ip_sans"`
 	// JoinTokenTTL is how long a node's one-time join token is valid.
 	JoinTokenTTL Duration `yaml:"join_token_ttl"`
 	// NodeCertTTL is the lifetime of node certificates.
@@ -120,7 +125,11 @@ func Default() Config {
 		TrustDomain: "mesh.local",
 		Admin:       Admin{Listen: "127.0.0.1:8000"},
 		XDS: XDS{
-			Listen:       "127.0.0.1:6565",
+			Listen: "127.0.0.1:6565",
+			// Loopback, by name and address: what node add prints on a
+			// default server.
+			DNSNames:     []string{"localhost"},
+			IPSANs:       []string{"127.0.0.1", "::1"},
 			JoinTokenTTL: Duration(time.Hour),
 			NodeCertTTL:  Duration(24 * time.Hour),
 		},
@@ -217,6 +226,18 @@ func (c Config) Validate() error {
 			bad(key, "%q is not host:port (for example 127.0.0.1:8000)", addr)
 		}
 	}
+	for key, names := range map[string][]string{"xds.dns_names": c.XDS.DNSNames, "admin.dns_names": c.Admin.DNSNames} {
+		for _, n := range names {
+			if net.ParseIP(n) != nil {
+				bad(key, "%q is an IP address, not a DNS name: list it under xds.ip_sans", n)
+			}
+		}
+	}
+	for _, a := range c.XDS.IPSANs {
+		if ip := net.ParseIP(a); ip == nil || ip.IsUnspecified() || ip.IsMulticast() {
+			bad("xds.ip_sans", "%q is not a unicast IP address (for example 127.0.0.1 or 10.0.0.5)", a)
+		}
+	}
 	if c.Admin.MTLSListen != "" {
 		if _, _, err := net.SplitHostPort(c.Admin.MTLSListen); err != nil {
 			bad("admin.mtls_listen", "%q is not host:port (for example 0.0.0.0:8001)", c.Admin.MTLSListen)
@@ -268,4 +289,50 @@ func (c Config) Validate() error {
 		return nil
 	}
 	return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+}
+
+// ServerIPs returns the IP SANs of meshca's server certificate: xds.ip_sans,
+// then the host of xds.listen when it is a single address (not 0.0.0.0 or
+// ::), each once. Call it on a validated Config.
+func (c Config) ServerIPs() []net.IP {
+	var out []net.IP
+	add := func(ip net.IP) {
+		if ip != nil && !ip.IsUnspecified() && !slices.ContainsFunc(out, ip.Equal) {
+			out = append(out, ip)
+		}
+	}
+	for _, a := range c.XDS.IPSANs {
+		add(net.ParseIP(a))
+	}
+	if host, _, err := net.SplitHostPort(c.XDS.Listen); err == nil {
+		add(net.ParseIP(host))
+	}
+	return out
+}
+
+// AdvertisedXDS is the xDS address nodes are told to use (by node add and
+// node token), given the address the xDS listener is bound to. A listener
+// on one address is advertised as it is; on every address (0.0.0.0 or ::)
+// the host becomes the first xds.dns_names entry other than localhost, else
+// the first xds.ip_sans address that is not loopback, else 127.0.0.1, so
+// that the advertised host is one meshca's certificate covers.
+func (c Config) AdvertisedXDS(bound string) string {
+	host, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return bound
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+		return bound
+	}
+	for _, n := range c.XDS.DNSNames {
+		if n != "localhost" {
+			return net.JoinHostPort(n, port)
+		}
+	}
+	for _, a := range c.XDS.IPSANs {
+		if ip := net.ParseIP(a); ip != nil && !ip.IsLoopback() {
+			return net.JoinHostPort(a, port)
+		}
+	}
+	return net.JoinHostPort("127.0.0.1", port)
 }

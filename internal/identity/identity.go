@@ -30,7 +30,16 @@ var (
 	ErrInvalidName        = errors.New("invalid identity name")
 	ErrForeignTrustDomain = errors.New("SPIFFE ID belongs to another trust domain")
 	ErrInvalidDNSName     = errors.New("invalid DNS name")
+	// ErrInvalidNodeName: a node name that cannot be used. errors.Is(err,
+	// ErrInvalidName) holds for it too: a node name is the last segment of
+	// the node's SPIFFE ID.
+	ErrInvalidNodeName error = nodeNameError{}
 )
+
+type nodeNameError struct{}
+
+func (nodeNameError) Error() string        { return "invalid node name" }
+func (nodeNameError) Is(target error) bool { return target == ErrInvalidName }
 
 // TrustDomain parses and checks a trust domain name such as "mesh.local".
 func TrustDomain(name string) (spiffeid.TrustDomain, error) {
@@ -56,7 +65,7 @@ func TrustDomain(name string) (spiffeid.TrustDomain, error) {
 // digits, '.', '-' and '_' separated by '/'. It must not look like a node
 // identity (node/...), which meshca reserves for itself.
 func ID(td spiffeid.TrustDomain, name string) (spiffeid.ID, error) {
-	if err := checkName(name); err != nil {
+	if err := checkName(ErrInvalidName, name); err != nil {
 		return spiffeid.ID{}, err
 	}
 	if name == "node" || strings.HasPrefix(name, "node/") {
@@ -65,7 +74,7 @@ func ID(td spiffeid.TrustDomain, name string) (spiffeid.ID, error) {
 	if name == ServerName {
 		return spiffeid.ID{}, fmt.Errorf("%w %q: reserved for meshca's own server certificate", ErrInvalidName, name)
 	}
-	return pathID(td, name)
+	return pathID(ErrInvalidName, td, name, name)
 }
 
 // ServerName is the identity of meshca's own servers (xDS and a remote
@@ -74,40 +83,49 @@ const ServerName = "meshca"
 
 // ServerID returns spiffe://<td>/meshca.
 func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
-	id, _ := pathID(td, ServerName) // a constant, valid path
+	id, _ := pathID(ErrInvalidName, td, ServerName, ServerName) // a constant, valid path
 	return id
 }
 
 // NodeID returns spiffe://<td>/node/<node> for a node name.
+// Its errors speak of the node name (ErrInvalidNodeName).
 func NodeID(td spiffeid.TrustDomain, node string) (spiffeid.ID, error) {
-	if err := checkName(node); err != nil {
+	if err := checkName(ErrInvalidNodeName, node); err != nil {
 		return spiffeid.ID{}, err
 	}
 	if strings.Contains(node, "/") {
-		return spiffeid.ID{}, fmt.Errorf("%w %q: node names are a single segment", ErrInvalidName, node)
+		return spiffeid.ID{}, fmt.Errorf("%w %q: node names are a single segment (no '/')", ErrInvalidNodeName, clip(node))
 	}
-	return pathID(td, "node/"+node)
+	return pathID(ErrInvalidNodeName, td, "node/"+node, node)
 }
 
-func checkName(name string) error {
+// checkName checks what every name must be; kind is the sentinel of the
+// errors (identity or node name).
+func checkName(kind error, name string) error {
 	switch {
 	case name == "":
-		return fmt.Errorf("%w: empty", ErrInvalidName)
+		return fmt.Errorf("%w: empty", kind)
 	case len(name) > MaxNameLength:
-		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrInvalidName, len(name), MaxNameLength)
+		return fmt.Errorf("%w: %d bytes, the limit is %d", kind, len(name), MaxNameLength)
 	case strings.HasPrefix(name, "spiffe://"):
-		return fmt.Errorf("%w: give the name without spiffe://<trust-domain>/", ErrInvalidName)
+		return fmt.Errorf("%w: give the name without spiffe://<trust-domain>/", kind)
 	}
 	return nil
 }
 
-func pathID(td spiffeid.TrustDomain, name string) (spiffeid.ID, error) {
-	id, err := spiffeid.FromPath(td, "/"+name)
+// pathID makes spiffe://<td>/<path>; errors name shown, the name as the
+// caller gave it.
+func pathID(kind error, td spiffeid.TrustDomain, path, shown string) (spiffeid.ID, error) {
+	id, err := spiffeid.FromPath(td, "/"+path)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w %q: %v (use letters, digits, '.', '-', '_' and '/' between segments)", ErrInvalidName, name, err)
+		chars := "letters, digits, '.', '-', '_' and '/' between segments"
+		if kind == ErrInvalidNodeName {
+			chars = "letters, digits, '.', '-' and '_'"
+		}
+		return spiffeid.ID{}, fmt.Errorf("%w %q: %v (use %s)", kind, clip(shown), err, chars)
 	}
 	if len(id.String()) > MaxIDLength {
-		return spiffeid.ID{}, fmt.Errorf("%w: SPIFFE ID longer than %d bytes", ErrInvalidName, MaxIDLength)
+		return spiffeid.ID{}, fmt.Errorf("%w: SPIFFE ID longer than %d bytes", kind, MaxIDLength)
 	}
 	return id, nil
 }

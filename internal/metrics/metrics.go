@@ -98,12 +98,27 @@ func New(state State, now func() time.Time, tel *telemetry.Store) *Metrics {
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_xds_nacks_total",
 			Help: "Configurations rejected by proxies, by resource type."}, []string{"type"}),
 		lastNACK: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshca_xds_last_nack_info",
-			Help: "The last NACK message per resource type (value 1)."}, []string{"type", "message"}),
+			Help: "The last NACK message per resource type (value 1); value 0 with an empty message before any."}, []string{"type", "message"}),
+	}
+	// The node metrics exist from the start, at zero, so that alerts and
+	// dashboards can be written before the first node connects.
+	for _, t := range xdsTypes {
+		m.push.WithLabelValues(t)
+		m.nacks.WithLabelValues(t)
+		m.lastNACK.WithLabelValues(t, "").Set(0)
+		m.nackMsgs[t] = ""
 	}
 	m.reg.MustRegister(m.audit, m.issued, m.renewed, m.revoked, m.failed, m.lint, m.denials, m.refusals, m.commit, m.push, m.nacks, m.lastNACK,
 		&gauges{m: m}, &proxyStats{tel: tel}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
+
+// xdsTypes are the resource types meshca serves, as the type label names
+// them; nodeKinds the node kinds.
+var (
+	xdsTypes  = []string{"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment", "Secret"}
+	nodeKinds = []string{"sidecar", "front-proxy", "grpc"}
+)
 
 // Handler serves the metrics in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
@@ -263,8 +278,14 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 	if age, ok := g.m.state.CRLAge(); ok {
 		ch <- prometheus.MustNewConstMetric(descCRLAge, prometheus.GaugeValue, age.Seconds())
 	}
-	for kind, n := range g.m.state.ConnectedNodes() {
-		ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(n), kind)
+	connected := g.m.state.ConnectedNodes()
+	for _, kind := range nodeKinds {
+		ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(connected[kind]), kind)
+	}
+	for kind, n := range connected {
+		if !slices.Contains(nodeKinds, kind) {
+			ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(n), kind)
+		}
 	}
 	for event, n := range g.m.state.XDSEvents() {
 		ch <- prometheus.MustNewConstMetric(descXDSEvents, prometheus.CounterValue, float64(n), event)

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -125,11 +126,13 @@ func (r *Registry) authorizeAdmin(ctx context.Context, leaf *x509.Certificate) (
 }
 
 // ServerCert hands out meshca's own TLS server certificate
-// (spiffe://<td>/meshca plus DNS names), issuing a new one when the current
-// one has passed half its lifetime. Each issuance is recorded and audited.
+// (spiffe://<td>/meshca plus DNS names and IP addresses), issuing a new one
+// when the current one has passed half its lifetime. Each issuance is
+// recorded and audited.
 type ServerCert struct {
 	r   *Registry
 	dns []string
+	ips []net.IP
 	ttl time.Duration
 
 	mu   sync.Mutex
@@ -138,15 +141,24 @@ type ServerCert struct {
 }
 
 // ServerCert returns a source of server certificates with the given DNS
-// SANs and lifetime.
-func (r *Registry) ServerCert(dns []string, ttl time.Duration) (*ServerCert, error) {
+// SANs, lifetime and IP SANs. Clients that verify host names (grpc-go) need
+// the name or address they dial on the certificate.
+func (r *Registry) ServerCert(dns []string, ttl time.Duration, ips ...net.IP) (*ServerCert, error) {
 	if _, err := identity.DNSNames(dns); err != nil {
 		return nil, err
 	}
 	if ttl < ca.MinTTL || ttl > ca.MaxTTL {
 		return nil, fmt.Errorf("%w: %s", ca.ErrTTL, ttl)
 	}
-	return &ServerCert{r: r, dns: dns, ttl: ttl}, nil
+	if len(ips) > ca.MaxIPAddresses {
+		return nil, fmt.Errorf("%w: %d IP addresses, the limit is %d", ErrInvalid, len(ips), ca.MaxIPAddresses)
+	}
+	for _, ip := range ips {
+		if ip.To16() == nil || ip.IsUnspecified() || ip.IsMulticast() {
+			return nil, fmt.Errorf("%w: IP address %q cannot be on a server certificate", ErrInvalid, ip)
+		}
+	}
+	return &ServerCert{r: r, dns: dns, ips: ips, ttl: ttl}, nil
 }
 
 // Get returns a valid server certificate, renewing it at half its lifetime.
@@ -159,7 +171,7 @@ func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		s.leaf.CheckSignatureFrom(s.r.serverCA().Issuer()) == nil {
 		return s.cert, nil
 	}
-	issued, err := s.r.issueServer(context.Background(), s.dns, s.ttl)
+	issued, err := s.r.issueServer(context.Background(), s.dns, s.ips, s.ttl)
 	if err != nil {
 		if s.cert != nil && now.Before(s.leaf.NotAfter) {
 			s.r.log.Error("server certificate renewal failed; serving the current one", "not_after", s.leaf.NotAfter, "err", err)
@@ -179,9 +191,9 @@ func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return s.cert, nil
 }
 
-func (r *Registry) issueServer(ctx context.Context, dns []string, ttl time.Duration) (*ca.Issued, error) {
+func (r *Registry) issueServer(ctx context.Context, dns []string, ips []net.IP, ttl time.Duration) (*ca.Issued, error) {
 	issuer := r.serverCA()
-	issued, err := issuer.Issue(ctx, ca.Request{ID: identity.ServerID(r.cfg.TrustDomain), DNSNames: dns, TTL: ttl})
+	issued, err := issuer.Issue(ctx, ca.Request{ID: identity.ServerID(r.cfg.TrustDomain), DNSNames: dns, IPAddresses: ips, TTL: ttl})
 	if err != nil {
 		r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: "meshca", Identity: identity.ServerName, Outcome: store.OutcomeFailed, Detail: err.Error()})
 		return nil, fmt.Errorf("issue server certificate: %w", err)

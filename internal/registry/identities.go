@@ -23,7 +23,8 @@ type AddIdentity struct {
 type Status struct {
 	Identity store.Identity
 	Cert     *store.Cert // nil when the identity holds no certificate
-	// CertState is valid, expired or not-yet-valid at the registry's clock.
+	// CertState is revoked, or else valid, expired or not-yet-valid at the
+	// registry's clock.
 	CertState string
 }
 
@@ -121,7 +122,7 @@ func (r *Registry) Identity(ctx context.Context, name string) (Status, error) {
 			}
 			cert = &c
 		}
-		st = r.status(id, cert)
+		st = r.statusAt(id, cert, certRevoked(tx, id, cert))
 		return nil
 	})
 	if errors.Is(err, store.ErrNotFound) {
@@ -147,18 +148,39 @@ func (r *Registry) Identities(ctx context.Context) ([]Status, error) {
 				}
 				cert = &c
 			}
-			out = append(out, r.status(id, cert))
+			out = append(out, r.statusAt(id, cert, certRevoked(tx, id, cert)))
 		}
 		return nil
 	})
 	return out, err
 }
 
+// certRevoked reports whether cert may no longer be trusted: its identity
+// is revoked, or the certificate itself is on the CRL.
+func certRevoked(tx *store.Tx, id store.Identity, cert *store.Cert) bool {
+	if cert == nil {
+		return false
+	}
+	if id.State == store.StateRevoked {
+		return true
+	}
+	_, err := tx.Revocation(cert.Serial)
+	return err == nil
+}
+
+// status is statusAt for a certificate known not to be on the CRL unless
+// its identity is revoked.
 func (r *Registry) status(id store.Identity, cert *store.Cert) Status {
+	return r.statusAt(id, cert, cert != nil && id.State == store.StateRevoked)
+}
+
+func (r *Registry) statusAt(id store.Identity, cert *store.Cert, revoked bool) Status {
 	st := Status{Identity: id, Cert: cert}
 	if cert != nil {
 		now := r.cfg.Clock.Now()
 		switch {
+		case revoked:
+			st.CertState = "revoked"
 		case now.Before(cert.NotBefore):
 			st.CertState = "not-yet-valid"
 		case !now.Before(cert.NotAfter):

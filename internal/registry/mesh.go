@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +19,9 @@ type MeshPlan struct {
 	Version uint64                   // the stored version; 0 in a dry run
 	Changes map[string][]mesh.Change // by node
 	DryRun  bool
+	// Unchanged: the document is the mesh in use (Version); nothing was
+	// stored or pushed.
+	Unchanged bool
 }
 
 // Mesh returns the mesh in use, nil before the first apply.
@@ -75,6 +79,13 @@ func (r *Registry) applyMesh(ctx context.Context, doc []byte, dryRun bool, actor
 		return MeshPlan{}, err
 	}
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		// The same mesh again is not a new version.
+		if cur, err := tx.LatestMesh(); err == nil && bytes.Equal(cur.Document, canonical) {
+			plan.Version, plan.Unchanged = cur.Version, true
+			return nil
+		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
 		v, err := tx.AppendMesh(canonical, actor)
 		if err != nil {
 			return err
@@ -86,6 +97,10 @@ func (r *Registry) applyMesh(ctx context.Context, doc []byte, dryRun bool, actor
 	})
 	if err != nil {
 		return MeshPlan{}, fmt.Errorf("store mesh: %w", err)
+	}
+	if plan.Unchanged {
+		r.log.Info("mesh unchanged", "version", plan.Version, "actor", actor)
+		return plan, nil
 	}
 	r.mesh.Store(m)
 	r.log.Info("mesh applied", "version", plan.Version, "nodes_changed", len(plan.Changes), "actor", actor)

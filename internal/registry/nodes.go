@@ -181,6 +181,9 @@ func (r *Registry) NewJoinToken(ctx context.Context, name, actor string) (JoinTo
 		if n.State != store.StateActive {
 			return store.Event{}, fmt.Errorf("node %q was revoked and can never join again: register the machine under a new name (meshca node add NEW-NAME): %w", name, ErrDenied)
 		}
+		if n.JoinedAt.IsZero() && n.TokenExpires.IsZero() { // joined before JoinedAt was recorded
+			n.JoinedAt = n.UpdatedAt
+		}
 		n.TokenHash, n.TokenExpires = hash, expires
 		return store.Event{Action: ActionNodeToken, Actor: actor, Node: name, Detail: "token_expires=" + expires.Format(time.RFC3339)}, nil
 	})
@@ -380,6 +383,9 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		cur.TokenHash, cur.TokenExpires = nil, time.Time{}
 		cur.CertSerial, cur.NextSerial = cert.Serial, ""
 		cur.UpdatedAt = now
+		if cur.JoinedAt.IsZero() {
+			cur.JoinedAt = now
+		}
 		if err := tx.PutNode(cur); err != nil {
 			return err
 		}

@@ -169,7 +169,7 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 				return err
 			}
 			if n.State == store.StateRevoked {
-				return fmt.Errorf("node %q is already revoked: %w", name, ErrExists)
+				return conflict(fmt.Sprintf("node %q is already revoked; nothing to do", name))
 			}
 			n.State, n.UpdatedAt, n.TokenHash = store.StateRevoked, now, nil
 			if err := tx.PutNode(n); err != nil {
@@ -199,7 +199,7 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 				return err
 			}
 			if id.State == store.StateRevoked {
-				return fmt.Errorf("identity %q is already revoked: %w", name, ErrExists)
+				return conflict(fmt.Sprintf("identity %q is already revoked; nothing to do (its certificates are on the CRL)", name))
 			}
 			id.State, id.UpdatedAt = store.StateRevoked, now
 			if err := tx.PutIdentity(id); err != nil {
@@ -300,7 +300,7 @@ func (r *Registry) buildCRL(tx *store.Tx, now time.Time) (*crlState, error) {
 		if _, ok := byIssuer[rv.IssuerSerial]; !ok {
 			issuers = append(issuers, rv.IssuerSerial)
 		}
-		byIssuer[rv.IssuerSerial] = append(byIssuer[rv.IssuerSerial], ca.Revoked{Serial: rv.Serial, RevokedAt: rv.RevokedAt})
+		byIssuer[rv.IssuerSerial] = append(byIssuer[rv.IssuerSerial], ca.Revoked{Serial: rv.Serial, RevokedAt: rv.RevokedAt, ReasonCode: ca.ReasonCode(rv.Reason)})
 	}
 	if len(issuers) == 0 {
 		return &crlState{thisUpdate: now}, nil

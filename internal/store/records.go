@@ -112,9 +112,12 @@ type Node struct {
 	Identities   []string  `json:"identities,omitempty"`
 	TokenHash    []byte    `json:"token_hash,omitempty"`
 	TokenExpires time.Time `json:"token_expires,omitempty"`
-	State        string    `json:"state"`
-	CreatedAt    time.Time `json:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
+	// JoinedAt is when the node first redeemed a join token; a new token
+	// (to bootstrap again) leaves it set.
+	JoinedAt  time.Time `json:"joined_at,omitempty"`
+	State     string    `json:"state"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 	// CertSerial is the node certificate in use: the one issued at the last
 	// join, or a renewed one after its first use. NextSerial is a renewed
 	// certificate not used yet. Any other node certificate is refused (and
