@@ -62,10 +62,19 @@ type App struct {
 // Option changes how Start builds meshca; for tests.
 type Option func(*options)
 
-type options struct{ clock clock.Clock }
+type options struct {
+	clock     clock.Clock
+	xdsLimits []func(*xds.Limits)
+}
 
 // WithClock makes every part read time from c.
 func WithClock(c clock.Clock) Option { return func(o *options) { o.clock = c } }
+
+// WithXDSLimits lets edit change the xDS server's limits after they are
+// taken from the configuration (tests shrink timeouts with it).
+func WithXDSLimits(edit func(*xds.Limits)) Option {
+	return func(o *options) { o.xdsLimits = append(o.xdsLimits, edit) }
+}
 
 // Wait serves until ctx is done or a part fails, then closes the store.
 func (a *App) Wait(ctx context.Context) error {
@@ -156,12 +165,16 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, fmt.Errorf("xds.dns_names / admin.dns_names: %w", err)
 	}
+	limits := xdsLimits(cfg.XDS, logger)
+	for _, edit := range o.xdsLimits {
+		edit(&limits)
+	}
 	xdsSrv, err := xds.New(xds.Config{
 		TrustDomain: td, Source: newXDSSource(reg, td), Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
 		Roots: func() []*x509.Certificate { return reg.CA().Roots() }, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
-		Telemetry: tel,
+		Telemetry: tel, Limits: limits,
 	})
 	if err != nil {
 		return nil, err
@@ -242,6 +255,40 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	logger.Info("meshca started", attrs...)
 	app.runs = runs
 	return app, nil
+}
+
+// fdReserve is how many descriptors the xDS port leaves to the rest of
+// meshca: the admin listeners and their clients, the store, log files.
+const fdReserve = 256
+
+// xdsLimits raises the descriptor limit, reports it, and fits the xDS
+// connection limit under it.
+func xdsLimits(c config.XDS, logger *slog.Logger) xds.Limits {
+	soft, hard, err := raiseFileLimit()
+	if err != nil {
+		logger.Warn("descriptor limit not raised", "err", err)
+	}
+	n := connectionBudget(c.MaxConnections, soft)
+	logger.Info("descriptor limit", "soft", soft, "hard", hard, "xds_max_connections", n)
+	if n < c.MaxConnections {
+		logger.Warn("xds.max_connections lowered to fit the descriptor limit; raise the limit (ulimit -n, LimitNOFILE=) to allow more",
+			"configured", c.MaxConnections, "in_force", n, "descriptor_limit", soft)
+	}
+	return xds.Limits{
+		MaxConnections: n, MaxUnauthenticated: c.MaxUnauthenticatedConnections,
+		MaxUnauthenticatedPerAddress: c.MaxUnauthenticatedPerAddress, IdleTimeout: c.IdleTimeout.D(),
+	}
+}
+
+// connectionBudget is the xDS connection limit that leaves fdReserve
+// descriptors (or half of them, under a small limit) for the rest;
+// fdLimit 0 means unknown.
+func connectionBudget(configured int, fdLimit uint64) int {
+	if fdLimit == 0 || fdLimit > 1<<30 {
+		return configured
+	}
+	avail := max(int(fdLimit)-fdReserve, int(fdLimit)/2)
+	return max(1, min(configured, avail))
 }
 
 // kekPresent refuses to start on an existing store whose key-encryption key
