@@ -50,13 +50,22 @@ func (m *mesh) restart() *mesh {
 
 func startMeshIn(t *testing.T, clk clock.Clock, dir string) *mesh {
 	t.Helper()
+	return startMeshWith(t, clk, dir, nil)
+}
+
+// startMeshWith starts meshca with edit applied to its configuration and
+// with opts.
+func startMeshWith(t *testing.T, clk clock.Clock, dir string, edit func(*config.Config), opts ...app.Option) *mesh {
+	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = dir
 	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.XDS.Listen = "127.0.0.1:0"
 	cfg.XDS.DNSNames = []string{"localhost"} // grpc-go checks the host name of the xDS server
+	if edit != nil {
+		edit(&cfg)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	opts := []app.Option{}
 	if clk != nil {
 		opts = append(opts, app.WithClock(clk))
 	} else {
