@@ -226,6 +226,7 @@ func (m *mesh) join(node, token string) (*tls.Certificate, error) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	conn := m.dial(nil)
+	defer conn.Close() // a joining node holds no connection afterwards
 	var resp nodeapi.JoinResponse
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
