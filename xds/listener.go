@@ -61,6 +61,7 @@ func (g *gate) run() error {
 			return err
 		}
 		backoff = 0
+		setUserTimeout(raw, keepaliveTimeout)
 		t := &trackedConn{Conn: raw, set: &g.s.conns, lim: g.s.lim, addr: addressKey(raw.RemoteAddr())}
 		victim, ok := g.s.lim.admit(t)
 		if victim != nil {
