@@ -178,7 +178,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.StaticStreamWindowSize(joinWindow),
 		grpc.StaticConnWindowSize(joinWindow),
 		grpc.ReadBufferSize(readBufferSize),
-		grpc.WriteBufferSize(readBufferSize),
+		grpc.WriteBufferSize(readBufferSize), // a join answer is a few KiB
 		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time: keepaliveTime, Timeout: keepaliveTimeout,
@@ -281,5 +281,3 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-// Limits returns the limits in force (the configured ones with defaults).
-func (s *Server) Limits() Limits { return s.limits }
