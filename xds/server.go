@@ -280,4 +280,3 @@ func (s *Server) Stats() Stats {
 		OpenUnauthenticated:         unauth,
 	}
 }
-
