@@ -602,11 +602,23 @@ func TestAttackXDSConnectionFlood(t *testing.T) {
 	over0, evict0 := counter("connections_over_address_limit"), counter("connections_evicted")
 	one, served1, refused1 := flood("127.0.0.20", 30)
 	over1, evict1 := counter("connections_over_address_limit"), counter("connections_evicted")
-	t.Logf("one address, 30 idle HTTP/2 connections: served %d, closed before a word %d (over the address limit %d, evicted %d); limit per address %d",
-		served1, refused1, over1-over0, evict1-evict0, perAddr)
-	if served1 > perAddr || served1+refused1 != 30 || over1-over0+evict1-evict0 < 30-served1 {
-		t.Errorf("one address: served %d, refused %d, counted %d over the limit and %d evicted; want at most %d served, the rest closed and counted",
-			served1, refused1, over1-over0, evict1-evict0, perAddr)
+	// A served connection closed meanwhile (evicted: 30 handshakes at once
+	// exceed the 24 without a certificate; or idle) frees its address's
+	// slot for another, so the limit holds for those open at once.
+	servedOpen := 0
+	for _, a := range one {
+		if a == nil {
+			continue
+		}
+		if closed, spoke := a.closedByServer(); spoke && !closed {
+			servedOpen++
+		}
+	}
+	t.Logf("one address, 30 idle HTTP/2 connections: served %d (%d still open), closed before any HTTP/2 frame %d (over the address limit %d, evicted %d); limit per address %d",
+		served1, servedOpen, refused1, over1-over0, evict1-evict0, perAddr)
+	if servedOpen > perAddr || served1+refused1 != 30 || over1-over0 < 1 || over1-over0+evict1-evict0 < 30-served1 {
+		t.Errorf("one address: served %d (%d open), refused %d, counted %d over the limit and %d evicted; want at most %d open, the rest closed and counted",
+			served1, servedOpen, refused1, over1-over0, evict1-evict0, perAddr)
 	}
 
 	// Several addresses, with TCP-only and TLS-only connections mixed in,
