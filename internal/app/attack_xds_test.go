@@ -4,12 +4,21 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -795,4 +804,175 @@ func TestAttackDeltaSecretsEmptyTypeURL(t *testing.T) {
 			t.Errorf("%s: got %v, resources %v; want exactly the secret", c.name, err, names)
 		}
 	}
+}
+
+// stallConn passes the first budget bytes written, then blocks writes
+// until release is closed: a client that stops in the middle of a message.
+type stallConn struct {
+	net.Conn
+	budget  int
+	release <-chan struct{}
+}
+
+func (s *stallConn) Write(p []byte) (int, error) {
+	if len(p) <= s.budget {
+		s.budget -= len(p)
+		return s.Conn.Write(p)
+	}
+	n, err := s.Conn.Write(p[:s.budget])
+	s.budget = 0
+	if err != nil {
+		return n, err
+	}
+	<-s.release
+	return n, net.ErrClosed
+}
+
+// TestAttackXDSStalledCertificate: clients send a client certificate
+// message of about 240 KiB (crypto/tls accepts up to 256 KiB) and stall
+// before its end, from 136 connections at once. The handshakes in progress
+// count against the limit for peers without a certificate, so what they
+// hold stays under 64 MiB in all and 1 MiB per connection. The clients run
+// in a child process (this test binary, see TestMain), so that the heap
+// measured here is the server's alone.
+func TestAttackXDSStalledCertificate(t *testing.T) {
+	// A long handshake timeout, so that the stalled handshakes are still
+	// held when measured however slowly the attacker starts.
+	m := startMeshWith(t, nil, filepath.Join(t.TempDir(), "data"), nil,
+		app.WithXDSLimits(func(l *xds.Limits) { l.HandshakeTimeout = time.Minute }))
+	base := heapAfterGC()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), stalledCertEnv+"="+m.app.XDS)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = testLog{t}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close() // the child exits when its stdin closes
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("attacker process: %v", err)
+		}
+	}()
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Scan()
+		line <- sc.Text()
+		for sc.Scan() {
+		}
+	}()
+	var report string
+	select {
+	case report = <-line:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the attacker process did not report within 60s")
+	}
+	descs := xdsDescriptors(t, portOf(t, m.app.XDS))
+	growth := int64(heapAfterGC()) - int64(base)
+	perConn := float64(growth) / float64(max(descs, 1))
+	t.Logf("stalled certificate messages (%s): xDS descriptors held %d; server heap growth after GC %.1f MiB (%.0f KiB per held connection)",
+		report, descs, float64(growth)/(1<<20), perConn/1024)
+	if growth > 64<<20 {
+		t.Errorf("heap grew %d MiB, want <= 64 MiB", growth>>20)
+	}
+	if descs > xds.DefaultMaxUnauthenticated+1 {
+		t.Errorf("%d handshakes held, limit %d", descs, xds.DefaultMaxUnauthenticated)
+	}
+	if descs < xds.DefaultMaxUnauthenticated/2 || perConn > 1<<20 {
+		t.Errorf("%d handshakes held, %.0f KiB each: want at least %d held (or the test did not load the server) and <= 1 MiB each",
+			descs, perConn/1024, xds.DefaultMaxUnauthenticated/2)
+	}
+	m.admin("GET", "/healthz", nil, nil, http.StatusOK)
+}
+
+// stalledCertEnv names the xDS address the child process of
+// TestAttackXDSStalledCertificate attacks.
+const stalledCertEnv = "MESHCA_TEST_STALLED_CERT_ATTACK"
+
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(stalledCertEnv); addr != "" {
+		os.Exit(stalledCertClients(addr))
+	}
+	os.Exit(m.Run())
+}
+
+// stalledCertClients opens 136 connections from 8 addresses, each of
+// which sends 200 KiB of a 240 KiB client certificate message and stalls;
+// it prints one line when all have stalled (or failed), then waits for
+// its stdin to close.
+func stalledCertClients(addr string) int {
+	const conns, addrs = 136, 8
+	// A self-signed certificate padded with a 60 KiB extension, four times.
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1}, Value: make([]byte, 60<<10)}}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	padded := tls.Certificate{Certificate: [][]byte{der, der, der, der}, PrivateKey: key}
+	release := make(chan struct{})
+	var stalled sync.WaitGroup
+	var dialed, early atomic.Int64
+	for i := range conns {
+		stalled.Add(1)
+		go func() {
+			d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.0.%d", 40+i%addrs))}}
+			raw, err := d.Dial("tcp", addr)
+			if err != nil {
+				early.Add(1)
+				stalled.Done()
+				return
+			}
+			defer raw.Close()
+			dialed.Add(1)
+			sc := &signalConn{stallConn: &stallConn{Conn: raw, budget: 200 << 10, release: release}, stalled: &stalled, early: &early}
+			c := tls.Client(sc, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}, Certificates: []tls.Certificate{padded}})
+			_ = c.Handshake()
+		}()
+	}
+	stalled.Wait()
+	fmt.Printf("%d connections from %d addresses, each stalled after 200 KiB of a %d KiB certificate message; %d closed by the server before that\n",
+		dialed.Load(), addrs, 4*len(der)>>10, early.Load())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	close(release)
+	return 0
+}
+
+// signalConn marks stalled done the first time a write blocks, or when
+// the connection fails before that (counted in early).
+type signalConn struct {
+	*stallConn
+	stalled *sync.WaitGroup
+	early   *atomic.Int64
+	once    sync.Once
+}
+
+func (s *signalConn) Write(p []byte) (int, error) {
+	if len(p) > s.budget {
+		s.once.Do(s.stalled.Done)
+	}
+	n, err := s.stallConn.Write(p)
+	if err != nil {
+		s.fail()
+	}
+	return n, err
+}
+
+func (s *signalConn) Read(p []byte) (int, error) {
+	n, err := s.stallConn.Read(p)
+	if err != nil {
+		s.fail()
+	}
+	return n, err
+}
+
+func (s *signalConn) fail() {
+	s.once.Do(func() {
+		s.early.Add(1)
+		s.stalled.Done()
+	})
 }
