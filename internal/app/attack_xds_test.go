@@ -417,66 +417,13 @@ func TestAttackXDSSlowBody(t *testing.T) {
 		}
 	}
 
-	// The slow-body attack, announcing just under the join server's
-	// message limit: the most a stream can make it hold.
-	const addrs, perAddr, streams = 10, 16, 100
-	announce := uint32(64<<10 - 16)
-	body := append(grpcPrefix(announce), make([]byte, announce-1)...) // all but the last byte
+	// The slow-body attack, from a child process so that the heap
+	// measured here is the server's alone.
 	base := heapAfterGC()
-	var (
-		wg                        sync.WaitGroup
-		attackers                 = make([]*h2attacker, addrs*perAddr)
-		holding                   = make([]int, addrs*perAddr)
-		refusedStreams, dialFails atomic.Int64
-	)
-	for i := range attackers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a, err := dialH2(ctx, m.app.XDS, fmt.Sprintf("127.0.0.%d", 10+i/perAddr))
-			if err != nil {
-				dialFails.Add(1)
-				return
-			}
-			attackers[i] = a
-			if a.start() != nil {
-				return
-			}
-			var ids []uint32
-			for range streams {
-				id, err := a.open(nodeapi.FullJoinMethod)
-				if err != nil {
-					return
-				}
-				ids = append(ids, id)
-			}
-			// Streams over the server's limit are refused at once; send
-			// the body on the others.
-			a.waitFor(5*time.Second, func() bool {
-				return a.err != nil || a.settings && len(a.ended) >= streams-int(a.maxStreams)
-			})
-			for _, id := range ids {
-				if a.endedAs(id) != "" {
-					refusedStreams.Add(1)
-					continue
-				}
-				if a.send(id, body, 5*time.Second) == len(body) {
-					holding[i]++
-				}
-			}
-		}()
-	}
-	wg.Wait()
-
-	held, heldStreams := 0, 0
-	for i, a := range attackers {
-		if a == nil {
-			continue
-		}
-		if closed, _ := a.closedByServer(); !closed && holding[i] > 0 {
-			held++
-			heldStreams += holding[i]
-		}
+	report := runAttacker(t, attackSlowBody, m.app.XDS)
+	var held, heldStreams, refusedStreams, dialFails int
+	if _, err := fmt.Sscanf(report, "held %d streams %d refused %d dialfail %d", &held, &heldStreams, &refusedStreams, &dialFails); err != nil {
+		t.Fatalf("attacker report %q: %v", report, err)
 	}
 	growth := int64(heapAfterGC()) - int64(base)
 	descs := xdsDescriptors(t, portOf(t, m.app.XDS))
@@ -491,8 +438,8 @@ func TestAttackXDSSlowBody(t *testing.T) {
 	perConn := float64(growth) / float64(max(held, 1))
 	t.Logf("slow body: %d connections from %d addresses x %d Join streams, each announcing %d bytes and sending all but the last; "+
 		"held by the server: %d connections (%d evicted to make room, %d dial failures), %d streams holding a body, %d refused by the stream limit; "+
-		"xDS descriptors %d; heap growth after GC %.1f MiB (%.0f KiB per held connection, client side included)",
-		addrs*perAddr, addrs, streams, announce, held, int(evicted), dialFails.Load(), heldStreams, refusedStreams.Load(),
+		"xDS descriptors %d; server heap growth after GC %.1f MiB (%.0f KiB per held connection)",
+		slowConns, slowAddrs, slowStreams, slowAnnounce, held, int(evicted), dialFails, heldStreams, refusedStreams,
 		descs, float64(growth)/(1<<20), perConn/1024)
 	t.Logf("while the attack held: node n1 20 FetchSecrets p50 %s max %s, failures %d; node n2 joined and fetched, failures %d",
 		pct(lat, 50).Round(time.Microsecond), pct(lat, 100).Round(time.Microsecond), fails, fails2)
@@ -511,10 +458,146 @@ func TestAttackXDSSlowBody(t *testing.T) {
 	if fails > 0 || fails2 > 0 {
 		t.Errorf("nodes were not served during the attack: %d + %d failures", fails, fails2)
 	}
-	for _, a := range attackers {
-		if a != nil {
-			a.Close()
+}
+
+// The slow-body attack of TestAttackXDSSlowBody: announcing just under the
+// join server's message limit, the most a stream can make it hold.
+const (
+	slowAddrs, slowConns, slowStreams = 10, 160, 100
+	slowAnnounce                      = 64<<10 - 16
+)
+
+// slowBodyClients runs the slow-body attack against addr and reports what
+// the server holds as "held N streams N refused N dialfail N".
+func slowBodyClients(addr string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	body := append(grpcPrefix(slowAnnounce), make([]byte, slowAnnounce-1)...) // all but the last byte
+	var (
+		wg                        sync.WaitGroup
+		attackers                 = make([]*h2attacker, slowConns)
+		holding                   = make([]int, slowConns)
+		refusedStreams, dialFails atomic.Int64
+	)
+	for i := range attackers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := dialH2(ctx, addr, fmt.Sprintf("127.0.0.%d", 10+i%slowAddrs))
+			if err != nil {
+				dialFails.Add(1)
+				return
+			}
+			attackers[i] = a
+			if a.start() != nil {
+				return
+			}
+			var ids []uint32
+			for range slowStreams {
+				id, err := a.open(nodeapi.FullJoinMethod)
+				if err != nil {
+					return
+				}
+				ids = append(ids, id)
+			}
+			// Streams over the server's limit are refused at once; send
+			// the body on the others.
+			a.waitFor(5*time.Second, func() bool {
+				return a.err != nil || a.settings && len(a.ended) >= slowStreams-int(a.maxStreams)
+			})
+			for _, id := range ids {
+				if a.endedAs(id) != "" {
+					refusedStreams.Add(1)
+					continue
+				}
+				if a.send(id, body, 5*time.Second) == len(body) {
+					holding[i]++
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	held, heldStreams := 0, 0
+	for i, a := range attackers {
+		if a == nil {
+			continue
 		}
+		if closed, _ := a.closedByServer(); !closed && holding[i] > 0 {
+			held++
+			heldStreams += holding[i]
+		}
+	}
+	return fmt.Sprintf("held %d streams %d refused %d dialfail %d", held, heldStreams, refusedStreams.Load(), dialFails.Load())
+}
+
+// Attacks run in a child process (this test binary, see TestMain), so that
+// the heap a test measures is the server's alone.
+const (
+	attackEnv        = "MESHCA_TEST_ATTACK"
+	attackAddrEnv    = "MESHCA_TEST_ATTACK_ADDR"
+	attackSlowBody   = "slow-body"
+	attackStalledTLS = "stalled-certificate"
+)
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(attackEnv); mode != "" {
+		var report string
+		switch mode {
+		case attackSlowBody:
+			report = slowBodyClients(os.Getenv(attackAddrEnv))
+		case attackStalledTLS:
+			report = stalledCertClients(os.Getenv(attackAddrEnv))
+		default:
+			fmt.Fprintf(os.Stderr, "unknown attack %q\n", mode)
+			os.Exit(2)
+		}
+		// Report, then hold everything until the test closes stdin.
+		fmt.Println(report)
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// runAttacker starts the attack mode against addr in a child process and
+// returns its one-line report once the attack holds; the child ends when
+// the test does.
+func runAttacker(t *testing.T, mode, addr string) string {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), attackEnv+"="+mode, attackAddrEnv+"="+addr)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = testLog{t}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close() // the child exits when its stdin closes
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("attacker process: %v", err)
+		}
+	})
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Scan()
+		line <- sc.Text()
+		for sc.Scan() {
+		}
+	}()
+	select {
+	case report := <-line:
+		return report
+	case <-time.After(90 * time.Second):
+		t.Fatal("the attacker process did not report within 90s")
+		return ""
 	}
 }
 
@@ -841,34 +924,7 @@ func TestAttackXDSStalledCertificate(t *testing.T) {
 	m := startMeshWith(t, nil, filepath.Join(t.TempDir(), "data"), nil,
 		app.WithXDSLimits(func(l *xds.Limits) { l.HandshakeTimeout = time.Minute }))
 	base := heapAfterGC()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), stalledCertEnv+"="+m.app.XDS)
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	cmd.Stderr = testLog{t}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Close() // the child exits when its stdin closes
-		if err := cmd.Wait(); err != nil {
-			t.Errorf("attacker process: %v", err)
-		}
-	}()
-	line := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Scan()
-		line <- sc.Text()
-		for sc.Scan() {
-		}
-	}()
-	var report string
-	select {
-	case report = <-line:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the attacker process did not report within 60s")
-	}
+	report := runAttacker(t, attackStalledTLS, m.app.XDS)
 	descs := xdsDescriptors(t, portOf(t, m.app.XDS))
 	growth := int64(heapAfterGC()) - int64(base)
 	perConn := float64(growth) / float64(max(descs, 1))
@@ -887,22 +943,11 @@ func TestAttackXDSStalledCertificate(t *testing.T) {
 	m.admin("GET", "/healthz", nil, nil, http.StatusOK)
 }
 
-// stalledCertEnv names the xDS address the child process of
-// TestAttackXDSStalledCertificate attacks.
-const stalledCertEnv = "MESHCA_TEST_STALLED_CERT_ATTACK"
-
-func TestMain(m *testing.M) {
-	if addr := os.Getenv(stalledCertEnv); addr != "" {
-		os.Exit(stalledCertClients(addr))
-	}
-	os.Exit(m.Run())
-}
-
 // stalledCertClients opens 136 connections from 8 addresses, each of
-// which sends 200 KiB of a 240 KiB client certificate message and stalls;
-// it prints one line when all have stalled (or failed), then waits for
-// its stdin to close.
-func stalledCertClients(addr string) int {
+// which sends 200 KiB of a 240 KiB client certificate message and stalls,
+// and reports once all have stalled (or failed). The connections stay
+// stalled until the process exits.
+func stalledCertClients(addr string) string {
 	const conns, addrs = 136, 8
 	// A self-signed certificate padded with a 60 KiB extension, four times.
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -910,8 +955,7 @@ func stalledCertClients(addr string) int {
 		ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1}, Value: make([]byte, 60<<10)}}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return "certificate: " + err.Error()
 	}
 	padded := tls.Certificate{Certificate: [][]byte{der, der, der, der}, PrivateKey: key}
 	release := make(chan struct{})
@@ -935,11 +979,8 @@ func stalledCertClients(addr string) int {
 		}()
 	}
 	stalled.Wait()
-	fmt.Printf("%d connections from %d addresses, each stalled after 200 KiB of a %d KiB certificate message; %d closed by the server before that\n",
+	return fmt.Sprintf("%d connections from %d addresses, each stalled after 200 KiB of a %d KiB certificate message; %d closed by the server before that",
 		dialed.Load(), addrs, 4*len(der)>>10, early.Load())
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	close(release)
-	return 0
 }
 
 // signalConn marks stalled done the first time a write blocks, or when
