@@ -81,19 +81,20 @@ func (g *gate) run() error {
 	}
 }
 
-// handshake runs TLS on t and hands the connection on.
+// handshake runs TLS on t and hands the connection on. Refusals close t
+// underneath TLS: no alert is written to a peer that may not be reading.
 func (g *gate) handshake(t *trackedConn) {
 	conn := tls.Server(t, g.tls)
 	_ = t.SetDeadline(time.Now().Add(g.s.limits.HandshakeTimeout))
 	err := conn.HandshakeContext(g.ctx)
 	_ = t.SetDeadline(time.Time{})
 	if err != nil {
-		conn.Close()
+		t.Close()
 		return
 	}
 	st := conn.ConnectionState()
 	if st.NegotiatedProtocol != "h2" {
-		conn.Close() // gRPC needs HTTP/2, agreed by ALPN
+		t.Close() // gRPC needs HTTP/2, agreed by ALPN
 		return
 	}
 	to := g.joins
@@ -101,7 +102,7 @@ func (g *gate) handshake(t *trackedConn) {
 		// VerifyConnection accepted the chain: a node's.
 		node, err := nodeName(st.PeerCertificates[0])
 		if err != nil {
-			conn.Close()
+			t.Close()
 			return
 		}
 		g.s.lim.authenticated(t)
@@ -109,11 +110,11 @@ func (g *gate) handshake(t *trackedConn) {
 		to = g.nodes
 	} else if !g.s.lim.anonymous(t) {
 		g.s.stats.connPerAddress.Add(1)
-		conn.Close()
+		t.Close()
 		return
 	}
 	if !to.give(g.ctx, conn) {
-		conn.Close()
+		t.Close()
 	}
 }
 
