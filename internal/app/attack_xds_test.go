@@ -824,7 +824,7 @@ func TestAttackXDSConnectionFlood(t *testing.T) {
 	<-watchDone
 	left := xdsDescriptors(t, port)
 	t.Logf("idle connections closed by the server within %s (idle timeout 1s, handshake timeout 1s); TCP/TLS-only still open after 10s: %d; "+
-		"a held Join body closed after %s (maximum age 2s + grace 0.5s); xDS descriptors at most %d during the flood (limit %d without a certificate + 2 nodes), %d before, %d after",
+		"a held Join body closed after %s (maximum age 2s ±10%% + grace 0.5s + grpc-go's 1s wait before closing); xDS descriptors at most %d during the flood (limit %d without a certificate + 2 nodes), %d before, %d after",
 		idleAfter.Round(time.Millisecond), rawOpen, slowAfter.Round(time.Millisecond), maxDescs.Load(), maxUnauth, nodeDescs, left)
 	if !allClosed() || rawOpen > 0 {
 		t.Errorf("idle connections without a certificate still open after 10s (raw %d)", rawOpen)
