@@ -10,7 +10,7 @@ import (
 
 // Defaults of Limits.
 const (
-	DefaultMaxConnections               = 10000
+	DefaultMaxConnections               = 16384
 	DefaultMaxUnauthenticated           = 128
 	DefaultMaxUnauthenticatedPerAddress = 16
 	DefaultIdleTimeout                  = 5 * time.Minute

@@ -137,7 +137,7 @@ func Default() Config {
 			JoinTokenTTL: Duration(time.Hour),
 			NodeCertTTL:  Duration(24 * time.Hour),
 
-			MaxConnections:                10000,
+			MaxConnections:                16384,
 			MaxUnauthenticatedConnections: 128,
 			MaxUnauthenticatedPerAddress:  16,
 			IdleTimeout:                   Duration(5 * time.Minute),
