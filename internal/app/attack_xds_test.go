@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -841,6 +842,17 @@ func TestAttackXDSConnectionFlood(t *testing.T) {
 	}
 	if _, fails := fetchOwn(t, sdsc, "n1", "web", 1); fails > 0 {
 		t.Error("node n1 not served after the flood")
+	}
+	// meshca raised its descriptor limit to the hard limit at start, and
+	// reports it.
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	maxFDs, ok := sample(t, scrape(t, m), "process_max_fds")
+	t.Logf("process_max_fds %v (hard limit %d)", maxFDs, lim.Max)
+	if !ok || uint64(maxFDs) != uint64(lim.Max) {
+		t.Errorf("process_max_fds = %v (reported %t), want the hard limit %d", maxFDs, ok, lim.Max)
 	}
 }
 
