@@ -33,9 +33,15 @@ type callbacks struct {
 	refusalLog  *slog.Logger // rate limited: a node can repeat refused requests at will
 
 	mu      sync.Mutex
-	streams map[streamKey]string // stream -> authenticated node
-	named   map[streamKey]bool   // delta streams whose first request named the node
+	streams map[streamKey]boundTo // stream -> authenticated node
+	named   map[streamKey]bool    // delta streams whose first request named the node
 	status  map[string]*nodeStatus
+}
+
+// boundTo is what a stream was opened for: its node, and the type URL its
+// service implies (resource.AnyType for ADS).
+type boundTo struct {
+	node, typeURL string
 }
 
 // streamKey identifies a stream: go-control-plane numbers SotW and delta
@@ -76,10 +82,10 @@ type NodeStatus struct {
 }
 
 func newCallbacks(s *Server) *callbacks {
-	return &callbacks{s: s, streams: map[streamKey]string{}, named: map[streamKey]bool{}, status: map[string]*nodeStatus{}}
+	return &callbacks{s: s, streams: map[streamKey]boundTo{}, named: map[streamKey]bool{}, status: map[string]*nodeStatus{}}
 }
 
-func (c *callbacks) open(ctx context.Context, id streamKey) error {
+func (c *callbacks) open(ctx context.Context, id streamKey, typeURL string) error {
 	node, ok := nodeFrom(ctx)
 	if !ok {
 		// The interceptors make this unreachable; refuse rather than trust.
@@ -87,7 +93,7 @@ func (c *callbacks) open(ctx context.Context, id streamKey) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.streams[id] = node
+	c.streams[id] = boundTo{node: node, typeURL: typeURL}
 	st := c.nodeStatus(node)
 	st.streams++
 	st.lastSeen = c.s.cfg.Clock.Now()
@@ -97,8 +103,8 @@ func (c *callbacks) open(ctx context.Context, id streamKey) error {
 func (c *callbacks) closed(id streamKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if node, ok := c.streams[id]; ok {
-		c.nodeStatus(node).streams--
+	if b, ok := c.streams[id]; ok {
+		c.nodeStatus(b.node).streams--
 		delete(c.streams, id)
 		delete(c.named, id)
 	}
@@ -113,7 +119,7 @@ func (c *callbacks) nodeStatus(node string) *nodeStatus {
 	return st
 }
 
-func (c *callbacks) bound(id streamKey) string {
+func (c *callbacks) bound(id streamKey) boundTo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.streams[id]
@@ -236,15 +242,15 @@ func (c *callbacks) Status(node string) NodeStatus {
 	return out
 }
 
-func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
-	return c.open(ctx, streamKey{id: id})
+func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, typeURL string) error {
+	return c.open(ctx, streamKey{id: id}, typeURL)
 }
 func (c *callbacks) OnStreamClosed(id int64, _ *core.Node) { c.closed(streamKey{id: id}) }
 
 func (c *callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
-	node := c.bound(streamKey{id: id})
-	// The SotW server has already put the stream's node on requests that
-	// omit it, so req.Node is what the cache will key on.
+	node := c.bound(streamKey{id: id}).node
+	// The SotW server has already put the stream's node and type on
+	// requests that omit them, so req.Node is what the cache will key on.
 	if err := c.authorize(context.Background(), node, req.GetNode(), req.GetTypeUrl(), req.GetResourceNames()); err != nil {
 		return err
 	}
@@ -264,8 +270,8 @@ func (c *callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) e
 func (c *callbacks) OnStreamResponse(context.Context, int64, *discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {
 }
 
-func (c *callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
-	return c.open(ctx, streamKey{delta: true, id: id})
+func (c *callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, typeURL string) error {
+	return c.open(ctx, streamKey{delta: true, id: id}, typeURL)
 }
 func (c *callbacks) OnDeltaStreamClosed(id int64, _ *core.Node) {
 	c.closed(streamKey{delta: true, id: id})
@@ -273,7 +279,15 @@ func (c *callbacks) OnDeltaStreamClosed(id int64, _ *core.Node) {
 
 func (c *callbacks) OnStreamDeltaRequest(delta int64, req *discovery.DeltaDiscoveryRequest) error {
 	id := streamKey{delta: true, id: delta}
-	node := c.bound(id)
+	b := c.bound(id)
+	node := b.node
+	// The delta server calls back before it fills in a type URL the
+	// request leaves out: on a per-type service (DeltaSecrets) an empty
+	// one means the service's type, and is checked as such. On ADS the
+	// server refuses it right after.
+	if req.GetTypeUrl() == "" && b.typeURL != resource.AnyType {
+		req.TypeUrl = b.typeURL
+	}
 	// The delta server calls back before it copies the stream's node onto
 	// requests that omit it: the first request must carry the node, later
 	// ones may leave it out.

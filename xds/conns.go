@@ -1,65 +1,80 @@
 package xds
 
 import (
+	"container/list"
+	"context"
+	"crypto/tls"
+	"errors"
 	"net"
+	"net/netip"
 	"sync"
 
 	"google.golang.org/grpc/credentials"
 )
 
-// nodeCreds wraps the server's TLS credentials to remember which node each
-// connection belongs to, so that a revoked node's connections can be closed:
-// closing the connection is what ends a stream blocked in Recv (the SotW
-// loop of go-control-plane watches only its server's context), without a
-// goroutine per stream waiting for that.
-type nodeCreds struct {
-	credentials.TransportCredentials
-	s *Server
+// handshaken are the credentials of both gRPC servers: the gate has already
+// run the TLS handshake, so they only report its result. The connection
+// state carries the node certificate that peerNode reads back.
+type handshaken struct{}
+
+var _ credentials.TransportCredentials = handshaken{}
+
+var errNotTLS = errors.New("connection did not come through the TLS gate")
+
+func (handshaken) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		c.Close()
+		return nil, nil, errNotTLS
+	}
+	return c, credentials.TLSInfo{State: tc.ConnectionState(), CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
 }
 
-var _ credentials.TransportCredentials = (*nodeCreds)(nil)
-
-func (c *nodeCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	// TLS runs over the tracked connection, so closing the TLS connection
-	// closes (and forgets) it, while revocation closes it underneath TLS:
-	// no alert is written to a peer that may not be reading.
-	t := &trackedConn{Conn: raw, set: &c.s.conns}
-	conn, auth, err := c.TransportCredentials.ServerHandshake(t)
-	if err != nil {
-		return conn, auth, err
-	}
-	info, ok := auth.(credentials.TLSInfo)
-	if !ok || len(info.State.PeerCertificates) == 0 {
-		return conn, auth, nil // joining: no node yet
-	}
-	node, err := nodeName(info.State.PeerCertificates[0])
-	if err != nil {
-		return conn, auth, nil // refused per call by the interceptors
-	}
-	c.s.conns.track(node, t)
-	return conn, auth, nil
+func (handshaken) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, errNotTLS
 }
 
-func (c *nodeCreds) Clone() credentials.TransportCredentials {
-	return &nodeCreds{TransportCredentials: c.TransportCredentials.Clone(), s: c.s}
+func (handshaken) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.2"}
 }
 
-// nodeConns holds the open connections of each node.
+func (h handshaken) Clone() credentials.TransportCredentials { return h }
+
+func (handshaken) OverrideServerName(string) error { return nil }
+
+// nodeConns holds the open connections of each node, so that a revoked
+// node's connections can be closed: closing the connection is what ends a
+// stream blocked in Recv (the SotW loop of go-control-plane watches only
+// its server's context), without a goroutine per stream waiting for that.
 type nodeConns struct {
 	mu    sync.Mutex
 	conns map[string]map[*trackedConn]struct{}
 }
 
+// trackedConn is an accepted TCP connection, under TLS: closing the TLS
+// connection closes (and forgets) it, while revocation and eviction close
+// it underneath TLS, so no alert is written to a peer that may not be
+// reading.
 type trackedConn struct {
 	net.Conn
 	set  *nodeConns
+	lim  *limiter
 	once sync.Once
 
 	node string // under set.mu; "" until tracked
+
+	// under lim.mu
+	elem    *list.Element // in lim.unauth while unauthenticated
+	addr    netip.Prefix
+	counted bool // in lim.perAddr
+	gone    bool // slot given back
 }
 
 func (t *trackedConn) Close() error {
-	t.once.Do(func() { t.set.forget(t) })
+	t.once.Do(func() {
+		t.set.forget(t)
+		t.lim.release(t)
+	})
 	return t.Conn.Close()
 }
 

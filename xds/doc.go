@@ -25,4 +25,22 @@
 //
 // Every resource is validated (deep, into every typed_config) before it is
 // published: a NACKed config would be resent in a tight loop.
+//
+// Peers without a node certificate. Anyone can reach the port, and Join
+// needs no certificate. grpc-go allocates a message of the announced size
+// (up to the server's MaxRecvMsgSize) before any interceptor runs, and its
+// limits are per server. So the server runs the TLS handshake itself, in
+// a gate in front of two gRPC servers: connections with a verified node
+// certificate go to the nodes' server; all others to a second server that
+// knows only Join, refuses any other method from its headers, and holds at
+// most two 64 KiB messages per connection, with static flow-control
+// windows and short idle and age limits. The gate counts connections from
+// accept: a total (Limits.MaxConnections), a total for peers without a
+// certificate, handshakes included (when full, the oldest is closed, so a
+// flood delays joins but cannot lock nodes out), and a limit per remote
+// address once the handshake shows no certificate.
+//
+// Caveats. A client that verifies no certificate during the handshake
+// still costs a handshake each time (about a millisecond of CPU); the gate
+// bounds what it can hold, not what it can make meshca compute.
 package xds

@@ -25,17 +25,22 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/nodeapi"
 	"github.com/meshca/meshca/internal/telemetry"
 )
 
-// Limits of the gRPC server, set deliberately rather than left at grpc-go's
-// defaults (120s handshake, unlimited streams, 4 MiB messages).
+// Limits of the nodes' gRPC server, set deliberately rather than left at
+// grpc-go's defaults (120s handshake, unlimited streams, 4 MiB messages,
+// 16 MiB of headers). Peers without a node certificate never reach it (see
+// Limits).
 const (
-	ConnectionTimeout    = 5 * time.Second
+	ConnectionTimeout    = 5 * time.Second // default of Limits.HandshakeTimeout
 	MaxConcurrentStreams = 100
 	MaxRecvMsgSize       = 2 << 20 // Envoy sends all its stats in one metrics message
 	keepaliveTime        = 30 * time.Second
@@ -74,6 +79,9 @@ type Config struct {
 	// Telemetry, when set, receives what proxies send to the access-log
 	// and metrics services.
 	Telemetry *telemetry.Store
+	// Limits bound connections and what peers without a node certificate
+	// can make the server hold.
+	Limits Limits
 }
 
 // Server is the xDS and node join server.
@@ -82,7 +90,11 @@ type Server struct {
 	log   *slog.Logger
 	cache cachev3.SnapshotCache
 	cb    *callbacks
-	grpc  *grpc.Server
+	grpc  *grpc.Server // nodes
+	joins *grpc.Server // peers without a node certificate: Join only
+
+	limits Limits
+	lim    *limiter
 
 	streamsMu  sync.Mutex
 	nextStream uint64
@@ -103,9 +115,10 @@ type Server struct {
 
 type stats struct {
 	denied, unauthenticated, authFailures, invalid, joins, joinRefused atomic.Int64
+	connRefused, connEvicted, connPerAddress                           atomic.Int64
 }
 
-// Stats are counters since start.
+// Stats are counters since start, and the connections open now.
 type Stats struct {
 	Denied          int64 // requests refused with PermissionDenied
 	Unauthenticated int64 // calls without a node certificate
@@ -113,6 +126,13 @@ type Stats struct {
 	InvalidConfigs  int64 // snapshots not published because they failed validation
 	Joins           int64
 	JoinsRefused    int64
+	// Connections closed at once because nodes held every slot
+	// (MaxConnections), closed to make room for a newer one
+	// (unauthenticated only), and closed for their address's limit.
+	ConnectionsRefused, ConnectionsEvicted, ConnectionsOverAddressLimit int64
+	// Open connections now, and how many of them have no node
+	// certificate (handshakes included).
+	OpenConnections, OpenUnauthenticated int
 }
 
 // New validates cfg and builds the server.
@@ -127,22 +147,48 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, allowed: map[string]map[string]bool{}, sums: map[string]map[string][sha256.Size]byte{}, former: map[string]map[string]bool{}, cancels: map[string]map[uint64]context.CancelCauseFunc{}}
+	s.limits = cfg.Limits.withDefaults()
+	s.lim = newLimiter(s.limits)
 	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	s.cb = newCallbacks(s)
+	enforce := grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true})
 	opts := append([]grpc.ServerOption{
-		grpc.Creds(&nodeCreds{TransportCredentials: credentials.NewTLS(s.tlsConfig()), s: s}),
-		grpc.ConnectionTimeout(ConnectionTimeout),
+		grpc.Creds(handshaken{}),
+		grpc.ConnectionTimeout(s.limits.HandshakeTimeout),
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
 		// Proxies send small requests and mostly sit idle: gRPC's 32 KiB
 		// read buffer per connection was most of an idle stream's memory.
 		// Write buffers go back to a shared pool between flushes.
 		grpc.ReadBufferSize(readBufferSize),
 		grpc.SharedWriteBuffer(true),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, MaxConnectionIdle: s.limits.IdleTimeout}),
+		enforce,
 	}, s.authInterceptors()...)
 	s.grpc = grpc.NewServer(opts...)
+	// Join carries no node certificate, so anyone can call it: its server
+	// holds a few small messages per connection and refuses every other
+	// method from the headers, before reading any body.
+	s.joins = grpc.NewServer(
+		grpc.Creds(handshaken{}),
+		grpc.ConnectionTimeout(s.limits.HandshakeTimeout),
+		grpc.MaxConcurrentStreams(joinMaxStreams),
+		grpc.MaxRecvMsgSize(joinMaxRecvMsgSize),
+		grpc.MaxHeaderListSize(joinMaxHeaderListSize),
+		grpc.StaticStreamWindowSize(joinWindow),
+		grpc.StaticConnWindowSize(joinWindow),
+		grpc.ReadBufferSize(readBufferSize),
+		grpc.WriteBufferSize(readBufferSize), // a join answer is a few KiB
+		grpc.SharedWriteBuffer(true),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time: keepaliveTime, Timeout: keepaliveTimeout,
+			MaxConnectionIdle: s.limits.UnauthenticatedIdleTimeout,
+			MaxConnectionAge:  s.limits.UnauthenticatedMaxAge, MaxConnectionAgeGrace: s.limits.UnauthenticatedMaxAge / 4,
+		}),
+		enforce,
+		grpc.InTapHandle(s.joinTap),
+	)
 	xs := serverv3.NewServer(context.Background(), s.cache, s.cb)
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.grpc, xs)
 	secretservice.RegisterSecretDiscoveryServiceServer(s.grpc, xs)
@@ -153,31 +199,60 @@ func New(cfg Config) (*Server, error) {
 	accesslogv3.RegisterAccessLogServiceServer(s.grpc, sinks{s: s})
 	metricsv3.RegisterMetricsServiceServer(s.grpc, sinks{s: s})
 	s.registerJoin()
+	s.joins.RegisterService(&grpc.ServiceDesc{
+		ServiceName: nodeapi.Service, HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{MethodName: nodeapi.JoinMethod, Handler: unary(nodeapi.FullJoinMethod, s.join)}},
+	}, struct{}{})
 	return s, nil
 }
+
+// joinTap refuses, on the join server, every method but Join before any of
+// its body is read.
+func (s *Server) joinTap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if info.FullMethodName == nodeapi.FullJoinMethod {
+		return ctx, nil
+	}
+	s.stats.unauthenticated.Add(1)
+	return ctx, status.Error(codes.Unauthenticated, errNeedNodeCert)
+}
+
+const errNeedNodeCert = "a valid node certificate is required (run meshca bootstrap, or meshca bootstrap renew)"
 
 // Run serves on ln until ctx is done, then stops gracefully: open xDS
 // streams never end by themselves, so after a short grace (in-flight joins
 // finish) they are cut and clients reconnect elsewhere or later.
 func (s *Server) Run(ctx context.Context, ln net.Listener) error {
-	errc := make(chan error, 1)
+	g := newGate(s, ln)
+	errc := make(chan error, 3)
 	s.serving.Store(true)
 	defer s.serving.Store(false)
-	go func() { errc <- s.grpc.Serve(ln) }()
+	go func() { errc <- g.run() }()
+	go func() { errc <- s.grpc.Serve(g.nodes) }()
+	go func() { errc <- s.joins.Serve(g.joins) }()
+	var err error
 	select {
-	case err := <-errc:
-		return fmt.Errorf("xds: %w", err)
+	case err = <-errc:
 	case <-ctx.Done():
 	}
+	g.close()
 	done := make(chan struct{})
 	go func() {
-		s.grpc.GracefulStop()
+		var wg sync.WaitGroup
+		for _, srv := range []*grpc.Server{s.grpc, s.joins} {
+			wg.Go(srv.GracefulStop)
+		}
+		wg.Wait()
 		close(done)
 	}()
 	select {
 	case <-done:
 	case <-time.After(shutdownGrace):
 		s.grpc.Stop()
+		s.joins.Stop()
+		<-done
+	}
+	if err != nil {
+		return fmt.Errorf("xds: %w", err)
 	}
 	return nil
 }
@@ -194,9 +269,15 @@ func (s *Server) Pending() int { return s.cb.pending() }
 
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
+	total, unauth := s.lim.open()
 	return Stats{
 		Denied: s.stats.denied.Load(), Unauthenticated: s.stats.unauthenticated.Load(),
 		AuthFailures: s.stats.authFailures.Load(), InvalidConfigs: s.stats.invalid.Load(),
 		Joins: s.stats.joins.Load(), JoinsRefused: s.stats.joinRefused.Load(),
+		ConnectionsRefused:          s.stats.connRefused.Load(),
+		ConnectionsEvicted:          s.stats.connEvicted.Load(),
+		ConnectionsOverAddressLimit: s.stats.connPerAddress.Load(),
+		OpenConnections:             total,
+		OpenUnauthenticated:         unauth,
 	}
 }

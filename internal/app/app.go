@@ -61,10 +61,19 @@ type App struct {
 // Option changes how Start builds meshca; for tests.
 type Option func(*options)
 
-type options struct{ clock clock.Clock }
+type options struct {
+	clock     clock.Clock
+	xdsLimits []func(*xds.Limits)
+}
 
 // WithClock makes every part read time from c.
 func WithClock(c clock.Clock) Option { return func(o *options) { o.clock = c } }
+
+// WithXDSLimits lets edit change the xDS server's limits after they are
+// taken from the configuration (tests shrink timeouts with it).
+func WithXDSLimits(edit func(*xds.Limits)) Option {
+	return func(o *options) { o.xdsLimits = append(o.xdsLimits, edit) }
+}
 
 // Wait serves until ctx is done or a part fails, then closes the store.
 func (a *App) Wait(ctx context.Context) error {
@@ -168,12 +177,16 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, fmt.Errorf("xds.dns_names / admin.dns_names / xds.ip_sans: %w", err)
 	}
+	limits := xdsLimits(cfg.XDS, logger)
+	for _, edit := range o.xdsLimits {
+		edit(&limits)
+	}
 	xdsSrv, err := xds.New(xds.Config{
 		TrustDomain: td, Source: newXDSSource(reg, td), Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg}, Audit: reg,
 		Roots: reg.IssuingCAs, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
-		Telemetry: tel,
+		Telemetry: tel, Limits: limits,
 	})
 	if err != nil {
 		return nil, err

@@ -48,24 +48,29 @@ func (m *mesh) restart() *mesh {
 	return startMeshIn(m.t, m.clock, m.dir)
 }
 
-// startMeshWith is startMeshIn with edit applied to the configuration.
-func startMeshWith(t *testing.T, clk clock.Clock, dir string, edit func(*config.Config)) *mesh {
-	return startMeshIn(t, clk, dir, edit)
-}
-
 // startMeshIn starts meshca on dir; tweaks change its configuration.
 func startMeshIn(t *testing.T, clk clock.Clock, dir string, tweaks ...func(*config.Config)) *mesh {
+	t.Helper()
+	return startMeshWith(t, clk, dir, func(c *config.Config) {
+		for _, tw := range tweaks {
+			tw(c)
+		}
+	})
+}
+
+// startMeshWith starts meshca with edit applied to its configuration and
+// with opts.
+func startMeshWith(t *testing.T, clk clock.Clock, dir string, edit func(*config.Config), opts ...app.Option) *mesh {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = dir
 	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.XDS.Listen = "127.0.0.1:0"
 	cfg.XDS.DNSNames = []string{"localhost"} // grpc-go checks the host name of the xDS server
-	for _, tw := range tweaks {
-		tw(&cfg)
+	if edit != nil {
+		edit(&cfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	opts := []app.Option{}
 	if clk != nil {
 		opts = append(opts, app.WithClock(clk))
 	} else {
@@ -234,6 +239,7 @@ func (m *mesh) join(node, token string) (*tls.Certificate, error) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	conn := m.dial(nil)
+	defer conn.Close() // a joining node holds no connection afterwards
 	var resp nodeapi.JoinResponse
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -71,6 +71,8 @@ func (o *opsState) XDSEvents() map[string]int64 {
 	return map[string]int64{
 		"denied": st.Denied, "unauthenticated": st.Unauthenticated, "auth_failures": st.AuthFailures,
 		"invalid_configs": st.InvalidConfigs, "joins": st.Joins, "joins_refused": st.JoinsRefused,
+		"connections_refused": st.ConnectionsRefused, "connections_evicted": st.ConnectionsEvicted,
+		"connections_over_address_limit": st.ConnectionsOverAddressLimit,
 	}
 }
 

@@ -59,6 +59,19 @@ type XDS struct {
 	JoinTokenTTL Duration `yaml:"join_token_ttl"`
 	// NodeCertTTL is the lifetime of node certificates.
 	NodeCertTTL Duration `yaml:"node_cert_ttl"`
+	// MaxConnections bounds the xDS port's open connections; meshca lowers
+	// it at start to fit the descriptor limit, keeping some for the admin
+	// API and the store.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxUnauthenticatedConnections bounds connections without a node
+	// certificate (joining nodes, or anyone); the oldest is closed when a
+	// new one needs room. MaxUnauthenticatedPerAddress bounds them per
+	// remote IP address (per /64 for IPv6).
+	MaxUnauthenticatedConnections int `yaml:"max_unauthenticated_connections"`
+	MaxUnauthenticatedPerAddress  int `yaml:"max_unauthenticated_per_address"`
+	// IdleTimeout closes a node's connection that has had no stream for
+	// this long.
+	IdleTimeout Duration `yaml:"idle_timeout"`
 }
 
 // Log configures logging.
@@ -132,6 +145,11 @@ func Default() Config {
 			IPSANs:       []string{"127.0.0.1", "::1"},
 			JoinTokenTTL: Duration(time.Hour),
 			NodeCertTTL:  Duration(24 * time.Hour),
+
+			MaxConnections:                16384,
+			MaxUnauthenticatedConnections: 128,
+			MaxUnauthenticatedPerAddress:  16,
+			IdleTimeout:                   Duration(5 * time.Minute),
 		},
 		Log: Log{Format: "text", Level: "info"},
 		CA: CA{
@@ -275,6 +293,18 @@ func (c Config) Validate() error {
 	}
 	if d := c.XDS.NodeCertTTL.D(); d < 5*time.Minute || d > 30*24*time.Hour {
 		bad("xds.node_cert_ttl", "%s is out of range: 5m to 720h", d)
+	}
+	if n := c.XDS.MaxConnections; n < 16 || n > 1_000_000 {
+		bad("xds.max_connections", "%d is out of range: 16 to 1000000", n)
+	}
+	if n := c.XDS.MaxUnauthenticatedConnections; n < 1 || n > 1024 || n > c.XDS.MaxConnections {
+		bad("xds.max_unauthenticated_connections", "%d is out of range: 1 to 1024 (each may hold up to 1 MiB), at most xds.max_connections", n)
+	}
+	if n := c.XDS.MaxUnauthenticatedPerAddress; n < 1 || n > c.XDS.MaxUnauthenticatedConnections {
+		bad("xds.max_unauthenticated_per_address", "%d is out of range: 1 to xds.max_unauthenticated_connections (%d)", n, c.XDS.MaxUnauthenticatedConnections)
+	}
+	if d := c.XDS.IdleTimeout.D(); d < time.Second || d > 24*time.Hour {
+		bad("xds.idle_timeout", "%s is out of range: 1s to 24h", d)
 	}
 	if f := c.Rotation.Fraction; f < 0.1 || f > 0.9 {
 		bad("rotation.fraction", "%v is out of range: 0.1 to 0.9 of the lifetime", f)

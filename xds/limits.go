@@ -1,0 +1,197 @@
+package xds
+
+import (
+	"container/list"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Defaults of Limits.
+const (
+	DefaultMaxConnections               = 16384
+	DefaultMaxUnauthenticated           = 128
+	DefaultMaxUnauthenticatedPerAddress = 16
+	DefaultIdleTimeout                  = 5 * time.Minute
+	DefaultUnauthenticatedIdleTimeout   = 10 * time.Second
+	DefaultUnauthenticatedMaxAge        = 30 * time.Second
+)
+
+// What one connection without a node certificate may make the join server
+// hold: a join request is a few KiB (a CSR with a thousand SANs is 28 KiB).
+// Per connection that is at most joinMaxStreams messages of
+// joinMaxRecvMsgSize plus as much unread data per stream (the flow-control
+// window, kept static so that it cannot grow), well under 1 MiB; times
+// DefaultMaxUnauthenticated, under 64 MiB.
+const (
+	joinMaxRecvMsgSize    = 64 << 10
+	joinMaxStreams        = 2
+	joinWindow            = 64 << 10
+	joinMaxHeaderListSize = 8 << 10
+	maxHeaderListSize     = 16 << 10
+)
+
+// Limits bound what peers can make the server hold. A peer without a node
+// certificate (a joining node, or anyone at all) is served by a separate
+// gRPC server that knows only Join, with small buffers and short timeouts,
+// so that all such peers together hold a small fixed amount. Zero fields
+// take the defaults.
+type Limits struct {
+	// MaxConnections bounds all open connections, handshakes included. It
+	// must leave descriptors for the admin API and the store.
+	MaxConnections int
+	// MaxUnauthenticated bounds the connections without a node
+	// certificate, handshakes in progress included. When it is reached
+	// (or MaxConnections is), the oldest such connection is closed to make
+	// room: a flood cannot lock nodes out, it can only make peers without
+	// a certificate reconnect.
+	MaxUnauthenticated int
+	// MaxUnauthenticatedPerAddress bounds connections without a node
+	// certificate per remote address (per /64 for IPv6); one beyond it is
+	// closed as soon as its handshake shows it has no certificate.
+	MaxUnauthenticatedPerAddress int
+	// HandshakeTimeout bounds the TLS handshake, and then the HTTP/2
+	// preface.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a node's connection that has had no stream for
+	// this long (gRPC clients reconnect when they need to).
+	IdleTimeout time.Duration
+	// UnauthenticatedIdleTimeout closes a connection without a node
+	// certificate that has had no stream for this long, and
+	// UnauthenticatedMaxAge closes it whatever it does (its calls get a
+	// quarter of that again to finish).
+	UnauthenticatedIdleTimeout time.Duration
+	UnauthenticatedMaxAge      time.Duration
+}
+
+func (l Limits) withDefaults() Limits {
+	set := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	setD := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	set(&l.MaxConnections, DefaultMaxConnections)
+	set(&l.MaxUnauthenticated, DefaultMaxUnauthenticated)
+	set(&l.MaxUnauthenticatedPerAddress, DefaultMaxUnauthenticatedPerAddress)
+	setD(&l.HandshakeTimeout, ConnectionTimeout)
+	setD(&l.IdleTimeout, DefaultIdleTimeout)
+	setD(&l.UnauthenticatedIdleTimeout, DefaultUnauthenticatedIdleTimeout)
+	setD(&l.UnauthenticatedMaxAge, DefaultUnauthenticatedMaxAge)
+	l.MaxUnauthenticated = min(l.MaxUnauthenticated, l.MaxConnections)
+	l.MaxUnauthenticatedPerAddress = min(l.MaxUnauthenticatedPerAddress, l.MaxUnauthenticated)
+	return l
+}
+
+// limiter counts open connections. A connection is unauthenticated from
+// accept until its handshake shows a node certificate.
+type limiter struct {
+	max, maxUnauth, maxPerAddr int
+
+	mu      sync.Mutex
+	total   int
+	unauth  list.List // *trackedConn, oldest first
+	perAddr map[netip.Prefix]int
+}
+
+func newLimiter(l Limits) *limiter {
+	return &limiter{max: l.MaxConnections, maxUnauth: l.MaxUnauthenticated, maxPerAddr: l.MaxUnauthenticatedPerAddress, perAddr: map[netip.Prefix]int{}}
+}
+
+// admit takes a slot for a new connection. It fails only when nodes hold
+// every slot. A victim it returns is the oldest unauthenticated connection,
+// already uncounted, which the caller must close.
+func (l *limiter) admit(t *trackedConn) (victim *trackedConn, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.total >= l.max || l.unauth.Len() >= l.maxUnauth {
+		front := l.unauth.Front()
+		if front == nil {
+			return nil, false
+		}
+		victim = front.Value.(*trackedConn)
+		l.drop(victim)
+	}
+	l.total++
+	t.elem = l.unauth.PushBack(t)
+	return victim, true
+}
+
+// authenticated moves t out of the unauthenticated connections.
+func (l *limiter) authenticated(t *trackedConn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t.elem != nil {
+		l.unauth.Remove(t.elem)
+		t.elem = nil
+	}
+}
+
+// anonymous counts t, whose handshake ended without a certificate, against
+// its address; false when the address already has its maximum.
+func (l *limiter) anonymous(t *trackedConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t.gone || l.perAddr[t.addr] >= l.maxPerAddr {
+		return false
+	}
+	l.perAddr[t.addr]++
+	t.counted = true
+	return true
+}
+
+// release gives back t's slot; it is called once, when t is closed.
+func (l *limiter) release(t *trackedConn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.drop(t)
+}
+
+func (l *limiter) drop(t *trackedConn) {
+	if t.gone {
+		return
+	}
+	t.gone = true
+	l.total--
+	if t.elem != nil {
+		l.unauth.Remove(t.elem)
+		t.elem = nil
+	}
+	if t.counted {
+		if l.perAddr[t.addr]--; l.perAddr[t.addr] <= 0 {
+			delete(l.perAddr, t.addr)
+		}
+	}
+}
+
+// open returns the connections counted now: all, and unauthenticated.
+func (l *limiter) open() (total, unauth int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.total, l.unauth.Len()
+}
+
+// addressKey is what the per-address limit counts by: the IP address, or
+// its /64 for IPv6, where one host commonly holds a whole /64.
+func addressKey(a net.Addr) netip.Prefix {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.Prefix{}
+	}
+	ip, ok := netip.AddrFromSlice(tcp.IP)
+	if !ok {
+		return netip.Prefix{}
+	}
+	ip = ip.Unmap()
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
+}
