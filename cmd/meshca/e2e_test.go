@@ -255,7 +255,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	// A second server on the same data directory exits at once, naming it.
-	second := exec.Command(binary, "server", "--data-dir", dataDir, "--admin-listen", "127.0.0.1:0")
+	second := exec.Command(binary, "server", "--data-dir", dataDir, "--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0")
 	start := time.Now()
 	out, err = second.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "in use by another meshca") || !strings.Contains(string(out), dataDir) {
@@ -354,7 +354,7 @@ func TestServerRefusesStoreWithoutKEK(t *testing.T) {
 	if err := os.Remove(filepath.Join(dataDir, "kek")); err != nil {
 		t.Fatal(err)
 	}
-	r := meshca(t, "", "server", "--data-dir", dataDir, "--admin-listen", "127.0.0.1:0")
+	r := meshca(t, "", "server", "--data-dir", dataDir, "--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0")
 	if r.code == 0 || !strings.Contains(r.stderr, "restore it from backup") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -371,7 +371,7 @@ func TestServerRefusesLooseKEK(t *testing.T) {
 	if err := os.Chmod(kek, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := meshca(t, "", "server", "--data-dir", dataDir, "--admin-listen", "127.0.0.1:0")
+	r := meshca(t, "", "server", "--data-dir", dataDir, "--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0")
 	if r.code == 0 || !strings.Contains(r.stderr, "chmod 600 "+kek) {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
