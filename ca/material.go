@@ -14,7 +14,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// Default lifetimes of a generated CA.
+// Lifetimes of a generated CA when GenerateOptions leaves them zero
+// (meshca passes internal/authority's), and the import rule.
 const (
 	defaultRootTTL         = 87600 * time.Hour
 	defaultIntermediateTTL = 8760 * time.Hour

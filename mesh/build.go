@@ -20,12 +20,17 @@ import (
 	"github.com/meshca/meshca/internal/identity"
 )
 
-// Node kinds, as the registry stores them.
+// Node kinds, as the registry stores them. They are defined here only.
 const (
 	KindSidecar    = "sidecar"
 	KindFrontProxy = "front-proxy"
 	KindGRPC       = "grpc"
 )
+
+// IsKind reports whether s is a node kind.
+func IsKind(s string) bool {
+	return s == KindSidecar || s == KindFrontProxy || s == KindGRPC
+}
 
 // Node is what Build knows about one node.
 type Node struct {

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/store"
-	"github.com/meshca/meshca/rotation"
 )
 
 // More audit actions.
@@ -147,8 +147,8 @@ func (r *Registry) ServerCert(dns []string, ttl time.Duration, ips ...net.IP) (*
 	if _, err := identity.DNSNames(dns); err != nil {
 		return nil, err
 	}
-	if ttl < ca.MinTTL || ttl > ca.MaxTTL {
-		return nil, fmt.Errorf("%w: %s", ca.ErrTTL, ttl)
+	if err := authority.CheckLeafTTL(ttl); err != nil {
+		return nil, err
 	}
 	if len(ips) > ca.MaxIPAddresses {
 		return nil, fmt.Errorf("%w: %d IP addresses, the limit is %d", ErrInvalid, len(ips), ca.MaxIPAddresses)
@@ -167,7 +167,7 @@ func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.r.cfg.Clock.Now()
-	if s.leaf != nil && !rotation.Due(now, s.leaf.NotBefore, s.leaf.NotAfter, rotation.DefaultFraction) &&
+	if s.leaf != nil && !s.r.cfg.Lifetimes.ServerRenewDue(now, s.leaf.NotBefore, s.leaf.NotAfter) &&
 		s.leaf.CheckSignatureFrom(s.r.serverCA().Issuer()) == nil {
 		return s.cert, nil
 	}
