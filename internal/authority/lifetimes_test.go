@@ -183,8 +183,8 @@ func TestWindowBackdateAndCap(t *testing.T) {
 }
 
 // The CA signs exactly the window Lifetimes describes, given its Backdate,
-// and a CA generated with Lifetimes' root and intermediate lifetimes has
-// them (the intermediate capped at the root).
+// and a CA generated with Lifetimes' root and intermediate lifetimes and
+// backdate has them.
 func TestCASignsTheWindow(t *testing.T) {
 	td, err := identity.TrustDomain("mesh.local")
 	if err != nil {
@@ -198,9 +198,12 @@ func TestCASignsTheWindow(t *testing.T) {
 		l := authority.Default()
 		l.Backdate = backdate
 		l.Intermediate = 48 * time.Hour
-		m, err := ca.Generate(ca.GenerateOptions{TrustDomain: td, RootTTL: l.Root, IntermediateTTL: l.Intermediate, Now: t0})
+		m, err := ca.Generate(ca.GenerateOptions{TrustDomain: td, RootTTL: l.Root, IntermediateTTL: l.Intermediate, Backdate: l.Backdate, Now: t0})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if want := t0.Add(-l.Backdate); !m.Roots[0].NotBefore.Equal(want) || !m.Issuer.NotBefore.Equal(want) {
+			t.Fatalf("CA certificates from %s and %s, want %s", m.Roots[0].NotBefore, m.Issuer.NotBefore, want)
 		}
 		if got := m.Issuer.NotAfter.Sub(m.Issuer.NotBefore); got != l.Intermediate {
 			t.Fatalf("intermediate lives %s, want %s", got, l.Intermediate)
@@ -309,5 +312,34 @@ func TestServerRenewalAndAutoRotation(t *testing.T) {
 	inA := nb.Add(l.Intermediate)
 	if got, want := l.AutoRotateAt(nb, inA), nb.Add(l.Intermediate*8/10); !got.Equal(want) {
 		t.Fatalf("AutoRotateAt = %s, want %s (80%% of the intermediate's lifetime)", got, want)
+	}
+}
+
+// ca.Generate's fallbacks for zero lifetimes, and the backdate of the CA
+// certificates it makes, are Default's.
+func TestCAFallbacksAreDefaults(t *testing.T) {
+	td, err := identity.TrustDomain("mesh.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := authority.Default()
+	now := t0.Add(1500 * time.Millisecond)
+	m, err := ca.Generate(ca.GenerateOptions{TrustDomain: td, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantNB := now.Add(-d.Backdate).Truncate(time.Second)
+	for _, c := range []struct {
+		name string
+		nb   time.Time
+		life time.Duration
+		want time.Duration
+	}{
+		{"root", m.Roots[0].NotBefore, m.Roots[0].NotAfter.Sub(m.Roots[0].NotBefore), d.Root},
+		{"intermediate", m.Issuer.NotBefore, m.Issuer.NotAfter.Sub(m.Issuer.NotBefore), d.Intermediate},
+	} {
+		if c.life != c.want || !c.nb.Equal(wantNB) {
+			t.Errorf("%s from %s lives %s, want from %s for %s", c.name, c.nb, c.life, wantNB, c.want)
+		}
 	}
 }

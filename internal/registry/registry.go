@@ -232,6 +232,7 @@ func (r *Registry) initCA(ctx context.Context) (*ca.Material, error) {
 		KeyAlgorithm:    r.cfg.KeyAlgorithm,
 		RootTTL:         r.cfg.Lifetimes.Root,
 		IntermediateTTL: r.cfg.Lifetimes.Intermediate,
+		Backdate:        r.cfg.Lifetimes.Backdate,
 		Now:             r.cfg.Clock.Now(),
 	})
 	if err != nil {

@@ -230,7 +230,7 @@ func (r *Registry) nextCA(ctx context.Context, root bool) (*ca.Material, []store
 	}
 	next, err := ca.Rotate(cur, ca.GenerateOptions{
 		TrustDomain: r.cfg.TrustDomain, KeyAlgorithm: r.cfg.KeyAlgorithm,
-		RootTTL: r.cfg.Lifetimes.Root, IntermediateTTL: r.cfg.Lifetimes.Intermediate, Now: r.cfg.Clock.Now().UTC(),
+		RootTTL: r.cfg.Lifetimes.Root, IntermediateTTL: r.cfg.Lifetimes.Intermediate, Backdate: r.cfg.Lifetimes.Backdate, Now: r.cfg.Clock.Now().UTC(),
 	}, root)
 	if err != nil {
 		return nil, nil, fmt.Errorf("prepare the next CA: %w", err)
