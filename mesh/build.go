@@ -3,6 +3,7 @@ package mesh
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -27,10 +28,11 @@ const (
 	KindGRPC       = "grpc"
 )
 
+// Kinds returns every node kind.
+func Kinds() []string { return []string{KindSidecar, KindFrontProxy, KindGRPC} }
+
 // IsKind reports whether s is a node kind.
-func IsKind(s string) bool {
-	return s == KindSidecar || s == KindFrontProxy || s == KindGRPC
-}
+func IsKind(s string) bool { return slices.Contains(Kinds(), s) }
 
 // Node is what Build knows about one node.
 type Node struct {

@@ -69,7 +69,7 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (stor
 		req.Kind = mesh.KindSidecar
 	}
 	if !mesh.IsKind(req.Kind) {
-		return store.Node{}, JoinToken{}, fmt.Errorf("%w: node kind %q: use sidecar, front-proxy or grpc", ErrInvalid, clip(req.Kind, 40))
+		return store.Node{}, JoinToken{}, fmt.Errorf("%w: node kind %q: use %s, %s or %s", ErrInvalid, clip(req.Kind, 40), mesh.KindSidecar, mesh.KindFrontProxy, mesh.KindGRPC)
 	}
 	ids := slices.Clone(req.Identities)
 	slices.Sort(ids)
