@@ -127,8 +127,8 @@ func (r *Registry) authorizeAdmin(ctx context.Context, leaf *x509.Certificate) (
 
 // ServerCert hands out meshca's own TLS server certificate
 // (spiffe://<td>/meshca plus DNS names and IP addresses), issuing a new one
-// when the current one has passed half its lifetime. Each issuance is
-// recorded and audited.
+// when the current one is due (by default at half its lifetime:
+// Lifetimes.ServerRenewFraction). Each issuance is recorded and audited.
 type ServerCert struct {
 	r   *Registry
 	dns []string
@@ -161,7 +161,7 @@ func (r *Registry) ServerCert(dns []string, ttl time.Duration, ips ...net.IP) (*
 	return &ServerCert{r: r, dns: dns, ips: ips, ttl: ttl}, nil
 }
 
-// Get returns a valid server certificate, renewing it at half its lifetime.
+// Get returns a valid server certificate, renewing it when due (see ServerCert).
 // Its signature fits tls.Config.GetCertificate.
 func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
