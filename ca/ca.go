@@ -30,11 +30,13 @@ import (
 	"github.com/meshca/meshca/internal/identity"
 )
 
-// Leaf lifetime limits and defaults.
+// Leaf lifetime limits the signer enforces for any caller, and the
+// backdate of a Config that leaves it zero. meshca's lifetime rules are
+// decided in internal/authority, which passes its values in Config and
+// Request; its tests pin these constants to them.
 const (
 	MinTTL          = 5 * time.Minute
 	MaxTTL          = 30 * 24 * time.Hour
-	DefaultTTL      = time.Hour
 	DefaultBackdate = time.Minute
 	// MaxIPAddresses bounds the IP SANs of one certificate.
 	MaxIPAddresses = 16

@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -19,7 +20,7 @@ func TestIssueIPSANs(t *testing.T) {
 	c, _ := newCA(t, ca.ECDSAP256, clock.NewFake(testNow))
 	id := spiffeid.RequireFromPath(td, "/meshca")
 	ips := []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1"), net.ParseIP("10.1.2.3")}
-	is, err := c.Issue(context.Background(), ca.Request{ID: id, DNSNames: []string{"localhost"}, IPAddresses: ips, TTL: ca.DefaultTTL})
+	is, err := c.Issue(context.Background(), ca.Request{ID: id, DNSNames: []string{"localhost"}, IPAddresses: ips, TTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +49,7 @@ func TestIssueIPSANs(t *testing.T) {
 		{"too many", make([]net.IP, ca.MaxIPAddresses+1)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := c.Issue(context.Background(), ca.Request{ID: id, IPAddresses: tt.ips, TTL: ca.DefaultTTL})
+			_, err := c.Issue(context.Background(), ca.Request{ID: id, IPAddresses: tt.ips, TTL: time.Hour})
 			if !errors.Is(err, ca.ErrInvalidRequest) {
 				t.Fatalf("err = %v, want ErrInvalidRequest", err)
 			}

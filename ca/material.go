@@ -14,13 +14,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// Default lifetimes of a generated CA.
+// Lifetimes of a generated CA when GenerateOptions leaves them zero
+// (meshca passes internal/authority's), and the import rule.
 const (
 	defaultRootTTL         = 87600 * time.Hour
 	defaultIntermediateTTL = 8760 * time.Hour
 	// importMinRemaining is how long an imported CA must stay valid.
 	importMinRemaining = 24 * time.Hour
-	// caBackdate is how far Generate backdates its certificates for skew.
+	// caBackdate is how far Generate backdates its certificates for skew
+	// when GenerateOptions.Backdate is zero.
 	caBackdate = time.Minute
 )
 
@@ -44,6 +46,7 @@ type GenerateOptions struct {
 	KeyAlgorithm    KeyAlgorithm         // default ECDSAP256
 	RootTTL         time.Duration        // default 10 years (87600h)
 	IntermediateTTL time.Duration        // default 1 year (8760h); must be < RootTTL
+	Backdate        time.Duration        // NotBefore is this long before Now; default 1m; negative is an error
 	Now             time.Time            // required: the caller's clock
 }
 
@@ -71,11 +74,14 @@ func Generate(opts GenerateOptions) (*Material, error) {
 	if rootTTL < 0 || interTTL < 0 {
 		return nil, fmt.Errorf("%w: CA TTLs must be positive", ErrConfig)
 	}
+	if opts.Backdate < 0 {
+		return nil, fmt.Errorf("%w: negative backdate %s", ErrConfig, opts.Backdate)
+	}
 	if interTTL >= rootTTL {
 		return nil, fmt.Errorf("%w: intermediate TTL %s must be shorter than root TTL %s", ErrConfig, interTTL, rootTTL)
 	}
 
-	notBefore := opts.Now.Add(-caBackdate).Truncate(time.Second).UTC()
+	notBefore := opts.Now.Add(-opts.backdate()).Truncate(time.Second).UTC()
 	td := opts.TrustDomain.Name()
 
 	rootKey, err := generateKey(alg)
@@ -127,6 +133,9 @@ func Rotate(cur *Material, opts GenerateOptions, newRoot bool) (*Material, error
 	if opts.Now.IsZero() {
 		return nil, fmt.Errorf("%w: GenerateOptions.Now is required", ErrConfig)
 	}
+	if opts.Backdate < 0 {
+		return nil, fmt.Errorf("%w: negative backdate %s", ErrConfig, opts.Backdate)
+	}
 	alg, err := ParseKeyAlgorithm(string(opts.KeyAlgorithm))
 	if err != nil {
 		return nil, err
@@ -135,12 +144,19 @@ func Rotate(cur *Material, opts GenerateOptions, newRoot bool) (*Material, error
 	if interTTL <= 0 {
 		interTTL = defaultIntermediateTTL
 	}
-	notBefore := opts.Now.Add(-caBackdate).Truncate(time.Second).UTC()
+	notBefore := opts.Now.Add(-opts.backdate()).Truncate(time.Second).UTC()
 	inter, key, err := newIntermediate(alg, opts.TrustDomain.Name(), notBefore, interTTL, cur.Roots[0], cur.RootKey)
 	if err != nil {
 		return nil, err
 	}
 	return &Material{Issuer: inter, IssuerKey: key, Roots: []*x509.Certificate{cur.Roots[0]}, RootKey: cur.RootKey}, nil
+}
+
+func (o GenerateOptions) backdate() time.Duration {
+	if o.Backdate == 0 {
+		return caBackdate
+	}
+	return o.Backdate
 }
 
 // newIntermediate makes an intermediate (path length 0) under root.

@@ -3,6 +3,7 @@ package mesh
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -20,12 +21,18 @@ import (
 	"github.com/meshca/meshca/internal/identity"
 )
 
-// Node kinds, as the registry stores them.
+// Node kinds, as the registry stores them. They are defined here only.
 const (
 	KindSidecar    = "sidecar"
 	KindFrontProxy = "front-proxy"
 	KindGRPC       = "grpc"
 )
+
+// Kinds returns every node kind.
+func Kinds() []string { return []string{KindSidecar, KindFrontProxy, KindGRPC} }
+
+// IsKind reports whether s is a node kind.
+func IsKind(s string) bool { return slices.Contains(Kinds(), s) }
 
 // Node is what Build knows about one node.
 type Node struct {

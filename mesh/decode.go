@@ -40,6 +40,7 @@ func Parse(data []byte, td spiffeid.TrustDomain) (*Mesh, error) {
 	// Validate what decoded even when some keys did not, so that one run
 	// reports every problem; a path that already failed to decode is not
 	// reported twice.
+	Defaults(m)
 	if err := m.Validate(td); err != nil {
 		var ve *ValidationError
 		if !errors.As(err, &ve) {

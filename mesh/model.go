@@ -6,7 +6,7 @@ import "github.com/spiffe/go-spiffe/v2/spiffeid"
 // values below are explicit and Marshal writes the canonical form.
 type Mesh struct {
 	// Version of the file format; 1 is the only one. A file must give it
-	// (Parse refuses a file without it); Validate fills in 1 when it is 0.
+	// (Parse refuses a file without it); Defaults fills in 1 when it is 0.
 	Version    int           `yaml:"version"`
 	Services   []Service     `yaml:"services"`
 	Routes     []Route       `yaml:"routes,omitempty"`

@@ -48,8 +48,10 @@ var formatters = []string{"UPSTREAM_HOST", "UPSTREAM_CLUSTER", "UPSTREAM_REMOTE_
 	"DOWNSTREAM_LOCAL_ADDRESS", "DOWNSTREAM_PEER_URI_SAN", "DOWNSTREAM_PEER_SUBJECT",
 	"DOWNSTREAM_LOCAL_URI_SAN", "HOSTNAME", "PROTOCOL", "START_TIME", "REQUEST_ID"}
 
-// Validate fills in defaults and checks m against trust domain td. It
-// returns a *ValidationError (errors.Is ErrInvalid) listing every problem.
+// Validate checks m against trust domain td and returns a *ValidationError
+// (errors.Is ErrInvalid) listing every problem. It does not change m:
+// call Defaults first, or a value left out is checked as given (version 0
+// is refused, for one).
 func (m *Mesh) Validate(td spiffeid.TrustDomain) error {
 	v := &validator{td: td, m: m, services: map[string]*Service{}, routes: map[string]*Route{}, sidecars: map[string]*Sidecar{}}
 	v.mesh()
@@ -83,14 +85,8 @@ func idx(path string, i int) string { return fmt.Sprintf("%s[%d]", path, i) }
 
 func (v *validator) mesh() {
 	m := v.m
-	if m.Version == 0 {
-		m.Version = FormatVersion
-	}
 	if m.Version != FormatVersion {
 		v.add("version", "%d is not supported: use %d", m.Version, FormatVersion)
-	}
-	if m.Services == nil {
-		m.Services = []Service{}
 	}
 	// Names first, so references can be checked in any order.
 	for i := range m.Services {
@@ -197,14 +193,9 @@ func (v *validator) service(p string, s *Service) {
 		v.identity(p+".identity", s.Identity)
 	}
 	switch s.Protocol {
-	case "":
-		s.Protocol = ProtocolHTTP
 	case ProtocolHTTP, ProtocolHTTP2:
 	default:
 		v.add(p+".protocol", "%q: use http or http2", clip(s.Protocol))
-	}
-	if s.Endpoints == nil {
-		s.Endpoints = []Endpoint{}
 	}
 	seen := map[string]bool{}
 	for i := range s.Endpoints {
@@ -219,18 +210,16 @@ func (v *validator) service(p string, s *Service) {
 			v.add(ep, "%s is listed twice", clip(key))
 		}
 		seen[key] = true
-		if e.Weight == nil {
-			e.Weight = ptr(1)
-		} else if *e.Weight < 1 || *e.Weight > maxEndpointWeight {
+		switch {
+		case e.Weight == nil:
+			v.add(ep+".weight", "is required (1 to %d)", maxEndpointWeight)
+		case *e.Weight < 1 || *e.Weight > maxEndpointWeight:
 			v.add(ep+".weight", "%d: use 1 to %d (grpc-go refuses endpoints of weight 0)", *e.Weight, maxEndpointWeight)
 		}
 		if l := e.Locality; l != nil {
 			v.label(ep+".locality.region", l.Region)
 			v.label(ep+".locality.zone", l.Zone)
 			v.label(ep+".locality.sub_zone", l.SubZone)
-			if *l == (Locality{}) {
-				e.Locality = nil
-			}
 		}
 	}
 	if v.sidecars[s.Name] != nil && s.Identity == "" {
@@ -311,7 +300,7 @@ func (v *validator) rule(p string, r *Rule) {
 	case r.Match.Prefix != "" && r.Match.Path != "":
 		v.add(mp, "set prefix or path, not both")
 	case r.Match.Prefix == "" && r.Match.Path == "":
-		r.Match.Prefix = "/"
+		v.add(mp, "set prefix or path")
 	case r.Match.Prefix != "":
 		v.urlPath(mp+".prefix", r.Match.Prefix)
 	default:
@@ -377,9 +366,6 @@ func (v *validator) rule(p string, r *Rule) {
 		rp := p + ".retries"
 		if rt.NumRetries < 1 || rt.NumRetries > maxRetries {
 			v.add(rp+".num_retries", "%d: use 1 to %d", rt.NumRetries, maxRetries)
-		}
-		if len(rt.On) == 0 {
-			rt.On = slices.Clone(defaultRetryOn)
 		}
 		seen := map[string]bool{}
 		for i, c := range rt.On {
@@ -571,15 +557,10 @@ func (v *validator) frontProxy(p string, f *FrontProxy) {
 	needsIdentity := ""
 	if h := f.HTTPS; h != nil {
 		hp := p + ".https"
-		if h.Port == 0 {
-			h.Port = DefaultHTTPSPort
-		}
 		v.port(hp+".port", h.Port)
 		v.routeRef(hp+".route", h.Route)
 		needsIdentity = hp
 		switch h.ClientCerts {
-		case "":
-			h.ClientCerts = ClientCertsNone
 		case ClientCertsNone, ClientCertsOptional, ClientCertsRequired:
 		default:
 			v.add(hp+".client_certs", "%q: use none, optional or required", clip(h.ClientCerts))
@@ -604,9 +585,6 @@ func (v *validator) frontProxy(p string, f *FrontProxy) {
 	}
 	if h := f.HTTP; h != nil {
 		hp := p + ".http"
-		if h.Port == 0 {
-			h.Port = DefaultHTTPPort
-		}
 		v.port(hp+".port", h.Port)
 		if f.HTTPS != nil && h.Port == f.HTTPS.Port {
 			v.add(hp+".port", "%d is the https port too", h.Port)
@@ -671,9 +649,6 @@ func routeTargets(r *Route, positiveOnly bool) []string {
 
 func (v *validator) sidecar(p string, s *Sidecar) {
 	v.serviceRef(p+".service", s.Service)
-	if s.InboundPort == 0 {
-		s.InboundPort = DefaultInboundPort
-	}
 	v.port(p+".inbound_port", s.InboundPort)
 	if s.AppPort == 0 {
 		v.add(p+".app_port", "is required: the port the application listens on at 127.0.0.1")

@@ -10,33 +10,35 @@ import (
 	"time"
 )
 
-// Defaults of a Policy.
+// The zero Policy's values, for callers without a configuration (the
+// CLI renewing its own certificate). meshca's server passes its
+// configured policy, decided with every other lifetime rule in
+// internal/authority.
 const (
 	DefaultFraction = 0.5
 	DefaultJitter   = 0.1
 )
 
 // Policy says when in its lifetime a certificate is renewed: after
-// Fraction of it has passed, moved earlier by up to Jitter of it (zero
-// means DefaultJitter, negative means none). The jitter
+// Fraction of it has passed, moved earlier by up to Jitter of it. The
+// zero Policy is DefaultFraction with DefaultJitter; in any other Policy
+// Jitter is taken as given (0 or negative: none). The jitter
 // of each certificate is derived from its serial, so renewals of many
 // certificates issued together spread out, and the point does not move
 // across restarts.
 type Policy struct {
-	Fraction float64 // in (0, 1); default DefaultFraction
-	Jitter   float64 // in [0, Fraction); default DefaultJitter
+	Fraction float64 // in (0, 1); out of it: DefaultFraction
+	Jitter   float64 // in [0, Fraction); at or above it: Fraction/2
 }
 
 func (p Policy) normalized() Policy {
+	if p == (Policy{}) {
+		return Policy{Fraction: DefaultFraction, Jitter: DefaultJitter}
+	}
 	if p.Fraction <= 0 || p.Fraction >= 1 {
 		p.Fraction = DefaultFraction
 	}
-	switch {
-	case p.Jitter < 0:
-		p.Jitter = 0
-	case p.Jitter == 0:
-		p.Jitter = DefaultJitter
-	}
+	p.Jitter = max(p.Jitter, 0)
 	if p.Jitter >= p.Fraction {
 		p.Jitter = p.Fraction / 2
 	}

@@ -49,6 +49,7 @@ func TestPolicyJitterBoundsAndSpread(t *testing.T) {
 		{"defaults", rotation.Policy{}, 0.4, 0.5},
 		{"two thirds, 5%", rotation.Policy{Fraction: 2.0 / 3, Jitter: 0.05}, 2.0/3 - 0.05, 2.0 / 3},
 		{"negative jitter means none", rotation.Policy{Fraction: 0.8, Jitter: -1}, 0.8, 0.8},
+		{"zero jitter means none", rotation.Policy{Fraction: 0.5}, 0.5, 0.5},
 		{"jitter larger than the fraction is clamped", rotation.Policy{Fraction: 0.1, Jitter: 0.5}, 0.05, 0.1},
 	}
 	life := time.Hour

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/internal/text"
 )
 
 // Authenticator maps a client certificate that verified against meshca's
@@ -73,7 +73,7 @@ func (s *Server) verifyNode(chain []*x509.Certificate) (string, error) {
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}); err != nil {
 		s.stats.authFailures.Add(1)
-		s.cfg.Audit.RecordDenial(context.Background(), ActionAuth, "", "client certificate does not verify: "+clip(err.Error(), 300))
+		s.cfg.Audit.RecordDenial(context.Background(), ActionAuth, "", "client certificate does not verify: "+text.Clip(err.Error(), 300))
 		return "", fmt.Errorf("client certificate was not issued by meshca's CA: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
@@ -93,7 +93,7 @@ func (s *Server) verifyNode(chain []*x509.Certificate) (string, error) {
 
 // revokedMessage is what a revoked node's calls are answered.
 func revokedMessage(node string) string {
-	return fmt.Sprintf("node %q was revoked (meshca node revoke): it can neither renew nor rejoin; register the machine under a new name with meshca node add", clip(node, 100))
+	return fmt.Sprintf("node %q was revoked (meshca node revoke): it can neither renew nor rejoin; register the machine under a new name with meshca node add", text.Clip(node, 100))
 }
 
 // peerNode derives the node of an authenticated connection. The chain was
@@ -188,19 +188,6 @@ type boundStream struct {
 func (b *boundStream) Context() context.Context { return b.ctx }
 
 var errNodeGone = errors.New("node revoked or removed")
-
-// clip bounds untrusted text, on a character boundary: the result may go
-// into metric labels, which must be valid UTF-8.
-func clip(s string, n int) string {
-	if len(s) > n {
-		s = s[:n]
-		for len(s) > 0 && !utf8.ValidString(s) {
-			s = s[:len(s)-1]
-		}
-		return strings.ToValidUTF8(s, "?") + "..."
-	}
-	return strings.ToValidUTF8(s, "?")
-}
 
 // trackStream remembers how to end a node's stream, so that a revoked node
 // can be cut off at once.

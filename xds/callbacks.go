@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/lograte"
+	"github.com/meshca/meshca/internal/text"
 )
 
 // Audit actions recorded by the xDS server.
@@ -136,7 +137,7 @@ func (c *callbacks) authorize(ctx context.Context, node string, reqNode *core.No
 	if reqNode == nil || reqNode.GetId() != node {
 		got := "<none>"
 		if reqNode != nil {
-			got = clip(reqNode.GetId(), 200)
+			got = text.Clip(reqNode.GetId(), 200)
 		}
 		return c.deny(ctx, node, fmt.Sprintf("node.id %q does not match the certificate's node %q", got, node))
 	}
@@ -149,7 +150,7 @@ func (c *callbacks) authorize(ctx context.Context, node string, reqNode *core.No
 			if name == "*" || allowed[name] || c.s.formerlyAllowed(node, name) {
 				continue
 			}
-			return c.deny(ctx, node, fmt.Sprintf("secret %q is not assigned to node %q", clip(name, 300), node))
+			return c.deny(ctx, node, fmt.Sprintf("secret %q is not assigned to node %q", text.Clip(name, 300), node))
 		}
 	}
 	return nil
@@ -174,7 +175,7 @@ func (c *callbacks) track(node, typeURL, version string, nack string) {
 	default:
 		typeURL = "other"
 	}
-	version = clip(version, 64)
+	version = text.Clip(version, 64)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.nodeStatus(node)
@@ -182,7 +183,7 @@ func (c *callbacks) track(node, typeURL, version string, nack string) {
 	switch {
 	case nack != "":
 		st.nacks++
-		st.lastNack = clip(nack, 500)
+		st.lastNack = text.Clip(nack, 500)
 		if c.s.cfg.OnNACK != nil {
 			c.s.cfg.OnNACK(node, typeURL, st.lastNack)
 		}

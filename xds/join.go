@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/internal/text"
 )
 
 // Joiner redeems a node's one-time join token for a node certificate issued
@@ -67,7 +68,7 @@ func (s *Server) join(ctx context.Context, req *nodeapi.JoinRequest) (*nodeapi.J
 	csr, err := csrDER(req.CSRPEM)
 	if err != nil {
 		s.stats.joinRefused.Add(1)
-		s.cfg.Audit.RecordDenial(ctx, "node.join", clip(req.Node, 255), "csr_pem is not one PEM CERTIFICATE REQUEST block")
+		s.cfg.Audit.RecordDenial(ctx, "node.join", text.Clip(req.Node, 255), "csr_pem is not one PEM CERTIFICATE REQUEST block")
 		return nil, err
 	}
 	resp, err := s.cfg.Joiner.Join(ctx, req.Node, req.Token, csr)
@@ -105,7 +106,7 @@ func (s *Server) joinAnswer(resp nodeapi.JoinResponse, err error, node string) (
 		if errors.As(err, &je) {
 			return nil, status.Error(je.Code, je.Message)
 		}
-		s.log.Error("node join or renewal failed", "node", clip(node, 100), "err", err)
+		s.log.Error("node join or renewal failed", "node", text.Clip(node, 100), "err", err)
 		return nil, status.Error(codes.Internal, "join failed; the server log has the details")
 	}
 	s.stats.joins.Add(1)

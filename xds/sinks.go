@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/telemetry"
+	"github.com/meshca/meshca/internal/text"
 )
 
 // maxLogBatch bounds one access-log message; larger batches are cut.
@@ -49,11 +50,11 @@ func (k sinks) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccess
 			entry := telemetry.Entry{
 				Time:      c.GetStartTime().AsTime(),
 				Method:    e.GetRequest().GetRequestMethod().String(),
-				Authority: clip(e.GetRequest().GetAuthority(), 256),
-				Path:      clip(e.GetRequest().GetPath(), 512),
+				Authority: text.Clip(e.GetRequest().GetAuthority(), 256),
+				Path:      text.Clip(e.GetRequest().GetPath(), 512),
 				Status:    e.GetResponse().GetResponseCode().GetValue(),
-				Upstream:  clip(address(c.GetUpstreamRemoteAddress()), 128),
-				Peer:      clip(address(c.GetDownstreamRemoteAddress()), 128),
+				Upstream:  text.Clip(address(c.GetUpstreamRemoteAddress()), 128),
+				Peer:      text.Clip(address(c.GetDownstreamRemoteAddress()), 128),
 				Protocol:  e.GetProtocolVersion().String(),
 			}
 			if d := c.GetTimeToLastDownstreamTxByte(); d != nil {
@@ -68,7 +69,7 @@ func (k sinks) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccess
 		for _, e := range tcp {
 			c := e.GetCommonProperties()
 			entries = append(entries, telemetry.Entry{Time: c.GetStartTime().AsTime(), Protocol: "TCP",
-				Upstream: clip(address(c.GetUpstreamRemoteAddress()), 128), Peer: clip(address(c.GetDownstreamRemoteAddress()), 128)})
+				Upstream: text.Clip(address(c.GetUpstreamRemoteAddress()), 128), Peer: text.Clip(address(c.GetDownstreamRemoteAddress()), 128)})
 		}
 		if k.s.cfg.Telemetry != nil && len(entries) > 0 {
 			k.s.cfg.Telemetry.AddLogs(node, entries)

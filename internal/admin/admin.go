@@ -23,6 +23,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
@@ -252,7 +253,7 @@ func (s *Server) addIdentity(w http.ResponseWriter, r *http.Request) {
 		// default, which is what an absent TTL means (the registry checks
 		// the other bounds and audits the refusal).
 		if ttl <= 0 {
-			s.fail(w, r, fmt.Errorf("%w: ttl %s is out of range %s to %s (leave ttl out for the server's default)", errInvalid, ttl, ca.MinTTL, ca.MaxTTL))
+			s.fail(w, r, fmt.Errorf("ttl: %w (leave ttl out for the server's default)", authority.CheckLeafTTL(ttl)))
 			return
 		}
 	}

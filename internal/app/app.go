@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"time"
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/admin"
@@ -31,10 +30,6 @@ import (
 
 // KEKFile is the name of the key-encryption key in the data directory.
 const KEKFile = "kek"
-
-// serverCertTTL is the lifetime of meshca's own TLS server certificate; it is
-// renewed at half of it.
-const serverCertTTL = 24 * time.Hour
 
 // Run starts meshca on cfg and blocks until ctx is done or a part fails.
 // A cancelled ctx is a clean stop: in-flight admin requests finish, then the
@@ -92,6 +87,10 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		opt(&o)
 	}
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	lifetimes, err := cfg.Lifetimes()
+	if err != nil {
 		return nil, err
 	}
 	if logger == nil {
@@ -153,9 +152,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		attrs = []any{"data_dir", dir, "trust_domain", td.Name()}
 	)
 	reg, err := registry.New(ctx, registry.Config{
-		Store: st, TrustDomain: td, KeyAlgorithm: keyAlg,
-		RootTTL: cfg.CA.RootTTL.D(), IntermediateTTL: cfg.CA.IntermediateTTL.D(),
-		DefaultTTL: cfg.CA.DefaultLeafTTL.D(), JoinTokenTTL: cfg.XDS.JoinTokenTTL.D(), NodeCertTTL: cfg.XDS.NodeCertTTL.D(),
+		Store: st, TrustDomain: td, KeyAlgorithm: keyAlg, Lifetimes: lifetimes,
 		LintBeforeSigning: cfg.CA.LintBeforeSigning, OnDenial: met.ObserveDenial,
 		Clock: o.clock, Logger: logger,
 	})
@@ -173,7 +170,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	// One server certificate (spiffe://<td>/meshca) for xDS and the mTLS
 	// admin API. It names the hosts and addresses nodes are told to dial,
 	// which proxyless gRPC nodes verify.
-	serverCert, err := reg.ServerCert(union(cfg.XDS.DNSNames, cfg.Admin.DNSNames), serverCertTTL, cfg.ServerIPs()...)
+	serverCert, err := reg.ServerCert(union(cfg.XDS.DNSNames, cfg.Admin.DNSNames), lifetimes.Server, cfg.ServerIPs()...)
 	if err != nil {
 		return nil, fmt.Errorf("xds.dns_names / admin.dns_names / xds.ip_sans: %w", err)
 	}
@@ -203,11 +200,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	attrs = append(attrs, "xds", xdsLn.Addr().String())
 	app.XDS = xdsLn.Addr().String()
 
-	jitter := cfg.Rotation.Jitter
-	if jitter == 0 {
-		jitter = -1 // rotation.Policy reads 0 as "default"; the config means none
-	}
-	policy := rotation.Policy{Fraction: cfg.Rotation.Fraction, Jitter: jitter}
+	policy := lifetimes.Renewal()
 	renewer, err := rotation.New(rotation.Config{
 		Policy: policy,
 		Source: renewals{reg: reg}, Renewer: renewals{reg: reg}, Clock: o.clock, Logger: logger,

@@ -35,7 +35,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/meshca/meshca/internal/app"
-	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/seal"
@@ -73,19 +73,17 @@ func WriteNaiveInput(ctx context.Context, dataDir string, nodes []SeedNode, path
 		return err
 	}
 	defer st.Close()
-	def := config.Default()
 	td, err := identity.TrustDomain(TrustDomain)
 	if err != nil {
 		return err
 	}
 	reg, err := registry.New(ctx, registry.Config{
-		Store: st, TrustDomain: td, RootTTL: def.CA.RootTTL.D(), IntermediateTTL: def.CA.IntermediateTTL.D(),
-		DefaultTTL: def.CA.DefaultLeafTTL.D(),
+		Store: st, TrustDomain: td, Lifetimes: authority.Default(),
 	})
 	if err != nil {
 		return err
 	}
-	sc, err := reg.ServerCert(nil, 24*time.Hour)
+	sc, err := reg.ServerCert(nil, authority.Default().Server)
 	if err != nil {
 		return err
 	}

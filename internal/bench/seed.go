@@ -15,7 +15,7 @@ import (
 	"sync/atomic"
 
 	"github.com/meshca/meshca/internal/app"
-	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/seal"
@@ -126,15 +126,13 @@ func openRegistry(ctx context.Context, dataDir string, lintBeforeSigning bool) (
 	if err != nil {
 		return nil, nil, err
 	}
-	def := config.Default()
 	td, err := identity.TrustDomain(TrustDomain)
 	if err != nil {
 		st.Close()
 		return nil, nil, err
 	}
 	reg, err := registry.New(ctx, registry.Config{
-		Store: st, TrustDomain: td, RootTTL: def.CA.RootTTL.D(), IntermediateTTL: def.CA.IntermediateTTL.D(),
-		DefaultTTL: def.CA.DefaultLeafTTL.D(), LintBeforeSigning: lintBeforeSigning,
+		Store: st, TrustDomain: td, Lifetimes: authority.Default(), LintBeforeSigning: lintBeforeSigning,
 	})
 	if err != nil {
 		st.Close()

@@ -31,6 +31,7 @@ import (
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/mesh"
 )
 
 type bootstrapOptions struct {
@@ -169,7 +170,7 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 			return json.MarshalIndent(nodeapi.NodeFile{Server: o.server, Node: o.node, Kind: resp.Kind, TrustDomain: resp.TrustDomain}, "", "  ")
 		}},
 	}
-	if resp.Kind == "grpc" {
+	if resp.Kind == mesh.KindGRPC {
 		files = append(files, struct {
 			name string
 			data func() ([]byte, error)

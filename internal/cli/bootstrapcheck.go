@@ -9,6 +9,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/meshca/meshca/mesh"
 )
 
 // checkServerName makes sure a bootstrap of this kind will verify the
@@ -18,7 +20,7 @@ import (
 // SPIFFE ID instead, so other kinds need no host name. The check dials
 // server as grpc-go will, with bundlePEM as the only roots.
 func checkServerName(ctx context.Context, server, node, kind, bundlePEM string) error {
-	if kind != "grpc" {
+	if kind != mesh.KindGRPC {
 		return nil
 	}
 	host, _, err := net.SplitHostPort(server)

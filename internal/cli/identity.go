@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/authority"
 )
 
 func identityCmd(g *globals) *cobra.Command {
@@ -66,7 +67,8 @@ func identityAddCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringSliceVar(&dns, "dns", nil, "DNS name to add as a SAN (repeat for more)")
-	cmd.Flags().DurationVar(&ttl, "ttl", 0, "certificate lifetime, 5m to 720h (default: the server's, 1h)")
+	cmd.Flags().DurationVar(&ttl, "ttl", 0, fmt.Sprintf("certificate lifetime, %s to %s (default: the server's, %s unless configured)",
+		authority.LeafTTL.Min, authority.LeafTTL.Max, authority.Default().Leaf))
 	cmd.Flags().BoolVar(&admin, "admin-access", false, "allow certificates issued for this identity from a CSR (meshca cert issue) to call the admin API over mTLS; such an identity can never be assigned to a node")
 	cmd.Flags().StringVar(&from, "from", "", "add the identities listed in FILE, one per line (- reads standard input)")
 	return cmd

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/mesh"
 )
 
 func nodeCmd(g *globals) *cobra.Command {
@@ -55,7 +56,7 @@ func nodeAddCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "write the join token to this file (0600) instead of printing it")
 	cmd.Flags().StringSliceVar(&ids, "identity", nil, "identity whose secret the node receives (repeat for more)")
-	cmd.Flags().StringVar(&kind, "kind", "sidecar", "node kind: sidecar, front-proxy or grpc")
+	cmd.Flags().StringVar(&kind, "kind", mesh.KindSidecar, fmt.Sprintf("node kind: %s, %s or %s", mesh.KindSidecar, mesh.KindFrontProxy, mesh.KindGRPC))
 	return cmd
 }
 

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/atomicfile"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/nodeapi"
@@ -67,7 +68,7 @@ func watchRenew(ctx context.Context, clk clock.Clock, dir string, stdout, stderr
 		if err != nil {
 			return err
 		}
-		wait := rotation.Policy{}.RenewAt(leaf.NotBefore, leaf.NotAfter, fmt.Sprintf("%x", leaf.SerialNumber)).Sub(clk.Now())
+		wait := authority.Default().Renewal().RenewAt(leaf.NotBefore, leaf.NotAfter, fmt.Sprintf("%x", leaf.SerialNumber)).Sub(clk.Now())
 		if attempt > 0 {
 			wait = backoff.Next(attempt, clk.Now(), leaf.NotAfter)
 		}

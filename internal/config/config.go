@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/meshca/meshca/internal/authority"
 )
 
 // ErrInvalid marks configuration errors; the message names the key.
@@ -133,6 +135,7 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // Default returns the embedded default: everything on loopback, data in
 // ./meshca-data.
 func Default() Config {
+	life := authority.Default()
 	return Config{
 		DataDir:     "meshca-data",
 		TrustDomain: "mesh.local",
@@ -143,8 +146,8 @@ func Default() Config {
 			// default server.
 			DNSNames:     []string{"localhost"},
 			IPSANs:       []string{"127.0.0.1", "::1"},
-			JoinTokenTTL: Duration(time.Hour),
-			NodeCertTTL:  Duration(24 * time.Hour),
+			JoinTokenTTL: Duration(life.JoinToken),
+			NodeCertTTL:  Duration(life.Node),
 
 			MaxConnections:                16384,
 			MaxUnauthenticatedConnections: 128,
@@ -154,11 +157,11 @@ func Default() Config {
 		Log: Log{Format: "text", Level: "info"},
 		CA: CA{
 			KeyAlgorithm:    "ecdsa-p256",
-			RootTTL:         Duration(10 * 365 * 24 * time.Hour),
-			IntermediateTTL: Duration(365 * 24 * time.Hour),
-			DefaultLeafTTL:  Duration(time.Hour),
+			RootTTL:         Duration(life.Root),
+			IntermediateTTL: Duration(life.Intermediate),
+			DefaultLeafTTL:  Duration(life.Leaf),
 		},
-		Rotation: Rotation{Fraction: 0.5, Jitter: 0.1},
+		Rotation: Rotation{Fraction: life.RenewFraction, Jitter: life.RenewJitter},
 		Store:    Store{LockTimeout: Duration(time.Second)},
 	}
 }
@@ -276,23 +279,23 @@ func (c Config) Validate() error {
 	default:
 		bad("ca.key_algorithm", "%q: use ecdsa-p256, ecdsa-p384, rsa-2048 or rsa-3072", c.CA.KeyAlgorithm)
 	}
-	if c.CA.RootTTL.D() < 24*time.Hour {
-		bad("ca.root_ttl", "%s is too short: at least 24h", c.CA.RootTTL.D())
-	}
-	if c.CA.IntermediateTTL.D() < time.Hour {
-		bad("ca.intermediate_ttl", "%s is too short: at least 1h", c.CA.IntermediateTTL.D())
-	}
-	if c.CA.IntermediateTTL.D() >= c.CA.RootTTL.D() {
-		bad("ca.intermediate_ttl", "%s must be shorter than ca.root_ttl (%s)", c.CA.IntermediateTTL.D(), c.CA.RootTTL.D())
-	}
-	if d := c.CA.DefaultLeafTTL.D(); d < 5*time.Minute || d > 30*24*time.Hour {
-		bad("ca.default_leaf_ttl", "%s is out of range: 5m to 720h", d)
-	}
-	if d := c.XDS.JoinTokenTTL.D(); d < time.Minute || d > 30*24*time.Hour {
-		bad("xds.join_token_ttl", "%s is out of range: 1m to 720h", d)
-	}
-	if d := c.XDS.NodeCertTTL.D(); d < 5*time.Minute || d > 30*24*time.Hour {
-		bad("xds.node_cert_ttl", "%s is out of range: 5m to 720h", d)
+	// Lifetimes: internal/authority's checks, each under its key.
+	life := c.lifetimes()
+	for _, k := range []struct {
+		key string
+		err error
+	}{
+		{"ca.root_ttl", authority.RootTTL.Check(life.Root)},
+		{"ca.intermediate_ttl", life.CheckIntermediate()},
+		{"ca.default_leaf_ttl", authority.LeafTTL.Check(life.Leaf)},
+		{"xds.join_token_ttl", authority.JoinTokenTTL.Check(life.JoinToken)},
+		{"xds.node_cert_ttl", authority.LeafTTL.Check(life.Node)},
+		{"rotation.fraction", authority.CheckRenewFraction(life.RenewFraction)},
+		{"rotation.jitter", authority.CheckRenewJitter(life.RenewJitter, life.RenewFraction)},
+	} {
+		if k.err != nil {
+			bad(k.key, "%v", k.err)
+		}
 	}
 	if n := c.XDS.MaxConnections; n < 16 || n > 1_000_000 {
 		bad("xds.max_connections", "%d is out of range: 16 to 1000000", n)
@@ -306,12 +309,6 @@ func (c Config) Validate() error {
 	if d := c.XDS.IdleTimeout.D(); d < time.Second || d > 24*time.Hour {
 		bad("xds.idle_timeout", "%s is out of range: 1s to 24h", d)
 	}
-	if f := c.Rotation.Fraction; f < 0.1 || f > 0.9 {
-		bad("rotation.fraction", "%v is out of range: 0.1 to 0.9 of the lifetime", f)
-	}
-	if j := c.Rotation.Jitter; j < 0 || j >= c.Rotation.Fraction {
-		bad("rotation.jitter", "%v is out of range: 0 up to rotation.fraction (%v)", j, c.Rotation.Fraction)
-	}
 	if d := c.Store.LockTimeout.D(); d <= 0 || d > time.Minute {
 		bad("store.lock_timeout", "%s is out of range: above 0 and at most 1m", d)
 	}
@@ -319,6 +316,29 @@ func (c Config) Validate() error {
 		return nil
 	}
 	return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+}
+
+// Lifetimes returns the lifetime rules of this configuration: its keys
+// over internal/authority's defaults, checked. Everything meshca issues
+// takes its lifetimes from the result.
+func (c Config) Lifetimes() (authority.Lifetimes, error) {
+	life := c.lifetimes()
+	if err := life.Validate(); err != nil {
+		return authority.Lifetimes{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return life, nil
+}
+
+func (c Config) lifetimes() authority.Lifetimes {
+	life := authority.Default()
+	life.Leaf = c.CA.DefaultLeafTTL.D()
+	life.Node = c.XDS.NodeCertTTL.D()
+	life.JoinToken = c.XDS.JoinTokenTTL.D()
+	life.Root = c.CA.RootTTL.D()
+	life.Intermediate = c.CA.IntermediateTTL.D()
+	life.RenewFraction = c.Rotation.Fraction
+	life.RenewJitter = c.Rotation.Jitter
+	return life
 }
 
 // ServerIPs returns the IP SANs of meshca's server certificate: xds.ip_sans,

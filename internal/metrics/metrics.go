@@ -21,6 +21,7 @@ import (
 
 	"github.com/meshca/meshca/internal/store"
 	"github.com/meshca/meshca/internal/telemetry"
+	"github.com/meshca/meshca/mesh"
 )
 
 // Expiry is one certificate's NotAfter, labelled.
@@ -117,7 +118,7 @@ func New(state State, now func() time.Time, tel *telemetry.Store) *Metrics {
 // them; nodeKinds the node kinds.
 var (
 	xdsTypes  = []string{"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment", "Secret"}
-	nodeKinds = []string{"sidecar", "front-proxy", "grpc"}
+	nodeKinds = mesh.Kinds()
 )
 
 // Handler serves the metrics in the Prometheus text format.

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/store"
-	"github.com/meshca/meshca/rotation"
 )
 
 // More audit actions.
@@ -127,8 +127,8 @@ func (r *Registry) authorizeAdmin(ctx context.Context, leaf *x509.Certificate) (
 
 // ServerCert hands out meshca's own TLS server certificate
 // (spiffe://<td>/meshca plus DNS names and IP addresses), issuing a new one
-// when the current one has passed half its lifetime. Each issuance is
-// recorded and audited.
+// when the current one is due (by default at half its lifetime:
+// Lifetimes.ServerRenewFraction). Each issuance is recorded and audited.
 type ServerCert struct {
 	r   *Registry
 	dns []string
@@ -147,8 +147,8 @@ func (r *Registry) ServerCert(dns []string, ttl time.Duration, ips ...net.IP) (*
 	if _, err := identity.DNSNames(dns); err != nil {
 		return nil, err
 	}
-	if ttl < ca.MinTTL || ttl > ca.MaxTTL {
-		return nil, fmt.Errorf("%w: %s", ca.ErrTTL, ttl)
+	if err := authority.CheckLeafTTL(ttl); err != nil {
+		return nil, err
 	}
 	if len(ips) > ca.MaxIPAddresses {
 		return nil, fmt.Errorf("%w: %d IP addresses, the limit is %d", ErrInvalid, len(ips), ca.MaxIPAddresses)
@@ -161,13 +161,13 @@ func (r *Registry) ServerCert(dns []string, ttl time.Duration, ips ...net.IP) (*
 	return &ServerCert{r: r, dns: dns, ips: ips, ttl: ttl}, nil
 }
 
-// Get returns a valid server certificate, renewing it at half its lifetime.
+// Get returns a valid server certificate, renewing it when due (see ServerCert).
 // Its signature fits tls.Config.GetCertificate.
 func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.r.cfg.Clock.Now()
-	if s.leaf != nil && !rotation.Due(now, s.leaf.NotBefore, s.leaf.NotAfter, rotation.DefaultFraction) &&
+	if s.leaf != nil && !s.r.cfg.Lifetimes.ServerRenewDue(now, s.leaf.NotBefore, s.leaf.NotAfter) &&
 		s.leaf.CheckSignatureFrom(s.r.serverCA().Issuer()) == nil {
 		return s.cert, nil
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/store"
 )
@@ -51,10 +52,10 @@ func (r *Registry) addIdentity(ctx context.Context, req AddIdentity, actor strin
 	}
 	ttl := req.TTL
 	if ttl == 0 {
-		ttl = r.cfg.DefaultTTL
+		ttl = r.cfg.Lifetimes.Leaf
 	}
-	if ttl < ca.MinTTL || ttl > ca.MaxTTL {
-		return Status{}, fmt.Errorf("%w: %s is out of range %s to %s", ca.ErrTTL, ttl, ca.MinTTL, ca.MaxTTL)
+	if err := authority.CheckLeafTTL(ttl); err != nil {
+		return Status{}, err
 	}
 	if _, err := r.Identity(ctx, req.Name); err == nil {
 		return Status{}, fmt.Errorf("identity %q %w", req.Name, ErrExists)

@@ -16,13 +16,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/store"
-)
-
-// Node kinds.
-const (
-	KindSidecar    = "sidecar"
-	KindFrontProxy = "front-proxy"
-	KindGRPC       = "grpc"
+	"github.com/meshca/meshca/mesh"
 )
 
 // Audit actions for nodes.
@@ -37,19 +31,13 @@ const (
 	ActionCertReissue  = "identity.reissue"
 )
 
-// Defaults for node credentials.
-const (
-	DefaultJoinTokenTTL = time.Hour
-	DefaultNodeCertTTL  = 24 * time.Hour
-)
-
 // ErrToken is returned for a join token that is unknown, used or expired.
 var ErrToken = errors.New("join token refused")
 
 // AddNode is a request to register a node.
 type AddNode struct {
 	Name       string
-	Kind       string // default KindSidecar
+	Kind       string // a mesh node kind; default mesh.KindSidecar
 	Identities []string
 }
 
@@ -78,10 +66,10 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (stor
 		return store.Node{}, JoinToken{}, err
 	}
 	if req.Kind == "" {
-		req.Kind = KindSidecar
+		req.Kind = mesh.KindSidecar
 	}
-	if !slices.Contains([]string{KindSidecar, KindFrontProxy, KindGRPC}, req.Kind) {
-		return store.Node{}, JoinToken{}, fmt.Errorf("%w: node kind %q: use sidecar, front-proxy or grpc", ErrInvalid, clip(req.Kind, 40))
+	if !mesh.IsKind(req.Kind) {
+		return store.Node{}, JoinToken{}, fmt.Errorf("%w: node kind %q: use %s, %s or %s", ErrInvalid, clip(req.Kind, 40), mesh.KindSidecar, mesh.KindFrontProxy, mesh.KindGRPC)
 	}
 	ids := slices.Clone(req.Identities)
 	slices.Sort(ids)
@@ -92,7 +80,7 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (stor
 	}
 	now := r.cfg.Clock.Now().UTC()
 	n := store.Node{
-		Name: req.Name, Kind: req.Kind, Identities: ids, TokenHash: hash, TokenExpires: now.Add(r.cfg.JoinTokenTTL),
+		Name: req.Name, Kind: req.Kind, Identities: ids, TokenHash: hash, TokenExpires: now.Add(r.cfg.Lifetimes.JoinToken),
 		State: store.StateActive, CreatedAt: now, UpdatedAt: now,
 	}
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
@@ -176,7 +164,7 @@ func (r *Registry) NewJoinToken(ctx context.Context, name, actor string) (JoinTo
 	if err != nil {
 		return JoinToken{}, err
 	}
-	expires := r.cfg.Clock.Now().UTC().Add(r.cfg.JoinTokenTTL)
+	expires := r.cfg.Clock.Now().UTC().Add(r.cfg.Lifetimes.JoinToken)
 	err = r.updateNode(ctx, name, func(tx *store.Tx, n *store.Node) (store.Event, error) {
 		if n.State != store.StateActive {
 			return store.Event{}, fmt.Errorf("node %q was revoked and can never join again: register the machine under a new name (meshca node add NEW-NAME): %w", name, ErrDenied)
@@ -352,7 +340,7 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 	if err != nil {
 		return Joined{}, err
 	}
-	issued, err := r.issue(ctx, ca.Request{ID: id, TTL: r.cfg.NodeCertTTL, CSR: csrDER})
+	issued, err := r.issue(ctx, ca.Request{ID: id, TTL: r.cfg.Lifetimes.Node, CSR: csrDER})
 	if err != nil {
 		return Joined{}, err
 	}
@@ -490,7 +478,7 @@ func (r *Registry) renewNode(ctx context.Context, node string, csrDER []byte) (J
 	if err := renewAllowed(&n, r.cfg.Clock.Now().UTC()); err != nil {
 		return Joined{}, err
 	}
-	issued, err := r.issue(ctx, ca.Request{ID: id, TTL: r.cfg.NodeCertTTL, CSR: csrDER})
+	issued, err := r.issue(ctx, ca.Request{ID: id, TTL: r.cfg.Lifetimes.Node, CSR: csrDER})
 	if err != nil {
 		return Joined{}, err
 	}

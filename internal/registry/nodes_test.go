@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/mesh"
 )
 
 func TestNodeTokensAreStoredHashedAndSingleUse(t *testing.T) {
@@ -35,7 +37,7 @@ func TestNodeTokensAreStoredHashedAndSingleUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.Kind != KindSidecar || !tok.Expires.Equal(t0.Add(DefaultJoinTokenTTL)) || n.TokenHash != nil {
+	if n.Kind != mesh.KindSidecar || !tok.Expires.Equal(t0.Add(authority.Default().JoinToken)) || n.TokenHash != nil {
 		t.Fatalf("node = %+v, token expires %s", n, tok.Expires)
 	}
 	if len(changed) != 1 || !slices.Equal(changed[0], []string{"n1"}) {
@@ -69,7 +71,7 @@ func TestNodeTokensAreStoredHashedAndSingleUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk.Add(DefaultJoinTokenTTL)
+	clk.Add(authority.Default().JoinToken)
 	if _, err := r.Join(ctx, "n1", tok2.Token, csr(t), "test"); !errors.Is(err, ErrToken) {
 		t.Fatalf("expired token: %v", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/lograte"
 	"github.com/meshca/meshca/internal/store"
@@ -45,16 +46,11 @@ const (
 type Config struct {
 	Store       *store.Store // required
 	TrustDomain spiffeid.TrustDomain
-	// CA generation on first start.
-	KeyAlgorithm    ca.KeyAlgorithm
-	RootTTL         time.Duration
-	IntermediateTTL time.Duration
-	// DefaultTTL applies to identities added without a TTL.
-	DefaultTTL time.Duration
-	// JoinTokenTTL is how long a node's join token stays valid.
-	JoinTokenTTL time.Duration // default DefaultJoinTokenTTL
-	// NodeCertTTL is the lifetime of node certificates.
-	NodeCertTTL time.Duration // default DefaultNodeCertTTL
+	// KeyAlgorithm keys a CA generated on first start.
+	KeyAlgorithm ca.KeyAlgorithm
+	// Lifetimes are the lifetime rules of everything the registry issues
+	// (default authority.Default()).
+	Lifetimes authority.Lifetimes
 	// LintBeforeSigning is ca.Config.LintBeforeSigning.
 	LintBeforeSigning bool
 	// DenialInterval is how often repeated refusals are summed up in one
@@ -180,14 +176,9 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.DefaultTTL == 0 {
-		cfg.DefaultTTL = ca.DefaultTTL
-	}
-	if cfg.JoinTokenTTL == 0 {
-		cfg.JoinTokenTTL = DefaultJoinTokenTTL
-	}
-	if cfg.NodeCertTTL == 0 {
-		cfg.NodeCertTTL = DefaultNodeCertTTL
+	cfg.Lifetimes = cfg.Lifetimes.OrDefault()
+	if err := cfg.Lifetimes.Validate(); err != nil {
+		return nil, fmt.Errorf("registry: lifetimes: %w", err)
 	}
 	if cfg.DenialInterval <= 0 {
 		cfg.DenialInterval = DefaultDenialInterval
@@ -219,6 +210,7 @@ func (r *Registry) use(m *ca.Material) error {
 		TrustDomain:  r.cfg.TrustDomain,
 		Material:     m,
 		KeyAlgorithm: r.cfg.KeyAlgorithm,
+		Backdate:     r.cfg.Lifetimes.Backdate,
 		Clock:        r.cfg.Clock,
 		Logger:       r.log,
 
@@ -238,8 +230,9 @@ func (r *Registry) initCA(ctx context.Context) (*ca.Material, error) {
 	m, err := ca.Generate(ca.GenerateOptions{
 		TrustDomain:     r.cfg.TrustDomain,
 		KeyAlgorithm:    r.cfg.KeyAlgorithm,
-		RootTTL:         r.cfg.RootTTL,
-		IntermediateTTL: r.cfg.IntermediateTTL,
+		RootTTL:         r.cfg.Lifetimes.Root,
+		IntermediateTTL: r.cfg.Lifetimes.Intermediate,
+		Backdate:        r.cfg.Lifetimes.Backdate,
 		Now:             r.cfg.Clock.Now(),
 	})
 	if err != nil {

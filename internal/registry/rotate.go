@@ -42,9 +42,6 @@ const (
 	// acknowledge what was pushed: a node that rejects its configuration
 	// must not hold a rotation forever.
 	ackWait = 5 * time.Minute
-	// autoRotateAt is the share of the intermediate's lifetime after which
-	// meshca starts rotating it on its own.
-	autoRotateAt = 0.8
 	// rotationTick is how often RunCA looks at the rotation.
 	rotationTick = time.Second
 	// maxRotationSteps bounds the steps one AdvanceRotation takes.
@@ -233,7 +230,7 @@ func (r *Registry) nextCA(ctx context.Context, root bool) (*ca.Material, []store
 	}
 	next, err := ca.Rotate(cur, ca.GenerateOptions{
 		TrustDomain: r.cfg.TrustDomain, KeyAlgorithm: r.cfg.KeyAlgorithm,
-		RootTTL: r.cfg.RootTTL, IntermediateTTL: r.cfg.IntermediateTTL, Now: r.cfg.Clock.Now().UTC(),
+		RootTTL: r.cfg.Lifetimes.Root, IntermediateTTL: r.cfg.Lifetimes.Intermediate, Backdate: r.cfg.Lifetimes.Backdate, Now: r.cfg.Clock.Now().UTC(),
 	}, root)
 	if err != nil {
 		return nil, nil, fmt.Errorf("prepare the next CA: %w", err)
@@ -347,7 +344,7 @@ func (r *Registry) caFor(ctx context.Context, serial string, m *ca.Material) (*c
 		return nil, err
 	}
 	return ca.New(ca.Config{
-		TrustDomain: r.cfg.TrustDomain, KeyAlgorithm: r.cfg.KeyAlgorithm, Clock: r.cfg.Clock, Logger: r.log,
+		TrustDomain: r.cfg.TrustDomain, KeyAlgorithm: r.cfg.KeyAlgorithm, Backdate: r.cfg.Lifetimes.Backdate, Clock: r.cfg.Clock, Logger: r.log,
 		LintBeforeSigning: r.cfg.LintBeforeSigning,
 		Material:          &ca.Material{Issuer: cert, IssuerKey: key, Roots: m.Roots, RootKey: m.RootKey},
 	})
@@ -410,7 +407,7 @@ func (r *Registry) serverCA() *ca.CA {
 }
 
 // AdvanceRotation moves a rotation on as far as what it waits for allows,
-// and starts an intermediate rotation when the issuer is past autoRotateAt
+// and starts an intermediate rotation when the issuer is past Lifetimes.AutoRotate
 // of its lifetime. It returns the phase after the steps ("" when none).
 func (r *Registry) AdvanceRotation(ctx context.Context, acks Acks) (string, error) {
 	ctx, cancel := context.WithCancel(ctx)
@@ -455,8 +452,7 @@ func (r *Registry) advance(ctx context.Context, acks Acks) (phase string, moved 
 
 func (r *Registry) autoRotate(ctx context.Context, now time.Time) (string, bool, error) {
 	issuer := r.CA().Issuer()
-	life := issuer.NotAfter.Sub(issuer.NotBefore)
-	if now.Before(issuer.NotBefore.Add(time.Duration(float64(life) * autoRotateAt))) {
+	if now.Before(r.cfg.Lifetimes.AutoRotateAt(issuer.NotBefore, issuer.NotAfter)) {
 		return "", false, nil
 	}
 	// One attempt an hour: an imported CA cannot be rotated here, and
@@ -465,7 +461,7 @@ func (r *Registry) autoRotate(ctx context.Context, now time.Time) (string, bool,
 		return "", false, nil
 	}
 	r.autoRotateTried.Store(&now)
-	r.log.Warn("issuing CA is past 80% of its lifetime: rotating it", "issuer_not_after", issuer.NotAfter)
+	r.log.Warn(fmt.Sprintf("issuing CA is past %.0f%% of its lifetime: rotating it", 100*r.cfg.Lifetimes.AutoRotate), "issuer_not_after", issuer.NotAfter)
 	if err := r.startRotation(ctx, false, "meshca"); err != nil {
 		if ctx.Err() == nil {
 			r.deny(ctx, store.Event{Action: ActionCARotate, Actor: "meshca", Detail: err.Error()})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/store"
 )
@@ -177,7 +178,7 @@ func TestAutomaticIntermediateRotation(t *testing.T) {
 	clk := clock.NewFake(t0)
 	r := newRegistry(t, st, clk)
 	issuer := r.CA().Issuer()
-	at := issuer.NotBefore.Add(time.Duration(float64(issuer.NotAfter.Sub(issuer.NotBefore)) * autoRotateAt))
+	at := authority.Default().AutoRotateAt(issuer.NotBefore, issuer.NotAfter)
 	clk.Set(at.Add(-time.Minute))
 	if phase, _ := r.AdvanceRotation(ctx, acks(0, 0)); phase != "" {
 		t.Fatal("rotated before 80% of the intermediate's lifetime")

@@ -1,6 +1,7 @@
 // Package text makes text that came from outside meshca (node names in
 // refused requests, proxies' NACK messages and access logs, audit details)
-// safe to store and to print: Clip shortens it on a UTF-8 boundary, Escape
+// safe to store and to print: Clip shortens it on a UTF-8 boundary and
+// keeps it valid UTF-8, Escape
 // and Writer show control characters as escapes instead of letting a
 // terminal act on them.
 package text
@@ -16,13 +17,15 @@ import (
 const Ellipsis = "..."
 
 // Clip returns s cut to at most n bytes, never inside a UTF-8 sequence,
-// followed by Ellipsis when anything was cut.
+// followed by Ellipsis when anything was cut. The result is always valid
+// UTF-8 (protobuf strings and JSON must be): each run of bytes that are
+// not UTF-8 becomes "?", which never makes the text longer.
 func Clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
 	if n < 0 {
 		n = 0
+	}
+	if len(s) <= n {
+		return strings.ToValidUTF8(s, "?")
 	}
 	cut := n
 	// Step back to the start of a rune: at most utf8.UTFMax-1 bytes.
@@ -32,7 +35,7 @@ func Clip(s string, n int) string {
 	if !utf8.RuneStart(s[cut]) { // invalid UTF-8: cut at n anyway
 		cut = n
 	}
-	return s[:cut] + Ellipsis
+	return strings.ToValidUTF8(s[:cut], "?") + Ellipsis
 }
 
 // Escape returns s with every character a terminal could act on written

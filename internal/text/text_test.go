@@ -41,7 +41,12 @@ func TestClip(t *testing.T) {
 		{"inside a rune", "aé", 2, "a..."},   // é is 2 bytes: not cut in half
 		{"inside 3 bytes", "a日b", 3, "a..."}, // 日 is 3 bytes
 		{"after a rune", "a日b", 4, "a日..."},
-		{"invalid", "\xff\xff\xff\xff", 2, "\xff\xff..."},
+		{"invalid", "\xff\xff\xff\xff", 2, "?..."},
+		{"invalid, short", "a\xffb\xc3", 10, "a?b?"},
+		{"invalid then cut", "a\xff\xfeb日本", 6, "a?b..."},
+		{"truncated rune at the cut", "ab\xe6\x97", 3, "ab..."},
+		{"negative n", "abc", -1, "..."},
+		{"empty", "", 0, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -49,8 +54,11 @@ func TestClip(t *testing.T) {
 			if got != tt.want {
 				t.Fatalf("Clip(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
 			}
-			if utf8.ValidString(tt.in) && !utf8.ValidString(got) {
+			if !utf8.ValidString(got) {
 				t.Fatalf("Clip(%q, %d) = %q is not UTF-8", tt.in, tt.n, got)
+			}
+			if len(got) > max(tt.n, 0)+len(text.Ellipsis) {
+				t.Fatalf("Clip(%q, %d) = %q is longer than %d bytes and the ellipsis", tt.in, tt.n, got, tt.n)
 			}
 		})
 	}

@@ -1,7 +1,16 @@
-// Package validate checks Envoy resources before meshca publishes or writes
-// them. It runs the generated protoc-gen-validate rules (ValidateAll) and,
-// unlike ValidateAll alone, also unpacks every google.protobuf.Any (every
-// typed_config) and validates the message inside, at any depth.
+// Package validate checks generated Envoy resources (protobuf messages:
+// listeners, clusters, secrets, bootstrap files) before meshca publishes or
+// writes them. It runs the generated protoc-gen-validate rules
+// (ValidateAll) and, unlike ValidateAll alone, also unpacks every
+// google.protobuf.Any (every typed_config) and validates the message
+// inside, at any depth.
+//
+// Elsewhere "validate" means other things, each in its own place: an
+// operator's mesh document is checked by mesh.Validate (after
+// mesh.Defaults), the server configuration by config.Validate, lifetime
+// rules by authority.Lifetimes.Validate; sds.ValidationSecret is Envoy's
+// validation context (the trust bundle and CRLs a peer is checked
+// against), not a check at all.
 //
 // Caveats: only the PGV rules are checked. Semantic rules that PGV does not
 // express (a Secret with an empty name, a listener without an address) are
