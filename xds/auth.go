@@ -164,6 +164,7 @@ func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	// may have been revoked since.
 	if !s.knownNode(node) {
 		s.stats.denied.Add(1)
+		s.cfg.Audit.RecordDenial(ss.Context(), ActionAuth, node, info.FullMethod+": node is not registered or was revoked")
 		return status.Error(codes.PermissionDenied, revokedMessage(node))
 	}
 	ctx, cancel := context.WithCancelCause(context.WithValue(ss.Context(), nodeKey{}, node))
