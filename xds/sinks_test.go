@@ -134,6 +134,7 @@ func TestSinksNeedBoundNode(t *testing.T) {
 			// The handler itself, on a stream that bypassed the interceptor.
 			st := &fakeStream{ctx: tlsPeer(t.Context(), f.nodeCert("web")), recv: make(chan proto.Message, 1), sent: make(chan proto.Message, 1)}
 			st.recv <- sink.msg
+			close(st.recv)
 			var err error
 			if sink.method == "StreamAccessLogs" {
 				err = sinks{s: f.s}.StreamAccessLogs(&grpc.GenericServerStream[accesslogv3.StreamAccessLogsMessage, accesslogv3.StreamAccessLogsResponse]{ServerStream: st})
