@@ -329,7 +329,7 @@ func TestSecretUnderAnotherTypeURL(t *testing.T) {
 	if err != nil || len(got) != 0 {
 		t.Fatalf("secrets named as listeners: served %v, err %v; want nothing", got, err)
 	}
-	snap, err := f.s.cache.GetSnapshot("web")
+	snap, err := f.snapshot("web")
 	if err != nil {
 		t.Fatal(err)
 	}

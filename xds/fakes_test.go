@@ -296,6 +296,11 @@ func (f *fixture) remove(node string) {
 	}
 }
 
+// snapshot is node's current snapshot in the server's cache.
+func (f *fixture) snapshot(node string) (cachev3.ResourceSnapshot, error) {
+	return f.s.cache.GetSnapshot(node)
+}
+
 // testCA issues node certificates.
 type testCA struct {
 	cert *x509.Certificate

@@ -56,7 +56,7 @@ func TestRemovedNodeIsCutOff(t *testing.T) {
 	if !c1.isClosed() || !c2.isClosed() {
 		t.Error("web's connections stay open")
 	}
-	if _, err := f.s.cache.GetSnapshot("web"); err == nil {
+	if _, err := f.snapshot("web"); err == nil {
 		t.Error("web's snapshot is still in the cache")
 	}
 	if f.s.knownNode("web") || f.s.allowedSecrets("web") != nil || f.s.formerlyAllowed("web", secretOf("revoked")) {
@@ -77,7 +77,7 @@ func TestRemovedNodeIsCutOff(t *testing.T) {
 	if dbStream.ended() || other.isClosed() {
 		t.Fatalf("db's stream or connection ended: %v", dbStream.err)
 	}
-	if _, err := f.s.cache.GetSnapshot("db"); err != nil {
+	if _, err := f.snapshot("db"); err != nil {
 		t.Fatalf("db's snapshot: %v", err)
 	}
 	dbStream.send(&discovery.DiscoveryRequest{Node: nodeID("db"), TypeUrl: resource.ListenerType})
