@@ -433,6 +433,9 @@ type fakeStream struct {
 	sent chan proto.Message
 	// reading, when set, gets a value each time the server calls RecvMsg.
 	reading chan struct{}
+	// received, when set, runs on the server's goroutine when RecvMsg has
+	// taken a message, before it returns it. Set it before sending.
+	received func()
 }
 
 var _ grpc.ServerStream = (*fakeStream)(nil)
@@ -468,6 +471,9 @@ func (s *fakeStream) RecvMsg(m any) error {
 		dst := m.(proto.Message)
 		proto.Reset(dst)
 		proto.Merge(dst, msg)
+		if s.received != nil {
+			s.received()
+		}
 		return nil
 	case <-s.ctx.Done():
 		return s.ctx.Err()

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -146,6 +147,45 @@ func TestSinksNeedBoundNode(t *testing.T) {
 			}
 			if l, s := logsOf(f.tel, "web"), statsNodes(f.tel); len(l) != 0 || len(s) != 0 {
 				t.Fatalf("stored %q and stats of %q", l, s)
+			}
+		})
+	}
+}
+
+// TestSinksDropWhatARemovedNodeSent: a message that arrives as its node is
+// removed is not filed: nothing of a removed node stays in the access
+// logs or the metrics.
+func TestSinksDropWhatARemovedNodeSent(t *testing.T) {
+	for _, sink := range []struct {
+		desc   *grpc.ServiceDesc
+		method string
+		msg    proto.Message
+	}{
+		{alsDesc, "StreamAccessLogs", accessLogs("web", "/late")},
+		{metricsDesc, "StreamMetrics", metrics("web")},
+	} {
+		t.Run(sink.method, func(t *testing.T) {
+			f := newFixture(t)
+			meshOfTwo(f)
+			cl := f.open(f.nodeConn("web"), sink.desc, sink.method, sinks{s: f.s})
+			removed := make(chan error, 1)
+			// The node is removed between the message's arrival and its
+			// filing.
+			cl.received = func() {
+				f.src.mu.Lock()
+				delete(f.src.nodes, "web")
+				f.src.mu.Unlock()
+				removed <- f.s.refresh(context.Background(), []string{"web"})
+			}
+			cl.send(sink.msg)
+			if err := cl.wait(); status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("stream ended with %v, want PermissionDenied", err)
+			}
+			if err := <-removed; err != nil {
+				t.Fatal(err)
+			}
+			if l, s := logsOf(f.tel, "web"), statsNodes(f.tel); len(l) != 0 || len(s) != 0 {
+				t.Fatalf("the removed node's logs %q and stats of %q were kept", l, s)
 			}
 		})
 	}
