@@ -117,12 +117,16 @@ func TestJoin(t *testing.T) {
 // cannot tell the cases apart.
 func TestJoinAnswersNodesAlike(t *testing.T) {
 	csr, _ := csrPEM(t)
-	for _, joinErr := range []error{
-		&JoinError{Code: codes.PermissionDenied, Message: "join token is not valid, expired or already used; ask for a new one with meshca node token"},
-		fmt.Errorf("wrapped: %w", ErrNodeRevoked),
-		fmt.Errorf("wrapped: %w", ErrUnknownNode),
+	for _, tt := range []struct {
+		name string
+		err  error
+	}{
+		{"token refused", &JoinError{Code: codes.PermissionDenied, Message: "join token is not valid, expired or already used; ask for a new one with meshca node token"}},
+		{"revoked, unmapped", fmt.Errorf("wrapped: %w", ErrNodeRevoked)},
+		{"unknown, unmapped", fmt.Errorf("wrapped: %w", ErrUnknownNode)},
 	} {
-		t.Run(joinErr.Error(), func(t *testing.T) {
+		joinErr := tt.err
+		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t)
 			f.give("web", nodeConfig{identities: []string{"web"}})
 			f.give("gone", nodeConfig{})
@@ -141,9 +145,15 @@ func TestJoinAnswersNodesAlike(t *testing.T) {
 					t.Fatalf("%s answered %v %q, web %v %q", node, st.Code(), st.Message(), first.Code(), first.Message())
 				}
 			}
-			// Errors of the Joiner's own are never shown.
-			if errors.As(joinErr, new(*JoinError)) != (first.Code() == codes.PermissionDenied) {
-				t.Fatalf("answer %v %q", first.Code(), first.Message())
+			// A JoinError is answered as it is; any other error says
+			// nothing of its cause.
+			var je *JoinError
+			if errors.As(joinErr, &je) {
+				if first.Code() != je.Code || first.Message() != je.Message {
+					t.Fatalf("answer %v %q, want the JoinError's", first.Code(), first.Message())
+				}
+			} else if first.Code() != codes.Internal || strings.Contains(first.Message(), "revoked") || strings.Contains(first.Message(), "unknown") {
+				t.Fatalf("answer %v %q tells why", first.Code(), first.Message())
 			}
 		})
 	}
