@@ -4,7 +4,8 @@ package xds
 // pkg/server/v3/server_test.go: hand-written fakes for every interface the
 // package declares, a fake gRPC stream that the generated handlers wrap,
 // and connections authenticated the way the gate leaves them, without a
-// network. Snapshots reach the server through one helper, fixture.give.
+// network. Snapshots reach the server only through fixture.give and
+// fixture.remove, so that a change in how they are handed over is made here.
 
 import (
 	"context"
