@@ -131,51 +131,56 @@ func nodeName(leaf *x509.Certificate) (string, error) {
 // join service, and bind the node into the context that go-control-plane
 // hands to the callbacks.
 func (s *Server) authInterceptors() []grpc.ServerOption {
-	return []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			if info.FullMethod == nodeapi.FullJoinMethod {
-				return h(ctx, req)
-			}
-			node, err := s.peerNode(ctx)
-			if err != nil {
-				s.stats.unauthenticated.Add(1)
-				return nil, status.Error(codes.Unauthenticated, "a valid node certificate is required (run meshca bootstrap, or meshca bootstrap renew)")
-			}
-			if !s.knownNode(node) {
-				s.stats.denied.Add(1)
-				s.cfg.Audit.RecordDenial(ctx, ActionAuth, node, info.FullMethod+": node is not registered or was revoked")
-				return nil, status.Error(codes.PermissionDenied, revokedMessage(node))
-			}
-			return h(context.WithValue(ctx, nodeKey{}, node), req)
-		}),
-		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			node, err := s.peerNode(ss.Context())
-			if err != nil {
-				s.stats.unauthenticated.Add(1)
-				return status.Error(codes.Unauthenticated, "a valid node certificate is required (run meshca bootstrap, or meshca bootstrap renew)")
-			}
-			// The connection was authenticated when it was made; the node
-			// may have been revoked since.
-			if !s.knownNode(node) {
-				s.stats.denied.Add(1)
-				return status.Error(codes.PermissionDenied, revokedMessage(node))
-			}
-			ctx, cancel := context.WithCancelCause(context.WithValue(ss.Context(), nodeKey{}, node))
-			defer cancel(nil)
-			id := s.trackStream(node, cancel)
-			defer s.untrackStream(node, id)
-			// A revocation between the check above and trackStream would
-			// have missed this stream.
-			if !s.knownNode(node) {
-				return status.Error(codes.PermissionDenied, "node is not registered or was revoked")
-			}
-			err = h(srv, &boundStream{ServerStream: ss, ctx: ctx})
-			if errors.Is(context.Cause(ctx), errNodeGone) {
-				return status.Error(codes.PermissionDenied, "node was revoked or removed")
-			}
-			return err
-		}),
+	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(s.authUnary), grpc.ChainStreamInterceptor(s.authStream)}
+}
+
+// authUnary binds the connection's node to a unary call (Join excepted).
+func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if info.FullMethod == nodeapi.FullJoinMethod {
+		return h(ctx, req)
 	}
+	node, err := s.peerNode(ctx)
+	if err != nil {
+		s.stats.unauthenticated.Add(1)
+		return nil, status.Error(codes.Unauthenticated, "a valid node certificate is required (run meshca bootstrap, or meshca bootstrap renew)")
+	}
+	if !s.knownNode(node) {
+		s.stats.denied.Add(1)
+		s.cfg.Audit.RecordDenial(ctx, ActionAuth, node, info.FullMethod+": node is not registered or was revoked")
+		return nil, status.Error(codes.PermissionDenied, revokedMessage(node))
+	}
+	return h(context.WithValue(ctx, nodeKey{}, node), req)
+}
+
+// authStream binds the connection's node to a stream, and tracks the
+// stream so that closeNode can end it.
+func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	node, err := s.peerNode(ss.Context())
+	if err != nil {
+		s.stats.unauthenticated.Add(1)
+		return status.Error(codes.Unauthenticated, "a valid node certificate is required (run meshca bootstrap, or meshca bootstrap renew)")
+	}
+	// The connection was authenticated when it was made; the node
+	// may have been revoked since.
+	if !s.knownNode(node) {
+		s.stats.denied.Add(1)
+		s.cfg.Audit.RecordDenial(ss.Context(), ActionAuth, node, info.FullMethod+": node is not registered or was revoked")
+		return status.Error(codes.PermissionDenied, revokedMessage(node))
+	}
+	ctx, cancel := context.WithCancelCause(context.WithValue(ss.Context(), nodeKey{}, node))
+	defer cancel(nil)
+	id := s.trackStream(node, cancel)
+	defer s.untrackStream(node, id)
+	// A revocation between the check above and trackStream would
+	// have missed this stream.
+	if !s.knownNode(node) {
+		return status.Error(codes.PermissionDenied, "node is not registered or was revoked")
+	}
+	err = h(srv, &boundStream{ServerStream: ss, ctx: ctx})
+	if errors.Is(context.Cause(ctx), errNodeGone) {
+		return status.Error(codes.PermissionDenied, "node was revoked or removed")
+	}
+	return err
 }
 
 // boundStream carries the authenticated node in its context. A revoked

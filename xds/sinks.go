@@ -71,8 +71,8 @@ func (k sinks) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccess
 			entries = append(entries, telemetry.Entry{Time: c.GetStartTime().AsTime(), Protocol: "TCP",
 				Upstream: text.Clip(address(c.GetUpstreamRemoteAddress()), 128), Peer: text.Clip(address(c.GetDownstreamRemoteAddress()), 128)})
 		}
-		if k.s.cfg.Telemetry != nil && len(entries) > 0 {
-			k.s.cfg.Telemetry.AddLogs(node, entries)
+		if len(entries) > 0 {
+			k.s.file(node, func(t *telemetry.Store) { t.AddLogs(node, entries) })
 		}
 	}
 }
@@ -90,9 +90,22 @@ func (k sinks) StreamMetrics(stream metricsv3.MetricsService_StreamMetricsServer
 		if err != nil {
 			return err
 		}
-		if k.s.cfg.Telemetry != nil {
-			k.s.cfg.Telemetry.SetStats(node, k.s.cfg.Clock.Now(), msg.GetEnvoyMetrics())
-		}
+		k.s.file(node, func(t *telemetry.Store) { t.SetStats(node, k.s.cfg.Clock.Now(), msg.GetEnvoyMetrics()) })
+	}
+}
+
+// file runs fn to file what node sent, unless the node was removed: a
+// removal drops the node's permissions (setAllowed, under allowedMu) before
+// it forgets its telemetry, so what is filed under the read lock is
+// forgotten with it, and nothing is filed after.
+func (s *Server) file(node string, fn func(*telemetry.Store)) {
+	if s.cfg.Telemetry == nil {
+		return
+	}
+	s.allowedMu.RLock()
+	defer s.allowedMu.RUnlock()
+	if _, ok := s.allowed[node]; ok {
+		fn(s.cfg.Telemetry)
 	}
 }
 
