@@ -212,6 +212,12 @@ func (s *Server) joinTap(ctx context.Context, info *tap.Info) (context.Context, 
 	if info.FullMethodName == nodeapi.FullJoinMethod {
 		return ctx, nil
 	}
+	if node, err := s.peerNode(ctx); err == nil {
+		// Only a revoked node's certificate leads here with a certificate.
+		s.stats.denied.Add(1)
+		s.cfg.Audit.RecordDenial(ctx, ActionAuth, node, info.FullMethodName+": node is not registered or was revoked")
+		return ctx, status.Error(codes.PermissionDenied, revokedMessage(node))
+	}
 	s.stats.unauthenticated.Add(1)
 	return ctx, status.Error(codes.Unauthenticated, errNeedNodeCert)
 }
