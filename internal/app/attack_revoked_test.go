@@ -60,9 +60,8 @@ func TestAttackRevokedNodeCertificate(t *testing.T) {
 		if err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}
-		if a.send(id, grpcPrefix(2<<20-16), 5*time.Second) != 5 {
-			t.Fatalf("connection %d: could not send the message header", i)
-		}
+		// The refusal may come before the message header is sent.
+		a.send(id, grpcPrefix(2<<20-16), 5*time.Second)
 		a.waitFor(5*time.Second, func() bool { return a.ended[id] != "" || a.err != nil })
 		got := a.endedAs(id)
 		answers = append(answers, got)
