@@ -90,8 +90,10 @@ func caRotateCmd(g *globals) *cobra.Command {
 			"--abort withdraws a root rotation that has not switched issuance yet.\n" +
 			"--emergency, when a CA key may be compromised, replaces the CA now (with --root the root\n" +
 			"too), superseding a rotation in progress: every identity is re-keyed at once and the\n" +
-			"replaced CA's certificates are revoked. After --emergency --root, nodes join again with a\n" +
-			"new token (meshca node token NAME). Follow a rotation with: meshca ca show",
+			"replaced CA's certificates are revoked. After --emergency, with or without --root, nodes\n" +
+			"join again with a new token (meshca node token NAME): their node certificates and the CAs\n" +
+			"they verify meshca by are the replaced ones; admin certificates are issued again too\n" +
+			"(meshca cert issue). Follow a rotation with: meshca ca show",
 		Args: exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if abort && (root || emergency || wait) {
@@ -112,8 +114,8 @@ func caRotateCmd(g *globals) *cobra.Command {
 			if err := writeCA(cmd, out); err != nil {
 				return err
 			}
-			if emergency && root {
-				fmt.Fprintln(cmd.OutOrStdout(), "nodes must join again: their node certificates and bundle files name the replaced root (meshca node token NAME, then meshca bootstrap on the node)")
+			if emergency {
+				fmt.Fprintln(cmd.OutOrStdout(), "nodes must join again: their node certificates and the CAs they verify meshca by are the replaced ones (meshca node token NAME, then meshca bootstrap on the node); admin certificates must be issued again (meshca cert issue)")
 			}
 			if !wait {
 				return nil
