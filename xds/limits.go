@@ -32,6 +32,13 @@ const (
 	maxHeaderListSize     = 16 << 10
 )
 
+// maxConnectionsPerNode bounds one node's connections: an Envoy opens one
+// for ADS and one per worker thread for the access-log and metrics sinks.
+// Without it one node certificate (a stolen copy, a proxy in a reconnect
+// loop) could take every slot of MaxConnections and lock the other nodes
+// out.
+const maxConnectionsPerNode = 64
+
 // Limits bound what peers can make the server hold. A peer without a node
 // certificate (a joining node, or anyone at all) is served by a separate
 // gRPC server that knows only Join, with small buffers and short timeouts,

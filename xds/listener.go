@@ -111,7 +111,11 @@ func (g *gate) handshake(t *trackedConn) {
 			return
 		}
 		g.s.lim.authenticated(t)
-		g.s.conns.track(node, t)
+		if !g.s.conns.track(node, t, maxConnectionsPerNode) {
+			g.s.stats.connPerNode.Add(1)
+			t.Close()
+			return
+		}
 		to = g.nodes
 	} else if !g.s.lim.anonymous(t) {
 		g.s.stats.connPerAddress.Add(1)

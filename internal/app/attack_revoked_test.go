@@ -88,3 +88,43 @@ func TestAttackRevokedNodeCertificate(t *testing.T) {
 		t.Errorf("the live node was not served: %d failures", fails)
 	}
 }
+
+// TestAttackOneNodeCertificateManyConnections: one valid node certificate
+// (a stolen copy, or a proxy in a reconnect loop) opens more connections
+// than one node needs; the server serves at most 64 of them, so that it
+// cannot take every connection slot from the other nodes, which are
+// served meanwhile.
+func TestAttackOneNodeCertificateManyConnections(t *testing.T) {
+	const conns, perNode = 80, 64
+	m := startMeshWith(t, nil, filepath.Join(t.TempDir(), "data"), func(c *config.Config) {
+		c.XDS.MaxConnections = 100
+		c.XDS.MaxUnauthenticatedConnections = 16
+	})
+	m.addIdentity("echo")
+	stolen := m.joined("n1", "echo")
+	other := m.joined("n2", "echo")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	served := 0
+	for i := range conns {
+		a, err := dialH2With(ctx, m.app.XDS, "127.0.0.6", m.serverTLS(stolen))
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		defer a.Close()
+		if a.start() == nil && !a.waitFor(5*time.Second, func() bool { return a.settings || a.err != nil }) {
+			t.Fatalf("connection %d: neither served nor closed within 5s", i)
+		}
+		if _, spoke := a.closedByServer(); spoke {
+			served++
+		}
+	}
+	_, fails := fetchOwn(t, secretservice.NewSecretDiscoveryServiceClient(m.dial(other)), "n2", "echo", 3)
+	t.Logf("one node certificate, %d connections: %d served (limit %d per node); another node's fetches failed %d/3", conns, served, perNode, fails)
+	if served > perNode {
+		t.Errorf("%d connections of one node served, limit %d", served, perNode)
+	}
+	if fails > 0 {
+		t.Errorf("another node was not served")
+	}
+}
