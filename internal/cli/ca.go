@@ -84,8 +84,8 @@ func caRotateCmd(g *globals) *cobra.Command {
 			"once; a root rotation first publishes old and new roots in every node's trust bundle and\n" +
 			"switches once every connected node has acknowledged it. Then every leaf is re-issued under\n" +
 			"the new CA at once, and the previous CA retires as soon as connected nodes acknowledged\n" +
-			"their new certificates (and, for a root rotation, every node renewed its node certificate\n" +
-			"or let it expire).\n\n" +
+			"their new certificates and every node renewed its node certificate under the new CA\n" +
+			"or let it expire.\n\n" +
 			"--wait follows it, printing the phase and progress, until meshca's own work is done.\n" +
 			"--abort withdraws a root rotation that has not switched issuance yet.\n" +
 			"--emergency, when a CA key may be compromised, replaces the CA now (with --root the root\n" +
@@ -141,7 +141,7 @@ func rotationProgress(rot *api.CARotation) string {
 	}
 	s += fmt.Sprintf(", nodes acknowledged %d of %d connected", rot.NodesAcked, rot.NodesConnected)
 	if rot.OldNodeCerts > 0 {
-		s += fmt.Sprintf(", %d node certificate(s) under the old root", rot.OldNodeCerts)
+		s += fmt.Sprintf(", %d node certificate(s) from the previous CA", rot.OldNodeCerts)
 	}
 	return s
 }
@@ -273,7 +273,7 @@ func waitRotation(cmd *cobra.Command, g *globals, every time.Duration) error {
 			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", now, line)
 		}
 		if rot.OwnWorkDone {
-			fmt.Fprintf(cmd.OutOrStdout(), "%s meshca's part of the rotation is done: issuer %s; the old root retires once nodes renewed their node certificates (by %s at the latest); follow it with: meshca ca show\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "%s meshca's part of the rotation is done: issuer %s; the previous CA retires once nodes renewed their node certificates (by %s at the latest); follow it with: meshca ca show\n",
 				now, cur.Issuer.Serial, retireBy(rot))
 			return nil
 		}
