@@ -71,19 +71,7 @@ func TestLegacyNodeDirRenewsOnlyWithMeshca(t *testing.T) {
 
 	key := newKey(t)
 	leaf := sibling.mint(t, "spiffe://mesh.local/meshca", big.NewInt(9), key.Public(), x509.ExtKeyUsageServerAuth)
-	calls := make(chan string, 16)
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{*tlsPair(leaf, key, sibling.cert, root.cert)}})),
-		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
-			method, _ := grpc.MethodFromServerStream(ss)
-			calls <- method
-			return status.Error(codes.Unavailable, "impostor")
-		}))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer srv.Stop()
+	ln, calls := impostor(t, tlsPair(leaf, key, sibling.cert, root.cert))
 
 	setServer(ln.Addr().String())
 	out, err := run("bootstrap", "renew", "--dir", dir)
@@ -104,4 +92,28 @@ func TestLegacyNodeDirRenewsOnlyWithMeshca(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, bootstrap.IssuersFile)); err != nil {
 		t.Errorf("the renewal did not write %s: %v", bootstrap.IssuersFile, err)
 	}
+}
+
+// impostor serves gRPC over TLS with cert on a free loopback port until
+// the test ends, answering every call Unavailable; calls receives the
+// method of each call that reached it.
+func impostor(t *testing.T, cert *tls.Certificate) (net.Listener, <-chan string) {
+	t.Helper()
+	calls := make(chan string, 16)
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{*cert}})),
+		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+			method, _ := grpc.MethodFromServerStream(ss)
+			select {
+			case calls <- method:
+			default:
+			}
+			return status.Error(codes.Unavailable, "impostor")
+		}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return ln, calls
 }
