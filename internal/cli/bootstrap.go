@@ -146,7 +146,7 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 	if err := trust.checkJoined(resp, o.node, key.Public()); err != nil {
 		return fmt.Errorf("the join answer does not check out, nothing written: %w", err)
 	}
-	if err := checkServerName(ctx, o.server, o.node, resp.Kind, resp.BundlePEM); err != nil {
+	if err := checkServerName(ctx, o.server, o.node, resp.Kind, resp.IssuersPEM); err != nil {
 		return err
 	}
 
