@@ -39,27 +39,36 @@ func nodeFrom(ctx context.Context) (string, bool) {
 // tlsConfig asks for a client certificate but does not require one: the
 // join service is reached before a node has a certificate. Every other
 // method requires one (see authInterceptors). A certificate that is
-// presented must verify and belong to a node, or the handshake fails.
+// presented must verify and belong to a node, or the handshake fails. The
+// gate clones it per connection to learn whether the node was revoked
+// (see verifyConnection).
 func (s *Server) tlsConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		NextProtos:     []string{"h2"},
 		GetCertificate: s.cfg.ServerCert,
 		ClientAuth:     tls.RequestClientCert,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return nil
-			}
-			_, err := s.verifyNode(cs.PeerCertificates)
-			return err
-		},
+	}
+}
+
+// verifyConnection is a tls.Config's VerifyConnection: it accepts no
+// certificate, or a node's; *revoked learns that the node was revoked.
+func (s *Server) verifyConnection(revoked *bool) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return nil
+		}
+		_, rev, err := s.verifyNode(cs.PeerCertificates)
+		*revoked = rev
+		return err
 	}
 }
 
 // verifyNode checks a presented chain against meshca's issuing CAs (not the
 // roots: another CA under an organisation root must not make node
-// certificates) and asks the Authenticator for the node.
-func (s *Server) verifyNode(chain []*x509.Certificate) (string, error) {
+// certificates) and asks the Authenticator for the node. A certificate
+// meshca issued to a node since revoked is accepted with revoked set.
+func (s *Server) verifyNode(chain []*x509.Certificate) (node string, revoked bool, err error) {
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	for _, r := range s.cfg.Roots() {
 		roots.AddCert(r)
@@ -74,21 +83,21 @@ func (s *Server) verifyNode(chain []*x509.Certificate) (string, error) {
 	}); err != nil {
 		s.stats.authFailures.Add(1)
 		s.cfg.Audit.RecordDenial(context.Background(), ActionAuth, "", "client certificate does not verify: "+text.Clip(err.Error(), 300))
-		return "", fmt.Errorf("client certificate was not issued by meshca's CA: %w", err)
+		return "", false, fmt.Errorf("client certificate was not issued by meshca's CA: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
 	defer cancel()
-	node, err := s.cfg.Auth.AuthenticateNode(ctx, leaf)
+	node, err = s.cfg.Auth.AuthenticateNode(ctx, leaf)
 	if errors.Is(err, ErrNodeRevoked) {
-		// The node is not in s.allowed: every call is refused (and
-		// counted as denied), and says why.
-		return node, nil
+		// The gate treats the connection as one without a node
+		// certificate, on the join server, whose calls say why.
+		return node, true, nil
 	}
 	if err != nil {
 		s.stats.authFailures.Add(1)
-		return "", err
+		return "", false, err
 	}
-	return node, nil
+	return node, false, nil
 }
 
 // revokedMessage is what a revoked node's calls are answered.

@@ -327,10 +327,16 @@ func TestHandshakeAuthenticatesNode(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			calls, failures, audits := f.auth.calledTimes(), f.s.Stats().AuthFailures, len(f.audit.all())
 			// Through the handshake's own hook, as crypto/tls calls it.
-			err := f.s.tlsConfig().VerifyConnection(tls.ConnectionState{PeerCertificates: tt.chain})
-			node, err2 := f.s.verifyNode(tt.chain)
+			var revokedAtHandshake bool
+			err := f.s.verifyConnection(&revokedAtHandshake)(tls.ConnectionState{PeerCertificates: tt.chain})
+			node, revoked, err2 := f.s.verifyNode(tt.chain)
 			if (err == nil) != (err2 == nil) {
 				t.Fatalf("VerifyConnection %v, verifyNode %v", err, err2)
+			}
+			// A revoked node's genuine certificate completes the handshake
+			// marked revoked, so that the Join-only server refuses its calls.
+			if want := tt.name == "revoked node"; revoked != want || revokedAtHandshake != want {
+				t.Errorf("revoked = %v (at the handshake %v), want %v", revoked, revokedAtHandshake, want)
 			}
 			if tt.want == "" && err == nil {
 				t.Fatalf("accepted as %q", node)
@@ -350,7 +356,8 @@ func TestHandshakeAuthenticatesNode(t *testing.T) {
 		})
 	}
 	// A peer without a certificate completes the handshake: it may only Join.
-	if err := f.s.tlsConfig().VerifyConnection(tls.ConnectionState{}); err != nil {
+	var revokedNone bool
+	if err := f.s.verifyConnection(&revokedNone)(tls.ConnectionState{}); err != nil || revokedNone {
 		t.Fatalf("peer without a certificate: %v", err)
 	}
 	if f.s.tlsConfig().ClientAuth != tls.RequestClientCert {

@@ -78,17 +78,22 @@ func (t *trackedConn) Close() error {
 	return t.Conn.Close()
 }
 
-func (n *nodeConns) track(node string, t *trackedConn) {
+// track records t as node's, unless node already holds limit connections.
+func (n *nodeConns) track(node string, t *trackedConn, limit int) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.conns == nil {
 		n.conns = map[string]map[*trackedConn]struct{}{}
+	}
+	if len(n.conns[node]) >= limit {
+		return false
 	}
 	if n.conns[node] == nil {
 		n.conns[node] = map[*trackedConn]struct{}{}
 	}
 	t.node = node
 	n.conns[node][t] = struct{}{}
+	return true
 }
 
 func (n *nodeConns) forget(t *trackedConn) {

@@ -13,7 +13,8 @@
 // not the roots above them, which an organisation may share with other CAs)
 // and be, byte for byte, the certificate the Authenticator recorded. A
 // revoked node's genuine certificate completes the handshake, so that its
-// calls can be refused saying it was revoked.
+// calls can be refused saying it was revoked; its connection is then
+// treated as one without a node certificate (below).
 //
 // Caching. Each node has its own snapshot in a SnapshotCache created with
 // ads=false, holding exactly the resources the node may receive. ads=false
@@ -31,14 +32,17 @@
 // (up to the server's MaxRecvMsgSize) before any interceptor runs, and its
 // limits are per server. So the server runs the TLS handshake itself, in
 // a gate in front of two gRPC servers: connections with a verified node
-// certificate go to the nodes' server; all others to a second server that
+// certificate of an active node go to the nodes' server (at most 64 per
+// node, so that one certificate cannot take every slot); all others to a
+// second server that
 // knows only Join, refuses any other method from its headers, and holds at
 // most two 64 KiB messages per connection, with static flow-control
 // windows and short idle and age limits. The gate counts connections from
 // accept: a total (Limits.MaxConnections), a total for peers without a
-// certificate, handshakes included (when full, the oldest is closed, so a
-// flood delays joins but cannot lock nodes out), and a limit per remote
-// address once the handshake shows no certificate.
+// certificate, handshakes included (when full, the oldest of the address
+// holding the most is closed, so a flood delays joins but cannot lock
+// nodes out), and a limit per remote address once the handshake shows no
+// certificate.
 //
 // Caveats. A client that verifies no certificate during the handshake
 // still costs a handshake each time (about a millisecond of CPU); the gate

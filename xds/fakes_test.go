@@ -398,7 +398,9 @@ func (f *fixture) connect(node string, leaf *x509.Certificate) *conn {
 		f.t.Fatal("limiter refused a connection")
 	}
 	f.s.lim.authenticated(tc)
-	f.s.conns.track(node, tc)
+	if !f.s.conns.track(node, tc, maxConnectionsPerNode) {
+		f.t.Fatal("too many connections for the node")
+	}
 	return c
 }
 

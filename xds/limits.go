@@ -32,6 +32,13 @@ const (
 	maxHeaderListSize     = 16 << 10
 )
 
+// maxConnectionsPerNode bounds one node's connections: an Envoy opens one
+// for ADS and one per worker thread for the access-log and metrics sinks.
+// Without it one node certificate (a stolen copy, a proxy in a reconnect
+// loop) could take every slot of MaxConnections and lock the other nodes
+// out.
+const maxConnectionsPerNode = 64
+
 // Limits bound what peers can make the server hold. A peer without a node
 // certificate (a joining node, or anyone at all) is served by a separate
 // gRPC server that knows only Join, with small buffers and short timeouts,
@@ -43,9 +50,10 @@ type Limits struct {
 	MaxConnections int
 	// MaxUnauthenticated bounds the connections without a node
 	// certificate, handshakes in progress included. When it is reached
-	// (or MaxConnections is), the oldest such connection is closed to make
-	// room: a flood cannot lock nodes out, it can only make peers without
-	// a certificate reconnect.
+	// (or MaxConnections is), the oldest such connection of the address
+	// holding the most of them is closed to make room: a flood cannot lock
+	// nodes out, nor evict the handshakes of nodes at other addresses, it
+	// can only make peers without a certificate reconnect.
 	MaxUnauthenticated int
 	// MaxUnauthenticatedPerAddress bounds connections without a node
 	// certificate per remote address (per /64 for IPv6); one beyond it is
@@ -93,42 +101,78 @@ func (l Limits) withDefaults() Limits {
 type limiter struct {
 	max, maxUnauth, maxPerAddr int
 
-	mu      sync.Mutex
-	total   int
-	unauth  list.List // *trackedConn, oldest first
-	perAddr map[netip.Prefix]int
+	mu          sync.Mutex
+	total       int
+	unauth      list.List            // *trackedConn, oldest first
+	unauthAddrs map[netip.Prefix]int // unauth per address
+	perAddr     map[netip.Prefix]int // handshakes done without a certificate, per address
 }
 
 func newLimiter(l Limits) *limiter {
-	return &limiter{max: l.MaxConnections, maxUnauth: l.MaxUnauthenticated, maxPerAddr: l.MaxUnauthenticatedPerAddress, perAddr: map[netip.Prefix]int{}}
+	return &limiter{max: l.MaxConnections, maxUnauth: l.MaxUnauthenticated, maxPerAddr: l.MaxUnauthenticatedPerAddress,
+		unauthAddrs: map[netip.Prefix]int{}, perAddr: map[netip.Prefix]int{}}
 }
 
 // admit takes a slot for a new connection. It fails only when nodes hold
-// every slot. A victim it returns is the oldest unauthenticated connection,
-// already uncounted, which the caller must close.
+// every slot. A victim it returns is an unauthenticated connection, already
+// uncounted, which the caller must close: the oldest of the address that
+// holds the most, t's own included, so that one source making connections
+// faster than handshakes finish evicts its own, not a node's handshake.
 func (l *limiter) admit(t *trackedConn) (victim *trackedConn, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.total >= l.max || l.unauth.Len() >= l.maxUnauth {
-		front := l.unauth.Front()
-		if front == nil {
+		if l.unauth.Len() == 0 {
 			return nil, false
 		}
-		victim = front.Value.(*trackedConn)
+		victim = l.victim(t.addr)
 		l.drop(victim)
 	}
 	l.total++
 	t.elem = l.unauth.PushBack(t)
+	l.unauthAddrs[t.addr]++
 	return victim, true
+}
+
+// victim is the oldest unauthenticated connection of the address holding
+// the most of them, counting one more for next's address. l.unauth is not
+// empty.
+func (l *limiter) victim(next netip.Prefix) *trackedConn {
+	most := 0
+	for a, n := range l.unauthAddrs {
+		if a == next {
+			n++
+		}
+		most = max(most, n)
+	}
+	for e := l.unauth.Front(); e != nil; e = e.Next() {
+		c := e.Value.(*trackedConn)
+		n := l.unauthAddrs[c.addr]
+		if c.addr == next {
+			n++
+		}
+		if n == most {
+			return c
+		}
+	}
+	return l.unauth.Front().Value.(*trackedConn) // not reached: some address holds the most
 }
 
 // authenticated moves t out of the unauthenticated connections.
 func (l *limiter) authenticated(t *trackedConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if t.elem != nil {
-		l.unauth.Remove(t.elem)
-		t.elem = nil
+	l.forgetUnauth(t)
+}
+
+func (l *limiter) forgetUnauth(t *trackedConn) {
+	if t.elem == nil {
+		return
+	}
+	l.unauth.Remove(t.elem)
+	t.elem = nil
+	if l.unauthAddrs[t.addr]--; l.unauthAddrs[t.addr] <= 0 {
+		delete(l.unauthAddrs, t.addr)
 	}
 }
 
@@ -158,10 +202,7 @@ func (l *limiter) drop(t *trackedConn) {
 	}
 	t.gone = true
 	l.total--
-	if t.elem != nil {
-		l.unauth.Remove(t.elem)
-		t.elem = nil
-	}
+	l.forgetUnauth(t)
 	if t.counted {
 		if l.perAddr[t.addr]--; l.perAddr[t.addr] <= 0 {
 			delete(l.perAddr, t.addr)

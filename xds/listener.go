@@ -84,7 +84,10 @@ func (g *gate) run() error {
 // handshake runs TLS on t and hands the connection on. Refusals close t
 // underneath TLS: no alert is written to a peer that may not be reading.
 func (g *gate) handshake(t *trackedConn) {
-	conn := tls.Server(t, g.tls)
+	cfg := g.tls.Clone()
+	var revoked bool
+	cfg.VerifyConnection = g.s.verifyConnection(&revoked)
+	conn := tls.Server(t, cfg)
 	_ = t.SetDeadline(time.Now().Add(g.s.limits.HandshakeTimeout))
 	err := conn.HandshakeContext(g.ctx)
 	_ = t.SetDeadline(time.Time{})
@@ -98,15 +101,21 @@ func (g *gate) handshake(t *trackedConn) {
 		return
 	}
 	to := g.joins
-	if len(st.PeerCertificates) > 0 {
-		// VerifyConnection accepted the chain: a node's.
+	if len(st.PeerCertificates) > 0 && !revoked {
+		// VerifyConnection accepted the chain: an active node's. A revoked
+		// node's certificate buys no more than none: the join server, the
+		// limits of peers without a certificate, and refusals that say why.
 		node, err := nodeName(st.PeerCertificates[0])
 		if err != nil {
 			t.Close()
 			return
 		}
 		g.s.lim.authenticated(t)
-		g.s.conns.track(node, t)
+		if !g.s.conns.track(node, t, maxConnectionsPerNode) {
+			g.s.stats.connPerNode.Add(1)
+			t.Close()
+			return
+		}
 		to = g.nodes
 	} else if !g.s.lim.anonymous(t) {
 		g.s.stats.connPerAddress.Add(1)

@@ -115,7 +115,7 @@ type Server struct {
 
 type stats struct {
 	denied, unauthenticated, authFailures, invalid, joins, joinRefused atomic.Int64
-	connRefused, connEvicted, connPerAddress                           atomic.Int64
+	connRefused, connEvicted, connPerAddress, connPerNode              atomic.Int64
 }
 
 // Stats are counters since start, and the connections open now.
@@ -130,6 +130,9 @@ type Stats struct {
 	// (MaxConnections), closed to make room for a newer one
 	// (unauthenticated only), and closed for their address's limit.
 	ConnectionsRefused, ConnectionsEvicted, ConnectionsOverAddressLimit int64
+	// Connections of a node closed at once because it held
+	// maxConnectionsPerNode already.
+	ConnectionsOverNodeLimit int64
 	// Open connections now, and how many of them have no node
 	// certificate (handshakes included).
 	OpenConnections, OpenUnauthenticated int
@@ -212,6 +215,12 @@ func (s *Server) joinTap(ctx context.Context, info *tap.Info) (context.Context, 
 	if info.FullMethodName == nodeapi.FullJoinMethod {
 		return ctx, nil
 	}
+	if node, err := s.peerNode(ctx); err == nil {
+		// Only a revoked node's certificate leads here with a certificate.
+		s.stats.denied.Add(1)
+		s.cfg.Audit.RecordDenial(ctx, ActionAuth, node, info.FullMethodName+": node is not registered or was revoked")
+		return ctx, status.Error(codes.PermissionDenied, revokedMessage(node))
+	}
 	s.stats.unauthenticated.Add(1)
 	return ctx, status.Error(codes.Unauthenticated, errNeedNodeCert)
 }
@@ -277,6 +286,7 @@ func (s *Server) Stats() Stats {
 		ConnectionsRefused:          s.stats.connRefused.Load(),
 		ConnectionsEvicted:          s.stats.connEvicted.Load(),
 		ConnectionsOverAddressLimit: s.stats.connPerAddress.Load(),
+		ConnectionsOverNodeLimit:    s.stats.connPerNode.Load(),
 		OpenConnections:             total,
 		OpenUnauthenticated:         unauth,
 	}

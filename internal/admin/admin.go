@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/net/netutil"
+
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/authority"
@@ -161,6 +163,13 @@ func New(cfg Config) (*Server, error) {
 // Handler returns the API's handler (without TLS).
 func (s *Server) Handler() http.Handler { return s.mux }
 
+// MaxMTLSConnections bounds the connections the mTLS admin listener, which
+// anyone who can reach it may connect to, holds at once: beyond it new
+// connections wait in the kernel's backlog, holding no descriptor of
+// meshca's, until one closes (a connection that never finishes its
+// handshake is closed after ReadHeaderTimeout).
+const MaxMTLSConnections = 64
+
 // Run serves on ln until ctx is done, then stops accepting and lets
 // in-flight requests finish for up to 10 seconds. With tlsCfg (see MTLS) it
 // serves HTTPS; without, plain HTTP, which is only for loopback.
@@ -180,7 +189,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, tlsCfg *tls.Config) e
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	if tlsCfg != nil {
-		ln = tls.NewListener(ln, tlsCfg)
+		ln = tls.NewListener(netutil.LimitListener(ln, MaxMTLSConnections), tlsCfg)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -104,8 +104,8 @@ type CARotation struct {
 	// Connected nodes and those that acknowledged what was last pushed.
 	NodesConnected int `json:"nodes_connected"`
 	NodesAcked     int `json:"nodes_acked"`
-	// OldNodeCerts counts nodes whose node certificate still chains to
-	// the root that is leaving; nodes renew it themselves.
+	// OldNodeCerts counts nodes whose node certificate is still from the
+	// CA that is leaving (root or intermediate); nodes renew it themselves.
 	OldNodeCerts int `json:"old_node_certs,omitempty"`
 	// OwnWorkDone: meshca has nothing left to do; only nodes' renewals of
 	// their node certificates are awaited.

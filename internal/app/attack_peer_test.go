@@ -299,19 +299,7 @@ func TestSiblingCAImpersonation(t *testing.T) {
 		// with every CA of the organisation in its chain, meshca's too.
 		key := newKey(t)
 		leaf := sibling.mint(t, "spiffe://mesh.local/meshca", big.NewInt(7), key.Public(), x509.ExtKeyUsageServerAuth)
-		calls := make(chan string, 16)
-		srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{*tlsPair(leaf, key, sibling.cert, meshcas.cert, root.cert)}})),
-			grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
-				method, _ := grpc.MethodFromServerStream(ss)
-				calls <- method
-				return status.Error(codes.Unavailable, "impostor")
-			}))
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go srv.Serve(ln)
-		defer srv.Stop()
+		ln, calls := impostor(t, tlsPair(leaf, key, sibling.cert, meshcas.cert, root.cert))
 
 		bootstrap := func(server string, pin ...string) (string, error) {
 			var stdout, stderr bytes.Buffer

@@ -72,6 +72,12 @@ type h2attacker struct {
 // dialH2 connects from the loopback address local (empty: any) without a
 // client certificate.
 func dialH2(ctx context.Context, addr, local string) (*h2attacker, error) {
+	return dialH2With(ctx, addr, local, &tls.Config{InsecureSkipVerify: true})
+}
+
+// dialH2With connects from local with the client TLS configuration cfg
+// (a client certificate, say); ALPN is set to h2.
+func dialH2With(ctx context.Context, addr, local string, cfg *tls.Config) (*h2attacker, error) {
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	if local != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
@@ -80,7 +86,9 @@ func dialH2(ctx context.Context, addr, local string) (*h2attacker, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	cfg = cfg.Clone()
+	cfg.NextProtos = []string{"h2"}
+	c := tls.Client(raw, cfg)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	if err := c.HandshakeContext(ctx); err != nil {
 		raw.Close()

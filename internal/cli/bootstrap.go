@@ -147,7 +147,7 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 	if err := trust.checkJoined(resp, o.node, key.Public()); err != nil {
 		return fmt.Errorf("the join answer does not check out, nothing written: %w", err)
 	}
-	if err := checkServerName(ctx, o.server, o.node, resp.Kind, resp.BundlePEM); err != nil {
+	if err := checkServerName(ctx, o.server, o.node, resp.Kind, resp.IssuersPEM); err != nil {
 		return err
 	}
 
@@ -220,12 +220,9 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 // cannot pass.
 type serverTrust struct {
 	pin     []byte              // SHA-256 of the CA that signs meshca's server certificate
-	issuers []*x509.Certificate // from --ca-file or IssuersFile
-	// roots, for a node directory written before IssuersFile existed:
-	// the server chain is then checked against the trust bundle.
-	roots   []*x509.Certificate
-	node    string // for hints
-	renewal bool   // meshca is pinned by what an earlier answer named
+	issuers []*x509.Certificate // from --ca-file, IssuersFile, or the node certificate's chain
+	node    string              // for hints
+	renewal bool                // meshca is pinned by what an earlier answer named
 }
 
 func newServerTrust(pinHex, caFile string) (*serverTrust, error) {
@@ -266,7 +263,11 @@ func readCAFile(path string) ([]*x509.Certificate, error) {
 }
 
 // renewTrust is how a node directory pins meshca when it renews: by the
-// issuing CAs it was given, or by its trust bundle when it predates them.
+// issuing CAs it was given or, in a directory that predates them, by the
+// CAs in its node certificate's chain, which meshca's issuing CA signed.
+// Never by the trust bundle: its roots may be an organisation's, shared
+// with other CAs, and an impostor's answer would replace whom the node
+// trusts as meshca.
 func renewTrust(dir string) (*serverTrust, error) {
 	issuers, err := readCAFile(filepath.Join(dir, bootstrap.IssuersFile))
 	if err == nil {
@@ -275,11 +276,15 @@ func renewTrust(dir string) (*serverTrust, error) {
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	roots, err := readCAFile(filepath.Join(dir, bootstrap.BundleFile))
+	chain, err := readCAFile(filepath.Join(dir, bootstrap.CertFile))
 	if err != nil {
 		return nil, err
 	}
-	return &serverTrust{roots: roots, renewal: true}, nil
+	if len(chain) < 2 {
+		return nil, fmt.Errorf("%s has no %s and %s names no issuing CA to pin meshca by: bootstrap the node again with a token from meshca node token NODE",
+			dir, bootstrap.IssuersFile, bootstrap.CertFile)
+	}
+	return &serverTrust{issuers: chain[1:], renewal: true}, nil
 }
 
 // pinned reports whether c is a CA this trust names.
@@ -301,23 +306,14 @@ func (t *serverTrust) verifyServer(certs []*x509.Certificate) error {
 		return errors.New("server presented no certificate")
 	}
 	opts := x509.VerifyOptions{Roots: x509.NewCertPool(), Intermediates: x509.NewCertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	if t.roots != nil {
-		for _, r := range t.roots {
-			opts.Roots.AddCert(r)
-		}
-		for _, c := range certs[1:] {
-			opts.Intermediates.AddCert(c)
-		}
-	} else {
-		// The pinned CA is the anchor, and no intermediate is offered: the
-		// server certificate must be signed by it directly.
-		for _, is := range t.issuers {
-			opts.Roots.AddCert(is)
-		}
-		for _, c := range certs[1:] {
-			if t.pin != nil && t.pinned(c) {
-				opts.Roots.AddCert(c)
-			}
+	// The pinned CA is the anchor, and no intermediate is offered: the
+	// server certificate must be signed by it directly.
+	for _, is := range t.issuers {
+		opts.Roots.AddCert(is)
+	}
+	for _, c := range certs[1:] {
+		if t.pin != nil && t.pinned(c) {
+			opts.Roots.AddCert(c)
 		}
 	}
 	if _, err := certs[0].Verify(opts); err != nil {

@@ -16,10 +16,11 @@ import (
 // checkServerName makes sure a bootstrap of this kind will verify the
 // server just joined, before anything is written. A proxyless gRPC node
 // (grpc-go) verifies the host of server_uri against meshca's certificate,
-// with the trust bundle it is given; Envoy's bootstrap checks meshca's
+// with the issuing CAs it is given (grpc-bootstrap.json's channel
+// credentials name meshca-issuers.pem); Envoy's bootstrap checks meshca's
 // SPIFFE ID instead, so other kinds need no host name. The check dials
-// server as grpc-go will, with bundlePEM as the only roots.
-func checkServerName(ctx context.Context, server, node, kind, bundlePEM string) error {
+// server as grpc-go will, with issuersPEM as the only roots.
+func checkServerName(ctx context.Context, server, node, kind, issuersPEM string) error {
 	if kind != mesh.KindGRPC {
 		return nil
 	}
@@ -28,8 +29,8 @@ func checkServerName(ctx context.Context, server, node, kind, bundlePEM string) 
 		return fmt.Errorf("--server %q is not host:port", server)
 	}
 	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM([]byte(bundlePEM)) {
-		return errors.New("the trust bundle meshca sent holds no certificate; nothing written")
+	if !roots.AppendCertsFromPEM([]byte(issuersPEM)) {
+		return errors.New("the issuing CAs meshca sent hold no certificate; nothing written")
 	}
 	var seen *x509.Certificate
 	d := tls.Dialer{
@@ -38,7 +39,7 @@ func checkServerName(ctx context.Context, server, node, kind, bundlePEM string) 
 			MinVersion: tls.VersionTLS12,
 			NextProtos: []string{"h2"},
 			// The verification below is crypto/tls's own (chain to the
-			// bundle, then the host name or IP), done by hand only to keep
+			// issuing CAs, then the host name or IP), done by hand only to keep
 			// the certificate for the message when it fails.
 			InsecureSkipVerify: true,
 			VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {

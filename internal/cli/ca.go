@@ -84,14 +84,16 @@ func caRotateCmd(g *globals) *cobra.Command {
 			"once; a root rotation first publishes old and new roots in every node's trust bundle and\n" +
 			"switches once every connected node has acknowledged it. Then every leaf is re-issued under\n" +
 			"the new CA at once, and the previous CA retires as soon as connected nodes acknowledged\n" +
-			"their new certificates (and, for a root rotation, every node renewed its node certificate\n" +
-			"or let it expire).\n\n" +
+			"their new certificates and every node renewed its node certificate under the new CA\n" +
+			"or let it expire.\n\n" +
 			"--wait follows it, printing the phase and progress, until meshca's own work is done.\n" +
 			"--abort withdraws a root rotation that has not switched issuance yet.\n" +
 			"--emergency, when a CA key may be compromised, replaces the CA now (with --root the root\n" +
 			"too), superseding a rotation in progress: every identity is re-keyed at once and the\n" +
-			"replaced CA's certificates are revoked. After --emergency --root, nodes join again with a\n" +
-			"new token (meshca node token NAME). Follow a rotation with: meshca ca show",
+			"replaced CA's certificates are revoked. After --emergency, with or without --root, nodes\n" +
+			"join again with a new token (meshca node token NAME): their node certificates and the CAs\n" +
+			"they verify meshca by are the replaced ones; admin certificates are issued again too\n" +
+			"(meshca cert issue). Follow a rotation with: meshca ca show",
 		Args: exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if abort && (root || emergency || wait) {
@@ -112,8 +114,8 @@ func caRotateCmd(g *globals) *cobra.Command {
 			if err := writeCA(cmd, out); err != nil {
 				return err
 			}
-			if emergency && root {
-				fmt.Fprintln(cmd.OutOrStdout(), "nodes must join again: their node certificates and bundle files name the replaced root (meshca node token NAME, then meshca bootstrap on the node)")
+			if emergency {
+				fmt.Fprintln(cmd.OutOrStdout(), "nodes must join again: their node certificates and the CAs they verify meshca by are the replaced ones (meshca node token NAME, then meshca bootstrap on the node); admin certificates must be issued again (meshca cert issue)")
 			}
 			if !wait {
 				return nil
@@ -139,7 +141,7 @@ func rotationProgress(rot *api.CARotation) string {
 	}
 	s += fmt.Sprintf(", nodes acknowledged %d of %d connected", rot.NodesAcked, rot.NodesConnected)
 	if rot.OldNodeCerts > 0 {
-		s += fmt.Sprintf(", %d node certificate(s) under the old root", rot.OldNodeCerts)
+		s += fmt.Sprintf(", %d node certificate(s) from the previous CA", rot.OldNodeCerts)
 	}
 	return s
 }
@@ -271,7 +273,7 @@ func waitRotation(cmd *cobra.Command, g *globals, every time.Duration) error {
 			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", now, line)
 		}
 		if rot.OwnWorkDone {
-			fmt.Fprintf(cmd.OutOrStdout(), "%s meshca's part of the rotation is done: issuer %s; the old root retires once nodes renewed their node certificates (by %s at the latest); follow it with: meshca ca show\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "%s meshca's part of the rotation is done: issuer %s; the previous CA retires once nodes renewed their node certificates (by %s at the latest); follow it with: meshca ca show\n",
 				now, cur.Issuer.Serial, retireBy(rot))
 			return nil
 		}

@@ -51,7 +51,7 @@ func TestWaitRotationReturnsWhenOwnWorkIsDone(t *testing.T) {
 	for _, want := range []string{
 		"re-issued 4 of 10 leaves, nodes acknowledged 0 of 2 connected",
 		"nodes acknowledged 1 of 2 connected",
-		"2 node certificate(s) under the old root",
+		"2 node certificate(s) from the previous CA",
 		"meshca's part of the rotation is done: issuer abc",
 		"by 2030-01-02T03:04:05Z at the latest",
 	} {

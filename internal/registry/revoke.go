@@ -70,19 +70,33 @@ func (r *Registry) RevokeIdentity(ctx context.Context, name, reason, actor strin
 // holders, and the certificates the node may have received go on the CRL:
 // the revoked node's copies stop working at once, not at their expiry.
 func (r *Registry) RevokeNode(ctx context.Context, name, reason, actor string) (Revoked, error) {
-	// A re-key that cannot be issued must not hold up the revocation.
-	rekeys := r.prepareRekeys(ctx, name, actor)
-	res, err := r.revoke(ctx, name, reason, actor, true, rekeys)
+	// A re-key that cannot be issued must not hold up the revocation. One
+	// issued for identities the node no longer holds all is issued again.
+	var (
+		res Revoked
+		err error
+	)
+	for range 3 {
+		rekeys := r.prepareRekeys(ctx, name, actor)
+		if res, err = r.revoke(ctx, name, reason, actor, true, rekeys); !errors.Is(err, errRekeysStale) {
+			break
+		}
+	}
 	if err != nil && ctx.Err() == nil {
 		r.deny(ctx, store.Event{Action: ActionNodeRevoke, Actor: actor, Node: clip(name, identity.MaxNameLength), Detail: err.Error()})
 	}
 	return res, err
 }
 
+// errRekeysStale: the node was assigned an identity after its re-keys were
+// issued.
+var errRekeysStale error = conflict("the node was assigned another identity while it was being revoked; revoke it again")
+
 // prepareRekeys issues, before the revocation's transaction, a new
-// certificate for each active identity node holds. An identity whose
-// certificate cannot be issued is logged and audited as failed, with what
-// to do, and keeps its key.
+// certificate for each active identity node holds, by name; a name with
+// no certificate (Serial empty) was looked at and is not re-keyed. An
+// identity whose certificate cannot be issued is logged and audited as
+// failed, with what to do, and keeps its key.
 func (r *Registry) prepareRekeys(ctx context.Context, node, actor string) map[string]store.Cert {
 	out := map[string]store.Cert{}
 	n, err := r.Node(ctx, node)
@@ -90,6 +104,7 @@ func (r *Registry) prepareRekeys(ctx context.Context, node, actor string) map[st
 		return out // refused in the transaction
 	}
 	for _, name := range n.Identities {
+		out[name] = store.Cert{}
 		st, err := r.Identity(ctx, name)
 		if err != nil || st.Identity.State != store.StateActive {
 			continue
@@ -180,6 +195,11 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 			for _, ident := range n.Identities {
 				fresh, ok := rekeys[ident]
 				if !ok {
+					// Assigned since the re-keys were issued: the node
+					// may hold its key.
+					return errRekeysStale
+				}
+				if fresh.Serial == "" {
 					continue
 				}
 				serials, ok, err := rekey(tx, ident, fresh, name, reason, actor, now)

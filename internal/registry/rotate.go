@@ -66,8 +66,9 @@ type Rotation struct {
 	// NodesConnected and NodesAcked: connected nodes, and those of them
 	// that acknowledged what was last pushed to them.
 	NodesConnected, NodesAcked int
-	// OldNodeCerts counts active nodes whose node certificate still
-	// chains to the root that is leaving (root rotation).
+	// OldNodeCerts counts active nodes whose node certificate is still
+	// from the CA that is leaving (which meshca stops accepting when it
+	// retires).
 	OldNodeCerts int
 	// OwnWorkDone is true when meshca has nothing left to do: the rotation
 	// waits only for nodes to renew their node certificates.
@@ -135,9 +136,10 @@ func (r *Registry) LastRotation() *RotationDone { return r.rot.last.Load() }
 // publishes old and new roots in every node's trust bundle and switches
 // once connected nodes have acknowledged it. Then RunCA re-issues every
 // leaf under the new CA at full speed, waits (a bounded time) for
-// connected nodes to acknowledge, and, for a root rotation, for nodes to
-// renew node certificates that chain to the old root; the previous CA
-// retires at once after that.
+// connected nodes to acknowledge, and for nodes to renew node certificates
+// from the previous CA (root or intermediate rotation: meshca accepts node
+// certificates only from its issuing CAs); the previous CA retires at once
+// after that.
 func (r *Registry) StartRotation(ctx context.Context, root bool, actor string) error {
 	err := r.refuseIfRotating(ctx)
 	if err == nil {
@@ -517,8 +519,8 @@ func (r *Registry) advancePublishing(ctx context.Context, rot *store.CARotation,
 }
 
 // advanceReissuing re-issues every leaf still from another issuer, then
-// waits for acknowledgements and, in a root rotation, for node
-// certificates under the old root, and retires the previous CA.
+// waits for acknowledgements and for node certificates from the previous
+// CA to be renewed or expire, and retires the previous CA.
 func (r *Registry) advanceReissuing(ctx context.Context, set store.CASet, acks Acks, now time.Time) (string, bool, error) {
 	rot := set.Rotation
 	stale, err := r.staleLeaves(ctx, set.IssuerSerial)

@@ -68,8 +68,10 @@ func (r *Registry) abortRotation(ctx context.Context, actor string) error {
 // re-keyed under it at full speed, every unexpired identity certificate of
 // the replaced issuers is revoked (it appears in the CRL), and the roots
 // other than the new issuer's leave the bundle. Node certificates are not
-// revoked: meshca accepts only the node certificates it recorded; after an
-// emergency root rotation nodes join again with a new token. It returns
+// revoked, but once the rotation ends meshca no longer accepts them (nor
+// admin certificates) from the replaced issuer, and nodes verify meshca
+// by the issuers they were given: after any emergency rotation nodes join
+// again with a new token. It returns
 // when that is done, or when ctx ends (RunCA then finishes it).
 func (r *Registry) EmergencyRotation(ctx context.Context, root bool, actor string) (RotationDone, error) {
 	if c := r.rot.cancel.Load(); c != nil {
