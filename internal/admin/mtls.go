@@ -33,8 +33,12 @@ type Issuers interface {
 // 1.3, meshca's own server certificate from getCert, and a client
 // certificate that must be issued by one of meshca's issuing CAs (another CA
 // under the same organisation root does not do) and be an admin credential
-// meshca recorded.
-func MTLS(issuers Issuers, authz Authorizer, getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+// meshca recorded. now is the clock the client certificate's validity is
+// judged by (nil: the wall clock), the same as the rest of meshca's.
+func MTLS(issuers Issuers, authz Authorizer, getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error), now func() time.Time) *tls.Config {
+	if now == nil {
+		now = time.Now
+	}
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: getCert,
@@ -53,7 +57,7 @@ func MTLS(issuers Issuers, authz Authorizer, getCert func(*tls.ClientHelloInfo) 
 				inter.AddCert(c)
 			}
 			leaf := cs.PeerCertificates[0]
-			if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 				return fmt.Errorf("admin API: client certificate was not issued by meshca's CA: %w", err)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), authzTimeout)

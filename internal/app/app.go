@@ -219,7 +219,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	mtls := admin.MTLS(reg, reg, serverCert.Get)
+	mtls := admin.MTLS(reg, reg, serverCert.Get, o.clock.Now)
 	for _, l := range []struct {
 		key, addr string
 		ln        net.Listener
