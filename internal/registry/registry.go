@@ -145,6 +145,8 @@ func (r *Registry) SubscribeTrust(fn func()) {
 }
 
 func (r *Registry) notifyTrust() {
+	// The CA and the CRL are held here, in memory: say that they changed.
+	r.cfg.Store.Announce(store.Change{Kind: store.KindTrust})
 	r.mu.Lock()
 	fns := slices.Clone(r.trust)
 	r.mu.Unlock()
