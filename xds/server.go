@@ -266,6 +266,19 @@ func (s *Server) Serving() bool { return s.serving.Load() }
 // Status returns what the server knows of a node's connections.
 func (s *Server) Status(node string) NodeStatus { return s.cb.Status(node) }
 
+// Synced reports whether node is connected, and whether it has
+// acknowledged the current version of every resource type it follows: it
+// has what was last handed over for it.
+func (s *Server) Synced(node string) (connected, synced bool) { return s.cb.synced(node) }
+
+// AckEvents returns a channel closed at the next acknowledgement or stream
+// close of any node, for callers waiting until nodes are synced.
+func (s *Server) AckEvents() <-chan struct{} {
+	s.cb.mu.Lock()
+	defer s.cb.mu.Unlock()
+	return s.cb.acks
+}
+
 // Pending counts the connected nodes that subscribe to secrets but have not
 // yet acknowledged their current ones (for example a new trust bundle).
 func (s *Server) Pending() int { return s.cb.pending() }

@@ -197,7 +197,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	// What each node receives is computed from the store's change feed and
 	// handed to the xDS server; every node has a snapshot before it serves.
 	nodes, err := nodeconfig.New(nodeconfig.Config{
-		Store: st, TrustDomain: td, Trust: trustSource{reg: reg}, Publisher: xdsSrv, Clock: o.clock, Logger: logger,
+		Store: st, TrustDomain: td, Trust: trustSource{reg: reg}, Publisher: xdsSrv, Acks: xdsSrv, Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
@@ -226,7 +226,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	runs = append(runs, renewer.Run, reg.RunCRL, reg.RunDenials, func(ctx context.Context) error { return reg.RunCA(ctx, rotationAcks(reg, xdsSrv)) })
 
 	adm, err := admin.New(admin.Config{
-		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv},
+		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},
 		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: cfg.AdvertisedXDS(xdsLn.Addr().String()), Logger: logger,
 		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Denials: reg, Logs: tel, Renewal: policy,
 		Clock: o.clock,

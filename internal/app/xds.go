@@ -5,10 +5,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc/codes"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/admin"
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/nodeapi"
@@ -28,6 +30,16 @@ var _ nodeconfig.Trust = trustSource{}
 
 func (t trustSource) BundlePEM() []byte { return t.reg.CA().BundlePEM() }
 func (t trustSource) CRL() []byte       { return t.reg.CRL() }
+
+// pushWaiter lets admin writes wait until the nodes have the change.
+type pushWaiter struct{ b *nodeconfig.Builder }
+
+var _ admin.PushWaiter = pushWaiter{}
+
+func (p pushWaiter) WaitPushed(ctx context.Context) (nodes, have int, took time.Duration) {
+	r := p.b.WaitPushed(ctx)
+	return r.Nodes, r.Have, r.Took
+}
 
 // nodeAuth tells the xDS server which refusals are of a revoked node.
 type nodeAuth struct{ reg *registry.Registry }

@@ -17,6 +17,11 @@
 // more. The feed subscription is bounded; when it overflows the Builder
 // resyncs (every node is rebuilt, nodes gone from the store are removed).
 //
+// Waiting. WaitPushed lets a writer wait until every connected node its
+// change affects has been handed its new configuration and acknowledged it
+// (Acks, the xDS server's view), by feed position (store.FeedPos): the
+// admin API's wait=pushed.
+//
 // # Caveats
 //
 // Builds read the store, not the change: a Batch names records, the

@@ -54,6 +54,9 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain // required
 	Trust       Trust                // required
 	Publisher   Publisher            // required
+	// Acks, when set, lets WaitPushed tell which nodes acknowledged what
+	// they were handed.
+	Acks Acks
 	// Workers build nodes in parallel (default GOMAXPROCS).
 	Workers int
 	// FeedLimit bounds the feed subscription (default
@@ -75,10 +78,11 @@ type Builder struct {
 	trustWake chan struct{}
 	trustPEM  struct{ bundle, crl []byte } // owned by the trust loop
 
-	mu      sync.Mutex
-	holders map[string]map[string]bool // identity -> nodes assigned it
-	assigns map[string][]string        // node -> identities
-	known   map[string]bool            // nodes published and not removed
+	mu       sync.Mutex
+	progress progress
+	holders  map[string]map[string]bool // identity -> nodes assigned it
+	assigns  map[string][]string        // node -> identities
+	known    map[string]bool            // nodes published and not removed
 
 	stats struct{ builds, removes, trusts, resyncs, failures atomic.Int64 }
 
@@ -107,8 +111,10 @@ func New(cfg Config) (*Builder, error) {
 	}
 	b := &Builder{cfg: cfg, log: cfg.Logger, trustWake: make(chan struct{}, 1),
 		holders: map[string]map[string]bool{}, assigns: map[string][]string{}, known: map[string]bool{}}
+	b.progress.init()
 	b.nodes.init()
 	b.sub = cfg.Store.Subscribe(cfg.FeedLimit)
+	b.progress.dispatched = cfg.Store.FeedPos()
 	return b, nil
 }
 
@@ -170,13 +176,14 @@ func (b *Builder) Run(ctx context.Context) error {
 			return fmt.Errorf("nodeconfig: feed: %w", err)
 		}
 		if err := b.dispatch(ctx, batch); err != nil {
+			b.stats.failures.Add(1)
 			if ctx.Err() != nil {
 				return nil
 			}
 			// The store could not be read: rebuild everything rather than
 			// lose the change.
 			b.log.Error("change not resolved to nodes; rebuilding every node", logErr, err)
-			if err := b.dispatch(ctx, store.Batch{Seq: batch.Seq, Resync: true}); err != nil && ctx.Err() == nil {
+			if err := b.dispatch(ctx, store.Batch{Seq: batch.Seq, Pos: batch.Pos, Resync: true}); err != nil && ctx.Err() == nil {
 				b.log.Error("resync failed; nodes are rebuilt on their next change", logErr, err)
 			}
 		}
@@ -205,9 +212,7 @@ func (b *Builder) dispatch(ctx context.Context, batch store.Batch) error {
 			}
 		}
 		b.mu.Unlock()
-		for _, n := range names {
-			b.nodes.add(n)
-		}
+		b.queued(batch.Pos, names, true)
 		return nil
 	}
 	var (
@@ -226,9 +231,6 @@ func (b *Builder) dispatch(ctx context.Context, batch store.Batch) error {
 		case store.KindCA, store.KindTrust:
 			trust = true
 		}
-	}
-	if trust {
-		b.wakeTrust()
 	}
 	if len(nodes) > 0 {
 		if err := b.updateIndex(ctx, nodes); err != nil {
@@ -252,10 +254,29 @@ func (b *Builder) dispatch(ctx context.Context, batch store.Batch) error {
 		}
 	}
 	b.mu.Unlock()
+	b.queued(batch.Pos, nodes, trust)
+	return nil
+}
+
+// queued records that the changes up to feed position pos affect nodes
+// (and the trust bundle), then queues them.
+func (b *Builder) queued(seq uint64, nodes []string, trust bool) {
+	b.mu.Lock()
+	for _, n := range nodes {
+		b.progress.want[n] = seq
+	}
+	if trust {
+		b.progress.trustWant = seq
+	}
+	b.progress.dispatched = max(b.progress.dispatched, seq)
+	b.progress.signalLocked()
+	b.mu.Unlock()
+	if trust {
+		b.wakeTrust()
+	}
 	for _, n := range nodes {
 		b.nodes.add(n)
 	}
-	return nil
 }
 
 // reindex reads every node's assignments and returns the names of all
@@ -368,8 +389,18 @@ func (b *Builder) work(ctx context.Context) {
 		if !ok {
 			return
 		}
-		if err := b.build(ctx, node); err != nil && ctx.Err() == nil {
-			b.log.Error("node configuration not published; the node keeps its last one", logNode, node, logErr, err)
+		b.mu.Lock()
+		seq := b.progress.want[node]
+		b.mu.Unlock()
+		if err := b.build(ctx, node); err != nil {
+			if ctx.Err() == nil {
+				b.log.Error("node configuration not published; the node keeps its last one", logNode, node, logErr, err)
+			}
+		} else {
+			b.mu.Lock()
+			b.progress.built[node] = max(b.progress.built[node], seq)
+			b.progress.signalLocked()
+			b.mu.Unlock()
 		}
 		b.nodes.done(node)
 	}
@@ -508,9 +539,19 @@ func (b *Builder) trustLoop(ctx context.Context) {
 			return
 		case <-b.trustWake:
 		}
-		if err := b.publishTrust(ctx); err != nil && ctx.Err() == nil {
-			b.log.Error("trust bundle not pushed to every node", logErr, err)
+		b.mu.Lock()
+		seq := b.progress.trustWant
+		b.mu.Unlock()
+		if err := b.publishTrust(ctx); err != nil {
+			if ctx.Err() == nil {
+				b.log.Error("trust bundle not pushed to every node", logErr, err)
+			}
+			continue
 		}
+		b.mu.Lock()
+		b.progress.trustBuilt = max(b.progress.trustBuilt, seq)
+		b.progress.signalLocked()
+		b.mu.Unlock()
 	}
 }
 

@@ -39,6 +39,11 @@ type Batch struct {
 	// Changes are in the order in which each was first committed; a record
 	// changed several times appears once.
 	Changes []Change
+	// Pos is the feed's position after this batch: it counts the commits
+	// that changed records and the announcements handed to subscribers,
+	// in order. Compare it with Store.FeedPos to know that a subscriber has
+	// seen everything queued before some point (a write that returned).
+	Pos uint64
 	// Resync means changes were dropped because the subscriber's queue was
 	// full: treat every record as changed. Changes is then empty.
 	Resync bool
@@ -57,6 +62,7 @@ type Subscription struct {
 
 	mu      sync.Mutex
 	seq     uint64
+	pos     uint64
 	pending []Change
 	index   map[Change]struct{}
 	resync  bool
@@ -74,7 +80,7 @@ func (s *Subscription) Next(ctx context.Context) (Batch, error) {
 			return Batch{}, ErrClosed
 		}
 		if len(s.pending) > 0 || s.resync {
-			b := Batch{Seq: s.seq, Changes: s.pending, Resync: s.resync}
+			b := Batch{Seq: s.seq, Pos: s.pos, Changes: s.pending, Resync: s.resync}
 			s.pending, s.index, s.resync = nil, nil, false
 			s.mu.Unlock()
 			return b, nil
@@ -110,14 +116,15 @@ func (s *Subscription) wake() {
 	}
 }
 
-// add queues changes up to seq without blocking.
-func (s *Subscription) add(seq uint64, changes []Change) {
+// add queues changes up to seq and pos without blocking.
+func (s *Subscription) add(seq, pos uint64, changes []Change) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return
 	}
 	s.seq = max(s.seq, seq)
+	s.pos = max(s.pos, pos)
 	if !s.resync {
 		if s.index == nil {
 			s.index = make(map[Change]struct{})
@@ -145,6 +152,7 @@ func (s *Subscription) add(seq uint64, changes []Change) {
 type feed struct {
 	mu        sync.Mutex
 	delivered uint64              // the last audit Seq handed to subscribers
+	pos       uint64              // commits with changes and announcements handed over
 	held      map[uint64]heldPart // by first Seq: commits that arrived early
 	subs      []*Subscription
 }
@@ -184,16 +192,18 @@ func (f *feed) deliver(last uint64, changes []Change) {
 	if len(changes) == 0 {
 		return
 	}
+	f.pos++
 	for _, s := range f.subs {
-		s.add(last, changes)
+		s.add(last, f.pos, changes)
 	}
 }
 
 func (f *feed) announce(changes []Change) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.pos++
 	for _, s := range f.subs {
-		s.add(f.delivered, changes)
+		s.add(f.delivered, f.pos, changes)
 	}
 }
 
@@ -203,7 +213,7 @@ func (f *feed) subscribe(limit int) *Subscription {
 	}
 	s := &Subscription{f: f, limit: limit, ready: make(chan struct{}, 1)}
 	f.mu.Lock()
-	s.seq = f.delivered
+	s.seq, s.pos = f.delivered, f.pos
 	f.subs = append(f.subs, s)
 	f.mu.Unlock()
 	return s
@@ -220,6 +230,17 @@ func (f *feed) remove(s *Subscription) {
 // resync (<= 0: DefaultFeedLimit). Read the current state after Subscribe,
 // not before, so that no change falls between the two.
 func (s *Store) Subscribe(limit int) *Subscription { return s.feed.subscribe(limit) }
+
+// FeedPos is the feed's position now: what a Batch.Pos reaches once a
+// subscriber has seen everything handed over so far. Read after an Update
+// or Announce returns, it covers them (unless a commit of the same group
+// that came before the Update has not been handed over yet, a window of
+// microseconds; then it covers it a moment later).
+func (s *Store) FeedPos() uint64 {
+	s.feed.mu.Lock()
+	defer s.feed.mu.Unlock()
+	return s.feed.pos
+}
 
 // Announce tells every subscriber that state derived from the store and
 // held in memory changed (KindTrust: a newly signed CRL), for consumers
