@@ -104,8 +104,10 @@ func (c connections) NodeConnection(node string) api.NodeConnection {
 func clip(s string) string { return text.Clip(s, 100) }
 
 // rotationAcks tells a CA rotation how many nodes are connected and how
-// many of those have not acknowledged their current secrets.
-func rotationAcks(reg *registry.Registry, srv *xds.Server) registry.Acks {
+// many of those have not acknowledged their current secrets. While node
+// configuration has changes not yet handed to the xDS server, every
+// connected node counts as pending: it has not been sent them yet.
+func rotationAcks(reg *registry.Registry, srv *xds.Server, configs *nodeconfig.Builder) registry.Acks {
 	return func(ctx context.Context) (pending, connected int) {
 		pending = srv.Pending()
 		nodes, err := reg.Nodes(ctx)
@@ -116,6 +118,9 @@ func rotationAcks(reg *registry.Registry, srv *xds.Server) registry.Acks {
 			if srv.Status(n.Name).Streams > 0 {
 				connected++
 			}
+		}
+		if !configs.Idle() {
+			pending = connected
 		}
 		return pending, max(connected, pending)
 	}

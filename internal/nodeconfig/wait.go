@@ -118,3 +118,22 @@ func (b *Builder) pushed(seq uint64) (Pushed, <-chan struct{}) {
 	p.Complete = p.Have == p.Nodes && (!trust || trustDone)
 	return p, changed
 }
+
+// Idle reports whether everything the feed has handed over so far has been
+// published: no node or trust change is queued, being built, or failed
+// since. A CA rotation uses it so that nodes count as having acknowledged
+// a new bundle only once they were sent it.
+func (b *Builder) Idle() bool {
+	pos := b.cfg.Store.FeedPos()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.progress.dispatched < pos || b.progress.trustBuilt < b.progress.trustWant {
+		return false
+	}
+	for n, w := range b.progress.want {
+		if b.progress.built[n] < w {
+			return false
+		}
+	}
+	return true
+}

@@ -89,3 +89,34 @@ func TestWaitPushed(t *testing.T) {
 		t.Fatal("WaitPushed did not return once the holder had its snapshot")
 	}
 }
+
+// TestIdle checks that the Builder is idle only once every change the feed
+// handed over has been published.
+func TestIdle(t *testing.T) {
+	f := newFixture(t, 0)
+	f.write(t, node("n1", "web"))
+	f.sync(t)
+	f.pub.expect(t, "trust", "set n1")
+	if !f.b.Idle() {
+		t.Fatal("not idle after Sync with no change since")
+	}
+	f.write(t, ident("web", store.StateActive))
+	if f.b.Idle() {
+		t.Fatal("idle with a change not yet handled")
+	}
+	f.run(t)
+	f.pub.expect(t, "set n1")
+	for {
+		f.b.mu.Lock()
+		step := f.b.progress.changed
+		f.b.mu.Unlock()
+		if f.b.Idle() {
+			break
+		}
+		select {
+		case <-step:
+		case <-time.After(10 * time.Second):
+			t.Fatal("not idle after the change was published")
+		}
+	}
+}

@@ -51,6 +51,11 @@
 // and held in memory (the signed CRL); it reaches subscribers of this
 // process only.
 //
+// Batch.Pos counts the commits with changes and the announcements handed
+// over, in order; FeedPos is its value now. A writer that wants to know
+// when a consumer has acted on its change reads FeedPos after its write
+// returned and waits until the consumer has handled a Batch with that Pos.
+//
 // # Caveats
 //
 // Update runs its function in a group commit (commit.go): concurrent callers
