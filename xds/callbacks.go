@@ -34,6 +34,7 @@ type callbacks struct {
 	refusalLog  *slog.Logger // rate limited: a node can repeat refused requests at will
 
 	mu      sync.Mutex
+	acks    chan struct{}         // closed and replaced at every ACK and stream close
 	streams map[streamKey]boundTo // stream -> authenticated node
 	named   map[streamKey]bool    // delta streams whose first request named the node
 	status  map[string]*nodeStatus
@@ -83,7 +84,7 @@ type NodeStatus struct {
 }
 
 func newCallbacks(s *Server) *callbacks {
-	return &callbacks{s: s, streams: map[streamKey]boundTo{}, named: map[streamKey]bool{}, status: map[string]*nodeStatus{}}
+	return &callbacks{s: s, acks: make(chan struct{}), streams: map[streamKey]boundTo{}, named: map[streamKey]bool{}, status: map[string]*nodeStatus{}}
 }
 
 func (c *callbacks) open(ctx context.Context, id streamKey, typeURL string) error {
@@ -108,6 +109,7 @@ func (c *callbacks) closed(id streamKey) {
 		c.nodeStatus(b.node).streams--
 		delete(c.streams, id)
 		delete(c.named, id)
+		c.signalLocked()
 	}
 }
 
@@ -189,6 +191,7 @@ func (c *callbacks) track(node, typeURL, version string, nack string) {
 		}
 	case version != "":
 		st.acked[typeURL] = version
+		c.signalLocked()
 		if p, ok := st.published[typeURL]; ok && !p.acked && p.version == version {
 			p.acked = true
 			st.published[typeURL] = p
@@ -211,6 +214,34 @@ func (c *callbacks) published(node string, versions map[string]string) {
 			st.published[typeURL] = publication{version: v, at: now}
 		}
 	}
+}
+
+// signalLocked wakes the waiters of AckEvents; c.mu is held.
+func (c *callbacks) signalLocked() {
+	close(c.acks)
+	c.acks = make(chan struct{})
+}
+
+// synced reports whether node has an open stream, and whether it has
+// acknowledged the version published last of every type it acknowledged
+// before (and of secrets, once it asked for them).
+func (c *callbacks) synced(node string) (connected, synced bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.status[node]
+	if !ok || st.streams == 0 {
+		return false, false
+	}
+	for typeURL, p := range st.published {
+		_, asked := st.acked[typeURL]
+		if typeURL == resource.SecretType {
+			asked = asked || st.secrets
+		}
+		if asked && st.acked[typeURL] != p.version {
+			return true, false
+		}
+	}
+	return true, true
 }
 
 // pending counts connected nodes that ask for secrets and have not

@@ -24,6 +24,14 @@
 // secret, and grpc-go subscribes incrementally. A wildcard request can only
 // ever see the node's own snapshot.
 //
+// Snapshots are handed in, never fetched: the server knows nothing of the
+// registry or the store. Node configuration (internal/nodeconfig) computes
+// each node's resources from the store's change feed and calls SetNode,
+// RemoveNode and SetTrust, as go-control-plane's SetSnapshot is meant to be
+// used. The trust bundle is given once for all nodes (SetTrust) and added
+// to every node's secrets; a new bundle or CRL swaps that one secret in
+// every snapshot without encoding the others again.
+//
 // Every resource is validated (deep, into every typed_config) before it is
 // published: a NACKed config would be resent in a tight loop.
 //

@@ -2,10 +2,6 @@ package xds
 
 import "errors"
 
-// ErrUnknownNode is returned by a Source for a node that is not registered
-// or not active.
-var ErrUnknownNode = errors.New("unknown node")
-
 // errInvalidResource marks a resource that failed validation and was not
 // published.
 var errInvalidResource = errors.New("invalid resource")

@@ -21,6 +21,7 @@ import (
 	metricsv3 "github.com/envoyproxy/go-control-plane/envoy/service/metrics/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -59,7 +60,6 @@ type DenialRecorder interface {
 // Config configures a Server.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
-	Source      Source         // required
 	Auth        Authenticator  // required
 	Joiner      Joiner         // required
 	Audit       DenialRecorder // required
@@ -101,9 +101,12 @@ type Server struct {
 	cancels    map[string]map[uint64]context.CancelCauseFunc // node -> open streams
 	conns      nodeConns                                     // node -> open connections
 
-	// refreshLocks serialize refreshes of one node (striped by name), so
-	// its snapshots are set in order while other nodes refresh in parallel.
+	// refreshLocks serialize updates of one node (striped by name), so
+	// its snapshots are set in order while other nodes update in parallel.
 	refreshLocks [64]sync.Mutex
+	trustMu      sync.Mutex
+	trust        types.Resource // the trust-bundle secret every node receives
+	trustSum     [sha256.Size]byte
 	allowedMu    sync.RWMutex
 	allowed      map[string]map[string]bool              // node -> secret names it may request
 	sums         map[string]map[string][sha256.Size]byte // node -> its secrets' digests (see swapBundle)
@@ -140,8 +143,8 @@ type Stats struct {
 
 // New validates cfg and builds the server.
 func New(cfg Config) (*Server, error) {
-	if cfg.Source == nil || cfg.Auth == nil || cfg.Joiner == nil || cfg.Audit == nil || cfg.Roots == nil || cfg.ServerCert == nil {
-		return nil, errors.New("xds: Source, Auth, Joiner, Audit, Roots and ServerCert are required")
+	if cfg.Auth == nil || cfg.Joiner == nil || cfg.Audit == nil || cfg.Roots == nil || cfg.ServerCert == nil {
+		return nil, errors.New("xds: Auth, Joiner, Audit, Roots and ServerCert are required")
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
@@ -271,6 +274,19 @@ func (s *Server) Serving() bool { return s.serving.Load() }
 
 // Status returns what the server knows of a node's connections.
 func (s *Server) Status(node string) NodeStatus { return s.cb.Status(node) }
+
+// Synced reports whether node is connected, and whether it has
+// acknowledged the current version of every resource type it follows: it
+// has what was last handed over for it.
+func (s *Server) Synced(node string) (connected, synced bool) { return s.cb.synced(node) }
+
+// AckEvents returns a channel closed at the next acknowledgement or stream
+// close of any node, for callers waiting until nodes are synced.
+func (s *Server) AckEvents() <-chan struct{} {
+	s.cb.mu.Lock()
+	defer s.cb.mu.Unlock()
+	return s.cb.acks
+}
 
 // Pending counts the connected nodes that subscribe to secrets but have not
 // yet acknowledged their current ones (for example a new trust bundle).

@@ -22,76 +22,114 @@ import (
 	"github.com/meshca/meshca/internal/validate"
 )
 
-// Source tells the server what each node may receive.
-type Source interface {
-	// NodeNames lists the registered, active nodes.
-	NodeNames(ctx context.Context) ([]string, error)
-	// Resources returns every resource the node may receive, by type URL
-	// (resource.SecretType, ...). A node that is not registered or not
-	// active is ErrUnknownNode.
-	Resources(ctx context.Context, node string) (map[string][]types.Resource, error)
-	// Withdrawn names secrets the node held and lost (a revoked identity
-	// still assigned to it): it may keep naming them, as Envoy does while a
-	// listener references them, but gets nothing for them.
-	Withdrawn(ctx context.Context, node string) ([]string, error)
-	// TrustBundle returns the trust-bundle secret, the one resource every
-	// node receives (also among Resources). The same value may be returned
-	// again while the bundle is unchanged.
-	TrustBundle(ctx context.Context) (types.Resource, error)
-}
+// The server takes snapshots; it never asks for them. Whatever computes
+// what a node receives hands it over with SetNode, RemoveNode and SetTrust
+// (the one-way hand-off of go-control-plane's SetSnapshot), from its own
+// goroutines. Each method may be called concurrently with the others and
+// for different nodes at once; calls for one node are applied in the order
+// they are made.
 
-// RefreshAll rebuilds every node's snapshot, so that a node has one before
-// its first request: without one its watches would hang silently.
-func (s *Server) RefreshAll(ctx context.Context) error {
-	nodes, err := s.cfg.Source.NodeNames(ctx)
-	if err != nil {
-		return fmt.Errorf("xds: list nodes: %w", err)
-	}
-	return s.refresh(ctx, nodes)
-}
-
-// Refresh rebuilds the snapshots of the given nodes and pushes what changed
-// to their open streams. It fits registry.Subscribe.
-func (s *Server) Refresh(nodes []string) {
-	if err := s.refresh(context.Background(), nodes); err != nil {
-		s.log.Error("xDS snapshot refresh failed", "nodes", len(nodes), "err", err)
-	}
-}
-
-func (s *Server) refresh(ctx context.Context, nodes []string) error {
-	memo := &digests{}
-	return eachNode(nodes, func(node string) error { return s.refreshNode(ctx, node, memo) })
-}
-
-// RefreshTrust pushes a new trust bundle (new roots or a new CRL) to every
-// node that has a snapshot, without rebuilding the rest: each node's current
-// snapshot is reused with the bundle secret swapped. It fits
-// registry.SubscribeTrust.
-func (s *Server) RefreshTrust() {
-	ctx := context.Background()
-	nodes, err := s.cfg.Source.NodeNames(ctx)
-	if err != nil {
-		s.log.Error("trust bundle not pushed: cannot list nodes", "err", err)
-		return
-	}
-	memo := &digests{}
-	err = eachNode(nodes, func(node string) error { return s.swapBundle(ctx, node, memo) })
-	if err != nil {
-		s.log.Error("trust bundle not pushed to every node", "err", err)
-	}
-}
-
-// swapBundle replaces the bundle secret in node's snapshot, if it has one.
-// The bundle is read under the node's lock, as a full refresh reads it, so
-// that of two changes racing the later always lands last.
-func (s *Server) swapBundle(ctx context.Context, node string, memo *digests) error {
+// SetNode publishes every resource node may receive, by type URL
+// (resource.SecretType, ...), except the trust bundle: the server adds the
+// bundle last given to SetTrust to the node's secrets. withdrawn names
+// secrets the node held and lost (a revoked identity still assigned to it):
+// it may keep naming them, as Envoy does while a listener references them,
+// but gets nothing for them. Resources must not change after the call. A
+// resource that fails validation fails the call and the node keeps its
+// previous snapshot.
+func (s *Server) SetNode(ctx context.Context, node string, res map[string][]types.Resource, withdrawn []string) error {
+	// One update per node at a time, so that a trust swap and a full
+	// update of the node never interleave.
 	mu := s.refreshLock(node)
 	mu.Lock()
 	defer mu.Unlock()
-	bundle, err := s.cfg.Source.TrustBundle(ctx)
-	if err != nil {
-		return fmt.Errorf("trust bundle: %w", err)
+	bundle, bundleSum := s.currentTrust()
+	memo := &digests{}
+	full := make(map[string][]types.Resource, len(res)+1)
+	for t, items := range res {
+		full[t] = slices.Clone(items)
 	}
+	if bundle != nil {
+		memo.done = map[types.Resource][sha256.Size]byte{bundle: bundleSum}
+		full[resource.SecretType] = append(full[resource.SecretType], bundle)
+	}
+	snap, sums, err := buildSnapshot(full, memo)
+	if err != nil {
+		s.stats.invalid.Add(1)
+		return fmt.Errorf("xds: node %q: %w", node, err)
+	}
+	secrets := map[string]bool{}
+	for name := range snap.GetResources(resource.SecretType) {
+		secrets[name] = true
+	}
+	// Names a node may ask for grow before the snapshot and shrink after
+	// it, so a request for a newly assigned secret is never refused.
+	s.addAllowed(node, secrets)
+	s.addFormer(node, withdrawn)
+	if err := s.publish(ctx, node, snap, sums); err != nil {
+		return fmt.Errorf("xds: node %q: %w", node, err)
+	}
+	s.setAllowed(node, secrets)
+	s.log.Debug("xDS snapshot set", "node", node, "secrets", len(secrets), "version", snap.GetVersion(resource.SecretType))
+	return nil
+}
+
+// RemoveNode forgets a node that may no longer connect (unregistered or
+// revoked): its snapshot goes and its open streams are closed.
+func (s *Server) RemoveNode(node string) {
+	mu := s.refreshLock(node)
+	mu.Lock()
+	defer mu.Unlock()
+	s.setAllowed(node, nil)
+	s.setSecretSums(node, nil)
+	s.cache.ClearSnapshot(node)
+	if s.cfg.Telemetry != nil {
+		s.cfg.Telemetry.Forget(node)
+	}
+	if n := s.closeNode(node); n > 0 {
+		s.log.Info("closed the streams of a node that may no longer connect", "node", node, "streams", n)
+	}
+}
+
+// SetTrust makes bundle the trust-bundle secret of every node (new roots or
+// a new CRL) and pushes it to every node that has a snapshot, without
+// rebuilding the rest: each node's snapshot is reused with the bundle
+// secret swapped, and no other secret is encoded again.
+func (s *Server) SetTrust(ctx context.Context, bundle types.Resource) error {
+	sum, err := (*digests)(nil).digest(bundle)
+	if err != nil {
+		s.stats.invalid.Add(1)
+		return fmt.Errorf("xds: trust bundle: %w", err)
+	}
+	s.trustMu.Lock()
+	s.trust, s.trustSum = bundle, sum
+	s.trustMu.Unlock()
+	s.allowedMu.RLock()
+	nodes := make([]string, 0, len(s.allowed))
+	for n := range s.allowed {
+		nodes = append(nodes, n)
+	}
+	s.allowedMu.RUnlock()
+	if err := eachNode(nodes, func(node string) error { return s.swapBundle(ctx, node) }); err != nil {
+		return fmt.Errorf("xds: trust bundle not pushed to every node: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) currentTrust() (types.Resource, [sha256.Size]byte) {
+	s.trustMu.Lock()
+	defer s.trustMu.Unlock()
+	return s.trust, s.trustSum
+}
+
+// swapBundle replaces the bundle secret in node's snapshot, if it has one.
+// The bundle is read under the node's lock, as SetNode reads it, so that of
+// two changes racing the later always lands last.
+func (s *Server) swapBundle(ctx context.Context, node string) error {
+	mu := s.refreshLock(node)
+	mu.Lock()
+	defer mu.Unlock()
+	bundle, bundleSum := s.currentTrust()
 	cur, err := s.cache.GetSnapshot(node)
 	if err != nil {
 		return nil // unknown or revoked: nothing to push to
@@ -105,11 +143,6 @@ func (s *Server) swapBundle(ctx context.Context, node string, memo *digests) err
 	if _, held := secrets[name]; !held {
 		return nil
 	}
-	bundleSum, err := memo.digest(bundle)
-	if err != nil {
-		s.stats.invalid.Add(1)
-		return err
-	}
 	// The other secrets' digests were kept when the snapshot was built: no
 	// secret is encoded again.
 	sums := maps.Clone(s.secretSums(node))
@@ -122,7 +155,7 @@ func (s *Server) swapBundle(ctx context.Context, node string, memo *digests) err
 			if sums == nil {
 				sums = map[string][sha256.Size]byte{}
 			}
-			if sums[n], err = memo.digest(r); err != nil {
+			if sums[n], err = (*digests)(nil).digest(r); err != nil {
 				return err
 			}
 		}
@@ -200,58 +233,11 @@ func eachNode(nodes []string, fn func(node string) error) error {
 	return errors.Join(errs...)
 }
 
-// refreshLock is the lock that orders node's refreshes (striped by name).
+// refreshLock is the lock that orders a node's updates (striped by name).
 func (s *Server) refreshLock(node string) *sync.Mutex {
 	h := fnv.New32a()
 	h.Write([]byte(node))
 	return &s.refreshLocks[h.Sum32()%uint32(len(s.refreshLocks))]
-}
-
-func (s *Server) refreshNode(ctx context.Context, node string, memo *digests) error {
-	// One refresh per node at a time, so snapshots are set in order.
-	mu := s.refreshLock(node)
-	mu.Lock()
-	defer mu.Unlock()
-	res, err := s.cfg.Source.Resources(ctx, node)
-	if errors.Is(err, ErrUnknownNode) {
-		// Unregistered or revoked: forget its snapshot and end its streams.
-		s.setAllowed(node, nil)
-		s.setSecretSums(node, nil)
-		s.cache.ClearSnapshot(node)
-		if s.cfg.Telemetry != nil {
-			s.cfg.Telemetry.Forget(node)
-		}
-		if n := s.closeNode(node); n > 0 {
-			s.log.Info("closed the streams of a node that may no longer connect", "node", node, "streams", n)
-		}
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	snap, sums, err := buildSnapshot(res, memo)
-	if err != nil {
-		s.stats.invalid.Add(1)
-		return err
-	}
-	secrets := map[string]bool{}
-	for name := range snap.GetResources(resource.SecretType) {
-		secrets[name] = true
-	}
-	withdrawn, err := s.cfg.Source.Withdrawn(ctx, node)
-	if err != nil {
-		return err
-	}
-	// Names a node may ask for grow before the snapshot and shrink after
-	// it, so a request for a newly assigned secret is never refused.
-	s.addAllowed(node, secrets)
-	s.addFormer(node, withdrawn)
-	if err := s.publish(ctx, node, snap, sums); err != nil {
-		return err
-	}
-	s.setAllowed(node, secrets)
-	s.log.Debug("xDS snapshot set", "node", node, "secrets", len(secrets), "version", snap.GetVersion(resource.SecretType))
-	return nil
 }
 
 // buildSnapshot validates every resource and gives each type a version that

@@ -92,6 +92,9 @@ type Config struct {
 	Revoker     Revoker     // required
 	Meshes      Meshes      // required
 	Connections Connections // required
+	// Pushes, when set, lets writes wait until the nodes have the change
+	// (wait=pushed).
+	Pushes PushWaiter
 	// XDSAddress is where nodes reach meshca, shown with join tokens.
 	XDSAddress string
 	// Metrics serves /metrics; Ready answers /readyz (nil error: ready).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/registry"
@@ -32,8 +33,13 @@ func (s *Server) applyMesh(w http.ResponseWriter, r *http.Request) {
 	if !s.decode(w, r, &req) {
 		return
 	}
+	wait, timeout, err := pushWait(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	plan, err := s.cfg.Meshes.ApplyMesh(r.Context(), []byte(req.Document), req.DryRun, actor(r))
-	s.meshPlan(w, r, plan, err)
+	s.meshPlan(w, r, plan, err, wait, timeout)
 }
 
 func (s *Server) rollbackMesh(w http.ResponseWriter, r *http.Request) {
@@ -41,11 +47,16 @@ func (s *Server) rollbackMesh(w http.ResponseWriter, r *http.Request) {
 	if !s.decode(w, r, &req) {
 		return
 	}
+	wait, timeout, err := pushWait(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	plan, err := s.cfg.Meshes.RollbackMesh(r.Context(), req.Version, req.DryRun, actor(r))
-	s.meshPlan(w, r, plan, err)
+	s.meshPlan(w, r, plan, err, wait, timeout)
 }
 
-func (s *Server) meshPlan(w http.ResponseWriter, r *http.Request, plan registry.MeshPlan, err error) {
+func (s *Server) meshPlan(w http.ResponseWriter, r *http.Request, plan registry.MeshPlan, err error, wait bool, timeout time.Duration) {
 	var invalid *mesh.ValidationError
 	if errors.As(err, &invalid) {
 		out := api.Error{Error: "the mesh file has " + plural(len(invalid.Problems), "problem") + "; nothing was changed", Code: api.CodeInvalid}
@@ -68,6 +79,9 @@ func (s *Server) meshPlan(w http.ResponseWriter, r *http.Request, plan registry.
 	status := http.StatusCreated
 	if plan.DryRun || plan.Unchanged {
 		status = http.StatusOK
+	}
+	if wait && !plan.DryRun && !plan.Unchanged {
+		out.Pushed = s.waitPushed(r, timeout)
 	}
 	s.reply(w, status, out)
 }

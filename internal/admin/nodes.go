@@ -65,6 +65,11 @@ func (s *Server) revokeIdentity(w http.ResponseWriter, r *http.Request) {
 	if !s.decode(w, r, &req) {
 		return
 	}
+	wait, timeout, err := pushWait(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	name := r.PathValue("name")
 	// Read before the revocation, which must not wait on or fail for it.
 	deps, derr := s.cfg.Revoker.MeshDependents(r.Context(), name)
@@ -72,7 +77,7 @@ func (s *Server) revokeIdentity(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("cannot tell which nodes need a revoked identity", "identity", name, "err", derr)
 	}
 	res, err := s.cfg.Revoker.RevokeIdentity(r.Context(), name, req.Reason, actor(r))
-	s.revoked(w, r, res, deps, err)
+	s.revoked(w, r, res, deps, err, wait, timeout)
 }
 
 func (s *Server) revokeNode(w http.ResponseWriter, r *http.Request) {
@@ -80,13 +85,18 @@ func (s *Server) revokeNode(w http.ResponseWriter, r *http.Request) {
 	if !s.decode(w, r, &req) {
 		return
 	}
+	wait, timeout, err := pushWait(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	res, err := s.cfg.Revoker.RevokeNode(r.Context(), r.PathValue("name"), req.Reason, actor(r))
-	s.revoked(w, r, res, nil, err)
+	s.revoked(w, r, res, nil, err, wait, timeout)
 }
 
 // revoked answers a revocation; warnings name what it leaves without a
 // certificate.
-func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Revoked, warnings []string, err error) {
+func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Revoked, warnings []string, err error, wait bool, timeout time.Duration) {
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -95,7 +105,11 @@ func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Re
 	if serials == nil {
 		serials = []string{}
 	}
-	s.reply(w, http.StatusOK, api.Revoked{Serials: serials, Nodes: len(res.Nodes), Warnings: warnings})
+	out := api.Revoked{Serials: serials, Nodes: len(res.Nodes), Warnings: warnings}
+	if wait {
+		out.Pushed = s.waitPushed(r, timeout)
+	}
+	s.reply(w, http.StatusOK, out)
 }
 
 // getCRL serves the current CRL as PEM; with nothing revoked there is no

@@ -228,6 +228,30 @@ type Revoked struct {
 	// Warnings name the nodes whose listeners or clusters presented the
 	// revoked identity and now have no certificate for them.
 	Warnings []string `json:"warnings,omitempty"`
+	// Pushed is set when the request asked to wait (wait=pushed).
+	Pushed *Pushed `json:"pushed,omitempty"`
+}
+
+// Query parameters of writes that can wait until the proxies have the
+// change: ?wait=pushed&timeout=5s. Without them a write returns once it is
+// committed, and the change reaches the nodes right after.
+const (
+	QueryWait    = "wait"
+	QueryTimeout = "timeout"
+	WaitPushed   = "pushed"
+	DefaultWait  = 5 * time.Second
+	MaxWait      = time.Minute
+)
+
+// Pushed says how far a committed change reached the connected nodes it
+// affects: Have of Nodes have been sent it and acknowledged it, Missing
+// have not (yet) when the wait ended, after TookMS milliseconds.
+type Pushed struct {
+	Nodes    int     `json:"nodes"`
+	Have     int     `json:"have"`
+	Missing  int     `json:"missing"`
+	TookMS   float64 `json:"took_ms"`
+	Complete bool    `json:"complete"`
 }
 
 // ApplyMeshRequest is the body of POST /v1/mesh.
@@ -251,6 +275,8 @@ type MeshPlan struct {
 	// Unchanged: the document is already the mesh in use (Version); no
 	// version was stored.
 	Unchanged bool `json:"unchanged,omitempty"`
+	// Pushed is set when the request asked to wait (wait=pushed).
+	Pushed *Pushed `json:"pushed,omitempty"`
 }
 
 // MeshChange is one resource added, removed or changed for a node.

@@ -20,6 +20,7 @@ import (
 	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/metrics"
+	"github.com/meshca/meshca/internal/nodeconfig"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
@@ -179,7 +180,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		edit(&limits)
 	}
 	xdsSrv, err := xds.New(xds.Config{
-		TrustDomain: td, Source: newXDSSource(reg, td), Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg}, Audit: reg,
+		TrustDomain: td, Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg}, Audit: reg,
 		Roots: reg.IssuingCAs, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
@@ -189,12 +190,19 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, err
 	}
 	ops.reg, ops.xds, ops.store = reg, xdsSrv, st
-	reg.Subscribe(xdsSrv.Refresh)
-	reg.SubscribeTrust(xdsSrv.RefreshTrust)
 	reg.SubscribeNodeCerts(func(node string) { xdsSrv.CloseNode(node) })
-	if err := xdsSrv.RefreshAll(ctx); err != nil {
+	// What each node receives is computed from the store's change feed and
+	// handed to the xDS server; every node has a snapshot before it serves.
+	nodes, err := nodeconfig.New(nodeconfig.Config{
+		Store: st, TrustDomain: td, Trust: trustSource{reg: reg}, Publisher: xdsSrv, Acks: xdsSrv, Clock: o.clock, Logger: logger,
+	})
+	if err != nil {
 		return nil, err
 	}
+	if err := nodes.Sync(ctx); err != nil {
+		return nil, err
+	}
+	runs = append(runs, nodes.Run)
 	xdsLn := lns.xds
 	runs = append(runs, func(ctx context.Context) error { return xdsSrv.Run(ctx, xdsLn) })
 	attrs = append(attrs, "xds", xdsLn.Addr().String())
@@ -208,10 +216,10 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	runs = append(runs, renewer.Run, reg.RunCRL, reg.RunDenials, func(ctx context.Context) error { return reg.RunCA(ctx, rotationAcks(reg, xdsSrv)) })
+	runs = append(runs, renewer.Run, reg.RunCRL, reg.RunDenials, func(ctx context.Context) error { return reg.RunCA(ctx, rotationAcks(reg, xdsSrv, nodes)) })
 
 	adm, err := admin.New(admin.Config{
-		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv},
+		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},
 		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: cfg.AdvertisedXDS(xdsLn.Addr().String()), Logger: logger,
 		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Denials: reg, Logs: tel, Renewal: policy,
 		Clock: o.clock,

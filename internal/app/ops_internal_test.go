@@ -36,13 +36,13 @@ func TestReadinessFollowsStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := xds.New(xds.Config{TrustDomain: td, Source: newXDSSource(reg, td), Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
+	srv, err := xds.New(xds.Config{TrustDomain: td, Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
 		Roots: reg.CA().Roots, ServerCert: nil})
 	if err == nil {
 		t.Fatal("xds.New accepted a missing ServerCert")
 	}
 	sc, _ := reg.ServerCert(nil, time.Hour)
-	srv, err = xds.New(xds.Config{TrustDomain: td, Source: newXDSSource(reg, td), Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
+	srv, err = xds.New(xds.Config{TrustDomain: td, Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
 		Roots: reg.CA().Roots, ServerCert: sc.Get})
 	if err != nil {
 		t.Fatal(err)

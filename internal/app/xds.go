@@ -1,122 +1,44 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"sync"
+	"time"
 
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/admin"
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/internal/nodeconfig"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
 	"github.com/meshca/meshca/internal/text"
 	"github.com/meshca/meshca/rotation"
-	"github.com/meshca/meshca/sds"
 	"github.com/meshca/meshca/xds"
 )
 
-// xdsSource turns the registry's nodes and credentials into the resources
-// each node may receive.
-type xdsSource struct {
-	reg    *registry.Registry
-	td     spiffeid.TrustDomain
-	bundle *sharedBundle
-}
+// trustSource is the trust material the registry holds in memory, as node
+// configuration reads it.
+type trustSource struct{ reg *registry.Registry }
 
-func newXDSSource(reg *registry.Registry, td spiffeid.TrustDomain) xdsSource {
-	return xdsSource{reg: reg, td: td, bundle: &sharedBundle{}}
-}
+var _ nodeconfig.Trust = trustSource{}
 
-// sharedBundle is the trust-bundle secret every node receives, built once
-// per bundle and CRL rather than once per node: one value shared by all
-// snapshots, which the xDS server then validates and hashes once.
-type sharedBundle struct {
-	mu          sync.Mutex
-	bundle, crl []byte
-	secret      types.Resource
-}
+func (t trustSource) BundlePEM() []byte { return t.reg.CA().BundlePEM() }
+func (t trustSource) CRL() []byte       { return t.reg.CRL() }
 
-func (b *sharedBundle) get(td spiffeid.TrustDomain, bundlePEM, crl []byte) (types.Resource, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.secret != nil && bytes.Equal(b.bundle, bundlePEM) && bytes.Equal(b.crl, crl) {
-		return b.secret, nil
-	}
-	secret, err := sds.ValidationSecret(sds.BundleName(td), bundlePEM, crl)
-	if err != nil {
-		return nil, err
-	}
-	b.bundle, b.crl, b.secret = bundlePEM, crl, secret
-	return secret, nil
-}
+// pushWaiter lets admin writes wait until the nodes have the change.
+type pushWaiter struct{ b *nodeconfig.Builder }
 
-var _ xds.Source = xdsSource{}
+var _ admin.PushWaiter = pushWaiter{}
 
-func (a xdsSource) NodeNames(ctx context.Context) ([]string, error) {
-	ns, err := a.reg.Nodes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	names := make([]string, 0, len(ns))
-	for _, n := range ns {
-		names = append(names, n.Name)
-	}
-	return names, nil
-}
-
-func (a xdsSource) Resources(ctx context.Context, node string) (map[string][]types.Resource, error) {
-	n, creds, err := a.reg.NodeCredentials(ctx, node)
-	if errors.Is(err, registry.ErrNotFound) {
-		return nil, xds.ErrUnknownNode
-	}
-	if err != nil {
-		return nil, err
-	}
-	if n.State != store.StateActive {
-		return nil, xds.ErrUnknownNode
-	}
-	bundle, err := a.TrustBundle(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("trust bundle secret: %w", err)
-	}
-	secrets := []types.Resource{bundle}
-	for _, c := range creds {
-		s, err := sds.TLSSecret(c.SPIFFEID, c.ChainPEM, c.KeyPEM)
-		if err != nil {
-			return nil, fmt.Errorf("secret of identity %q: %w", c.Identity, err)
-		}
-		secrets = append(secrets, s)
-	}
-	out := map[string][]types.Resource{resource.SecretType: secrets}
-	routing, err := a.reg.NodeMesh(n)
-	if err != nil {
-		// Apply and assignment changes are checked against the mesh, so
-		// this means a bug or a stored mesh that no longer fits: keep the
-		// node's last good snapshot rather than withdraw its listeners.
-		return nil, fmt.Errorf("mesh configuration of node %q: %w", node, err)
-	}
-	for typeURL, rs := range routing.ByType {
-		out[typeURL] = append(out[typeURL], rs...)
-	}
-	return out, nil
-}
-
-func (a xdsSource) TrustBundle(context.Context) (types.Resource, error) {
-	return a.bundle.get(a.td, a.reg.CA().BundlePEM(), a.reg.CRL())
-}
-
-func (a xdsSource) Withdrawn(ctx context.Context, node string) ([]string, error) {
-	return a.reg.WithdrawnSecrets(ctx, node)
+func (p pushWaiter) WaitPushed(ctx context.Context) (nodes, have int, took time.Duration) {
+	r := p.b.WaitPushed(ctx)
+	return r.Nodes, r.Have, r.Took
 }
 
 // nodeAuth tells the xDS server which refusals are of a revoked node.
@@ -182,8 +104,10 @@ func (c connections) NodeConnection(node string) api.NodeConnection {
 func clip(s string) string { return text.Clip(s, 100) }
 
 // rotationAcks tells a CA rotation how many nodes are connected and how
-// many of those have not acknowledged their current secrets.
-func rotationAcks(reg *registry.Registry, srv *xds.Server) registry.Acks {
+// many of those have not acknowledged their current secrets. While node
+// configuration has changes not yet handed to the xDS server, every
+// connected node counts as pending: it has not been sent them yet.
+func rotationAcks(reg *registry.Registry, srv *xds.Server, configs *nodeconfig.Builder) registry.Acks {
 	return func(ctx context.Context) (pending, connected int) {
 		pending = srv.Pending()
 		nodes, err := reg.Nodes(ctx)
@@ -194,6 +118,9 @@ func rotationAcks(reg *registry.Registry, srv *xds.Server) registry.Acks {
 			if srv.Status(n.Name).Streams > 0 {
 				connected++
 			}
+		}
+		if !configs.Idle() {
+			pending = connected
 		}
 		return pending, max(connected, pending)
 	}

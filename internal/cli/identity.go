@@ -234,7 +234,10 @@ func reissueAll(cmd *cobra.Command, g *globals) error {
 
 // revokeCmd is `identity revoke` and `node revoke`.
 func revokeCmd(g *globals, node bool) *cobra.Command {
-	var reason string
+	var (
+		reason string
+		push   pushFlags
+	)
 	use, short := "revoke NAME [--reason R]", "Revoke an identity: stop issuing, withdraw its secret, push its serials in the CRL"
 	if node {
 		use, short = "revoke NODE [--reason R]", "Revoke a node: close its streams now, refuse it from then on, re-key every identity it held"
@@ -248,6 +251,11 @@ func revokeCmd(g *globals, node bool) *cobra.Command {
 			if node {
 				path = api.PathNodes + "/" + escapeName(args[0]) + "/revoke"
 			}
+			q, err := push.query()
+			if err != nil {
+				return err
+			}
+			path += q
 			var res api.Revoked
 			asJSON, err := g.call(cmd, "POST", path, api.RevokeRequest{Reason: reason}, &res)
 			if err != nil {
@@ -260,6 +268,7 @@ func revokeCmd(g *globals, node bool) *cobra.Command {
 			for _, s := range res.Serials {
 				fmt.Fprintf(cmd.OutOrStdout(), "  %s\n", s)
 			}
+			printPushed(cmd.OutOrStdout(), "revoked "+esc(args[0])+": CRL", res.Pushed, push.timeout)
 			for _, w := range res.Warnings {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
 			}
@@ -272,5 +281,6 @@ func revokeCmd(g *globals, node bool) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the audit log); when it starts with an RFC 5280 reason (key-compromise, ca-compromise, "+
 		"affiliation-changed, superseded, cessation-of-operation, privilege-withdrawn), the CRL entries carry that reason code")
+	push.register(cmd)
 	return cmd
 }

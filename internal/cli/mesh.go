@@ -24,6 +24,7 @@ func meshApplyCmd(g *globals) *cobra.Command {
 		file    string
 		version uint64
 		dryRun  bool
+		push    pushFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "apply (-f FILE | --version N) [--dry-run]",
@@ -41,6 +42,12 @@ func meshApplyCmd(g *globals) *cobra.Command {
 				asJSON bool
 				err    error
 			)
+			q := ""
+			if !dryRun {
+				if q, err = push.query(); err != nil {
+					return err
+				}
+			}
 			if file != "" {
 				var doc []byte
 				if file == "-" {
@@ -51,9 +58,9 @@ func meshApplyCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("read mesh file: %w", err)
 				}
-				asJSON, err = g.call(cmd, "POST", api.PathMesh, api.ApplyMeshRequest{Document: string(doc), DryRun: dryRun}, &plan)
+				asJSON, err = g.call(cmd, "POST", api.PathMesh+q, api.ApplyMeshRequest{Document: string(doc), DryRun: dryRun}, &plan)
 			} else {
-				asJSON, err = g.call(cmd, "POST", api.PathMeshRoll, api.RollbackMeshRequest{Version: version, DryRun: dryRun}, &plan)
+				asJSON, err = g.call(cmd, "POST", api.PathMeshRoll+q, api.RollbackMeshRequest{Version: version, DryRun: dryRun}, &plan)
 			}
 			if err != nil {
 				return err
@@ -70,6 +77,7 @@ func meshApplyCmd(g *globals) *cobra.Command {
 				return nil
 			default:
 				fmt.Fprintf(w, "applied mesh version %d\n", plan.Version)
+				printPushed(w, fmt.Sprintf("mesh version %d", plan.Version), plan.Pushed, push.timeout)
 			}
 			if len(plan.Changes) == 0 {
 				fmt.Fprintln(w, "no node's configuration changes")
@@ -92,6 +100,7 @@ func meshApplyCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVarP(&file, "file", "f", "", "mesh file (YAML); - reads standard input")
 	cmd.Flags().Uint64Var(&version, "version", 0, "re-apply this stored version (roll back)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "show what would change per node, change nothing")
+	push.register(cmd)
 	return cmd
 }
 

@@ -104,7 +104,6 @@ func (r *Registry) applyMesh(ctx context.Context, doc []byte, dryRun bool, actor
 	}
 	r.mesh.Store(m)
 	r.log.Info("mesh applied", "version", plan.Version, "nodes_changed", len(plan.Changes), "actor", actor)
-	r.notifyAll(ctx)
 	return plan, nil
 }
 

@@ -106,7 +106,6 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (stor
 		return store.Node{}, JoinToken{}, err
 	}
 	r.log.Info("node added", "node", req.Name, "kind", req.Kind, "identities", len(ids), "actor", actor)
-	r.notify(req.Name)
 	n.TokenHash = nil
 	return n, JoinToken{Token: tok, Expires: n.TokenExpires}, nil
 }
@@ -203,7 +202,6 @@ func (r *Registry) Assign(ctx context.Context, node, ident, actor string) (store
 		r.deny(ctx, store.Event{Action: ActionNodeAssign, Actor: actor, Node: clip(node, identity.MaxNameLength), Identity: ident, Detail: err.Error()})
 		return store.Node{}, err
 	}
-	r.notify(node)
 	out.TokenHash = nil
 	return out, nil
 }
@@ -225,7 +223,6 @@ func (r *Registry) Unassign(ctx context.Context, node, ident, actor string) (sto
 		r.deny(ctx, store.Event{Action: ActionNodeUnassign, Actor: actor, Node: clip(node, identity.MaxNameLength), Identity: clip(ident, identity.MaxNameLength), Detail: err.Error()})
 		return store.Node{}, err
 	}
-	r.notify(node)
 	out.TokenHash = nil
 	return out, nil
 }
@@ -397,7 +394,7 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 	r.log.Info("node joined", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter, "revoked_previous", len(revoked))
 	if built != nil {
 		r.crl.Store(built)
-		r.notifyTrust()
+		r.announceTrust()
 	}
 	if len(revoked) > 0 {
 		r.notifyNodeCerts(node)
@@ -536,7 +533,7 @@ func (r *Registry) renewNode(ctx context.Context, node string, csrDER []byte) (J
 	r.log.Info("node certificate renewed", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter)
 	if built != nil {
 		r.crl.Store(built)
-		r.notifyTrust()
+		r.announceTrust()
 	}
 	return r.joined(ctx, n, cert), nil
 }
@@ -696,7 +693,7 @@ func (r *Registry) switchNodeCert(ctx context.Context, node, serial string) erro
 	if built != nil {
 		r.log.Info("node switched to its renewed certificate", "node", node, "serial", serial, "revoked_previous", len(revoked))
 		r.crl.Store(built)
-		r.notifyTrust()
+		r.announceTrust()
 	}
 	if len(revoked) > 0 {
 		// Connections made with the earlier certificates end; this
@@ -822,14 +819,13 @@ func chainPEM(leaf []byte, chain [][]byte) []byte {
 // ReissueIdentity issues a new current certificate for an identity and
 // pushes it to every node that holds the identity.
 func (r *Registry) ReissueIdentity(ctx context.Context, name, actor string) (Status, error) {
-	st, nodes, err := r.reissue(ctx, name, actor, ActionCertReissue, "")
+	st, _, err := r.reissue(ctx, name, actor, ActionCertReissue, "")
 	if err != nil {
 		if !errors.Is(err, ca.ErrLint) && ctx.Err() == nil {
 			r.deny(ctx, store.Event{Action: ActionCertReissue, Actor: actor, Identity: clip(name, identity.MaxNameLength), Detail: err.Error()})
 		}
 		return Status{}, err
 	}
-	r.notify(nodes...)
 	return st, nil
 }
 
@@ -857,8 +853,8 @@ func (r *Registry) reissue(ctx context.Context, name, actor, action, note string
 	}
 	now := r.cfg.Clock.Now().UTC()
 	cert := certRecord(name, issued, serialHex(r.CA().Issuer()), now)
-	// Holders before the commit are for the audit record; those after it
-	// are the nodes to push to (see holdersOf).
+	// Holders are for the audit record; the nodes are told through the
+	// store's change feed.
 	before, err := r.holdersOf(ctx, name)
 	if err != nil {
 		return Status{}, nil, err
@@ -891,13 +887,7 @@ func (r *Registry) reissue(ctx context.Context, name, actor, action, note string
 	if err != nil {
 		return Status{}, nil, fmt.Errorf("record certificate for %q: %w", name, err)
 	}
-	// Committed: the caller going away must not stop the push.
-	nodes, err := r.holdersOf(context.WithoutCancel(ctx), name)
-	if err != nil {
-		r.log.Error("cannot find the nodes holding a reissued identity; pushing to every node", "identity", name, "err", err)
-		r.notifyAll(context.WithoutCancel(ctx))
-	}
-	r.log.Info("identity reissued", "identity", name, "serial", cert.Serial, "not_after", cert.NotAfter, "nodes", len(nodes), "actor", actor)
+	r.log.Info("identity reissued", "identity", name, "serial", cert.Serial, "not_after", cert.NotAfter, "nodes", len(before), "actor", actor)
 	cert.Key = nil
-	return r.status(ident, &cert), nodes, nil
+	return r.status(ident, &cert), before, nil
 }

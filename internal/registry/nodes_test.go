@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,8 +29,7 @@ func TestNodeTokensAreStoredHashedAndSingleUse(t *testing.T) {
 	if _, err := r.AddIdentity(ctx, AddIdentity{Name: "echo"}, "test"); err != nil {
 		t.Fatal(err)
 	}
-	var changed [][]string
-	r.Subscribe(func(nodes []string) { changed = append(changed, nodes) })
+	feed := watchFeed(t, st)
 
 	n, tok, err := r.AddNode(ctx, AddNode{Name: "n1", Identities: []string{"echo"}}, "test")
 	if err != nil {
@@ -40,8 +38,8 @@ func TestNodeTokensAreStoredHashedAndSingleUse(t *testing.T) {
 	if n.Kind != mesh.KindSidecar || !tok.Expires.Equal(t0.Add(authority.Default().JoinToken)) || n.TokenHash != nil {
 		t.Fatalf("node = %+v, token expires %s", n, tok.Expires)
 	}
-	if len(changed) != 1 || !slices.Equal(changed[0], []string{"n1"}) {
-		t.Fatalf("subscribers told %v", changed)
+	if nodes, _, _ := feed.drain(); !slices.Equal(nodes, []string{"n1"}) {
+		t.Fatalf("the feed names nodes %v, want [n1]", nodes)
 	}
 	// Only the hash is stored.
 	var stored store.Node
@@ -94,8 +92,7 @@ func TestReissueNotifiesHoldersOnly(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var changed []string
-	r.Subscribe(func(nodes []string) { changed = append(changed, nodes...) })
+	feed := watchFeed(t, st)
 	before, _ := r.Identity(ctx, "echo")
 	after, err := r.ReissueIdentity(ctx, "echo", "test")
 	if err != nil {
@@ -104,9 +101,10 @@ func TestReissueNotifiesHoldersOnly(t *testing.T) {
 	if after.Cert.Serial == before.Cert.Serial || after.Identity.CurrentSerial != after.Cert.Serial {
 		t.Fatal("current serial not replaced")
 	}
-	slices.Sort(changed)
-	if !slices.Equal(changed, []string{"n1", "n3"}) {
-		t.Fatalf("notified %v, want [n1 n3]", changed)
+	// The feed names the identity; its holders are read from the store by
+	// whoever follows the feed (internal/nodeconfig).
+	if nodes, ids, _ := feed.drain(); len(nodes) != 0 || !slices.Equal(ids, []string{"echo"}) {
+		t.Fatalf("the feed names nodes %v and identities %v, want only echo", nodes, ids)
 	}
 	_, creds, err := r.NodeCredentials(ctx, "n3")
 	if err != nil || len(creds) != 2 {
@@ -132,13 +130,14 @@ func TestReissueNotifiesHoldersOnly(t *testing.T) {
 	if _, _, err := r.AddNode(ctx, AddNode{Name: "n4", Identities: []string{"echo"}}, "test"); err != nil {
 		t.Fatal(err)
 	}
-	changed = nil
+	if nodes, _, _ := feed.drain(); !slices.Equal(nodes, []string{"n2", "n3", "n4"}) {
+		t.Fatalf("after assign, unassign and add the feed names nodes %v, want [n2 n3 n4]", nodes)
+	}
 	if _, err := r.ReissueIdentity(ctx, "echo", "test"); err != nil {
 		t.Fatal(err)
 	}
-	slices.Sort(changed)
-	if !slices.Equal(changed, []string{"n1", "n2", "n4"}) {
-		t.Fatalf("after assign, unassign and add: notified %v, want [n1 n2 n4]", changed)
+	if nodes, ids, _ := feed.drain(); len(nodes) != 0 || !slices.Equal(ids, []string{"echo"}) {
+		t.Fatalf("reissue: the feed names nodes %v and identities %v, want only echo", nodes, ids)
 	}
 	if err := st.Check(ctx); err != nil {
 		t.Fatal(err)
@@ -171,9 +170,7 @@ func TestReissueAll(t *testing.T) {
 			before[n] = s.Cert.Serial
 		}
 	}
-	var mu sync.Mutex
-	var notified []string
-	r.Subscribe(func(nodes []string) { mu.Lock(); notified = append(notified, nodes...); mu.Unlock() })
+	feed := watchFeed(t, st)
 	var calls atomic.Int64
 	sum, err := r.ReissueAll(ctx, "test", func(p ReissueProgress) {
 		calls.Add(1)
@@ -193,8 +190,8 @@ func TestReissueAll(t *testing.T) {
 			t.Errorf("%s not re-keyed", n)
 		}
 	}
-	if len(notified) != 3 || notified[0] != "n1" {
-		t.Errorf("notified %v, want n1 once per assigned identity", notified)
+	if _, ids, _ := feed.drain(); len(ids) != 29 {
+		t.Errorf("the feed names %d identities, want the 29 re-keyed", len(ids))
 	}
 	events, err := r.Audit(ctx, 0, 0)
 	if err != nil {
@@ -225,8 +222,8 @@ func (c goneAfterCommit) Err() error {
 }
 
 // TestPushAfterCommitOutlivesTheCaller: once a revocation or a reissue is
-// committed, its holders are pushed to even if the caller's context ends
-// right after the commit (and the holders index must be read again).
+// committed, the change feed names it even if the caller's context ends
+// right after the commit: nothing after the commit depends on the caller.
 func TestPushAfterCommitOutlivesTheCaller(t *testing.T) {
 	ctx := context.Background()
 	dir := dataDir(t)
@@ -250,14 +247,13 @@ func TestPushAfterCommitOutlivesTheCaller(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var pushed []string
-	r.Subscribe(func(nodes []string) { pushed = append(pushed, nodes...) })
+	feed := watchFeed(t, st)
 	for _, tt := range []struct {
-		name string
-		op   func(ctx context.Context) error
+		name, ident string
+		op          func(ctx context.Context) error
 	}{
-		{"reissue", func(ctx context.Context) error { _, err := r.ReissueIdentity(ctx, "db", "test"); return err }},
-		{"revoke", func(ctx context.Context) error { _, err := r.RevokeIdentity(ctx, "echo", "test", "test"); return err }},
+		{"reissue", "db", func(ctx context.Context) error { _, err := r.ReissueIdentity(ctx, "db", "test"); return err }},
+		{"revoke", "echo", func(ctx context.Context) error { _, err := r.RevokeIdentity(ctx, "echo", "test", "test"); return err }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			// A node change since the index was last read: the push needs a
@@ -265,7 +261,7 @@ func TestPushAfterCommitOutlivesTheCaller(t *testing.T) {
 			if _, _, err := r.AddNode(ctx, AddNode{Name: "n-" + tt.name, Identities: []string{"echo", "db"}}, "test"); err != nil {
 				t.Fatal(err)
 			}
-			pushed = nil
+			feed.drain()
 			armed.Store(true)
 			err := tt.op(goneAfterCommit{Context: ctx, armed: &armed, gone: &gone})
 			armed.Store(false)
@@ -273,8 +269,8 @@ func TestPushAfterCommitOutlivesTheCaller(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !slices.Contains(pushed, "n-"+tt.name) {
-				t.Fatalf("pushed to %v, want the holder n-%s", pushed, tt.name)
+			if _, ids, _ := feed.drain(); !slices.Equal(ids, []string{tt.ident}) {
+				t.Fatalf("the feed names identities %v, want [%s]", ids, tt.ident)
 			}
 		})
 	}

@@ -73,8 +73,6 @@ type Registry struct {
 	issue func(context.Context, ca.Request) (*ca.Issued, error)
 
 	mu           sync.Mutex
-	listeners    []func(nodes []string)
-	trust        []func()
 	nodeCertSubs []func(node string) // see SubscribeNodeCerts
 	denials      denials             // refusals not yet recorded (denials.go)
 	refusalLog   *slog.Logger        // rate limited: refusals can come in floods
@@ -98,11 +96,10 @@ type Registry struct {
 	holdersVersion uint64              // the store's NodesVersion when holders was read
 }
 
-// holdersOf returns the nodes identity name is assigned to. It reads every
-// node only after nodes changed (store.NodesVersion), not on each call: a
-// renewal or reissue does not scan thousands of nodes. Called after a
-// change is committed, it sees every assignment committed before it; a
-// later assignment notifies its node itself.
+// holdersOf returns the nodes identity name is assigned to, for audit
+// records. It reads every node only after nodes changed
+// (store.NodesVersion), not on each call: a renewal or reissue does not
+// scan thousands of nodes.
 func (r *Registry) holdersOf(ctx context.Context, name string) ([]string, error) {
 	r.holdersMu.Lock()
 	defer r.holdersMu.Unlock()
@@ -122,43 +119,11 @@ func (r *Registry) holdersOf(ctx context.Context, name string) ([]string, error)
 	return slices.Clone(r.holders[name]), nil
 }
 
-// Subscribe registers fn to learn which nodes' credentials or assignments
-// changed. fn runs synchronously after the change is committed, so it must
-// be quick (the xDS server rebuilds those nodes' snapshots).
-func (r *Registry) Subscribe(fn func(nodes []string)) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.listeners = append(r.listeners, fn)
-}
-
-// SubscribeTrust registers fn to learn that the trust bundle (roots or
-// CRL) changed, and nothing else: every node's bundle secret must be pushed
-// again. fn runs synchronously after the change, like Subscribe's.
-func (r *Registry) SubscribeTrust(fn func()) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.trust = append(r.trust, fn)
-}
-
-func (r *Registry) notifyTrust() {
-	r.mu.Lock()
-	fns := slices.Clone(r.trust)
-	r.mu.Unlock()
-	for _, fn := range fns {
-		fn()
-	}
-}
-
-func (r *Registry) notify(nodes ...string) {
-	if len(nodes) == 0 {
-		return
-	}
-	r.mu.Lock()
-	ls := slices.Clone(r.listeners)
-	r.mu.Unlock()
-	for _, fn := range ls {
-		fn(nodes)
-	}
+// announceTrust tells the store's change feed that the trust material
+// held here in memory (the CA in use, the signed CRL) changed. Everything
+// else the registry changes reaches the feed by being committed.
+func (r *Registry) announceTrust() {
+	r.cfg.Store.Announce(store.Change{Kind: store.KindTrust})
 }
 
 // New loads the CA in use from the store, or generates a root and an

@@ -63,10 +63,7 @@ func TestRevokeIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pushed []string
-	r.Subscribe(func(nodes []string) { pushed = append(pushed, nodes...) })
-	trust := 0
-	r.SubscribeTrust(func() { trust++ })
+	feed := watchFeed(t, st)
 
 	res, err := r.RevokeIdentity(ctx, "ops", "key compromise", "test")
 	if err != nil {
@@ -79,10 +76,10 @@ func TestRevokeIdentity(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("revoked %v, want every unexpired certificate %v", got, want)
 	}
-	// Nobody holds ops: no node is rebuilt, but every node's bundle gets
-	// the CRL.
-	if len(pushed) != 0 || trust != 1 {
-		t.Fatalf("rebuilt %v, %d trust pushes; want none and one", pushed, trust)
+	// The identity changed, no node record did, and the new CRL is
+	// announced for every node's bundle.
+	if nodes, ids, trust := feed.drain(); len(nodes) != 0 || !slices.Equal(ids, []string{"ops"}) || !trust {
+		t.Fatalf("the feed names nodes %v, identities %v, trust %v; want only ops and the trust", nodes, ids, trust)
 	}
 	if res.Nodes == nil || !slices.Contains(res.Nodes, "n1") {
 		t.Fatalf("reported nodes %v: every node's bundle carries the CRL", res.Nodes)
@@ -174,14 +171,13 @@ func TestRevokeNode(t *testing.T) {
 	if _, err := r.AuthenticateNode(ctx, leaf); err != nil {
 		t.Fatal(err)
 	}
-	var pushed []string
-	r.Subscribe(func(nodes []string) { pushed = append(pushed, nodes...) })
+	feed := watchFeed(t, st)
 	res, err := r.RevokeNode(ctx, "n1", "decommissioned", "test")
 	if err != nil || !slices.Equal(res.Serials, []string{j.Serial}) {
 		t.Fatalf("revoke node: %+v %v", res, err)
 	}
-	if !slices.Contains(pushed, "n1") {
-		t.Fatal("the xDS server was not told to cut the node off")
+	if nodes, _, _ := feed.drain(); !slices.Contains(nodes, "n1") {
+		t.Fatalf("the feed names nodes %v: the revoked node's change is missing", nodes)
 	}
 	if _, err := r.AuthenticateNode(ctx, leaf); !errors.Is(err, ErrDenied) {
 		t.Fatalf("revoked node authenticated: %v", err)

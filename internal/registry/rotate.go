@@ -331,7 +331,7 @@ func (r *Registry) reload(ctx context.Context) error {
 	if err := r.rebuildCRL(ctx); err != nil {
 		return err
 	}
-	r.notifyTrust()
+	r.announceTrust()
 	return nil
 }
 
@@ -381,19 +381,6 @@ func (r *Registry) setRotationStatus(rot *store.CARotation) {
 func (r *Registry) waitFor(rot *store.CARotation, w rotationWait) {
 	r.rot.wait.Store(&w)
 	r.setRotationStatus(rot)
-}
-
-func (r *Registry) notifyAll(ctx context.Context) {
-	ns, err := r.Nodes(ctx)
-	if err != nil {
-		r.log.Error("cannot list nodes to push a CA change", "err", err)
-		return
-	}
-	names := make([]string, 0, len(ns))
-	for _, n := range ns {
-		names = append(names, n.Name)
-	}
-	r.notify(names...)
 }
 
 // serverCA issues meshca's own server certificate. During a rotation that
@@ -608,7 +595,7 @@ func (r *Registry) reissueForRotation(ctx context.Context, rot *store.CARotation
 	start := r.cfg.Clock.Now()
 	first := r.rot.passes.Add(1) == 1
 	sum := r.reissueEach(ctx, names, func(ctx context.Context, name string) error {
-		_, nodes, err := r.reissue(ctx, name, "meshca", ActionCARotateReissue, note)
+		_, _, err := r.reissue(ctx, name, "meshca", ActionCARotateReissue, note)
 		if err != nil {
 			if ctx.Err() == nil {
 				msg := fmt.Sprintf("%s: %v", name, err)
@@ -620,7 +607,6 @@ func (r *Registry) reissueForRotation(ctx context.Context, rot *store.CARotation
 			}
 			return err
 		}
-		r.notify(nodes...)
 		return nil
 	}, func(p ReissueProgress) {
 		r.rot.reissued.Store(base + int64(p.Reissued))

@@ -28,6 +28,8 @@ type committer struct {
 	mu      sync.Mutex
 	queue   []*pending
 	leading bool // a goroutine is committing the queue
+
+	onQueue func() // testing: called after a caller joined the queue
 }
 
 type pending struct {
@@ -47,6 +49,9 @@ func (c *committer) run(fn func(*bolt.Tx) error) error {
 		go c.lead()
 	}
 	c.mu.Unlock()
+	if c.onQueue != nil {
+		c.onQueue()
+	}
 	if err := <-p.done; err != errSolo {
 		return err
 	}

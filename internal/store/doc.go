@@ -14,6 +14,48 @@
 // or not at all. Audit sequence numbers are gapless, starting at 1, in commit
 // order.
 //
+// # Change feed
+//
+// The feed is the only way the rest of meshca learns that the state
+// changed. Subscribe returns a Subscription; its consumer calls Next on its
+// own goroutine and receives a Batch: the changes (Kind and Key: identity
+// NAME, node NAME, cert SERIAL, revocation SERIAL, CA, mesh VERSION) of
+// every Update committed since its previous Batch, and the store's sequence
+// Seq, the audit Seq of the newest commit in it. The guarantees:
+//
+//   - After commit: a change is queued only once its transaction is
+//     durable, before the Update that made it returns; changes of an
+//     Update that failed, or of a run of its function that was not the one
+//     committed (group commit may run it twice), are never queued.
+//   - In commit order: changes are queued in the order of their commits'
+//     audit sequence, whatever order the callers of a group commit return
+//     in; Seq only grows from one Batch to the next.
+//   - Coalescing: a record changed several times while the consumer is
+//     busy appears once in the next Batch, at the place of its first
+//     change since the previous Batch.
+//   - Bounded, never blocking: a subscription holds at most its limit of
+//     distinct changes; one more turns the whole queue into Resync ("treat
+//     everything as changed"), so memory stays bounded and the fact that
+//     something changed is never lost. Queueing never blocks a writer,
+//     however slow the consumer.
+//   - From the moment of Subscribe: read the state after subscribing, so
+//     that a change committed in between is seen twice rather than missed.
+//
+// A consumer must therefore be idempotent: it re-reads the records a Batch
+// names (the Batch carries names, not values) and converges on the state
+// it reads. The same contract can be produced from any store that orders
+// its commits, e.g. an etcd watch (revision as Seq; a compacted revision
+// becomes a Resync).
+//
+// Announce adds a KindTrust change for state that is derived from the store
+// and held in memory (the signed CRL); it reaches subscribers of this
+// process only.
+//
+// Batch.Pos counts the commits with changes and the announcements handed
+// over, in order; FeedPos is its value now. A writer that wants to know
+// when a consumer has acted on its change reads FeedPos after its write
+// returned and waits until the consumer has handled a Batch with that Pos.
+//
 // # Caveats
 //
 // Update runs its function in a group commit (commit.go): concurrent callers

@@ -79,6 +79,7 @@ type Store struct {
 	onCommit func([]Event, time.Duration)
 	fault    func() error
 	commits  committer
+	feed     feed
 	db       *bolt.DB
 	dir      string
 	path     string
@@ -131,8 +132,14 @@ func Open(cfg Config) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
+	var last uint64
+	if err := db.View(func(btx *bolt.Tx) error { last = (&Tx{btx: btx}).LastSeq(); return nil }); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w", path, err)
+	}
 	cfg.Logger.Info("store opened", logPath, path, logSchema, SchemaVersion)
 	return &Store{
+		feed:     feed{delivered: last},
 		commits:  committer{db: db},
 		db:       db,
 		dir:      cfg.Dir,
@@ -236,8 +243,9 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 	}
 	start := s.clock.Now()
 	var (
-		events []Event
-		nodes  bool
+		events  []Event
+		nodes   bool
+		changes []Change
 	)
 	err := s.commits.run(func(btx *bolt.Tx) error {
 		// A fresh Tx per run: the wrote/appended flags belong to this run of
@@ -249,11 +257,14 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 		if tx.wrote && !tx.appended {
 			return ErrNoAudit
 		}
-		events, nodes = tx.events, tx.nodes
+		events, nodes, changes = tx.events, tx.nodes, tx.changes
 		return nil
 	})
 	if err == nil && nodes {
 		s.nodesVersion.Add(1)
+	}
+	if err == nil && len(events) > 0 {
+		s.feed.committed(events[0].Seq, events[len(events)-1].Seq, changes)
 	}
 	if err == nil && s.onCommit != nil {
 		s.onCommit(events, s.clock.Now().Sub(start))

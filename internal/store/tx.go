@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,10 +20,11 @@ type Tx struct {
 	btx      *bolt.Tx
 	s        *Store
 	writable bool
-	wrote    bool    // a record was changed in this run of fn
-	appended bool    // an audit event was appended in this run of fn
-	events   []Event // the events appended in this run of fn
-	nodes    bool    // a node was written or deleted in this run of fn
+	wrote    bool     // a record was changed in this run of fn
+	appended bool     // an audit event was appended in this run of fn
+	events   []Event  // the events appended in this run of fn
+	nodes    bool     // a node was written or deleted in this run of fn
+	changes  []Change // what this run of fn changed, for the feed
 }
 
 // On-disk forms of the records that hold keys. Cert.Key and CA.Key are
@@ -200,7 +202,11 @@ func (tx *Tx) InsertIdentity(id Identity) error {
 	if tx.btx.Bucket(bucketIdentities).Get([]byte(id.Name)) != nil {
 		return fmt.Errorf("%w: identity %q", ErrExists, id.Name)
 	}
-	return tx.put(bucketIdentities, []byte(id.Name), id)
+	if err := tx.put(bucketIdentities, []byte(id.Name), id); err != nil {
+		return err
+	}
+	tx.tracked(KindIdentity, id.Name, id.Name)
+	return nil
 }
 
 // PutIdentity creates or replaces id.
@@ -211,7 +217,11 @@ func (tx *Tx) PutIdentity(id Identity) error {
 	if err := validName("identity name", id.Name); err != nil {
 		return err
 	}
-	return tx.put(bucketIdentities, []byte(id.Name), id)
+	if err := tx.put(bucketIdentities, []byte(id.Name), id); err != nil {
+		return err
+	}
+	tx.tracked(KindIdentity, id.Name, id.Name)
+	return nil
 }
 
 // validName rejects empty keys, and NUL bytes, which would break the
@@ -259,6 +269,7 @@ func (tx *Tx) PutCert(c Cert) error {
 	if err := tx.btx.Bucket(bucketCertsByID).Put(idx, []byte(c.Serial)); err != nil {
 		return fmt.Errorf("store: index certificate %s: %w", c.Serial, err)
 	}
+	tx.tracked(KindCert, c.Serial, c.Identity)
 	return nil
 }
 
@@ -333,7 +344,11 @@ func (tx *Tx) PutCA(c CA) error {
 		}
 		rec.SealedKey = sealed
 	}
-	return tx.put(bucketCAs, []byte(c.Serial), rec)
+	if err := tx.put(bucketCAs, []byte(c.Serial), rec); err != nil {
+		return err
+	}
+	tx.tracked(KindCA, c.Serial, "")
+	return nil
 }
 
 // CA returns the CA certificate with serial and its opened key. ErrNotFound
@@ -370,7 +385,11 @@ func (tx *Tx) SetCASet(set CASet) error {
 	if err := tx.missingCAs(set); err != nil {
 		return err
 	}
-	return tx.put(bucketMeta, metaCASet, set)
+	if err := tx.put(bucketMeta, metaCASet, set); err != nil {
+		return err
+	}
+	tx.tracked(KindCA, "", "")
+	return nil
 }
 
 // missingCAs names the serials of set that are not stored CAs.
@@ -409,6 +428,7 @@ func (tx *Tx) PutNode(n Node) error {
 		return err
 	}
 	tx.nodes = true
+	tx.tracked(KindNode, n.Name, "")
 	return nil
 }
 
@@ -435,6 +455,7 @@ func (tx *Tx) DeleteNode(name string) error {
 		return fmt.Errorf("store: delete node %q: %w", name, err)
 	}
 	tx.wrote, tx.nodes = true, true
+	tx.tracked(KindNode, name, "")
 	return nil
 }
 
@@ -448,7 +469,11 @@ func (tx *Tx) PutRevocation(r Revocation) error {
 	if err := validName("revoked serial", r.Serial); err != nil {
 		return err
 	}
-	return tx.put(bucketRevocations, []byte(r.Serial), r)
+	if err := tx.put(bucketRevocations, []byte(r.Serial), r); err != nil {
+		return err
+	}
+	tx.tracked(KindRevocation, r.Serial, r.Identity)
+	return nil
 }
 
 // Revocation returns the revocation of serial, or ErrNotFound.
@@ -491,6 +516,7 @@ func (tx *Tx) AppendMesh(doc []byte, by string) (Mesh, error) {
 	if err := tx.put(bucketMesh, u64Key(m.Version), m); err != nil {
 		return Mesh{}, err
 	}
+	tx.tracked(KindMesh, strconv.FormatUint(m.Version, 10), "")
 	return m, nil
 }
 
