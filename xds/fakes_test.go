@@ -69,33 +69,10 @@ type nodeConfig struct {
 	listeners, routes, clusters, endpoints []string
 }
 
-// fakeSource is the Source the server reads snapshots from.
-type fakeSource struct {
-	mu    sync.Mutex
-	nodes map[string]nodeConfig
-}
-
-var _ Source = (*fakeSource)(nil)
-
-func (f *fakeSource) NodeNames(context.Context) ([]string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []string
-	for n := range f.nodes {
-		out = append(out, n)
-	}
-	slices.Sort(out)
-	return out, nil
-}
-
-func (f *fakeSource) Resources(_ context.Context, node string) (map[string][]types.Resource, error) {
-	f.mu.Lock()
-	c, ok := f.nodes[node]
-	f.mu.Unlock()
-	if !ok {
-		return nil, ErrUnknownNode
-	}
-	out := map[string][]types.Resource{resource.SecretType: {bundleSecret(bundleName, "bundle-pem")}}
+// resourcesOf is what a node with configuration c receives, besides the
+// trust bundle, which the server adds itself.
+func resourcesOf(c nodeConfig) map[string][]types.Resource {
+	out := map[string][]types.Resource{}
 	for _, id := range c.identities {
 		out[resource.SecretType] = append(out[resource.SecretType], tlsSecret(secretOf(id)))
 	}
@@ -111,17 +88,7 @@ func (f *fakeSource) Resources(_ context.Context, node string) (map[string][]typ
 	for _, n := range c.endpoints {
 		out[resource.EndpointType] = append(out[resource.EndpointType], &endpointv3.ClusterLoadAssignment{ClusterName: n})
 	}
-	return out, nil
-}
-
-func (f *fakeSource) Withdrawn(_ context.Context, node string) ([]string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.nodes[node].withdrawn, nil
-}
-
-func (f *fakeSource) TrustBundle(context.Context) (types.Resource, error) {
-	return bundleSecret(bundleName, "bundle-pem"), nil
+	return out
 }
 
 // tlsSecret is an identity's secret. The key is a placeholder: these
@@ -235,7 +202,6 @@ type fixture struct {
 	s      *Server
 	xds    serverv3.Server
 	clk    *clock.Fake
-	src    *fakeSource
 	auth   *fakeAuth
 	joiner *fakeJoiner
 	audit  *fakeAudit
@@ -248,7 +214,6 @@ func newFixture(t *testing.T) *fixture {
 	f := &fixture{
 		t:      t,
 		clk:    clock.NewFake(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)),
-		src:    &fakeSource{nodes: map[string]nodeConfig{}},
 		auth:   &fakeAuth{nodes: map[string]string{}, errs: map[string]error{}},
 		joiner: &fakeJoiner{},
 		audit:  &fakeAudit{},
@@ -257,7 +222,6 @@ func newFixture(t *testing.T) *fixture {
 	f.ca = newTestCA(t, "meshca issuing CA", f.clk.Now())
 	s, err := New(Config{
 		TrustDomain: spiffeid.RequireTrustDomainFromString("mesh.local"),
-		Source:      f.src,
 		Auth:        f.auth,
 		Joiner:      f.joiner,
 		Audit:       f.audit,
@@ -271,30 +235,25 @@ func newFixture(t *testing.T) *fixture {
 	}
 	f.s = s
 	f.xds = serverv3.NewServer(t.Context(), s.cache, s.cb)
+	if err := s.SetTrust(t.Context(), bundleSecret(bundleName, "bundle-pem")); err != nil {
+		t.Fatal(err)
+	}
 	return f
 }
 
-// give publishes what node may receive, as a change of the node in the
-// source does. Every test sets snapshots up through give and remove.
+// give publishes what node may receive, as nodeconfig hands it over.
+// Every test sets snapshots up through give and remove.
 func (f *fixture) give(node string, c nodeConfig) {
 	f.t.Helper()
-	f.src.mu.Lock()
-	f.src.nodes[node] = c
-	f.src.mu.Unlock()
-	if err := f.s.refresh(context.Background(), []string{node}); err != nil {
+	if err := f.s.SetNode(context.Background(), node, resourcesOf(c), c.withdrawn); err != nil {
 		f.t.Fatalf("publish %s: %v", node, err)
 	}
 }
 
-// remove unregisters or revokes node, as the source reports it.
+// remove unregisters or revokes node, as nodeconfig reports it.
 func (f *fixture) remove(node string) {
 	f.t.Helper()
-	f.src.mu.Lock()
-	delete(f.src.nodes, node)
-	f.src.mu.Unlock()
-	if err := f.s.refresh(context.Background(), []string{node}); err != nil {
-		f.t.Fatalf("remove %s: %v", node, err)
-	}
+	f.s.RemoveNode(node)
 }
 
 // snapshot is node's current snapshot in the server's cache.

@@ -123,7 +123,6 @@ func TestJoinAnswersNodesAlike(t *testing.T) {
 	}{
 		{"token refused", &JoinError{Code: codes.PermissionDenied, Message: "join token is not valid, expired or already used; ask for a new one with meshca node token"}},
 		{"revoked, unmapped", fmt.Errorf("wrapped: %w", ErrNodeRevoked)},
-		{"unknown, unmapped", fmt.Errorf("wrapped: %w", ErrUnknownNode)},
 	} {
 		joinErr := tt.err
 		t.Run(tt.name, func(t *testing.T) {
