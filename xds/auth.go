@@ -124,6 +124,20 @@ func (s *Server) peerNode(ctx context.Context) (string, error) {
 	return nodeName(leaf)
 }
 
+// peerLeaf is the client certificate a call's connection was made with,
+// or nil.
+func peerLeaf(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return nil
+	}
+	return info.State.PeerCertificates[0]
+}
+
 // nodeName is the node a node certificate (spiffe://<td>/node/NAME) names.
 func nodeName(leaf *x509.Certificate) (string, error) {
 	if len(leaf.URIs) != 1 {

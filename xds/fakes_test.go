@@ -153,7 +153,7 @@ func (f *fakeJoiner) Join(_ context.Context, node, token string, csrDER []byte) 
 	return f.resp, f.err
 }
 
-func (f *fakeJoiner) Renew(_ context.Context, node string, csrDER []byte) (nodeapi.JoinResponse, error) {
+func (f *fakeJoiner) Renew(_ context.Context, node string, _ *x509.Certificate, csrDER []byte) (nodeapi.JoinResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, joinCall{method: "renew", node: node, csr: csrDER})

@@ -27,7 +27,7 @@ type noJoin struct{}
 func (noJoin) Join(context.Context, string, string, []byte) (nodeapi.JoinResponse, error) {
 	return nodeapi.JoinResponse{}, errors.New("no")
 }
-func (noJoin) Renew(context.Context, string, []byte) (nodeapi.JoinResponse, error) {
+func (noJoin) Renew(context.Context, string, *x509.Certificate, []byte) (nodeapi.JoinResponse, error) {
 	return nodeapi.JoinResponse{}, errors.New("no")
 }
 

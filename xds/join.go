@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"sync"
@@ -20,8 +21,10 @@ import (
 // JoinError.
 type Joiner interface {
 	Join(ctx context.Context, node, token string, csrDER []byte) (nodeapi.JoinResponse, error)
-	// Renew issues a new certificate to an authenticated node.
-	Renew(ctx context.Context, node string, csrDER []byte) (nodeapi.JoinResponse, error)
+	// Renew issues a new certificate to an authenticated node; presented is
+	// the certificate the call was authenticated with, which must still be
+	// the node's current one when the renewal is recorded.
+	Renew(ctx context.Context, node string, presented *x509.Certificate, csrDER []byte) (nodeapi.JoinResponse, error)
 }
 
 // JoinError lets a Joiner say which gRPC code and client-safe message an
@@ -87,7 +90,7 @@ func (s *Server) renew(ctx context.Context, req *nodeapi.RenewRequest) (*nodeapi
 		s.cfg.Audit.RecordDenial(ctx, "node.renew", node, "csr_pem is not one PEM CERTIFICATE REQUEST block")
 		return nil, err
 	}
-	resp, err := s.cfg.Joiner.Renew(ctx, node, csr)
+	resp, err := s.cfg.Joiner.Renew(ctx, node, peerLeaf(ctx), csr)
 	return s.joinAnswer(resp, err, node)
 }
 

@@ -65,8 +65,8 @@ func (j joiner) Join(ctx context.Context, node, token string, csrDER []byte) (no
 	return joinResponse(res, err)
 }
 
-func (j joiner) Renew(ctx context.Context, node string, csrDER []byte) (nodeapi.JoinResponse, error) {
-	res, err := j.reg.RenewNode(ctx, node, csrDER)
+func (j joiner) Renew(ctx context.Context, node string, presented *x509.Certificate, csrDER []byte) (nodeapi.JoinResponse, error) {
+	res, err := j.reg.RenewNode(ctx, node, presented, csrDER)
 	return joinResponse(res, err)
 }
 

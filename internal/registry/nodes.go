@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -431,8 +432,8 @@ func revokeNodeCerts(tx *store.Tx, node, keep, reason string, now time.Time) ([]
 // other certificates are revoked when the new one is first used (see
 // AuthenticateNode). Renewals are limited to RenewBurst per RenewWindow per
 // node, counted in the store.
-func (r *Registry) RenewNode(ctx context.Context, node string, csrDER []byte) (Joined, error) {
-	j, err := r.renewNode(ctx, node, csrDER)
+func (r *Registry) RenewNode(ctx context.Context, node string, presented *x509.Certificate, csrDER []byte) (Joined, error) {
+	j, err := r.renewNode(ctx, node, presented, csrDER)
 	if err != nil && ctx.Err() == nil {
 		ev := store.Event{Action: ActionNodeRenew, Actor: "node:" + clip(node, 100), Node: clip(node, identity.MaxNameLength), Detail: err.Error()}
 		if errors.Is(err, ErrRateLimited) {
@@ -442,6 +443,23 @@ func (r *Registry) RenewNode(ctx context.Context, node string, csrDER []byte) (J
 		}
 	}
 	return j, err
+}
+
+// stillCurrent checks that presented is the node certificate n uses now, or
+// its renewed one not yet used, byte for byte as recorded, and not revoked.
+func stillCurrent(tx *store.Tx, n store.Node, presented *x509.Certificate) error {
+	serial := serialHex(presented)
+	if n.CertSerial != "" && serial != n.CertSerial && serial != n.NextSerial {
+		return fmt.Errorf("node %q: certificate %s was replaced; renew with the node's current certificate: %w", n.Name, serial, ErrDenied)
+	}
+	c, err := tx.CertWithoutKey(serial)
+	if err != nil || c.Identity != nodeSubject(n.Name) || !bytes.Equal(c.DER, presented.Raw) {
+		return fmt.Errorf("node %q: certificate %s is not one meshca issued to it: %w", n.Name, serial, ErrDenied)
+	}
+	if _, err := tx.Revocation(serial); err == nil {
+		return fmt.Errorf("node %q: certificate %s is revoked: %w", n.Name, serial, ErrDenied)
+	}
+	return nil
 }
 
 // renewAllowed counts a renewal of n at now, or says when the next one is
@@ -458,7 +476,10 @@ func renewAllowed(n *store.Node, now time.Time) error {
 	return nil
 }
 
-func (r *Registry) renewNode(ctx context.Context, node string, csrDER []byte) (Joined, error) {
+func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.Certificate, csrDER []byte) (Joined, error) {
+	if presented == nil {
+		return Joined{}, fmt.Errorf("node %q: a renewal must be made with the node's certificate: %w", node, ErrDenied)
+	}
 	id, err := identity.NodeID(r.cfg.TrustDomain, node)
 	if err != nil {
 		return Joined{}, err
@@ -491,6 +512,12 @@ func (r *Registry) renewNode(ctx context.Context, node string, csrDER []byte) (J
 		}
 		if n.State != store.StateActive {
 			return fmt.Errorf("node %q was revoked: %w", node, ErrDenied)
+		}
+		// The call's certificate may have been replaced since its
+		// connection was made (a new join, or the renewed certificate
+		// used): only the node's current certificate renews.
+		if err := stillCurrent(tx, n, presented); err != nil {
+			return err
 		}
 		now := r.cfg.Clock.Now().UTC()
 		if err := renewAllowed(&n, now); err != nil {

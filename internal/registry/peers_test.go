@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"testing"
 
@@ -28,11 +29,11 @@ func TestRenewLimitWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < RenewBurst; i++ {
-		if _, err := r.RenewNode(ctx, "n1", csr(t)); err != nil {
+		if _, err := r.RenewNode(ctx, "n1", nodeCertOf(t, r, "n1"), csr(t)); err != nil {
 			t.Fatalf("renewal %d: %v", i+1, err)
 		}
 	}
-	_, err = r.RenewNode(ctx, "n1", csr(t))
+	_, err = r.RenewNode(ctx, "n1", nodeCertOf(t, r, "n1"), csr(t))
 	if !errors.Is(err, ErrRateLimited) {
 		t.Fatalf("renewal %d: %v", RenewBurst+1, err)
 	}
@@ -51,15 +52,15 @@ func TestRenewLimitWindow(t *testing.T) {
 	}
 	// Another registry on the same store (a restart, a replica) counts on.
 	r2 := newRegistry(t, st, clk)
-	if _, err := r2.RenewNode(ctx, "n1", csr(t)); !errors.Is(err, ErrRateLimited) {
+	if _, err := r2.RenewNode(ctx, "n1", nodeCertOf(t, r2, "n1"), csr(t)); !errors.Is(err, ErrRateLimited) {
 		t.Fatalf("after a restart: %v", err)
 	}
 	clk.Add(RenewWindow - 1)
-	if _, err := r2.RenewNode(ctx, "n1", csr(t)); !errors.Is(err, ErrRateLimited) {
+	if _, err := r2.RenewNode(ctx, "n1", nodeCertOf(t, r2, "n1"), csr(t)); !errors.Is(err, ErrRateLimited) {
 		t.Fatalf("just before the window ends: %v", err)
 	}
 	clk.Add(1)
-	if _, err := r2.RenewNode(ctx, "n1", csr(t)); err != nil {
+	if _, err := r2.RenewNode(ctx, "n1", nodeCertOf(t, r2, "n1"), csr(t)); err != nil {
 		t.Fatalf("after the window: %v", err)
 	}
 	if err := st.Check(ctx); err != nil {
@@ -102,5 +103,72 @@ func TestNodeRevokeWhenReKeyFails(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("failed re-key not audited")
+	}
+}
+
+// nodeCertOf is the node certificate node uses now, as its connections
+// present it.
+func nodeCertOf(t *testing.T, r *Registry, node string) *x509.Certificate {
+	t.Helper()
+	var der []byte
+	err := r.cfg.Store.View(context.Background(), func(tx *store.Tx) error {
+		n, err := tx.Node(node)
+		if err != nil {
+			return err
+		}
+		c, err := tx.CertWithoutKey(n.CertSerial)
+		der = c.DER
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestRenewNeedsTheCurrentCertificate: a renewal is recorded only for the
+// certificate the node uses now. A connection made with a certificate that
+// a new join has replaced (a stolen copy, in the moment before its
+// connection is closed) cannot renew, nor can a certificate meshca did not
+// record byte for byte.
+func TestRenewNeedsTheCurrentCertificate(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, dataDir(t))
+	r := newRegistry(t, st, clock.NewFake(t0))
+	_, tok, err := r.AddNode(ctx, AddNode{Name: "n1"}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Join(ctx, "n1", tok.Token, csr(t), "test"); err != nil {
+		t.Fatal(err)
+	}
+	old := nodeCertOf(t, r, "n1")
+	tok, err = r.NewJoinToken(ctx, "n1", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Join(ctx, "n1", tok.Token, csr(t), "test"); err != nil {
+		t.Fatal(err)
+	}
+	cur := nodeCertOf(t, r, "n1")
+
+	if _, err := r.RenewNode(ctx, "n1", old, csr(t)); !errors.Is(err, ErrDenied) {
+		t.Fatalf("renewal with the certificate a new join replaced: %v, want ErrDenied", err)
+	}
+	forged := *cur
+	forged.Raw = append([]byte(nil), cur.Raw...)
+	forged.Raw[len(forged.Raw)-1] ^= 0xff // same serial, other bytes
+	if _, err := r.RenewNode(ctx, "n1", &forged, csr(t)); !errors.Is(err, ErrDenied) {
+		t.Fatalf("renewal with a certificate meshca did not record: %v, want ErrDenied", err)
+	}
+	if _, err := r.RenewNode(ctx, "n1", nil, csr(t)); !errors.Is(err, ErrDenied) {
+		t.Fatalf("renewal without a certificate: %v, want ErrDenied", err)
+	}
+	if _, err := r.RenewNode(ctx, "n1", cur, csr(t)); err != nil {
+		t.Fatalf("renewal with the current certificate: %v", err)
 	}
 }

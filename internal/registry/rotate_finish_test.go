@@ -349,7 +349,7 @@ func TestEmergencyRotationSupersedes(t *testing.T) {
 				}
 			}
 			// Node certificates stay: meshca accepts only those it recorded.
-			if _, err := r.RenewNode(ctx, "n1", csr(t)); err != nil && !tc.root {
+			if _, err := r.RenewNode(ctx, "n1", nodeCertOf(t, r, "n1"), csr(t)); err != nil && !tc.root {
 				t.Fatalf("node renewal after an intermediate emergency: %v", err)
 			}
 			emergency := 0

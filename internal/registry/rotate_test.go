@@ -156,7 +156,7 @@ func TestRootRotationPhases(t *testing.T) {
 	if rot := r.RotationStatus(); rot == nil || rot.Phase != store.PhaseReissuing {
 		t.Fatalf("after restart: %+v", rot)
 	}
-	if _, err := r.RenewNode(ctx, "n1", csr(t)); err != nil {
+	if _, err := r.RenewNode(ctx, "n1", nodeCertOf(t, r, "n1"), csr(t)); err != nil {
 		t.Fatal(err)
 	}
 	if phase, err := r.AdvanceRotation(ctx, acks(0, 0)); err != nil || phase != "" {
