@@ -47,7 +47,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // bundleName is the trust bundle's secret, which every node receives.

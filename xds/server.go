@@ -33,7 +33,7 @@ import (
 	"google.golang.org/grpc/tap"
 
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // Limits of the nodes' gRPC server, set deliberately rather than left at
