@@ -65,13 +65,19 @@ const (
 
 var quietCFSSL sync.Once
 
+// Clock tells the CA the time it issues at. internal/clock's clocks
+// satisfy it; tests pass a fake to assert exact validity windows.
+type Clock interface {
+	Now() time.Time
+}
+
 // Config configures a CA.
 type Config struct {
 	TrustDomain  spiffeid.TrustDomain // required
 	Material     *Material            // required
 	KeyAlgorithm KeyAlgorithm         // for leaf keys meshca generates; default ECDSAP256
 	Backdate     time.Duration        // default DefaultBackdate; negative is an error
-	Clock        clock.Clock          // default clock.Real{}
+	Clock        Clock                // default: the wall clock
 	Logger       *slog.Logger         // default discard
 	// LintBeforeSigning lints a copy signed by a throwaway issuer before the
 	// real key signs anything (Boulder's way): the real key then never signs
@@ -88,7 +94,7 @@ type CA struct {
 	material *Material
 	keyAlg   KeyAlgorithm
 	backdate time.Duration
-	clock    clock.Clock
+	clock    Clock
 	log      *slog.Logger
 
 	real *issuerSigner // the issuer's key

@@ -37,13 +37,21 @@ type Renewer interface {
 	Renew(ctx context.Context, name string) (Cert, error)
 }
 
+// Clock is the loop's only source of time: Now for decisions, After to
+// wait for the next one. internal/clock's clocks satisfy it, so tests
+// advance a fake exactly when the loop is parked.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
 // Config configures a Loop.
 type Config struct {
 	Policy  Policy
 	Backoff Backoff
 	Source  Source  // required
 	Renewer Renewer // required
-	Clock   clock.Clock
+	Clock   Clock   // default: the wall clock
 	Logger  *slog.Logger
 	// Burst is how many renewals run back to back before the loop pauses
 	// for Spread: a restart after downtime finds many certificates due at

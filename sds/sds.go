@@ -1,6 +1,8 @@
 // Package sds builds the Envoy Secret resources that meshca serves over SDS:
 // one TLS certificate secret per identity (named by its SPIFFE ID) and one
-// validation secret per trust domain carrying the trust bundle.
+// validation secret per trust domain carrying the trust bundle. It only
+// builds them: node configuration (internal/nodeconfig) puts them into each
+// node's snapshot, and the SDS service itself is served by package xds.
 //
 // Every input is parsed before it is packed, and every result passes the
 // Envoy validation rules, so a Secret that Envoy would NACK is never built.

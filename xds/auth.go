@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshca/meshca/internal/nodeapi"
 	"github.com/meshca/meshca/internal/text"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // Authenticator maps a client certificate that verified against meshca's

@@ -1,7 +1,12 @@
 // Package xds is meshca's xDS server: ADS (state of the world and delta),
 // the standalone SDS service and the per-type services, on go-control-plane,
 // behind mTLS with node certificates, plus the node join service on the same
-// port.
+// port. It serves resources built elsewhere (secrets by package sds,
+// listeners and clusters by package mesh) and builds none itself.
+//
+// Its exported API mentions no internal package: it declares what it needs
+// from its callers (Clock, TelemetrySink, Joiner, Authenticator) and the
+// join service's messages are the public package nodeapi.
 //
 // Security model. go-control-plane trusts node.id as the client sends it
 // and lets a later request replace it. So the node is authenticated from

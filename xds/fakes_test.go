@@ -47,8 +47,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/nodeapi"
-	"github.com/meshca/meshca/internal/telemetry"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // bundleName is the trust bundle's secret, which every node receives.
@@ -205,7 +204,7 @@ type fixture struct {
 	auth   *fakeAuth
 	joiner *fakeJoiner
 	audit  *fakeAudit
-	tel    *telemetry.Store
+	tel    *fakeTelemetry
 	ca     *testCA
 }
 
@@ -217,7 +216,7 @@ func newFixture(t *testing.T) *fixture {
 		auth:   &fakeAuth{nodes: map[string]string{}, errs: map[string]error{}},
 		joiner: &fakeJoiner{},
 		audit:  &fakeAudit{},
-		tel:    telemetry.New(),
+		tel:    newFakeTelemetry(),
 	}
 	f.ca = newTestCA(t, "meshca issuing CA", f.clk.Now())
 	s, err := New(Config{

@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshca/meshca/internal/nodeapi"
 	"github.com/meshca/meshca/internal/text"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // Joiner redeems a node's one-time join token for a node certificate issued

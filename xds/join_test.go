@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 
-	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // callJoin calls Join as grpc-go does: the method handler decodes the JSON

@@ -24,6 +24,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -32,8 +33,7 @@ import (
 	"google.golang.org/grpc/tap"
 
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/nodeapi"
-	"github.com/meshca/meshca/internal/telemetry"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // Limits of the nodes' gRPC server, set deliberately rather than left at
@@ -57,6 +57,37 @@ type DenialRecorder interface {
 	RecordDenial(ctx context.Context, action, node, detail string)
 }
 
+// Clock tells the server the time: certificate validity at the
+// handshake, last-seen times, push latencies. internal/clock's clocks
+// satisfy it.
+type Clock interface {
+	Now() time.Time
+}
+
+// AccessLog is one request or TCP connection a proxy reported to the
+// access-log service, its strings clipped to a bounded length.
+type AccessLog struct {
+	Time      time.Time
+	Method    string
+	Authority string
+	Path      string
+	Status    uint32
+	Duration  string
+	Upstream  string
+	Peer      string // downstream address
+	Protocol  string
+}
+
+// TelemetrySink files what authenticated proxies send to the access-log and
+// metrics services. Its methods are called concurrently, from the streams
+// of many nodes, and must not block for long. The server calls Forget when
+// a node is removed and files nothing for it afterwards.
+type TelemetrySink interface {
+	AddLogs(node string, logs []AccessLog)
+	SetStats(node string, at time.Time, families []*dto.MetricFamily)
+	Forget(node string)
+}
+
 // Config configures a Server.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
@@ -69,7 +100,7 @@ type Config struct {
 	// ServerCert returns meshca's own server certificate (renewed by the
 	// caller).
 	ServerCert func(*tls.ClientHelloInfo) (*tls.Certificate, error) // required
-	Clock      clock.Clock
+	Clock      Clock                                                // default the wall clock
 	Logger     *slog.Logger
 	// OnPush, when set, learns how long a node took to acknowledge a new
 	// version of a resource type; OnNACK learns every rejection. Both run
@@ -78,7 +109,7 @@ type Config struct {
 	OnNACK func(node, typeURL, message string)
 	// Telemetry, when set, receives what proxies send to the access-log
 	// and metrics services.
-	Telemetry *telemetry.Store
+	Telemetry TelemetrySink
 	// Limits bound connections and what peers without a node certificate
 	// can make the server hold.
 	Limits Limits

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshca/meshca/internal/telemetry"
 	"github.com/meshca/meshca/internal/text"
 )
 
@@ -44,10 +43,10 @@ func (k sinks) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccess
 		if len(http) > maxLogBatch {
 			http = http[:maxLogBatch]
 		}
-		entries := make([]telemetry.Entry, 0, len(http))
+		entries := make([]AccessLog, 0, len(http))
 		for _, e := range http {
 			c := e.GetCommonProperties()
-			entry := telemetry.Entry{
+			entry := AccessLog{
 				Time:      c.GetStartTime().AsTime(),
 				Method:    e.GetRequest().GetRequestMethod().String(),
 				Authority: text.Clip(e.GetRequest().GetAuthority(), 256),
@@ -68,11 +67,11 @@ func (k sinks) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccess
 		}
 		for _, e := range tcp {
 			c := e.GetCommonProperties()
-			entries = append(entries, telemetry.Entry{Time: c.GetStartTime().AsTime(), Protocol: "TCP",
+			entries = append(entries, AccessLog{Time: c.GetStartTime().AsTime(), Protocol: "TCP",
 				Upstream: text.Clip(address(c.GetUpstreamRemoteAddress()), 128), Peer: text.Clip(address(c.GetDownstreamRemoteAddress()), 128)})
 		}
 		if len(entries) > 0 {
-			k.s.file(node, func(t *telemetry.Store) { t.AddLogs(node, entries) })
+			k.s.file(node, func(t TelemetrySink) { t.AddLogs(node, entries) })
 		}
 	}
 }
@@ -90,7 +89,7 @@ func (k sinks) StreamMetrics(stream metricsv3.MetricsService_StreamMetricsServer
 		if err != nil {
 			return err
 		}
-		k.s.file(node, func(t *telemetry.Store) { t.SetStats(node, k.s.cfg.Clock.Now(), msg.GetEnvoyMetrics()) })
+		k.s.file(node, func(t TelemetrySink) { t.SetStats(node, k.s.cfg.Clock.Now(), msg.GetEnvoyMetrics()) })
 	}
 }
 
@@ -98,7 +97,7 @@ func (k sinks) StreamMetrics(stream metricsv3.MetricsService_StreamMetricsServer
 // removal drops the node's permissions (setAllowed, under allowedMu) before
 // it forgets its telemetry, so what is filed under the read lock is
 // forgotten with it, and nothing is filed after.
-func (s *Server) file(node string, fn func(*telemetry.Store)) {
+func (s *Server) file(node string, fn func(TelemetrySink)) {
 	if s.cfg.Telemetry == nil {
 		return
 	}

@@ -14,8 +14,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
-
-	"github.com/meshca/meshca/internal/telemetry"
 )
 
 var (
@@ -43,21 +41,6 @@ func metrics(node string) *metricsv3.StreamMetricsMessage {
 		Identifier:   &metricsv3.StreamMetricsMessage_Identifier{Node: &core.Node{Id: node}},
 		EnvoyMetrics: []*dto.MetricFamily{{Name: proto.String("envoy_cluster_upstream_rq_total"), Type: dto.MetricType_COUNTER.Enum()}},
 	}
-}
-
-// logsOf returns the paths of the access-log entries filed under node.
-func logsOf(tel *telemetry.Store, node string) []string {
-	var out []string
-	for _, e := range tel.Logs(node, 0, telemetry.RingSize) {
-		out = append(out, e.Path)
-	}
-	return out
-}
-
-func statsNodes(tel *telemetry.Store) []string {
-	var out []string
-	tel.Stats(func(node string, _ []*dto.MetricFamily) { out = append(out, node) })
-	return out
 }
 
 // TestSinksFileUnderBoundNode: what a proxy sends to the access-log and

@@ -184,7 +184,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		Roots: reg.IssuingCAs, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
-		Telemetry: tel, Limits: limits,
+		Telemetry: telemetrySink{tel: tel}, Limits: limits,
 	})
 	if err != nil {
 		return nil, err

@@ -20,7 +20,7 @@ import (
 
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/cli"
-	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // TestLegacyNodeDirRenewsOnlyWithMeshca: a node directory written before

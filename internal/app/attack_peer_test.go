@@ -38,9 +38,9 @@ import (
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/config"
-	"github.com/meshca/meshca/internal/nodeapi"
 	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // orgCA is a CA of an organisation PKI, as a test holds it.

@@ -41,7 +41,7 @@ import (
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/app"
 	"github.com/meshca/meshca/internal/config"
-	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/nodeapi"
 	"github.com/meshca/meshca/xds"
 )
 

@@ -25,7 +25,7 @@ import (
 	"github.com/meshca/meshca/internal/app"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/config"
-	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // mesh is a running meshca on loopback with a temp data directory.

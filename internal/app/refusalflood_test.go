@@ -32,8 +32,8 @@ import (
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/lograte"
-	"github.com/meshca/meshca/internal/nodeapi"
 	"github.com/meshca/meshca/internal/registry"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // lineLog keeps every log line meshca writes, for counting.

@@ -13,11 +13,11 @@ import (
 	"github.com/meshca/meshca/internal/admin"
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/identity"
-	"github.com/meshca/meshca/internal/nodeapi"
 	"github.com/meshca/meshca/internal/nodeconfig"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
 	"github.com/meshca/meshca/internal/text"
+	"github.com/meshca/meshca/nodeapi"
 	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/xds"
 )

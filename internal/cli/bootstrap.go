@@ -30,8 +30,8 @@ import (
 
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/bootstrap"
-	"github.com/meshca/meshca/internal/nodeapi"
 	"github.com/meshca/meshca/mesh"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 type bootstrapOptions struct {

@@ -24,7 +24,7 @@ import (
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/nodeapi"
+	"github.com/meshca/meshca/nodeapi"
 	"github.com/meshca/meshca/rotation"
 )
 

@@ -1,0 +1,6 @@
+// Package layout has no code: its tests keep meshca's package layout as
+// the design draws it. The top-level packages (ca, sds, rotation, xds,
+// mesh, nodeapi) are meshca's public API, so nothing they export may
+// mention a type from an internal package: a consumer declares the small
+// interface it needs, and wire types live in a public package.
+package layout
