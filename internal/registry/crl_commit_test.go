@@ -113,6 +113,9 @@ func TestCRLSignedOnceAfterGroupCommit(t *testing.T) {
 	// Hold the committer so that the revocations and the failing writes
 	// queue together for the next shared transaction.
 	holding, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // before the store closes, whatever fails
 	held := make(chan error, 1)
 	go func() {
 		held <- st.Update(ctx, func(*store.Tx) error {
@@ -158,10 +161,10 @@ func TestCRLSignedOnceAfterGroupCommit(t *testing.T) {
 		select {
 		case <-entered:
 		case <-deadline:
-			t.Fatal("writes did not reach the store")
+			t.Fatal("the revocations did not reach the store together: something serializes them before their transaction")
 		}
 	}
-	close(release)
+	letGo()
 	wg.Wait()
 	if err := <-held; err != nil {
 		t.Fatal(err)

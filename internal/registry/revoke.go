@@ -56,7 +56,7 @@ type Revoked struct {
 // RevokeIdentity stops issuance for an identity, withdraws its secret from
 // every node and puts its unexpired certificates on the CRL, which every
 // node receives in the trust bundle secret. All in one transaction with its
-// audit records; the pushes follow at once.
+// audit records; the CRL is signed after the commit and the pushes follow.
 func (r *Registry) RevokeIdentity(ctx context.Context, name, reason, actor string) (Revoked, error) {
 	res, err := r.revoke(ctx, name, reason, actor, false, nil)
 	if err != nil && ctx.Err() == nil {
