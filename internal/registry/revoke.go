@@ -455,7 +455,9 @@ func (r *Registry) rebuildCRL(ctx context.Context) error {
 // refreshCRL runs under crlMu.
 func (r *Registry) refreshCRL(ctx context.Context, force bool) error {
 	cur := r.crl.Load()
-	stale := r.crlStale.Load()
+	if force || r.crlStale.Load() {
+		cur = nil
+	}
 	now := r.cfg.Clock.Now().UTC()
 	live := 0
 	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
@@ -472,11 +474,13 @@ func (r *Registry) refreshCRL(ctx context.Context, force bool) error {
 		return fmt.Errorf("refresh CRL: %w", err)
 	}
 	switch {
-	case force || stale:
-	case live == 0 && cur == nil:
-		r.storeCRL(&crlState{thisUpdate: now})
-		return nil
-	case live == 0 && cur.pem == nil:
+	case live == 0 && (cur == nil || cur.pem == nil):
+		empty := &crlState{thisUpdate: now}
+		if in := r.crl.Load(); in != nil {
+			empty.number = in.number
+		}
+		r.storeCRL(empty)
+		r.crlStale.Store(false)
 		return nil
 	case live > 0 && cur != nil && cur.pem != nil && now.Before(cur.thisUpdate.Add(crlRefresh)):
 		return nil
