@@ -343,14 +343,9 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		return Joined{}, err
 	}
 	cert := certRecord(nodeSubject(node), issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
-	r.crlMu.Lock()
-	defer r.crlMu.Unlock()
-	var (
-		built   *crlState
-		revoked []string
-	)
+	var revoked []string
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
-		built, revoked = nil, nil
+		revoked = nil
 		cur, err := tx.Node(node)
 		if err != nil {
 			return err
@@ -380,12 +375,6 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		}
 		_, err = tx.Append(store.Event{Action: ActionNodeJoin, Actor: actor, Node: node, Serial: cert.Serial,
 			Detail: fmt.Sprintf("node certificate; not_after=%s revoked_previous=%d", cert.NotAfter.Format(time.RFC3339), len(revoked))})
-		if err != nil {
-			return err
-		}
-		if len(revoked) > 0 {
-			built, err = r.buildCRL(tx, now)
-		}
 		n = cur
 		return err
 	})
@@ -393,11 +382,8 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		return Joined{}, err
 	}
 	r.log.Info("node joined", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter, "revoked_previous", len(revoked))
-	if built != nil {
-		r.crl.Store(built)
-		r.announceTrust()
-	}
 	if len(revoked) > 0 {
+		r.crlAfterCommit(ctx)
 		r.notifyNodeCerts(node)
 	}
 	return r.joined(ctx, n, cert), nil
@@ -501,11 +487,9 @@ func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.C
 		return Joined{}, err
 	}
 	cert := certRecord(nodeSubject(node), issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
-	r.crlMu.Lock()
-	defer r.crlMu.Unlock()
-	var built *crlState
+	var dropped []string
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
-		built = nil
+		dropped = nil
 		var err error
 		if n, err = tx.Node(node); err != nil {
 			return err
@@ -524,7 +508,6 @@ func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.C
 			return err
 		}
 		// A renewed certificate that was never used is replaced: revoke it.
-		var dropped []string
 		if prev := n.NextSerial; prev != "" {
 			c, err := tx.CertWithoutKey(prev)
 			if err == nil && c.NotAfter.After(now) {
@@ -546,21 +529,14 @@ func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.C
 		}
 		_, err = tx.Append(store.Event{Action: ActionNodeRenew, Actor: "node:" + node, Node: node, Serial: cert.Serial,
 			Detail: fmt.Sprintf("node certificate; not_after=%s renewals_in_window=%d revoked_unused=%v", cert.NotAfter.Format(time.RFC3339), n.Renewals, dropped)})
-		if err != nil {
-			return err
-		}
-		if len(dropped) > 0 {
-			built, err = r.buildCRL(tx, now)
-		}
 		return err
 	})
 	if err != nil {
 		return Joined{}, err
 	}
 	r.log.Info("node certificate renewed", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter)
-	if built != nil {
-		r.crl.Store(built)
-		r.announceTrust()
+	if len(dropped) > 0 {
+		r.crlAfterCommit(ctx)
 	}
 	return r.joined(ctx, n, cert), nil
 }
@@ -676,14 +652,9 @@ func (r *Registry) authenticateNode(ctx context.Context, leaf *x509.Certificate)
 // switchNodeCert makes a renewed certificate on its first use the node's
 // one valid certificate, revoking every other, with the new CRL pushed.
 func (r *Registry) switchNodeCert(ctx context.Context, node, serial string) error {
-	r.crlMu.Lock()
-	defer r.crlMu.Unlock()
-	var (
-		built   *crlState
-		revoked []string
-	)
+	var revoked []string
 	err := r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
-		built, revoked = nil, nil
+		revoked = nil
 		n, err := tx.Node(node)
 		if err != nil {
 			return err
@@ -705,24 +676,16 @@ func (r *Registry) switchNodeCert(ctx context.Context, node, serial string) erro
 		if err := tx.PutNode(n); err != nil {
 			return err
 		}
-		if _, err := tx.Append(store.Event{Action: ActionNodeCertSwitch, Actor: "node:" + node, Node: node, Serial: serial,
-			Detail: fmt.Sprintf("renewed certificate in use; revoked_previous=%d", len(revoked))}); err != nil {
-			return err
-		}
-		if len(revoked) > 0 {
-			built, err = r.buildCRL(tx, now)
-		}
+		_, err = tx.Append(store.Event{Action: ActionNodeCertSwitch, Actor: "node:" + node, Node: node, Serial: serial,
+			Detail: fmt.Sprintf("renewed certificate in use; revoked_previous=%d", len(revoked))})
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	if built != nil {
-		r.log.Info("node switched to its renewed certificate", "node", node, "serial", serial, "revoked_previous", len(revoked))
-		r.crl.Store(built)
-		r.announceTrust()
-	}
 	if len(revoked) > 0 {
+		r.log.Info("node switched to its renewed certificate", "node", node, "serial", serial, "revoked_previous", len(revoked))
+		r.crlAfterCommit(ctx)
 		// Connections made with the earlier certificates end; this
 		// handshake's connection is not tracked yet, so it stays.
 		r.notifyNodeCerts(node)

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -79,6 +80,9 @@ type Registry struct {
 
 	crlMu    sync.Mutex // serializes building and publishing CRLs
 	crl      atomic.Pointer[crlState]
+	crlStale atomic.Bool // a committed revocation's CRL was not published
+	// signCRL is ca.SignCRL; tests replace it to count signatures.
+	signCRL  func(*x509.Certificate, crypto.Signer, []ca.Revoked, *big.Int, time.Time, time.Time) ([]byte, error)
 	prev     atomic.Pointer[ca.CA] // previous issuer while a root rotation retires it
 	rotation atomic.Pointer[Rotation]
 	rot      rotationRun // see rotate.go
@@ -154,6 +158,7 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	r := &Registry{cfg: cfg, log: cfg.Logger, started: cfg.Clock.Now(),
 		refusalLog: slog.New(lograte.New(cfg.Logger.Handler(), lograte.Config{Now: cfg.Clock.Now}))}
 	r.issue = func(ctx context.Context, req ca.Request) (*ca.Issued, error) { return r.CA().Issue(ctx, req) }
+	r.signCRL = ca.SignCRL
 	if _, err := r.loadCA(ctx); errors.Is(err, store.ErrNotFound) {
 		if _, err := r.initCA(ctx); err != nil {
 			return nil, err
