@@ -98,20 +98,23 @@ func TestHostileTextIsEscapedInTheCLI(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	// Wait until meshca holds both (its own goroutines file them).
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var n api.Node
-		var logs []api.LogEntry
+	// The server answers the close once it has filed the entry.
+	if _, err := als.CloseAndRecv(); err != nil {
+		t.Fatal(err)
+	}
+	// The NACK is recorded by the ADS stream's goroutine, which announces
+	// nothing: look for it, within a bound.
+	var n api.Node
+	if !pollUntil(10*time.Second, 20*time.Millisecond, func() bool {
 		m.admin("GET", api.PathNodes+"/live", nil, &n, http.StatusOK)
-		m.admin("GET", api.PathLogs+"?node=live", nil, &logs, http.StatusOK)
-		if n.Connection.NACKs > 0 && len(logs) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("NACK or access log not filed: nacks=%d logs=%d", n.Connection.NACKs, len(logs))
-		}
-		time.Sleep(20 * time.Millisecond)
+		return n.Connection.NACKs > 0
+	}) {
+		t.Fatalf("NACK not recorded: nacks=%d", n.Connection.NACKs)
+	}
+	var logs []api.LogEntry
+	m.admin("GET", api.PathLogs+"?node=live", nil, &logs, http.StatusOK)
+	if len(logs) == 0 {
+		t.Fatal("access log not filed")
 	}
 
 	run := func(args ...string) (string, string) {

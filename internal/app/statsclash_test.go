@@ -46,6 +46,10 @@ func TestStatsOfOneNodeCannotHideAnothers(t *testing.T) {
 		if err := ms.Send(&metricsv3.StreamMetricsMessage{EnvoyMetrics: fams}); err != nil {
 			t.Fatal(err)
 		}
+		// The server answers the close once it has filed every message.
+		if _, err := ms.CloseAndRecv(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// "aaa" sorts first: being first by name must not make its shape win
 	// against two nodes.
@@ -74,28 +78,14 @@ func TestStatsOfOneNodeCannotHideAnothers(t *testing.T) {
 		`meshca_proxy_samples_dropped{node="nodeb"} 0`,
 		`meshca_proxy_samples_dropped{node="noded"} 1`,
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	var text string
-	for {
-		text = scrape(t, m)
-		missing := 0
-		for _, w := range want {
-			if !strings.Contains(text, w) {
-				missing++
-			}
+	text := scrape(t, m)
+	for _, w := range want {
+		if !strings.Contains(text, w) {
+			t.Errorf("missing %s", w)
 		}
-		if missing == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			for _, w := range want {
-				if !strings.Contains(text, w) {
-					t.Errorf("missing %s", w)
-				}
-			}
-			t.Fatalf("scrape:\n%s", grepLines(text, "envoy_", "meshca_proxy"))
-		}
-		time.Sleep(20 * time.Millisecond) // the stats are filed by meshca's stream goroutines
+	}
+	if t.Failed() {
+		t.Fatalf("scrape:\n%s", grepLines(text, "envoy_", "meshca_proxy"))
 	}
 	if strings.Contains(text, `node="aaa"} 7`) || strings.Contains(text, `envoy_membership_total{envoy_cluster_name`) {
 		t.Fatalf("a conflicting sample was exposed:\n%s", grepLines(text, "envoy_"))
