@@ -256,7 +256,6 @@ func (tx *Tx) PutCert(c Cert, key []byte) error {
 	if tx.btx.Bucket(bucketCerts).Get([]byte(c.Serial)) != nil {
 		return fmt.Errorf("%w: certificate %s", ErrExists, c.Serial)
 	}
-	c.KeyHeld = false // set on read, from the record
 	rec := certRecord{Cert: c}
 	if key != nil {
 		sealed, err := tx.s.sealer.Seal(key, certAAD(c.Identity, c.Serial))
