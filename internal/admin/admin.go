@@ -29,7 +29,6 @@ import (
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
-	"github.com/meshca/meshca/internal/store"
 	"github.com/meshca/meshca/internal/telemetry"
 	"github.com/meshca/meshca/internal/text"
 	"github.com/meshca/meshca/rotation"
@@ -44,7 +43,7 @@ type Identities interface {
 
 // CSRSigner issues a certificate for an identity to the key of a CSR.
 type CSRSigner interface {
-	IssueFromCSR(ctx context.Context, name string, csrDER []byte, actor string) (store.Cert, error)
+	IssueFromCSR(ctx context.Context, name string, csrDER []byte, actor string) (registry.Cert, error)
 }
 
 // DenialRecorder audits a refused request.
@@ -73,7 +72,7 @@ type Authority interface {
 // AuditLog reads audit records after a sequence number, oldest first, and
 // tells the newest sequence number.
 type AuditLog interface {
-	Audit(ctx context.Context, after uint64, limit int) ([]store.Event, error)
+	Audit(ctx context.Context, after uint64, limit int) ([]registry.Event, error)
 	LastAuditSeq(ctx context.Context) (uint64, error)
 }
 
@@ -559,7 +558,7 @@ func (s *Server) identityJSON(st registry.Status) api.Identity {
 	}
 	if st.Cert != nil {
 		c := certJSON(st)
-		if id.State != store.StateRevoked && st.CertState != "revoked" {
+		if id.State != registry.StateRevoked && st.CertState != "revoked" {
 			at := s.cfg.Renewal.RenewAt(st.Cert.NotBefore, st.Cert.NotAfter, st.Cert.Serial)
 			c.RenewAt = &at
 		}

@@ -9,7 +9,6 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/registry"
-	"github.com/meshca/meshca/internal/store"
 	"github.com/meshca/meshca/mesh"
 )
 
@@ -17,8 +16,8 @@ import (
 type Meshes interface {
 	ApplyMesh(ctx context.Context, doc []byte, dryRun bool, actor string) (registry.MeshPlan, error)
 	RollbackMesh(ctx context.Context, version uint64, dryRun bool, actor string) (registry.MeshPlan, error)
-	MeshVersion(ctx context.Context, version uint64) (store.Mesh, error)
-	MeshHistory(ctx context.Context) ([]store.Mesh, error)
+	MeshVersion(ctx context.Context, version uint64) (registry.MeshDocument, error)
+	MeshHistory(ctx context.Context) ([]registry.MeshDocument, error)
 }
 
 func (s *Server) routeMesh() {

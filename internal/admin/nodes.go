@@ -12,17 +12,16 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/registry"
-	"github.com/meshca/meshca/internal/store"
 )
 
 // Nodes registers nodes and changes their identities.
 type Nodes interface {
-	AddNode(ctx context.Context, req registry.AddNode, actor string) (store.Node, registry.JoinToken, error)
+	AddNode(ctx context.Context, req registry.AddNode, actor string) (registry.Node, registry.JoinToken, error)
 	NewJoinToken(ctx context.Context, name, actor string) (registry.JoinToken, error)
-	Node(ctx context.Context, name string) (store.Node, error)
-	Nodes(ctx context.Context) ([]store.Node, error)
-	Assign(ctx context.Context, node, identity, actor string) (store.Node, error)
-	Unassign(ctx context.Context, node, identity, actor string) (store.Node, error)
+	Node(ctx context.Context, name string) (registry.Node, error)
+	Nodes(ctx context.Context) ([]registry.Node, error)
+	Assign(ctx context.Context, node, identity, actor string) (registry.Node, error)
+	Unassign(ctx context.Context, node, identity, actor string) (registry.Node, error)
 }
 
 // Reissuer issues a new current certificate for an identity and pushes it.
@@ -153,7 +152,7 @@ func (s *Server) nodeToken(w http.ResponseWriter, r *http.Request) {
 	s.reply(w, http.StatusOK, s.joinToken(n, tok))
 }
 
-func (s *Server) joinToken(n store.Node, tok registry.JoinToken) api.JoinToken {
+func (s *Server) joinToken(n registry.Node, tok registry.JoinToken) api.JoinToken {
 	out := api.JoinToken{Node: s.nodeJSON(n), Token: tok.Token, Expires: tok.Expires, XDSAddress: s.cfg.XDSAddress}
 	// The pin is the CA that signs meshca's server certificate, which only
 	// meshca holds: a root may be shared with other CAs of an organisation.
@@ -285,13 +284,13 @@ func (s *Server) reissueAll(w http.ResponseWriter, r *http.Request) {
 // reissueWriteTimeout bounds each progress write of reissueAll.
 const reissueWriteTimeout = 30 * time.Second
 
-func (s *Server) nodeJSON(n store.Node) api.Node {
+func (s *Server) nodeJSON(n registry.Node) api.Node {
 	ids := n.Identities
 	if ids == nil {
 		ids = []string{}
 	}
 	return api.Node{
-		Name: n.Name, Kind: n.Kind, Identities: ids, State: n.State, Joined: !n.JoinedAt.IsZero() || n.TokenExpires.IsZero(),
+		Name: n.Name, Kind: n.Kind, Identities: ids, State: n.State, Joined: !n.JoinedAt.IsZero(),
 		CreatedAt: n.CreatedAt, Connection: s.cfg.Connections.NodeConnection(n.Name),
 	}
 }

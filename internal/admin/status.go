@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/internal/api"
-	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/registry"
 )
 
 // The status page is server-rendered from the same interfaces as the JSON
@@ -59,7 +59,7 @@ type statusView struct {
 	CA          caView
 	Identities  []identityRow
 	Nodes       []nodeRow
-	Audit       []store.Event // newest first
+	Audit       []registry.Event // newest first
 }
 
 // deadline is a time the page counts down to; Past is the text shown once
@@ -155,7 +155,7 @@ func (s *Server) statusView(ctx context.Context) (statusView, error) {
 			// The server's renewal policy is not in Config; the page shows
 			// the default one, which is what an unconfigured meshca uses.
 			row.Renewal = deadline{At: s.cfg.Renewal.RenewAt(cert.NotBefore, cert.NotAfter, cert.Serial), Past: "due"}
-			row.Renews = st.Identity.State != store.StateRevoked && st.CertState != "revoked"
+			row.Renews = st.Identity.State != registry.StateRevoked && st.CertState != "revoked"
 		}
 		view.Identities = append(view.Identities, row)
 	}
@@ -191,7 +191,7 @@ func shortType(typeURL string) string {
 }
 
 // recentAudit returns up to n of the newest audit events, newest first.
-func (s *Server) recentAudit(ctx context.Context, n int) ([]store.Event, error) {
+func (s *Server) recentAudit(ctx context.Context, n int) ([]registry.Event, error) {
 	last, err := s.cfg.Audit.LastAuditSeq(ctx)
 	if err != nil {
 		return nil, err

@@ -148,7 +148,7 @@ func (r *faultRig) certs(name string) []store.Cert {
 	return cs
 }
 
-func (r *faultRig) events() []store.Event {
+func (r *faultRig) events() []registry.Event {
 	r.t.Helper()
 	evs, err := r.reg.Audit(context.Background(), 0, 0)
 	if err != nil {
@@ -359,7 +359,7 @@ func TestStorageFaultsRandom(t *testing.T) {
 				serial = st.Cert.Serial
 			}
 		case 2:
-			var c store.Cert
+			var c registry.Cert
 			c, err = r.reg.IssueFromCSR(ctx, name, csr, "test")
 			if err == nil {
 				serial = c.Serial

@@ -436,8 +436,11 @@ func (b *Builder) build(ctx context.Context, node string) error {
 		active = true
 		for _, name := range n.Identities {
 			id, err := tx.Identity(name)
-			if err != nil {
+			if errors.Is(err, store.ErrNotFound) {
 				continue
+			} else if err != nil {
+				// A failed read must not send the node fewer secrets.
+				return fmt.Errorf("identity %q: %w", name, err)
 			}
 			if id.State == store.StateRevoked || id.Admin {
 				withdrawn = append(withdrawn, id.SPIFFEID)
@@ -451,7 +454,7 @@ func (b *Builder) build(ctx context.Context, node string) error {
 				b.log.Error("not serving an admin identity to a node; unassign it", "identity", name, logNode, node)
 				continue
 			}
-			c, err := tx.Cert(id.CurrentSerial)
+			c, err := tx.Credential(id.CurrentSerial)
 			if err != nil {
 				return fmt.Errorf("identity %q: %w", name, err)
 			}

@@ -30,7 +30,7 @@ var ErrDenied = errors.New("permission denied")
 // audited but does not replace the identity's current (SDS) certificate. It
 // is how an operator gets admin credentials whose key never leaves their
 // machine.
-func (r *Registry) IssueFromCSR(ctx context.Context, name string, csrDER []byte, actor string) (store.Cert, error) {
+func (r *Registry) IssueFromCSR(ctx context.Context, name string, csrDER []byte, actor string) (Cert, error) {
 	c, err := r.issueFromCSR(ctx, name, csrDER, actor)
 	if err != nil && !errors.Is(err, ca.ErrLint) && ctx.Err() == nil {
 		r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: actor, Identity: name, Detail: err.Error()})
@@ -38,28 +38,28 @@ func (r *Registry) IssueFromCSR(ctx context.Context, name string, csrDER []byte,
 	return c, err
 }
 
-func (r *Registry) issueFromCSR(ctx context.Context, name string, csrDER []byte, actor string) (store.Cert, error) {
+func (r *Registry) issueFromCSR(ctx context.Context, name string, csrDER []byte, actor string) (Cert, error) {
 	st, err := r.Identity(ctx, name)
 	if err != nil {
-		return store.Cert{}, err
+		return Cert{}, err
 	}
 	if st.Identity.State != store.StateActive {
-		return store.Cert{}, fmt.Errorf("identity %q is %s: %w", name, st.Identity.State, ErrDenied)
+		return Cert{}, fmt.Errorf("identity %q is %s: %w", name, st.Identity.State, ErrDenied)
 	}
 	id, err := identity.ID(r.cfg.TrustDomain, name)
 	if err != nil {
-		return store.Cert{}, err
+		return Cert{}, err
 	}
 	issued, err := r.issue(ctx, ca.Request{ID: id, DNSNames: st.Identity.DNSNames, TTL: st.Identity.TTL, CSR: csrDER})
 	if err != nil {
 		if errors.Is(err, ca.ErrLint) {
 			r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: actor, Identity: name, Outcome: store.OutcomeFailed, Detail: err.Error()})
 		}
-		return store.Cert{}, err
+		return Cert{}, err
 	}
 	cert := certRecord(name, issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
-		if err := tx.PutCert(cert); err != nil {
+		if err := tx.PutCert(cert.Cert, cert.Key); err != nil {
 			return err
 		}
 		_, err := tx.Append(store.Event{Action: ActionCertIssue, Actor: actor, Identity: name, Serial: cert.Serial,
@@ -67,10 +67,10 @@ func (r *Registry) issueFromCSR(ctx context.Context, name string, csrDER []byte,
 		return err
 	})
 	if err != nil {
-		return store.Cert{}, fmt.Errorf("record certificate for %q: %w", name, err)
+		return Cert{}, fmt.Errorf("record certificate for %q: %w", name, err)
 	}
 	r.log.Info("certificate issued from CSR", "identity", name, "serial", cert.Serial, "not_after", cert.NotAfter, "actor", actor)
-	return cert, nil
+	return certView(cert.Cert), nil
 }
 
 // AuthorizeAdmin decides whether a client certificate that verified against
@@ -107,7 +107,7 @@ func (r *Registry) authorizeAdmin(ctx context.Context, leaf *x509.Certificate) (
 		if !ident.Admin || ident.State != store.StateActive {
 			return fmt.Errorf("identity %q has no admin access: %w", name, ErrDenied)
 		}
-		c, err := tx.CertWithoutKey(serial)
+		c, err := tx.Cert(serial)
 		if err != nil || c.Identity != name {
 			return fmt.Errorf("certificate %s was not issued to %q: %w", serial, name, ErrDenied)
 		}
@@ -200,9 +200,8 @@ func (r *Registry) issueServer(ctx context.Context, dns []string, ips []net.IP, 
 	}
 	// The server key stays in memory: a restart issues a new certificate.
 	cert := certRecord(identity.ServerName, issued, serialHex(issuer.Issuer()), r.cfg.Clock.Now().UTC())
-	cert.Key = nil
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
-		if err := tx.PutCert(cert); err != nil {
+		if err := tx.PutCert(cert.Cert, nil); err != nil {
 			return err
 		}
 		_, err := tx.Append(store.Event{Action: ActionCertIssue, Actor: "meshca", Identity: identity.ServerName, Serial: cert.Serial,

@@ -49,8 +49,8 @@ func newDenialRegistry(t *testing.T, clk clock.Clock, c *counted) *Registry {
 	return r
 }
 
-func denied(evs []store.Event) []store.Event {
-	var out []store.Event
+func denied(evs []Event) []Event {
+	var out []Event
 	for _, e := range evs {
 		if e.Outcome != store.OutcomeOK {
 			out = append(out, e)

@@ -22,8 +22,8 @@ type AddIdentity struct {
 
 // Status is an identity with its current certificate.
 type Status struct {
-	Identity store.Identity
-	Cert     *store.Cert // nil when the identity holds no certificate
+	Identity Identity
+	Cert     *Cert // nil when the identity holds no certificate
 	// CertState is revoked, or else valid, expired or not-yet-valid at the
 	// registry's clock.
 	CertState string
@@ -79,7 +79,7 @@ func (r *Registry) addIdentity(ctx context.Context, req AddIdentity, actor strin
 		if err := tx.InsertIdentity(ident); err != nil {
 			return err
 		}
-		if err := tx.PutCert(cert); err != nil {
+		if err := tx.PutCert(cert.Cert, cert.Key); err != nil {
 			return err
 		}
 		if _, err := tx.Append(store.Event{Action: ActionIdentityAdd, Actor: actor, Identity: req.Name, Serial: issued.Serial,
@@ -97,13 +97,18 @@ func (r *Registry) addIdentity(ctx context.Context, req AddIdentity, actor strin
 		return Status{}, fmt.Errorf("record identity %q: %w", req.Name, err)
 	}
 	r.log.Info("identity added", "identity", req.Name, "serial", issued.Serial, "not_after", cert.NotAfter, "actor", actor)
-	return r.status(ident, &cert), nil
+	return r.status(ident, &cert.Cert), nil
 }
 
-func certRecord(name string, is *ca.Issued, issuerSerial string, now time.Time) store.Cert {
-	return store.Cert{
-		Serial: is.Serial, Identity: name, DER: is.DER, Chain: is.Chain, Key: is.KeyPKCS8,
-		IssuerSerial: issuerSerial, NotBefore: is.Cert.NotBefore, NotAfter: is.Cert.NotAfter, IssuedAt: now,
+// certRecord is the record of an issued certificate with the key meshca
+// generated for it (nil for a CSR's).
+func certRecord(name string, is *ca.Issued, issuerSerial string, now time.Time) store.Credential {
+	return store.Credential{
+		Cert: store.Cert{
+			Serial: is.Serial, Identity: name, DER: is.DER, Chain: is.Chain,
+			IssuerSerial: issuerSerial, NotBefore: is.Cert.NotBefore, NotAfter: is.Cert.NotAfter, IssuedAt: now,
+		},
+		Key: is.KeyPKCS8,
 	}
 }
 
@@ -117,7 +122,7 @@ func (r *Registry) Identity(ctx context.Context, name string) (Status, error) {
 		}
 		var cert *store.Cert
 		if id.CurrentSerial != "" {
-			c, err := tx.CertWithoutKey(id.CurrentSerial)
+			c, err := tx.Cert(id.CurrentSerial)
 			if err != nil {
 				return err
 			}
@@ -143,7 +148,7 @@ func (r *Registry) Identities(ctx context.Context) ([]Status, error) {
 		for _, id := range ids {
 			var cert *store.Cert
 			if id.CurrentSerial != "" {
-				c, err := tx.CertWithoutKey(id.CurrentSerial)
+				c, err := tx.Cert(id.CurrentSerial)
 				if err != nil {
 					return err
 				}
@@ -176,8 +181,10 @@ func (r *Registry) status(id store.Identity, cert *store.Cert) Status {
 }
 
 func (r *Registry) statusAt(id store.Identity, cert *store.Cert, revoked bool) Status {
-	st := Status{Identity: id, Cert: cert}
+	st := Status{Identity: identityView(id)}
 	if cert != nil {
+		c := certView(*cert)
+		st.Cert = &c
 		now := r.cfg.Clock.Now()
 		switch {
 		case revoked:
@@ -194,14 +201,16 @@ func (r *Registry) statusAt(id store.Identity, cert *store.Cert, revoked bool) S
 }
 
 // Audit returns audit records after seq, oldest first; limit <= 0 means all.
-func (r *Registry) Audit(ctx context.Context, after uint64, limit int) ([]store.Event, error) {
-	var out []store.Event
-	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
-		var err error
-		out, err = tx.Events(after, limit)
+func (r *Registry) Audit(ctx context.Context, after uint64, limit int) ([]Event, error) {
+	var evs []store.Event
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) {
+		evs, err = tx.Events(after, limit)
 		return err
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return views(evs, eventView), nil
 }
 
 // LastAuditSeq returns the sequence number of the newest audit record.

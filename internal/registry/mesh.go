@@ -157,7 +157,7 @@ func (r *Registry) meshNodes(ctx context.Context) ([]mesh.Node, error) {
 }
 
 // MeshVersion returns a stored mesh version; 0 means the latest.
-func (r *Registry) MeshVersion(ctx context.Context, version uint64) (store.Mesh, error) {
+func (r *Registry) MeshVersion(ctx context.Context, version uint64) (MeshDocument, error) {
 	var m store.Mesh
 	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) {
 		if version == 0 {
@@ -169,21 +169,27 @@ func (r *Registry) MeshVersion(ctx context.Context, version uint64) (store.Mesh,
 	})
 	if errors.Is(err, store.ErrNotFound) {
 		if version == 0 {
-			return store.Mesh{}, fmt.Errorf("no mesh has been applied yet (meshca mesh apply -f FILE): %w", ErrNotFound)
+			return MeshDocument{}, fmt.Errorf("no mesh has been applied yet (meshca mesh apply -f FILE): %w", ErrNotFound)
 		}
-		return store.Mesh{}, fmt.Errorf("mesh version %d %w", version, ErrNotFound)
+		return MeshDocument{}, fmt.Errorf("mesh version %d %w", version, ErrNotFound)
 	}
-	return m, err
+	if err != nil {
+		return MeshDocument{}, err
+	}
+	return meshView(m), nil
 }
 
 // MeshHistory lists every stored mesh version, oldest first.
-func (r *Registry) MeshHistory(ctx context.Context) ([]store.Mesh, error) {
+func (r *Registry) MeshHistory(ctx context.Context) ([]MeshDocument, error) {
 	var hist []store.Mesh
 	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) {
 		hist, err = tx.MeshHistory()
 		return err
 	})
-	return hist, err
+	if err != nil {
+		return nil, err
+	}
+	return views(hist, meshView), nil
 }
 
 // RollbackMesh applies a stored version again, as a new version.
@@ -214,6 +220,6 @@ func (r *Registry) loadMesh(ctx context.Context) error {
 
 // NodeMesh builds a node's listeners, routes, clusters and endpoints from
 // the mesh in use.
-func (r *Registry) NodeMesh(n store.Node) (mesh.Resources, error) {
+func (r *Registry) NodeMesh(n Node) (mesh.Resources, error) {
 	return mesh.Build(r.Mesh(), mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities}, r.cfg.TrustDomain)
 }

@@ -54,7 +54,7 @@ func nodeSubject(node string) string { return "node/" + node }
 
 // AddNode registers a node with its identities and returns its first join
 // token.
-func (r *Registry) AddNode(ctx context.Context, req AddNode, actor string) (store.Node, JoinToken, error) {
+func (r *Registry) AddNode(ctx context.Context, req AddNode, actor string) (Node, JoinToken, error) {
 	n, tok, err := r.addNode(ctx, req, actor)
 	if err != nil && ctx.Err() == nil {
 		r.deny(ctx, store.Event{Action: ActionNodeAdd, Actor: actor, Node: clip(req.Name, identity.MaxNameLength), Detail: err.Error()})
@@ -62,28 +62,26 @@ func (r *Registry) AddNode(ctx context.Context, req AddNode, actor string) (stor
 	return n, tok, err
 }
 
-func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (store.Node, JoinToken, error) {
+func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (Node, JoinToken, error) {
 	if _, err := identity.NodeID(r.cfg.TrustDomain, req.Name); err != nil {
-		return store.Node{}, JoinToken{}, err
+		return Node{}, JoinToken{}, err
 	}
 	if req.Kind == "" {
 		req.Kind = mesh.KindSidecar
 	}
 	if !mesh.IsKind(req.Kind) {
-		return store.Node{}, JoinToken{}, fmt.Errorf("%w: node kind %q: use %s, %s or %s", ErrInvalid, clip(req.Kind, 40), mesh.KindSidecar, mesh.KindFrontProxy, mesh.KindGRPC)
+		return Node{}, JoinToken{}, fmt.Errorf("%w: node kind %q: use %s, %s or %s", ErrInvalid, clip(req.Kind, 40), mesh.KindSidecar, mesh.KindFrontProxy, mesh.KindGRPC)
 	}
 	ids := slices.Clone(req.Identities)
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
 	tok, hash, err := newToken()
 	if err != nil {
-		return store.Node{}, JoinToken{}, err
+		return Node{}, JoinToken{}, err
 	}
 	now := r.cfg.Clock.Now().UTC()
-	n := store.Node{
-		Name: req.Name, Kind: req.Kind, Identities: ids, TokenHash: hash, TokenExpires: now.Add(r.cfg.Lifetimes.JoinToken),
-		State: store.StateActive, CreatedAt: now, UpdatedAt: now,
-	}
+	n := store.Node{Name: req.Name, Kind: req.Kind, Identities: ids, State: store.StateActive, CreatedAt: now, UpdatedAt: now}
+	expires := now.Add(r.cfg.Lifetimes.JoinToken)
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		if _, err := tx.Node(req.Name); err == nil {
 			return fmt.Errorf("node %q %w", req.Name, ErrExists)
@@ -99,16 +97,18 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (stor
 		if err := tx.PutNode(n); err != nil {
 			return err
 		}
+		if err := tx.PutJoinToken(store.JoinToken{Node: req.Name, Hash: hash, Expires: expires}); err != nil {
+			return err
+		}
 		_, err := tx.Append(store.Event{Action: ActionNodeAdd, Actor: actor, Node: req.Name,
-			Detail: fmt.Sprintf("kind=%s identities=%v token_expires=%s", req.Kind, ids, n.TokenExpires.Format(time.RFC3339))})
+			Detail: fmt.Sprintf("kind=%s identities=%v token_expires=%s", req.Kind, ids, expires.Format(time.RFC3339))})
 		return err
 	})
 	if err != nil {
-		return store.Node{}, JoinToken{}, err
+		return Node{}, JoinToken{}, err
 	}
 	r.log.Info("node added", "node", req.Name, "kind", req.Kind, "identities", len(ids), "actor", actor)
-	n.TokenHash = nil
-	return n, JoinToken{Token: tok, Expires: n.TokenExpires}, nil
+	return nodeView(n), JoinToken{Token: tok, Expires: expires}, nil
 }
 
 // ErrInvalid marks a request that is malformed in a way the identity
@@ -152,7 +152,7 @@ func (r *Registry) fitsMesh(n store.Node) error {
 	if n.State != store.StateActive || r.Mesh() == nil {
 		return nil
 	}
-	if _, err := r.NodeMesh(n); err != nil {
+	if _, err := r.NodeMesh(nodeView(n)); err != nil {
 		return fmt.Errorf("%w: the mesh in use cannot configure node %q after this change: %v (apply a mesh that fits first)", ErrInvalid, n.Name, err)
 	}
 	return nil
@@ -169,10 +169,9 @@ func (r *Registry) NewJoinToken(ctx context.Context, name, actor string) (JoinTo
 		if n.State != store.StateActive {
 			return store.Event{}, fmt.Errorf("node %q was revoked and can never join again: register the machine under a new name (meshca node add NEW-NAME): %w", name, ErrDenied)
 		}
-		if n.JoinedAt.IsZero() && n.TokenExpires.IsZero() { // joined before JoinedAt was recorded
-			n.JoinedAt = n.UpdatedAt
+		if err := tx.PutJoinToken(store.JoinToken{Node: name, Hash: hash, Expires: expires}); err != nil {
+			return store.Event{}, err
 		}
-		n.TokenHash, n.TokenExpires = hash, expires
 		return store.Event{Action: ActionNodeToken, Actor: actor, Node: name, Detail: "token_expires=" + expires.Format(time.RFC3339)}, nil
 	})
 	if err != nil {
@@ -186,7 +185,7 @@ func (r *Registry) NewJoinToken(ctx context.Context, name, actor string) (JoinTo
 
 // Assign gives a node an identity; its proxies receive the identity's
 // secret from then on.
-func (r *Registry) Assign(ctx context.Context, node, ident, actor string) (store.Node, error) {
+func (r *Registry) Assign(ctx context.Context, node, ident, actor string) (Node, error) {
 	var out store.Node
 	err := r.updateNode(ctx, node, func(tx *store.Tx, n *store.Node) (store.Event, error) {
 		if err := assignable(tx, ident); err != nil {
@@ -201,15 +200,14 @@ func (r *Registry) Assign(ctx context.Context, node, ident, actor string) (store
 	})
 	if err != nil {
 		r.deny(ctx, store.Event{Action: ActionNodeAssign, Actor: actor, Node: clip(node, identity.MaxNameLength), Identity: ident, Detail: err.Error()})
-		return store.Node{}, err
+		return Node{}, err
 	}
-	out.TokenHash = nil
-	return out, nil
+	return nodeView(out), nil
 }
 
 // Unassign takes an identity from a node; its secret is no longer served to
 // the node's proxies.
-func (r *Registry) Unassign(ctx context.Context, node, ident, actor string) (store.Node, error) {
+func (r *Registry) Unassign(ctx context.Context, node, ident, actor string) (Node, error) {
 	var out store.Node
 	err := r.updateNode(ctx, node, func(tx *store.Tx, n *store.Node) (store.Event, error) {
 		i := slices.Index(n.Identities, ident)
@@ -222,10 +220,9 @@ func (r *Registry) Unassign(ctx context.Context, node, ident, actor string) (sto
 	})
 	if err != nil {
 		r.deny(ctx, store.Event{Action: ActionNodeUnassign, Actor: actor, Node: clip(node, identity.MaxNameLength), Identity: clip(ident, identity.MaxNameLength), Detail: err.Error()})
-		return store.Node{}, err
+		return Node{}, err
 	}
-	out.TokenHash = nil
-	return out, nil
+	return nodeView(out), nil
 }
 
 // updateNode reads, changes and writes one node with its audit record in
@@ -255,36 +252,38 @@ func (r *Registry) updateNode(ctx context.Context, name string, change func(*sto
 	})
 }
 
-// Node returns a registered node (never its token hash).
-func (r *Registry) Node(ctx context.Context, name string) (store.Node, error) {
+// Node returns a registered node.
+func (r *Registry) Node(ctx context.Context, name string) (Node, error) {
 	var n store.Node
 	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) {
 		n, err = tx.Node(name)
 		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
-		return store.Node{}, fmt.Errorf("node %q %w", clip(name, identity.MaxNameLength), ErrNotFound)
+		return Node{}, fmt.Errorf("node %q %w", clip(name, identity.MaxNameLength), ErrNotFound)
 	}
-	n.TokenHash = nil
-	return n, err
+	if err != nil {
+		return Node{}, err
+	}
+	return nodeView(n), nil
 }
 
 // Nodes lists the registered nodes, sorted by name.
-func (r *Registry) Nodes(ctx context.Context) ([]store.Node, error) {
+func (r *Registry) Nodes(ctx context.Context) ([]Node, error) {
 	var ns []store.Node
 	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) {
 		ns, err = tx.Nodes()
 		return err
 	})
-	for i := range ns {
-		ns[i].TokenHash = nil
+	if err != nil {
+		return nil, err
 	}
-	return ns, err
+	return views(ns, nodeView), nil
 }
 
 // Joined is what a node receives for its join token.
 type Joined struct {
-	Node        store.Node
+	Node        Node
 	TrustDomain string
 	ChainPEM    []byte // node certificate and intermediates
 	BundlePEM   []byte
@@ -352,7 +351,11 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		}
 		// The token may have been used or replaced, or the node revoked,
 		// since checkToken.
-		if cur.State != store.StateActive || subtle.ConstantTimeCompare(cur.TokenHash, tokenHash(token)) != 1 {
+		tok, err := tx.JoinToken(node)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if cur.State != store.StateActive || subtle.ConstantTimeCompare(tok.Hash, tokenHash(token)) != 1 {
 			return fmt.Errorf("%w: the join token for node %q was used or replaced, or the node revoked, meanwhile", ErrToken, node)
 		}
 		now := r.cfg.Clock.Now().UTC()
@@ -361,7 +364,9 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		if revoked, err = revokeNodeCerts(tx, node, "", "replaced by a new join", now); err != nil {
 			return err
 		}
-		cur.TokenHash, cur.TokenExpires = nil, time.Time{}
+		if err := tx.DeleteJoinToken(node); err != nil {
+			return err
+		}
 		cur.CertSerial, cur.NextSerial = cert.Serial, ""
 		cur.UpdatedAt = now
 		if cur.JoinedAt.IsZero() {
@@ -370,7 +375,7 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		if err := tx.PutNode(cur); err != nil {
 			return err
 		}
-		if err := tx.PutCert(cert); err != nil {
+		if err := tx.PutCert(cert.Cert, cert.Key); err != nil {
 			return err
 		}
 		_, err = tx.Append(store.Event{Action: ActionNodeJoin, Actor: actor, Node: node, Serial: cert.Serial,
@@ -386,7 +391,7 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		r.crlAfterCommit(ctx)
 		r.notifyNodeCerts(node)
 	}
-	return r.joined(ctx, n, cert), nil
+	return r.joined(ctx, n, cert.Cert), nil
 }
 
 // revokeNodeCerts revokes, inside tx, every unexpired certificate of node
@@ -438,7 +443,7 @@ func stillCurrent(tx *store.Tx, n store.Node, presented *x509.Certificate) error
 	if n.CertSerial != "" && serial != n.CertSerial && serial != n.NextSerial {
 		return fmt.Errorf("node %q: certificate %s was replaced; renew with the node's current certificate: %w", n.Name, serial, ErrDenied)
 	}
-	c, err := tx.CertWithoutKey(serial)
+	c, err := tx.Cert(serial)
 	if err != nil || c.Identity != nodeSubject(n.Name) || !bytes.Equal(c.DER, presented.Raw) {
 		return fmt.Errorf("node %q: certificate %s is not one meshca issued to it: %w", n.Name, serial, ErrDenied)
 	}
@@ -509,7 +514,7 @@ func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.C
 		}
 		// A renewed certificate that was never used is replaced: revoke it.
 		if prev := n.NextSerial; prev != "" {
-			c, err := tx.CertWithoutKey(prev)
+			c, err := tx.Cert(prev)
 			if err == nil && c.NotAfter.After(now) {
 				if _, err := tx.Revocation(prev); err != nil {
 					if err := tx.PutRevocation(store.Revocation{Serial: prev, Identity: nodeSubject(node), IssuerSerial: c.IssuerSerial,
@@ -524,7 +529,7 @@ func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.C
 		if err := tx.PutNode(n); err != nil {
 			return err
 		}
-		if err := tx.PutCert(cert); err != nil {
+		if err := tx.PutCert(cert.Cert, cert.Key); err != nil {
 			return err
 		}
 		_, err = tx.Append(store.Event{Action: ActionNodeRenew, Actor: "node:" + node, Node: node, Serial: cert.Serial,
@@ -538,14 +543,13 @@ func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.C
 	if len(dropped) > 0 {
 		r.crlAfterCommit(ctx)
 	}
-	return r.joined(ctx, n, cert), nil
+	return r.joined(ctx, n, cert.Cert), nil
 }
 
 // joined is what a node gets back for its new certificate.
 func (r *Registry) joined(ctx context.Context, n store.Node, cert store.Cert) Joined {
-	n.TokenHash = nil
 	return Joined{
-		Node: n, TrustDomain: r.cfg.TrustDomain.Name(), ChainPEM: chainPEM(cert.DER, cert.Chain),
+		Node: nodeView(n), TrustDomain: r.cfg.TrustDomain.Name(), ChainPEM: chainPEM(cert.DER, cert.Chain),
 		BundlePEM: r.CA().BundlePEM(), IssuersPEM: r.IssuersPEM(context.WithoutCancel(ctx)), Serial: cert.Serial, NotAfter: cert.NotAfter,
 	}
 }
@@ -553,9 +557,17 @@ func (r *Registry) joined(ctx context.Context, n store.Node, cert store.Cert) Jo
 // checkToken says exactly why a token is refused; Join keeps that for the
 // audit record and answers the caller alike for every reason.
 func (r *Registry) checkToken(ctx context.Context, node, token string) (store.Node, error) {
-	var n store.Node
+	var (
+		n   store.Node
+		tok store.JoinToken
+	)
 	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) {
-		n, err = tx.Node(node)
+		if n, err = tx.Node(node); err != nil {
+			return err
+		}
+		if tok, err = tx.JoinToken(node); errors.Is(err, store.ErrNotFound) {
+			tok, err = store.JoinToken{}, nil
+		}
 		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
@@ -566,15 +578,15 @@ func (r *Registry) checkToken(ctx context.Context, node, token string) (store.No
 	}
 	// Compare the token whatever the node's state, so that the answer
 	// takes as long for a revoked node as for a wrong token.
-	match := len(n.TokenHash) > 0 && subtle.ConstantTimeCompare(n.TokenHash, tokenHash(token)) == 1
+	match := len(tok.Hash) > 0 && subtle.ConstantTimeCompare(tok.Hash, tokenHash(token)) == 1
 	if n.State != store.StateActive {
 		return store.Node{}, fmt.Errorf("%w: node %q is %s", ErrToken, node, n.State)
 	}
 	if !match {
 		return store.Node{}, fmt.Errorf("%w: the token for node %q is not valid (already used, replaced, or mistyped)", ErrToken, node)
 	}
-	if now := r.cfg.Clock.Now(); !now.Before(n.TokenExpires) {
-		return store.Node{}, fmt.Errorf("%w: the token for node %q expired at %s", ErrToken, node, n.TokenExpires.Format(time.RFC3339))
+	if now := r.cfg.Clock.Now(); !now.Before(tok.Expires) {
+		return store.Node{}, fmt.Errorf("%w: the token for node %q expired at %s", ErrToken, node, tok.Expires.Format(time.RFC3339))
 	}
 	return n, nil
 }
@@ -624,7 +636,7 @@ func (r *Registry) authenticateNode(ctx context.Context, leaf *x509.Certificate)
 		if err != nil {
 			return fmt.Errorf("node %q: %v: %w", node, err, ErrDenied)
 		}
-		c, err := tx.CertWithoutKey(serial)
+		c, err := tx.Cert(serial)
 		if err != nil || c.Identity != nodeSubject(node) {
 			return fmt.Errorf("certificate %s was not issued to node %q: %w", serial, node, ErrDenied)
 		}
@@ -722,7 +734,7 @@ type Credential struct {
 // NodeCredentials returns a node and the credentials of the active
 // identities assigned to it. This is the one place private keys leave the
 // store: to be sent to the node's proxies.
-func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node, []Credential, error) {
+func (r *Registry) NodeCredentials(ctx context.Context, node string) (Node, []Credential, error) {
 	var (
 		n     store.Node
 		creds []Credential
@@ -735,7 +747,16 @@ func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node
 		}
 		for _, name := range n.Identities {
 			id, err := tx.Identity(name)
-			if err != nil || id.State != store.StateActive || id.CurrentSerial == "" {
+			if errors.Is(err, store.ErrNotFound) {
+				r.log.Error("node holds an identity that is not registered", "identity", name, "node", node)
+				continue
+			}
+			if err != nil {
+				// Never answer with fewer secrets than the node holds
+				// because a read failed: the caller would withdraw them.
+				return fmt.Errorf("identity %q: %w", name, err)
+			}
+			if id.State != store.StateActive || id.CurrentSerial == "" {
 				continue
 			}
 			if id.Admin {
@@ -744,7 +765,7 @@ func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node
 				r.log.Error("not serving an admin identity to a node; unassign it", "identity", name, "node", node)
 				continue
 			}
-			c, err := tx.Cert(id.CurrentSerial)
+			c, err := tx.Credential(id.CurrentSerial)
 			if err != nil {
 				return fmt.Errorf("identity %q: %w", name, err)
 			}
@@ -765,10 +786,12 @@ func (r *Registry) NodeCredentials(ctx context.Context, node string) (store.Node
 		return nil
 	})
 	if errors.Is(err, store.ErrNotFound) {
-		return store.Node{}, nil, fmt.Errorf("node %q %w", clip(node, identity.MaxNameLength), ErrNotFound)
+		return Node{}, nil, fmt.Errorf("node %q %w", clip(node, identity.MaxNameLength), ErrNotFound)
 	}
-	n.TokenHash = nil
-	return n, creds, err
+	if err != nil {
+		return Node{}, nil, err
+	}
+	return nodeView(n), creds, nil
 }
 
 // WithdrawnSecrets names the SPIFFE IDs of revoked (or admin) identities
@@ -783,7 +806,14 @@ func (r *Registry) WithdrawnSecrets(ctx context.Context, node string) ([]string,
 			return err
 		}
 		for _, name := range n.Identities {
-			if id, err := tx.Identity(name); err == nil && (id.State == store.StateRevoked || id.Admin) {
+			id, err := tx.Identity(name)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("identity %q: %w", name, err)
+			}
+			if id.State == store.StateRevoked || id.Admin {
 				out = append(out, id.SPIFFEID)
 			}
 		}
@@ -796,7 +826,7 @@ func (r *Registry) WithdrawnSecrets(ctx context.Context, node string) ([]string,
 }
 
 // ChainPEM is a certificate and its intermediates as PEM; never the key.
-func ChainPEM(c store.Cert) []byte { return chainPEM(c.DER, c.Chain) }
+func ChainPEM(c Cert) []byte { return chainPEM(c.DER, c.Chain) }
 
 func chainPEM(leaf []byte, chain [][]byte) []byte {
 	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf})
@@ -861,7 +891,7 @@ func (r *Registry) reissue(ctx context.Context, name, actor, action, note string
 		}
 		prev := ident.CurrentSerial
 		ident.CurrentSerial, ident.UpdatedAt = cert.Serial, now
-		if err := tx.PutCert(cert); err != nil {
+		if err := tx.PutCert(cert.Cert, cert.Key); err != nil {
 			return err
 		}
 		if err := tx.PutIdentity(ident); err != nil {
@@ -878,6 +908,5 @@ func (r *Registry) reissue(ctx context.Context, name, actor, action, note string
 		return Status{}, nil, fmt.Errorf("record certificate for %q: %w", name, err)
 	}
 	r.log.Info("identity reissued", "identity", name, "serial", cert.Serial, "not_after", cert.NotAfter, "nodes", len(before), "actor", actor)
-	cert.Key = nil
-	return r.status(ident, &cert), before, nil
+	return r.status(ident, &cert.Cert), before, nil
 }

@@ -35,16 +35,16 @@ func TestNodeTokensAreStoredHashedAndSingleUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.Kind != mesh.KindSidecar || !tok.Expires.Equal(t0.Add(authority.Default().JoinToken)) || n.TokenHash != nil {
+	if n.Kind != mesh.KindSidecar || !tok.Expires.Equal(t0.Add(authority.Default().JoinToken)) || !n.JoinedAt.IsZero() {
 		t.Fatalf("node = %+v, token expires %s", n, tok.Expires)
 	}
 	if nodes, _, _ := feed.drain(); !slices.Equal(nodes, []string{"n1"}) {
 		t.Fatalf("the feed names nodes %v, want [n1]", nodes)
 	}
-	// Only the hash is stored.
-	var stored store.Node
-	st.View(ctx, func(tx *store.Tx) (err error) { stored, err = tx.Node("n1"); return err })
-	if !bytes.Equal(stored.TokenHash, tokenHash(tok.Token)) {
+	// Only the hash is stored, in the node's join token record.
+	var stored store.JoinToken
+	st.View(ctx, func(tx *store.Tx) (err error) { stored, err = tx.JoinToken("n1"); return err })
+	if !bytes.Equal(stored.Hash, tokenHash(tok.Token)) || !stored.Expires.Equal(tok.Expires) {
 		t.Fatal("stored token hash does not match")
 	}
 	path := st.Path()

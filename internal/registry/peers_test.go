@@ -116,7 +116,7 @@ func nodeCertOf(t *testing.T, r *Registry, node string) *x509.Certificate {
 		if err != nil {
 			return err
 		}
-		c, err := tx.CertWithoutKey(n.CertSerial)
+		c, err := tx.Cert(n.CertSerial)
 		der = c.DER
 		return err
 	})

@@ -98,14 +98,14 @@ var errRekeysStale error = conflict("the node was assigned another identity whil
 // no certificate (Serial empty) was looked at and is not re-keyed. An
 // identity whose certificate cannot be issued is logged and audited as
 // failed, with what to do, and keeps its key.
-func (r *Registry) prepareRekeys(ctx context.Context, node, actor string) map[string]store.Cert {
-	out := map[string]store.Cert{}
+func (r *Registry) prepareRekeys(ctx context.Context, node, actor string) map[string]store.Credential {
+	out := map[string]store.Credential{}
 	n, err := r.Node(ctx, node)
 	if err != nil || n.State != store.StateActive {
 		return out // refused in the transaction
 	}
 	for _, name := range n.Identities {
-		out[name] = store.Cert{}
+		out[name] = store.Credential{}
 		st, err := r.Identity(ctx, name)
 		if err != nil || st.Identity.State != store.StateActive {
 			continue
@@ -129,7 +129,7 @@ func (r *Registry) prepareRekeys(ctx context.Context, node, actor string) map[st
 // revokes every unexpired certificate of it whose key meshca served. ok is
 // false when the identity is no longer active (then its certificates are on
 // the CRL already).
-func rekey(tx *store.Tx, name string, fresh store.Cert, node, reason, actor string, now time.Time) (revoked []string, ok bool, err error) {
+func rekey(tx *store.Tx, name string, fresh store.Credential, node, reason, actor string, now time.Time) (revoked []string, ok bool, err error) {
 	id, err := tx.Identity(name)
 	if err != nil || id.State != store.StateActive {
 		return nil, false, nil
@@ -153,7 +153,7 @@ func rekey(tx *store.Tx, name string, fresh store.Cert, node, reason, actor stri
 	}
 	prev := id.CurrentSerial
 	id.CurrentSerial, id.UpdatedAt = fresh.Serial, now
-	if err := tx.PutCert(fresh); err != nil {
+	if err := tx.PutCert(fresh.Cert, fresh.Key); err != nil {
 		return nil, false, err
 	}
 	if err := tx.PutIdentity(id); err != nil {
@@ -164,7 +164,7 @@ func rekey(tx *store.Tx, name string, fresh store.Cert, node, reason, actor stri
 	return revoked, true, err
 }
 
-func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node bool, rekeys map[string]store.Cert) (Revoked, error) {
+func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node bool, rekeys map[string]store.Credential) (Revoked, error) {
 	reason = clip(reason, 200)
 	var res Revoked
 	var rekeyed []string
@@ -182,7 +182,10 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 			if n.State == store.StateRevoked {
 				return conflict(fmt.Sprintf("node %q is already revoked; nothing to do", name))
 			}
-			n.State, n.UpdatedAt, n.TokenHash = store.StateRevoked, now, nil
+			n.State, n.UpdatedAt = store.StateRevoked, now
+			if err := tx.DeleteJoinToken(name); err != nil {
+				return err
+			}
 			if err := tx.PutNode(n); err != nil {
 				return err
 			}

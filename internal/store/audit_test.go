@@ -142,7 +142,7 @@ func TestUpdateWithoutAuditWritesNothing(t *testing.T) {
 	}{
 		{"InsertIdentity", func(tx *store.Tx) error { return tx.InsertIdentity(store.Identity{Name: "web"}) }},
 		{"PutIdentity", func(tx *store.Tx) error { return tx.PutIdentity(store.Identity{Name: "web"}) }},
-		{"PutCert", func(tx *store.Tx) error { return tx.PutCert(testCert("web", "01", t0)) }},
+		{"PutCert", func(tx *store.Tx) error { return putCert(tx, testCert("web", "01", t0)) }},
 		{"PutCA", func(tx *store.Tx) error { return tx.PutCA(store.CA{Serial: "c1"}) }},
 		{"PutNode", func(tx *store.Tx) error { return tx.PutNode(store.Node{Name: "n"}) }},
 		{"DeleteNode", func(tx *store.Tx) error { return tx.DeleteNode("keep") }},
@@ -211,7 +211,7 @@ func TestViewIsReadOnly(t *testing.T) {
 		{"Append", func(tx *store.Tx) error { _, err := tx.Append(store.Event{Action: "x"}); return err }},
 		{"InsertIdentity", func(tx *store.Tx) error { return tx.InsertIdentity(store.Identity{Name: "web"}) }},
 		{"PutIdentity", func(tx *store.Tx) error { return tx.PutIdentity(store.Identity{Name: "web"}) }},
-		{"PutCert", func(tx *store.Tx) error { return tx.PutCert(testCert("web", "01", t0)) }},
+		{"PutCert", func(tx *store.Tx) error { return putCert(tx, testCert("web", "01", t0)) }},
 		{"PutCA", func(tx *store.Tx) error { return tx.PutCA(store.CA{Serial: "c1"}) }},
 		{"SetCASet", func(tx *store.Tx) error { return tx.SetCASet(store.CASet{IssuerSerial: "c1"}) }},
 		{"PutNode", func(tx *store.Tx) error { return tx.PutNode(store.Node{Name: "n"}) }},
@@ -253,7 +253,7 @@ func TestGroupCommit(t *testing.T) {
 			defer wg.Done()
 			c := testCert(fmt.Sprintf("id-%d", i%7), fmt.Sprintf("%04x", i), t0.Add(time.Duration(i)*time.Second))
 			errs <- s.Update(ctx, func(tx *store.Tx) error {
-				if err := tx.PutCert(c); err != nil {
+				if err := putCert(tx, c); err != nil {
 					return err
 				}
 				_, err := tx.Append(store.Event{Action: "cert.issue", Identity: c.Identity, Serial: c.Serial})

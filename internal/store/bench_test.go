@@ -13,7 +13,7 @@ import (
 func issue(s *store.Store, n uint64) error {
 	c := testCert(fmt.Sprintf("id-%d", n%16), fmt.Sprintf("%016x", n), t0)
 	return s.Update(ctx, func(tx *store.Tx) error {
-		if err := tx.PutCert(c); err != nil {
+		if err := putCert(tx, c); err != nil {
 			return err
 		}
 		_, err := tx.Append(store.Event{Action: "cert.issue", Identity: c.Identity, Serial: c.Serial})

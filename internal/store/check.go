@@ -12,7 +12,8 @@ import (
 // Check verifies the file (bbolt tx.Check) and meshca's own invariants:
 // audit seq gapless from 1; mesh versions gapless from 1; every identity's
 // CurrentSerial exists as a Cert of that identity; the identity index and the
-// cert bucket agree; every sealed key opens; CASet serials exist. It returns
+// cert bucket agree; every sealed key opens; CASet serials exist; every join
+// token belongs to a node. It returns
 // nil or a joined error listing every problem found.
 func (s *Store) Check(ctx context.Context) error {
 	var problems []error
@@ -36,6 +37,7 @@ func (s *Store) Check(ctx context.Context) error {
 		problems = append(problems, tx.checkCerts()...)
 		problems = append(problems, tx.checkIdentities()...)
 		problems = append(problems, tx.checkCAs()...)
+		problems = append(problems, tx.checkJoinTokens()...)
 		return nil
 	})
 	if err != nil {

@@ -2,11 +2,16 @@
 // <data-dir>/meshca.db, and is the only package that imports bbolt.
 //
 // It holds identities, issued certificates, CA certificates and the active
-// CA set, nodes, revocations, the versions of the mesh document, and an
-// append-only audit log. Values are JSON; private keys are sealed with a
-// seal.Sealer before they are written, with the record's kind, identity and
-// serial as associated data, so a sealed key copied to another record does
-// not open.
+// CA set, nodes and their pending join tokens (hashes only), revocations,
+// the versions of the mesh document, and an append-only audit log. Values
+// are JSON; private keys are sealed with a seal.Sealer before they are
+// written, with the record's kind, identity and serial as associated data,
+// so a sealed key copied to another record does not open.
+//
+// Secrets are kept out of the record types that are read for listing and
+// status: a Cert has no key field (the key is written with PutCert and read
+// only with Credential), and a Node has no token (the hash is a JoinToken
+// record, read and written only with its own Tx methods).
 //
 // Every write goes through Store.Update, and every Update that changes a
 // record must also append an audit Event in the same transaction (otherwise

@@ -137,7 +137,7 @@ func TestFeedKinds(t *testing.T) {
 		if err := tx.InsertIdentity(store.Identity{Name: "web"}); err != nil {
 			return err
 		}
-		if err := tx.PutCert(testCert("web", "s1", t0)); err != nil {
+		if err := putCert(tx, testCert("web", "s1", t0)); err != nil {
 			return err
 		}
 		if err := tx.PutRevocation(store.Revocation{Serial: "s1", Identity: "web"}); err != nil {

@@ -89,20 +89,25 @@ func audited(action string, fn func(*store.Tx) error) func(*store.Tx) error {
 	}
 }
 
-func testCert(identity, serial string, notBefore time.Time) store.Cert {
-	return store.Cert{
-		Serial:       serial,
-		Identity:     identity,
-		DER:          []byte("der-" + serial),
-		Chain:        [][]byte{[]byte("intermediate")},
-		Key:          []byte("key-of-" + serial),
-		IssuerSerial: "ca1",
-		NotBefore:    notBefore,
-		NotAfter:     notBefore.Add(time.Hour),
-		IssuedAt:     notBefore.Add(time.Minute),
-		KeyHeld:      true, // what a read reports for a stored key
+func testCert(identity, serial string, notBefore time.Time) store.Credential {
+	return store.Credential{
+		Cert: store.Cert{
+			Serial:       serial,
+			Identity:     identity,
+			DER:          []byte("der-" + serial),
+			Chain:        [][]byte{[]byte("intermediate")},
+			IssuerSerial: "ca1",
+			NotBefore:    notBefore,
+			NotAfter:     notBefore.Add(time.Hour),
+			IssuedAt:     notBefore.Add(time.Minute),
+			KeyHeld:      true, // what a read reports for a stored key
+		},
+		Key: []byte("key-of-" + serial),
 	}
 }
+
+// putCert stores c with its key.
+func putCert(tx *store.Tx, c store.Credential) error { return tx.PutCert(c.Cert, c.Key) }
 
 func wantErr(t testing.TB, err, target error) {
 	t.Helper()

@@ -25,8 +25,8 @@ func TestReopenKeepsEverything(t *testing.T) {
 		for _, err := range []error{
 			tx.PutCA(ca),
 			tx.SetCASet(store.CASet{IssuerSerial: "r1", RootSerials: []string{"r1"}}),
-			tx.PutCert(c1),
-			tx.PutCert(c2),
+			putCert(tx, c1),
+			putCert(tx, c2),
 			tx.InsertIdentity(store.Identity{Name: "web", CurrentSerial: "02"}),
 			tx.PutNode(store.Node{Name: "n1"}),
 			tx.PutRevocation(store.Revocation{Serial: "01", RevokedAt: t0}),
@@ -53,7 +53,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := []store.Cert{c1, c2}; !reflect.DeepEqual(certs, want) {
+		if want := []store.Cert{c1.Cert, c2.Cert}; !reflect.DeepEqual(certs, want) {
 			t.Errorf("CertsFor(web) after reopen = %+v, want %+v", certs, want)
 		}
 		gotCA, err := tx.CA("r1")
@@ -176,7 +176,7 @@ func TestSchema(t *testing.T) {
 		})
 		_, err := store.Open(config(t, dir))
 		wantErr(t, err, store.ErrSchema)
-		if !strings.Contains(err.Error(), "schema version 7") || !strings.Contains(err.Error(), "supports version 1") {
+		if !strings.Contains(err.Error(), "schema version 7") || !strings.Contains(err.Error(), "supports version 2") {
 			t.Errorf("error %q does not name both versions", err)
 		}
 		// Open released the lock after refusing.
@@ -187,13 +187,13 @@ func TestSchema(t *testing.T) {
 			return nil
 		})
 	})
-	t.Run("new file gets schema 1", func(t *testing.T) {
+	t.Run("new file gets schema 2", func(t *testing.T) {
 		s, _ := newStore(t)
 		s.Close()
 		editFile(t, s.Path(), func(tx *bolt.Tx) error {
 			var v int
-			if err := json.Unmarshal(tx.Bucket([]byte("meta")).Get([]byte("schema")), &v); err != nil || v != 1 {
-				t.Errorf("schema = %d, %v; want 1", v, err)
+			if err := json.Unmarshal(tx.Bucket([]byte("meta")).Get([]byte("schema")), &v); err != nil || v != 2 {
+				t.Errorf("schema = %d, %v; want 2", v, err)
 			}
 			return nil
 		})

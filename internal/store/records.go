@@ -23,16 +23,14 @@ const (
 	StateRevoked = "revoked"
 )
 
-// Cert is an issued certificate. Key is the leaf's PKCS#8 private key in the
-// clear in memory; the store seals it (identity and serial as associated
-// data) and never writes it in the clear. Key is nil when meshca did not
-// generate the key (issuance from a CSR).
+// Cert is an issued certificate, never its private key: the key is
+// written with Tx.PutCert and read back only as part of a Credential
+// (Tx.Credential), so a Cert can be listed, logged or shown as it is.
 type Cert struct {
 	Serial       string    `json:"serial"` // lowercase hex, no separators
 	Identity     string    `json:"identity"`
 	DER          []byte    `json:"der"`
 	Chain        [][]byte  `json:"chain,omitempty"` // intermediates, issuer first; no root
-	Key          []byte    `json:"-"`
 	IssuerSerial string    `json:"issuer_serial"`
 	NotBefore    time.Time `json:"not_before"`
 	NotAfter     time.Time `json:"not_after"`
@@ -41,6 +39,15 @@ type Cert struct {
 	// sealed key is stored). Admin credentials must never be such
 	// certificates.
 	KeyHeld bool `json:"-"`
+}
+
+// Credential is a certificate with the private key meshca generated for
+// it: what a node's proxies receive. Key is PKCS#8 in the clear in memory;
+// the store seals it (identity and serial as associated data) and never
+// writes it in the clear. Only Tx.Credential returns one.
+type Credential struct {
+	Cert
+	Key []byte
 }
 
 // CA is one CA certificate and, when meshca holds it, its PKCS#8 key (clear in
@@ -107,13 +114,12 @@ const (
 
 // Node is a proxy registered to receive configuration and secrets.
 type Node struct {
-	Name         string    `json:"name"`
-	Kind         string    `json:"kind"`
-	Identities   []string  `json:"identities,omitempty"`
-	TokenHash    []byte    `json:"token_hash,omitempty"`
-	TokenExpires time.Time `json:"token_expires,omitempty"`
+	Name       string   `json:"name"`
+	Kind       string   `json:"kind"`
+	Identities []string `json:"identities,omitempty"`
 	// JoinedAt is when the node first redeemed a join token; a new token
-	// (to bootstrap again) leaves it set.
+	// (to bootstrap again) leaves it set. The token itself is a JoinToken
+	// record of its own.
 	JoinedAt  time.Time `json:"joined_at,omitempty"`
 	State     string    `json:"state"`
 	CreatedAt time.Time `json:"created_at"`

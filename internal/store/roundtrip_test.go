@@ -53,7 +53,7 @@ func TestIdentityRoundTrip(t *testing.T) {
 func TestCertRoundTrip(t *testing.T) {
 	s, _ := newStore(t)
 	// Inserted out of order: CertsFor must order by NotBefore, then serial.
-	certs := []store.Cert{
+	certs := []store.Credential{
 		testCert("web", "03", t0.Add(2*time.Hour)),
 		testCert("web", "02", t0),
 		testCert("web", "01", t0),
@@ -67,23 +67,27 @@ func TestCertRoundTrip(t *testing.T) {
 
 	update(t, s, audited("cert.issue", func(tx *store.Tx) error {
 		for _, c := range certs {
-			if err := tx.PutCert(c); err != nil {
+			if err := putCert(tx, c); err != nil {
 				return err
 			}
 		}
 		return tx.PutIdentity(store.Identity{Name: "web", CurrentSerial: "03"})
 	}))
-	err := s.Update(ctx, audited("cert.issue", func(tx *store.Tx) error { return tx.PutCert(certs[0]) }))
+	err := s.Update(ctx, audited("cert.issue", func(tx *store.Tx) error { return putCert(tx, certs[0]) }))
 	wantErr(t, err, store.ErrExists)
 
 	view(t, s, func(tx *store.Tx) error {
 		for _, want := range certs {
-			got, err := tx.Cert(want.Serial)
+			got, err := tx.Credential(want.Serial)
 			if err != nil {
-				t.Fatalf("Cert(%s): %v", want.Serial, err)
+				t.Fatalf("Credential(%s): %v", want.Serial, err)
 			}
 			if !reflect.DeepEqual(got, want) {
-				t.Errorf("Cert(%s) = %+v, want %+v", want.Serial, got, want)
+				t.Errorf("Credential(%s) = %+v, want %+v", want.Serial, got, want)
+			}
+			cert, err := tx.Cert(want.Serial)
+			if err != nil || !reflect.DeepEqual(cert, want.Cert) {
+				t.Errorf("Cert(%s) = %+v, %v; want %+v", want.Serial, cert, err, want.Cert)
 			}
 		}
 		_, err := tx.Cert("ff")
@@ -164,7 +168,7 @@ func TestCARoundTrip(t *testing.T) {
 
 func TestNodeRoundTrip(t *testing.T) {
 	s, _ := newStore(t)
-	a := store.Node{Name: "a", Kind: "sidecar", Identities: []string{"web"}, TokenHash: []byte{1, 2}, TokenExpires: t0, State: store.StateActive, CreatedAt: t0}
+	a := store.Node{Name: "a", Kind: "sidecar", Identities: []string{"web"}, JoinedAt: t0, State: store.StateActive, CreatedAt: t0}
 	b := store.Node{Name: "b", Kind: "front", State: store.StateActive}
 	update(t, s, audited("node.create", func(tx *store.Tx) error {
 		if err := tx.PutNode(b); err != nil {
@@ -306,8 +310,8 @@ func TestInvalidRecords(t *testing.T) {
 	}{
 		{"empty identity", func(tx *store.Tx) error { return tx.PutIdentity(store.Identity{}) }},
 		{"NUL in identity", func(tx *store.Tx) error { return tx.InsertIdentity(store.Identity{Name: "a\x00b"}) }},
-		{"cert without serial", func(tx *store.Tx) error { return tx.PutCert(testCert("web", "", t0)) }},
-		{"cert without identity", func(tx *store.Tx) error { return tx.PutCert(testCert("", "01", t0)) }},
+		{"cert without serial", func(tx *store.Tx) error { return putCert(tx, testCert("web", "", t0)) }},
+		{"cert without identity", func(tx *store.Tx) error { return putCert(tx, testCert("", "01", t0)) }},
 		{"CA without serial", func(tx *store.Tx) error { return tx.PutCA(store.CA{}) }},
 		{"node without name", func(tx *store.Tx) error { return tx.PutNode(store.Node{}) }},
 		{"revocation without serial", func(tx *store.Tx) error { return tx.PutRevocation(store.Revocation{}) }},

@@ -49,8 +49,8 @@ func swapField(t *testing.T, tx *bolt.Tx, bucket, field, a, b string) {
 func TestSwappedSealedKeysDoNotOpen(t *testing.T) {
 	s, dir := newStore(t)
 	update(t, s, audited("cert.issue", func(tx *store.Tx) error {
-		for _, c := range []store.Cert{testCert("web", "01", t0), testCert("api", "02", t0), testCert("db", "03", t0)} {
-			if err := tx.PutCert(c); err != nil {
+		for _, c := range []store.Credential{testCert("web", "01", t0), testCert("api", "02", t0), testCert("db", "03", t0)} {
+			if err := putCert(tx, c); err != nil {
 				return err
 			}
 		}
@@ -66,18 +66,20 @@ func TestSwappedSealedKeysDoNotOpen(t *testing.T) {
 	s = openCfg(t, config(t, dir))
 	view(t, s, func(tx *store.Tx) error {
 		for _, serial := range []string{"01", "02"} {
-			c, err := tx.Cert(serial)
+			c, err := tx.Credential(serial)
 			wantErr(t, err, store.ErrSealed)
 			wantErr(t, err, seal.ErrOpen)
 			if c.Key != nil {
-				t.Errorf("Cert(%s) returned key bytes with an error", serial)
+				t.Errorf("Credential(%s) returned key bytes with an error", serial)
 			}
 		}
-		if _, err := tx.Cert("03"); err != nil {
+		if _, err := tx.Credential("03"); err != nil {
 			t.Errorf("untouched cert 03: %v", err)
 		}
-		_, err := tx.CertsFor("web")
-		wantErr(t, err, store.ErrSealed)
+		// Listing never unseals: the certificate is still readable.
+		if certs, err := tx.CertsFor("web"); err != nil || len(certs) != 1 || !certs[0].KeyHeld {
+			t.Errorf("CertsFor(web) = %+v, %v; want the certificate, key held", certs, err)
+		}
 		return nil
 	})
 	err := s.Check(ctx)
@@ -98,7 +100,7 @@ func TestOtherKEKCannotOpenKeys(t *testing.T) {
 		if err := tx.PutCA(store.CA{Serial: "r1", Key: []byte("ca key")}); err != nil {
 			return err
 		}
-		return tx.PutCert(testCert("web", "01", t0))
+		return putCert(tx, testCert("web", "01", t0))
 	}))
 	s.Close()
 
@@ -106,7 +108,7 @@ func TestOtherKEKCannotOpenKeys(t *testing.T) {
 	cfg.Sealer = newSealer(t, 0x07)
 	s = openCfg(t, cfg)
 	view(t, s, func(tx *store.Tx) error {
-		_, err := tx.Cert("01")
+		_, err := tx.Credential("01")
 		wantErr(t, err, store.ErrSealed)
 		_, err = tx.CA("r1")
 		wantErr(t, err, store.ErrSealed)
@@ -145,7 +147,7 @@ func TestNoClearKeysInFile(t *testing.T) {
 		return der
 	}
 	ca := store.CA{Serial: "r1", Role: store.RoleRoot, Key: newKey("CA")}
-	var certs []store.Cert
+	var certs []store.Credential
 	for _, serial := range []string{"01", "02", "03"} {
 		c := testCert("web", serial, t0)
 		c.Key = newKey("cert " + serial)
@@ -156,7 +158,7 @@ func TestNoClearKeysInFile(t *testing.T) {
 			return err
 		}
 		for _, c := range certs {
-			if err := tx.PutCert(c); err != nil {
+			if err := putCert(tx, c); err != nil {
 				return err
 			}
 		}
@@ -170,7 +172,7 @@ func TestNoClearKeysInFile(t *testing.T) {
 			t.Errorf("CA key did not round-trip: %v", err)
 		}
 		for _, c := range certs {
-			got, err := tx.Cert(c.Serial)
+			got, err := tx.Credential(c.Serial)
 			if err != nil || !bytes.Equal(got.Key, c.Key) {
 				t.Errorf("key of %s did not round-trip: %v", c.Serial, err)
 			}
@@ -198,31 +200,50 @@ func TestNoClearKeysInFile(t *testing.T) {
 	}
 }
 
-func TestCertWithoutKeyLeavesKeySealed(t *testing.T) {
-	s, _ := newStore(t)
+func TestCertLeavesKeySealed(t *testing.T) {
+	s, dir := newStore(t)
 	c := testCert("echo", "0a1b", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	c.Key = []byte("pkcs8 key bytes")
+	csr := testCert("echo", "0a1c", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	csr.Key, csr.KeyHeld = nil, false // issued from a CSR
 	update(t, s, func(tx *store.Tx) error {
-		if err := tx.PutCert(c); err != nil {
+		if err := putCert(tx, c); err != nil {
+			return err
+		}
+		if err := putCert(tx, csr); err != nil {
 			return err
 		}
 		_, err := tx.Append(store.Event{Action: "cert.issue"})
 		return err
 	})
 	view(t, s, func(tx *store.Tx) error {
-		got, err := tx.CertWithoutKey("0a1b")
-		if err != nil {
-			return err
+		full, err := tx.Credential("0a1b")
+		if err != nil || string(full.Key) != string(c.Key) || !full.KeyHeld {
+			t.Fatalf("Credential key = %q, held %t, %v", full.Key, full.KeyHeld, err)
 		}
-		if got.Key != nil || got.Serial != c.Serial || string(got.DER) != string(c.DER) || !got.NotAfter.Equal(c.NotAfter) {
-			t.Fatalf("CertWithoutKey = %+v", got)
+		if got, err := tx.Credential("0a1c"); err != nil || got.Key != nil || got.KeyHeld {
+			t.Fatalf("Credential of a CSR certificate = key %q, held %t, %v", got.Key, got.KeyHeld, err)
 		}
-		full, err := tx.Cert("0a1b")
-		if err != nil || string(full.Key) != string(c.Key) {
-			t.Fatalf("Cert key = %q, %v", full.Key, err)
-		}
-		_, err = tx.CertWithoutKey("nope")
+		_, err = tx.Cert("nope")
 		wantErr(t, err, store.ErrNotFound)
+		_, err = tx.Credential("nope")
+		wantErr(t, err, store.ErrNotFound)
+		return nil
+	})
+	s.Close()
+
+	// With a key-encryption key that opens nothing, Cert still reads: it
+	// never unseals.
+	cfg := config(t, dir)
+	cfg.Sealer = newSealer(t, 0x07)
+	s = openCfg(t, cfg)
+	view(t, s, func(tx *store.Tx) error {
+		got, err := tx.Cert("0a1b")
+		if err != nil || got.Serial != c.Serial || string(got.DER) != string(c.DER) || !got.NotAfter.Equal(c.NotAfter) || !got.KeyHeld {
+			t.Fatalf("Cert = %+v, %v", got, err)
+		}
+		_, err = tx.Credential("0a1b")
+		wantErr(t, err, store.ErrSealed)
 		return nil
 	})
 }

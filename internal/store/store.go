@@ -20,8 +20,8 @@ import (
 )
 
 // SchemaVersion is the layout of buckets and values this build reads and
-// writes.
-const SchemaVersion = 1
+// writes. Version 2 moved join tokens out of the node records.
+const SchemaVersion = 2
 
 // FileName is the name of the database file inside the data directory.
 const FileName = "meshca.db"
@@ -40,7 +40,7 @@ var (
 
 	allBuckets = [][]byte{
 		bucketMeta, bucketIdentities, bucketCerts, bucketCertsByID, bucketCAs,
-		bucketNodes, bucketRevocations, bucketMesh, bucketAudit,
+		bucketNodes, bucketRevocations, bucketMesh, bucketAudit, bucketJoinTokens,
 	}
 )
 
@@ -59,7 +59,7 @@ const (
 // Config configures Open.
 type Config struct {
 	Dir         string        // data directory; created with mode 0700 if missing
-	Sealer      *seal.Sealer  // required: seals Cert.Key and CA.Key
+	Sealer      *seal.Sealer  // required: seals certificate and CA keys
 	LockTimeout time.Duration // default 1s: how long Open waits for the file lock
 	Clock       clock.Clock   // default clock.Real{}: fills Event.Time when zero
 	Logger      *slog.Logger  // default discard
@@ -188,7 +188,8 @@ func (e *lockedError) Error() string {
 func (e *lockedError) Is(target error) bool { return target == ErrLocked }
 
 // migrate checks the schema version before touching anything, so that a file
-// written by a newer meshca is never modified, then creates missing buckets.
+// written by a newer meshca is never modified, then creates missing buckets
+// and brings a file of an older version to this one.
 func migrate(btx *bolt.Tx) error {
 	version := 0
 	if meta := btx.Bucket(bucketMeta); meta != nil {
@@ -206,7 +207,12 @@ func migrate(btx *bolt.Tx) error {
 			return fmt.Errorf("create bucket %s: %w", name, err)
 		}
 	}
-	if version == 0 {
+	if version == 1 {
+		if err := migrateJoinTokens(btx); err != nil {
+			return fmt.Errorf("migrate schema 1 to 2: %w", err)
+		}
+	}
+	if version != SchemaVersion {
 		v, _ := json.Marshal(SchemaVersion)
 		return btx.Bucket(bucketMeta).Put(metaSchema, v)
 	}

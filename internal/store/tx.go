@@ -27,8 +27,8 @@ type Tx struct {
 	changes  []Change // what this run of fn changed, for the feed
 }
 
-// On-disk forms of the records that hold keys. Cert.Key and CA.Key are
-// `json:"-"`, so only the sealed bytes reach the file.
+// On-disk forms of the records that hold keys. Cert has no key and CA.Key
+// is `json:"-"`, so only the sealed bytes reach the file.
 type certRecord struct {
 	Cert
 	SealedKey []byte `json:"sealed_key,omitempty"`
@@ -238,10 +238,12 @@ func validName(what, v string) error {
 
 // --- certificates ---
 
-// PutCert stores c by serial and indexes it under its identity. c.Key, when
-// non-nil, is sealed with the identity and serial as associated data.
-// ErrExists if the serial is already stored: certificates are immutable.
-func (tx *Tx) PutCert(c Cert) error {
+// PutCert stores c by serial and indexes it under its identity. key, the
+// leaf's PKCS#8 private key when meshca generated it (nil when it did not,
+// as for a certificate issued from a CSR), is sealed with the identity and
+// serial as associated data. ErrExists if the serial is already stored:
+// certificates are immutable.
+func (tx *Tx) PutCert(c Cert, key []byte) error {
 	if err := tx.checkWrite(); err != nil {
 		return err
 	}
@@ -255,8 +257,8 @@ func (tx *Tx) PutCert(c Cert) error {
 		return fmt.Errorf("%w: certificate %s", ErrExists, c.Serial)
 	}
 	rec := certRecord{Cert: c}
-	if c.Key != nil {
-		sealed, err := tx.s.sealer.Seal(c.Key, certAAD(c.Identity, c.Serial))
+	if key != nil {
+		sealed, err := tx.s.sealer.Seal(key, certAAD(c.Identity, c.Serial))
 		if err != nil {
 			return fmt.Errorf("store: seal key of certificate %s: %w", c.Serial, err)
 		}
@@ -273,20 +275,9 @@ func (tx *Tx) PutCert(c Cert) error {
 	return nil
 }
 
-// Cert returns the certificate with serial and its opened key. ErrNotFound if
-// there is none; an error wrapping ErrSealed if the key does not open.
+// Cert returns the certificate with serial, without its key (which stays
+// sealed; KeyHeld says whether there is one), or ErrNotFound.
 func (tx *Tx) Cert(serial string) (Cert, error) {
-	var rec certRecord
-	if err := tx.get(bucketCerts, []byte(serial), &rec); err != nil {
-		return Cert{}, err
-	}
-	return tx.openCert(rec)
-}
-
-// CertWithoutKey returns the certificate of serial without unsealing its
-// key (Key is nil): for readers that never need the key, so the key stays
-// sealed and no decryption is spent on it.
-func (tx *Tx) CertWithoutKey(serial string) (Cert, error) {
 	var rec certRecord
 	if err := tx.get(bucketCerts, []byte(serial), &rec); err != nil {
 		return Cert{}, err
@@ -296,13 +287,25 @@ func (tx *Tx) CertWithoutKey(serial string) (Cert, error) {
 	return c, nil
 }
 
-func (tx *Tx) openCert(rec certRecord) (Cert, error) {
-	c := rec.Cert
+// Credential returns the certificate with serial and its opened key (Key
+// nil when meshca does not hold it). ErrNotFound if there is none; an
+// error wrapping ErrSealed if the key does not open. It is the only read
+// that unseals a leaf's key.
+func (tx *Tx) Credential(serial string) (Credential, error) {
+	var rec certRecord
+	if err := tx.get(bucketCerts, []byte(serial), &rec); err != nil {
+		return Credential{}, err
+	}
+	return tx.openCert(rec)
+}
+
+func (tx *Tx) openCert(rec certRecord) (Credential, error) {
+	c := Credential{Cert: rec.Cert}
 	c.KeyHeld = rec.SealedKey != nil
 	if rec.SealedKey != nil {
 		key, err := tx.s.sealer.Open(rec.SealedKey, certAAD(c.Identity, c.Serial))
 		if err != nil {
-			return Cert{}, fmt.Errorf("%w: certificate %s of %q: %w", ErrSealed, c.Serial, c.Identity, err)
+			return Credential{}, fmt.Errorf("%w: certificate %s of %q: %w", ErrSealed, c.Serial, c.Identity, err)
 		}
 		c.Key = key
 	}
@@ -310,7 +313,7 @@ func (tx *Tx) openCert(rec certRecord) (Cert, error) {
 }
 
 // CertsFor returns the certificates of identity ordered by NotBefore, then
-// serial, with their keys opened.
+// serial, without their keys.
 func (tx *Tx) CertsFor(identity string) ([]Cert, error) {
 	var out []Cert
 	prefix := certIndexPrefix(identity)
@@ -442,7 +445,8 @@ func (tx *Tx) Node(name string) (Node, error) {
 // Nodes returns all nodes sorted by name.
 func (tx *Tx) Nodes() ([]Node, error) { return all[Node](tx, bucketNodes) }
 
-// DeleteNode removes the node called name; ErrNotFound if there is none.
+// DeleteNode removes the node called name and its join token; ErrNotFound
+// if there is none.
 func (tx *Tx) DeleteNode(name string) error {
 	if err := tx.checkWrite(); err != nil {
 		return err
@@ -453,6 +457,9 @@ func (tx *Tx) DeleteNode(name string) error {
 	}
 	if err := b.Delete([]byte(name)); err != nil {
 		return fmt.Errorf("store: delete node %q: %w", name, err)
+	}
+	if err := tx.btx.Bucket(bucketJoinTokens).Delete([]byte(name)); err != nil {
+		return fmt.Errorf("store: delete join token of node %q: %w", name, err)
 	}
 	tx.wrote, tx.nodes = true, true
 	tx.tracked(KindNode, name, "")
