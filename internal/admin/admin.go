@@ -1,7 +1,8 @@
 // Package admin serves meshca's admin API: JSON over HTTP for the CLI and
 // for automation. It is an edge: it decodes and bounds requests, calls the
-// registry through small interfaces, and maps errors to HTTP status codes with
-// messages safe for the client. It never sees a private key.
+// registry and the authority through small interfaces, and maps errors to
+// HTTP status codes with messages safe for the client. It never sees a
+// private key.
 package admin
 
 import (
@@ -52,8 +53,8 @@ type DenialRecorder interface {
 	RecordDenial(ctx context.Context, action, node, detail string)
 }
 
-// Authority exposes the CA in use, imports an operator's CA and rotates
-// the CA.
+// Authority exposes the CA in use and the CRL, imports an operator's CA
+// and rotates the CA.
 type Authority interface {
 	CA() *ca.CA
 	// ServerIssuer signs meshca's server certificate: its SHA-256 is the
@@ -65,9 +66,14 @@ type Authority interface {
 	ImportCA(ctx context.Context, certPEM, keyPEM []byte, actor string) error
 	StartRotation(ctx context.Context, root bool, actor string) error
 	AbortRotation(ctx context.Context, actor string) error
-	EmergencyRotation(ctx context.Context, root bool, actor string) (registry.RotationDone, error)
-	RotationStatus() *registry.Rotation
-	LastRotation() *registry.RotationDone
+	EmergencyRotation(ctx context.Context, root bool, actor string) (authority.RotationDone, error)
+	RotationStatus() *authority.Rotation
+	LastRotation() *authority.RotationDone
+	// PublishCRL returns once the CRL in the store lists every revocation
+	// committed before the call.
+	PublishCRL(ctx context.Context) (store.CRL, error)
+	// CRL is the CRL in use as PEM; nil when nothing is revoked.
+	CRL() []byte
 }
 
 // AuditLog reads audit records after a sequence number, oldest first, and
@@ -354,7 +360,7 @@ func (s *Server) getCA(w http.ResponseWriter, r *http.Request) {
 }
 
 // rotationJSON is the API form of a rotation in progress; nil for none.
-func rotationJSON(rot *registry.Rotation) *api.CARotation {
+func rotationJSON(rot *authority.Rotation) *api.CARotation {
 	if rot == nil {
 		return nil
 	}
@@ -497,15 +503,15 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, errTooLarge):
 		status, code, msg = http.StatusRequestEntityTooLarge, api.CodeTooLarge, err.Error()
-	case errors.Is(err, errInvalid), errors.Is(err, registry.ErrInvalid), errors.Is(err, identity.ErrInvalidName), errors.Is(err, identity.ErrInvalidDNSName),
+	case errors.Is(err, errInvalid), errors.Is(err, registry.ErrInvalid), errors.Is(err, authority.ErrInvalid), errors.Is(err, identity.ErrInvalidName), errors.Is(err, identity.ErrInvalidDNSName),
 		errors.Is(err, identity.ErrForeignTrustDomain), errors.Is(err, ca.ErrTTL), errors.Is(err, ca.ErrInvalidRequest),
 		errors.Is(err, ca.ErrImport), errors.Is(err, ca.ErrKeyMismatch), errors.Is(err, ca.ErrNotCA):
 		status, code, msg = http.StatusBadRequest, api.CodeInvalid, err.Error()
 	case errors.Is(err, registry.ErrDenied):
 		status, code, msg = http.StatusForbidden, api.CodeDenied, err.Error()
-	case errors.Is(err, registry.ErrNotFound):
+	case errors.Is(err, registry.ErrNotFound), errors.Is(err, authority.ErrNoRotation):
 		status, code, msg = http.StatusNotFound, api.CodeNotFound, err.Error()
-	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrCAInUse), errors.Is(err, registry.ErrRotating), errors.Is(err, ca.ErrConfig):
+	case errors.Is(err, registry.ErrExists), errors.Is(err, authority.ErrCAInUse), errors.Is(err, authority.ErrRotating), errors.Is(err, ca.ErrConfig):
 		status, code, msg = http.StatusConflict, api.CodeConflict, err.Error()
 	case errors.Is(err, ca.ErrLint):
 		status, code, msg = http.StatusInternalServerError, api.CodeLint, "the certificate failed the lint gate and was not issued (meshca audit list shows which lints)"

@@ -35,7 +35,6 @@ type Reissuer interface {
 type Revoker interface {
 	RevokeIdentity(ctx context.Context, name, reason, actor string) (registry.Revoked, error)
 	RevokeNode(ctx context.Context, name, reason, actor string) (registry.Revoked, error)
-	CRL() []byte
 	// MeshDependents lists the nodes whose configuration needs the
 	// identity, with the reason.
 	MeshDependents(ctx context.Context, name string) ([]string, error)
@@ -106,6 +105,10 @@ func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Re
 		serials = []string{}
 	}
 	out := api.Revoked{Serials: serials, Nodes: len(res.Nodes), Warnings: warnings}
+	// The revocation is committed; its CRL is signed from the store's
+	// change feed as well, but the answer (and wait=pushed) waits until it
+	// is stored, so that /v1/crl and the nodes have it.
+	_, _ = s.cfg.Authority.PublishCRL(r.Context()) // a failure is logged there, and retried
 	if wait {
 		out.Pushed = s.waitPushed(r, timeout)
 	}
@@ -115,7 +118,7 @@ func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Re
 // getCRL serves the current CRL as PEM; with nothing revoked there is no
 // CRL and the answer is 204.
 func (s *Server) getCRL(w http.ResponseWriter, r *http.Request) {
-	crl := s.cfg.Revoker.CRL()
+	crl := s.cfg.Authority.CRL()
 	if len(crl) == 0 {
 		w.WriteHeader(http.StatusNoContent)
 		return

@@ -40,7 +40,7 @@ var (
 
 	allBuckets = [][]byte{
 		bucketMeta, bucketIdentities, bucketCerts, bucketCertsByID, bucketCAs,
-		bucketNodes, bucketRevocations, bucketMesh, bucketAudit,
+		bucketNodes, bucketRevocations, bucketMesh, bucketAudit, bucketCRL,
 	}
 )
 
