@@ -53,8 +53,8 @@ type DenialRecorder interface {
 	RecordDenial(ctx context.Context, action, node, detail string)
 }
 
-// Authority exposes the CA in use and the CRL, imports an operator's CA
-// and rotates the CA.
+// Authority exposes the CA in use, imports an operator's CA and rotates
+// the CA.
 type Authority interface {
 	CA() *ca.CA
 	// ServerIssuer signs meshca's server certificate: its SHA-256 is the
@@ -69,11 +69,6 @@ type Authority interface {
 	EmergencyRotation(ctx context.Context, root bool, actor string) (authority.RotationDone, error)
 	RotationStatus() *authority.Rotation
 	LastRotation() *authority.RotationDone
-	// PublishCRL returns once the CRL in the store lists every revocation
-	// committed before the call.
-	PublishCRL(ctx context.Context) (store.CRL, error)
-	// CRL is the CRL in use as PEM; nil when nothing is revoked.
-	CRL() []byte
 }
 
 // AuditLog reads audit records after a sequence number, oldest first, and
@@ -96,6 +91,7 @@ type Config struct {
 	Nodes       Nodes       // required
 	Reissuer    Reissuer    // required
 	Revoker     Revoker     // required
+	CRLs        CRLs        // required
 	Meshes      Meshes      // required
 	Connections Connections // required
 	// Pushes, when set, lets writes wait until the nodes have the change
@@ -133,8 +129,8 @@ type Server struct {
 // New validates cfg and builds the routes.
 func New(cfg Config) (*Server, error) {
 	if cfg.Identities == nil || cfg.CSRSigner == nil || cfg.Authority == nil || cfg.Audit == nil ||
-		cfg.Nodes == nil || cfg.Reissuer == nil || cfg.Revoker == nil || cfg.Meshes == nil || cfg.Connections == nil {
-		return nil, errors.New("admin: Identities, CSRSigner, Nodes, Reissuer, Connections, Authority and Audit are required")
+		cfg.Nodes == nil || cfg.Reissuer == nil || cfg.Revoker == nil || cfg.CRLs == nil || cfg.Meshes == nil || cfg.Connections == nil {
+		return nil, errors.New("admin: Identities, CSRSigner, Nodes, Reissuer, Revoker, CRLs, Meshes, Connections, Authority and Audit are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -66,7 +66,7 @@ func newAdmin(t *testing.T) *admin.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := admin.New(admin.Config{Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: noConnections{}, Authority: auth, Audit: reg, TrustDomain: "mesh.local"})
+	srv, err := admin.New(admin.Config{Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, CRLs: auth, Meshes: reg, Connections: noConnections{}, Authority: auth, Audit: reg, TrustDomain: "mesh.local"})
 	if err != nil {
 		t.Fatal(err)
 	}

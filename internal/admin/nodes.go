@@ -40,6 +40,15 @@ type Revoker interface {
 	MeshDependents(ctx context.Context, name string) ([]string, error)
 }
 
+// CRLs stores and serves the CRL the nodes verify peers with.
+type CRLs interface {
+	// PublishCRL returns once the CRL in the store lists every revocation
+	// committed before the call; a failure is logged and retried there.
+	PublishCRL(ctx context.Context) (store.CRL, error)
+	// CRL is the CRL in use as PEM; nil when nothing is revoked.
+	CRL() []byte
+}
+
 // Connections reports what the xDS server knows of a node.
 type Connections interface {
 	NodeConnection(node string) api.NodeConnection
@@ -108,7 +117,7 @@ func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Re
 	// The revocation is committed; its CRL is signed from the store's
 	// change feed as well, but the answer (and wait=pushed) waits until it
 	// is stored, so that /v1/crl and the nodes have it.
-	_, _ = s.cfg.Authority.PublishCRL(r.Context()) // a failure is logged there, and retried
+	_, _ = s.cfg.CRLs.PublishCRL(r.Context()) // a failure is logged there, and retried
 	if wait {
 		out.Pushed = s.waitPushed(r, timeout)
 	}
@@ -118,7 +127,7 @@ func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Re
 // getCRL serves the current CRL as PEM; with nothing revoked there is no
 // CRL and the answer is 204.
 func (s *Server) getCRL(w http.ResponseWriter, r *http.Request) {
-	crl := s.cfg.Authority.CRL()
+	crl := s.cfg.CRLs.CRL()
 	if len(crl) == 0 {
 		w.WriteHeader(http.StatusNoContent)
 		return

@@ -232,7 +232,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	runs = append(runs, renewer.Run, auth.Run, auth.RunCRL, reg.RunDenials, func(ctx context.Context) error { return auth.RunCA(ctx, rotationAcks(reg, xdsSrv, nodes)) })
 
 	adm, err := admin.New(admin.Config{
-		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},
+		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, CRLs: auth, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},
 		Authority: auth, Audit: reg, TrustDomain: td.Name(), XDSAddress: cfg.AdvertisedXDS(xdsLn.Addr().String()), Logger: logger,
 		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Denials: reg, Logs: tel, Renewal: policy,
 		Clock: o.clock,

@@ -41,6 +41,9 @@ type registryLink struct{ reg *registry.Registry }
 var (
 	_ authority.Reissuer = (*registryLink)(nil)
 	_ authority.Denials  = (*registryLink)(nil)
+	_ registry.Issuer    = (*authority.Authority)(nil)
+	_ admin.Authority    = (*authority.Authority)(nil)
+	_ admin.CRLs         = (*authority.Authority)(nil)
 )
 
 func (l *registryLink) Reissue(ctx context.Context, name, actor, action, note string) error {
