@@ -1,7 +1,8 @@
 // Package admin serves meshca's admin API: JSON over HTTP for the CLI and
 // for automation. It is an edge: it decodes and bounds requests, calls the
-// registry through small interfaces, and maps errors to HTTP status codes with
-// messages safe for the client. It never sees a private key.
+// registry and the authority through small interfaces, and maps errors to
+// HTTP status codes with messages safe for the client. It never sees a
+// private key.
 package admin
 
 import (
@@ -64,9 +65,9 @@ type Authority interface {
 	ImportCA(ctx context.Context, certPEM, keyPEM []byte, actor string) error
 	StartRotation(ctx context.Context, root bool, actor string) error
 	AbortRotation(ctx context.Context, actor string) error
-	EmergencyRotation(ctx context.Context, root bool, actor string) (registry.RotationDone, error)
-	RotationStatus() *registry.Rotation
-	LastRotation() *registry.RotationDone
+	EmergencyRotation(ctx context.Context, root bool, actor string) (authority.RotationDone, error)
+	RotationStatus() *authority.Rotation
+	LastRotation() *authority.RotationDone
 }
 
 // AuditLog reads audit records after a sequence number, oldest first, and
@@ -89,6 +90,7 @@ type Config struct {
 	Nodes       Nodes       // required
 	Reissuer    Reissuer    // required
 	Revoker     Revoker     // required
+	CRLs        CRLs        // required
 	Meshes      Meshes      // required
 	Connections Connections // required
 	// Pushes, when set, lets writes wait until the nodes have the change
@@ -126,8 +128,8 @@ type Server struct {
 // New validates cfg and builds the routes.
 func New(cfg Config) (*Server, error) {
 	if cfg.Identities == nil || cfg.CSRSigner == nil || cfg.Authority == nil || cfg.Audit == nil ||
-		cfg.Nodes == nil || cfg.Reissuer == nil || cfg.Revoker == nil || cfg.Meshes == nil || cfg.Connections == nil {
-		return nil, errors.New("admin: Identities, CSRSigner, Nodes, Reissuer, Connections, Authority and Audit are required")
+		cfg.Nodes == nil || cfg.Reissuer == nil || cfg.Revoker == nil || cfg.CRLs == nil || cfg.Meshes == nil || cfg.Connections == nil {
+		return nil, errors.New("admin: Identities, CSRSigner, Nodes, Reissuer, Revoker, CRLs, Meshes, Connections, Authority and Audit are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -353,7 +355,7 @@ func (s *Server) getCA(w http.ResponseWriter, r *http.Request) {
 }
 
 // rotationJSON is the API form of a rotation in progress; nil for none.
-func rotationJSON(rot *registry.Rotation) *api.CARotation {
+func rotationJSON(rot *authority.Rotation) *api.CARotation {
 	if rot == nil {
 		return nil
 	}
@@ -496,15 +498,15 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, errTooLarge):
 		status, code, msg = http.StatusRequestEntityTooLarge, api.CodeTooLarge, err.Error()
-	case errors.Is(err, errInvalid), errors.Is(err, registry.ErrInvalid), errors.Is(err, identity.ErrInvalidName), errors.Is(err, identity.ErrInvalidDNSName),
+	case errors.Is(err, errInvalid), errors.Is(err, registry.ErrInvalid), errors.Is(err, authority.ErrInvalid), errors.Is(err, identity.ErrInvalidName), errors.Is(err, identity.ErrInvalidDNSName),
 		errors.Is(err, identity.ErrForeignTrustDomain), errors.Is(err, ca.ErrTTL), errors.Is(err, ca.ErrInvalidRequest),
 		errors.Is(err, ca.ErrImport), errors.Is(err, ca.ErrKeyMismatch), errors.Is(err, ca.ErrNotCA):
 		status, code, msg = http.StatusBadRequest, api.CodeInvalid, err.Error()
 	case errors.Is(err, registry.ErrDenied):
 		status, code, msg = http.StatusForbidden, api.CodeDenied, err.Error()
-	case errors.Is(err, registry.ErrNotFound):
+	case errors.Is(err, registry.ErrNotFound), errors.Is(err, authority.ErrNoRotation):
 		status, code, msg = http.StatusNotFound, api.CodeNotFound, err.Error()
-	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrCAInUse), errors.Is(err, registry.ErrRotating), errors.Is(err, ca.ErrConfig):
+	case errors.Is(err, registry.ErrExists), errors.Is(err, authority.ErrCAInUse), errors.Is(err, authority.ErrRotating), errors.Is(err, ca.ErrConfig):
 		status, code, msg = http.StatusConflict, api.CodeConflict, err.Error()
 	case errors.Is(err, ca.ErrLint):
 		status, code, msg = http.StatusInternalServerError, api.CodeLint, "the certificate failed the lint gate and was not issued (meshca audit list shows which lints)"

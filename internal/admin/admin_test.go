@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshca/meshca/internal/admin"
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
@@ -56,11 +57,16 @@ func newAdmin(t *testing.T) *admin.Server {
 	}
 	t.Cleanup(func() { st.Close() })
 	td, _ := identity.TrustDomain("mesh.local")
-	reg, err := registry.New(context.Background(), registry.Config{Store: st, TrustDomain: td, Clock: clock.NewFake(time.Now())})
+	clk := clock.NewFake(time.Now())
+	auth, err := authority.New(context.Background(), authority.Config{Store: st, TrustDomain: td, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := admin.New(admin.Config{Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: noConnections{}, Authority: reg, Audit: reg, TrustDomain: "mesh.local"})
+	reg, err := registry.New(context.Background(), registry.Config{Store: st, TrustDomain: td, Issuer: auth, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := admin.New(admin.Config{Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, CRLs: auth, Meshes: reg, Connections: noConnections{}, Authority: auth, Audit: reg, TrustDomain: "mesh.local"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,10 +34,18 @@ type Reissuer interface {
 type Revoker interface {
 	RevokeIdentity(ctx context.Context, name, reason, actor string) (registry.Revoked, error)
 	RevokeNode(ctx context.Context, name, reason, actor string) (registry.Revoked, error)
-	CRL() []byte
 	// MeshDependents lists the nodes whose configuration needs the
 	// identity, with the reason.
 	MeshDependents(ctx context.Context, name string) ([]string, error)
+}
+
+// CRLs stores and serves the CRL the nodes verify peers with.
+type CRLs interface {
+	// PublishCRL returns once the CRL in the store lists every revocation
+	// committed before the call; a failure is logged and retried there.
+	PublishCRL(ctx context.Context) error
+	// CRL is the CRL in use as PEM; nil when nothing is revoked.
+	CRL() []byte
 }
 
 // Connections reports what the xDS server knows of a node.
@@ -105,6 +113,10 @@ func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Re
 		serials = []string{}
 	}
 	out := api.Revoked{Serials: serials, Nodes: len(res.Nodes), Warnings: warnings}
+	// The revocation is committed; its CRL is signed from the store's
+	// change feed as well, but the answer (and wait=pushed) waits until it
+	// is stored, so that /v1/crl and the nodes have it.
+	_ = s.cfg.CRLs.PublishCRL(r.Context()) // a failure is logged there, and retried
 	if wait {
 		out.Pushed = s.waitPushed(r, timeout)
 	}
@@ -114,7 +126,7 @@ func (s *Server) revoked(w http.ResponseWriter, r *http.Request, res registry.Re
 // getCRL serves the current CRL as PEM; with nothing revoked there is no
 // CRL and the answer is 204.
 func (s *Server) getCRL(w http.ResponseWriter, r *http.Request) {
-	crl := s.cfg.Revoker.CRL()
+	crl := s.cfg.CRLs.CRL()
 	if len(crl) == 0 {
 		w.WriteHeader(http.StatusNoContent)
 		return

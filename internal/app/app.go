@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/admin"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/identity"
@@ -152,14 +153,26 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		runs  []func(context.Context) error
 		attrs = []any{"data_dir", dir, "trust_domain", td.Name()}
 	)
-	reg, err := registry.New(ctx, registry.Config{
+	// The authority re-keys leaves during a CA rotation and audits its
+	// refusals through the registry, which it does not import: regLink is
+	// pointed at the registry once that exists, before anything runs.
+	regLink := &registryLink{}
+	auth, err := authority.New(ctx, authority.Config{
 		Store: st, TrustDomain: td, KeyAlgorithm: keyAlg, Lifetimes: lifetimes,
-		LintBeforeSigning: cfg.CA.LintBeforeSigning, OnDenial: met.ObserveDenial,
+		LintBeforeSigning: cfg.CA.LintBeforeSigning, Reissuer: regLink, Denials: regLink,
 		Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
 	}
+	reg, err := registry.New(ctx, registry.Config{
+		Store: st, TrustDomain: td, Issuer: auth, Lifetimes: lifetimes, OnDenial: met.ObserveDenial,
+		Clock: o.clock, Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	regLink.reg = reg
 	app.close = func() error {
 		// Refusals that came in while the parts stopped, after
 		// RunDenials' own last flush.
@@ -171,7 +184,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	// One server certificate (spiffe://<td>/meshca) for xDS and the mTLS
 	// admin API. It names the hosts and addresses nodes are told to dial,
 	// which proxyless gRPC nodes verify.
-	serverCert, err := reg.ServerCert(union(cfg.XDS.DNSNames, cfg.Admin.DNSNames), lifetimes.Server, cfg.ServerIPs()...)
+	serverCert, err := auth.ServerCert(union(cfg.XDS.DNSNames, cfg.Admin.DNSNames), lifetimes.Server, cfg.ServerIPs()...)
 	if err != nil {
 		return nil, fmt.Errorf("xds.dns_names / admin.dns_names / xds.ip_sans: %w", err)
 	}
@@ -181,7 +194,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	}
 	xdsSrv, err := xds.New(xds.Config{
 		TrustDomain: td, Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg}, Audit: reg,
-		Roots: reg.IssuingCAs, ServerCert: serverCert.Get,
+		Roots: auth.IssuingCAs, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
 		Telemetry: telemetrySink{tel: tel}, Limits: limits,
@@ -189,12 +202,12 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	ops.reg, ops.xds, ops.store = reg, xdsSrv, st
+	ops.reg, ops.auth, ops.xds, ops.store = reg, auth, xdsSrv, st
 	reg.SubscribeNodeCerts(func(node string) { xdsSrv.CloseNode(node) })
 	// What each node receives is computed from the store's change feed and
 	// handed to the xDS server; every node has a snapshot before it serves.
 	nodes, err := nodeconfig.New(nodeconfig.Config{
-		Store: st, TrustDomain: td, Trust: trustSource{reg: reg}, Publisher: xdsSrv, Acks: xdsSrv, Clock: o.clock, Logger: logger,
+		Store: st, TrustDomain: td, Trust: trustSource{auth: auth}, Publisher: xdsSrv, Acks: xdsSrv, Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
@@ -211,23 +224,23 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	policy := lifetimes.Renewal()
 	renewer, err := rotation.New(rotation.Config{
 		Policy: policy,
-		Source: renewals{reg: reg}, Renewer: renewals{reg: reg}, Clock: o.clock, Logger: logger,
+		Source: renewals{reg: reg, auth: auth}, Renewer: renewals{reg: reg, auth: auth}, Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
 	}
-	runs = append(runs, renewer.Run, reg.RunCRL, reg.RunDenials, func(ctx context.Context) error { return reg.RunCA(ctx, rotationAcks(reg, xdsSrv, nodes)) })
+	runs = append(runs, renewer.Run, auth.Run, auth.RunCRL, reg.RunDenials, func(ctx context.Context) error { return auth.RunCA(ctx, rotationAcks(reg, xdsSrv, nodes)) })
 
 	adm, err := admin.New(admin.Config{
-		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},
-		Authority: reg, Audit: reg, TrustDomain: td.Name(), XDSAddress: cfg.AdvertisedXDS(xdsLn.Addr().String()), Logger: logger,
+		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, CRLs: auth, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},
+		Authority: auth, Audit: reg, TrustDomain: td.Name(), XDSAddress: cfg.AdvertisedXDS(xdsLn.Addr().String()), Logger: logger,
 		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Denials: reg, Logs: tel, Renewal: policy,
 		Clock: o.clock,
 	})
 	if err != nil {
 		return nil, err
 	}
-	mtls := admin.MTLS(reg, reg, serverCert.Get, o.clock.Now)
+	mtls := admin.MTLS(auth, reg, serverCert.Get, o.clock.Now)
 	for _, l := range []struct {
 		key, addr string
 		ln        net.Listener
@@ -251,7 +264,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		}
 		runs = append(runs, func(ctx context.Context) error { return adm.Run(ctx, l.ln, tlsCfg) })
 	}
-	issuer := reg.CA().Issuer()
+	issuer := auth.CA().Issuer()
 	attrs = append(attrs, "issuer_serial", fmt.Sprintf("%x", issuer.SerialNumber), "issuer_not_after", issuer.NotAfter)
 	logger.Info("meshca started", attrs...)
 	app.runs = runs

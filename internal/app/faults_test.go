@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
@@ -125,7 +126,11 @@ func newFaultRig(t *testing.T) *faultRig {
 	}
 	t.Cleanup(func() { st.Close() })
 	td, _ := identity.TrustDomain("mesh.local")
-	reg, err := registry.New(context.Background(), registry.Config{Store: st, TrustDomain: td, Clock: clk})
+	auth, err := authority.New(context.Background(), authority.Config{Store: st, TrustDomain: td, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.New(context.Background(), registry.Config{Store: st, TrustDomain: td, Issuer: auth, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}

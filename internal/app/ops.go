@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
@@ -16,6 +17,7 @@ import (
 // check. Its fields are set once the parts exist; scrapes come later.
 type opsState struct {
 	reg   *registry.Registry
+	auth  *authority.Authority
 	xds   *xds.Server
 	store *store.Store
 	now   func() time.Time
@@ -40,7 +42,7 @@ func (o *opsState) IdentityExpiries() []metrics.Expiry {
 }
 
 func (o *opsState) CAExpiries() []metrics.Expiry {
-	c := o.reg.CA()
+	c := o.auth.CA()
 	out := []metrics.Expiry{{Name: fmt.Sprintf("issuer:%x", c.Issuer().SerialNumber), NotAfter: c.Issuer().NotAfter}}
 	for _, r := range c.Roots() {
 		out = append(out, metrics.Expiry{Name: fmt.Sprintf("root:%x", r.SerialNumber), NotAfter: r.NotAfter})
@@ -48,7 +50,7 @@ func (o *opsState) CAExpiries() []metrics.Expiry {
 	return out
 }
 
-func (o *opsState) CRLAge() (time.Duration, bool) { return o.reg.CRLAge() }
+func (o *opsState) CRLAge() (time.Duration, bool) { return o.auth.CRLAge() }
 
 func (o *opsState) ConnectedNodes() map[string]int {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -83,7 +85,7 @@ func (o *opsState) ready(ctx context.Context) error {
 	if err := o.store.View(ctx, func(tx *store.Tx) error { _, err := tx.CASet(); return err }); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	issuer := o.reg.CA().Issuer()
+	issuer := o.auth.CA().Issuer()
 	if now := o.now(); !now.Before(issuer.NotAfter) || now.Before(issuer.NotBefore) {
 		return errors.New("CA: the issuing certificate is not valid now")
 	}

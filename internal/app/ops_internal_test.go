@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
@@ -32,22 +33,26 @@ func TestReadinessFollowsStore(t *testing.T) {
 	}
 	td, _ := identity.TrustDomain("mesh.local")
 	clk := clock.NewFake(time.Now())
-	reg, err := registry.New(ctx, registry.Config{Store: st, TrustDomain: td, Clock: clk})
+	auth, err := authority.New(ctx, authority.Config{Store: st, TrustDomain: td, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.New(ctx, registry.Config{Store: st, TrustDomain: td, Issuer: auth, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv, err := xds.New(xds.Config{TrustDomain: td, Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
-		Roots: reg.CA().Roots, ServerCert: nil})
+		Roots: auth.CA().Roots, ServerCert: nil})
 	if err == nil {
 		t.Fatal("xds.New accepted a missing ServerCert")
 	}
-	sc, _ := reg.ServerCert(nil, time.Hour)
+	sc, _ := auth.ServerCert(nil, time.Hour)
 	srv, err = xds.New(xds.Config{TrustDomain: td, Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
-		Roots: reg.CA().Roots, ServerCert: sc.Get})
+		Roots: auth.CA().Roots, ServerCert: sc.Get})
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &opsState{reg: reg, xds: srv, store: st, now: clk.Now}
+	o := &opsState{reg: reg, auth: auth, xds: srv, store: st, now: clk.Now}
 	if err := o.ready(ctx); err == nil || !strings.Contains(err.Error(), "xDS") {
 		t.Fatalf("ready before xDS serves: %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/admin"
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/nodeconfig"
 	"github.com/meshca/meshca/internal/registry"
@@ -22,14 +23,34 @@ import (
 	"github.com/meshca/meshca/xds"
 )
 
-// trustSource is the trust material the registry holds in memory, as node
-// configuration reads it.
-type trustSource struct{ reg *registry.Registry }
+// trustSource is the trust bundle and CRL in the store, as node
+// configuration reads them.
+type trustSource struct{ auth *authority.Authority }
 
 var _ nodeconfig.Trust = trustSource{}
 
-func (t trustSource) BundlePEM() []byte { return t.reg.CA().BundlePEM() }
-func (t trustSource) CRL() []byte       { return t.reg.CRL() }
+func (t trustSource) Trust(ctx context.Context) (bundle, crl []byte, err error) {
+	return t.auth.Trust(ctx)
+}
+
+// registryLink is what the authority needs of the registry (re-keying
+// leaves under a new CA, auditing refusals), wired here so that neither
+// package imports the other. reg is set before anything runs.
+type registryLink struct{ reg *registry.Registry }
+
+var (
+	_ authority.Reissuer = (*registryLink)(nil)
+	_ authority.Denials  = (*registryLink)(nil)
+	_ registry.Issuer    = (*authority.Authority)(nil)
+	_ admin.Authority    = (*authority.Authority)(nil)
+	_ admin.CRLs         = (*authority.Authority)(nil)
+)
+
+func (l *registryLink) Reissue(ctx context.Context, name, actor, action, note string) error {
+	return l.reg.Reissue(ctx, name, actor, action, note)
+}
+
+func (l *registryLink) Deny(ctx context.Context, ev store.Event) { l.reg.Deny(ctx, ev) }
 
 // pushWaiter lets admin writes wait until the nodes have the change.
 type pushWaiter struct{ b *nodeconfig.Builder }
@@ -107,7 +128,7 @@ func clip(s string) string { return text.Clip(s, 100) }
 // many of those have not acknowledged their current secrets. While node
 // configuration has changes not yet handed to the xDS server, every
 // connected node counts as pending: it has not been sent them yet.
-func rotationAcks(reg *registry.Registry, srv *xds.Server, configs *nodeconfig.Builder) registry.Acks {
+func rotationAcks(reg *registry.Registry, srv *xds.Server, configs *nodeconfig.Builder) authority.Acks {
 	return func(ctx context.Context) (pending, connected int) {
 		pending = srv.Pending()
 		nodes, err := reg.Nodes(ctx)
@@ -127,7 +148,10 @@ func rotationAcks(reg *registry.Registry, srv *xds.Server, configs *nodeconfig.B
 }
 
 // renewals adapts the registry to the rotation loop.
-type renewals struct{ reg *registry.Registry }
+type renewals struct {
+	reg  *registry.Registry
+	auth *authority.Authority
+}
 
 var (
 	_ rotation.Source  = renewals{}
@@ -145,7 +169,7 @@ func (r renewals) Certs(ctx context.Context) ([]rotation.Cert, error) {
 			continue
 		}
 		out = append(out, rotation.Cert{Name: st.Identity.Name, Serial: st.Cert.Serial, NotBefore: st.Cert.NotBefore, NotAfter: st.Cert.NotAfter,
-			Stale: r.reg.Stale(st.Cert.IssuerSerial)})
+			Stale: r.auth.Stale(st.Cert.IssuerSerial)})
 	}
 	return out, nil
 }

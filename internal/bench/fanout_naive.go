@@ -77,13 +77,15 @@ func WriteNaiveInput(ctx context.Context, dataDir string, nodes []SeedNode, path
 	if err != nil {
 		return err
 	}
-	reg, err := registry.New(ctx, registry.Config{
-		Store: st, TrustDomain: td, Lifetimes: authority.Default(),
-	})
+	auth, err := authority.New(ctx, authority.Config{Store: st, TrustDomain: td, Lifetimes: authority.Default()})
 	if err != nil {
 		return err
 	}
-	sc, err := reg.ServerCert(nil, authority.Default().Server)
+	reg, err := registry.New(ctx, registry.Config{Store: st, TrustDomain: td, Issuer: auth, Lifetimes: authority.Default()})
+	if err != nil {
+		return err
+	}
+	sc, err := auth.ServerCert(nil, authority.Default().Server)
 	if err != nil {
 		return err
 	}
@@ -91,7 +93,7 @@ func WriteNaiveInput(ctx context.Context, dataDir string, nodes []SeedNode, path
 	if err != nil {
 		return fmt.Errorf("server certificate: %w", err)
 	}
-	in := NaiveInput{BundlePEM: string(reg.CA().BundlePEM())}
+	in := NaiveInput{BundlePEM: string(auth.BundlePEM())}
 	for _, der := range cert.Certificate {
 		in.ServerChainPEM += string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 	}

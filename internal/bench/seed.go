@@ -59,12 +59,12 @@ func SeedDir(ctx context.Context, dataDir string, s Seed) (*Seeded, error) {
 	if s.Workers <= 0 {
 		s.Workers = 64
 	}
-	reg, closeStore, err := openRegistry(ctx, dataDir, false)
+	reg, auth, closeStore, err := openRegistry(ctx, dataDir, false)
 	if err != nil {
 		return nil, err
 	}
 	defer closeStore()
-	out := &Seeded{Nodes: make([]SeedNode, s.Nodes), BundlePEM: reg.CA().BundlePEM()}
+	out := &Seeded{Nodes: make([]SeedNode, s.Nodes), BundlePEM: auth.BundlePEM()}
 	err = parallel(ctx, s.Identities, s.Workers, func(i int) error {
 		_, err := reg.AddIdentity(ctx, registry.AddIdentity{Name: fmt.Sprintf("id-%d", i)}, "bench")
 		return err
@@ -112,33 +112,38 @@ func SeedDir(ctx context.Context, dataDir string, s Seed) (*Seeded, error) {
 }
 
 // openRegistry opens (creating if needed) a data directory the way meshca
-// server does, with the default configuration, and returns its registry
-// and the function that closes the store.
-func openRegistry(ctx context.Context, dataDir string, lintBeforeSigning bool) (*registry.Registry, func() error, error) {
+// server does, with the default configuration, and returns its registry,
+// its authority and the function that closes the store.
+func openRegistry(ctx context.Context, dataDir string, lintBeforeSigning bool) (*registry.Registry, *authority.Authority, func() error, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	sealer, err := seal.LoadOrCreate(filepath.Join(dataDir, app.KEKFile))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	st, err := store.Open(store.Config{Dir: dataDir, Sealer: sealer})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	td, err := identity.TrustDomain(TrustDomain)
 	if err != nil {
 		st.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	reg, err := registry.New(ctx, registry.Config{
+	auth, err := authority.New(ctx, authority.Config{
 		Store: st, TrustDomain: td, Lifetimes: authority.Default(), LintBeforeSigning: lintBeforeSigning,
 	})
 	if err != nil {
 		st.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return reg, st.Close, nil
+	reg, err := registry.New(ctx, registry.Config{Store: st, TrustDomain: td, Issuer: auth, Lifetimes: authority.Default()})
+	if err != nil {
+		st.Close()
+		return nil, nil, nil, err
+	}
+	return reg, auth, st.Close, nil
 }
 
 // WriteNodes writes nodes as JSON lines (one SeedNode each) for a worker.

@@ -2,5 +2,7 @@
 // the design draws it. The top-level packages (ca, sds, rotation, xds,
 // mesh, nodeapi) are meshca's public API, so nothing they export may
 // mention a type from an internal package: a consumer declares the small
-// interface it needs, and wire types live in a public package.
+// interface it needs, and wire types live in a public package. The
+// authority and the registry do not import each other (the registry takes
+// only the lifetime rules of internal/authority).
 package layout

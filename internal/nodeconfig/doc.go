@@ -29,6 +29,6 @@
 // longer validates, a mesh that no longer builds for the node) is logged
 // and the node keeps its last good snapshot until its next change.
 //
-// The signed CRL and the CA in use are held in memory by whoever signs
-// them (Trust); it announces a store.KindTrust change after each new one.
+// The trust bundle and the signed CRL are read from the store (Trust) on a
+// store.KindCA or store.KindCRL change: whoever signs a CRL stores it.
 package nodeconfig

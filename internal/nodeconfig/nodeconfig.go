@@ -34,12 +34,11 @@ type Publisher interface {
 	SetTrust(ctx context.Context, bundle types.Resource) error
 }
 
-// Trust is the trust material held in memory by whoever signs it: the
-// bundle of roots and the CRLs, as PEM. After changing either it announces
-// a store.KindTrust change.
+// Trust reads the trust material from the store: the bundle of roots of
+// the CA set and the CRLs, as PEM (crl nil when nothing is revoked). Both
+// change only by commits (store.KindCA, store.KindCRL), read in one View.
 type Trust interface {
-	BundlePEM() []byte
-	CRL() []byte
+	Trust(ctx context.Context) (bundle, crl []byte, err error)
 }
 
 // Log attribute keys.
@@ -228,7 +227,7 @@ func (b *Builder) dispatch(ctx context.Context, batch store.Batch) error {
 			identities = append(identities, c.Identity)
 		case store.KindMesh:
 			all = true
-		case store.KindCA, store.KindTrust:
+		case store.KindCA, store.KindCRL:
 			trust = true
 		}
 	}
@@ -561,7 +560,10 @@ func (b *Builder) trustLoop(ctx context.Context) {
 // publishTrust hands the trust bundle over when it changed. Only Sync,
 // then the trust loop, call it: one at a time.
 func (b *Builder) publishTrust(ctx context.Context) error {
-	bundle, crl := b.cfg.Trust.BundlePEM(), b.cfg.Trust.CRL()
+	bundle, crl, err := b.cfg.Trust.Trust(ctx)
+	if err != nil {
+		return err
+	}
 	if b.trustPEM.bundle != nil && string(bundle) == string(b.trustPEM.bundle) && string(crl) == string(b.trustPEM.crl) {
 		return nil
 	}

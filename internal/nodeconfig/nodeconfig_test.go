@@ -114,9 +114,12 @@ type fakeTrust struct {
 	bundle []byte
 }
 
-func (f *fakeTrust) BundlePEM() []byte { f.mu.Lock(); defer f.mu.Unlock(); return f.bundle }
-func (f *fakeTrust) CRL() []byte       { return nil }
-func (f *fakeTrust) set(b []byte)      { f.mu.Lock(); f.bundle = b; f.mu.Unlock() }
+func (f *fakeTrust) Trust(context.Context) (bundle, crl []byte, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.bundle, nil, nil
+}
+func (f *fakeTrust) set(b []byte) { f.mu.Lock(); f.bundle = b; f.mu.Unlock() }
 
 func rootPEM(t *testing.T, cn string) []byte {
 	t.Helper()
@@ -310,17 +313,18 @@ func TestNodeBuildsCoalesce(t *testing.T) {
 	t.Logf("10 changes during one build: 1 more build")
 }
 
-// TestTrustChangeSwapsBundle checks that an announced trust change hands a
-// new bundle over once, and that an unchanged bundle is not handed again.
+// TestTrustChangeSwapsBundle checks that a committed trust change (a new
+// CRL record) hands a new bundle over once, and that an unchanged bundle is
+// not handed again.
 func TestTrustChangeSwapsBundle(t *testing.T) {
 	f := newFixture(t, 0)
 	f.sync(t)
 	f.pub.expect(t, "trust")
 	f.run(t)
 	f.trust.set(rootPEM(t, "root-2"))
-	f.st.Announce(store.Change{Kind: store.KindTrust})
+	f.write(t, func(tx *store.Tx) error { return tx.PutCRL(store.CRL{Number: 1}) })
 	f.pub.expect(t, "trust")
-	f.st.Announce(store.Change{Kind: store.KindTrust}) // nothing changed
+	f.write(t, func(tx *store.Tx) error { return tx.PutCRL(store.CRL{Number: 2}) }) // nothing changed
 	f.handled(t, f.write(t, ident("x", store.StateActive)))
 	f.handled(t, f.write(t, ident("y", store.StateActive)))
 	f.pub.quiet(t)

@@ -2,16 +2,12 @@ package registry
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
-	"sync"
 	"time"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/store"
 )
@@ -50,14 +46,14 @@ func (r *Registry) issueFromCSR(ctx context.Context, name string, csrDER []byte,
 	if err != nil {
 		return Cert{}, err
 	}
-	issued, err := r.issue(ctx, ca.Request{ID: id, DNSNames: st.Identity.DNSNames, TTL: st.Identity.TTL, CSR: csrDER})
+	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, DNSNames: st.Identity.DNSNames, TTL: st.Identity.TTL, CSR: csrDER})
 	if err != nil {
 		if errors.Is(err, ca.ErrLint) {
 			r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: actor, Identity: name, Outcome: store.OutcomeFailed, Detail: err.Error()})
 		}
 		return Cert{}, err
 	}
-	cert := certRecord(name, issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+	cert := certRecord(name, issued, issuerSerial, r.cfg.Clock.Now().UTC())
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		if err := tx.PutCert(cert.Cert, cert.Key); err != nil {
 			return err
@@ -123,94 +119,4 @@ func (r *Registry) authorizeAdmin(ctx context.Context, leaf *x509.Certificate) (
 		return nil
 	})
 	return who, err
-}
-
-// ServerCert hands out meshca's own TLS server certificate
-// (spiffe://<td>/meshca plus DNS names and IP addresses), issuing a new one
-// when the current one is due (by default at half its lifetime:
-// Lifetimes.ServerRenewFraction). Each issuance is recorded and audited.
-type ServerCert struct {
-	r   *Registry
-	dns []string
-	ips []net.IP
-	ttl time.Duration
-
-	mu   sync.Mutex
-	cert *tls.Certificate
-	leaf *x509.Certificate
-}
-
-// ServerCert returns a source of server certificates with the given DNS
-// SANs, lifetime and IP SANs. Clients that verify host names (grpc-go) need
-// the name or address they dial on the certificate.
-func (r *Registry) ServerCert(dns []string, ttl time.Duration, ips ...net.IP) (*ServerCert, error) {
-	if _, err := identity.DNSNames(dns); err != nil {
-		return nil, err
-	}
-	if err := authority.CheckLeafTTL(ttl); err != nil {
-		return nil, err
-	}
-	if len(ips) > ca.MaxIPAddresses {
-		return nil, fmt.Errorf("%w: %d IP addresses, the limit is %d", ErrInvalid, len(ips), ca.MaxIPAddresses)
-	}
-	for _, ip := range ips {
-		if ip.To16() == nil || ip.IsUnspecified() || ip.IsMulticast() {
-			return nil, fmt.Errorf("%w: IP address %q cannot be on a server certificate", ErrInvalid, ip)
-		}
-	}
-	return &ServerCert{r: r, dns: dns, ips: ips, ttl: ttl}, nil
-}
-
-// Get returns a valid server certificate, renewing it when due (see ServerCert).
-// Its signature fits tls.Config.GetCertificate.
-func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := s.r.cfg.Clock.Now()
-	if s.leaf != nil && !s.r.cfg.Lifetimes.ServerRenewDue(now, s.leaf.NotBefore, s.leaf.NotAfter) &&
-		s.leaf.CheckSignatureFrom(s.r.serverCA().Issuer()) == nil {
-		return s.cert, nil
-	}
-	issued, err := s.r.issueServer(context.Background(), s.dns, s.ips, s.ttl)
-	if err != nil {
-		if s.cert != nil && now.Before(s.leaf.NotAfter) {
-			s.r.log.Error("server certificate renewal failed; serving the current one", "not_after", s.leaf.NotAfter, "err", err)
-			return s.cert, nil
-		}
-		return nil, err
-	}
-	// The roots travel too, so that a node can check the chain against the
-	// root hash it was given before it sends its join token.
-	chain := [][]byte{issued.DER}
-	chain = append(chain, issued.Chain...)
-	for _, root := range s.r.CA().Roots() {
-		chain = append(chain, root.Raw)
-	}
-	s.cert = &tls.Certificate{Certificate: chain, PrivateKey: issued.Key, Leaf: issued.Cert}
-	s.leaf = issued.Cert
-	return s.cert, nil
-}
-
-func (r *Registry) issueServer(ctx context.Context, dns []string, ips []net.IP, ttl time.Duration) (*ca.Issued, error) {
-	issuer := r.serverCA()
-	issued, err := issuer.Issue(ctx, ca.Request{ID: identity.ServerID(r.cfg.TrustDomain), DNSNames: dns, IPAddresses: ips, TTL: ttl})
-	if err != nil {
-		r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: "meshca", Identity: identity.ServerName, Outcome: store.OutcomeFailed, Detail: err.Error()})
-		return nil, fmt.Errorf("issue server certificate: %w", err)
-	}
-	// The server key stays in memory: a restart issues a new certificate.
-	cert := certRecord(identity.ServerName, issued, serialHex(issuer.Issuer()), r.cfg.Clock.Now().UTC())
-	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
-		if err := tx.PutCert(cert.Cert, nil); err != nil {
-			return err
-		}
-		_, err := tx.Append(store.Event{Action: ActionCertIssue, Actor: "meshca", Identity: identity.ServerName, Serial: cert.Serial,
-			Detail: "server certificate; not_after=" + cert.NotAfter.Format(time.RFC3339)})
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("record server certificate: %w", err)
-	}
-	r.log.Info("server certificate issued", "serial", cert.Serial, "not_after", cert.NotAfter)
-	return issued, nil
 }

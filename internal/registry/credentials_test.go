@@ -9,7 +9,6 @@ import (
 	"errors"
 	"net/url"
 	"testing"
-	"time"
 
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/store"
@@ -66,44 +65,5 @@ func TestAuthorizeAdmin(t *testing.T) {
 				t.Fatalf("refusal not audited: %+v", evs[before:])
 			}
 		})
-	}
-}
-
-func TestServerCertRenewsAtHalfLife(t *testing.T) {
-	st := openStore(t, dataDir(t))
-	clk := clock.NewFake(t0)
-	r := newRegistry(t, st, clk)
-	sc, err := r.ServerCert([]string{"meshca.mesh.local"}, 2*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, err := sc.Get(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if u := first.Leaf.URIs; len(u) != 1 || u[0].String() != "spiffe://mesh.local/meshca" {
-		t.Fatalf("server SAN = %v", u)
-	}
-	clk.Add(58 * time.Minute) // NotBefore is backdated 1m: half-life is at +59m
-	same, _ := sc.Get(nil)
-	if same != first {
-		t.Fatal("renewed before half-life")
-	}
-	clk.Add(2 * time.Minute)
-	renewed, err := sc.Get(nil)
-	if err != nil || renewed == first || renewed.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) == 0 {
-		t.Fatalf("not renewed after half-life: %v", err)
-	}
-	n := 0
-	for _, e := range events(t, r) {
-		if e.Action == ActionCertIssue && e.Identity == "meshca" {
-			n++
-		}
-	}
-	if n != 2 {
-		t.Fatalf("%d server issuances audited, want 2", n)
-	}
-	if err := st.Check(context.Background()); err != nil {
-		t.Fatal(err)
 	}
 }

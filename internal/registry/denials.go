@@ -93,6 +93,10 @@ func (r *Registry) deny(ctx context.Context, ev store.Event) {
 	}
 }
 
+// Deny records a refusal or failure of another part (the authority),
+// aggregated like every refusal.
+func (r *Registry) Deny(ctx context.Context, ev store.Event) { r.deny(ctx, ev) }
+
 // limitedDeny is deny: every refusal is aggregated the same way.
 func (r *Registry) limitedDeny(ctx context.Context, ev store.Event) { r.deny(ctx, ev) }
 

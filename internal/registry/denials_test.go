@@ -13,7 +13,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
 )
@@ -41,12 +40,7 @@ func (c *counted) get(k string) int {
 
 func newDenialRegistry(t *testing.T, clk clock.Clock, c *counted) *Registry {
 	t.Helper()
-	td, _ := identity.TrustDomain("mesh.local")
-	r, err := New(context.Background(), Config{Store: openStore(t, dataDir(t)), TrustDomain: td, Clock: clk, OnDenial: c.observe})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return newRegistryWith(t, Config{Store: openStore(t, dataDir(t)), Clock: clk, OnDenial: c.observe})
 }
 
 func denied(evs []Event) []Event {

@@ -21,7 +21,7 @@ func watchFeed(t *testing.T, st *store.Store) *feedWatch {
 }
 
 // drain returns what was queued so far, without waiting: an Update queues
-// its changes before it returns, and Announce before it returns.
+// its changes before it returns.
 func (w *feedWatch) drain() (nodes, identities []string, trust bool) {
 	done, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -36,7 +36,7 @@ func (w *feedWatch) drain() (nodes, identities []string, trust bool) {
 				nodes = append(nodes, c.Key)
 			case store.KindIdentity:
 				identities = append(identities, c.Key)
-			case store.KindTrust:
+			case store.KindRevocation:
 				trust = true
 			}
 		}

@@ -62,7 +62,7 @@ func (r *Registry) addIdentity(ctx context.Context, req AddIdentity, actor strin
 	} else if !errors.Is(err, ErrNotFound) {
 		return Status{}, err
 	}
-	issued, err := r.issue(ctx, ca.Request{ID: id, DNSNames: dns, TTL: ttl})
+	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, DNSNames: dns, TTL: ttl})
 	if err != nil {
 		if errors.Is(err, ca.ErrLint) {
 			r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: actor, Identity: req.Name, Outcome: store.OutcomeFailed, Detail: err.Error()})
@@ -74,7 +74,7 @@ func (r *Registry) addIdentity(ctx context.Context, req AddIdentity, actor strin
 		Name: req.Name, SPIFFEID: id.String(), DNSNames: dns, TTL: ttl, Admin: req.Admin,
 		State: store.StateActive, CurrentSerial: issued.Serial, CreatedAt: now, UpdatedAt: now,
 	}
-	cert := certRecord(req.Name, issued, serialHex(r.CA().Issuer()), now)
+	cert := certRecord(req.Name, issued, issuerSerial, now)
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		if err := tx.InsertIdentity(ident); err != nil {
 			return err

@@ -14,8 +14,8 @@ import (
 )
 
 // The registry refuses out-of-range TTLs with authority's message, for
-// identities, for meshca's server certificate and in its own Lifetimes,
-// and issues with the Lifetimes it is given.
+// identities and in its own Lifetimes, and issues with the Lifetimes it is
+// given (the authority's own checks are in internal/authority).
 func TestRegistryTakesLifetimes(t *testing.T) {
 	ctx := context.Background()
 	td, _ := identity.TrustDomain("mesh.local")
@@ -25,35 +25,26 @@ func TestRegistryTakesLifetimes(t *testing.T) {
 
 	bad := authority.Default()
 	bad.Node = time.Minute
-	if _, err := New(ctx, Config{Store: st, TrustDomain: td, Clock: clk, Lifetimes: bad}); err == nil ||
+	if _, err := New(ctx, Config{Store: st, TrustDomain: td, Issuer: noIssuer{}, Clock: clk, Lifetimes: bad}); err == nil ||
 		!strings.Contains(err.Error(), authority.LeafTTL.Check(time.Minute).Error()) {
 		t.Fatalf("New with a 1m node lifetime: %v", err)
 	}
 
 	life := authority.Default()
 	life.Leaf, life.JoinToken, life.Intermediate = 2*time.Hour, 10*time.Minute, 72*time.Hour
-	r, err := New(ctx, Config{Store: st, TrustDomain: td, Clock: clk, Lifetimes: life})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if is := r.CA().Issuer(); is.NotAfter.Sub(is.NotBefore) != life.Intermediate {
-		t.Fatalf("generated intermediate lives %s, want %s", is.NotAfter.Sub(is.NotBefore), life.Intermediate)
-	}
+	r := newRegistryWith(t, Config{Store: st, Clock: clk, Lifetimes: life})
 	for _, ttl := range []time.Duration{time.Minute, 4*time.Minute + 59*time.Second, 720*time.Hour + time.Second, -time.Hour} {
 		want := authority.LeafTTL.Check(ttl).Error()
 		_, err := r.AddIdentity(ctx, AddIdentity{Name: "x", TTL: ttl}, "test")
 		if !errors.Is(err, ca.ErrTTL) || !strings.HasSuffix(err.Error(), want) {
 			t.Errorf("AddIdentity ttl %s: %v, want ca.ErrTTL ending %q", ttl, err, want)
 		}
-		if _, err := r.ServerCert(nil, ttl); !errors.Is(err, ca.ErrTTL) || !strings.HasSuffix(err.Error(), want) {
-			t.Errorf("ServerCert ttl %s: %v, want ca.ErrTTL ending %q", ttl, err, want)
-		}
 	}
 	st1, err := r.AddIdentity(ctx, AddIdentity{Name: "web"}, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	nb, na := life.Window(t0, life.Leaf, r.CA().Issuer().NotAfter)
+	nb, na := life.Window(t0, life.Leaf, caOf(r).Issuer().NotAfter)
 	if !st1.Cert.NotBefore.Equal(nb) || !st1.Cert.NotAfter.Equal(na) {
 		t.Fatalf("identity without a TTL valid %s..%s, want %s..%s", st1.Cert.NotBefore, st1.Cert.NotAfter, nb, na)
 	}
@@ -65,3 +56,12 @@ func TestRegistryTakesLifetimes(t *testing.T) {
 		t.Fatalf("join token expires %s, want %s", tok.Expires, want)
 	}
 }
+
+// noIssuer issues nothing: for a registry that must not get as far.
+type noIssuer struct{}
+
+func (noIssuer) Issue(context.Context, ca.Request) (*ca.Issued, string, error) {
+	return nil, "", errors.New("no issuer")
+}
+func (noIssuer) BundlePEM() []byte                 { return nil }
+func (noIssuer) IssuersPEM(context.Context) []byte { return nil }

@@ -337,11 +337,11 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 	if err != nil {
 		return Joined{}, err
 	}
-	issued, err := r.issue(ctx, ca.Request{ID: id, TTL: r.cfg.Lifetimes.Node, CSR: csrDER})
+	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, TTL: r.cfg.Lifetimes.Node, CSR: csrDER})
 	if err != nil {
 		return Joined{}, err
 	}
-	cert := certRecord(nodeSubject(node), issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+	cert := certRecord(nodeSubject(node), issued, issuerSerial, r.cfg.Clock.Now().UTC())
 	var revoked []string
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		revoked = nil
@@ -388,7 +388,6 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 	}
 	r.log.Info("node joined", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter, "revoked_previous", len(revoked))
 	if len(revoked) > 0 {
-		r.crlAfterCommit(ctx)
 		r.notifyNodeCerts(node)
 	}
 	return r.joined(ctx, n, cert.Cert), nil
@@ -487,11 +486,11 @@ func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.C
 	if err := renewAllowed(&n, r.cfg.Clock.Now().UTC()); err != nil {
 		return Joined{}, err
 	}
-	issued, err := r.issue(ctx, ca.Request{ID: id, TTL: r.cfg.Lifetimes.Node, CSR: csrDER})
+	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, TTL: r.cfg.Lifetimes.Node, CSR: csrDER})
 	if err != nil {
 		return Joined{}, err
 	}
-	cert := certRecord(nodeSubject(node), issued, serialHex(r.CA().Issuer()), r.cfg.Clock.Now().UTC())
+	cert := certRecord(nodeSubject(node), issued, issuerSerial, r.cfg.Clock.Now().UTC())
 	var dropped []string
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		dropped = nil
@@ -540,9 +539,6 @@ func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.C
 		return Joined{}, err
 	}
 	r.log.Info("node certificate renewed", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter)
-	if len(dropped) > 0 {
-		r.crlAfterCommit(ctx)
-	}
 	return r.joined(ctx, n, cert.Cert), nil
 }
 
@@ -550,7 +546,7 @@ func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.C
 func (r *Registry) joined(ctx context.Context, n store.Node, cert store.Cert) Joined {
 	return Joined{
 		Node: nodeView(n), TrustDomain: r.cfg.TrustDomain.Name(), ChainPEM: chainPEM(cert.DER, cert.Chain),
-		BundlePEM: r.CA().BundlePEM(), IssuersPEM: r.IssuersPEM(context.WithoutCancel(ctx)), Serial: cert.Serial, NotAfter: cert.NotAfter,
+		BundlePEM: r.cfg.Issuer.BundlePEM(), IssuersPEM: r.cfg.Issuer.IssuersPEM(context.WithoutCancel(ctx)), Serial: cert.Serial, NotAfter: cert.NotAfter,
 	}
 }
 
@@ -697,7 +693,6 @@ func (r *Registry) switchNodeCert(ctx context.Context, node, serial string) erro
 	}
 	if len(revoked) > 0 {
 		r.log.Info("node switched to its renewed certificate", "node", node, "serial", serial, "revoked_previous", len(revoked))
-		r.crlAfterCommit(ctx)
 		// Connections made with the earlier certificates end; this
 		// handshake's connection is not tracked yet, so it stays.
 		r.notifyNodeCerts(node)
@@ -852,6 +847,14 @@ func (r *Registry) ReissueIdentity(ctx context.Context, name, actor string) (Sta
 // reissue records the new certificate with an audit record of action,
 // whose detail ends with note when there is one (a CA rotation tells its
 // re-issues apart from routine renewals this way).
+// Reissue re-keys identity name under the CA in use, recorded and audited
+// as action with note in the detail; the nodes that hold it learn of it
+// from the store's change feed. A CA rotation calls it for every leaf.
+func (r *Registry) Reissue(ctx context.Context, name, actor, action, note string) error {
+	_, _, err := r.reissue(ctx, name, actor, action, note)
+	return err
+}
+
 func (r *Registry) reissue(ctx context.Context, name, actor, action, note string) (Status, []string, error) {
 	cur, err := r.Identity(ctx, name)
 	if err != nil {
@@ -864,7 +867,7 @@ func (r *Registry) reissue(ctx context.Context, name, actor, action, note string
 	if err != nil {
 		return Status{}, nil, err
 	}
-	issued, err := r.issue(ctx, ca.Request{ID: id, DNSNames: cur.Identity.DNSNames, TTL: cur.Identity.TTL})
+	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, DNSNames: cur.Identity.DNSNames, TTL: cur.Identity.TTL})
 	if err != nil {
 		if errors.Is(err, ca.ErrLint) {
 			r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: actor, Identity: name, Outcome: store.OutcomeFailed, Detail: err.Error()})
@@ -872,7 +875,7 @@ func (r *Registry) reissue(ctx context.Context, name, actor, action, note string
 		return Status{}, nil, err
 	}
 	now := r.cfg.Clock.Now().UTC()
-	cert := certRecord(name, issued, serialHex(r.CA().Issuer()), now)
+	cert := certRecord(name, issued, issuerSerial, now)
 	// Holders are for the audit record; the nodes are told through the
 	// store's change feed.
 	before, err := r.holdersOf(ctx, name)

@@ -287,7 +287,7 @@ func TestReissueOfAnIdentityRevokedMeanwhile(t *testing.T) {
 		t.Fatal(err)
 	}
 	issue := r.issue
-	r.issue = func(ctx context.Context, req ca.Request) (*ca.Issued, error) {
+	r.issue = func(ctx context.Context, req ca.Request) (*ca.Issued, string, error) {
 		if _, err := r.RevokeIdentity(ctx, "web", "test", "test"); err != nil {
 			t.Fatal(err)
 		}

@@ -85,7 +85,9 @@ func TestNodeRevokeWhenReKeyFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.issue = func(context.Context, ca.Request) (*ca.Issued, error) { return nil, errors.New("signer unavailable") }
+	r.issue = func(context.Context, ca.Request) (*ca.Issued, string, error) {
+		return nil, "", errors.New("signer unavailable")
+	}
 	if _, err := r.RevokeNode(ctx, "n1", "test", "test"); err != nil {
 		t.Fatalf("node revoke with a failing re-key: %v", err)
 	}

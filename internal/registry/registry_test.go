@@ -3,19 +3,15 @@ package registry
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/seal"
@@ -49,13 +45,29 @@ func openStore(t testing.TB, dir string) *store.Store {
 
 func newRegistry(t testing.TB, st *store.Store, clk clock.Clock) *Registry {
 	t.Helper()
+	return newRegistryWith(t, Config{Store: st, Clock: clk})
+}
+
+// newRegistryWith builds a registry on cfg (trust domain mesh.local), with
+// an authority on the same store and clock as its Issuer.
+func newRegistryWith(t testing.TB, cfg Config) *Registry {
+	t.Helper()
 	td, _ := identity.TrustDomain("mesh.local")
-	r, err := New(context.Background(), Config{Store: st, TrustDomain: td, Clock: clk})
+	cfg.TrustDomain = td
+	auth, err := authority.New(context.Background(), authority.Config{Store: cfg.Store, TrustDomain: td, Lifetimes: cfg.Lifetimes, Clock: cfg.Clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Issuer = auth
+	r, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return r
 }
+
+// caOf is the CA in use of r's Issuer.
+func caOf(r *Registry) *ca.CA { return r.cfg.Issuer.(*authority.Authority).CA() }
 
 func events(t *testing.T, r *Registry) []Event {
 	t.Helper()
@@ -97,7 +109,7 @@ func TestAddIdentityRecordsCertAndAudit(t *testing.T) {
 		t.Fatalf("validity %s..%s", got.Cert.NotBefore, got.Cert.NotAfter)
 	}
 	evs := events(t, r)
-	if len(evs) != 3 || evs[0].Action != ActionCAInit || evs[1].Action != ActionIdentityAdd || evs[2].Action != ActionCertIssue || evs[2].Serial != got.Cert.Serial {
+	if len(evs) != 3 || evs[0].Action != authority.ActionCAInit || evs[1].Action != ActionIdentityAdd || evs[2].Action != ActionCertIssue || evs[2].Serial != got.Cert.Serial {
 		t.Fatalf("audit = %+v", evs)
 	}
 	// The stored key is the one that matches the certificate.
@@ -173,8 +185,8 @@ func TestLintFailureIsAuditedAndNotStored(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
 	r := newRegistry(t, st, clock.NewFake(t0))
-	r.issue = func(context.Context, ca.Request) (*ca.Issued, error) {
-		return nil, &ca.LintError{Lints: []string{"e_subject_common_name_max_length"}}
+	r.issue = func(context.Context, ca.Request) (*ca.Issued, string, error) {
+		return nil, "", &ca.LintError{Lints: []string{"e_subject_common_name_max_length"}}
 	}
 	_, err := r.AddIdentity(ctx, AddIdentity{Name: "echo"}, "test")
 	if !errors.Is(err, ca.ErrLint) {
@@ -190,137 +202,5 @@ func TestLintFailureIsAuditedAndNotStored(t *testing.T) {
 	}
 	if n := certCount(t, st, "echo"); n != 0 {
 		t.Fatalf("%d certificates stored", n)
-	}
-}
-
-func TestCASurvivesRestart(t *testing.T) {
-	ctx := context.Background()
-	dir := dataDir(t)
-	st := openStore(t, dir)
-	r := newRegistry(t, st, clock.NewFake(t0))
-	issuer := r.CA().Issuer()
-	bundle := r.CA().BundlePEM()
-	if err := st.Close(); err != nil {
-		t.Fatal(err)
-	}
-	st = openStore(t, dir)
-	defer st.Close()
-	r = newRegistry(t, st, clock.NewFake(t0))
-	if !r.CA().Issuer().Equal(issuer) || string(r.CA().BundlePEM()) != string(bundle) {
-		t.Fatal("CA changed across a restart")
-	}
-	if n := len(events(t, r)); n != 1 {
-		t.Fatalf("%d audit records, want 1 (one ca.init)", n)
-	}
-	// The reloaded CA still issues chains that verify.
-	got, err := r.AddIdentity(ctx, AddIdentity{Name: "echo"}, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	verify(t, r, got.Cert.Serial, st)
-}
-
-func verify(t *testing.T, r *Registry, serial string, st *store.Store) {
-	t.Helper()
-	var c store.Cert
-	if err := st.View(context.Background(), func(tx *store.Tx) (err error) { c, err = tx.Cert(serial); return err }); err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(c.DER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, root := range r.CA().Roots() {
-		roots.AddCert(root)
-	}
-	for _, der := range c.Chain {
-		ic, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		inter.AddCert(ic)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: leaf.NotBefore.Add(time.Minute)}); err != nil {
-		t.Fatalf("chain does not verify: %v", err)
-	}
-}
-
-// orgCA makes an organisation root and an intermediate under it, as PEM.
-func orgCA(t *testing.T, now time.Time) (chainPEM, keyPEM []byte) {
-	t.Helper()
-	rootKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	root := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Org Root", Organization: []string{"Org"}},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(10 * 365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	rootDER, err := x509.CreateCertificate(rand.Reader, root, root, rootKey.Public(), rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, _ = x509.ParseCertificate(rootDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	inter := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "Org meshca CA", Organization: []string{"Org"}},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, MaxPathLenZero: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	interDER, err := x509.CreateCertificate(rand.Reader, inter, root, key.Public(), rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	chainPEM = append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: interDER}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootDER})...)
-	return chainPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-}
-
-func TestImportCA(t *testing.T) {
-	ctx := context.Background()
-	dir := dataDir(t)
-	st := openStore(t, dir)
-	r := newRegistry(t, st, clock.NewFake(t0))
-	chain, key := orgCA(t, t0)
-	if err := r.ImportCA(ctx, chain, key, "test"); err != nil {
-		t.Fatal(err)
-	}
-	if got := r.CA().Issuer().Subject.CommonName; got != "Org meshca CA" {
-		t.Fatalf("issuer after import = %q", got)
-	}
-	got, err := r.AddIdentity(ctx, AddIdentity{Name: "echo"}, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	verify(t, r, got.Cert.Serial, st)
-
-	// Once a certificate is out, another import is refused and audited.
-	chain2, key2 := orgCA(t, t0)
-	if err := r.ImportCA(ctx, chain2, key2, "test"); !errors.Is(err, ErrCAInUse) {
-		t.Fatalf("second import: err = %v, want ErrCAInUse", err)
-	}
-	evs := events(t, r)
-	if last := evs[len(evs)-1]; last.Action != ActionCAImport || last.Outcome != store.OutcomeDenied {
-		t.Fatalf("last audit = %+v", last)
-	}
-	// A key that does not match is refused.
-	_, otherKey := orgCA(t, t0)
-	st2 := openStore(t, dataDir(t))
-	r2 := newRegistry(t, st2, clock.NewFake(t0))
-	if err := r2.ImportCA(ctx, chain, otherKey, "test"); !errors.Is(err, ca.ErrKeyMismatch) {
-		t.Fatalf("mismatched key: err = %v", err)
-	}
-
-	// The imported CA survives a restart.
-	if err := st.Close(); err != nil {
-		t.Fatal(err)
-	}
-	st = openStore(t, dir)
-	defer st.Close()
-	r = newRegistry(t, st, clock.NewFake(t0))
-	if got := r.CA().Issuer().Subject.CommonName; got != "Org meshca CA" {
-		t.Fatalf("issuer after restart = %q", got)
-	}
-	if err := st.Check(ctx); err != nil {
-		t.Fatal(err)
 	}
 }

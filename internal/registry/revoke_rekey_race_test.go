@@ -31,7 +31,7 @@ func TestRevokeNodeRekeysAnIdentityAssignedMeanwhile(t *testing.T) {
 	}
 	issue := r.issue
 	assigned := false
-	r.issue = func(ctx context.Context, req ca.Request) (*ca.Issued, error) {
+	r.issue = func(ctx context.Context, req ca.Request) (*ca.Issued, string, error) {
 		if !assigned && strings.HasSuffix(req.ID.String(), "/a") {
 			assigned = true
 			if _, err := r.Assign(ctx, "n1", "b", "test"); err != nil {

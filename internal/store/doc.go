@@ -24,7 +24,7 @@
 // The feed is the only way the rest of meshca learns that the state
 // changed. Subscribe returns a Subscription; its consumer calls Next on its
 // own goroutine and receives a Batch: the changes (Kind and Key: identity
-// NAME, node NAME, cert SERIAL, revocation SERIAL, CA, mesh VERSION) of
+// NAME, node NAME, cert SERIAL, revocation SERIAL, CA, mesh VERSION, CRL) of
 // every Update committed since its previous Batch, and the store's sequence
 // Seq, the audit Seq of the newest commit in it. The guarantees:
 //
@@ -52,12 +52,11 @@
 // its commits, e.g. an etcd watch (revision as Seq; a compacted revision
 // becomes a Resync).
 //
-// Announce adds a KindTrust change for state that is derived from the store
-// and held in memory (the signed CRL); it reaches subscribers of this
-// process only.
+// Nothing reaches the feed but committed records: state that others derive
+// and sign (the CRL) is stored like any other record (KindCRL), so that
+// every process sharing the store learns of it the same way.
 //
-// Batch.Pos counts the commits with changes and the announcements handed
-// over, in order; FeedPos is its value now. A writer that wants to know
+// Batch.Pos counts the commits with changes handed over, in order; FeedPos is its value now. A writer that wants to know
 // when a consumer has acted on its change reads FeedPos after its write
 // returned and waits until the consumer has handled a Batch with that Pos.
 //

@@ -18,9 +18,7 @@ const (
 	KindRevocation Kind = "revocation" // Key: revoked serial; Identity: its owner
 	KindCA         Kind = "ca"         // Key: CA serial, or "" for the active CA set
 	KindMesh       Kind = "mesh"       // Key: the new version, in decimal
-	// KindTrust is announced, not committed: state derived from the store
-	// and held in memory (the signed CRL) changed. See Store.Announce.
-	KindTrust Kind = "trust"
+	KindCRL        Kind = "crl"        // Key: "": the signed CRL in use
 )
 
 // Change names one changed record.
@@ -40,8 +38,7 @@ type Batch struct {
 	// changed several times appears once.
 	Changes []Change
 	// Pos is the feed's position after this batch: it counts the commits
-	// that changed records and the announcements handed to subscribers,
-	// in order. Compare it with Store.FeedPos to know that a subscriber has
+	// that changed records handed to subscribers, in order. Compare it with Store.FeedPos to know that a subscriber has
 	// seen everything queued before some point (a write that returned).
 	Pos uint64
 	// Resync means changes were dropped because the subscriber's queue was
@@ -152,7 +149,7 @@ func (s *Subscription) add(seq, pos uint64, changes []Change) {
 type feed struct {
 	mu        sync.Mutex
 	delivered uint64              // the last audit Seq handed to subscribers
-	pos       uint64              // commits with changes and announcements handed over
+	pos       uint64              // commits with changes handed over
 	held      map[uint64]heldPart // by first Seq: commits that arrived early
 	subs      []*Subscription
 }
@@ -198,15 +195,6 @@ func (f *feed) deliver(last uint64, changes []Change) {
 	}
 }
 
-func (f *feed) announce(changes []Change) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.pos++
-	for _, s := range f.subs {
-		s.add(f.delivered, f.pos, changes)
-	}
-}
-
 func (f *feed) subscribe(limit int) *Subscription {
 	if limit <= 0 {
 		limit = DefaultFeedLimit
@@ -233,7 +221,7 @@ func (s *Store) Subscribe(limit int) *Subscription { return s.feed.subscribe(lim
 
 // FeedPos is the feed's position now: what a Batch.Pos reaches once a
 // subscriber has seen everything handed over so far. Read after an Update
-// or Announce returns, it covers them (unless a commit of the same group
+// returns, it covers it (unless a commit of the same group
 // that came before the Update has not been handed over yet, a window of
 // microseconds; then it covers it a moment later).
 func (s *Store) FeedPos() uint64 {
@@ -241,11 +229,6 @@ func (s *Store) FeedPos() uint64 {
 	defer s.feed.mu.Unlock()
 	return s.feed.pos
 }
-
-// Announce tells every subscriber that state derived from the store and
-// held in memory changed (KindTrust: a newly signed CRL), for consumers
-// that must pick it up. It does not block.
-func (s *Store) Announce(changes ...Change) { s.feed.announce(changes) }
 
 // tracked records a change made in this run of fn.
 func (tx *Tx) tracked(kind Kind, key, identity string) {

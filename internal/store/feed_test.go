@@ -149,10 +149,11 @@ func TestFeedKinds(t *testing.T) {
 		if err := tx.DeleteNode("n1"); err != nil {
 			return err
 		}
-		_, err := tx.AppendMesh([]byte("{}"), "op")
-		return err
+		if _, err := tx.AppendMesh([]byte("{}"), "op"); err != nil {
+			return err
+		}
+		return tx.PutCRL(store.CRL{Number: 1})
 	}))
-	s.Announce(store.Change{Kind: store.KindTrust})
 	b := next(t, sub)
 	want := []store.Change{
 		{Kind: store.KindCA, Key: "ca1"}, {Kind: store.KindCA},
@@ -161,7 +162,7 @@ func TestFeedKinds(t *testing.T) {
 		{Kind: store.KindRevocation, Key: "s1", Identity: "web"},
 		{Kind: store.KindNode, Key: "n1"},
 		{Kind: store.KindMesh, Key: "1"},
-		{Kind: store.KindTrust},
+		{Kind: store.KindCRL},
 	}
 	if !slices.Equal(b.Changes, want) || b.Seq != 1 {
 		t.Fatalf("got %+v seq=%d\nwant %+v seq=1", b.Changes, b.Seq, want)

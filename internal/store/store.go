@@ -40,7 +40,7 @@ var (
 
 	allBuckets = [][]byte{
 		bucketMeta, bucketIdentities, bucketCerts, bucketCertsByID, bucketCAs,
-		bucketNodes, bucketRevocations, bucketMesh, bucketAudit, bucketJoinTokens,
+		bucketNodes, bucketRevocations, bucketMesh, bucketAudit, bucketJoinTokens, bucketCRL,
 	}
 )
 

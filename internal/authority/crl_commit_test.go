@@ -1,4 +1,4 @@
-package registry
+package authority_test
 
 import (
 	"bytes"
@@ -18,19 +18,20 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
 )
 
 // crlIssues returns the numbers of the crl.issue audit records, in audit
 // order.
-func crlIssues(t *testing.T, r *Registry) []uint64 {
+func crlIssues(t *testing.T, r *rig) []uint64 {
 	t.Helper()
 	var out []uint64
 	for _, ev := range events(t, r) {
-		if ev.Action != ActionCRLIssue {
+		if ev.Action != authority.ActionCRLIssue {
 			continue
 		}
 		var n uint64
@@ -80,14 +81,14 @@ func TestCRLSignedOnceAfterGroupCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	r := newRegistry(t, st, clock.NewFake(t0))
+	r := newRig(t, st, clock.NewFake(t0))
 
 	const n = 6
 	var names []string
 	for i := range n {
 		name := fmt.Sprintf("svc%d", i)
 		names = append(names, name)
-		if _, err := r.AddIdentity(ctx, AddIdentity{Name: name, TTL: 24 * time.Hour}, "test"); err != nil {
+		if _, err := r.AddIdentity(ctx, registry.AddIdentity{Name: name, TTL: 24 * time.Hour}, "test"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -95,7 +96,7 @@ func TestCRLSignedOnceAfterGroupCommit(t *testing.T) {
 		signatures atomic.Int64
 		badSign    atomic.Value // first problem seen by the signer
 	)
-	r.signCRL = func(c *x509.Certificate, k crypto.Signer, revoked []ca.Revoked, num *big.Int, this, next time.Time) ([]byte, error) {
+	authority.SetSignCRL(r.Authority, func(c *x509.Certificate, k crypto.Signer, revoked []ca.Revoked, num *big.Int, this, next time.Time) ([]byte, error) {
 		signatures.Add(1)
 		committed, err := committedRevocations(ctx, st)
 		if err != nil {
@@ -107,7 +108,7 @@ func TestCRLSignedOnceAfterGroupCommit(t *testing.T) {
 			}
 		}
 		return ca.SignCRL(c, k, revoked, num, this, next)
-	}
+	})
 	before := len(crlIssues(t, r))
 
 	// Hold the committer so that the revocations and the failing writes
@@ -132,14 +133,17 @@ func TestCRLSignedOnceAfterGroupCommit(t *testing.T) {
 	armed.Store(true)
 	refused := errors.New("refused")
 	var wg sync.WaitGroup
-	results := make([]Revoked, n)
+	results := make([]registry.Revoked, n)
 	errs := make([]error, n)
 	var reruns atomic.Int64
 	for i, name := range names {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			results[i], errs[i] = r.RevokeIdentity(ctx, name, "test", "test")
+			// After its commit, as the admin API does.
+			if results[i], errs[i] = r.RevokeIdentity(ctx, name, "test", "test"); errs[i] == nil {
+				errs[i] = r.PublishCRL(ctx)
+			}
 		}()
 		go func() {
 			defer wg.Done()
@@ -201,29 +205,32 @@ func TestCRLSignedOnceAfterGroupCommit(t *testing.T) {
 		n, n, reruns.Load(), len(issued), signatures.Load())
 }
 
-// Two revocations at once end with a CRL that lists both, whichever
-// publishes last, and with a number above the other's.
+// Two revocations at once, each followed by PublishCRL, end with a CRL that
+// lists both, whichever publishes last, and with a number above the
+// other's.
 func TestCRLConcurrentRevocationsBothListed(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
-	r := newRegistry(t, st, clock.NewFake(t0))
+	r := newRig(t, st, clock.NewFake(t0))
 	for round := range 5 {
 		a, b := fmt.Sprintf("a%d", round), fmt.Sprintf("b%d", round)
 		for _, name := range []string{a, b} {
-			if _, err := r.AddIdentity(ctx, AddIdentity{Name: name, TTL: 24 * time.Hour}, "test"); err != nil {
+			if _, err := r.AddIdentity(ctx, registry.AddIdentity{Name: name, TTL: 24 * time.Hour}, "test"); err != nil {
 				t.Fatal(err)
 			}
 		}
 		start := make(chan struct{})
 		var wg sync.WaitGroup
-		res := make([]Revoked, 2)
+		res := make([]registry.Revoked, 2)
 		errs := make([]error, 2)
 		for i, name := range []string{a, b} {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				<-start
-				res[i], errs[i] = r.RevokeIdentity(ctx, name, "test", "test")
+				if res[i], errs[i] = r.RevokeIdentity(ctx, name, "test", "test"); errs[i] == nil {
+					errs[i] = r.PublishCRL(ctx)
+				}
 			}()
 		}
 		close(start)
@@ -253,22 +260,18 @@ func TestCRLSigningFailureRetried(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
 	var logs bytes.Buffer
-	td, _ := identity.TrustDomain("mesh.local")
-	r, err := New(ctx, Config{Store: st, TrustDomain: td, Clock: clock.NewFake(t0), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.AddIdentity(ctx, AddIdentity{Name: "echo", TTL: 24 * time.Hour}, "test"); err != nil {
+	r := newRigWith(t, st, clock.NewFake(t0), slog.New(slog.NewTextHandler(&logs, nil)))
+	if _, err := r.AddIdentity(ctx, registry.AddIdentity{Name: "echo", TTL: 24 * time.Hour}, "test"); err != nil {
 		t.Fatal(err)
 	}
 	var fail atomic.Bool
 	fail.Store(true)
-	r.signCRL = func(c *x509.Certificate, k crypto.Signer, revoked []ca.Revoked, num *big.Int, this, next time.Time) ([]byte, error) {
+	authority.SetSignCRL(r.Authority, func(c *x509.Certificate, k crypto.Signer, revoked []ca.Revoked, num *big.Int, this, next time.Time) ([]byte, error) {
 		if fail.Load() {
 			return nil, errors.New("signer unavailable")
 		}
 		return ca.SignCRL(c, k, revoked, num, this, next)
-	}
+	})
 	res, err := r.RevokeIdentity(ctx, "echo", "test", "test")
 	if err != nil {
 		t.Fatalf("the revocation committed but returned %v", err)
@@ -276,11 +279,17 @@ func TestCRLSigningFailureRetried(t *testing.T) {
 	if id, _ := r.Identity(ctx, "echo"); id.Identity.State != store.StateRevoked {
 		t.Fatalf("identity state %q after revoke", id.Identity.State)
 	}
+	if err := r.PublishCRL(ctx); err == nil || !strings.Contains(err.Error(), "signer unavailable") {
+		t.Fatalf("PublishCRL with a failing signer: %v", err)
+	}
 	if r.CRL() != nil {
 		t.Fatal("a CRL was published although signing failed")
 	}
-	if !strings.Contains(logs.String(), "CRL was not published") || !strings.Contains(logs.String(), "signer unavailable") {
+	if !strings.Contains(logs.String(), "not published") || !strings.Contains(logs.String(), "signer unavailable") {
 		t.Fatalf("failure not logged: %s", logs.String())
+	}
+	if !authority.CRLStale(r.Authority) {
+		t.Fatal("not marked stale after the CRL failed")
 	}
 	// Not due by age: only the failed publication makes the refresh build.
 	fail.Store(false)
@@ -296,7 +305,7 @@ func TestCRLSigningFailureRetried(t *testing.T) {
 	if got := crlSerials(parseCRL(t, p)); !slices.Equal(got, want) {
 		t.Fatalf("CRL lists %v, want %v", got, want)
 	}
-	if r.crlStale.Load() {
+	if authority.CRLStale(r.Authority) {
 		t.Fatal("still marked stale after the CRL was published")
 	}
 }

@@ -1,4 +1,4 @@
-package registry
+package authority_test
 
 import (
 	"context"
@@ -9,15 +9,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
 )
 
 // runRotation runs RunCA on clk and moves the clock one tick at a time,
 // only when RunCA is parked on it, until no rotation is in progress. It
 // returns the fake time that took and the real time.
-func runRotation(t *testing.T, r *Registry, clk *clock.Fake, a Acks, maxTicks int) (fake, real time.Duration) {
+func runRotation(t *testing.T, r *rig, clk *clock.Fake, a authority.Acks, maxTicks int) (fake, real time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	done := make(chan error, 1)
@@ -39,18 +40,18 @@ func runRotation(t *testing.T, r *Registry, clk *clock.Fake, a Acks, maxTicks in
 			return clk.Now().Sub(start), time.Since(realStart)
 		}
 		if i == maxTicks {
-			t.Fatalf("rotation not done after %d ticks of %s: %+v", maxTicks, rotationTick, r.RotationStatus())
+			t.Fatalf("rotation not done after %d ticks of %s: %+v", maxTicks, authority.RotationTick, r.RotationStatus())
 		}
-		clk.Add(rotationTick)
+		clk.Add(authority.RotationTick)
 	}
 }
 
-func addIdentities(t *testing.T, r *Registry, n int, ttl time.Duration) []string {
+func addIdentities(t *testing.T, r *rig, n int, ttl time.Duration) []string {
 	t.Helper()
 	var names []string
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("svc-%03d", i)
-		if _, err := r.AddIdentity(context.Background(), AddIdentity{Name: name, TTL: ttl}, "test"); err != nil {
+		if _, err := r.AddIdentity(context.Background(), registry.AddIdentity{Name: name, TTL: ttl}, "test"); err != nil {
 			t.Fatal(err)
 		}
 		names = append(names, name)
@@ -65,10 +66,10 @@ func TestIntermediateRotationEndsWhenLeavesAreReissued(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
 	clk := clock.NewFake(t0)
-	r := newRegistry(t, st, clk)
+	r := newRig(t, st, clk)
 	const n = 200
 	names := addIdentities(t, r, n-1, time.Hour)
-	if _, err := r.AddIdentity(ctx, AddIdentity{Name: "long", TTL: 720 * time.Hour}, "test"); err != nil {
+	if _, err := r.AddIdentity(ctx, registry.AddIdentity{Name: "long", TTL: 720 * time.Hour}, "test"); err != nil {
 		t.Fatal(err)
 	}
 	names = append(names, "long")
@@ -78,15 +79,15 @@ func TestIntermediateRotationEndsWhenLeavesAreReissued(t *testing.T) {
 	issuer := serialHex(r.CA().Issuer())
 	// One connected node acknowledges once it was pushed its certificates.
 	feed := watchFeed(t, st)
-	node := Acks(func(context.Context) (int, int) {
+	node := authority.Acks(func(context.Context) (int, int) {
 		if _, ids, _ := feed.drain(); len(ids) > 0 {
 			return 1, 1
 		}
 		return 0, 1
 	})
 	fake, real := runRotation(t, r, clk, node, 10)
-	if fake > 2*rotationTick {
-		t.Fatalf("rotation took %s of fake time, want at most %s", fake, 2*rotationTick)
+	if fake > 2*authority.RotationTick {
+		t.Fatalf("rotation took %s of fake time, want at most %s", fake, 2*authority.RotationTick)
 	}
 	for _, name := range names {
 		s, _ := r.Identity(ctx, name)
@@ -104,13 +105,13 @@ func TestIntermediateRotationEndsWhenLeavesAreReissued(t *testing.T) {
 	}
 	byAction := map[string]int{}
 	for _, e := range events(t, r) {
-		if e.Action == ActionCARotateReissue && !strings.Contains(e.Detail, "ca_rotation=intermediate") {
+		if e.Action == authority.ActionCARotateReissue && !strings.Contains(e.Detail, "ca_rotation=intermediate") {
 			t.Fatalf("rotation re-issue without its rotation: %+v", e)
 		}
 		byAction[e.Action]++
 	}
-	if byAction[ActionCARotateReissue] != n || byAction[ActionCertReissue] != 1 {
-		t.Fatalf("audit: %d %s, %d %s; want %d and 1", byAction[ActionCARotateReissue], ActionCARotateReissue, byAction[ActionCertReissue], ActionCertReissue, n)
+	if byAction[authority.ActionCARotateReissue] != n || byAction[registry.ActionCertReissue] != 1 {
+		t.Fatalf("audit: %d %s, %d %s; want %d and 1", byAction[authority.ActionCARotateReissue], authority.ActionCARotateReissue, byAction[registry.ActionCertReissue], registry.ActionCertReissue, n)
 	}
 	t.Logf("intermediate rotation of %d identities (one of 720h): done after %s of fake time, %s real", n, fake, real.Round(time.Millisecond))
 	if err := st.Check(ctx); err != nil {
@@ -124,7 +125,7 @@ func TestRootRotationWithoutNodesEndsPromptly(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
 	clk := clock.NewFake(t0)
-	r := newRegistry(t, st, clk)
+	r := newRig(t, st, clk)
 	const n = 100
 	names := addIdentities(t, r, n, 5*time.Minute)
 	oldRoot := r.CA().Roots()[0]
@@ -132,8 +133,8 @@ func TestRootRotationWithoutNodesEndsPromptly(t *testing.T) {
 		t.Fatal(err)
 	}
 	fake, real := runRotation(t, r, clk, acks(0, 0), 10)
-	if fake > 2*rotationTick {
-		t.Fatalf("root rotation took %s of fake time, want at most %s", fake, 2*rotationTick)
+	if fake > 2*authority.RotationTick {
+		t.Fatalf("root rotation took %s of fake time, want at most %s", fake, 2*authority.RotationTick)
 	}
 	roots := r.CA().Roots()
 	if len(roots) != 1 || roots[0].Equal(oldRoot) {
@@ -154,7 +155,7 @@ func TestAbortRootRotationBeforeSwitch(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
 	clk := clock.NewFake(t0)
-	r := newRegistry(t, st, clk)
+	r := newRig(t, st, clk)
 	addIdentities(t, r, 3, time.Hour)
 	joinNode(t, r, "n1", "svc-000")
 	bundle, issuer := string(r.CA().BundlePEM()), r.CA().Issuer()
@@ -186,7 +187,7 @@ func TestAbortRootRotationBeforeSwitch(t *testing.T) {
 	if d := r.LastRotation(); d == nil || !d.Aborted {
 		t.Fatalf("last rotation = %+v", d)
 	}
-	if err := r.AbortRotation(ctx, "test"); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "no CA rotation is in progress") {
+	if err := r.AbortRotation(ctx, "test"); !errors.Is(err, authority.ErrNoRotation) || !strings.Contains(err.Error(), "no CA rotation is in progress") {
 		t.Fatalf("second abort: %v", err)
 	}
 	// Past the switch there is no going back.
@@ -194,7 +195,7 @@ func TestAbortRootRotationBeforeSwitch(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := r.AbortRotation(ctx, "test")
-	if !errors.Is(err, ErrRotating) || !strings.Contains(err.Error(), "--emergency") || !strings.Contains(err.Error(), "--wait") {
+	if !errors.Is(err, authority.ErrRotating) || !strings.Contains(err.Error(), "--emergency") || !strings.Contains(err.Error(), "--wait") {
 		t.Fatalf("abort after the switch: %v", err)
 	}
 	if err := st.Check(ctx); err != nil {
@@ -208,7 +209,7 @@ func TestRotationRefusalSaysWhatToDo(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
 	clk := clock.NewFake(t0)
-	r := newRegistry(t, st, clk)
+	r := newRig(t, st, clk)
 	addIdentities(t, r, 2, time.Hour)
 	joinNode(t, r, "n1", "svc-000")
 	if err := r.StartRotation(ctx, true, "test"); err != nil {
@@ -216,7 +217,7 @@ func TestRotationRefusalSaysWhatToDo(t *testing.T) {
 	}
 	r.AdvanceRotation(ctx, acks(1, 1))
 	publishing := r.StartRotation(ctx, false, "test")
-	clk.Add(publishGrace)
+	clk.Add(authority.PublishGrace)
 	r.AdvanceRotation(ctx, acks(0, 1)) // switch; then n1's node certificate is waited for
 	rot := r.RotationStatus()
 	if rot == nil || rot.Phase != store.PhaseReissuing || rot.RetireAfter.IsZero() {
@@ -232,7 +233,7 @@ func TestRotationRefusalSaysWhatToDo(t *testing.T) {
 		{"reissuing", reissuing, []string{"phase reissuing", "renew their node certificate", "ends by " + rot.RetireAfter.Format(time.RFC3339), "--wait", "cannot be aborted", "--emergency"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if !errors.Is(tc.err, ErrRotating) {
+			if !errors.Is(tc.err, authority.ErrRotating) {
 				t.Fatalf("err = %v", tc.err)
 			}
 			t.Logf("refusal: %v", tc.err)
@@ -246,7 +247,7 @@ func TestRotationRefusalSaysWhatToDo(t *testing.T) {
 	// Each refusal is audited with the phase that caused it.
 	denied := 0
 	for _, e := range events(t, r) {
-		if e.Action == ActionCARotate && e.Outcome == store.OutcomeDenied && strings.Contains(e.Detail, "in phase ") {
+		if e.Action == authority.ActionCARotate && e.Outcome == store.OutcomeDenied && strings.Contains(e.Detail, "in phase ") {
 			denied++
 		}
 	}
@@ -263,15 +264,15 @@ func TestEmergencyRotationSupersedes(t *testing.T) {
 		name string
 		root bool
 		// start puts a rotation in progress.
-		start func(t *testing.T, r *Registry, clk *clock.Fake)
+		start func(t *testing.T, r *rig, clk *clock.Fake)
 	}{
-		{"root during root publishing", true, func(t *testing.T, r *Registry, clk *clock.Fake) {
+		{"root during root publishing", true, func(t *testing.T, r *rig, clk *clock.Fake) {
 			if err := r.StartRotation(context.Background(), true, "test"); err != nil {
 				t.Fatal(err)
 			}
 			r.AdvanceRotation(context.Background(), acks(1, 1))
 		}},
-		{"intermediate during intermediate reissuing", false, func(t *testing.T, r *Registry, clk *clock.Fake) {
+		{"intermediate during intermediate reissuing", false, func(t *testing.T, r *rig, clk *clock.Fake) {
 			if err := r.StartRotation(context.Background(), false, "test"); err != nil {
 				t.Fatal(err)
 			}
@@ -285,7 +286,7 @@ func TestEmergencyRotationSupersedes(t *testing.T) {
 			ctx := context.Background()
 			st := openStore(t, dataDir(t))
 			clk := clock.NewFake(t0)
-			r := newRegistry(t, st, clk)
+			r := newRig(t, st, clk)
 			const n = 50
 			names := addIdentities(t, r, n, 24*time.Hour)
 			joinNode(t, r, "n1", names[:2]...)
@@ -344,7 +345,7 @@ func TestEmergencyRotationSupersedes(t *testing.T) {
 			var revocations []store.Revocation
 			st.View(ctx, func(tx *store.Tx) (err error) { revocations, err = tx.Revocations(); return err })
 			for _, rv := range revocations {
-				if rv.Reason != ReasonCACompromise {
+				if rv.Reason != authority.ReasonCACompromise {
 					t.Fatalf("revocation reason %q", rv.Reason)
 				}
 			}
@@ -354,7 +355,7 @@ func TestEmergencyRotationSupersedes(t *testing.T) {
 			}
 			emergency := 0
 			for _, e := range events(t, r) {
-				if e.Action == ActionCARotateReissue && strings.Contains(e.Detail, "emergency=true") {
+				if e.Action == authority.ActionCARotateReissue && strings.Contains(e.Detail, "emergency=true") {
 					emergency++
 				}
 			}
@@ -376,17 +377,12 @@ func TestEmergencyRotationResumesAfterAFailedReissue(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
 	clk := clock.NewFake(t0)
-	r := newRegistry(t, st, clk)
+	r := newRig(t, st, clk)
 	names := addIdentities(t, r, 5, time.Hour)
-	issue := r.issue
-	r.issue = func(ctx context.Context, req ca.Request) (*ca.Issued, error) {
-		if strings.HasSuffix(req.ID.String(), "/svc-003") {
-			return nil, errors.New("signer unavailable")
-		}
-		return issue(ctx, req)
-	}
+	failing := "svc-003"
+	r.link.failing.Store(&failing)
 	_, err := r.EmergencyRotation(ctx, true, "test")
-	if !errors.Is(err, ErrRotating) || !strings.Contains(err.Error(), "not done") || !strings.Contains(err.Error(), "--wait") {
+	if !errors.Is(err, authority.ErrRotating) || !strings.Contains(err.Error(), "not done") || !strings.Contains(err.Error(), "--wait") {
 		t.Fatalf("err = %v", err)
 	}
 	rot := r.RotationStatus()
@@ -402,14 +398,14 @@ func TestEmergencyRotationResumesAfterAFailedReissue(t *testing.T) {
 	}
 	failed := 0
 	for _, e := range events(t, r) {
-		if e.Action == ActionCARotateReissue && e.Outcome == store.OutcomeFailed && e.Identity == "svc-003" {
+		if e.Action == authority.ActionCARotateReissue && e.Outcome == store.OutcomeFailed && e.Identity == "svc-003" {
 			failed++
 		}
 	}
 	if failed != 1 {
 		t.Fatalf("%d audited failures of svc-003's re-issue, want 1", failed)
 	}
-	r.issue = issue
+	r.link.failing.Store(nil)
 	if phase, err := r.AdvanceRotation(ctx, acks(0, 0)); err != nil || phase != "" {
 		t.Fatalf("not finished on the next step: %q %v", phase, err)
 	}

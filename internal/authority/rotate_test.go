@@ -1,4 +1,4 @@
-package registry
+package authority_test
 
 import (
 	"context"
@@ -10,13 +10,14 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
 )
 
-func rotationEvents(t *testing.T, r *Registry) int {
+func rotationEvents(t *testing.T, r *rig) int {
 	n := 0
 	for _, e := range events(t, r) {
-		if e.Action == ActionCARotate && e.Outcome == store.OutcomeOK {
+		if e.Action == authority.ActionCARotate && e.Outcome == store.OutcomeOK {
 			n++
 		}
 	}
@@ -24,16 +25,16 @@ func rotationEvents(t *testing.T, r *Registry) int {
 }
 
 // acks answers AdvanceRotation with fixed counts.
-func acks(pending, connected int) Acks {
+func acks(pending, connected int) authority.Acks {
 	return func(context.Context) (int, int) { return pending, connected }
 }
 
 // joinNode registers a node holding ids and joins it: it then has a node
 // certificate from the current issuer.
-func joinNode(t *testing.T, r *Registry, name string, ids ...string) {
+func joinNode(t *testing.T, r *rig, name string, ids ...string) {
 	t.Helper()
 	ctx := context.Background()
-	_, tok, err := r.AddNode(ctx, AddNode{Name: name, Identities: ids}, "test")
+	_, tok, err := r.AddNode(ctx, registry.AddNode{Name: name, Identities: ids}, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,8 +47,8 @@ func TestIntermediateRotationPhases(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
 	clk := clock.NewFake(t0)
-	r := newRegistry(t, st, clk)
-	if _, err := r.AddIdentity(ctx, AddIdentity{Name: "echo", TTL: 720 * time.Hour}, "test"); err != nil {
+	r := newRig(t, st, clk)
+	if _, err := r.AddIdentity(ctx, registry.AddIdentity{Name: "echo", TTL: 720 * time.Hour}, "test"); err != nil {
 		t.Fatal(err)
 	}
 	oldIssuer, oldBundle := r.CA().Issuer(), string(r.CA().BundlePEM())
@@ -55,7 +56,7 @@ func TestIntermediateRotationPhases(t *testing.T) {
 	if err := r.StartRotation(ctx, false, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.StartRotation(ctx, true, "test"); !errors.Is(err, ErrRotating) {
+	if err := r.StartRotation(ctx, true, "test"); !errors.Is(err, authority.ErrRotating) {
 		t.Fatalf("second rotation: %v", err)
 	}
 	rot := r.RotationStatus()
@@ -98,8 +99,8 @@ func TestRootRotationPhases(t *testing.T) {
 	dir := dataDir(t)
 	st := openStore(t, dir)
 	clk := clock.NewFake(t0)
-	r := newRegistry(t, st, clk)
-	if _, err := r.AddIdentity(ctx, AddIdentity{Name: "echo"}, "test"); err != nil {
+	r := newRig(t, st, clk)
+	if _, err := r.AddIdentity(ctx, registry.AddIdentity{Name: "echo"}, "test"); err != nil {
 		t.Fatal(err)
 	}
 	joinNode(t, r, "n1", "echo")
@@ -123,7 +124,7 @@ func TestRootRotationPhases(t *testing.T) {
 	if phase, _ := r.AdvanceRotation(ctx, acks(0, 0)); phase != store.PhasePublishing || r.RotationStatus().WaitingFor == "" {
 		t.Fatal("switched before the publish grace, when a node that holds a certificate may not have reconnected")
 	}
-	clk.Add(publishGrace)
+	clk.Add(authority.PublishGrace)
 	if phase, _ := r.AdvanceRotation(ctx, acks(1, 1)); phase != store.PhasePublishing || r.RotationStatus().WaitingFor == "" {
 		t.Fatal("switched while a node had not acknowledged the bundle")
 	}
@@ -152,7 +153,7 @@ func TestRootRotationPhases(t *testing.T) {
 	}
 	st = openStore(t, dir)
 	defer st.Close()
-	r = newRegistry(t, st, clk)
+	r = newRig(t, st, clk)
 	if rot := r.RotationStatus(); rot == nil || rot.Phase != store.PhaseReissuing {
 		t.Fatalf("after restart: %+v", rot)
 	}
@@ -176,7 +177,7 @@ func TestAutomaticIntermediateRotation(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
 	clk := clock.NewFake(t0)
-	r := newRegistry(t, st, clk)
+	r := newRig(t, st, clk)
 	issuer := r.CA().Issuer()
 	at := authority.Default().AutoRotateAt(issuer.NotBefore, issuer.NotAfter)
 	clk.Set(at.Add(-time.Minute))
@@ -195,7 +196,7 @@ func TestAutomaticIntermediateRotation(t *testing.T) {
 func TestImportedCACannotRotateIntermediate(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
-	r := newRegistry(t, st, clock.NewFake(t0))
+	r := newRig(t, st, clock.NewFake(t0))
 	chain, key := orgCA(t, t0)
 	if err := r.ImportCA(ctx, chain, key, "test"); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package registry
+package authority
 
 import (
 	"context"
@@ -15,25 +15,25 @@ import (
 // yet: the new root leaves the bundle, which is pushed to every node again,
 // and nothing was issued under it. A rotation past its switch cannot be
 // aborted (ErrRotating says why and what to do).
-func (r *Registry) AbortRotation(ctx context.Context, actor string) error {
-	r.rot.mu.Lock()
-	defer r.rot.mu.Unlock()
-	err := r.abortRotation(ctx, actor)
+func (a *Authority) AbortRotation(ctx context.Context, actor string) error {
+	a.rot.mu.Lock()
+	defer a.rot.mu.Unlock()
+	err := a.abortRotation(ctx, actor)
 	if err != nil && ctx.Err() == nil {
-		r.deny(ctx, store.Event{Action: ActionCARotate, Actor: actor, Detail: "abort: " + err.Error()})
+		a.deny(ctx, store.Event{Action: ActionCARotate, Actor: actor, Detail: "abort: " + err.Error()})
 	}
 	return err
 }
 
-func (r *Registry) abortRotation(ctx context.Context, actor string) error {
+func (a *Authority) abortRotation(ctx context.Context, actor string) error {
 	var rot store.CARotation
-	err := r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+	err := a.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		set, err := tx.CASet()
 		if err != nil {
 			return err
 		}
 		if set.Rotation == nil {
-			return fmt.Errorf("%w: no CA rotation is in progress, so there is nothing to abort", ErrNotFound)
+			return fmt.Errorf("%w, so there is nothing to abort", ErrNoRotation)
 		}
 		rot = *set.Rotation
 		if rot.Phase != store.PhasePublishing {
@@ -57,9 +57,9 @@ func (r *Registry) abortRotation(ctx context.Context, actor string) error {
 	if err != nil {
 		return err
 	}
-	r.rot.last.Store(&RotationDone{Kind: rot.Kind, Aborted: true, StartedAt: rot.StartedAt, FinishedAt: r.cfg.Clock.Now().UTC()})
-	r.log.Warn("CA rotation aborted", "kind", rot.Kind, "withdrawn_root", rot.NextRoot, "actor", actor)
-	return r.reload(ctx)
+	a.rot.last.Store(&RotationDone{Kind: rot.Kind, Aborted: true, StartedAt: rot.StartedAt, FinishedAt: a.cfg.Clock.Now().UTC()})
+	a.log.Warn("CA rotation aborted", "kind", rot.Kind, "withdrawn_root", rot.NextRoot, "actor", actor)
+	return a.reload(ctx)
 }
 
 // EmergencyRotation replaces a CA whose keys may be compromised, now,
@@ -73,29 +73,29 @@ func (r *Registry) abortRotation(ctx context.Context, actor string) error {
 // by the issuers they were given: after any emergency rotation nodes join
 // again with a new token. It returns
 // when that is done, or when ctx ends (RunCA then finishes it).
-func (r *Registry) EmergencyRotation(ctx context.Context, root bool, actor string) (RotationDone, error) {
-	if c := r.rot.cancel.Load(); c != nil {
+func (a *Authority) EmergencyRotation(ctx context.Context, root bool, actor string) (RotationDone, error) {
+	if c := a.rot.cancel.Load(); c != nil {
 		(*c)() // stop a re-issue in flight under the CA being replaced
 	}
-	r.rot.mu.Lock()
-	defer r.rot.mu.Unlock()
-	done, err := r.emergencyRotation(ctx, root, actor)
+	a.rot.mu.Lock()
+	defer a.rot.mu.Unlock()
+	done, err := a.emergencyRotation(ctx, root, actor)
 	if err != nil && ctx.Err() == nil {
-		r.deny(ctx, store.Event{Action: ActionCARotate, Actor: actor, Detail: "emergency: " + err.Error()})
+		a.deny(ctx, store.Event{Action: ActionCARotate, Actor: actor, Detail: "emergency: " + err.Error()})
 	}
 	return done, err
 }
 
-func (r *Registry) emergencyRotation(ctx context.Context, root bool, actor string) (RotationDone, error) {
-	next, recs, err := r.nextCA(ctx, root)
+func (a *Authority) emergencyRotation(ctx context.Context, root bool, actor string) (RotationDone, error) {
+	next, recs, err := a.nextCA(ctx, root)
 	if err != nil {
 		return RotationDone{}, err
 	}
 	issuer := recs[0]
-	now := r.cfg.Clock.Now().UTC()
+	now := a.cfg.Clock.Now().UTC()
 	var rot store.CARotation
 	var superseded string
-	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+	err = a.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		set, err := tx.CASet()
 		if err != nil {
 			return err
@@ -144,21 +144,21 @@ func (r *Registry) emergencyRotation(ctx context.Context, root bool, actor strin
 	if err != nil {
 		return RotationDone{}, err
 	}
-	r.resetProgress()
-	r.rot.reissuedAt = time.Time{}
-	r.log.Warn("emergency CA rotation: re-keying every identity and revoking the replaced CA's certificates",
+	a.resetProgress()
+	a.rot.reissuedAt = time.Time{}
+	a.log.Warn("emergency CA rotation: re-keying every identity and revoking the replaced CA's certificates",
 		"kind", rot.Kind, "next_issuer", issuer.Serial, "issuer_not_after", next.Issuer.NotAfter, "superseded", superseded, "actor", actor)
-	if err := r.reload(ctx); err != nil {
+	if err := a.reload(ctx); err != nil {
 		return RotationDone{}, err
 	}
 	// Nothing is waited for: re-key, revoke, retire.
-	if _, err := r.advanceSteps(ctx, func(context.Context) (int, int) { return 0, 0 }); err != nil {
+	if _, err := a.advanceSteps(ctx, func(context.Context) (int, int) { return 0, 0 }); err != nil {
 		return RotationDone{}, err
 	}
-	if st := r.RotationStatus(); st != nil {
+	if st := a.RotationStatus(); st != nil {
 		return RotationDone{}, fmt.Errorf("%w: the emergency rotation switched to the new CA but is not done (waiting for %s); meshca keeps at it every %s: follow it with 'meshca ca rotate --wait'", ErrRotating, st.WaitingFor, rotationTick)
 	}
-	if d := r.rot.last.Load(); d != nil {
+	if d := a.rot.last.Load(); d != nil {
 		return *d, nil
 	}
 	return RotationDone{}, nil
@@ -166,10 +166,10 @@ func (r *Registry) emergencyRotation(ctx context.Context, root bool, actor strin
 
 // finishEmergency revokes every unexpired identity certificate of the
 // compromised issuers, drops the roots that leave, and ends the rotation.
-func (r *Registry) finishEmergency(ctx context.Context) (string, bool, error) {
+func (a *Authority) finishEmergency(ctx context.Context) (string, bool, error) {
 	var revoked int
 	var rot store.CARotation
-	err := r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+	err := a.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		revoked = 0
 		set, err := tx.CASet()
 		if err != nil {
@@ -179,7 +179,7 @@ func (r *Registry) finishEmergency(ctx context.Context) (string, bool, error) {
 			return errors.New("no rotation in progress")
 		}
 		rot = *set.Rotation
-		now := r.cfg.Clock.Now().UTC()
+		now := a.cfg.Clock.Now().UTC()
 		ids, err := tx.Identities()
 		if err != nil {
 			return err
@@ -216,10 +216,10 @@ func (r *Registry) finishEmergency(ctx context.Context) (string, bool, error) {
 	if err != nil {
 		return "", false, err
 	}
-	r.rot.last.Store(&RotationDone{Kind: rot.Kind, Emergency: true, StartedAt: rot.StartedAt, FinishedAt: r.cfg.Clock.Now().UTC(),
-		Reissued: int(r.rot.reissued.Load()), Revoked: revoked})
-	r.log.Warn("emergency CA rotation done", "kind", rot.Kind, "reissued", r.rot.reissued.Load(), "revoked", revoked,
+	a.rot.last.Store(&RotationDone{Kind: rot.Kind, Emergency: true, StartedAt: rot.StartedAt, FinishedAt: a.cfg.Clock.Now().UTC(),
+		Reissued: int(a.rot.reissued.Load()), Revoked: revoked})
+	a.log.Warn("emergency CA rotation done", "kind", rot.Kind, "reissued", a.rot.reissued.Load(), "revoked", revoked,
 		"compromised_issuers", strings.Join(rot.Compromised, ","))
 	// Every node gets the new bundle and the CRL with the revoked serials.
-	return "", true, r.reload(ctx)
+	return "", true, a.reload(ctx)
 }

@@ -1,4 +1,4 @@
-package registry
+package authority
 
 import (
 	"context"
@@ -27,10 +27,6 @@ const (
 // ReasonCACompromise is the revocation reason of the certificates an
 // emergency rotation revokes.
 const ReasonCACompromise = "ca-compromise"
-
-// ErrRotating is returned when a CA rotation is already in progress; the
-// wrapping error says what it waits for and what the operator can do.
-var ErrRotating = errors.New("a CA rotation is already in progress")
 
 const (
 	// publishGrace is the least time a new root is published before
@@ -118,8 +114,8 @@ type rotationWait struct {
 }
 
 // RotationStatus returns the rotation in progress, or nil.
-func (r *Registry) RotationStatus() *Rotation {
-	if st := r.rotation.Load(); st != nil && st.Kind != "" {
+func (a *Authority) RotationStatus() *Rotation {
+	if st := a.rotation.Load(); st != nil && st.Kind != "" {
 		return st
 	}
 	return nil
@@ -127,7 +123,7 @@ func (r *Registry) RotationStatus() *Rotation {
 
 // LastRotation returns what the last rotation that ended in this process
 // did, or nil.
-func (r *Registry) LastRotation() *RotationDone { return r.rot.last.Load() }
+func (a *Authority) LastRotation() *RotationDone { return a.rot.last.Load() }
 
 // StartRotation begins a rotation of the intermediate, or with root of the
 // root and the intermediate. An intermediate rotation switches issuance to
@@ -140,54 +136,54 @@ func (r *Registry) LastRotation() *RotationDone { return r.rot.last.Load() }
 // from the previous CA (root or intermediate rotation: meshca accepts node
 // certificates only from its issuing CAs); the previous CA retires at once
 // after that.
-func (r *Registry) StartRotation(ctx context.Context, root bool, actor string) error {
-	err := r.refuseIfRotating(ctx)
+func (a *Authority) StartRotation(ctx context.Context, root bool, actor string) error {
+	err := a.refuseIfRotating(ctx)
 	if err == nil {
-		r.rot.mu.Lock()
-		err = r.startRotation(ctx, root, actor)
-		r.rot.mu.Unlock()
+		a.rot.mu.Lock()
+		err = a.startRotation(ctx, root, actor)
+		a.rot.mu.Unlock()
 	}
 	if err != nil && ctx.Err() == nil {
-		r.deny(ctx, store.Event{Action: ActionCARotate, Actor: actor, Detail: err.Error()})
+		a.deny(ctx, store.Event{Action: ActionCARotate, Actor: actor, Detail: err.Error()})
 	}
 	return err
 }
 
 // refuseIfRotating refuses at once while a rotation is in progress,
-// without waiting for a re-issue pass that holds r.rot.mu.
-func (r *Registry) refuseIfRotating(ctx context.Context) error {
-	set, err := r.caSet(ctx)
+// without waiting for a re-issue pass that holds a.rot.mu.
+func (a *Authority) refuseIfRotating(ctx context.Context) error {
+	set, err := a.caSet(ctx)
 	if err != nil {
 		return err
 	}
 	if set.Rotation != nil {
-		return r.busy(set.Rotation)
+		return a.busy(set.Rotation)
 	}
 	return nil
 }
 
-// startRotation runs under r.rot.mu.
-func (r *Registry) startRotation(ctx context.Context, root bool, actor string) error {
-	set, err := r.caSet(ctx)
+// startRotation runs under a.rot.mu.
+func (a *Authority) startRotation(ctx context.Context, root bool, actor string) error {
+	set, err := a.caSet(ctx)
 	if err != nil {
 		return err
 	}
 	if set.Rotation != nil {
-		return r.busy(set.Rotation)
+		return a.busy(set.Rotation)
 	}
-	next, recs, err := r.nextCA(ctx, root)
+	next, recs, err := a.nextCA(ctx, root)
 	if err != nil {
 		return err
 	}
-	now := r.cfg.Clock.Now().UTC()
+	now := a.cfg.Clock.Now().UTC()
 	issuer := recs[0]
-	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+	err = a.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		set, err := tx.CASet()
 		if err != nil {
 			return err
 		}
 		if set.Rotation != nil {
-			return r.busy(set.Rotation)
+			return a.busy(set.Rotation)
 		}
 		for _, rec := range recs {
 			if err := tx.PutCA(rec); err != nil {
@@ -213,26 +209,26 @@ func (r *Registry) startRotation(ctx context.Context, root bool, actor string) e
 	if err != nil {
 		return err
 	}
-	r.resetProgress()
-	r.rot.reissuedAt = time.Time{}
-	if err := r.reload(ctx); err != nil {
+	a.resetProgress()
+	a.rot.reissuedAt = time.Time{}
+	if err := a.reload(ctx); err != nil {
 		return err
 	}
-	r.log.Info("CA rotation started", "kind", kindOf(root), "next_issuer", issuer.Serial, "issuer_not_after", next.Issuer.NotAfter, "actor", actor)
+	a.log.Info("CA rotation started", "kind", kindOf(root), "next_issuer", issuer.Serial, "issuer_not_after", next.Issuer.NotAfter, "actor", actor)
 	return nil
 }
 
 // nextCA makes the next CA: a new intermediate under the root that signs
 // now, or with root a new root and intermediate. recs holds the issuer
 // first, then the new root.
-func (r *Registry) nextCA(ctx context.Context, root bool) (*ca.Material, []store.CA, error) {
-	cur, err := r.loadCA(ctx)
+func (a *Authority) nextCA(ctx context.Context, root bool) (*ca.Material, []store.CA, error) {
+	cur, err := a.loadCA(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	next, err := ca.Rotate(cur, ca.GenerateOptions{
-		TrustDomain: r.cfg.TrustDomain, KeyAlgorithm: r.cfg.KeyAlgorithm,
-		RootTTL: r.cfg.Lifetimes.Root, IntermediateTTL: r.cfg.Lifetimes.Intermediate, Backdate: r.cfg.Lifetimes.Backdate, Now: r.cfg.Clock.Now().UTC(),
+		TrustDomain: a.cfg.TrustDomain, KeyAlgorithm: a.cfg.KeyAlgorithm,
+		RootTTL: a.cfg.Lifetimes.Root, IntermediateTTL: a.cfg.Lifetimes.Intermediate, Backdate: a.cfg.Lifetimes.Backdate, Now: a.cfg.Clock.Now().UTC(),
 	}, root)
 	if err != nil {
 		return nil, nil, fmt.Errorf("prepare the next CA: %w", err)
@@ -261,12 +257,12 @@ func kindOf(root bool) string {
 
 // busy is the refusal of a second rotation: it says where the current one
 // stands, when it ends, and what the operator can do.
-func (r *Registry) busy(rot *store.CARotation) error {
+func (a *Authority) busy(rot *store.CARotation) error {
 	what := fmt.Sprintf("%s rotation started %s, in phase %s since %s", rot.Kind, rot.StartedAt.Format(time.RFC3339), rot.Phase, rot.PhaseSince.Format(time.RFC3339))
 	if rot.Emergency {
 		what = "emergency " + what
 	}
-	if st := r.RotationStatus(); st != nil {
+	if st := a.RotationStatus(); st != nil {
 		if st.WaitingFor != "" {
 			what += "; waiting for " + st.WaitingFor
 		}
@@ -290,55 +286,52 @@ func (r *Registry) busy(rot *store.CARotation) error {
 }
 
 // caSet reads the CA set.
-func (r *Registry) caSet(ctx context.Context) (store.CASet, error) {
+func (a *Authority) caSet(ctx context.Context) (store.CASet, error) {
 	var set store.CASet
-	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) { set, err = tx.CASet(); return err })
+	err := a.cfg.Store.View(ctx, func(tx *store.Tx) (err error) { set, err = tx.CASet(); return err })
 	return set, err
 }
 
-// reload rebuilds the CA in use, the previous one during a rotation, the
-// rotation status and the CRL from the store, and pushes the result to
-// every node.
-func (r *Registry) reload(ctx context.Context) error {
-	m, err := r.loadCA(ctx)
+// reload rebuilds the CA in use, the previous one during a rotation and
+// the rotation status from the store. The CRL for the issuers now in use
+// is signed and stored first: no leaf is issued under a new issuer before
+// nodes can have its CRL.
+func (a *Authority) reload(ctx context.Context) error {
+	a.loadMu.Lock()
+	defer a.loadMu.Unlock()
+	m, set, err := a.loadSet(ctx)
 	if err != nil {
 		return err
 	}
-	if err := r.use(m); err != nil {
+	if err := a.PublishCRL(ctx); err != nil {
 		return err
 	}
-	set, err := r.caSet(ctx)
+	c, err := a.newCA(m)
 	if err != nil {
 		return err
 	}
-	r.prev.Store(nil)
+	var prev *ca.CA
 	// During either rotation meshca's server certificate stays with the
 	// previous issuer: nodes pin the issuer they learnt at their last join
 	// or renewal (see serverCA). Not after an emergency: that issuer may be
 	// compromised.
 	if rot := set.Rotation; rot != nil && rot.Phase == store.PhaseReissuing && rot.PreviousIssuer != set.IssuerSerial && !rot.Emergency {
-		prev, err := r.caFor(ctx, rot.PreviousIssuer, m)
-		if err != nil {
+		if prev, err = a.caFor(ctx, rot.PreviousIssuer, m); err != nil {
 			return err
 		}
-		r.prev.Store(prev)
 	}
-	r.rot.wait.Store(nil)
-	r.setRotationStatus(set.Rotation)
-	// The issuers in use may have changed: rebuild the CRL now, replacing
-	// the old one only once the new one is built (no push goes out without
-	// a CRL in between).
-	if err := r.rebuildCRL(ctx); err != nil {
-		return err
-	}
-	r.announceTrust()
+	a.ca.Store(c)
+	a.prev.Store(prev)
+	a.loaded.Store(&set)
+	a.rot.wait.Store(nil)
+	a.setRotationStatus(set.Rotation)
 	return nil
 }
 
 // caFor builds a CA for a stored issuer, trusted by m's roots.
-func (r *Registry) caFor(ctx context.Context, serial string, m *ca.Material) (*ca.CA, error) {
+func (a *Authority) caFor(ctx context.Context, serial string, m *ca.Material) (*ca.CA, error) {
 	var rec store.CA
-	if err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) { rec, err = tx.CA(serial); return err }); err != nil {
+	if err := a.cfg.Store.View(ctx, func(tx *store.Tx) (err error) { rec, err = tx.CA(serial); return err }); err != nil {
 		return nil, err
 	}
 	cert, key, err := parseCA(rec)
@@ -346,41 +339,41 @@ func (r *Registry) caFor(ctx context.Context, serial string, m *ca.Material) (*c
 		return nil, err
 	}
 	return ca.New(ca.Config{
-		TrustDomain: r.cfg.TrustDomain, KeyAlgorithm: r.cfg.KeyAlgorithm, Backdate: r.cfg.Lifetimes.Backdate, Clock: r.cfg.Clock, Logger: r.log,
-		LintBeforeSigning: r.cfg.LintBeforeSigning,
+		TrustDomain: a.cfg.TrustDomain, KeyAlgorithm: a.cfg.KeyAlgorithm, Backdate: a.cfg.Lifetimes.Backdate, Clock: a.cfg.Clock, Logger: a.log,
+		LintBeforeSigning: a.cfg.LintBeforeSigning,
 		Material:          &ca.Material{Issuer: cert, IssuerKey: key, Roots: m.Roots, RootKey: m.RootKey},
 	})
 }
 
-func (r *Registry) resetProgress() {
-	r.rot.leaves.Store(0)
-	r.rot.reissued.Store(0)
-	r.rot.failed.Store(0)
-	r.rot.passes.Store(0)
-	r.rot.lastErr.Store(nil)
-	r.rot.wait.Store(nil)
+func (a *Authority) resetProgress() {
+	a.rot.leaves.Store(0)
+	a.rot.reissued.Store(0)
+	a.rot.failed.Store(0)
+	a.rot.passes.Store(0)
+	a.rot.lastErr.Store(nil)
+	a.rot.wait.Store(nil)
 }
 
 // setRotationStatus publishes the rotation's status from its record, the
 // re-issue counters and what it waits for.
-func (r *Registry) setRotationStatus(rot *store.CARotation) {
+func (a *Authority) setRotationStatus(rot *store.CARotation) {
 	if rot == nil {
-		r.rotation.Store(&Rotation{})
+		a.rotation.Store(&Rotation{})
 		return
 	}
 	st := &Rotation{Kind: rot.Kind, Phase: rot.Phase, Emergency: rot.Emergency, StartedAt: rot.StartedAt, PhaseSince: rot.PhaseSince,
-		Leaves: int(r.rot.leaves.Load()), Reissued: int(r.rot.reissued.Load()), ReissueFailed: int(r.rot.failed.Load())}
-	if w := r.rot.wait.Load(); w != nil {
+		Leaves: int(a.rot.leaves.Load()), Reissued: int(a.rot.reissued.Load()), ReissueFailed: int(a.rot.failed.Load())}
+	if w := a.rot.wait.Load(); w != nil {
 		st.WaitingFor, st.RetireAfter, st.OwnWorkDone = w.what, w.until, w.ownWorkDone
 		st.NodesConnected, st.NodesAcked, st.OldNodeCerts = w.connected, w.acked, w.oldNodeCerts
 	}
-	r.rotation.Store(st)
+	a.rotation.Store(st)
 }
 
 // waitFor records what the rotation waits for and publishes it.
-func (r *Registry) waitFor(rot *store.CARotation, w rotationWait) {
-	r.rot.wait.Store(&w)
-	r.setRotationStatus(rot)
+func (a *Authority) waitFor(rot *store.CARotation, w rotationWait) {
+	a.rot.wait.Store(&w)
+	a.setRotationStatus(rot)
 }
 
 // serverCA issues meshca's own server certificate. During a rotation that
@@ -388,31 +381,31 @@ func (r *Registry) waitFor(rot *store.CARotation, w rotationWait) {
 // issuing CAs they were given (and, with a root rotation, their bundle
 // file), which only learn the new CA when their node certificate is
 // renewed.
-func (r *Registry) serverCA() *ca.CA {
-	if p := r.prev.Load(); p != nil {
+func (a *Authority) serverCA() *ca.CA {
+	if p := a.prev.Load(); p != nil {
 		return p
 	}
-	return r.CA()
+	return a.CA()
 }
 
 // AdvanceRotation moves a rotation on as far as what it waits for allows,
 // and starts an intermediate rotation when the issuer is past Lifetimes.AutoRotate
 // of its lifetime. It returns the phase after the steps ("" when none).
-func (r *Registry) AdvanceRotation(ctx context.Context, acks Acks) (string, error) {
+func (a *Authority) AdvanceRotation(ctx context.Context, acks Acks) (string, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	r.rot.mu.Lock()
-	defer r.rot.mu.Unlock()
-	r.rot.cancel.Store(&cancel)
-	defer r.rot.cancel.Store(nil)
-	return r.advanceSteps(ctx, acks)
+	a.rot.mu.Lock()
+	defer a.rot.mu.Unlock()
+	a.rot.cancel.Store(&cancel)
+	defer a.rot.cancel.Store(nil)
+	return a.advanceSteps(ctx, acks)
 }
 
-// advanceSteps runs under r.rot.mu: a step may make the next possible at
+// advanceSteps runs under a.rot.mu: a step may make the next possible at
 // once (a switch is followed by the re-issue).
-func (r *Registry) advanceSteps(ctx context.Context, acks Acks) (string, error) {
+func (a *Authority) advanceSteps(ctx context.Context, acks Acks) (string, error) {
 	for i := 0; ; i++ {
-		phase, moved, err := r.advance(ctx, acks)
+		phase, moved, err := a.advance(ctx, acks)
 		if err != nil || !moved || phase == "" || i == maxRotationSteps {
 			return phase, err
 		}
@@ -420,40 +413,40 @@ func (r *Registry) advanceSteps(ctx context.Context, acks Acks) (string, error) 
 }
 
 // advance takes one step; moved tells whether the phase changed.
-func (r *Registry) advance(ctx context.Context, acks Acks) (phase string, moved bool, err error) {
-	set, err := r.caSet(ctx)
+func (a *Authority) advance(ctx context.Context, acks Acks) (phase string, moved bool, err error) {
+	set, err := a.caSet(ctx)
 	if err != nil {
 		return "", false, err
 	}
-	now := r.cfg.Clock.Now().UTC()
+	now := a.cfg.Clock.Now().UTC()
 	rot := set.Rotation
 	if rot == nil {
-		return r.autoRotate(ctx, now)
+		return a.autoRotate(ctx, now)
 	}
 	switch rot.Phase {
 	case store.PhasePublishing:
-		return r.advancePublishing(ctx, rot, acks, now)
+		return a.advancePublishing(ctx, rot, acks, now)
 	case store.PhaseReissuing:
-		return r.advanceReissuing(ctx, set, acks, now)
+		return a.advanceReissuing(ctx, set, acks, now)
 	}
 	return rot.Phase, false, fmt.Errorf("unknown rotation phase %q", rot.Phase)
 }
 
-func (r *Registry) autoRotate(ctx context.Context, now time.Time) (string, bool, error) {
-	issuer := r.CA().Issuer()
-	if now.Before(r.cfg.Lifetimes.AutoRotateAt(issuer.NotBefore, issuer.NotAfter)) {
+func (a *Authority) autoRotate(ctx context.Context, now time.Time) (string, bool, error) {
+	issuer := a.CA().Issuer()
+	if now.Before(a.cfg.Lifetimes.AutoRotateAt(issuer.NotBefore, issuer.NotAfter)) {
 		return "", false, nil
 	}
 	// One attempt an hour: an imported CA cannot be rotated here, and
 	// each failure is audited.
-	if last := r.autoRotateTried.Load(); last != nil && now.Sub(*last) < time.Hour {
+	if last := a.autoRotateTried.Load(); last != nil && now.Sub(*last) < time.Hour {
 		return "", false, nil
 	}
-	r.autoRotateTried.Store(&now)
-	r.log.Warn(fmt.Sprintf("issuing CA is past %.0f%% of its lifetime: rotating it", 100*r.cfg.Lifetimes.AutoRotate), "issuer_not_after", issuer.NotAfter)
-	if err := r.startRotation(ctx, false, "meshca"); err != nil {
+	a.autoRotateTried.Store(&now)
+	a.log.Warn(fmt.Sprintf("issuing CA is past %.0f%% of its lifetime: rotating it", 100*a.cfg.Lifetimes.AutoRotate), "issuer_not_after", issuer.NotAfter)
+	if err := a.startRotation(ctx, false, "meshca"); err != nil {
 		if ctx.Err() == nil {
-			r.deny(ctx, store.Event{Action: ActionCARotate, Actor: "meshca", Detail: err.Error()})
+			a.deny(ctx, store.Event{Action: ActionCARotate, Actor: "meshca", Detail: err.Error()})
 		}
 		return "", false, fmt.Errorf("automatic intermediate rotation (import the next CA if this one was imported): %w", err)
 	}
@@ -463,8 +456,8 @@ func (r *Registry) autoRotate(ctx context.Context, now time.Time) (string, bool,
 // advancePublishing switches issuance to the new root once connected
 // nodes acknowledged the bundle that holds it, at most ackWait after the
 // grace for nodes that hold a node certificate to reconnect.
-func (r *Registry) advancePublishing(ctx context.Context, rot *store.CARotation, acks Acks, now time.Time) (string, bool, error) {
-	holders, _, err := r.nodeCerts(ctx, "", now)
+func (a *Authority) advancePublishing(ctx context.Context, rot *store.CARotation, acks Acks, now time.Time) (string, bool, error) {
+	holders, _, err := a.nodeCerts(ctx, "", now)
 	if err != nil {
 		return "", false, err
 	}
@@ -472,7 +465,7 @@ func (r *Registry) advancePublishing(ctx context.Context, rot *store.CARotation,
 	w := rotationWait{connected: connected, acked: connected - pending}
 	if holders > 0 {
 		grace := rot.PhaseSince.Add(publishGrace)
-		if s := r.started.Add(publishGrace); s.After(grace) {
+		if s := a.started.Add(publishGrace); s.After(grace) {
 			grace = s
 		}
 		w.until = grace.Add(ackWait)
@@ -480,21 +473,21 @@ func (r *Registry) advancePublishing(ctx context.Context, rot *store.CARotation,
 		// reconnected: when every such node is connected, none is needed.
 		if now.Before(grace) && connected < holders {
 			w.what = fmt.Sprintf("nodes to reconnect and acknowledge the trust bundle with the new root (%d of %d connected node(s) did; until %s at least)", w.acked, connected, grace.Format(time.RFC3339))
-			r.waitFor(rot, w)
+			a.waitFor(rot, w)
 			return rot.Phase, false, nil
 		}
 		if pending > 0 && now.Before(w.until) {
 			w.what = fmt.Sprintf("%d of %d connected node(s) to acknowledge the trust bundle with the new root (until %s at most)", pending, connected, w.until.Format(time.RFC3339))
-			r.waitFor(rot, w)
+			a.waitFor(rot, w)
 			return rot.Phase, false, nil
 		}
 	}
 	note := "switched issuance to the new CA"
 	if pending > 0 {
 		note += fmt.Sprintf(" with %d connected node(s) that had not acknowledged the new bundle in %s", pending, ackWait)
-		r.log.Warn("CA rotation: switching although connected nodes have not acknowledged the new bundle", "pending", pending, "waited", ackWait)
+		a.log.Warn("CA rotation: switching although connected nodes have not acknowledged the new bundle", "pending", pending, "waited", ackWait)
 	}
-	phase, err := r.rotationStep(ctx, func(set *store.CASet) (string, bool) {
+	phase, err := a.rotationStep(ctx, func(set *store.CASet) (string, bool) {
 		set.IssuerSerial, set.ChainSerials = rot.NextIssuer, nil
 		// The new root signs from now on: put it first.
 		roots := slices.DeleteFunc(slices.Clone(set.RootSerials), func(s string) bool { return s == rot.PreviousRoot })
@@ -508,46 +501,46 @@ func (r *Registry) advancePublishing(ctx context.Context, rot *store.CARotation,
 // advanceReissuing re-issues every leaf still from another issuer, then
 // waits for acknowledgements and for node certificates from the previous
 // CA to be renewed or expire, and retires the previous CA.
-func (r *Registry) advanceReissuing(ctx context.Context, set store.CASet, acks Acks, now time.Time) (string, bool, error) {
+func (a *Authority) advanceReissuing(ctx context.Context, set store.CASet, acks Acks, now time.Time) (string, bool, error) {
 	rot := set.Rotation
-	stale, err := r.staleLeaves(ctx, set.IssuerSerial)
+	stale, err := a.staleLeaves(ctx, set.IssuerSerial)
 	if err != nil {
 		return "", false, err
 	}
 	if len(stale) > 0 {
-		r.reissueForRotation(ctx, rot, stale)
-		now = r.cfg.Clock.Now().UTC()
-		r.rot.reissuedAt = now
-		if stale, err = r.staleLeaves(ctx, set.IssuerSerial); err != nil {
+		a.reissueForRotation(ctx, rot, stale)
+		now = a.cfg.Clock.Now().UTC()
+		a.rot.reissuedAt = now
+		if stale, err = a.staleLeaves(ctx, set.IssuerSerial); err != nil {
 			return "", false, err
 		}
 		if len(stale) > 0 {
 			what := fmt.Sprintf("%d leaf certificate(s) to re-issue under the new CA (retried every %s)", len(stale), rotationTick)
-			if e := r.rot.lastErr.Load(); e != nil {
+			if e := a.rot.lastErr.Load(); e != nil {
 				what += "; last failure: " + *e
 			}
-			r.waitFor(rot, rotationWait{what: what})
+			a.waitFor(rot, rotationWait{what: what})
 			return rot.Phase, false, ctx.Err()
 		}
 	}
-	if r.rot.reissuedAt.IsZero() {
-		r.rot.reissuedAt = now // nothing to re-issue, or re-issued before a restart
+	if a.rot.reissuedAt.IsZero() {
+		a.rot.reissuedAt = now // nothing to re-issue, or re-issued before a restart
 	}
 	if rot.Emergency {
-		return r.finishEmergency(ctx)
+		return a.finishEmergency(ctx)
 	}
 	pending, connected := acks(ctx)
-	w := rotationWait{connected: connected, acked: connected - pending, until: r.rot.reissuedAt.Add(ackWait)}
+	w := rotationWait{connected: connected, acked: connected - pending, until: a.rot.reissuedAt.Add(ackWait)}
 	if pending > 0 && now.Before(w.until) {
 		w.what = fmt.Sprintf("%d of %d connected node(s) to acknowledge their certificates from the new CA (until %s at most)", pending, connected, w.until.Format(time.RFC3339))
-		r.waitFor(rot, w)
+		a.waitFor(rot, w)
 		return rot.Phase, false, nil
 	}
 	// Nodes and admins are accepted only with certificates from the issuer
 	// in use or, during a rotation, the previous one (peers.go): the
 	// previous CA retires once no active node still depends on it.
 	{
-		n, last, err := r.nodeCerts(ctx, set.IssuerSerial, now)
+		n, last, err := a.nodeCerts(ctx, set.IssuerSerial, now)
 		if err != nil {
 			return "", false, err
 		}
@@ -557,16 +550,16 @@ func (r *Registry) advanceReissuing(ctx context.Context, set store.CASet, acks A
 				w.until = last
 			}
 			w.what = fmt.Sprintf("%d node(s) to renew their node certificate under the new CA (nodes renew it themselves, or at once with 'meshca bootstrap renew' on the node; the previous CA retires when they have, or when the last of those certificates expires)", n)
-			r.waitFor(rot, w)
+			a.waitFor(rot, w)
 			return rot.Phase, false, nil
 		}
 	}
 	note := "retired the previous CA; rotation done"
 	if pending > 0 {
 		note += fmt.Sprintf(" (%d connected node(s) had not acknowledged their new certificates in %s)", pending, ackWait)
-		r.log.Warn("CA rotation: retiring the previous CA although connected nodes have not acknowledged their certificates", "pending", pending)
+		a.log.Warn("CA rotation: retiring the previous CA although connected nodes have not acknowledged their certificates", "pending", pending)
 	}
-	phase, err := r.rotationStep(ctx, func(set *store.CASet) (string, bool) {
+	phase, err := a.rotationStep(ctx, func(set *store.CASet) (string, bool) {
 		if rot.PreviousRoot != "" {
 			set.RootSerials = slices.DeleteFunc(set.RootSerials, func(s string) bool { return s == rot.PreviousRoot })
 		}
@@ -578,55 +571,58 @@ func (r *Registry) advanceReissuing(ctx context.Context, set store.CASet, acks A
 
 // reissueForRotation re-keys names under the new CA at full speed, each
 // audited as ActionCARotateReissue.
-func (r *Registry) reissueForRotation(ctx context.Context, rot *store.CARotation, names []string) {
+func (a *Authority) reissueForRotation(ctx context.Context, rot *store.CARotation, names []string) {
 	// A later pass retries the failures of the first: the total stays.
-	base := r.rot.leaves.Load() - int64(len(names))
+	base := a.rot.leaves.Load() - int64(len(names))
 	if base < 0 {
 		base = 0
-		r.rot.leaves.Store(int64(len(names)))
+		a.rot.leaves.Store(int64(len(names)))
 	}
-	r.rot.reissued.Store(base)
-	r.rot.failed.Store(0)
-	r.waitFor(rot, rotationWait{what: fmt.Sprintf("%d leaf certificate(s) to re-issue under the new CA", len(names))})
+	a.rot.reissued.Store(base)
+	a.rot.failed.Store(0)
+	a.waitFor(rot, rotationWait{what: fmt.Sprintf("%d leaf certificate(s) to re-issue under the new CA", len(names))})
 	note := "ca_rotation=" + rot.Kind
 	if rot.Emergency {
 		note += " emergency=true"
 	}
-	start := r.cfg.Clock.Now()
-	first := r.rot.passes.Add(1) == 1
-	sum := r.reissueEach(ctx, names, func(ctx context.Context, name string) error {
-		_, _, err := r.reissue(ctx, name, "meshca", ActionCARotateReissue, note)
+	start := a.cfg.Clock.Now()
+	first := a.rot.passes.Add(1) == 1
+	sum := reissueEach(ctx, names, func(ctx context.Context, name string) error {
+		err := errNoReissuer
+		if a.cfg.Reissuer != nil {
+			err = a.cfg.Reissuer.Reissue(ctx, name, "meshca", ActionCARotateReissue, note)
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				msg := fmt.Sprintf("%s: %v", name, err)
-				r.rot.lastErr.Store(&msg)
-				r.log.Error("CA rotation: re-issue failed; will retry", "identity", name, "err", err)
+				a.rot.lastErr.Store(&msg)
+				a.log.Error("CA rotation: re-issue failed; will retry", "identity", name, "err", err)
 				if first && !errors.Is(err, ca.ErrLint) { // a lint failure is audited where it happens
-					r.deny(ctx, store.Event{Action: ActionCARotateReissue, Actor: "meshca", Identity: name, Outcome: store.OutcomeFailed, Detail: note + ": " + err.Error()})
+					a.deny(ctx, store.Event{Action: ActionCARotateReissue, Actor: "meshca", Identity: name, Outcome: store.OutcomeFailed, Detail: note + ": " + err.Error()})
 				}
 			}
 			return err
 		}
 		return nil
-	}, func(p ReissueProgress) {
-		r.rot.reissued.Store(base + int64(p.Reissued))
-		r.rot.failed.Store(int64(p.Failed))
-		r.setRotationStatus(rot)
+	}, func(p reissueProgress) {
+		a.rot.reissued.Store(base + int64(p.Reissued))
+		a.rot.failed.Store(int64(p.Failed))
+		a.setRotationStatus(rot)
 	})
-	r.rot.reissued.Store(base + int64(sum.Reissued))
-	r.rot.failed.Store(int64(sum.Failed))
-	r.setRotationStatus(rot)
-	r.log.Info("CA rotation: re-issued leaves under the new CA", "kind", rot.Kind, "leaves", sum.Total, "reissued", sum.Reissued,
-		"failed", sum.Failed, "took", r.cfg.Clock.Now().Sub(start))
+	a.rot.reissued.Store(base + int64(sum.Reissued))
+	a.rot.failed.Store(int64(sum.Failed))
+	a.setRotationStatus(rot)
+	a.log.Info("CA rotation: re-issued leaves under the new CA", "kind", rot.Kind, "leaves", sum.Total, "reissued", sum.Reissued,
+		"failed", sum.Failed, "took", a.cfg.Clock.Now().Sub(start))
 }
 
 // rotationStep applies one phase change with its audit record and reloads;
 // change returns the audit note and whether the rotation ended.
-func (r *Registry) rotationStep(ctx context.Context, change func(*store.CASet) (string, bool)) (string, error) {
+func (a *Authority) rotationStep(ctx context.Context, change func(*store.CASet) (string, bool)) (string, error) {
 	var phase, what string
 	var rot store.CARotation
 	var ended bool
-	err := r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+	err := a.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		set, err := tx.CASet()
 		if err != nil {
 			return err
@@ -651,30 +647,44 @@ func (r *Registry) rotationStep(ctx context.Context, change func(*store.CASet) (
 		return "", err
 	}
 	if ended {
-		r.rot.last.Store(&RotationDone{Kind: rot.Kind, StartedAt: rot.StartedAt, FinishedAt: r.cfg.Clock.Now().UTC(), Reissued: int(r.rot.reissued.Load())})
+		a.rot.last.Store(&RotationDone{Kind: rot.Kind, StartedAt: rot.StartedAt, FinishedAt: a.cfg.Clock.Now().UTC(), Reissued: int(a.rot.reissued.Load())})
 	}
-	r.log.Info("CA rotation", "step", what, "phase", phase)
-	return phase, r.reload(ctx)
+	a.log.Info("CA rotation", "step", what, "phase", phase)
+	return phase, a.reload(ctx)
 }
 
 // staleLeaves names the active identities whose current certificate is
 // not from issuer.
-func (r *Registry) staleLeaves(ctx context.Context, issuer string) ([]string, error) {
-	ids, err := r.Identities(ctx)
+func (a *Authority) staleLeaves(ctx context.Context, issuer string) ([]string, error) {
 	var names []string
-	for _, st := range ids {
-		if st.Identity.State == store.StateActive && st.Cert != nil && st.Cert.IssuerSerial != issuer {
-			names = append(names, st.Identity.Name)
+	err := a.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		names = nil
+		ids, err := tx.Identities()
+		if err != nil {
+			return err
 		}
-	}
+		for _, id := range ids {
+			if id.State != store.StateActive || id.CurrentSerial == "" {
+				continue
+			}
+			c, err := tx.Cert(id.CurrentSerial)
+			if err != nil {
+				return err
+			}
+			if c.IssuerSerial != issuer {
+				names = append(names, id.Name)
+			}
+		}
+		return nil
+	})
 	return names, err
 }
 
 // nodeCerts counts the active nodes whose newest node certificate is
 // unexpired and, unless issuer is "", from another issuer than issuer; last
 // is when the last of those expires.
-func (r *Registry) nodeCerts(ctx context.Context, issuer string, now time.Time) (n int, last time.Time, err error) {
-	err = r.cfg.Store.View(ctx, func(tx *store.Tx) error {
+func (a *Authority) nodeCerts(ctx context.Context, issuer string, now time.Time) (n int, last time.Time, err error) {
+	err = a.cfg.Store.View(ctx, func(tx *store.Tx) error {
 		nodes, err := tx.Nodes()
 		if err != nil {
 			return err
@@ -707,25 +717,74 @@ func (r *Registry) nodeCerts(ctx context.Context, issuer string, now time.Time) 
 // Stale reports whether a certificate was issued by another CA than the
 // current issuer while no rotation is in progress (a rotation re-issues
 // such certificates itself); the renewal loop renews them at once.
-func (r *Registry) Stale(issuerSerial string) bool {
-	return issuerSerial != serialHex(r.CA().Issuer()) && r.RotationStatus() == nil
+func (a *Authority) Stale(issuerSerial string) bool {
+	return issuerSerial != serialHex(a.CA().Issuer()) && a.RotationStatus() == nil
+}
+
+// reissueProgress is how far a pass of reissueEach got.
+type reissueProgress struct{ Total, Reissued, Failed int }
+
+// reissueWorkers is how many leaves a rotation re-keys at once: enough
+// that every core signs and concurrent commits share an fsync.
+const reissueWorkers = 64
+
+// errNoReissuer: nothing was configured to re-key leaves.
+var errNoReissuer = errors.New("authority: no Reissuer configured")
+
+// reissueEach calls one for every name, reissueWorkers at once. A failure
+// does not stop the others; a cancelled ctx stops starting new ones.
+// progress is called after each name from several goroutines at once.
+func reissueEach(ctx context.Context, names []string, one func(context.Context, string) error, progress func(reissueProgress)) reissueProgress {
+	var (
+		mu  sync.Mutex
+		sum = reissueProgress{Total: len(names)}
+	)
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range min(reissueWorkers, len(names)) {
+		wg.Go(func() {
+			for name := range work {
+				err := one(ctx, name)
+				mu.Lock()
+				if err != nil {
+					sum.Failed++
+				} else {
+					sum.Reissued++
+				}
+				p := sum
+				mu.Unlock()
+				progress(p)
+			}
+		})
+	}
+feed:
+	for _, name := range names {
+		select {
+		case work <- name:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	return sum
 }
 
 // RunCA advances CA rotations until ctx is done.
-func (r *Registry) RunCA(ctx context.Context, acks Acks) error {
+func (a *Authority) RunCA(ctx context.Context, acks Acks) error {
 	for {
-		_, err := r.AdvanceRotation(ctx, acks)
+		_, err := a.AdvanceRotation(ctx, acks)
 		switch {
 		case err == nil || ctx.Err() != nil:
 		case errors.Is(err, context.Canceled):
-			r.log.Info("CA rotation step stopped: an emergency rotation replaced it")
+			a.log.Info("CA rotation step stopped: an emergency rotation replaced it")
 		default:
-			r.log.Error("CA rotation step failed; will retry", "err", err)
+			a.log.Error("CA rotation step failed; will retry", "err", err)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-r.cfg.Clock.After(rotationTick):
+		case <-a.cfg.Clock.After(rotationTick):
 		}
 	}
 }
