@@ -11,7 +11,6 @@ import (
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,26 +22,8 @@ import (
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/testkit"
 )
-
-// hardSeed returns the seed of a hardening test: MESHCA_SEED when set,
-// otherwise the time. It is logged so that a failure can be replayed.
-func hardSeed(t *testing.T) (uint64, *mrand.Rand) {
-	t.Helper()
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("MESHCA_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("MESHCA_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (replay with MESHCA_SEED=%d)", seed, seed)
-	return seed, mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-}
-
-// hardSoak tells whether the long variant was asked for (MESHCA_SOAK=1).
-func hardSoak() bool { return os.Getenv("MESHCA_SOAK") == "1" }
 
 var errInjected = errors.New("injected storage fault")
 
@@ -193,7 +174,7 @@ func (r *faultRig) check() {
 // certificate fails. The caller must get the error, nothing may be stored or
 // served, and the next call after the fault clears must succeed.
 func TestStorageFaultAfterSigning(t *testing.T) {
-	hardSeed(t) // deterministic; logged for uniformity
+	testkit.Rand(t) // deterministic; logged for uniformity
 	ctx := context.Background()
 	r := newFaultRig(t)
 
@@ -308,11 +289,11 @@ func TestStorageFaultAfterSigning(t *testing.T) {
 // calls fail, and checks after every step that a failed call left nothing
 // behind and a successful one is fully recorded.
 func TestStorageFaultsRandom(t *testing.T) {
-	_, rng := hardSeed(t)
+	rng := testkit.Rand(t)
 	ctx := context.Background()
 	r := newFaultRig(t)
 	steps := 40
-	if hardSoak() {
+	if testkit.Soak() {
 		steps = 400
 	}
 	names := []string{"a", "b", "c", "d"}

@@ -3,11 +3,6 @@ package app_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"net/http"
 	"strings"
 	"testing"
@@ -26,6 +21,7 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/cli"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/nodeapi"
 )
 
@@ -63,9 +59,7 @@ func TestHostileTextIsEscapedInTheCLI(t *testing.T) {
 
 	// An unauthenticated Join naming a node with controls, and one with a
 	// 300-character name.
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	csrPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
+	_, csrPEM := testkit.NewCSR(t)
 	anon := m.dial(nil)
 	long := strings.Repeat("n", 300)
 	for _, name := range []string{hostile, long} {

@@ -2,12 +2,7 @@ package app_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -28,11 +23,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
-	"github.com/meshca/meshca/internal/app"
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/lograte"
 	"github.com/meshca/meshca/internal/registry"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/nodeapi"
 )
 
@@ -67,38 +61,8 @@ func (l *lineLog) count(sub string) int {
 // kept in lines.
 func startMeshMTLS(t *testing.T, clk *clock.Fake, lines *lineLog) *mesh {
 	t.Helper()
-	cfg := config.Default()
-	cfg.DataDir = filepath.Join(t.TempDir(), "data")
-	cfg.Admin.Listen = "127.0.0.1:0"
-	cfg.Admin.MTLSListen = "127.0.0.1:0"
-	cfg.XDS.Listen = "127.0.0.1:0"
-	cfg.XDS.DNSNames = []string{"localhost"}
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := app.Start(ctx, cfg, slog.New(slog.NewTextHandler(lines, &slog.HandlerOptions{Level: slog.LevelInfo})), app.WithClock(clk))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.Wait(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("meshca stopped with: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("meshca did not stop within 20s")
-		}
-	}
-	t.Cleanup(stop)
-	return &mesh{t: t, app: a, clock: clk, http: &http.Client{Timeout: 30 * time.Second}, dir: cfg.DataDir, stop: stop}
+	log := slog.New(slog.NewTextHandler(lines, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return startMeshLogged(t, clk, filepath.Join(t.TempDir(), "data"), withAdminMTLS, log)
 }
 
 // workloadCert has meshca sign a CSR for identity name, as `meshca cert
@@ -106,19 +70,7 @@ func startMeshMTLS(t *testing.T, clk *clock.Fake, lines *lineLog) *mesh {
 func (m *mesh) workloadCert(name string) *tls.Certificate {
 	m.t.Helper()
 	m.addIdentity(name)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	var out api.Cert
-	m.admin("POST", api.PathCerts+"/"+name, api.IssueCertRequest{CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}, &out, http.StatusCreated)
-	var chain [][]byte
-	for rest := []byte(out.ChainPEM); ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		chain = append(chain, b.Bytes)
-	}
-	return &tls.Certificate{Certificate: chain, PrivateKey: key}
+	return m.issueCert(name)
 }
 
 // handshakes opens n TLS connections to addr presenting cert, 8 at a time,
@@ -245,7 +197,7 @@ func flushRefusals(t *testing.T, m *mesh, clk *clock.Fake, after uint64, want in
 // minute.
 func TestRefusalFloodsAreBounded(t *testing.T) {
 	handshakesN, revokedN, renewalsN := 500, 200, 1000
-	if hardSoak() {
+	if testkit.Soak() {
 		handshakesN, revokedN, renewalsN = 2000, 2000, 2000
 	}
 	clk := clock.NewFake(time.Now())

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // proxy is a node's ADS stream acting as Envoy: it keeps the latest
@@ -117,19 +118,7 @@ func verifierAt(t *testing.T, vc *tlsv3.Secret, now func() time.Time) func([][]b
 		crls = append(crls, crl)
 	}
 	return func(raw [][]byte, _ [][]*x509.Certificate) error {
-		var certs []*x509.Certificate
-		for _, der := range raw {
-			c, err := x509.ParseCertificate(der)
-			if err != nil {
-				return err
-			}
-			certs = append(certs, c)
-		}
-		inter := x509.NewCertPool()
-		for _, c := range certs[1:] {
-			inter.AddCert(c)
-		}
-		chains, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+		certs, chains, err := testkit.VerifyChain(raw, x509.VerifyOptions{Roots: roots, CurrentTime: now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 		if err != nil {
 			return err
 		}
