@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"net"
 	"net/url"
 	"os"
@@ -32,6 +31,7 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	bootstrapfiles "github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // nodeView is what one node receives over ADS, fetched as Envoy does it:
@@ -64,22 +64,7 @@ func fetchNode(t *testing.T, xdsAddr, dir, name string) *nodeView {
 		// SPIFFE ID, not a host name, as the node's Envoy does.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			var certs []*x509.Certificate
-			for _, der := range raw {
-				c, err := x509.ParseCertificate(der)
-				if err != nil {
-					return err
-				}
-				certs = append(certs, c)
-			}
-			if len(certs) == 0 {
-				return errors.New("no server certificate")
-			}
-			inter := x509.NewCertPool()
-			for _, c := range certs[1:] {
-				inter.AddCert(c)
-			}
-			_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter})
+			_, _, err := testkit.VerifyChain(raw, x509.VerifyOptions{Roots: roots})
 			return err
 		},
 	}
@@ -464,7 +449,7 @@ func checkWalkthroughMesh(t *testing.T, dir string, curls []string) {
 				if c.cert == "" {
 					t.Fatalf("curl %s: listener %s requires a client certificate and curl sends none", line, l.GetName())
 				}
-				client := parseCert(t, mustRead(t, filepath.Join(dir, c.cert)))
+				client := testkit.ParseCertPEM(t, mustRead(t, filepath.Join(dir, c.cert)))
 				sans := dtc.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchTypedSubjectAltNames()
 				if !sanAllows(sans, uriOf(client)) {
 					t.Fatalf("curl %s: listener %s does not allow curl's client certificate %s", line, l.GetName(), uriOf(client))
