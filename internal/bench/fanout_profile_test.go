@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/internal/app"
-	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 var (
@@ -165,11 +165,7 @@ func profiledServer(ctx context.Context, fc *fanoutCase) (addr string, trigger f
 			return err
 		}, stop, nil
 	}
-	cfg := config.Default()
-	cfg.DataDir = fc.data
-	cfg.Admin.Listen = "127.0.0.1:0"
-	cfg.XDS.Listen = "127.0.0.1:0"
-	a, err := app.Start(ctx, cfg, slog.New(slog.DiscardHandler))
+	a, err := app.Start(ctx, testkit.LoopbackConfig(fc.data), slog.New(slog.DiscardHandler))
 	if err != nil {
 		cancel()
 		return "", nil, nil, err
