@@ -37,7 +37,6 @@ import (
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/config"
-	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
 	"github.com/meshca/meshca/internal/testkit"
 )
@@ -300,14 +299,7 @@ func TestAdminCredentialsAreNeverMeshcaKeys(t *testing.T) {
 	}
 	served := tlsCert(t, sec)
 	m.stop()
-	sealer, err := seal.LoadOrCreate(filepath.Join(m.dir, "kek"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(store.Config{Dir: m.dir, Sealer: sealer})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := testkit.OpenStore(t, m.dir, store.Config{})
 	err = st.Update(context.Background(), func(tx *store.Tx) error {
 		id, err := tx.Identity("legacy")
 		if err != nil {

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,7 +19,6 @@ import (
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
-	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
 	"github.com/meshca/meshca/internal/testkit"
 )
@@ -90,21 +88,9 @@ func (r *faultRig) changes() []store.Change {
 
 func newFaultRig(t *testing.T) *faultRig {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "data")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	sealer, err := seal.LoadOrCreate(filepath.Join(dir, "kek"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	clk := clock.NewFake(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 	f := &faults{fail: map[int64]bool{}}
-	st, err := store.Open(store.Config{Dir: dir, Sealer: sealer, Clock: clk, Fault: f.hook})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := testkit.OpenStore(t, filepath.Join(t.TempDir(), "data"), store.Config{Clock: clk, Fault: f.hook})
 	td, _ := identity.TrustDomain("mesh.local")
 	reg, err := registry.New(context.Background(), registry.Config{Store: st, TrustDomain: td, Clock: clk})
 	if err != nil {

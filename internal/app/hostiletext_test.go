@@ -1,7 +1,6 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"net/http"
 	"strings"
@@ -20,7 +19,6 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshca/meshca/internal/api"
-	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/nodeapi"
 )
@@ -112,13 +110,11 @@ func TestHostileTextIsEscapedInTheCLI(t *testing.T) {
 	}
 
 	run := func(args ...string) (string, string) {
-		var out, errb bytes.Buffer
-		err := cli.Execute(context.Background(), cli.Config{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }},
-			append([]string{"--admin", m.app.Admin}, args...))
+		out, errOut, err := m.cli(args...)
 		if err != nil && !strings.Contains(strings.Join(args, " "), "ghost") {
-			t.Fatalf("meshca %s: %v %s", strings.Join(args, " "), err, errb.String())
+			t.Fatalf("meshca %s: %v %s", strings.Join(args, " "), err, errOut)
 		}
-		return out.String(), errb.String()
+		return out, errOut
 	}
 	escaped := `\x1b[2J\x1b[Hall good\r\x1b]0;owned\x07\u009b31m\u202eevil`
 	tests := []struct {

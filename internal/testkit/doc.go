@@ -11,6 +11,9 @@
 //     before it is bound (a CLI flag); prefer ":0" wherever the address can
 //     be read back. Dial opens a TCP connection from a chosen loopback
 //     address, as the attack tests' hand-written clients do.
+//   - Storage: OpenStore opens a real store in a test's directory, sealed
+//     as meshca seals it, for tests that build parts of meshca by hand or
+//     edit a stopped meshca's data directory.
 //   - Logs: Logger sends a server's slog output to the test's log, shown
 //     only when the test fails.
 //   - Randomised runs: Rand is the random source of a test that draws
