@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -226,7 +227,7 @@ func (v *nodeView) ownCert(t *testing.T, c *tlsv3.CommonTlsContext) *x509.Certif
 	}
 	s := v.secrets[cfgs[0].GetName()]
 	if s == nil {
-		t.Fatalf("node %s is not served the secret %q its TLS context presents (it has %v)", v.name, cfgs[0].GetName(), mapKeys(v.secrets))
+		t.Fatalf("node %s is not served the secret %q its TLS context presents (it has %v)", v.name, cfgs[0].GetName(), slices.Sorted(maps.Keys(v.secrets)))
 	}
 	block, _ := pem.Decode(s.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
 	if block == nil {
@@ -237,15 +238,6 @@ func (v *nodeView) ownCert(t *testing.T, c *tlsv3.CommonTlsContext) *x509.Certif
 		t.Fatalf("node %s: secret %q: %v", v.name, s.GetName(), err)
 	}
 	return cert
-}
-
-func mapKeys[V any](m map[string]V) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // sanAllows reports whether Envoy's URI SAN matchers let id through.
@@ -461,7 +453,7 @@ func checkWalkthroughMesh(t *testing.T, dir string, curls []string) {
 
 	checked := 0
 	for _, v := range views {
-		for _, name := range mapKeys(v.clusters) {
+		for _, name := range slices.Sorted(maps.Keys(v.clusters)) {
 			cl := v.clusters[name]
 			utc := &tlsv3.UpstreamTlsContext{}
 			if !tlsContext(t, cl.GetTransportSocket(), utc) {

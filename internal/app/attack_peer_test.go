@@ -11,7 +11,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"math/big"
 	"net"
@@ -343,18 +342,7 @@ func crlSerials(t *testing.T, m *mesh) map[string]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]bool{}
-	rest := readBody(t, resp)
-	for b, r := pem.Decode(rest); b != nil; b, r = pem.Decode(r) {
-		crl, err := x509.ParseRevocationList(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range crl.RevokedCertificateEntries {
-			out[fmt.Sprintf("%x", e.SerialNumber)] = true
-		}
-	}
-	return out
+	return testkit.Revoked(t, readBody(t, resp))
 }
 
 // TestNodeRevokeRekeysItsIdentities: the identity keys a revoked node held

@@ -108,15 +108,7 @@ func verifierAt(t *testing.T, vc *tlsv3.Secret, now func() time.Time) func([][]b
 	if !roots.AppendCertsFromPEM(ctx.GetTrustedCa().GetInlineBytes()) {
 		t.Fatal("no trusted CA in the validation secret")
 	}
-	var crls []*x509.RevocationList
-	rest := ctx.GetCrl().GetInlineBytes()
-	for b, r := pem.Decode(rest); b != nil; b, r = pem.Decode(r) {
-		crl, err := x509.ParseRevocationList(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		crls = append(crls, crl)
-	}
+	crls := testkit.ParseCRLs(t, ctx.GetCrl().GetInlineBytes())
 	return func(raw [][]byte, _ [][]*x509.Certificate) error {
 		certs, chains, err := testkit.VerifyChain(raw, x509.VerifyOptions{Roots: roots, CurrentTime: now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 		if err != nil {

@@ -25,7 +25,8 @@
 //     TLSCert, ParseCertPEM for what a node or an operator holds; CA for a
 //     certificate authority meshca did not make (an organisation PKI to
 //     import, a foreign CA to be refused); VerifyChain to check a TLS
-//     peer's chain the way a node does.
+//     peer's chain the way a node does; ParseCRLs and Revoked to read the
+//     CRLs meshca publishes.
 //
 // What is not here: starting meshca in process and its admin and xDS
 // clients stay in internal/app's harness_test.go, since testkit may not

@@ -189,3 +189,30 @@ func Pair(leaf *x509.Certificate, key crypto.Signer, chain ...*x509.Certificate)
 	}
 	return c
 }
+
+// ParseCRLs parses every PEM block of crlPEM as a CRL.
+func ParseCRLs(tb testing.TB, crlPEM []byte) []*x509.RevocationList {
+	tb.Helper()
+	var crls []*x509.RevocationList
+	for b, rest := pem.Decode(crlPEM); b != nil; b, rest = pem.Decode(rest) {
+		crl, err := x509.ParseRevocationList(b.Bytes)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		crls = append(crls, crl)
+	}
+	return crls
+}
+
+// Revoked is the set of serials (lowercase hex, as meshca prints them)
+// that the CRLs in crlPEM list.
+func Revoked(tb testing.TB, crlPEM []byte) map[string]bool {
+	tb.Helper()
+	out := map[string]bool{}
+	for _, crl := range ParseCRLs(tb, crlPEM) {
+		for _, e := range crl.RevokedCertificateEntries {
+			out[e.SerialNumber.Text(16)] = true
+		}
+	}
+	return out
+}
