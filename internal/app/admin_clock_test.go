@@ -1,7 +1,6 @@
 package app_test
 
 import (
-	"crypto/tls"
 	"fmt"
 	"net/http"
 	"testing"
@@ -22,10 +21,7 @@ func TestAdminCertificateJudgedByMeshcaClock(t *testing.T) {
 	cert := m.issueCert("ops")
 
 	get := func() error {
-		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
-			InsecureSkipVerify: true, // the server's identity is not what this test is about
-			Certificates:       []tls.Certificate{*cert},
-		}}}
+		c := mtlsClient(cert)
 		defer c.CloseIdleConnections()
 		resp, err := c.Get("https://" + m.app.AdminMTLS + api.PathIdentities)
 		if err != nil {

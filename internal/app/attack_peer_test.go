@@ -123,10 +123,7 @@ func adsSecret(m *mesh, cert *tls.Certificate, node, ident string) (*tlsv3.Secre
 // adminPOST calls the mTLS admin listener with cert, as a remote operator.
 func adminPOST(m *mesh, cert *tls.Certificate, path string, body any) (int, error) {
 	b, _ := json.Marshal(body)
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
-		InsecureSkipVerify: true, // the attacker does not care who answers
-		Certificates:       []tls.Certificate{*cert}, MinVersion: tls.VersionTLS13,
-	}}}
+	c := mtlsClient(cert)
 	defer c.CloseIdleConnections()
 	resp, err := c.Post("https://"+m.app.AdminMTLS+path, "application/json", bytes.NewReader(b))
 	if err != nil {

@@ -268,6 +268,16 @@ func renewNode(t *testing.T, ctx context.Context, conn *grpc.ClientConn) (*nodea
 	return &resp, key, nil
 }
 
+// mtlsClient calls the mTLS admin listener presenting cert, as a remote
+// operator does; it does not check who answers (the tests that use it are
+// about the client's credential). Close its idle connections when done.
+func mtlsClient(cert *tls.Certificate) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		InsecureSkipVerify: true,
+		Certificates:       []tls.Certificate{*cert}, MinVersion: tls.VersionTLS13,
+	}}}
+}
+
 // dial connects to the xDS port, presenting cert when given.
 func (m *mesh) dial(cert *tls.Certificate) *grpc.ClientConn {
 	m.t.Helper()

@@ -80,6 +80,25 @@ func (m *mesh) workloadCert(name string) *tls.Certificate {
 func handshakes(t *testing.T, addr string, cert *tls.Certificate, n int) (accepted int) {
 	t.Helper()
 	var ok atomic.Int64
+	connectEach(t, addr, n, func(raw net.Conn) {
+		c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2"}})
+		if err := c.Handshake(); err == nil {
+			// TLS 1.3: the server judges the client certificate after the
+			// client's handshake ends; its verdict is an alert or the
+			// server's first frames.
+			if _, err := c.Read(make([]byte, 1)); err == nil {
+				ok.Add(1)
+			}
+		}
+	})
+	return int(ok.Load())
+}
+
+// connectEach runs use on n new TCP connections to addr, 8 at a time, each
+// closed after use returns (or 20 s after it opened), and returns when all
+// have been used.
+func connectEach(t *testing.T, addr string, n int, use func(net.Conn)) {
+	t.Helper()
 	var wg sync.WaitGroup
 	next := make(chan struct{})
 	for w := 0; w < 8; w++ {
@@ -87,22 +106,14 @@ func handshakes(t *testing.T, addr string, cert *tls.Certificate, n int) (accept
 		go func() {
 			defer wg.Done()
 			for range next {
-				raw, err := net.DialTimeout("tcp", addr, 10*time.Second)
+				c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 				if err != nil {
 					t.Errorf("dial: %v", err)
 					continue
 				}
-				raw.SetDeadline(time.Now().Add(20 * time.Second))
-				c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2"}})
-				if err := c.Handshake(); err == nil {
-					// TLS 1.3: the server judges the client certificate
-					// after the client's handshake ends; its verdict is
-					// an alert or the server's first frames.
-					if _, err := c.Read(make([]byte, 1)); err == nil {
-						ok.Add(1)
-					}
-				}
-				raw.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				use(c)
+				c.Close()
 			}
 		}()
 	}
@@ -111,7 +122,6 @@ func handshakes(t *testing.T, addr string, cert *tls.Certificate, n int) (accept
 	}
 	close(next)
 	wg.Wait()
-	return int(ok.Load())
 }
 
 var refusalSeries = regexp.MustCompile(`(?m)^meshca_refusals_total\{action="([^"]+)",outcome="([^"]+)",reason="([^"]+)"\} (\S+)$`)
@@ -300,33 +310,13 @@ func TestRefusalFloodsAreBounded(t *testing.T) {
 
 	t.Run("malformed connections to the mTLS admin port", func(t *testing.T) {
 		logged := lines.count("TLS handshake error")
-		var wg sync.WaitGroup
-		next := make(chan struct{})
-		for w := 0; w < 8; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for range next {
-					c, err := net.DialTimeout("tcp", m.app.AdminMTLS, 10*time.Second)
-					if err != nil {
-						t.Errorf("dial: %v", err)
-						continue
-					}
-					c.SetDeadline(time.Now().Add(20 * time.Second))
-					// A TLS record header announcing a handshake, then junk.
-					c.Write([]byte("\x16\x03\x01\x00\x08\x01\x00\x00\x04junk"))
-					io.Copy(io.Discard, c) // until the server closes: it has logged by then
-					c.Close()
-				}
-			}()
-		}
 		start := time.Now()
 		const conns = 1000
-		for i := 0; i < conns; i++ {
-			next <- struct{}{}
-		}
-		close(next)
-		wg.Wait()
+		connectEach(t, m.app.AdminMTLS, conns, func(c net.Conn) {
+			// A TLS record header announcing a handshake, then junk.
+			c.Write([]byte("\x16\x03\x01\x00\x08\x01\x00\x00\x04junk"))
+			io.Copy(io.Discard, c) // until the server closes: it has logged by then
+		})
 		got := lines.count("TLS handshake error") - logged
 		if got > lograte.DefaultBurst || lines.count("TLS handshake error") == 0 {
 			t.Fatalf("%d handshake-error log lines for %d malformed connections (plus %d before), want 1..%d a minute", got, conns, logged, lograte.DefaultBurst)
