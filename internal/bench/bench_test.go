@@ -35,6 +35,17 @@ func buildMeshca(t *testing.T) string {
 	return bin
 }
 
+// testEnv is an Env in a temp directory whose workers are this test
+// binary (see TestMain), logging to log.
+func testEnv(t *testing.T, log io.Writer) *Env {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Env{Config: Config{Self: self, Log: log}, Dir: t.TempDir()}
+}
+
 // TestQuick runs every section at its smoke size: each must finish and
 // report rows with figures. No timing is asserted.
 func TestQuick(t *testing.T) {

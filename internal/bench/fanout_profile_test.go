@@ -38,11 +38,7 @@ func TestProfileFanout(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := &Env{Config: Config{Self: self, Log: os.Stderr}, Dir: t.TempDir()}
+	env := testEnv(t, os.Stderr)
 	prepare, watch := prepareFanout, WatchBundle
 	if *profileStorm {
 		prepare, watch = prepareStorm, WatchIdentity
@@ -104,11 +100,7 @@ func TestSketchFanout(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := &Env{Config: Config{Self: self, Log: os.Stderr}, Dir: t.TempDir()}
+	env := testEnv(t, os.Stderr)
 	fc, err := prepareFanout(ctx, env, "data", *profileNodes)
 	if err != nil {
 		t.Fatal(err)
