@@ -5,7 +5,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -134,11 +133,7 @@ func (r *faultRig) served(node, ident string) string {
 	}
 	for _, c := range creds {
 		if c.Identity == ident {
-			b, _ := pem.Decode(c.ChainPEM)
-			leaf, err := x509.ParseCertificate(b.Bytes)
-			if err != nil {
-				r.t.Fatal(err)
-			}
+			leaf := testkit.ParseCertPEM(r.t, c.ChainPEM)
 			if got := fmt.Sprintf("%x", leaf.SerialNumber); got != c.Serial {
 				r.t.Fatalf("credential serial %s but leaf serial %s", c.Serial, got)
 			}

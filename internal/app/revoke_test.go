@@ -248,9 +248,9 @@ func TestRevocationReachesProxies(t *testing.T) {
 		return p
 	}
 	chainPEM := func(c tls.Certificate) (leaf, rest []byte) {
-		leaf = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]})
+		leaf = testkit.CertPEM(c.Certificate[0])
 		for _, der := range c.Certificate[1:] {
-			rest = append(rest, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+			rest = append(rest, testkit.CertPEM(der)...)
 		}
 		return leaf, rest
 	}

@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/http"
-	"os"
 	"testing"
 	"time"
 
@@ -89,7 +88,7 @@ func TestRotationSoak(t *testing.T) {
 		step  = 10 * time.Second
 	)
 	ttls := 3
-	if os.Getenv("MESHCA_SOAK") == "1" {
+	if testkit.Soak() {
 		ttls = 10
 	}
 	steps := int(time.Duration(ttls) * ttl / step)
