@@ -1,9 +1,7 @@
 package main_test
 
 import (
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -11,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // TestCARotateCLI drives `meshca ca rotate` on the real binary: --wait
@@ -71,17 +70,7 @@ func TestCARotateCLI(t *testing.T) {
 		t.Fatalf("emergency rotation printed:\n%s", out)
 	}
 	t.Logf("ca rotate --emergency --root with %d identities returned after %s:\n%s", n, took.Round(time.Millisecond), out)
-	inCRL := map[string]bool{}
-	rest := []byte(mustRun(t, srv.admin, "ca", "crl"))
-	for b, more := pem.Decode(rest); b != nil; b, more = pem.Decode(more) {
-		crl, err := x509.ParseRevocationList(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range crl.RevokedCertificateEntries {
-			inCRL[fmt.Sprintf("%x", e.SerialNumber)] = true
-		}
-	}
+	inCRL := testkit.Revoked(t, []byte(mustRun(t, srv.admin, "ca", "crl")))
 	for name, s := range rotated {
 		if !inCRL[s] {
 			t.Errorf("%s's certificate %s from the replaced CA is not in the CRL", name, s)

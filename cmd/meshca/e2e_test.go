@@ -4,12 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	bootstrapfiles "github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 var binary string
@@ -32,12 +31,10 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	binary = filepath.Join(dir, "meshca")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
+	binary, err = testkit.BuildMeshca(dir)
+	if err != nil {
 		os.RemoveAll(dir)
-		panic("build meshca: " + err.Error())
+		panic(err)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -209,7 +206,7 @@ func TestEndToEnd(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), ": OK") {
 		t.Fatalf("openssl verify: %v\n%s", err, out)
 	}
-	leaf := parseCert(t, leafPEM)
+	leaf := testkit.ParseCertPEM(t, leafPEM)
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://mesh.local/echo" || len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != "echo.mesh.local" {
 		t.Fatalf("leaf SANs: uris=%v dns=%v", leaf.URIs, leaf.DNSNames)
 	}
@@ -437,7 +434,7 @@ func TestNodeBootstrap(t *testing.T) {
 	if err != nil || !strings.Contains(string(vout), ": OK") {
 		t.Fatalf("openssl verify node.pem: %v\n%s", err, vout)
 	}
-	leaf := parseCert(t, mustRead(t, filepath.Join(out, "node.pem")))
+	leaf := testkit.ParseCertPEM(t, mustRead(t, filepath.Join(out, "node.pem")))
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://mesh.local/node/edge-1" {
 		t.Fatalf("node certificate SAN = %v", leaf.URIs)
 	}
@@ -452,7 +449,7 @@ func TestNodeBootstrap(t *testing.T) {
 	if r := meshca(t, "", "bootstrap", "renew", "--dir", out); r.code != 0 || !strings.Contains(r.stdout, "renewed node edge-1") {
 		t.Fatalf("renew: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	renewed := parseCert(t, mustRead(t, filepath.Join(out, "node.pem")))
+	renewed := testkit.ParseCertPEM(t, mustRead(t, filepath.Join(out, "node.pem")))
 	if renewed.SerialNumber.Cmp(leaf.SerialNumber) == 0 || string(mustRead(t, filepath.Join(out, "node-key.pem"))) != string(keyBefore) {
 		t.Fatal("renew did not replace the certificate, or replaced the key")
 	}
@@ -510,16 +507,6 @@ func splitFirstPEM(t *testing.T, data []byte) (first, rest []byte) {
 		t.Fatalf("not a PEM certificate chain: %q", data)
 	}
 	return pem.EncodeToMemory(block), rest
-}
-
-func parseCert(t *testing.T, p []byte) *x509.Certificate {
-	t.Helper()
-	block, _ := pem.Decode(p)
-	c, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
 
 func writeFile(t *testing.T, path string, data []byte) {
@@ -767,7 +754,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 		if !strings.Contains(block, port) {
 			t.Fatalf("the walkthrough no longer uses its port %s: update this test", port)
 		}
-		subst = append(subst, port, ":"+freePort(t))
+		subst = append(subst, port, ":"+testkit.FreePort(t))
 	}
 	block = strings.NewReplacer(subst...).Replace(block)
 
@@ -823,16 +810,4 @@ func TestREADMEWalkthrough(t *testing.T) {
 		}
 	}
 	checkWalkthroughMesh(t, dir, curls)
-}
-
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
 }

@@ -13,11 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,24 +24,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/testkit"
 )
-
-// testSeed returns MESHCA_SEED when set, a fresh seed otherwise, and logs it.
-func testSeed(t *testing.T) uint64 {
-	t.Helper()
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("MESHCA_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("MESHCA_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d", seed)
-	return seed
-}
-
-func soak() bool { return os.Getenv("MESHCA_SOAK") == "1" }
 
 const (
 	issuers      = 4
@@ -282,10 +263,9 @@ func boltCheck(t *testing.T, dataDir string) {
 }
 
 func TestCrashConsistency(t *testing.T) {
-	seed := testSeed(t)
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	rng := testkit.Rand(t)
 	kills := 3
-	if soak() {
+	if testkit.Soak() {
 		kills = 20
 	}
 	start := time.Now()
@@ -348,10 +328,9 @@ func TestCrashConsistency(t *testing.T) {
 }
 
 func TestGracefulStopUnderLoad(t *testing.T) {
-	seed := testSeed(t)
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	rng := testkit.Rand(t)
 	rounds := 1
-	if soak() {
+	if testkit.Soak() {
 		rounds = 5
 	}
 	start := time.Now()

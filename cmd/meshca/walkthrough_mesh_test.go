@@ -6,7 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -32,6 +32,7 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	bootstrapfiles "github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // nodeView is what one node receives over ADS, fetched as Envoy does it:
@@ -64,22 +65,7 @@ func fetchNode(t *testing.T, xdsAddr, dir, name string) *nodeView {
 		// SPIFFE ID, not a host name, as the node's Envoy does.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			var certs []*x509.Certificate
-			for _, der := range raw {
-				c, err := x509.ParseCertificate(der)
-				if err != nil {
-					return err
-				}
-				certs = append(certs, c)
-			}
-			if len(certs) == 0 {
-				return errors.New("no server certificate")
-			}
-			inter := x509.NewCertPool()
-			for _, c := range certs[1:] {
-				inter.AddCert(c)
-			}
-			_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter})
+			_, _, err := testkit.VerifyChain(raw, x509.VerifyOptions{Roots: roots})
 			return err
 		},
 	}
@@ -241,7 +227,7 @@ func (v *nodeView) ownCert(t *testing.T, c *tlsv3.CommonTlsContext) *x509.Certif
 	}
 	s := v.secrets[cfgs[0].GetName()]
 	if s == nil {
-		t.Fatalf("node %s is not served the secret %q its TLS context presents (it has %v)", v.name, cfgs[0].GetName(), mapKeys(v.secrets))
+		t.Fatalf("node %s is not served the secret %q its TLS context presents (it has %v)", v.name, cfgs[0].GetName(), slices.Sorted(maps.Keys(v.secrets)))
 	}
 	block, _ := pem.Decode(s.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
 	if block == nil {
@@ -252,15 +238,6 @@ func (v *nodeView) ownCert(t *testing.T, c *tlsv3.CommonTlsContext) *x509.Certif
 		t.Fatalf("node %s: secret %q: %v", v.name, s.GetName(), err)
 	}
 	return cert
-}
-
-func mapKeys[V any](m map[string]V) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // sanAllows reports whether Envoy's URI SAN matchers let id through.
@@ -464,7 +441,7 @@ func checkWalkthroughMesh(t *testing.T, dir string, curls []string) {
 				if c.cert == "" {
 					t.Fatalf("curl %s: listener %s requires a client certificate and curl sends none", line, l.GetName())
 				}
-				client := parseCert(t, mustRead(t, filepath.Join(dir, c.cert)))
+				client := testkit.ParseCertPEM(t, mustRead(t, filepath.Join(dir, c.cert)))
 				sans := dtc.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchTypedSubjectAltNames()
 				if !sanAllows(sans, uriOf(client)) {
 					t.Fatalf("curl %s: listener %s does not allow curl's client certificate %s", line, l.GetName(), uriOf(client))
@@ -476,7 +453,7 @@ func checkWalkthroughMesh(t *testing.T, dir string, curls []string) {
 
 	checked := 0
 	for _, v := range views {
-		for _, name := range mapKeys(v.clusters) {
+		for _, name := range slices.Sorted(maps.Keys(v.clusters)) {
 			cl := v.clusters[name]
 			utc := &tlsv3.UpstreamTlsContext{}
 			if !tlsContext(t, cl.GetTransportSocket(), utc) {

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/xds"
 )
 
@@ -73,7 +74,7 @@ func fetchOwn(t *testing.T, c secretservice.SecretDiscoveryServiceClient, node, 
 // within ConnectionTimeout + 2s, while an authenticated client keeps being
 // served quickly.
 func TestAbuseStalledHandshakes(t *testing.T) {
-	_, rng := hardSeed(t)
+	rng := testkit.Rand(t)
 	m := startMesh(t, nil)
 	m.addIdentity("web")
 	cert := m.joined("n1", "web")
@@ -83,7 +84,7 @@ func TestAbuseStalledHandshakes(t *testing.T) {
 	}
 
 	stalled := 200
-	if hardSoak() {
+	if testkit.Soak() {
 		stalled = 1000
 	}
 	limit := xds.ConnectionTimeout + 2*time.Second
@@ -155,7 +156,7 @@ func TestAbuseStalledHandshakes(t *testing.T) {
 // TestAbuseOversizedMessage: a request larger than MaxRecvMsgSize is refused
 // with ResourceExhausted, on a stream and on Fetch, and the server goes on.
 func TestAbuseOversizedMessage(t *testing.T) {
-	hardSeed(t)
+	testkit.Rand(t)
 	m := startMesh(t, nil)
 	m.addIdentity("web")
 	cert := m.joined("n1", "web")
@@ -197,7 +198,7 @@ func TestAbuseOversizedMessage(t *testing.T) {
 // streams. At most MaxConcurrentStreams are open at once on the server and
 // another client is still served.
 func TestAbuseStreamFlood(t *testing.T) {
-	hardSeed(t)
+	testkit.Rand(t)
 	m := startMesh(t, nil)
 	m.addIdentity("web")
 	m.addIdentity("api")
@@ -207,7 +208,7 @@ func TestAbuseStreamFlood(t *testing.T) {
 
 	flood := 1000
 	floodFor := 4 * time.Second
-	if hardSoak() {
+	if testkit.Soak() {
 		flood, floodFor = 5000, 20*time.Second
 	}
 	conn := m.dial(cert)
@@ -313,12 +314,12 @@ func TestAbuseStreamFlood(t *testing.T) {
 // and stall are cut after ReadHeaderTimeout (5s) + margin; the API keeps
 // answering others.
 func TestAbuseAdminSlowHeaders(t *testing.T) {
-	_, rng := hardSeed(t)
+	rng := testkit.Rand(t)
 	m := startMesh(t, nil)
 	const readHeaderTimeout = 5 * time.Second // internal/admin/admin.go
 	limit := readHeaderTimeout + 2*time.Second
 	clients := 50
-	if hardSoak() {
+	if testkit.Soak() {
 		clients = 500
 	}
 	partials := []string{

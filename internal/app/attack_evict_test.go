@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshca/meshca/internal/app"
 	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/xds"
 )
 
@@ -36,16 +37,14 @@ func TestAttackEvictionSparesOtherAddresses(t *testing.T) {
 	}
 	evicted0 := counter("connections_evicted")
 
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.1")}}
-	raw, err := d.Dial("tcp", m.app.XDS)
+	raw, err := testkit.Dial(context.Background(), m.app.XDS, "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	fd := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.5")}}
 	var floods []net.Conn
 	for i := range flood {
-		c, err := fd.Dial("tcp", m.app.XDS)
+		c, err := testkit.Dial(context.Background(), m.app.XDS, "127.0.0.5")
 		if err != nil {
 			t.Fatalf("flood connection %d: %v", i, err)
 		}

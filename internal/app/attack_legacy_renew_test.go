@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/cli"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/nodeapi"
 )
 
@@ -69,9 +70,9 @@ func TestLegacyNodeDirRenewsOnlyWithMeshca(t *testing.T) {
 		}
 	}
 
-	key := newKey(t)
+	key := testkit.Key(t)
 	leaf := sibling.mint(t, "spiffe://mesh.local/meshca", big.NewInt(9), key.Public(), x509.ExtKeyUsageServerAuth)
-	ln, calls := impostor(t, tlsPair(leaf, key, sibling.cert, root.cert))
+	ln, calls := impostor(t, testkit.Pair(leaf, key, sibling.Cert, root.Cert))
 
 	setServer(ln.Addr().String())
 	out, err := run("bootstrap", "renew", "--dir", dir)

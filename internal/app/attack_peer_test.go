@@ -5,15 +5,12 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"math/big"
 	"net"
@@ -34,62 +31,26 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/config"
-	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
-	"github.com/meshca/meshca/nodeapi"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // orgCA is a CA of an organisation PKI, as a test holds it.
-type orgCA struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-}
-
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
+type orgCA struct{ *testkit.CA }
 
 // orgPKI makes an organisation root with two intermediates: the first is
 // imported as meshca's, the second is a sibling CA the attacker controls.
 func orgPKI(t *testing.T) (root, meshcas, sibling orgCA) {
 	t.Helper()
-	now := time.Now()
-	mk := func(cn string, parent *orgCA, pathZero bool) orgCA {
-		key := newKey(t)
-		serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-		tmpl := &x509.Certificate{
-			SerialNumber: serial, Subject: pkix.Name{CommonName: cn, Organization: []string{"Example Org"}},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
-			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
-			MaxPathLenZero: pathZero,
-		}
-		parentCert, parentKey := tmpl, crypto.Signer(key)
-		if parent != nil {
-			parentCert, parentKey = parent.cert, parent.key
-		} else {
-			tmpl.NotAfter = now.Add(10 * 365 * 24 * time.Hour)
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parentCert, key.Public(), parentKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return orgCA{cert: c, key: key}
-	}
-	root = mk("Example Org Root", nil, false)
-	return root, mk("Example Org meshca CA", &root, true), mk("Example Org team CA", &root, true)
+	year := time.Now().Add(365 * 24 * time.Hour)
+	org := func(cn string) pkix.Name { return pkix.Name{CommonName: cn, Organization: []string{"Example Org"}} }
+	root = orgCA{testkit.NewCA(t, org("Example Org Root"), time.Now().Add(10*365*24*time.Hour), nil)}
+	return root, orgCA{testkit.NewCA(t, org("Example Org meshca CA"), year, root.CA)}, orgCA{testkit.NewCA(t, org("Example Org team CA"), year, root.CA)}
 }
 
 // mint signs a leaf for pub with uri and serial, as any holder of ca's key
@@ -100,41 +61,19 @@ func (ca orgCA) mint(t *testing.T, uri string, serial *big.Int, pub crypto.Publi
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
+	return ca.Sign(t, &x509.Certificate{
 		SerialNumber: serial, Subject: pkix.Name{Organization: []string{"mesh.local"}},
 		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{eku}, URIs: []*url.URL{u},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-// tlsPair is a client or server certificate with its chain.
-func tlsPair(leaf *x509.Certificate, key crypto.Signer, chain ...*x509.Certificate) *tls.Certificate {
-	c := &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
-	for _, ch := range chain {
-		c.Certificate = append(c.Certificate, ch.Raw)
-	}
-	return c
+	}, pub)
 }
 
 // importOrgCA makes meshcas meshca's issuing CA, under root.
 func importOrgCA(m *mesh, meshcas, root orgCA) {
 	m.t.Helper()
-	keyDER, err := x509.MarshalPKCS8PrivateKey(meshcas.key)
-	if err != nil {
-		m.t.Fatal(err)
-	}
 	m.admin("POST", api.PathCAImport, api.ImportCARequest{
-		CertPEM: string(pemCert(meshcas.cert.Raw)) + string(pemCert(root.cert.Raw)),
-		KeyPEM:  string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
+		CertPEM: string(testkit.CertPEM(meshcas.Cert.Raw)) + string(testkit.CertPEM(root.Cert.Raw)),
+		KeyPEM:  string(testkit.KeyPEM(m.t, meshcas.Key)),
 	}, nil, http.StatusOK)
 }
 
@@ -148,7 +87,12 @@ func fetchSecret(m *mesh, cert *tls.Certificate, node, ident string) (*tlsv3.Sec
 	if err != nil {
 		return nil, err
 	}
-	for _, a := range resp.GetResources() {
+	return secretIn(resp.GetResources(), ident)
+}
+
+// secretIn finds ident's secret among an answer's resources.
+func secretIn(res []*anypb.Any, ident string) (*tlsv3.Secret, error) {
+	for _, a := range res {
 		sec := &tlsv3.Secret{}
 		if a.UnmarshalTo(sec) == nil && sec.GetName() == secretName(ident) {
 			return sec, nil
@@ -173,22 +117,13 @@ func adsSecret(m *mesh, cert *tls.Certificate, node, ident string) (*tlsv3.Secre
 	if err != nil {
 		return nil, err
 	}
-	for _, a := range r.GetResources() {
-		sec := &tlsv3.Secret{}
-		if a.UnmarshalTo(sec) == nil && sec.GetName() == secretName(ident) {
-			return sec, nil
-		}
-	}
-	return nil, fmt.Errorf("no secret %s in the answer", ident)
+	return secretIn(r.GetResources(), ident)
 }
 
 // adminPOST calls the mTLS admin listener with cert, as a remote operator.
 func adminPOST(m *mesh, cert *tls.Certificate, path string, body any) (int, error) {
 	b, _ := json.Marshal(body)
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
-		InsecureSkipVerify: true, // the attacker does not care who answers
-		Certificates:       []tls.Certificate{*cert}, MinVersion: tls.VersionTLS13,
-	}}}
+	c := mtlsClient(cert)
 	defer c.CloseIdleConnections()
 	resp, err := c.Post("https://"+m.app.AdminMTLS+path, "application/json", bytes.NewReader(b))
 	if err != nil {
@@ -196,23 +131,6 @@ func adminPOST(m *mesh, cert *tls.Certificate, path string, body any) (int, erro
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
-}
-
-// csrCert has meshca issue a certificate for identity from a CSR made here.
-func csrCert(m *mesh, ident string) *tls.Certificate {
-	m.t.Helper()
-	key := newKey(m.t)
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	var out api.Cert
-	m.admin("POST", api.PathCerts+"/"+ident, api.IssueCertRequest{CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}, &out, http.StatusCreated)
-	c, err := tls.X509KeyPair([]byte(out.ChainPEM), pemKey(m.t, key))
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	return &c
 }
 
 func withAdminMTLS(c *config.Config) { c.Admin.MTLSListen = "127.0.0.1:0" }
@@ -234,9 +152,9 @@ func TestSiblingCAImpersonation(t *testing.T) {
 	}
 
 	t.Run("node certificate from the sibling CA", func(t *testing.T) {
-		key := newKey(t)
+		key := testkit.Key(t)
 		forged := sibling.mint(t, victim.Leaf.URIs[0].String(), victim.Leaf.SerialNumber, key.Public(), x509.ExtKeyUsageClientAuth)
-		cert := tlsPair(forged, key, sibling.cert, root.cert)
+		cert := testkit.Pair(forged, key, sibling.Cert, root.Cert)
 		before := m.denials("xds.auth")
 		sec, err := fetchSecret(m, cert, "victim", "web")
 		if err == nil || sec != nil {
@@ -256,10 +174,10 @@ func TestSiblingCAImpersonation(t *testing.T) {
 	t.Run("forged leaf with the victim's serial under meshca's own CA", func(t *testing.T) {
 		// Even a holder of the issuing key cannot substitute a leaf: the
 		// presented bytes must be the certificate meshca recorded.
-		key := newKey(t)
+		key := testkit.Key(t)
 		forged := meshcas.mint(t, victim.Leaf.URIs[0].String(), victim.Leaf.SerialNumber, key.Public(), x509.ExtKeyUsageClientAuth)
 		before := m.denials("node.auth")
-		if sec, err := fetchSecret(m, tlsPair(forged, key, meshcas.cert), "victim", "web"); err == nil || sec != nil {
+		if sec, err := fetchSecret(m, testkit.Pair(forged, key, meshcas.Cert), "victim", "web"); err == nil || sec != nil {
 			t.Fatalf("forged leaf with the victim's serial: secret %v, err %v", sec != nil, err)
 		}
 		if m.denials("node.auth") <= before {
@@ -269,13 +187,13 @@ func TestSiblingCAImpersonation(t *testing.T) {
 
 	t.Run("admin certificate from the sibling CA", func(t *testing.T) {
 		m.admin("POST", api.PathIdentities, api.AddIdentityRequest{Name: "ops", Admin: true}, nil, http.StatusCreated)
-		ops := csrCert(m, "ops")
+		ops := m.issueCert("ops")
 		if code, err := adminPOST(m, ops, api.PathIdentities, api.AddIdentityRequest{Name: "by-ops", Admin: true}); err != nil || code != http.StatusCreated {
 			t.Fatalf("control: the real admin credential: %d %v", code, err)
 		}
-		key := newKey(t)
+		key := testkit.Key(t)
 		forged := sibling.mint(t, "spiffe://mesh.local/ops", ops.Leaf.SerialNumber, key.Public(), x509.ExtKeyUsageClientAuth)
-		code, err := adminPOST(m, tlsPair(forged, key, sibling.cert, root.cert), api.PathIdentities, api.AddIdentityRequest{Name: "by-sibling", Admin: true})
+		code, err := adminPOST(m, testkit.Pair(forged, key, sibling.Cert, root.Cert), api.PathIdentities, api.AddIdentityRequest{Name: "by-sibling", Admin: true})
 		if err == nil {
 			t.Fatalf("sibling-minted admin certificate answered %d", code)
 		}
@@ -284,7 +202,7 @@ func TestSiblingCAImpersonation(t *testing.T) {
 		// The right serial under meshca's own CA, another key: not the
 		// recorded certificate.
 		forged = meshcas.mint(t, "spiffe://mesh.local/ops", ops.Leaf.SerialNumber, key.Public(), x509.ExtKeyUsageClientAuth)
-		if code, err := adminPOST(m, tlsPair(forged, key, meshcas.cert), api.PathIdentities, api.AddIdentityRequest{Name: "by-forgery", Admin: true}); err == nil {
+		if code, err := adminPOST(m, testkit.Pair(forged, key, meshcas.Cert), api.PathIdentities, api.AddIdentityRequest{Name: "by-forgery", Admin: true}); err == nil {
 			t.Fatalf("admin leaf with the right serial and another key answered %d", code)
 		}
 		m.admin("GET", api.PathIdentities+"/by-forgery", nil, nil, http.StatusNotFound)
@@ -292,14 +210,14 @@ func TestSiblingCAImpersonation(t *testing.T) {
 
 	t.Run("server certificate from the sibling CA", func(t *testing.T) {
 		tok := m.addNode("late", "sidecar", "web")
-		if want := sha256.Sum256(meshcas.cert.Raw); tok.CASHA256 != hex.EncodeToString(want[:]) {
+		if want := sha256.Sum256(meshcas.Cert.Raw); tok.CASHA256 != hex.EncodeToString(want[:]) {
 			t.Fatalf("node add pins %s, want meshca's issuing CA", tok.CASHA256)
 		}
 		// The impostor presents a sibling-minted spiffe://mesh.local/meshca
 		// with every CA of the organisation in its chain, meshca's too.
-		key := newKey(t)
+		key := testkit.Key(t)
 		leaf := sibling.mint(t, "spiffe://mesh.local/meshca", big.NewInt(7), key.Public(), x509.ExtKeyUsageServerAuth)
-		ln, calls := impostor(t, tlsPair(leaf, key, sibling.cert, meshcas.cert, root.cert))
+		ln, calls := impostor(t, testkit.Pair(leaf, key, sibling.Cert, meshcas.Cert, root.Cert))
 
 		bootstrap := func(server string, pin ...string) (string, error) {
 			var stdout, stderr bytes.Buffer
@@ -310,10 +228,10 @@ func TestSiblingCAImpersonation(t *testing.T) {
 			return stderr.String(), err
 		}
 		rootFile := filepath.Join(t.TempDir(), "root.pem")
-		if err := os.WriteFile(rootFile, pemCert(root.cert.Raw), 0o600); err != nil {
+		if err := os.WriteFile(rootFile, testkit.CertPEM(root.Cert.Raw), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		rootSum := sha256.Sum256(root.cert.Raw)
+		rootSum := sha256.Sum256(root.Cert.Raw)
 		for _, pin := range [][]string{
 			{"--ca-sha256", tok.CASHA256}, // exactly as node add prints it
 			{"--ca-sha256", hex.EncodeToString(rootSum[:])},
@@ -331,7 +249,7 @@ func TestSiblingCAImpersonation(t *testing.T) {
 		}
 		t.Logf("bootstrap against the impostor: refused 3 of 3 pins, 0 calls reached it")
 		// Control: the impostor does record a client that trusts it...
-		siblingSum := sha256.Sum256(sibling.cert.Raw)
+		siblingSum := sha256.Sum256(sibling.Cert.Raw)
 		if _, err := bootstrap(ln.Addr().String(), "--ca-sha256", hex.EncodeToString(siblingSum[:])); err == nil {
 			t.Fatal("bootstrap succeeded against the impostor")
 		}
@@ -377,14 +295,7 @@ func TestAdminCredentialsAreNeverMeshcaKeys(t *testing.T) {
 	}
 	served := tlsCert(t, sec)
 	m.stop()
-	sealer, err := seal.LoadOrCreate(filepath.Join(m.dir, "kek"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(store.Config{Dir: m.dir, Sealer: sealer})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := testkit.OpenStore(t, m.dir, store.Config{})
 	err = st.Update(context.Background(), func(tx *store.Tx) error {
 		id, err := tx.Identity("legacy")
 		if err != nil {
@@ -416,7 +327,7 @@ func TestAdminCredentialsAreNeverMeshcaKeys(t *testing.T) {
 		t.Fatal("refusal of a meshca-generated admin key not audited with its reason")
 	}
 	// Control: a credential from a CSR for the same identity works.
-	if code, err := adminPOST(m, csrCert(m, "legacy"), api.PathIdentities, api.AddIdentityRequest{Name: "by-csr"}); err != nil || code != http.StatusCreated {
+	if code, err := adminPOST(m, m.issueCert("legacy"), api.PathIdentities, api.AddIdentityRequest{Name: "by-csr"}); err != nil || code != http.StatusCreated {
 		t.Fatalf("control: CSR credential of legacy: %d %v", code, err)
 	}
 }
@@ -428,18 +339,7 @@ func crlSerials(t *testing.T, m *mesh) map[string]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]bool{}
-	rest := readBody(t, resp)
-	for b, r := pem.Decode(rest); b != nil; b, r = pem.Decode(r) {
-		crl, err := x509.ParseRevocationList(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range crl.RevokedCertificateEntries {
-			out[fmt.Sprintf("%x", e.SerialNumber)] = true
-		}
-	}
-	return out
+	return testkit.Revoked(t, readBody(t, resp))
 }
 
 // TestNodeRevokeRekeysItsIdentities: the identity keys a revoked node held
@@ -521,22 +421,13 @@ func slicesContains(s []string, v string) bool {
 
 // renewWith asks for a new node certificate over mTLS with cert.
 func renewWith(m *mesh, cert *tls.Certificate) (*tls.Certificate, error) {
-	key := newKey(m.t)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var resp nodeapi.JoinResponse
-	err := m.dial(cert).Invoke(ctx, nodeapi.FullRenewMethod,
-		&nodeapi.RenewRequest{CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))},
-		&resp, grpc.ForceCodec(nodeapi.Codec{}))
+	resp, key, err := renewNode(m.t, ctx, m.dial(cert))
 	if err != nil {
 		return nil, err
 	}
-	c, err := tls.X509KeyPair([]byte(resp.ChainPEM), pemKey(m.t, key))
-	if err != nil {
-		return nil, err
-	}
-	return &c, nil
+	return testkit.TLSCert(resp.ChainPEM, key)
 }
 
 // TestOneValidNodeCertificate: a renewed node certificate revokes the

@@ -41,6 +41,7 @@ import (
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/app"
 	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/nodeapi"
 	"github.com/meshca/meshca/xds"
 )
@@ -78,11 +79,7 @@ func dialH2(ctx context.Context, addr, local string) (*h2attacker, error) {
 // dialH2With connects from local with the client TLS configuration cfg
 // (a client certificate, say); ALPN is set to h2.
 func dialH2With(ctx context.Context, addr, local string, cfg *tls.Config) (*h2attacker, error) {
-	d := &net.Dialer{Timeout: 5 * time.Second}
-	if local != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
-	}
-	raw, err := d.DialContext(ctx, "tcp", addr)
+	raw, err := testkit.Dial(ctx, addr, local)
 	if err != nil {
 		return nil, err
 	}
@@ -583,7 +580,7 @@ func runAttacker(t *testing.T, mode, addr string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = testLog{t}
+	cmd.Stderr = testkit.LogWriter{TB: t}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -991,8 +988,7 @@ func stalledCertClients(addr string) string {
 	for i := range conns {
 		stalled.Add(1)
 		go func() {
-			d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.0.%d", 40+i%addrs))}}
-			raw, err := d.Dial("tcp", addr)
+			raw, err := testkit.Dial(context.Background(), addr, fmt.Sprintf("127.0.0.%d", 40+i%addrs))
 			if err != nil {
 				early.Add(1)
 				stalled.Done()

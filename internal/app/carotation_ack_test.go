@@ -2,11 +2,6 @@ package app_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,11 +10,9 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/nodeapi"
 )
 
 // TestCARotationWaitsForNodeAcks rotates the intermediate with a node
@@ -131,11 +124,7 @@ func TestCARotationWaitsForNodeAcks(t *testing.T) {
 	}
 	// The node renews its node certificate, as `meshca bootstrap renew`
 	// does; the previous intermediate then has nothing left to vouch for.
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	var resp nodeapi.JoinResponse
-	if err := conn.Invoke(ctx, nodeapi.FullRenewMethod, &nodeapi.RenewRequest{CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))},
-		&resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+	if _, _, err := renewNode(t, ctx, conn); err != nil {
 		t.Fatalf("node renewal during the rotation: %v", err)
 	}
 	// The renewal changed the node's record, so nodeconfig may push the

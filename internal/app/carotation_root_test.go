@@ -2,11 +2,7 @@ package app_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"net/http"
 	"strings"
 	"sync"
@@ -20,7 +16,6 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/nodeapi"
 )
 
 // ackingNode is a node's ADS stream for its secrets that acknowledges
@@ -142,11 +137,8 @@ func TestRootRotationWaitsForNodeCertRenewal(t *testing.T) {
 
 	// The node renews its certificate with the current one, as
 	// `meshca bootstrap renew` does.
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	var resp nodeapi.JoinResponse
-	if err := conn.Invoke(ctx, nodeapi.FullRenewMethod, &nodeapi.RenewRequest{CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))},
-		&resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+	resp, _, err := renewNode(t, ctx, conn)
+	if err != nil {
 		t.Fatalf("node renewal during the rotation: %v", err)
 	}
 	if strings.Count(resp.BundlePEM, "BEGIN CERTIFICATE") != 2 {

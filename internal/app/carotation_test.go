@@ -2,7 +2,6 @@ package app_test
 
 import (
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"net/http"
 	"slices"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // TestCARotationKeepsHandshakes rotates the root and then the intermediate
@@ -136,14 +136,8 @@ func TestCARotationKeepsHandshakes(t *testing.T) {
 func bundleSerials(t *testing.T, h *holder) []string {
 	t.Helper()
 	var out []string
-	rest := h.secrets[secretName("")].GetValidationContext().GetTrustedCa().GetInlineBytes()
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
+	for _, der := range testkit.ChainDER(string(h.secrets[secretName("")].GetValidationContext().GetTrustedCa().GetInlineBytes())) {
+		c, err := x509.ParseCertificate(der)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -72,7 +72,7 @@ func (e *envoy) settle() {
 		e.apply(recv(e.t, e.s))
 		e.subscribe()
 	}
-	e.t.Fatalf("configuration never completed: routes %v endpoints %v secrets %v", keys(e.routes), keys(e.endpoints), keys(e.secrets))
+	e.t.Fatalf("configuration never completed: routes %v endpoints %v secrets %v", names(e.routes), names(e.endpoints), names(e.secrets))
 }
 
 // wants returns what the listeners and clusters reference.
@@ -176,8 +176,6 @@ func unpack[T proto.Message](t *testing.T, a *anypb.Any, msg T) T {
 	return msg
 }
 
-func keys[V any](m map[string]V) []string { return names(m) }
-
 func readExample(t *testing.T, name string) string {
 	t.Helper()
 	b, err := os.ReadFile("../../testdata/mesh/examples/" + name)
@@ -204,7 +202,7 @@ func TestEnvoyFrontProxyAndSidecar(t *testing.T) {
 
 	edge := connectEnvoy(t, m, "edge-1", edgeCert)
 	edge.settle()
-	if got := keys(edge.listeners); !slices.Equal(got, []string{"http_8080", "https_8443"}) {
+	if got := names(edge.listeners); !slices.Equal(got, []string{"http_8080", "https_8443"}) {
 		t.Fatalf("front proxy listeners %v", got)
 	}
 	// 8443 terminates TLS with the front identity and requires client certificates.
@@ -217,7 +215,7 @@ func TestEnvoyFrontProxyAndSidecar(t *testing.T) {
 		t.Fatalf("8443 secrets %v", got)
 	}
 	if !edge.secrets[secretName("front")] || edge.secrets[secretName("echo")] {
-		t.Fatalf("front proxy secrets %v: it must get front's and never echo's", keys(edge.secrets))
+		t.Fatalf("front proxy secrets %v: it must get front's and never echo's", names(edge.secrets))
 	}
 	// 8080 redirects to https, keeping port 8443.
 	h := unpack(t, edge.listeners["http_8080"].GetFilterChains()[0].GetFilters()[0].GetTypedConfig(), &hcmv3.HttpConnectionManager{})
@@ -228,7 +226,7 @@ func TestEnvoyFrontProxyAndSidecar(t *testing.T) {
 
 	side := connectEnvoy(t, m, "sidecar-echo", sideCert)
 	side.settle()
-	if got := keys(side.listeners); !slices.Contains(got, "outbound_billing_9001") || !slices.Contains(got, "inbound_15443") {
+	if got := names(side.listeners); !slices.Contains(got, "outbound_billing_9001") || !slices.Contains(got, "inbound_15443") {
 		t.Fatalf("sidecar listeners %v", got)
 	}
 	if side.clusters["billing"] == nil {
@@ -259,7 +257,7 @@ func TestEnvoyFrontProxyAndSidecar(t *testing.T) {
 		side.apply(recv(t, side.s))
 	}
 	if side.listeners["outbound_billing_9001"] != nil || side.clusters["billing"] != nil {
-		t.Fatalf("billing still configured: listeners %v clusters %v", keys(side.listeners), keys(side.clusters))
+		t.Fatalf("billing still configured: listeners %v clusters %v", names(side.listeners), names(side.clusters))
 	}
 	var n api.Node
 	m.admin("GET", api.PathNodes+"/edge-1", nil, &n, http.StatusOK)

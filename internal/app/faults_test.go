@@ -5,13 +5,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,28 +19,9 @@ import (
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
-	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/testkit"
 )
-
-// hardSeed returns the seed of a hardening test: MESHCA_SEED when set,
-// otherwise the time. It is logged so that a failure can be replayed.
-func hardSeed(t *testing.T) (uint64, *mrand.Rand) {
-	t.Helper()
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("MESHCA_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("MESHCA_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (replay with MESHCA_SEED=%d)", seed, seed)
-	return seed, mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-}
-
-// hardSoak tells whether the long variant was asked for (MESHCA_SOAK=1).
-func hardSoak() bool { return os.Getenv("MESHCA_SOAK") == "1" }
 
 var errInjected = errors.New("injected storage fault")
 
@@ -110,21 +88,9 @@ func (r *faultRig) changes() []store.Change {
 
 func newFaultRig(t *testing.T) *faultRig {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "data")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	sealer, err := seal.LoadOrCreate(filepath.Join(dir, "kek"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	clk := clock.NewFake(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 	f := &faults{fail: map[int64]bool{}}
-	st, err := store.Open(store.Config{Dir: dir, Sealer: sealer, Clock: clk, Fault: f.hook})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := testkit.OpenStore(t, filepath.Join(t.TempDir(), "data"), store.Config{Clock: clk, Fault: f.hook})
 	td, _ := identity.TrustDomain("mesh.local")
 	auth, err := authority.New(context.Background(), authority.Config{Store: st, TrustDomain: td, Clock: clk})
 	if err != nil {
@@ -172,11 +138,7 @@ func (r *faultRig) served(node, ident string) string {
 	}
 	for _, c := range creds {
 		if c.Identity == ident {
-			b, _ := pem.Decode(c.ChainPEM)
-			leaf, err := x509.ParseCertificate(b.Bytes)
-			if err != nil {
-				r.t.Fatal(err)
-			}
+			leaf := testkit.ParseCertPEM(r.t, c.ChainPEM)
 			if got := fmt.Sprintf("%x", leaf.SerialNumber); got != c.Serial {
 				r.t.Fatalf("credential serial %s but leaf serial %s", c.Serial, got)
 			}
@@ -198,7 +160,7 @@ func (r *faultRig) check() {
 // certificate fails. The caller must get the error, nothing may be stored or
 // served, and the next call after the fault clears must succeed.
 func TestStorageFaultAfterSigning(t *testing.T) {
-	hardSeed(t) // deterministic; logged for uniformity
+	testkit.Rand(t) // deterministic; logged for uniformity
 	ctx := context.Background()
 	r := newFaultRig(t)
 
@@ -313,11 +275,11 @@ func TestStorageFaultAfterSigning(t *testing.T) {
 // calls fail, and checks after every step that a failed call left nothing
 // behind and a successful one is fully recorded.
 func TestStorageFaultsRandom(t *testing.T) {
-	_, rng := hardSeed(t)
+	rng := testkit.Rand(t)
 	ctx := context.Background()
 	r := newFaultRig(t)
 	steps := 40
-	if hardSoak() {
+	if testkit.Soak() {
 		steps = 400
 	}
 	names := []string{"a", "b", "c", "d"}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // echoServer is a real grpc-go server that answers with its name.
@@ -84,10 +85,10 @@ func grpcClient(t *testing.T, m *mesh, node string) testgrpc.TestServiceClient {
 	}
 	var chain []byte
 	for _, der := range cert.Certificate {
-		chain = append(chain, pemCert(der)...)
+		chain = append(chain, testkit.CertPEM(der)...)
 	}
 	write(bootstrap.CertFile, chain)
-	write(bootstrap.KeyFile, pemKey(t, cert.PrivateKey))
+	write(bootstrap.KeyFile, testkit.KeyPEM(t, cert.PrivateKey))
 	resp, err := m.http.Get("http://" + m.app.Admin + api.PathCABundle)
 	if err != nil {
 		t.Fatal(err)

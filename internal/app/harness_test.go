@@ -4,17 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"io"
 	"log/slog"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -25,6 +21,7 @@ import (
 	"github.com/meshca/meshca/internal/app"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/nodeapi"
 )
 
@@ -62,11 +59,13 @@ func startMeshIn(t *testing.T, clk clock.Clock, dir string, tweaks ...func(*conf
 // with opts.
 func startMeshWith(t *testing.T, clk clock.Clock, dir string, edit func(*config.Config), opts ...app.Option) *mesh {
 	t.Helper()
-	cfg := config.Default()
-	cfg.DataDir = dir
-	cfg.Admin.Listen = "127.0.0.1:0"
-	cfg.XDS.Listen = "127.0.0.1:0"
-	cfg.XDS.DNSNames = []string{"localhost"} // grpc-go checks the host name of the xDS server
+	return startMeshLogged(t, clk, dir, edit, testkit.Logger(t), opts...)
+}
+
+// startMeshLogged is startMeshWith with meshca logging to log.
+func startMeshLogged(t *testing.T, clk clock.Clock, dir string, edit func(*config.Config), log *slog.Logger, opts ...app.Option) *mesh {
+	t.Helper()
+	cfg := testkit.LoopbackConfig(dir)
 	if edit != nil {
 		edit(&cfg)
 	}
@@ -76,7 +75,7 @@ func startMeshWith(t *testing.T, clk clock.Clock, dir string, edit func(*config.
 	} else {
 		clk = clock.Real{}
 	}
-	a, err := app.Start(ctx, cfg, slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelInfo})), opts...)
+	a, err := app.Start(ctx, cfg, log, opts...)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -194,19 +193,7 @@ func (m *mesh) serverTLS(cert *tls.Certificate) *tls.Config {
 		// The server is identified by spiffe://mesh.local/meshca, not a host.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			var certs []*x509.Certificate
-			for _, der := range raw {
-				c, err := x509.ParseCertificate(der)
-				if err != nil {
-					return err
-				}
-				certs = append(certs, c)
-			}
-			inter := x509.NewCertPool()
-			for _, c := range certs[1:] {
-				inter.AddCert(c)
-			}
-			_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: m.clock.Now()})
+			certs, _, err := testkit.VerifyChain(raw, x509.VerifyOptions{Roots: roots, CurrentTime: m.clock.Now()})
 			if err == nil && (len(certs[0].URIs) != 1 || certs[0].URIs[0].String() != "spiffe://mesh.local/meshca") {
 				err = errNotMeshca
 			}
@@ -219,14 +206,6 @@ func (m *mesh) serverTLS(cert *tls.Certificate) *tls.Config {
 	return cfg
 }
 
-// testLog sends the server's log to the test's log, shown on failure.
-type testLog struct{ t *testing.T }
-
-func (w testLog) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 type testError string
 
 func (e testError) Error() string { return string(e) }
@@ -236,34 +215,18 @@ const errNotMeshca = testError("server is not spiffe://mesh.local/meshca")
 // join redeems a join token and returns the node's TLS certificate.
 func (m *mesh) join(node, token string) (*tls.Certificate, error) {
 	m.t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	key, csr := testkit.NewCSR(m.t)
 	conn := m.dial(nil)
 	defer conn.Close() // a joining node holds no connection afterwards
 	var resp nodeapi.JoinResponse
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := conn.Invoke(ctx, nodeapi.FullJoinMethod,
-		&nodeapi.JoinRequest{Node: node, Token: token, CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))},
+	err := conn.Invoke(ctx, nodeapi.FullJoinMethod, &nodeapi.JoinRequest{Node: node, Token: token, CSRPEM: csr},
 		&resp, grpc.ForceCodec(nodeapi.Codec{}))
 	if err != nil {
 		return nil, err
 	}
-	var chain [][]byte
-	rest := []byte(resp.ChainPEM)
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		chain = append(chain, b.Bytes)
-	}
-	leaf, err := x509.ParseCertificate(chain[0])
-	if err != nil {
-		return nil, err
-	}
-	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, nil
+	return testkit.TLSCert(resp.ChainPEM, key)
 }
 
 // joined adds a node for the identities and joins it.
@@ -275,6 +238,44 @@ func (m *mesh) joined(node string, ids ...string) *tls.Certificate {
 		m.t.Fatalf("join %s: %v", node, err)
 	}
 	return cert
+}
+
+// issueCert has meshca sign a CSR made here for the existing identity
+// ident, as `meshca cert issue` does: a certificate from meshca's CA that
+// is not a node's.
+func (m *mesh) issueCert(ident string) *tls.Certificate {
+	m.t.Helper()
+	key, csr := testkit.NewCSR(m.t)
+	var out api.Cert
+	m.admin("POST", api.PathCerts+"/"+ident, api.IssueCertRequest{CSRPEM: csr}, &out, http.StatusCreated)
+	cert, err := testkit.TLSCert(out.ChainPEM, key)
+	if err != nil {
+		m.t.Fatalf("certificate for %s: %v", ident, err)
+	}
+	return cert
+}
+
+// renewNode asks over conn, a node's connection, for a new node
+// certificate for a key made here, as `meshca bootstrap renew` does. It
+// returns meshca's answer and the new key.
+func renewNode(t *testing.T, ctx context.Context, conn *grpc.ClientConn) (*nodeapi.JoinResponse, *ecdsa.PrivateKey, error) {
+	t.Helper()
+	key, csr := testkit.NewCSR(t)
+	var resp nodeapi.JoinResponse
+	if err := conn.Invoke(ctx, nodeapi.FullRenewMethod, &nodeapi.RenewRequest{CSRPEM: csr}, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+		return nil, nil, err
+	}
+	return &resp, key, nil
+}
+
+// mtlsClient calls the mTLS admin listener presenting cert, as a remote
+// operator does; it does not check who answers (the tests that use it are
+// about the client's credential). Close its idle connections when done.
+func mtlsClient(cert *tls.Certificate) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		InsecureSkipVerify: true,
+		Certificates:       []tls.Certificate{*cert}, MinVersion: tls.VersionTLS13,
+	}}}
 }
 
 // dial connects to the xDS port, presenting cert when given.
@@ -293,19 +294,6 @@ func secretName(identity string) string {
 		return "spiffe://mesh.local"
 	}
 	return "spiffe://mesh.local/" + identity
-}
-
-func pemCert(der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
-
-func pemKey(t *testing.T, key any) []byte {
-	t.Helper()
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
 
 func readBody(t *testing.T, resp *http.Response) []byte {

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/nodeapi"
 )
 
@@ -63,7 +64,7 @@ func makeHostileCSRs(t *testing.T, otherID, foreignID string) hostileCSRs {
 	// multi-prime one (same modulus size, far quicker). Short runs use 8192
 	// bits (meshca's limit is 4096); MESHCA_SOAK=1 uses 16384.
 	h.bigRSABits = 8192
-	if hardSoak() {
+	if testkit.Soak() {
 		h.bigRSABits = 16384
 	}
 	start := time.Now()
@@ -98,7 +99,7 @@ func makeHostileCSRs(t *testing.T, otherID, foreignID string) hostileCSRs {
 	// A certificate where a CSR is expected.
 	cder, _ := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: bigOne(), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)},
 		&x509.Certificate{SerialNumber: bigOne()}, key.Public(), key)
-	h.wrongType = pemCert(cder)
+	h.wrongType = testkit.CertPEM(cder)
 	return h
 }
 
@@ -210,7 +211,7 @@ func checkLeaf(t *testing.T, what, chainPEM, want string, maxTTL time.Duration) 
 }
 
 func TestHostileInputs(t *testing.T) {
-	hardSeed(t) // inputs are fixed; the seed is logged for uniformity
+	testkit.Rand(t) // inputs are fixed; the seed is logged for uniformity
 	m := startMesh(t, nil)
 	m.addIdentity("web")
 	m.addIdentity("other")

@@ -1,13 +1,7 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"net/http"
 	"strings"
 	"testing"
@@ -25,7 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshca/meshca/internal/api"
-	"github.com/meshca/meshca/internal/cli"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/nodeapi"
 )
 
@@ -63,9 +57,7 @@ func TestHostileTextIsEscapedInTheCLI(t *testing.T) {
 
 	// An unauthenticated Join naming a node with controls, and one with a
 	// 300-character name.
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	csrPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
+	_, csrPEM := testkit.NewCSR(t)
 	anon := m.dial(nil)
 	long := strings.Repeat("n", 300)
 	for _, name := range []string{hostile, long} {
@@ -118,13 +110,11 @@ func TestHostileTextIsEscapedInTheCLI(t *testing.T) {
 	}
 
 	run := func(args ...string) (string, string) {
-		var out, errb bytes.Buffer
-		err := cli.Execute(context.Background(), cli.Config{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }},
-			append([]string{"--admin", m.app.Admin}, args...))
+		out, errOut, err := m.cli(args...)
 		if err != nil && !strings.Contains(strings.Join(args, " "), "ghost") {
-			t.Fatalf("meshca %s: %v %s", strings.Join(args, " "), err, errb.String())
+			t.Fatalf("meshca %s: %v %s", strings.Join(args, " "), err, errOut)
 		}
-		return out.String(), errb.String()
+		return out, errOut
 	}
 	escaped := `\x1b[2J\x1b[Hall good\r\x1b]0;owned\x07\u009b31m\u202eevil`
 	tests := []struct {

@@ -14,23 +14,15 @@ import (
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
-	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/xds"
 )
 
 // TestReadinessFollowsStore: closing the store makes meshca not ready.
 func TestReadinessFollowsStore(t *testing.T) {
 	ctx := context.Background()
-	dir := filepath.Join(t.TempDir(), "data")
-	sealer, err := seal.LoadOrCreate(filepath.Join(t.TempDir(), "kek"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(store.Config{Dir: dir, Sealer: sealer})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := testkit.OpenStore(t, filepath.Join(t.TempDir(), "data"), store.Config{})
 	td, _ := identity.TrustDomain("mesh.local")
 	clk := clock.NewFake(time.Now())
 	auth, err := authority.New(ctx, authority.Config{Store: st, TrustDomain: td, Clock: clk})

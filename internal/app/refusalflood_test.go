@@ -2,12 +2,7 @@ package app_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -28,11 +23,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
-	"github.com/meshca/meshca/internal/app"
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/lograte"
 	"github.com/meshca/meshca/internal/registry"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/nodeapi"
 )
 
@@ -67,38 +61,8 @@ func (l *lineLog) count(sub string) int {
 // kept in lines.
 func startMeshMTLS(t *testing.T, clk *clock.Fake, lines *lineLog) *mesh {
 	t.Helper()
-	cfg := config.Default()
-	cfg.DataDir = filepath.Join(t.TempDir(), "data")
-	cfg.Admin.Listen = "127.0.0.1:0"
-	cfg.Admin.MTLSListen = "127.0.0.1:0"
-	cfg.XDS.Listen = "127.0.0.1:0"
-	cfg.XDS.DNSNames = []string{"localhost"}
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := app.Start(ctx, cfg, slog.New(slog.NewTextHandler(lines, &slog.HandlerOptions{Level: slog.LevelInfo})), app.WithClock(clk))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.Wait(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("meshca stopped with: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("meshca did not stop within 20s")
-		}
-	}
-	t.Cleanup(stop)
-	return &mesh{t: t, app: a, clock: clk, http: &http.Client{Timeout: 30 * time.Second}, dir: cfg.DataDir, stop: stop}
+	log := slog.New(slog.NewTextHandler(lines, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return startMeshLogged(t, clk, filepath.Join(t.TempDir(), "data"), withAdminMTLS, log)
 }
 
 // workloadCert has meshca sign a CSR for identity name, as `meshca cert
@@ -106,19 +70,7 @@ func startMeshMTLS(t *testing.T, clk *clock.Fake, lines *lineLog) *mesh {
 func (m *mesh) workloadCert(name string) *tls.Certificate {
 	m.t.Helper()
 	m.addIdentity(name)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	var out api.Cert
-	m.admin("POST", api.PathCerts+"/"+name, api.IssueCertRequest{CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}, &out, http.StatusCreated)
-	var chain [][]byte
-	for rest := []byte(out.ChainPEM); ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		chain = append(chain, b.Bytes)
-	}
-	return &tls.Certificate{Certificate: chain, PrivateKey: key}
+	return m.issueCert(name)
 }
 
 // handshakes opens n TLS connections to addr presenting cert, 8 at a time,
@@ -128,6 +80,25 @@ func (m *mesh) workloadCert(name string) *tls.Certificate {
 func handshakes(t *testing.T, addr string, cert *tls.Certificate, n int) (accepted int) {
 	t.Helper()
 	var ok atomic.Int64
+	connectEach(t, addr, n, func(raw net.Conn) {
+		c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2"}})
+		if err := c.Handshake(); err == nil {
+			// TLS 1.3: the server judges the client certificate after the
+			// client's handshake ends; its verdict is an alert or the
+			// server's first frames.
+			if _, err := c.Read(make([]byte, 1)); err == nil {
+				ok.Add(1)
+			}
+		}
+	})
+	return int(ok.Load())
+}
+
+// connectEach runs use on n new TCP connections to addr, 8 at a time, each
+// closed after use returns (or 20 s after it opened), and returns when all
+// have been used.
+func connectEach(t *testing.T, addr string, n int, use func(net.Conn)) {
+	t.Helper()
 	var wg sync.WaitGroup
 	next := make(chan struct{})
 	for w := 0; w < 8; w++ {
@@ -135,22 +106,14 @@ func handshakes(t *testing.T, addr string, cert *tls.Certificate, n int) (accept
 		go func() {
 			defer wg.Done()
 			for range next {
-				raw, err := net.DialTimeout("tcp", addr, 10*time.Second)
+				c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 				if err != nil {
 					t.Errorf("dial: %v", err)
 					continue
 				}
-				raw.SetDeadline(time.Now().Add(20 * time.Second))
-				c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2"}})
-				if err := c.Handshake(); err == nil {
-					// TLS 1.3: the server judges the client certificate
-					// after the client's handshake ends; its verdict is
-					// an alert or the server's first frames.
-					if _, err := c.Read(make([]byte, 1)); err == nil {
-						ok.Add(1)
-					}
-				}
-				raw.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				use(c)
+				c.Close()
 			}
 		}()
 	}
@@ -159,7 +122,6 @@ func handshakes(t *testing.T, addr string, cert *tls.Certificate, n int) (accept
 	}
 	close(next)
 	wg.Wait()
-	return int(ok.Load())
 }
 
 var refusalSeries = regexp.MustCompile(`(?m)^meshca_refusals_total\{action="([^"]+)",outcome="([^"]+)",reason="([^"]+)"\} (\S+)$`)
@@ -245,7 +207,7 @@ func flushRefusals(t *testing.T, m *mesh, clk *clock.Fake, after uint64, want in
 // minute.
 func TestRefusalFloodsAreBounded(t *testing.T) {
 	handshakesN, revokedN, renewalsN := 500, 200, 1000
-	if hardSoak() {
+	if testkit.Soak() {
 		handshakesN, revokedN, renewalsN = 2000, 2000, 2000
 	}
 	clk := clock.NewFake(time.Now())
@@ -348,33 +310,13 @@ func TestRefusalFloodsAreBounded(t *testing.T) {
 
 	t.Run("malformed connections to the mTLS admin port", func(t *testing.T) {
 		logged := lines.count("TLS handshake error")
-		var wg sync.WaitGroup
-		next := make(chan struct{})
-		for w := 0; w < 8; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for range next {
-					c, err := net.DialTimeout("tcp", m.app.AdminMTLS, 10*time.Second)
-					if err != nil {
-						t.Errorf("dial: %v", err)
-						continue
-					}
-					c.SetDeadline(time.Now().Add(20 * time.Second))
-					// A TLS record header announcing a handshake, then junk.
-					c.Write([]byte("\x16\x03\x01\x00\x08\x01\x00\x00\x04junk"))
-					io.Copy(io.Discard, c) // until the server closes: it has logged by then
-					c.Close()
-				}
-			}()
-		}
 		start := time.Now()
 		const conns = 1000
-		for i := 0; i < conns; i++ {
-			next <- struct{}{}
-		}
-		close(next)
-		wg.Wait()
+		connectEach(t, m.app.AdminMTLS, conns, func(c net.Conn) {
+			// A TLS record header announcing a handshake, then junk.
+			c.Write([]byte("\x16\x03\x01\x00\x08\x01\x00\x00\x04junk"))
+			io.Copy(io.Discard, c) // until the server closes: it has logged by then
+		})
 		got := lines.count("TLS handshake error") - logged
 		if got > lograte.DefaultBurst || lines.count("TLS handshake error") == 0 {
 			t.Fatalf("%d handshake-error log lines for %d malformed connections (plus %d before), want 1..%d a minute", got, conns, logged, lograte.DefaultBurst)

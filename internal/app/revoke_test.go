@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // proxy is a node's ADS stream acting as Envoy: it keeps the latest
@@ -107,29 +108,9 @@ func verifierAt(t *testing.T, vc *tlsv3.Secret, now func() time.Time) func([][]b
 	if !roots.AppendCertsFromPEM(ctx.GetTrustedCa().GetInlineBytes()) {
 		t.Fatal("no trusted CA in the validation secret")
 	}
-	var crls []*x509.RevocationList
-	rest := ctx.GetCrl().GetInlineBytes()
-	for b, r := pem.Decode(rest); b != nil; b, r = pem.Decode(r) {
-		crl, err := x509.ParseRevocationList(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		crls = append(crls, crl)
-	}
+	crls := testkit.ParseCRLs(t, ctx.GetCrl().GetInlineBytes())
 	return func(raw [][]byte, _ [][]*x509.Certificate) error {
-		var certs []*x509.Certificate
-		for _, der := range raw {
-			c, err := x509.ParseCertificate(der)
-			if err != nil {
-				return err
-			}
-			certs = append(certs, c)
-		}
-		inter := x509.NewCertPool()
-		for _, c := range certs[1:] {
-			inter.AddCert(c)
-		}
-		chains, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+		certs, chains, err := testkit.VerifyChain(raw, x509.VerifyOptions{Roots: roots, CurrentTime: now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 		if err != nil {
 			return err
 		}
@@ -267,9 +248,9 @@ func TestRevocationReachesProxies(t *testing.T) {
 		return p
 	}
 	chainPEM := func(c tls.Certificate) (leaf, rest []byte) {
-		leaf = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]})
+		leaf = testkit.CertPEM(c.Certificate[0])
 		for _, der := range c.Certificate[1:] {
-			rest = append(rest, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+			rest = append(rest, testkit.CertPEM(der)...)
 		}
 		return leaf, rest
 	}

@@ -1,13 +1,12 @@
 package app_test
 
 import (
-	"crypto/x509"
-	"encoding/pem"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 const frontMesh = `version: 1
@@ -72,16 +71,7 @@ func TestRevokeReasonOnCRLAndWording(t *testing.T) {
 		t.Fatal(err)
 	}
 	codes := map[string]int{}
-	rest := readBody(t, resp)
-	for {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		crl, err := x509.ParseRevocationList(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, crl := range testkit.ParseCRLs(t, readBody(t, resp)) {
 		for _, e := range crl.RevokedCertificateEntries {
 			codes[e.SerialNumber.Text(16)] = e.ReasonCode
 		}

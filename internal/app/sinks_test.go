@@ -1,7 +1,6 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"net/http"
 	"strings"
@@ -17,7 +16,6 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshca/meshca/internal/api"
-	"github.com/meshca/meshca/internal/cli"
 )
 
 func TestSinksAccessLogsAndStats(t *testing.T) {
@@ -74,13 +72,12 @@ func TestSinksAccessLogsAndStats(t *testing.T) {
 		t.Fatalf("entry %+v", logs[0])
 	}
 	// And meshca logs shows it.
-	var out, errb bytes.Buffer
-	if err := cli.Execute(context.Background(), cli.Config{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }},
-		[]string{"--admin", m.app.Admin, "logs", "--node", "edge-1"}); err != nil {
-		t.Fatalf("meshca logs: %v %s", err, errb.String())
+	out, errOut, err := m.cli("logs", "--node", "edge-1")
+	if err != nil {
+		t.Fatalf("meshca logs: %v %s", err, errOut)
 	}
-	if !strings.Contains(out.String(), "edge-1 GET echo.example.com/hello 200") {
-		t.Fatalf("meshca logs printed %q", out.String())
+	if !strings.Contains(out, "edge-1 GET echo.example.com/hello 200") {
+		t.Fatalf("meshca logs printed %q", out)
 	}
 	var other []api.LogEntry
 	m.admin("GET", api.PathLogs+"?node=someone-else", nil, &other, http.StatusOK)

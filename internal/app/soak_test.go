@@ -7,10 +7,7 @@ package app_test
 import (
 	"crypto/x509"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
-	"os"
-	"strconv"
 	"testing"
 	"time"
 
@@ -18,21 +15,8 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/testkit"
 )
-
-func soakSeed(t *testing.T) uint64 {
-	t.Helper()
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("MESHCA_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("MESHCA_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d", seed)
-	return seed
-}
 
 // soakNode is one node holding one identity over one ADS stream.
 type soakNode struct {
@@ -97,15 +81,14 @@ func (n *soakNode) check(t *testing.T, now time.Time) error {
 }
 
 func TestRotationSoak(t *testing.T) {
-	seed := soakSeed(t)
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	rng := testkit.Rand(t)
 	const (
 		nodes = 30
 		ttl   = 5 * time.Minute // meshca's minimum leaf TTL
 		step  = 10 * time.Second
 	)
 	ttls := 3
-	if os.Getenv("MESHCA_SOAK") == "1" {
+	if testkit.Soak() {
 		ttls = 10
 	}
 	steps := int(time.Duration(ttls) * ttl / step)

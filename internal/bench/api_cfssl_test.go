@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"io"
-	"os"
 	"testing"
 	"time"
 )
@@ -13,11 +12,7 @@ import (
 // name and fail it for another.
 func TestCFSSLServeWorker(t *testing.T) {
 	ctx := context.Background()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := &Env{Config: Config{Self: self, Log: io.Discard}, Dir: t.TempDir()}
+	env := testEnv(t, io.Discard)
 	files, check, err := writeSharedCA(env.Dir)
 	if err != nil {
 		t.Fatal(err)

@@ -5,11 +5,12 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // TestMain lets the test binary serve as the harness's workers.
@@ -27,12 +28,22 @@ func TestMain(m *testing.M) {
 // buildMeshca builds the meshca binary once per test run.
 func buildMeshca(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "meshca")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/meshca/meshca/cmd/meshca")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build meshca: %v\n%s", err, out)
+	bin, err := testkit.BuildMeshca(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
 	}
 	return bin
+}
+
+// testEnv is an Env in a temp directory whose workers are this test
+// binary (see TestMain), logging to log.
+func testEnv(t *testing.T, log io.Writer) *Env {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Env{Config: Config{Self: self, Log: log}, Dir: t.TempDir()}
 }
 
 // TestQuick runs every section at its smoke size: each must finish and

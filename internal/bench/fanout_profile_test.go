@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/internal/app"
-	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 var (
@@ -38,11 +38,7 @@ func TestProfileFanout(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := &Env{Config: Config{Self: self, Log: os.Stderr}, Dir: t.TempDir()}
+	env := testEnv(t, os.Stderr)
 	prepare, watch := prepareFanout, WatchBundle
 	if *profileStorm {
 		prepare, watch = prepareStorm, WatchIdentity
@@ -104,11 +100,7 @@ func TestSketchFanout(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := &Env{Config: Config{Self: self, Log: os.Stderr}, Dir: t.TempDir()}
+	env := testEnv(t, os.Stderr)
 	fc, err := prepareFanout(ctx, env, "data", *profileNodes)
 	if err != nil {
 		t.Fatal(err)
@@ -165,11 +157,7 @@ func profiledServer(ctx context.Context, fc *fanoutCase) (addr string, trigger f
 			return err
 		}, stop, nil
 	}
-	cfg := config.Default()
-	cfg.DataDir = fc.data
-	cfg.Admin.Listen = "127.0.0.1:0"
-	cfg.XDS.Listen = "127.0.0.1:0"
-	a, err := app.Start(ctx, cfg, slog.New(slog.DiscardHandler))
+	a, err := app.Start(ctx, testkit.LoopbackConfig(fc.data), slog.New(slog.DiscardHandler))
 	if err != nil {
 		cancel()
 		return "", nil, nil, err

@@ -1,17 +1,9 @@
 package cli
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
-	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/spf13/cobra"
 
 	"github.com/meshca/meshca/internal/api"
 )
@@ -29,25 +21,7 @@ func TestWaitRotationReturnsWhenOwnWorkIsDone(t *testing.T) {
 			WaitingFor: "2 node(s) to renew their node certificate under the new root", RetireAfter: &end},
 		nil, // never reached
 	}
-	var mu sync.Mutex
-	i := 0
-	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		st := states[min(i, len(states)-1)]
-		i++
-		json.NewEncoder(w).Encode(api.CA{Issuer: api.CACert{Serial: "abc"}, Rotation: st})
-	}))
-	defer ts.Close()
-	g := &globals{cfg: Config{Getenv: func(string) string { return "" }}, admin: strings.TrimPrefix(ts.URL, "http://")}
-	var out bytes.Buffer
-	cmd := &cobra.Command{}
-	cmd.SetOut(&out)
-	cmd.SetContext(context.Background())
-	if err := waitRotation(cmd, g, time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
-	got := out.String()
+	got, i := followRotation(t, states)
 	for _, want := range []string{
 		"re-issued 4 of 10 leaves, nodes acknowledged 0 of 2 connected",
 		"nodes acknowledged 1 of 2 connected",

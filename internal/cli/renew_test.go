@@ -2,11 +2,8 @@ package cli
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -19,18 +16,19 @@ import (
 
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/rotation"
 )
 
 func writeLeaf(t *testing.T, dir string, serial int64, nb, na time.Time) *x509.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key := testkit.Key(t)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), NotBefore: nb, NotAfter: na}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, bootstrap.CertFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, bootstrap.CertFile), testkit.CertPEM(der), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c, _ := x509.ParseCertificate(der)
