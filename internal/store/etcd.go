@@ -19,6 +19,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/seal"
@@ -154,6 +156,9 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 		DialTimeout: cfg.DialTimeout,
 		TLS:         tlsCfg,
 		Logger:      zap.NewNop(),
+		// Let the server, not the client's 2 MiB default, judge a request
+		// up to the configured limit.
+		MaxCallSendMsgSize: cfg.MaxRequestBytes + 64<<10,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: etcd client for %s: %w", strings.Join(cfg.Endpoints, ","), err)
@@ -622,8 +627,8 @@ func (t *etcdTx) commit(c commit) (rev int64, ok bool, err error) {
 	}
 	resp, err := t.e.cli.Txn(t.ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
-		if errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge) {
-			return 0, false, fmt.Errorf("%w: %w", ErrTooLarge, err)
+		if errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge) || status.Code(err) == codes.ResourceExhausted {
+			return 0, false, fmt.Errorf("%w: etcd refused it (%w); write fewer or smaller records per update, or raise the server's --max-txn-ops/--max-request-bytes and the store's limits", ErrTooLarge, err)
 		}
 		return 0, false, fmt.Errorf("store: etcd commit (outcome unknown): %w", err)
 	}
