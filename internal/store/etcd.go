@@ -101,6 +101,12 @@ type etcdStore struct {
 	clock    clock.Clock
 	log      *slog.Logger
 
+	// writer lets one Update of this replica commit at a time: every
+	// Update appends to the audit log, so concurrent ones would only
+	// conflict on its counter and run again. Replicas still conflict
+	// with each other and retry.
+	writer chan struct{}
+
 	closed atomic.Bool
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the watcher has stopped
@@ -173,6 +179,7 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 		log:      cfg.Logger,
 		done:     make(chan struct{}),
 		advanced: make(chan struct{}),
+		writer:   make(chan struct{}, 1),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
 	defer cancel()
@@ -313,12 +320,28 @@ func (e *etcdStore) close() error {
 // single etcd Txn that succeeds only if nothing read changed since that
 // revision (as concurrency.NewSTM, plus range compares for scans).
 func (e *etcdStore) update(ctx context.Context, attempt func(kv) (commit, error)) (commit, error) {
+	select {
+	case e.writer <- struct{}{}:
+	case <-ctx.Done():
+		return commit{}, ctx.Err()
+	}
+	c, rev, err := e.commitLoop(ctx, attempt)
+	<-e.writer
+	if err == nil && rev > 0 {
+		e.waitFeed(ctx, rev)
+	}
+	return c, err
+}
+
+// commitLoop runs attempt until a commit succeeds, and returns the
+// revision of the commit if it appended audit events (0 otherwise).
+func (e *etcdStore) commitLoop(ctx context.Context, attempt func(kv) (commit, error)) (commit, int64, error) {
 	for {
 		if e.closed.Load() {
-			return commit{}, ErrClosed
+			return commit{}, 0, ErrClosed
 		}
 		if err := ctx.Err(); err != nil {
-			return commit{}, err
+			return commit{}, 0, err
 		}
 		t := &etcdTx{ctx: ctx, e: e, writable: true}
 		c, err := attempt(t)
@@ -326,22 +349,22 @@ func (e *etcdStore) update(ctx context.Context, attempt func(kv) (commit, error)
 			continue
 		}
 		if err != nil {
-			return commit{}, err
+			return commit{}, 0, err
 		}
 		if len(t.writes) == 0 {
-			return c, nil
+			return c, 0, nil
 		}
 		rev, ok, err := t.commit(c)
 		if err != nil {
-			return commit{}, err
+			return commit{}, 0, err
 		}
 		if !ok {
 			continue
 		}
-		if len(c.events) > 0 {
-			e.waitFeed(ctx, rev)
+		if len(c.events) == 0 {
+			rev = 0
 		}
-		return c, nil
+		return c, rev, nil
 	}
 }
 
