@@ -98,10 +98,18 @@ func startEtcd() error {
 	return errors.New("embedded etcd: no free ports after 5 attempts")
 }
 
-// etcdEndpointFor starts the package's etcd member on first use.
+// etcdEndpointFor starts the package's etcd member on first use, or uses
+// the etcd named by MESHCA_TEST_ETCD (HOST:PORT), to run the suite against
+// another etcd version, such as a packaged daemon.
 func etcdEndpointFor(t testing.TB) string {
 	t.Helper()
-	etcdOnce.Do(func() { etcdErr = startEtcd() })
+	etcdOnce.Do(func() {
+		if ep := os.Getenv("MESHCA_TEST_ETCD"); ep != "" {
+			etcdEndpoint = ep
+			return
+		}
+		etcdErr = startEtcd()
+	})
 	if etcdErr != nil {
 		t.Fatalf("embedded etcd: %v", etcdErr)
 	}
@@ -124,8 +132,11 @@ func etcdClient(t testing.TB) *clientv3.Client {
 	return cli
 }
 
+// runID keeps the prefixes of two runs against one external etcd apart.
+var runID = time.Now().UnixNano()
+
 func newPrefix(t testing.TB) string {
-	return fmt.Sprintf("/test/%d", prefixSeq.Add(1))
+	return fmt.Sprintf("/test/%d/%d", runID, prefixSeq.Add(1))
 }
 
 // etcdConfig is the configuration of an etcd store for the tests: the same

@@ -715,13 +715,16 @@ func (e *etcdStore) group(key string) string {
 // after Update covers it, as on bbolt. The commit is made: after FeedWait,
 // or when ctx ends, Update returns all the same.
 func (e *etcdStore) waitFeed(ctx context.Context, rev int64) {
-	timeout := e.clock.After(e.feedWait)
+	var timeout <-chan time.Time
 	for {
 		e.mu.Lock()
 		done, ch := e.rev >= rev, e.advanced
 		e.mu.Unlock()
 		if done {
 			return
+		}
+		if timeout == nil {
+			timeout = e.clock.After(e.feedWait)
 		}
 		select {
 		case <-ch:

@@ -25,7 +25,8 @@ func (e *etcdStore) watch(ctx context.Context, s *Store, from int64) {
 	defer close(e.done)
 	next := from
 	for ctx.Err() == nil {
-		wch := e.cli.Watch(clientv3.WithRequireLeader(ctx), e.feedKey(), clientv3.WithRev(next))
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := e.cli.Watch(wctx, e.feedKey(), clientv3.WithRev(next))
 		failed := true
 		for wr := range wch {
 			if wr.CompactRevision != 0 {
@@ -57,6 +58,7 @@ func (e *etcdStore) watch(ctx context.Context, s *Store, from int64) {
 				e.advance(ev.Kv.ModRevision)
 			}
 		}
+		cancel()
 		if failed && ctx.Err() == nil {
 			select {
 			case <-ctx.Done():
