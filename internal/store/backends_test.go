@@ -29,9 +29,12 @@ var (
 	etcdOnce     sync.Once
 	etcdServer   *embed.Etcd
 	etcdEndpoint string
-	etcdErr      error
-	etcdDir      string
-	prefixSeq    atomic.Uint64
+	// etcdTLSEndpoint is the member's TLS listener, which requires a
+	// client certificate (files in etcdTLS).
+	etcdTLSEndpoint string
+	etcdErr         error
+	etcdDir         string
+	prefixSeq       atomic.Uint64
 )
 
 func TestMain(m *testing.M) {
@@ -61,11 +64,15 @@ func startEtcd() error {
 		return err
 	}
 	etcdDir = dir
+	if etcdTLS, err = writeTLSFiles(dir); err != nil {
+		return err
+	}
 	// A port found free can be taken before etcd binds it: try again.
 	for attempt := range 5 {
 		client, err1 := freePort()
 		peer, err2 := freePort()
-		if err := errors.Join(err1, err2); err != nil {
+		secure, err3 := freePort()
+		if err := errors.Join(err1, err2, err3); err != nil {
 			return err
 		}
 		cfg := embed.NewConfig()
@@ -73,7 +80,10 @@ func startEtcd() error {
 		cfg.LogLevel = "error"
 		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 		cu, pu := url.URL{Scheme: "http", Host: client}, url.URL{Scheme: "http", Host: peer}
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+		su := url.URL{Scheme: "https", Host: secure}
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu, su}, []url.URL{cu, su}
+		cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = etcdTLS.serverCert, etcdTLS.serverKey
+		cfg.ClientTLSInfo.TrustedCAFile, cfg.ClientTLSInfo.ClientCertAuth = etcdTLS.ca, true
 		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 		cfg.InitialCluster = cfg.Name + "=" + pu.String()
 		// The tests prove transactions, not fsync: skip it to keep the
@@ -85,7 +95,7 @@ func startEtcd() error {
 		}
 		select {
 		case <-e.Server.ReadyNotify():
-			etcdServer, etcdEndpoint = e, client
+			etcdServer, etcdEndpoint, etcdTLSEndpoint = e, client, secure
 			return nil
 		case err := <-e.Err():
 			e.Close()
