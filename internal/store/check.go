@@ -12,8 +12,9 @@ import (
 // Check verifies the file (bbolt tx.Check) and meshca's own invariants:
 // audit seq gapless from 1; mesh versions gapless from 1; every identity's
 // CurrentSerial exists as a Cert of that identity; the identity index and the
-// cert bucket agree; every sealed key opens; CASet serials exist. It returns
-// nil or a joined error listing every problem found.
+// cert bucket agree; every sealed key opens; CASet serials exist; on etcd,
+// the counters of P/last/ name the greatest keys. It returns nil or a joined
+// error listing every problem found.
 func (s *Store) Check(ctx context.Context) error {
 	var problems []error
 	err := s.View(ctx, func(tx *Tx) error {
@@ -38,6 +39,9 @@ func (s *Store) Check(ctx context.Context) error {
 		problems = append(problems, tx.checkCerts()...)
 		problems = append(problems, tx.checkIdentities()...)
 		problems = append(problems, tx.checkCAs()...)
+		if e, ok := tx.kv.(*etcdTx); ok {
+			problems = append(problems, e.checkLasts()...)
+		}
 		return nil
 	})
 	if err != nil {

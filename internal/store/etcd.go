@@ -748,3 +748,27 @@ func (e *etcdStore) advance(rev int64) {
 	close(e.advanced)
 	e.advanced = make(chan struct{})
 }
+
+// checkLasts verifies that P/last/ names the greatest key of every counted
+// bucket, for Store.Check.
+func (t *etcdTx) checkLasts() []error {
+	var problems []error
+	for _, bucket := range sortedKeys(lastCounted) {
+		var greatest []byte
+		err := t.scan([]byte(bucket), nil, nil, func(k, _ []byte) bool {
+			greatest = k
+			return true
+		})
+		if err != nil {
+			problems = append(problems, fmt.Errorf("last key of %s: %w", bucket, err))
+			continue
+		}
+		counted, err := t.lastOf([]byte(bucket))
+		if err != nil {
+			problems = append(problems, fmt.Errorf("last key of %s: %w", bucket, err))
+		} else if string(counted) != string(greatest) {
+			problems = append(problems, fmt.Errorf("last key of %s: counter says %x, greatest key is %x", bucket, counted, greatest))
+		}
+	}
+	return problems
+}

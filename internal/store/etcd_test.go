@@ -403,3 +403,30 @@ func TestEtcdReplicasIncrement(t *testing.T) {
 	t.Logf("%d increments from 2 replicas: %d runs of the function (%d again after a conflict)", total, runs.Load(), runs.Load()-total)
 	check(t, a)
 }
+
+// TestEtcdCheckFindsDamage damages the keys of a store behind its back, as
+// a stray etcdctl would: Check names each problem.
+func TestEtcdCheckFindsDamage(t *testing.T) {
+	prefix := newPrefix(t)
+	s := openEtcd(t, etcdConfig(t, prefix))
+	for _, n := range []string{"a", "b", "c"} {
+		update(t, s, putIdentity(n))
+	}
+	check(t, s)
+	cli := etcdClient(t)
+	if _, err := cli.Put(ctx, prefix+"/last/audit", "\x00\x00\x00\x00\x00\x00\x00\x02"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Delete(ctx, prefix+"/b/audit/\x00\x00\x00\x00\x00\x00\x00\x01"); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Check(ctx)
+	if err == nil {
+		t.Fatal("Check found nothing")
+	}
+	for _, want := range []string{"audit seq: gap: found 2, want 1", "last key of audit: counter says 0000000000000002, greatest key is 0000000000000003"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Check error %q does not say %q", err, want)
+		}
+	}
+}
