@@ -80,6 +80,14 @@ const (
 	etcdPageSize      = 512
 )
 
+// Log attribute keys of the etcd backend.
+const (
+	logEtcdPrefix = "etcd_prefix"
+	logRevision   = "revision"
+	logCompacted  = "compacted_revision"
+	logErr        = "err"
+)
+
 var (
 	metaKEKCheck = []byte("kekcheck")
 	// lastCounted are the buckets whose greatest key is kept in P/last/:
@@ -205,7 +213,7 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 	wctx, wcancel := context.WithCancel(context.Background())
 	e.cancel = wcancel
 	go e.watch(wctx, s, rev+1)
-	cfg.Logger.Info("store opened", "etcd_prefix", prefix, logSchema, SchemaVersion)
+	cfg.Logger.Info("store opened", logEtcdPrefix, prefix, logSchema, SchemaVersion)
 	return s, nil
 }
 
@@ -266,7 +274,7 @@ func (e *etcdStore) initialise(ctx context.Context, sealer *seal.Sealer) error {
 		return fmt.Errorf("store: etcd at %s: %w; check the endpoints and that etcd is running", strings.Join(e.cli.Endpoints(), ","), err)
 	}
 	if resp.Succeeded {
-		e.log.Info("etcd prefix initialised", "etcd_prefix", e.prefix)
+		e.log.Info("etcd prefix initialised", logEtcdPrefix, e.prefix)
 		return nil
 	}
 	got := resp.Responses[0].GetResponseRange().Kvs
@@ -731,7 +739,7 @@ func (e *etcdStore) waitFeed(ctx context.Context, rev int64) {
 		case <-ctx.Done():
 			return
 		case <-timeout:
-			e.log.Warn("etcd watch is behind the commit", "revision", rev)
+			e.log.Warn("etcd watch is behind the commit", logRevision, rev)
 			return
 		}
 	}

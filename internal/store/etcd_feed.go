@@ -30,14 +30,14 @@ func (e *etcdStore) watch(ctx context.Context, s *Store, from int64) {
 		failed := true
 		for wr := range wch {
 			if wr.CompactRevision != 0 {
-				e.log.Warn("etcd feed revision compacted: resync", "revision", next, "compacted", wr.CompactRevision)
+				e.log.Warn("etcd feed revision compacted: resync", logRevision, next, logCompacted, wr.CompactRevision)
 				if rev, ok := e.resync(ctx, s); ok {
 					next, failed = rev+1, false
 				}
 				break
 			}
 			if err := wr.Err(); err != nil {
-				e.log.Warn("etcd watch failed", "revision", next, "err", err)
+				e.log.Warn("etcd watch failed", logRevision, next, logErr, err)
 				break
 			}
 			for _, ev := range wr.Events {
@@ -46,7 +46,7 @@ func (e *etcdStore) watch(ctx context.Context, s *Store, from int64) {
 				}
 				var rec feedRecord
 				if err := json.Unmarshal(ev.Kv.Value, &rec); err != nil {
-					e.log.Warn("unreadable etcd feed record: resync", "revision", ev.Kv.ModRevision, "err", err)
+					e.log.Warn("unreadable etcd feed record: resync", logRevision, ev.Kv.ModRevision, logErr, err)
 					s.feed.resync(0)
 				} else {
 					s.feed.deliverAt(rec.Last, rec.Changes)
@@ -73,7 +73,7 @@ func (e *etcdStore) watch(ctx context.Context, s *Store, from int64) {
 func (e *etcdStore) resync(ctx context.Context, s *Store) (int64, bool) {
 	seq, rev, err := e.lastSeq(ctx, 0)
 	if err != nil {
-		e.log.Warn("etcd resync failed", "err", err)
+		e.log.Warn("etcd resync failed", logErr, err)
 		return 0, false
 	}
 	s.feed.resync(seq)
