@@ -412,7 +412,7 @@ func (t *etcdTx) fetch(key string, opts ...clientv3.OpOption) (*clientv3.GetResp
 		return nil, errConflict
 	}
 	if err != nil {
-		return nil, fmt.Errorf("etcd: %w", err)
+		return nil, fmt.Errorf("etcd read failed (endpoints %s; is etcd reachable?): %w", strings.Join(t.e.cli.Endpoints(), ","), err)
 	}
 	if t.rev == 0 {
 		t.rev = resp.Header.Revision

@@ -430,3 +430,66 @@ func TestEtcdCheckFindsDamage(t *testing.T) {
 		}
 	}
 }
+
+// TestEtcdViewIsASnapshot has another replica commit between two reads of
+// one View: the second read still sees the state of the first.
+func TestEtcdViewIsASnapshot(t *testing.T) {
+	a, b := twoReplicas(t)
+	update(t, a, audited("setup", func(tx *store.Tx) error {
+		if err := tx.PutIdentity(store.Identity{Name: "x", TTL: 1}); err != nil {
+			return err
+		}
+		return tx.PutIdentity(store.Identity{Name: "y", TTL: 1})
+	}))
+	view(t, a, func(tx *store.Tx) error {
+		x, err := tx.Identity("x")
+		if err != nil {
+			return err
+		}
+		update(t, b, audited("both", func(tx *store.Tx) error {
+			if err := tx.PutIdentity(store.Identity{Name: "x", TTL: 2}); err != nil {
+				return err
+			}
+			return tx.PutIdentity(store.Identity{Name: "y", TTL: 2})
+		}))
+		y, err := tx.Identity("y")
+		if err != nil {
+			return err
+		}
+		ids, err := tx.Identities()
+		if err != nil {
+			return err
+		}
+		if x.TTL != 1 || y.TTL != 1 || len(ids) != 2 || ids[1].TTL != 1 {
+			t.Errorf("View saw x=%d y=%d scan %+v: want the state at its first read (all 1)", x.TTL, y.TTL, ids)
+		}
+		return nil
+	})
+}
+
+// TestEtcdUnreachable cuts a replica off etcd: its Update fails when its
+// context ends, with nothing written, and works again once etcd is back.
+func TestEtcdUnreachable(t *testing.T) {
+	w, r, p := cutReader(t)
+	cutOff(t, r, p)
+	c, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := r.Update(c, putIdentity("lost"))
+	if err == nil {
+		t.Fatal("Update succeeded without etcd")
+	}
+	t.Logf("Update without etcd failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	view(t, w, func(tx *store.Tx) error {
+		if _, err := tx.Identity("lost"); !errors.Is(err, store.ErrNotFound) || tx.LastSeq() != 0 {
+			t.Errorf("the failed Update left something: %v, LastSeq %d", err, tx.LastSeq())
+		}
+		return nil
+	})
+	p.setCut(false)
+	c2, cancel2 := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel2()
+	if err := r.Update(c2, putIdentity("back")); err != nil {
+		t.Fatalf("Update after etcd came back: %v", err)
+	}
+}
