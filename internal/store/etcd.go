@@ -738,6 +738,8 @@ func (e *etcdStore) waitFeed(ctx context.Context, rev int64) {
 		case <-ch:
 		case <-ctx.Done():
 			return
+		case <-e.done: // closed: nothing more comes through the watch
+			return
 		case <-timeout:
 			e.log.Warn("etcd watch is behind the commit", logRevision, rev)
 			return
