@@ -111,8 +111,10 @@
 // mark, which every scan of the bucket compares, because a range compare
 // does not see removed keys). On conflict the function runs again, without
 // limit until ctx ends. Appends to the audit log all read P/last/audit, so
-// they serialise: Seq stays gapless in commit order across replicas. There
-// is no group commit on etcd: every Update is its own Txn. An error from
+// they serialise: Seq stays gapless in commit order across replicas. Within
+// a replica one Update commits at a time (the others would only conflict on
+// the counter); replicas conflict and retry. There is no group commit on
+// etcd yet (TODO): every Update is its own Txn. An error from
 // etcd during the commit leaves its outcome unknown; Update returns it
 // rather than running the function again on state that may include it.
 //
