@@ -415,3 +415,90 @@ func TestContractFeed(t *testing.T) {
 		}
 	})
 }
+
+// TestContractFailuresApart: in a group commit, a function that fails
+// gets its own error and leaves nothing behind; every other one commits.
+func TestContractFailuresApart(t *testing.T) {
+	contract(t, func(t *testing.T, b backend, open func(*testing.T) *store.Store) {
+		s := open(t)
+		errBoom := errors.New("boom")
+		const n = 60
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = s.Update(ctx, func(tx *store.Tx) error {
+					if err := tx.InsertIdentity(store.Identity{Name: fmt.Sprintf("id-%d", i)}); err != nil {
+						return err
+					}
+					if _, err := tx.Append(store.Event{Action: "test"}); err != nil {
+						return err
+					}
+					if i%7 == 0 {
+						return errBoom
+					}
+					return nil
+				})
+			}()
+		}
+		wg.Wait()
+		view(t, s, func(tx *store.Tx) error {
+			for i := range n {
+				_, err := tx.Identity(fmt.Sprintf("id-%d", i))
+				switch {
+				case i%7 == 0 && !errors.Is(errs[i], errBoom):
+					t.Errorf("update %d: err = %v, want its own error", i, errs[i])
+				case i%7 == 0 && !errors.Is(err, store.ErrNotFound):
+					t.Errorf("failed update %d left its identity behind", i)
+				case i%7 != 0 && (errs[i] != nil || err != nil):
+					t.Errorf("update %d: %v; identity: %v", i, errs[i], err)
+				}
+			}
+			if got, want := tx.LastSeq(), uint64(n-(n+6)/7); got != want {
+				t.Errorf("LastSeq = %d, want %d", got, want)
+			}
+			return nil
+		})
+		check(t, s)
+	})
+}
+
+// TestContractPanicStaysWithItsCaller: a function that panics in a shared
+// transaction panics again in its own caller's goroutine; the others
+// commit.
+func TestContractPanicStaysWithItsCaller(t *testing.T) {
+	contract(t, func(t *testing.T, b backend, open func(*testing.T) *store.Store) {
+		s := open(t)
+		var wg sync.WaitGroup
+		recovered := make(chan any, 1)
+		errs := make([]error, 20)
+		for i := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if i == 7 {
+					defer func() { recovered <- recover() }()
+				}
+				errs[i] = s.Update(ctx, func(tx *store.Tx) error {
+					if i == 7 {
+						panic("boom")
+					}
+					_, err := tx.Append(store.Event{Action: "test"})
+					return err
+				})
+			}()
+		}
+		wg.Wait()
+		if got := <-recovered; got != "boom" {
+			t.Fatalf("caller recovered %v, want its own panic", got)
+		}
+		for i, err := range errs {
+			if i != 7 && err != nil {
+				t.Errorf("update %d: %v", i, err)
+			}
+		}
+		check(t, s)
+	})
+}

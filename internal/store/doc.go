@@ -111,10 +111,12 @@
 // mark, which every scan of the bucket compares, because a range compare
 // does not see removed keys). On conflict the function runs again, without
 // limit until ctx ends. Appends to the audit log all read P/last/audit, so
-// they serialise: Seq stays gapless in commit order across replicas. Within
-// a replica one Update commits at a time (the others would only conflict on
-// the counter); replicas conflict and retry. There is no group commit on
-// etcd yet (TODO): every Update is its own Txn. An error from
+// they serialise: Seq stays gapless in commit order across replicas. A
+// replica has its own group commit (etcd_commit.go): the Updates that
+// arrive while a Txn is in flight share the next one (at most 16), so they
+// do not conflict with each other; replicas conflict and retry. Once
+// queued, an Update waits for its batch, which gives up when every caller's
+// context has ended. An error from
 // etcd during the commit leaves its outcome unknown; Update returns it
 // rather than running the function again on state that may include it.
 //
@@ -123,7 +125,7 @@
 // 1.5 MiB). A transaction whose writes exceed EtcdConfig.MaxTxnOps or
 // MaxRequestBytes (defaults: etcd's) fails with ErrTooLarge before it is
 // sent, and one the server refuses fails with ErrTooLarge too; nothing is
-// written. Each record write is one operation (a certificate is two: record
+// written. (A group of Updates too large together runs each alone.) Each record write is one operation (a certificate is two: record
 // and index; an audit event two: event and counter; a commit adds one for
 // P/feed). Compares beyond the limit are merged into one range compare per
 // bucket: more conflicts, never fewer.

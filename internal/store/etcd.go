@@ -109,12 +109,15 @@ type etcdStore struct {
 	clock    clock.Clock
 	log      *slog.Logger
 
-	// writer lets one Update of this replica commit at a time: every
-	// Update appends to the audit log, so concurrent ones would only
-	// conflict on its counter and run again. Replicas still conflict
-	// with each other and retry.
-	writer chan struct{}
+	// The group commit (etcd_commit.go): Updates waiting for a batch.
+	// Batching also keeps a replica's own Updates from conflicting on the
+	// audit counter; replicas still conflict with each other and retry.
+	qmu     sync.Mutex
+	queue   []*etcdPending
+	leading bool
 
+	txns   atomic.Uint64   // etcd transactions committed, for tests
+	ctx    context.Context // ends at Close
 	closed atomic.Bool
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the watcher has stopped
@@ -187,7 +190,6 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 		log:      cfg.Logger,
 		done:     make(chan struct{}),
 		advanced: make(chan struct{}),
-		writer:   make(chan struct{}, 1),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
 	defer cancel()
@@ -210,9 +212,8 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 		fault:    cfg.Fault,
 	}
 	e.rev = rev
-	wctx, wcancel := context.WithCancel(context.Background())
-	e.cancel = wcancel
-	go e.watch(wctx, s, rev+1)
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	go e.watch(e.ctx, s, rev+1)
 	cfg.Logger.Info("store opened", logEtcdPrefix, prefix, logSchema, SchemaVersion)
 	return s, nil
 }
@@ -323,56 +324,48 @@ func (e *etcdStore) close() error {
 	return nil
 }
 
-// update runs attempt in optimistic transactions until one commits: reads
+// commitLoop runs run in optimistic transactions until one commits: reads
 // are taken at one revision, writes are buffered, and the commit is a
 // single etcd Txn that succeeds only if nothing read changed since that
-// revision (as concurrency.NewSTM, plus range compares for scans).
-func (e *etcdStore) update(ctx context.Context, attempt func(kv) (commit, error)) (commit, error) {
-	select {
-	case e.writer <- struct{}{}:
-	case <-ctx.Done():
-		return commit{}, ctx.Err()
-	}
-	c, rev, err := e.commitLoop(ctx, attempt)
-	<-e.writer
-	if err == nil && rev > 0 {
-		e.waitFeed(ctx, rev)
-	}
-	return c, err
-}
-
-// commitLoop runs attempt until a commit succeeds, and returns the
-// revision of the commit if it appended audit events (0 otherwise).
-func (e *etcdStore) commitLoop(ctx context.Context, attempt func(kv) (commit, error)) (commit, int64, error) {
+// revision (as concurrency.NewSTM, plus range compares for scans). It
+// returns what the committed run returned, and the revision of the commit
+// if it appended audit events (0 otherwise).
+func (e *etcdStore) commitLoop(ctx context.Context, run func(*etcdTx) ([]commit, error)) ([]commit, int64, error) {
 	for {
 		if e.closed.Load() {
-			return commit{}, 0, ErrClosed
+			return nil, 0, ErrClosed
 		}
 		if err := ctx.Err(); err != nil {
-			return commit{}, 0, err
+			return nil, 0, err
 		}
 		t := &etcdTx{ctx: ctx, e: e, writable: true}
-		c, err := attempt(t)
+		cs, err := run(t)
 		if errors.Is(err, errConflict) {
 			continue
 		}
 		if err != nil {
-			return commit{}, 0, err
+			return nil, 0, err
 		}
 		if len(t.writes) == 0 {
-			return c, 0, nil
+			return cs, 0, nil
 		}
-		rev, ok, err := t.commit(c)
+		var all commit
+		for _, c := range cs {
+			all.events = append(all.events, c.events...)
+			all.changes = append(all.changes, c.changes...)
+		}
+		rev, ok, err := t.commit(all)
 		if err != nil {
-			return commit{}, 0, err
+			return nil, 0, err
 		}
 		if !ok {
 			continue
 		}
-		if len(c.events) == 0 {
+		e.txns.Add(1)
+		if len(all.events) == 0 {
 			rev = 0
 		}
-		return c, rev, nil
+		return cs, rev, nil
 	}
 }
 

@@ -493,3 +493,36 @@ func TestEtcdUnreachable(t *testing.T) {
 		t.Fatalf("Update after etcd came back: %v", err)
 	}
 }
+
+// TestEtcdGroupCommit has many concurrent Updates on one replica share
+// etcd transactions, with the audit log gapless and every change fed.
+func TestEtcdGroupCommit(t *testing.T) {
+	s := openEtcd(t, etcdConfig(t, newPrefix(t)))
+	sub := s.Subscribe(0)
+	defer sub.Close()
+	before := store.EtcdTxns(s)
+	const n = 64
+	errs := make(chan error, n)
+	start := time.Now()
+	for i := range n {
+		go func() { errs <- s.Update(ctx, putIdentity(fmt.Sprintf("id-%02d", i))) }()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	took := time.Since(start)
+	txns := store.EtcdTxns(s) - before
+	t.Logf("%d concurrent Updates in %d etcd transactions, %v", n, txns, took)
+	if txns >= n {
+		t.Errorf("%d Updates took %d transactions: no group commit", n, txns)
+	}
+	seen := map[string]bool{}
+	for len(seen) < n {
+		for _, c := range next(t, sub).Changes {
+			seen[c.Key] = true
+		}
+	}
+	check(t, s)
+}
