@@ -13,13 +13,16 @@ import (
 // audit seq gapless from 1; mesh versions gapless from 1; every identity's
 // CurrentSerial exists as a Cert of that identity; the identity index and the
 // cert bucket agree; every sealed key opens; CASet serials exist; every join
-// token belongs to a node. It returns
-// nil or a joined error listing every problem found.
+// token belongs to a node; on etcd, the counters of P/last/ name the
+// greatest keys. It returns nil or a joined error listing every problem
+// found.
 func (s *Store) Check(ctx context.Context) error {
 	var problems []error
 	err := s.View(ctx, func(tx *Tx) error {
-		for err := range tx.btx.Check() {
-			problems = append(problems, fmt.Errorf("bbolt: %w", err))
+		if b, ok := tx.kv.(boltKV); ok {
+			for err := range b.btx.Check() {
+				problems = append(problems, fmt.Errorf("bbolt: %w", err))
+			}
 		}
 		if err := ctx.Err(); err != nil {
 			return err
@@ -38,6 +41,9 @@ func (s *Store) Check(ctx context.Context) error {
 		problems = append(problems, tx.checkIdentities()...)
 		problems = append(problems, tx.checkCAs()...)
 		problems = append(problems, tx.checkJoinTokens()...)
+		if e, ok := tx.kv.(*etcdTx); ok {
+			problems = append(problems, e.checkLasts()...)
+		}
 		return nil
 	})
 	if err != nil {
@@ -51,7 +57,7 @@ func (s *Store) Check(ctx context.Context) error {
 func (tx *Tx) checkSequence(bucket []byte, what string, decode func([]byte) (uint64, error)) []error {
 	var problems []error
 	var want uint64 = 1
-	_ = tx.btx.Bucket(bucket).ForEach(func(k, v []byte) error {
+	_ = tx.scan(bucket, nil, nil, func(k, v []byte) error {
 		if len(k) != 8 {
 			problems = append(problems, fmt.Errorf("%s: malformed key %x", what, k))
 			return nil
@@ -76,8 +82,7 @@ func (tx *Tx) checkSequence(bucket []byte, what string, decode func([]byte) (uin
 // that every sealed key opens.
 func (tx *Tx) checkCerts() []error {
 	var problems []error
-	index := tx.btx.Bucket(bucketCertsByID)
-	_ = tx.btx.Bucket(bucketCerts).ForEach(func(k, v []byte) error {
+	_ = tx.scan(bucketCerts, nil, nil, func(k, v []byte) error {
 		var rec certRecord
 		if err := json.Unmarshal(v, &rec); err != nil {
 			problems = append(problems, fmt.Errorf("certificate %s: %w", k, err))
@@ -86,7 +91,10 @@ func (tx *Tx) checkCerts() []error {
 		if rec.Serial != string(k) {
 			problems = append(problems, fmt.Errorf("certificate %s: record says serial %s", k, rec.Serial))
 		}
-		if got := index.Get(certIndexKey(rec.Identity, rec.NotBefore, rec.Serial)); !bytes.Equal(got, k) {
+		got, err := tx.kv.get(bucketCertsByID, certIndexKey(rec.Identity, rec.NotBefore, rec.Serial))
+		if err != nil {
+			problems = append(problems, fmt.Errorf("certificate %s: index: %w", k, err))
+		} else if !bytes.Equal(got, k) {
 			problems = append(problems, fmt.Errorf("certificate %s: missing from the index of identity %q", k, rec.Identity))
 		}
 		if _, err := tx.openCert(rec); err != nil {
@@ -94,7 +102,7 @@ func (tx *Tx) checkCerts() []error {
 		}
 		return nil
 	})
-	_ = index.ForEach(func(k, serial []byte) error {
+	_ = tx.scan(bucketCertsByID, nil, nil, func(k, serial []byte) error {
 		var rec certRecord
 		if err := tx.get(bucketCerts, serial, &rec); err != nil {
 			problems = append(problems, fmt.Errorf("certificate index entry %x: serial %s: %w", k, serial, err))
@@ -110,7 +118,7 @@ func (tx *Tx) checkCerts() []error {
 
 func (tx *Tx) checkIdentities() []error {
 	var problems []error
-	_ = tx.btx.Bucket(bucketIdentities).ForEach(func(k, v []byte) error {
+	_ = tx.scan(bucketIdentities, nil, nil, func(k, v []byte) error {
 		var id Identity
 		if err := json.Unmarshal(v, &id); err != nil {
 			problems = append(problems, fmt.Errorf("identity %q: %w", k, err))
@@ -135,7 +143,7 @@ func (tx *Tx) checkIdentities() []error {
 
 func (tx *Tx) checkCAs() []error {
 	var problems []error
-	_ = tx.btx.Bucket(bucketCAs).ForEach(func(k, v []byte) error {
+	_ = tx.scan(bucketCAs, nil, nil, func(k, v []byte) error {
 		var rec caRecord
 		if err := json.Unmarshal(v, &rec); err != nil {
 			problems = append(problems, fmt.Errorf("CA %s: %w", k, err))

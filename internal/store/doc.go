@@ -1,5 +1,8 @@
 // Package store keeps all of meshca's state in one bbolt file,
-// <data-dir>/meshca.db, and is the only package that imports bbolt.
+// <data-dir>/meshca.db (Open, the embedded default), or in etcd under a key
+// prefix (OpenEtcd, for several replicas), and is the only package that
+// imports bbolt or the etcd client. Both give the same *Store and the same
+// contract; only the Caveats differ (see "The etcd backend").
 //
 // It holds identities, issued certificates, CA certificates and the active
 // CA set, nodes and their pending join tokens (hashes only), revocations,
@@ -87,4 +90,79 @@
 //
 // The key-encryption key is not in the database. A store opened with another
 // Sealer opens but cannot open any sealed key (ErrSealed); Check reports it.
+//
+// # The etcd backend
+//
+// The typed Tx methods, the JSON encoding and the sealing are the same code
+// on both backends: they run over a small transactional key-value seam (kv
+// in kv.go: get, put, delete, an ordered prefix scan, and the greatest key
+// of a bucket, which is the gapless audit counter). bbolt implements it on
+// its buckets, unchanged on disk; etcd (etcd.go) lays the buckets out under
+// the prefix P (default /meshca):
+//
+//	P/b/<bucket>/<key>  a record: bbolt's bucket names, keys and values
+//	P/b/<bucket>/       the bucket's deletion mark, rewritten by every delete in it
+//	P/last/<bucket>     the greatest key of audit and mesh (etcd has no cheap "last")
+//	P/feed              what the newest commit changed, for the change feed
+//	P/b/meta/kekcheck   a constant sealed with the key-encryption key
+//
+// Update is an optimistic transaction, with concurrency.NewSTM's contract:
+// reads are taken at the revision of the first read and recorded, writes
+// are buffered, and the commit is one etcd Txn that succeeds only if no key
+// read and no range scanned changed since (ModRevision compares; a scan is
+// a range compare, ModRevision(start).WithRange(end) < rev+1, which etcd
+// has supported since 3.3; a delete also rewrites the bucket's deletion
+// mark, which every scan of the bucket compares, because a range compare
+// does not see removed keys). On conflict the function runs again, without
+// limit until ctx ends. Appends to the audit log all read P/last/audit, so
+// they serialise: Seq stays gapless in commit order across replicas. A
+// replica has its own group commit (etcd_commit.go): the Updates that
+// arrive while a Txn is in flight share the next one (at most 16), so they
+// do not conflict with each other; replicas conflict and retry. Once
+// queued, an Update waits for its batch, which gives up when every caller's
+// context has ended. An error from
+// etcd during the commit leaves its outcome unknown; Update returns it
+// rather than running the function again on state that may include it.
+//
+// Limits: etcd refuses a Txn with more than --max-txn-ops (default 128)
+// operations or compares, or larger than --max-request-bytes (default
+// 1.5 MiB). A transaction whose writes exceed EtcdConfig.MaxTxnOps or
+// MaxRequestBytes (defaults: etcd's) fails with ErrTooLarge before it is
+// sent, and one the server refuses fails with ErrTooLarge too; nothing is
+// written. (A group of Updates too large together runs each alone.) Each record write is one operation (a certificate is two: record
+// and index; an audit event two: event and counter; a commit adds one for
+// P/feed). Compares beyond the limit are merged into one range compare per
+// bucket: more conflicts, never fewer.
+//
+// The change feed on etcd is a watch on P/feed from the revision the store
+// opened at: every commit of every replica puts P/feed once, with the
+// changes its function tracked (the same Kind, Key and Identity as bbolt's
+// feed) and its audit Seq range, so the watch yields the commits of all
+// replicas in commit order. Update waits (at most EtcdConfig.FeedWait) until
+// its own commit came back through the watch, so that FeedPos read after it
+// covers it as on bbolt. After a lost connection the client resumes the
+// watch from the last revision it delivered; if etcd compacted that
+// revision meanwhile, every subscriber gets a Resync and the watch goes on
+// from the present. Writes made to the prefix by anything else than a
+// Store (etcdctl) are not fed.
+//
+// OpenEtcd initialises an empty prefix (schema version and the KEK check)
+// in one Txn that only the first replica wins; a later replica whose
+// key-encryption key does not open the check record fails with
+// ErrKEKMismatch. The key-encryption key is never written to etcd.
+//
+// What grows, and how it is pruned: the audit log (P/b/audit, one key per
+// event), certificates and their index (expired ones are kept), revocations
+// and mesh versions, exactly as in bbolt; TODO: pruning old audit events and
+// expired certificates (leader housekeeping). etcd also keeps every old
+// revision of every key (P/feed and P/last/audit change on every commit)
+// until it is compacted: run etcd with --auto-compaction-retention (for
+// example 1h) and defragment now and then, or the 2 GiB default quota
+// fills; TODO: compaction by the leader. A compaction only costs a lagging
+// replica a Resync.
+//
+// Versions: the v3.7.3 client, against etcd 3.4 and later (range compares
+// need 3.3). The package's tests run on an embedded 3.7.3 member; with
+// MESHCA_TEST_ETCD=HOST:PORT they run against another etcd, and they pass
+// on Debian's packaged 3.4.23 daemon.
 package store

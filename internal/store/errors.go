@@ -37,3 +37,13 @@ var (
 	// key-encryption key, or the record was altered or moved.
 	ErrSealed = errors.New("store: sealed key does not open")
 )
+
+// Errors of the etcd backend.
+var (
+	// ErrKEKMismatch means the key-encryption key given to OpenEtcd is not
+	// the one the records under the prefix were sealed with.
+	ErrKEKMismatch = errors.New("store: key-encryption key does not match the one the etcd data was sealed with")
+	// ErrTooLarge means a transaction exceeds etcd's limits on operations
+	// or request size; nothing was written.
+	ErrTooLarge = errors.New("store: transaction too large for etcd")
+)

@@ -81,6 +81,7 @@ type Store struct {
 	commits  committer
 	feed     feed
 	db       *bolt.DB
+	etcd     *etcdStore // set by OpenEtcd; then commits and db are unused
 	dir      string
 	path     string
 	sealer   *seal.Sealer
@@ -133,7 +134,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
 	var last uint64
-	if err := db.View(func(btx *bolt.Tx) error { last = (&Tx{btx: btx}).LastSeq(); return nil }); err != nil {
+	if err := db.View(func(btx *bolt.Tx) error { last = (&Tx{kv: boltKV{btx}}).LastSeq(); return nil }); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
@@ -222,13 +223,16 @@ func migrate(btx *bolt.Tx) error {
 // Close releases the file lock and closes the database. Calls to Update and
 // View after Close fail with ErrClosed.
 func (s *Store) Close() error {
+	if s.etcd != nil {
+		return s.etcd.close()
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}
 	return nil
 }
 
-// Path returns the path of the database file: <Dir>/meshca.db.
+// Path returns the path of the database file: <Dir>/meshca.db ("" on etcd).
 func (s *Store) Path() string { return s.path }
 
 // Update runs fn in a read-write transaction shared with concurrent callers:
@@ -249,33 +253,63 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 	}
 	start := s.clock.Now()
 	var (
-		events  []Event
-		nodes   bool
-		changes []Change
+		c   commit
+		err error
 	)
-	err := s.commits.run(func(btx *bolt.Tx) error {
-		// A fresh Tx per run: the wrote/appended flags belong to this run of
-		// fn only, even when btx is shared with other callers.
-		tx := &Tx{btx: btx, s: s, writable: true}
-		if err := fn(tx); err != nil {
+	if s.etcd != nil {
+		c, err = s.etcd.update(ctx, func(k kv) (commit, error) { return s.attempt(k, fn) })
+	} else {
+		err = s.commits.run(func(btx *bolt.Tx) error {
+			var err error
+			c, err = s.attempt(boltKV{btx}, fn)
 			return err
+		})
+		if err == nil && len(c.events) > 0 {
+			s.feed.committed(c.events[0].Seq, c.events[len(c.events)-1].Seq, c.changes)
 		}
-		if tx.wrote && !tx.appended {
-			return ErrNoAudit
-		}
-		events, nodes, changes = tx.events, tx.nodes, tx.changes
-		return nil
-	})
-	if err == nil && nodes {
+	}
+	if err == nil && c.nodes {
 		s.nodesVersion.Add(1)
 	}
-	if err == nil && len(events) > 0 {
-		s.feed.committed(events[0].Seq, events[len(events)-1].Seq, changes)
-	}
 	if err == nil && s.onCommit != nil {
-		s.onCommit(events, s.clock.Now().Sub(start))
+		s.onCommit(c.events, s.clock.Now().Sub(start))
 	}
 	return mapClosed(err)
+}
+
+// commit is what one successful run of an Update's function wrote.
+type commit struct {
+	events  []Event  // audit events appended
+	nodes   bool     // a node was written or deleted
+	changes []Change // for the feed
+}
+
+// attempt runs fn once on k. A fresh Tx per run: the wrote/appended flags
+// belong to this run of fn only, even when the transaction is shared with
+// other callers. A read error wins over whatever fn made of the read.
+func (s *Store) attempt(k kv, fn func(*Tx) error) (commit, error) {
+	tx := &Tx{kv: k, s: s, writable: true}
+	err := fn(tx)
+	if tx.err != nil {
+		return commit{}, tx.err
+	}
+	if err != nil {
+		return commit{}, err
+	}
+	if tx.wrote && !tx.appended {
+		return commit{}, ErrNoAudit
+	}
+	return commit{events: tx.events, nodes: tx.nodes, changes: tx.changes}, nil
+}
+
+// read runs fn once on k in a read-only Tx.
+func (s *Store) read(k kv, fn func(*Tx) error) error {
+	tx := &Tx{kv: k, s: s}
+	err := fn(tx)
+	if tx.err != nil {
+		return tx.err
+	}
+	return err
 }
 
 // NodesVersion changes after every committed Update that wrote or deleted a
@@ -289,9 +323,10 @@ func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	err := s.db.View(func(btx *bolt.Tx) error {
-		return fn(&Tx{btx: btx, s: s})
-	})
+	if s.etcd != nil {
+		return s.etcd.view(ctx, func(k kv) error { return s.read(k, fn) })
+	}
+	err := s.db.View(func(btx *bolt.Tx) error { return s.read(boltKV{btx}, fn) })
 	return mapClosed(err)
 }
 

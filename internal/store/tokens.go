@@ -33,7 +33,7 @@ func (tx *Tx) PutJoinToken(t JoinToken) error {
 	if len(t.Hash) == 0 {
 		return fmt.Errorf("%w: join token of node %q without a hash", ErrInvalid, t.Node)
 	}
-	if tx.btx.Bucket(bucketNodes).Get([]byte(t.Node)) == nil {
+	if !tx.has(bucketNodes, []byte(t.Node)) {
 		return fmt.Errorf("%w: node %q", ErrNotFound, t.Node)
 	}
 	return tx.put(bucketJoinTokens, []byte(t.Node), t)
@@ -53,11 +53,10 @@ func (tx *Tx) DeleteJoinToken(node string) error {
 	if err := tx.checkWrite(); err != nil {
 		return err
 	}
-	b := tx.btx.Bucket(bucketJoinTokens)
-	if b.Get([]byte(node)) == nil {
+	if !tx.has(bucketJoinTokens, []byte(node)) {
 		return nil
 	}
-	if err := b.Delete([]byte(node)); err != nil {
+	if err := tx.kv.del(bucketJoinTokens, []byte(node)); err != nil {
 		return fmt.Errorf("store: delete join token of node %q: %w", node, err)
 	}
 	tx.wrote = true
@@ -68,8 +67,7 @@ func (tx *Tx) DeleteJoinToken(node string) error {
 // and is keyed by its name.
 func (tx *Tx) checkJoinTokens() []error {
 	var problems []error
-	nodes := tx.btx.Bucket(bucketNodes)
-	_ = tx.btx.Bucket(bucketJoinTokens).ForEach(func(k, v []byte) error {
+	_ = tx.scan(bucketJoinTokens, nil, nil, func(k, v []byte) error {
 		var t JoinToken
 		if err := json.Unmarshal(v, &t); err != nil {
 			problems = append(problems, fmt.Errorf("join token %q: %w", k, err))
@@ -78,7 +76,7 @@ func (tx *Tx) checkJoinTokens() []error {
 		if t.Node != string(k) {
 			problems = append(problems, fmt.Errorf("join token %q: record says node %q", k, t.Node))
 		}
-		if nodes.Get(k) == nil {
+		if !tx.has(bucketNodes, k) {
 			problems = append(problems, fmt.Errorf("join token %q: no such node", k))
 		}
 		return nil

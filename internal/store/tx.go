@@ -4,20 +4,20 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Tx is one transaction, passed to the function given to Store.Update or
 // Store.View. It is only valid inside that function.
 type Tx struct {
-	btx      *bolt.Tx
+	kv       kv
+	err      error // the first read error of a method that cannot return one
 	s        *Store
 	writable bool
 	wrote    bool     // a record was changed in this run of fn
@@ -82,7 +82,12 @@ func (tx *Tx) put(bucket, key []byte, v any) error {
 	if err != nil {
 		return fmt.Errorf("store: encode %s: %w", bucket, err)
 	}
-	if err := tx.btx.Bucket(bucket).Put(key, val); err != nil {
+	return tx.putRaw(bucket, key, val)
+}
+
+// putRaw stores val as it is (index entries hold bare serials).
+func (tx *Tx) putRaw(bucket, key, val []byte) error {
+	if err := tx.kv.put(bucket, key, val); err != nil {
 		return fmt.Errorf("store: put %s: %w", bucket, err)
 	}
 	tx.wrote = true
@@ -90,9 +95,14 @@ func (tx *Tx) put(bucket, key []byte, v any) error {
 }
 
 // get decodes the value at key into v; json.Unmarshal copies, so nothing in
-// v points into bbolt's memory map.
+// v points into the backend's memory.
 func (tx *Tx) get(bucket, key []byte, v any) error {
-	val := tx.btx.Bucket(bucket).Get(key)
+	val, err := tx.kv.get(bucket, key)
+	if err != nil {
+		err = fmt.Errorf("store: get %s: %w", bucket, err)
+		tx.fail(err)
+		return err
+	}
 	if val == nil {
 		return ErrNotFound
 	}
@@ -102,9 +112,57 @@ func (tx *Tx) get(bucket, key []byte, v any) error {
 	return nil
 }
 
+// has reports whether bucket holds key. A read error counts as absent and
+// fails the transaction (see fail).
+func (tx *Tx) has(bucket, key []byte) bool {
+	val, err := tx.kv.get(bucket, key)
+	if err != nil {
+		tx.fail(fmt.Errorf("store: get %s: %w", bucket, err))
+		return false
+	}
+	return val != nil
+}
+
+// fail keeps the first error of a read that has no error result; Update and
+// View return it instead of whatever the function made of the read.
+func (tx *Tx) fail(err error) {
+	if tx.err == nil {
+		tx.err = err
+	}
+}
+
+// scan is kv.scan with the read error kept (see fail); a decode error of fn
+// ends the scan and is returned.
+func (tx *Tx) scan(bucket, prefix, from []byte, fn func(k, v []byte) error) error {
+	var ferr error
+	err := tx.kv.scan(bucket, prefix, from, func(k, v []byte) bool {
+		ferr = fn(k, v)
+		return ferr == nil
+	})
+	if err != nil {
+		err = fmt.Errorf("store: scan %s: %w", bucket, err)
+		tx.fail(err)
+		return err
+	}
+	return ferr
+}
+
+// errStop ends a scan early without an error.
+var errStop = errors.New("store: stop scan")
+
+// last is kv.last with the read error kept (see fail).
+func (tx *Tx) last(bucket []byte) (k, v []byte) {
+	k, v, err := tx.kv.last(bucket)
+	if err != nil {
+		tx.fail(fmt.Errorf("store: last of %s: %w", bucket, err))
+		return nil, nil
+	}
+	return k, v
+}
+
 // each decodes every value of bucket in key order and calls fn with it.
 func each[T any](tx *Tx, bucket []byte, fn func(T)) error {
-	return tx.btx.Bucket(bucket).ForEach(func(k, val []byte) error {
+	return tx.scan(bucket, nil, nil, func(k, val []byte) error {
 		var v T
 		if err := json.Unmarshal(val, &v); err != nil {
 			return fmt.Errorf("store: decode %s %q: %w", bucket, k, err)
@@ -154,23 +212,26 @@ func (tx *Tx) Events(afterSeq uint64, limit int) ([]Event, error) {
 		return nil, nil
 	}
 	var out []Event
-	c := tx.btx.Bucket(bucketAudit).Cursor()
-	for k, v := c.Seek(u64Key(afterSeq + 1)); k != nil; k, v = c.Next() {
+	err := tx.scan(bucketAudit, nil, u64Key(afterSeq+1), func(k, v []byte) error {
 		if limit > 0 && len(out) >= limit {
-			break
+			return errStop
 		}
 		var ev Event
 		if err := json.Unmarshal(v, &ev); err != nil {
-			return nil, fmt.Errorf("store: decode audit %d: %w", binary.BigEndian.Uint64(k), err)
+			return fmt.Errorf("store: decode audit %d: %w", binary.BigEndian.Uint64(k), err)
 		}
 		out = append(out, ev)
+		return nil
+	})
+	if err != nil && err != errStop {
+		return nil, err
 	}
 	return out, nil
 }
 
 // LastSeq returns the Seq of the newest audit event, 0 when there is none.
 func (tx *Tx) LastSeq() uint64 {
-	k, _ := tx.btx.Bucket(bucketAudit).Cursor().Last()
+	k, _ := tx.last(bucketAudit)
 	if len(k) != 8 {
 		return 0
 	}
@@ -199,7 +260,7 @@ func (tx *Tx) InsertIdentity(id Identity) error {
 	if err := validName("identity name", id.Name); err != nil {
 		return err
 	}
-	if tx.btx.Bucket(bucketIdentities).Get([]byte(id.Name)) != nil {
+	if tx.has(bucketIdentities, []byte(id.Name)) {
 		return fmt.Errorf("%w: identity %q", ErrExists, id.Name)
 	}
 	if err := tx.put(bucketIdentities, []byte(id.Name), id); err != nil {
@@ -253,7 +314,7 @@ func (tx *Tx) PutCert(c Cert, key []byte) error {
 	if err := validName("certificate identity", c.Identity); err != nil {
 		return err
 	}
-	if tx.btx.Bucket(bucketCerts).Get([]byte(c.Serial)) != nil {
+	if tx.has(bucketCerts, []byte(c.Serial)) {
 		return fmt.Errorf("%w: certificate %s", ErrExists, c.Serial)
 	}
 	rec := certRecord{Cert: c}
@@ -268,7 +329,7 @@ func (tx *Tx) PutCert(c Cert, key []byte) error {
 		return err
 	}
 	idx := certIndexKey(c.Identity, c.NotBefore, c.Serial)
-	if err := tx.btx.Bucket(bucketCertsByID).Put(idx, []byte(c.Serial)); err != nil {
+	if err := tx.putRaw(bucketCertsByID, idx, []byte(c.Serial)); err != nil {
 		return fmt.Errorf("store: index certificate %s: %w", c.Serial, err)
 	}
 	tx.tracked(KindCert, c.Serial, c.Identity)
@@ -315,11 +376,17 @@ func (tx *Tx) openCert(rec certRecord) (Credential, error) {
 // CertsFor returns the certificates of identity ordered by NotBefore, then
 // serial, without their keys.
 func (tx *Tx) CertsFor(identity string) ([]Cert, error) {
+	var serials []string
+	err := tx.scan(bucketCertsByID, certIndexPrefix(identity), nil, func(_, serial []byte) error {
+		serials = append(serials, string(serial))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	var out []Cert
-	prefix := certIndexPrefix(identity)
-	c := tx.btx.Bucket(bucketCertsByID).Cursor()
-	for k, serial := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, serial = c.Next() {
-		cert, err := tx.Cert(string(serial))
+	for _, serial := range serials {
+		cert, err := tx.Cert(serial)
 		if err != nil {
 			return nil, fmt.Errorf("store: certificates of %q: %w", identity, err)
 		}
@@ -398,9 +465,8 @@ func (tx *Tx) SetCASet(set CASet) error {
 // missingCAs names the serials of set that are not stored CAs.
 func (tx *Tx) missingCAs(set CASet) error {
 	var missing []string
-	cas := tx.btx.Bucket(bucketCAs)
 	for _, serial := range append(append([]string{set.IssuerSerial}, set.ChainSerials...), set.RootSerials...) {
-		if cas.Get([]byte(serial)) == nil {
+		if !tx.has(bucketCAs, []byte(serial)) {
 			missing = append(missing, serial)
 		}
 	}
@@ -451,14 +517,13 @@ func (tx *Tx) DeleteNode(name string) error {
 	if err := tx.checkWrite(); err != nil {
 		return err
 	}
-	b := tx.btx.Bucket(bucketNodes)
-	if b.Get([]byte(name)) == nil {
+	if !tx.has(bucketNodes, []byte(name)) {
 		return fmt.Errorf("%w: node %q", ErrNotFound, name)
 	}
-	if err := b.Delete([]byte(name)); err != nil {
+	if err := tx.kv.del(bucketNodes, []byte(name)); err != nil {
 		return fmt.Errorf("store: delete node %q: %w", name, err)
 	}
-	if err := tx.btx.Bucket(bucketJoinTokens).Delete([]byte(name)); err != nil {
+	if err := tx.kv.del(bucketJoinTokens, []byte(name)); err != nil {
 		return fmt.Errorf("store: delete join token of node %q: %w", name, err)
 	}
 	tx.wrote, tx.nodes = true, true
@@ -511,7 +576,7 @@ func (tx *Tx) AppendMesh(doc []byte, by string) (Mesh, error) {
 		return Mesh{}, err
 	}
 	var next uint64 = 1
-	if k, _ := tx.btx.Bucket(bucketMesh).Cursor().Last(); len(k) == 8 {
+	if k, _ := tx.last(bucketMesh); len(k) == 8 {
 		next = binary.BigEndian.Uint64(k) + 1
 	}
 	m := Mesh{
@@ -536,7 +601,7 @@ func (tx *Tx) Mesh(version uint64) (Mesh, error) {
 
 // LatestMesh returns the newest version; ErrNotFound when none was applied.
 func (tx *Tx) LatestMesh() (Mesh, error) {
-	k, v := tx.btx.Bucket(bucketMesh).Cursor().Last()
+	k, v := tx.last(bucketMesh)
 	if k == nil {
 		return Mesh{}, ErrNotFound
 	}
