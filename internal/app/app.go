@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/admin"
@@ -136,9 +137,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	ops := &opsState{now: o.clock.Now}
 	tel := telemetry.New()
 	met := metrics.New(ops, o.clock.Now, tel)
-	st, err := store.Open(store.Config{
-		Dir: dir, Sealer: sealer, LockTimeout: cfg.Store.LockTimeout.D(), Logger: logger, OnCommit: met.ObserveCommit,
-	})
+	st, err := openStore(cfg, dir, sealer, logger, o.clock, met.ObserveCommit)
 	if err != nil {
 		return nil, err
 	}
@@ -363,4 +362,19 @@ func isLoopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// openStore opens the etcd store when the configuration names endpoints,
+// the bbolt file in dir otherwise.
+func openStore(cfg config.Config, dir string, sealer *seal.Sealer, logger *slog.Logger, clk clock.Clock, onCommit func([]store.Event, time.Duration)) (*store.Store, error) {
+	if e := cfg.Store.Etcd; e.Enabled() {
+		return store.OpenEtcd(store.EtcdConfig{
+			Endpoints: e.Endpoints, Prefix: e.Prefix, DialTimeout: e.DialTimeout.D(),
+			TLS:    store.EtcdTLS{CA: e.TLS.CA, Cert: e.TLS.Cert, Key: e.TLS.Key},
+			Sealer: sealer, Clock: clk, Logger: logger, OnCommit: onCommit,
+		})
+	}
+	return store.Open(store.Config{
+		Dir: dir, Sealer: sealer, LockTimeout: cfg.Store.LockTimeout.D(), Logger: logger, OnCommit: onCommit,
+	})
 }

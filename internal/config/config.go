@@ -107,7 +107,29 @@ type Rotation struct {
 // Store configures the bbolt store.
 type Store struct {
 	LockTimeout Duration `yaml:"lock_timeout"`
+	// Etcd, when it names endpoints, keeps the state in etcd instead of the
+	// bbolt file in DataDir, so that several replicas can share it.
+	Etcd Etcd `yaml:"etcd"`
 }
+
+// Etcd configures the etcd store.
+type Etcd struct {
+	Endpoints   []string `yaml:"endpoints"` // HOST:PORT of etcd members
+	Prefix      string   `yaml:"prefix"`    // every key starts with it (default /meshca)
+	TLS         EtcdTLS  `yaml:"tls"`
+	DialTimeout Duration `yaml:"dial_timeout"`
+}
+
+// EtcdTLS names PEM files for TLS to etcd: CA checks the members'
+// certificates; Cert and Key are meshca's client certificate.
+type EtcdTLS struct {
+	CA   string `yaml:"ca"`
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Enabled reports whether the state is kept in etcd.
+func (e Etcd) Enabled() bool { return len(e.Endpoints) > 0 }
 
 // Duration is a time.Duration written as "90s", "1h", "720h" in YAML.
 type Duration time.Duration
