@@ -31,4 +31,10 @@
 //
 // The signed CRL and the CA in use are held in memory by whoever signs
 // them (Trust); it announces a store.KindTrust change after each new one.
+// A bundle that holds the same roots in another order is not a change:
+// nodes keep the one they have.
+//
+// An identity's secret is built once per certificate and shared by every
+// node holding it (the xDS server then encodes it once); it stays in
+// memory while the identity is active.
 package nodeconfig

@@ -590,7 +590,10 @@ func (b *Builder) trustLoop(ctx context.Context) {
 // then the trust loop, call it: one at a time.
 func (b *Builder) publishTrust(ctx context.Context) error {
 	bundle, crl := b.cfg.Trust.BundlePEM(), b.cfg.Trust.CRL()
-	if b.trustPEM.bundle != nil && string(bundle) == string(b.trustPEM.bundle) && string(crl) == string(b.trustPEM.crl) {
+	// The same roots in another order (a root rotation's switch puts the
+	// new root first) trust the same peers: not a change worth a push to
+	// every node.
+	if b.trustPEM.bundle != nil && sameBlocks(bundle, b.trustPEM.bundle) && string(crl) == string(b.trustPEM.crl) {
 		return nil
 	}
 	secret, err := sds.ValidationSecret(sds.BundleName(b.cfg.TrustDomain), bundle, crl)
@@ -603,6 +606,23 @@ func (b *Builder) publishTrust(ctx context.Context) error {
 	b.trustPEM.bundle, b.trustPEM.crl = bundle, crl
 	b.stats.trusts.Add(1)
 	return nil
+}
+
+// sameBlocks reports whether two PEM texts hold the same blocks, in any
+// order.
+func sameBlocks(a, b []byte) bool {
+	blocks := func(data []byte) []string {
+		var out []string
+		for {
+			var p *pem.Block
+			if p, data = pem.Decode(data); p == nil {
+				slices.Sort(out)
+				return out
+			}
+			out = append(out, p.Type+"\x00"+string(p.Bytes))
+		}
+	}
+	return slices.Equal(blocks(a), blocks(b))
 }
 
 // Stats are the Builder's counters since start.
