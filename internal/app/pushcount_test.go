@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net/http"
 	"sync"
 	"testing"
@@ -22,6 +25,7 @@ import (
 
 // received is what one response of a node's secrets stream held.
 type received struct {
+	version          string
 	roots, crl, leaf string // bundle PEM, CRL PEM, identity chain PEM
 }
 
@@ -54,7 +58,7 @@ func startCountingNode(t *testing.T, ctx context.Context, m *mesh, node, identit
 				c.fail <- err
 				return
 			}
-			var got received
+			got := received{version: r.GetVersionInfo()}
 			for _, a := range r.GetResources() {
 				var sec tlsv3.Secret
 				if err := a.UnmarshalTo(&sec); err != nil {
@@ -163,17 +167,18 @@ func TestOneResponsePerChange(t *testing.T) {
 			// The barrier's CRL comes in exactly one response, the last;
 			// a push of the change still pending might have been merged
 			// into it, which would only lower the count.
-			crl := last[n].crl
 			for i, r := range got {
-				if r.crl != crl {
-					if i != len(got)-1 {
-						t.Fatalf("%s: %s received %d responses after the one with the barrier's CRL", what, n, len(got)-1-i)
-					}
-					out[n] = i
-					if ok := changed[n]; ok != nil && i == 0 && !ok(last[n], r) {
-						t.Fatalf("%s: %s received neither the change nor the barrier's CRL", what, n)
-					}
+				if !lists(t, r.crl, res.Serials) {
+					continue
 				}
+				if i != len(got)-1 {
+					t.Fatalf("%s: %s received %d responses after the one with the barrier's CRL", what, n, len(got)-1-i)
+				}
+				out[n] = i
+				if ok := changed[n]; ok != nil && i == 0 && !ok(last[n], r) {
+					t.Fatalf("%s: %s received neither the change nor the barrier's CRL", what, n)
+				}
+				break
 			}
 			if _, ok := out[n]; !ok {
 				t.Fatalf("%s: %s never received the barrier's CRL (%d responses)", what, n, len(got))
@@ -211,6 +216,92 @@ func TestOneResponsePerChange(t *testing.T) {
 	// barrier's response itself, it is one.
 	got = count("revocation of an unassigned identity", func() {}, nil)
 	want("revocation", got, map[string]int{"n1": 0, "n2": 0, "n3": 0})
+}
+
+// TestRootSwitchSendsOnlyTheNewLeaf counts the responses of the step of a
+// root rotation that switches issuance to the new root and re-issues every
+// leaf under it, on a mesh with nothing revoked: the bundle keeps the same
+// two roots (the new one now signs), so each node needs its new leaf and
+// nothing else. Counted as in TestOneResponsePerChange, from the response
+// that brought the new root to the barrier's.
+func TestRootSwitchSendsOnlyTheNewLeaf(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	m := startMesh(t, clk)
+	for _, id := range []string{"web", "api", "barrier"} {
+		m.addIdentity(id)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nodes := map[string]*countingNode{"n1": startCountingNode(t, ctx, m, "n1", "web"), "n2": startCountingNode(t, ctx, m, "n2", "api")}
+	first := map[string]received{}
+	for n, c := range nodes {
+		c.waitFor(t, 0, "first response", func(received) bool { return true })
+		first[n] = c.responses()[0]
+	}
+	m.admin("POST", api.PathCARotate, api.RotateCARequest{Root: true}, nil, http.StatusOK)
+	published := map[string]int{}
+	for n, c := range nodes {
+		c.waitFor(t, 1, "the new root", func(r received) bool { return len(r.roots) > len(first[n].roots) })
+		published[n] = len(c.responses())
+	}
+	// Once the server has every node's ACK of the new root, one step
+	// switches and re-issues.
+	for n, c := range nodes {
+		v := c.responses()[published[n]-1].version
+		for deadline := time.Now().Add(recvTimeout); acked(m, n) != v; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the server did not record the ACK of the new root within %s", n, recvTimeout)
+			}
+		}
+	}
+	advance(t, clk, time.Second)
+	for n, c := range nodes {
+		c.waitFor(t, published[n], "its leaf under the new root", func(r received) bool { return r.leaf != first[n].leaf })
+	}
+	var res api.Revoked
+	m.admin("POST", api.PathRevoke+"/barrier?wait=pushed&timeout=30s", api.RevokeRequest{Reason: "test"}, &res, http.StatusOK)
+	if p := res.Pushed; p == nil || !p.Complete || p.Have != len(nodes) {
+		t.Fatalf("the barrier's CRL reached %+v, want every node", res.Pushed)
+	}
+	for n, c := range nodes {
+		got := c.responses()[published[n]:]
+		if len(got) == 0 || !lists(t, got[len(got)-1].crl, res.Serials) {
+			t.Fatalf("%s: the last of %d responses is not the barrier's", n, len(got))
+		}
+		if switched := len(got) - 1; switched != 1 {
+			t.Errorf("%s received %d responses for the switch and its re-issue, want 1", n, switched)
+		} else {
+			t.Logf("%s: 1 response for the switch and its re-issue", n)
+		}
+	}
+}
+
+// lists reports whether the CRLs in crlPEM list one of the serials (hex).
+func lists(t *testing.T, crlPEM string, serials []string) bool {
+	t.Helper()
+	want := map[string]bool{}
+	for _, s := range serials {
+		n, ok := new(big.Int).SetString(s, 16)
+		if !ok {
+			t.Fatalf("serial %q is not hex", s)
+		}
+		want[n.Text(16)] = true
+	}
+	for rest := []byte(crlPEM); ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			return false
+		}
+		crl, err := x509.ParseRevocationList(b.Bytes)
+		if err != nil {
+			t.Fatalf("CRL: %v", err)
+		}
+		for _, e := range crl.RevokedCertificateEntries {
+			if want[e.SerialNumber.Text(16)] {
+				return true
+			}
+		}
+	}
 }
 
 // reissueEvery calls POST /v1/reissue {"all":true} and reads its answer to
