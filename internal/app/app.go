@@ -216,7 +216,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	runs = append(runs, renewer.Run, reg.RunCRL, reg.RunDenials, func(ctx context.Context) error { return reg.RunCA(ctx, rotationAcks(reg, xdsSrv, nodes)) })
+	runs = append(runs, renewer.Run, reg.RunCRL, reg.RunDenials, func(ctx context.Context) error { return reg.RunCA(ctx, rotationAcks(xdsSrv, nodes)) })
 
 	adm, err := admin.New(admin.Config{
 		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},
