@@ -105,7 +105,7 @@ func (c *countingNode) waitFor(t *testing.T, from int, what string, ok func(rece
 		case err := <-c.fail:
 			t.Fatalf("%s: stream ended waiting for %s: %v", c.name, what, err)
 		case <-deadline:
-			t.Fatalf("%s: no %s within %s", c.name, what, recvTimeout)
+			t.Fatalf("%s: waited %s in vain for %s", c.name, recvTimeout, what)
 		}
 	}
 }
@@ -141,9 +141,9 @@ func TestOneResponsePerChange(t *testing.T) {
 	}
 
 	barriers := 0
-	// count runs change, waits until every node in changed holds what it
-	// brings (by want), then closes the count with a barrier and returns
-	// how many responses each node received for the change alone.
+	// count runs change, waits until every node in changed has received
+	// what it brings, then closes the count with a barrier and returns how
+	// many responses each node received for the change alone.
 	count := func(what string, change func(), changed map[string]func(before, now received) bool) map[string]int {
 		t.Helper()
 		start, last := map[string]int{}, map[string]received{}
