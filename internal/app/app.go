@@ -228,7 +228,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	runs = append(runs, renewer.Run, auth.Run, auth.RunCRL, reg.RunDenials, func(ctx context.Context) error { return auth.RunCA(ctx, rotationAcks(reg, xdsSrv, nodes)) })
+	runs = append(runs, renewer.Run, auth.Run, auth.RunCRL, reg.RunDenials, func(ctx context.Context) error { return auth.RunCA(ctx, rotationAcks(xdsSrv, nodes)) })
 
 	adm, err := admin.New(admin.Config{
 		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, CRLs: auth, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},

@@ -128,18 +128,11 @@ func clip(s string) string { return text.Clip(s, 100) }
 // many of those have not acknowledged their current secrets. While node
 // configuration has changes not yet handed to the xDS server, every
 // connected node counts as pending: it has not been sent them yet.
-func rotationAcks(reg *registry.Registry, srv *xds.Server, configs *nodeconfig.Builder) authority.Acks {
+func rotationAcks(srv *xds.Server, configs *nodeconfig.Builder) authority.Acks {
 	return func(ctx context.Context) (pending, connected int) {
-		pending = srv.Pending()
-		nodes, err := reg.Nodes(ctx)
-		if err != nil {
-			return pending, pending
-		}
-		for _, n := range nodes {
-			if srv.Status(n.Name).Streams > 0 {
-				connected++
-			}
-		}
+		// Only a registered, active node has a stream open: the xDS
+		// server closes a node's streams when it is removed.
+		connected, pending = srv.Connected()
 		if !configs.Idle() {
 			pending = connected
 		}
