@@ -116,9 +116,9 @@ type Store struct {
 // Etcd configures the etcd store.
 type Etcd struct {
 	Endpoints   []string `yaml:"endpoints"` // HOST:PORT of etcd members
-	Prefix      string   `yaml:"prefix"`    // every key starts with it (default /meshca)
+	Prefix      string   `yaml:"prefix"`    // every key starts with it (empty: /meshca)
 	TLS         EtcdTLS  `yaml:"tls"`
-	DialTimeout Duration `yaml:"dial_timeout"` // bounds connecting and the first read (default 5s)
+	DialTimeout Duration `yaml:"dial_timeout"` // bounds connecting and the first read (0: 5s)
 }
 
 // EtcdTLS names PEM files for TLS to etcd: CA checks the members'
@@ -145,7 +145,7 @@ func (e Etcd) validate() []error {
 			bad("endpoints", "%q is not HOST:PORT (for example 127.0.0.1:2379; TLS is set under store.etcd.tls, not with https://)", ep)
 		}
 	}
-	if p := e.Prefix; p == "" || p[0] != '/' || strings.TrimRight(p, "/") == "" || strings.ContainsAny(p, "\x00\n") {
+	if p := e.Prefix; p != "" && p[0] != '/' || strings.TrimRight(p, "/") == "" || strings.ContainsAny(p, "\x00\n") {
 		bad("prefix", "%q: use a key path such as %s, one per meshca installation sharing the etcd", p, DefaultEtcdPrefix)
 	}
 	if (e.TLS.Cert == "") != (e.TLS.Key == "") {
@@ -154,7 +154,7 @@ func (e Etcd) validate() []error {
 	if e.TLS != (EtcdTLS{}) && !e.Enabled() {
 		bad("tls", "set, but store.etcd.endpoints is empty: name the etcd members, or remove store.etcd")
 	}
-	if d := e.DialTimeout.D(); d < 100*time.Millisecond || d > 5*time.Minute {
+	if d := e.DialTimeout.D(); d != 0 && (d < 100*time.Millisecond || d > 5*time.Minute) {
 		bad("dial_timeout", "%s is out of range: 100ms to 5m", d)
 	}
 	return errs
