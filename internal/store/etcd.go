@@ -48,6 +48,11 @@ type EtcdConfig struct {
 	Logger      *slog.Logger  // default discard
 	OnCommit    func(events []Event, took time.Duration)
 	Fault       func() error
+	// Contact, when set, is called before every Update and View; a
+	// non-nil error fails it at once, returned as it is. The owner of the
+	// store reports with it that this replica has lost etcd (see Ping),
+	// so that callers fail fast instead of waiting for etcd.
+	Contact func() error
 	// MaxTxnOps and MaxRequestBytes must not exceed the server's
 	// --max-txn-ops and --max-request-bytes (defaults 128 and 1.5 MiB): a
 	// transaction beyond them fails with ErrTooLarge before it is sent.
@@ -210,6 +215,7 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 		log:      cfg.Logger,
 		onCommit: cfg.OnCommit,
 		fault:    cfg.Fault,
+		contact:  cfg.Contact,
 	}
 	e.rev = rev
 	e.ctx, e.cancel = context.WithCancel(context.Background())
