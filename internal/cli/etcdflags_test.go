@@ -3,6 +3,7 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -62,5 +63,28 @@ func TestServerEtcdFlags(t *testing.T) {
 				t.Fatalf("store.etcd = %+v, want endpoints %v prefix %s", e, tt.wantEndpoints, tt.wantPrefix)
 			}
 		})
+	}
+}
+
+// TestStoreMigrateFlags checks that store migrate hands the data directory
+// and the etcd flags to the migration, and refuses to run without
+// endpoints.
+func TestStoreMigrateFlags(t *testing.T) {
+	var got *config.Config
+	migrate := func(_ context.Context, c config.Config, out io.Writer) error { got = &c; return nil }
+	var errb bytes.Buffer
+	err := cli.Execute(context.Background(), cli.Config{Stdout: &bytes.Buffer{}, Stderr: &errb, Migrate: migrate},
+		[]string{"store", "migrate", "--data-dir", "/var/lib/meshca", "--etcd-endpoints", "127.0.0.1:2379", "--etcd-prefix", "/prod"})
+	if err != nil {
+		t.Fatalf("store migrate: %v (%s)", err, errb.String())
+	}
+	if got.DataDir != "/var/lib/meshca" || !slices.Equal(got.Store.Etcd.Endpoints, []string{"127.0.0.1:2379"}) || got.Store.Etcd.Prefix != "/prod" {
+		t.Fatalf("migration got data_dir %q, store.etcd %+v", got.DataDir, got.Store.Etcd)
+	}
+	got = nil
+	errb.Reset()
+	err = cli.Execute(context.Background(), cli.Config{Stdout: &bytes.Buffer{}, Stderr: &errb, Migrate: migrate}, []string{"store", "migrate", "--data-dir", "x"})
+	if err == nil || got != nil || !strings.Contains(errb.String(), "--etcd-endpoints is required") {
+		t.Fatalf("store migrate without endpoints: %v, ran %v, stderr %q", err, got != nil, errb.String())
 	}
 }

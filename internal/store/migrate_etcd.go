@@ -278,7 +278,12 @@ func (m *migration) seal(ctx context.Context) error {
 	if err := m.src.View(ctx, func(tx *Tx) error { m.sum.LastSeq = tx.LastSeq(); return nil }); err != nil {
 		return err
 	}
-	return m.marked(ctx, ops...)
+	if err := m.marked(ctx, ops...); err != nil {
+		return err
+	}
+	m.sum.Records[string(bucketMeta)]++ // the schema record
+	m.sum.Total++
+	return nil
 }
 
 // compare reads the copy back and compares it with src, bucket by bucket
