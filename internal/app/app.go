@@ -199,7 +199,9 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	app.close = func() error {
 		// Refusals that came in while the parts stopped, after
 		// RunDenials' own last flush.
-		if err := reg.FlushDenials(context.WithoutCancel(ctx)); err != nil {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := reg.FlushDenials(fctx); err != nil {
 			logger.Error("refusal summaries not written", "err", err)
 		}
 		return st.Close()
