@@ -31,6 +31,9 @@ func TestReplicaCutOffFromEtcd(t *testing.T) {
 	}, app.WithStoreContact(every, bound))
 	m.addIdentity("web")
 	tok := m.addNode("n1", "sidecar", "web")
+	m.addIdentity("echo")
+	streaming := subscribe(t, m, "n2", m.joined("n2", "echo"), secretName(""), secretName("echo"))
+	streaming.next()
 	client := &http.Client{Timeout: 3 * time.Second}
 	ready := func() (bool, string) {
 		resp, err := client.Get("http://" + m.app.Admin + "/readyz")
@@ -96,5 +99,13 @@ func TestReplicaCutOffFromEtcd(t *testing.T) {
 	m.addIdentity("db")
 	if _, err := m.join("n1", tok.Token); err != nil {
 		t.Fatalf("join after etcd returned: %v", err)
+	}
+	// A node that kept its stream through the outage gets the next change.
+	var reissued api.Identity
+	m.admin("POST", api.PathReissue+"/echo", struct{}{}, &reissued, http.StatusOK)
+	for {
+		if s := streaming.next()[secretName("echo")]; s != nil && serialOf(t, s) == reissued.Cert.Serial {
+			break
+		}
 	}
 }
