@@ -399,7 +399,7 @@ func openStore(cfg config.Config, dir string, sealer *seal.Sealer, logger *slog.
 		st, err := store.OpenEtcd(ec)
 		if errors.Is(err, store.ErrKEKMismatch) {
 			kek := filepath.Join(dir, KEKFile)
-			return nil, fmt.Errorf("%w: every replica needs the same key-encryption key; copy the file kek from the data directory of the first replica on this etcd prefix to %s (mode 0600), then start again", err, kek)
+			return nil, fmt.Errorf("%w: copy it over %s (mode 0600), then start again", err, kek)
 		}
 		return st, err
 	}

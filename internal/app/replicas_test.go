@@ -1,15 +1,18 @@
 package app_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/app"
 	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/testkit"
 )
@@ -105,4 +108,35 @@ func TestTwoReplicasOnEtcd(t *testing.T) {
 			t.Fatalf("%s took %s to cross replicas", what, took)
 		}
 	}
+}
+
+// TestReplicaWithAnotherKEKRefused starts a second replica on the same
+// etcd prefix from a fresh data directory, without the first replica's
+// kek: it must refuse to start and say what to copy where.
+func TestReplicaWithAnotherKEKRefused(t *testing.T) {
+	e := testkit.StartEtcd(t)
+	onEtcd := func(c *config.Config) {
+		c.Store.Etcd = config.Etcd{Endpoints: []string{e.Endpoint}, Prefix: "/kek"}
+	}
+	startMeshIn(t, nil, filepath.Join(t.TempDir(), "a"), onEtcd)
+	dirB := filepath.Join(t.TempDir(), "b")
+	cfg := testkit.LoopbackConfig(dirB)
+	onEtcd(&cfg)
+	a, err := app.Start(context.Background(), cfg, testkit.Logger(t))
+	if err == nil {
+		a.Wait(canceled())
+		t.Fatal("a replica with another kek started")
+	}
+	t.Logf("refused: %v", err)
+	for _, want := range []string{"key-encryption key does not match", "kek file of the replicas that initialised it", "copy it over " + filepath.Join(dirB, "kek")} {
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %q does not say %q", err, want)
+		}
+	}
+}
+
+func canceled() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
 }
