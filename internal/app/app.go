@@ -228,6 +228,9 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, err
 	}
 	ops.reg, ops.auth, ops.xds, ops.store, ops.health = reg, auth, xdsSrv, st, health
+	if health != nil {
+		health.onLost = func() { logger.Warn("xDS streams closed: etcd unreachable", "nodes", xdsSrv.CloseAll()) }
+	}
 	reg.SubscribeNodeCerts(func(node string) { xdsSrv.CloseNode(node) })
 	// What each node receives is computed from the store's change feed and
 	// handed to the xDS server; every node has a snapshot before it serves.

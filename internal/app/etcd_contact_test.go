@@ -32,7 +32,8 @@ func TestReplicaCutOffFromEtcd(t *testing.T) {
 	m.addIdentity("web")
 	tok := m.addNode("n1", "sidecar", "web")
 	m.addIdentity("echo")
-	streaming := subscribe(t, m, "n2", m.joined("n2", "echo"), secretName(""), secretName("echo"))
+	n2 := m.joined("n2", "echo")
+	streaming := subscribe(t, m, "n2", n2, secretName(""), secretName("echo"))
 	streaming.next()
 	client := &http.Client{Timeout: 3 * time.Second}
 	ready := func() (bool, string) {
@@ -74,6 +75,15 @@ func TestReplicaCutOffFromEtcd(t *testing.T) {
 		t.Fatalf("/readyz does not say why: %q", body)
 	}
 
+	// The node's stream is closed: what it holds can no longer be
+	// confirmed current.
+	select {
+	case err := <-streaming.done:
+		t.Logf("etcd cut off -> the node's xDS stream closed after %s (%v)", time.Since(cut).Round(time.Millisecond), status.Code(err))
+	case <-time.After(bound + every + bound + 5*time.Second):
+		t.Fatalf("the node's stream is still open %s after the cut", time.Since(cut))
+	}
+
 	var apiErr api.Error
 	m.admin("POST", api.PathIdentities, api.AddIdentityRequest{Name: "db"}, &apiErr, http.StatusServiceUnavailable)
 	if apiErr.Code != api.CodeUnavailable || !strings.Contains(apiErr.Error, "does not sign until etcd answers again") {
@@ -100,7 +110,9 @@ func TestReplicaCutOffFromEtcd(t *testing.T) {
 	if _, err := m.join("n1", tok.Token); err != nil {
 		t.Fatalf("join after etcd returned: %v", err)
 	}
-	// A node that kept its stream through the outage gets the next change.
+	// The node reconnects and gets the next change.
+	streaming = subscribe(t, m, "n2", n2, secretName(""), secretName("echo"))
+	streaming.next()
 	var reissued api.Identity
 	m.admin("POST", api.PathReissue+"/echo", struct{}{}, &reissued, http.StatusOK)
 	for {

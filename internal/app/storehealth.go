@@ -16,7 +16,10 @@ import (
 // every StoreProbeInterval with a linearizable read bounded by
 // StoreProbeTimeout; once its last answered probe is older than
 // StoreContactBound it reports not ready and refuses to sign, until a probe
-// is answered again.
+// is answered again. The first probe that fails after the bound also
+// closes every node's xDS streams (so within StoreContactBound +
+// StoreProbeInterval + StoreProbeTimeout): what they were served can no
+// longer be confirmed current, and the nodes go to another replica.
 const (
 	StoreProbeInterval = time.Second
 	StoreProbeTimeout  = 2 * time.Second
@@ -39,6 +42,9 @@ type storeHealth struct {
 	bound          time.Duration
 	clock          clock.Clock
 	log            *slog.Logger
+	// onLost, when set before Run, is called on Run's goroutine each time
+	// the replica is found to have lost the store.
+	onLost func()
 
 	mu     sync.Mutex
 	lastOK time.Time
@@ -64,7 +70,9 @@ func (h *storeHealth) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		h.observe(err)
+		if h.observe(err) && h.onLost != nil {
+			h.onLost()
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -73,7 +81,9 @@ func (h *storeHealth) Run(ctx context.Context) error {
 	}
 }
 
-func (h *storeHealth) observe(err error) {
+// observe records a probe's result and reports whether the replica has
+// just been found to have lost the store.
+func (h *storeHealth) observe(err error) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := h.clock.Now()
@@ -83,12 +93,14 @@ func (h *storeHealth) observe(err error) {
 			h.lost = false
 		}
 		h.lastOK = now
-		return
+		return false
 	}
 	if since := now.Sub(h.lastOK); since > h.bound && !h.lost {
 		h.lost = true
-		h.log.Error("etcd unreachable: this replica reports not ready and does not sign", logSince, since.Round(time.Millisecond), logBound, h.bound, "err", err)
+		h.log.Error("etcd unreachable: this replica reports not ready, does not sign and closes its nodes' streams", logSince, since.Round(time.Millisecond), logBound, h.bound, "err", err)
+		return true
 	}
+	return false
 }
 
 // check fails with registry.ErrUnavailable once the last answered probe is
