@@ -96,6 +96,8 @@ func joinResponse(res registry.Joined, err error) (nodeapi.JoinResponse, error) 
 	case err == nil:
 	case errors.Is(err, registry.ErrRateLimited):
 		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.ResourceExhausted, Message: err.Error()}
+	case errors.Is(err, registry.ErrUnavailable):
+		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.Unavailable, Message: err.Error()}
 	case errors.Is(err, registry.ErrToken), errors.Is(err, registry.ErrDenied):
 		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.PermissionDenied, Message: err.Error()}
 	case errors.Is(err, identity.ErrInvalidName), errors.Is(err, ca.ErrInvalidRequest):
