@@ -289,8 +289,14 @@ func TestAdminCredentialsAreNeverMeshcaKeys(t *testing.T) {
 	// A store from before the rule: "legacy" is assigned to node b, which
 	// holds its key, and is then marked admin.
 	m.admin("POST", api.PathNodes+"/b/identities", api.AssignRequest{Identity: "legacy"}, nil, http.StatusOK)
-	sec, err := fetchSecret(m, nodeB, "b", "legacy")
-	if err != nil {
+	// The assignment reaches the xDS server through node configuration,
+	// after the API answered.
+	var sec *tlsv3.Secret
+	var err error
+	if !pollUntil(10*time.Second, 20*time.Millisecond, func() bool {
+		sec, err = fetchSecret(m, nodeB, "b", "legacy")
+		return err == nil
+	}) {
 		t.Fatal(err)
 	}
 	served := tlsCert(t, sec)
