@@ -93,6 +93,8 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	Auth        Authenticator  // required
 	Joiner      Joiner         // required
+	// Signer signs agent nodes' CSRs (SignCSR); nil answers Unimplemented.
+	Signer CSRSigner
 	Audit       DenialRecorder // required
 	// Roots returns the CAs a node certificate must be issued by: meshca's
 	// issuing CAs, not the roots above them. Called on every handshake.

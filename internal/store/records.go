@@ -35,6 +35,10 @@ type Cert struct {
 	NotBefore    time.Time `json:"not_before"`
 	NotAfter     time.Time `json:"not_after"`
 	IssuedAt     time.Time `json:"issued_at"`
+	// Node is the agent node a certificate was signed for from its CSR:
+	// each agent node holding an identity has its own certificate (see
+	// HolderCert). Empty for an identity's shared certificate.
+	Node string `json:"node,omitempty"`
 	// KeyHeld is set on read when meshca generated and holds the key (a
 	// sealed key is stored). Admin credentials must never be such
 	// certificates.
@@ -135,6 +139,13 @@ type Node struct {
 	// restarts and replicas.
 	RenewWindowStart time.Time `json:"renew_window_start,omitempty"`
 	Renewals         int       `json:"renewals,omitempty"`
+	// Agent marks a node whose agent makes its identities' keys and sends
+	// CSRs: meshca never generates, stores or sends a key for it.
+	Agent bool `json:"agent,omitempty"`
+	// SignWindowStart and Signs count the CSRs the node's agent had signed
+	// in the current rate-limit window, kept here like Renewals.
+	SignWindowStart time.Time `json:"sign_window_start,omitempty"`
+	Signs           int       `json:"signs,omitempty"`
 }
 
 // Revocation records a revoked certificate serial.
