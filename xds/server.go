@@ -91,11 +91,11 @@ type TelemetrySink interface {
 // Config configures a Server.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
-	Auth        Authenticator  // required
-	Joiner      Joiner         // required
+	Auth        Authenticator // required
+	Joiner      Joiner        // required
 	// Signer signs agent nodes' CSRs (SignCSR); nil answers Unimplemented.
 	Signer CSRSigner
-	Audit       DenialRecorder // required
+	Audit  DenialRecorder // required
 	// Roots returns the CAs a node certificate must be issued by: meshca's
 	// issuing CAs, not the roots above them. Called on every handshake.
 	Roots func() []*x509.Certificate // required
