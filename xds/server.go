@@ -91,11 +91,9 @@ type TelemetrySink interface {
 // Config configures a Server.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
-	Auth        Authenticator // required
-	Joiner      Joiner        // required
-	// Signer signs agent nodes' CSRs (SignCSR); nil answers Unimplemented.
-	Signer CSRSigner
-	Audit  DenialRecorder // required
+	Auth        Authenticator  // required
+	Joiner      Joiner         // required
+	Audit       DenialRecorder // required
 	// Roots returns the CAs a node certificate must be issued by: meshca's
 	// issuing CAs, not the roots above them. Called on every handshake.
 	Roots func() []*x509.Certificate // required
@@ -115,6 +113,8 @@ type Config struct {
 	// Limits bound connections and what peers without a node certificate
 	// can make the server hold.
 	Limits Limits
+	// Signer signs agent nodes' CSRs (SignCSR); nil answers Unimplemented.
+	Signer CSRSigner
 }
 
 // Server is the xDS and node join server.
