@@ -154,6 +154,9 @@ func TestAgentSignsNodeCSRs(t *testing.T) {
 	if signed != 2 {
 		t.Fatalf("%d audit records of signed CSRs naming their node, want 2", signed)
 	}
+	if v, _ := sample(t, scrape(t, m), `meshca_certificates_issued_total{kind="agent"}`); v != 2 {
+		t.Fatalf("metrics count %v certificates signed for agents, want 2", v)
+	}
 
 	// Refusals, each by a real client over TLS.
 	forged := slices.Clone(csr1)
