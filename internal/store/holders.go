@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -106,4 +107,35 @@ func (tx *Tx) DeleteHolderCert(identity, node string) error {
 	}
 	tx.wrote = true
 	return nil
+}
+
+// checkHolderCerts verifies that every holder record is written under both
+// keys alike and names a stored certificate of its identity and node.
+func (tx *Tx) checkHolderCerts() []error {
+	var problems []error
+	_ = tx.scan(bucketHolderCerts, []byte("i\x00"), nil, func(k, v []byte) error {
+		var h HolderCert
+		if err := json.Unmarshal(v, &h); err != nil {
+			problems = append(problems, fmt.Errorf("holder record %q: %w", k, err))
+			return nil
+		}
+		if mirror, err := tx.kv.get(bucketHolderCerts, holderByNode(h.Node, h.Identity)); err != nil || !bytes.Equal(mirror, v) {
+			problems = append(problems, fmt.Errorf("holder record of %q on node %q has no matching by-node record", h.Identity, h.Node))
+		}
+		var rec certRecord
+		if err := tx.get(bucketCerts, []byte(h.Serial), &rec); err != nil || rec.Identity != h.Identity || rec.Node != h.Node {
+			problems = append(problems, fmt.Errorf("holder record of %q on node %q names certificate %s, which is not theirs", h.Identity, h.Node, h.Serial))
+		} else if rec.SealedKey != nil {
+			problems = append(problems, fmt.Errorf("certificate %s of %q on agent node %q has a key meshca holds", h.Serial, h.Identity, h.Node))
+		}
+		return nil
+	})
+	_ = tx.scan(bucketHolderCerts, []byte("n\x00"), nil, func(k, v []byte) error {
+		var h HolderCert
+		if err := json.Unmarshal(v, &h); err == nil && !tx.has(bucketHolderCerts, holderByIdentity(h.Identity, h.Node)) {
+			problems = append(problems, fmt.Errorf("by-node holder record of %q on node %q has no by-identity record", h.Identity, h.Node))
+		}
+		return nil
+	})
+	return problems
 }
