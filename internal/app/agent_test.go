@@ -145,6 +145,16 @@ func TestAgentSignsNodeCSRs(t *testing.T) {
 	if !n.Agent {
 		t.Fatal("node show: agent-1 not marked as an agent node")
 	}
+	page, err := m.http.Get("http://" + m.app.Admin + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	html := string(readBody(t, page))
+	for _, want := range []string{`data-holder="agent-1"`, `data-holder="agent-2"`, resp1.Serial, resp2.Serial, `<span class="agent">(agent)</span>`} {
+		if !strings.Contains(html, want) {
+			t.Fatalf("status page lacks %s", want)
+		}
+	}
 	signed := 0
 	for _, e := range m.audit() {
 		if e.Action == registry.ActionAgentSign && e.Outcome == "ok" && e.Identity == "web" && (e.Node == "agent-1" || e.Node == "agent-2") {
@@ -346,7 +356,7 @@ func TestAgentRevokePerHolder(t *testing.T) {
 	m.addIdentity("web")
 	certs := map[string]*tls.Certificate{}
 	serials := map[string]string{}
-	for _, n := range []string{"agent-1", "agent-2", "agent-3"} {
+	for _, n := range []string{"agent-1", "agent-2", "agent-3", "agent-4"} {
 		certs[n] = m.addAgent(n, "web")
 		_, csr := agentCSR(t)
 		resp, _, err := signCSR(t, m.dial(certs[n]), "web", csr)
@@ -387,6 +397,18 @@ func TestAgentRevokePerHolder(t *testing.T) {
 	t.Logf("unassign from agent-3 to its certificate on the CRL: %s", time.Since(start).Round(time.Millisecond))
 	if crl[serials["agent-2"]] || crl[renewed] {
 		t.Fatal("agent-2's certificates are on the CRL after web was taken from agent-3")
+	}
+
+	// A new join of an agent node revokes what its agent had signed: the
+	// keys may be on the old machine.
+	var tok api.JoinToken
+	m.admin("POST", api.PathNodes+"/agent-4/token", struct{}{}, &tok, http.StatusOK)
+	if _, err := m.join("agent-4", tok.Token); err != nil {
+		t.Fatal(err)
+	}
+	crl = watch.until(serials["agent-4"])
+	if crl[serials["agent-2"]] || crl[renewed] {
+		t.Fatal("agent-2's certificates are on the CRL after agent-4 joined again")
 	}
 
 	start = time.Now()

@@ -377,6 +377,15 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		if revoked, err = revokeNodeCerts(tx, node, "", "replaced by a new join", now); err != nil {
 			return err
 		}
+		if cur.Agent {
+			// So are the certificates its agent had signed: their keys
+			// may be on the old machine.
+			signed, err := revokeAgentNodeCerts(tx, cur, "replaced by a new join of the node", now)
+			if err != nil {
+				return err
+			}
+			revoked = append(revoked, signed...)
+		}
 		if err := tx.DeleteJoinToken(node); err != nil {
 			return err
 		}
