@@ -28,7 +28,7 @@ const ActionAgentSign = "cert.sign"
 // each identity's half-life after that; a burst beyond
 // SignBurst + SignPerIdentity × (identities held) CSRs per SignWindow is a
 // loop or a stolen node key. Counted in the node's record, so the limit
-// holds across restarts and replicas.
+// holds across restarts and replicas (store.SignCount).
 const (
 	SignWindow      = 10 * time.Minute
 	SignBurst       = 10
@@ -81,36 +81,39 @@ func (r *Registry) signCSR(ctx context.Context, node string, presented *x509.Cer
 	if presented == nil {
 		return Signed{}, fmt.Errorf("node %q: a CSR must be sent with the node's certificate: %w", node, ErrDenied)
 	}
+	if len(csrDER) == 0 {
+		// Without a CSR the CA would make a key: never for an agent node.
+		return Signed{}, fmt.Errorf("%w: no CSR; send a DER PKCS#10 request for the key the node made", ca.ErrInvalidRequest)
+	}
 	if len(csrDER) > MaxCSRSize {
 		return Signed{}, fmt.Errorf("%w: CSR of %d bytes; the limit is %d (send a CSR with the public key and nothing else)", ca.ErrInvalidRequest, len(csrDER), MaxCSRSize)
 	}
-	csr, err := x509.ParseCertificateRequest(csrDER)
-	if err != nil {
-		return Signed{}, fmt.Errorf("%w: CSR is not DER PKCS#10: %v", ca.ErrInvalidRequest, err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return Signed{}, fmt.Errorf("%w: CSR signature does not verify: %v", ca.ErrInvalidRequest, err)
-	}
+	// The CA parses the CSR and checks its signature (ca.ErrInvalidRequest)
+	// before it signs anything.
 	id, err := identity.ID(r.cfg.TrustDomain, ident)
 	if err != nil {
 		return Signed{}, err
 	}
 	// Refuse before signing anything; the transaction below decides.
-	var ident0 store.Identity
+	var rec store.Identity
 	err = r.cfg.Store.View(ctx, func(tx *store.Tx) error {
 		n, err := tx.Node(node)
 		if err != nil {
 			return fmt.Errorf("node %q: %w", node, err)
 		}
-		if ident0, err = agentMayHold(tx, n, ident, presented); err != nil {
+		if rec, err = agentMayHold(tx, n, ident, presented, true); err != nil {
 			return err
 		}
-		return signAllowed(&n, r.cfg.Clock.Now().UTC())
+		count, err := tx.SignCount(node)
+		if err != nil {
+			return err
+		}
+		return signAllowed(&count, len(n.Identities), r.cfg.Clock.Now().UTC())
 	})
 	if err != nil {
 		return Signed{}, err
 	}
-	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, DNSNames: ident0.DNSNames, TTL: ident0.TTL, CSR: csrDER})
+	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, DNSNames: rec.DNSNames, TTL: rec.TTL, CSR: csrDER})
 	if err != nil {
 		if errors.Is(err, ca.ErrLint) {
 			r.deny(ctx, store.Event{Action: ActionAgentSign, Actor: "node:" + node, Identity: ident, Node: node, Outcome: store.OutcomeFailed, Detail: err.Error()})
@@ -122,22 +125,30 @@ func (r *Registry) signCSR(ctx context.Context, node string, presented *x509.Cer
 	}
 	cert := certRecord(ident, issued, issuerSerial, r.cfg.Clock.Now().UTC())
 	cert.Node = node
-	var replaces string
+	var (
+		replaces string
+		count    store.SignCount
+	)
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		n, err := tx.Node(node)
 		if err != nil {
 			return fmt.Errorf("node %q: %w", node, err)
 		}
 		// The node may have been revoked, lost the identity or renewed its
-		// node certificate while the CSR was being signed.
-		if _, err := agentMayHold(tx, n, ident, presented); err != nil {
+		// node certificate while the CSR was being signed. The presented
+		// certificate was compared with its record above; records do not
+		// change, so here its serial is enough.
+		if _, err := agentMayHold(tx, n, ident, presented, false); err != nil {
 			return err
 		}
 		now := r.cfg.Clock.Now().UTC()
-		if err := signAllowed(&n, now); err != nil {
+		if count, err = tx.SignCount(node); err != nil {
 			return err
 		}
-		if err := tx.PutNode(n); err != nil {
+		if err := signAllowed(&count, len(n.Identities), now); err != nil {
+			return err
+		}
+		if err := tx.PutSignCount(count); err != nil {
 			return err
 		}
 		replaces = ""
@@ -147,11 +158,11 @@ func (r *Registry) signCSR(ctx context.Context, node string, presented *x509.Cer
 		if err := tx.PutCert(cert.Cert, nil); err != nil {
 			return err
 		}
-		if err := tx.PutHolderCert(store.HolderCert{Identity: ident, Node: node, Serial: cert.Serial, UpdatedAt: now}); err != nil {
+		if err := tx.PutHolderCert(cert.Cert, now); err != nil {
 			return err
 		}
 		_, err = tx.Append(store.Event{Action: ActionAgentSign, Actor: "node:" + node, Identity: ident, Node: node, Serial: cert.Serial,
-			Detail: fmt.Sprintf("from the node's CSR; replaces=%s not_after=%s csrs_in_window=%d", replaces, cert.NotAfter.Format(time.RFC3339), n.Signs)})
+			Detail: fmt.Sprintf("from the node's CSR; replaces=%s not_after=%s csrs_in_window=%d", replaces, cert.NotAfter.Format(time.RFC3339), count.Signs)})
 		return err
 	})
 	if err != nil {
@@ -163,9 +174,10 @@ func (r *Registry) signCSR(ctx context.Context, node string, presented *x509.Cer
 }
 
 // agentMayHold checks that n is an active agent node holding identity
-// ident, that presented is its current node certificate, and that ident is
-// active and may be held by a node. It returns the identity.
-func agentMayHold(tx *store.Tx, n store.Node, ident string, presented *x509.Certificate) (store.Identity, error) {
+// ident, that presented is its current node certificate (compared byte for
+// byte with its record when full, by serial otherwise) and not revoked, and
+// that ident is active and may be held by a node. It returns the identity.
+func agentMayHold(tx *store.Tx, n store.Node, ident string, presented *x509.Certificate, full bool) (store.Identity, error) {
 	if n.State != store.StateActive {
 		return store.Identity{}, fmt.Errorf("node %q was revoked: %w", n.Name, ErrDenied)
 	}
@@ -175,7 +187,11 @@ func agentMayHold(tx *store.Tx, n store.Node, ident string, presented *x509.Cert
 	if !slices.Contains(n.Identities, ident) {
 		return store.Identity{}, fmt.Errorf("node %q does not hold identity %q (assign it first: meshca node assign): %w", n.Name, clip(ident, identity.MaxNameLength), ErrDenied)
 	}
-	if err := stillCurrent(tx, n, presented); err != nil {
+	if full {
+		if err := stillCurrent(tx, n, presented); err != nil {
+			return store.Identity{}, err
+		}
+	} else if err := stillCurrentSerial(tx, n, serialHex(presented)); err != nil {
 		return store.Identity{}, err
 	}
 	id, err := tx.Identity(ident)
@@ -191,17 +207,29 @@ func agentMayHold(tx *store.Tx, n store.Node, ident string, presented *x509.Cert
 	return id, nil
 }
 
-// signAllowed counts a CSR of n at now, or says when the next one is
-// allowed.
-func signAllowed(n *store.Node, now time.Time) error {
-	if now.Sub(n.SignWindowStart) >= SignWindow || now.Before(n.SignWindowStart) {
-		n.SignWindowStart, n.Signs = now, 0
+// stillCurrentSerial is stillCurrent for a certificate already compared
+// with its record: it is still n's current or renewed one, and not revoked.
+func stillCurrentSerial(tx *store.Tx, n store.Node, serial string) error {
+	if serial != n.CertSerial && serial != n.NextSerial {
+		return fmt.Errorf("node %q: certificate %s was replaced; send CSRs with the node's current certificate: %w", n.Name, serial, ErrDenied)
 	}
-	if limit := SignBurst + SignPerIdentity*len(n.Identities); n.Signs >= limit {
+	if _, err := tx.Revocation(serial); err == nil {
+		return fmt.Errorf("node %q: certificate %s is revoked: %w", n.Name, serial, ErrDenied)
+	}
+	return nil
+}
+
+// signAllowed counts a CSR at now of a node holding identities, or says
+// when the next one is allowed.
+func signAllowed(c *store.SignCount, identities int, now time.Time) error {
+	if now.Sub(c.WindowStart) >= SignWindow || now.Before(c.WindowStart) {
+		c.WindowStart, c.Signs = now, 0
+	}
+	if limit := SignBurst + SignPerIdentity*identities; c.Signs >= limit {
 		return fmt.Errorf("%w: node %q had %d CSRs signed since %s (its limit is %d per %s); the next is allowed at %s (an agent signs one per identity at start and at half-life: look for a loop, or a copy of the node key in other hands)",
-			ErrRateLimited, n.Name, n.Signs, n.SignWindowStart.Format(time.RFC3339), limit, SignWindow, n.SignWindowStart.Add(SignWindow).Format(time.RFC3339))
+			ErrRateLimited, c.Node, c.Signs, c.WindowStart.Format(time.RFC3339), limit, SignWindow, c.WindowStart.Add(SignWindow).Format(time.RFC3339))
 	}
-	n.Signs++
+	c.Signs++
 	return nil
 }
 

@@ -3,17 +3,20 @@ package store
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
 
-// bucketHolderCerts holds, for every agent node holding an identity, the
-// serial of its current certificate for it. Each record is written under two
-// keys, so that both listings are one prefix scan:
+// bucketAgents holds what meshca keeps of agent nodes. For every agent node
+// holding an identity, the serial of its current certificate for it, written
+// under two keys so that both listings are one prefix scan; and each agent
+// node's CSR count:
 //
-//	i 0x00 identity 0x00 node
-//	n 0x00 node 0x00 identity
-var bucketHolderCerts = []byte("holder_certs")
+//	i 0x00 identity 0x00 node   HolderCert
+//	n 0x00 node 0x00 identity   HolderCert (the same)
+//	l 0x00 node                 SignCount
+var bucketAgents = []byte("agents")
 
 // HolderCert is the current certificate of one agent node for one identity.
 // The certificate itself is a Cert with Node set; older ones of the pair
@@ -33,37 +36,35 @@ func holderByNode(node, identity string) []byte {
 	return []byte("n\x00" + node + "\x00" + identity)
 }
 
-// PutHolderCert records h as the current certificate of its node for its
-// identity, replacing any earlier one. The certificate must be stored, and
-// be the node's for that identity (ErrInvalid otherwise).
-func (tx *Tx) PutHolderCert(h HolderCert) error {
+// PutHolderCert records c, a stored certificate signed for an agent node
+// (c.Node set), as the current certificate of c.Node for c.Identity,
+// replacing any earlier one. ErrInvalid for a certificate without a node,
+// ErrNotFound for one not stored.
+func (tx *Tx) PutHolderCert(c Cert, at time.Time) error {
 	if err := tx.checkWrite(); err != nil {
 		return err
 	}
-	if err := validName("holder identity", h.Identity); err != nil {
+	if err := validName("holder identity", c.Identity); err != nil {
 		return err
 	}
-	if err := validName("holder node", h.Node); err != nil {
+	if err := validName("holder node", c.Node); err != nil {
 		return err
 	}
-	c, err := tx.Cert(h.Serial)
-	if err != nil {
-		return fmt.Errorf("store: holder certificate %s: %w", h.Serial, err)
+	if !tx.has(bucketCerts, []byte(c.Serial)) {
+		return fmt.Errorf("%w: holder certificate %s", ErrNotFound, c.Serial)
 	}
-	if c.Identity != h.Identity || c.Node != h.Node {
-		return fmt.Errorf("%w: certificate %s is of %q on node %q, not of %q on node %q", ErrInvalid, h.Serial, c.Identity, c.Node, h.Identity, h.Node)
-	}
-	if err := tx.put(bucketHolderCerts, holderByIdentity(h.Identity, h.Node), h); err != nil {
+	h := HolderCert{Identity: c.Identity, Node: c.Node, Serial: c.Serial, UpdatedAt: at}
+	if err := tx.put(bucketAgents, holderByIdentity(h.Identity, h.Node), h); err != nil {
 		return err
 	}
-	return tx.put(bucketHolderCerts, holderByNode(h.Node, h.Identity), h)
+	return tx.put(bucketAgents, holderByNode(h.Node, h.Identity), h)
 }
 
 // HolderCert returns the current certificate record of node for identity,
 // or ErrNotFound.
 func (tx *Tx) HolderCert(identity, node string) (HolderCert, error) {
 	var h HolderCert
-	err := tx.get(bucketHolderCerts, holderByIdentity(identity, node), &h)
+	err := tx.get(bucketAgents, holderByIdentity(identity, node), &h)
 	return h, err
 }
 
@@ -80,10 +81,10 @@ func (tx *Tx) HolderCertsOfNode(node string) ([]HolderCert, error) {
 
 func (tx *Tx) holders(prefix []byte) ([]HolderCert, error) {
 	var out []HolderCert
-	err := tx.scan(bucketHolderCerts, prefix, nil, func(k, v []byte) error {
+	err := tx.scan(bucketAgents, prefix, nil, func(k, v []byte) error {
 		var h HolderCert
 		if err := json.Unmarshal(v, &h); err != nil {
-			return fmt.Errorf("store: decode %s %q: %w", bucketHolderCerts, k, err)
+			return fmt.Errorf("store: decode %s %q: %w", bucketAgents, k, err)
 		}
 		out = append(out, h)
 		return nil
@@ -97,11 +98,11 @@ func (tx *Tx) DeleteHolderCert(identity, node string) error {
 	if err := tx.checkWrite(); err != nil {
 		return err
 	}
-	if !tx.has(bucketHolderCerts, holderByIdentity(identity, node)) {
+	if !tx.has(bucketAgents, holderByIdentity(identity, node)) {
 		return nil
 	}
 	for _, k := range [][]byte{holderByIdentity(identity, node), holderByNode(node, identity)} {
-		if err := tx.kv.del(bucketHolderCerts, k); err != nil {
+		if err := tx.kv.del(bucketAgents, k); err != nil {
 			return fmt.Errorf("store: delete holder certificate of %q on %q: %w", identity, node, err)
 		}
 	}
@@ -113,13 +114,13 @@ func (tx *Tx) DeleteHolderCert(identity, node string) error {
 // keys alike and names a stored certificate of its identity and node.
 func (tx *Tx) checkHolderCerts() []error {
 	var problems []error
-	_ = tx.scan(bucketHolderCerts, []byte("i\x00"), nil, func(k, v []byte) error {
+	_ = tx.scan(bucketAgents, []byte("i\x00"), nil, func(k, v []byte) error {
 		var h HolderCert
 		if err := json.Unmarshal(v, &h); err != nil {
 			problems = append(problems, fmt.Errorf("holder record %q: %w", k, err))
 			return nil
 		}
-		if mirror, err := tx.kv.get(bucketHolderCerts, holderByNode(h.Node, h.Identity)); err != nil || !bytes.Equal(mirror, v) {
+		if mirror, err := tx.kv.get(bucketAgents, holderByNode(h.Node, h.Identity)); err != nil || !bytes.Equal(mirror, v) {
 			problems = append(problems, fmt.Errorf("holder record of %q on node %q has no matching by-node record", h.Identity, h.Node))
 		}
 		var rec certRecord
@@ -130,12 +131,45 @@ func (tx *Tx) checkHolderCerts() []error {
 		}
 		return nil
 	})
-	_ = tx.scan(bucketHolderCerts, []byte("n\x00"), nil, func(k, v []byte) error {
+	_ = tx.scan(bucketAgents, []byte("n\x00"), nil, func(k, v []byte) error {
 		var h HolderCert
-		if err := json.Unmarshal(v, &h); err == nil && !tx.has(bucketHolderCerts, holderByIdentity(h.Identity, h.Node)) {
+		if err := json.Unmarshal(v, &h); err == nil && !tx.has(bucketAgents, holderByIdentity(h.Identity, h.Node)) {
 			problems = append(problems, fmt.Errorf("by-node holder record of %q on node %q has no by-identity record", h.Identity, h.Node))
 		}
 		return nil
 	})
 	return problems
+}
+
+// SignCount counts the CSRs signed for an agent node in the current
+// rate-limit window, kept in the store so that the limit holds across
+// restarts and replicas.
+type SignCount struct {
+	Node        string    `json:"node"`
+	WindowStart time.Time `json:"window_start"`
+	Signs       int       `json:"signs"`
+}
+
+func signCountKey(node string) []byte { return []byte("l\x00" + node) }
+
+// SignCount returns node's CSR count; the zero count (with Node set) when
+// none was written.
+func (tx *Tx) SignCount(node string) (SignCount, error) {
+	c := SignCount{Node: node}
+	err := tx.get(bucketAgents, signCountKey(node), &c)
+	if errors.Is(err, ErrNotFound) {
+		return SignCount{Node: node}, nil
+	}
+	return c, err
+}
+
+// PutSignCount writes c.
+func (tx *Tx) PutSignCount(c SignCount) error {
+	if err := tx.checkWrite(); err != nil {
+		return err
+	}
+	if err := validName("node name", c.Node); err != nil {
+		return err
+	}
+	return tx.put(bucketAgents, signCountKey(c.Node), c)
 }

@@ -26,7 +26,9 @@ func TestContractHolderCerts(t *testing.T) {
 			}
 			for _, serial := range []string{"a1", "a2", "a3"} {
 				c := certs[serial]
-				if err := tx.PutHolderCert(store.HolderCert{Identity: c.identity, Node: c.node, Serial: serial, UpdatedAt: t0}); err != nil {
+				cert := testCert(c.identity, serial, t0).Cert
+				cert.Node = c.node
+				if err := tx.PutHolderCert(cert, t0); err != nil {
 					return err
 				}
 			}
@@ -60,16 +62,26 @@ func TestContractHolderCerts(t *testing.T) {
 			return nil
 		})
 
-		// A renewal replaces the pair's record; a certificate of another
-		// pair is refused.
+		// A renewal replaces the pair's record; a certificate without a
+		// node, or not stored, is refused.
 		update(t, s, audited("renew", func(tx *store.Tx) error {
-			return tx.PutHolderCert(store.HolderCert{Identity: "web", Node: "n1", Serial: "a4", UpdatedAt: t0})
+			c := testCert("web", "a4", t0).Cert
+			c.Node = "n1"
+			return tx.PutHolderCert(c, t0)
 		}))
-		err := s.Update(ctx, audited("wrong", func(tx *store.Tx) error {
-			return tx.PutHolderCert(store.HolderCert{Identity: "web", Node: "n1", Serial: "a2", UpdatedAt: t0})
+		err := s.Update(ctx, audited("no node", func(tx *store.Tx) error {
+			return tx.PutHolderCert(testCert("web", "a2", t0).Cert, t0)
 		}))
 		if !errors.Is(err, store.ErrInvalid) {
-			t.Fatalf("holder record for another node's certificate: %v, want ErrInvalid", err)
+			t.Fatalf("holder record for a certificate without a node: %v, want ErrInvalid", err)
+		}
+		err = s.Update(ctx, audited("not stored", func(tx *store.Tx) error {
+			c := testCert("web", "zz", t0).Cert
+			c.Node = "n1"
+			return tx.PutHolderCert(c, t0)
+		}))
+		if !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("holder record for a certificate not stored: %v, want ErrNotFound", err)
 		}
 		update(t, s, audited("unassign", func(tx *store.Tx) error { return tx.DeleteHolderCert("webx", "n1") }))
 		view(t, s, func(tx *store.Tx) error {
@@ -82,6 +94,22 @@ func TestContractHolderCerts(t *testing.T) {
 			if err != nil || c.Node != "n1" {
 				t.Fatalf("certificate of a forgotten holder record: %+v, %v", c, err)
 			}
+			return nil
+		})
+		// The CSR count of a node reads as zero until written.
+		update(t, s, audited("count", func(tx *store.Tx) error {
+			c, err := tx.SignCount("n1")
+			if err != nil || c.Signs != 0 || c.Node != "n1" {
+				t.Fatalf("unwritten count: %+v, %v", c, err)
+			}
+			c.WindowStart, c.Signs = t0, 3
+			return tx.PutSignCount(c)
+		}))
+		view(t, s, func(tx *store.Tx) error {
+			if c, err := tx.SignCount("n1"); err != nil || c.Signs != 3 || !c.WindowStart.Equal(t0) {
+				t.Fatalf("count: %+v, %v", c, err)
+			}
+			check("by node n1 beside its count", serials(tx.HolderCertsOfNode("n1")), "n1/web=a4")
 			return nil
 		})
 		if err := s.Check(ctx); err != nil {

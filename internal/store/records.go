@@ -140,12 +140,10 @@ type Node struct {
 	RenewWindowStart time.Time `json:"renew_window_start,omitempty"`
 	Renewals         int       `json:"renewals,omitempty"`
 	// Agent marks a node whose agent makes its identities' keys and sends
-	// CSRs: meshca never generates, stores or sends a key for it.
+	// CSRs: meshca never generates, stores or sends a key for it. Its CSR
+	// count is a SignCount record, so that counting does not rewrite (and
+	// push) the node.
 	Agent bool `json:"agent,omitempty"`
-	// SignWindowStart and Signs count the CSRs the node's agent had signed
-	// in the current rate-limit window, kept here like Renewals.
-	SignWindowStart time.Time `json:"sign_window_start,omitempty"`
-	Signs           int       `json:"signs,omitempty"`
 }
 
 // Revocation records a revoked certificate serial.
