@@ -28,6 +28,12 @@ type HolderCert struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// KindAgentCert is the change of a certificate signed for an agent node
+// (Key: serial; Identity: its identity). It is not a KindCert: no node's
+// configuration holds such a certificate, so node configuration has
+// nothing to rebuild for it.
+const KindAgentCert Kind = "agent_cert"
+
 func holderByIdentity(identity, node string) []byte {
 	return []byte("i\x00" + identity + "\x00" + node)
 }

@@ -13,6 +13,8 @@ import (
 func TestContractHolderCerts(t *testing.T) {
 	contract(t, func(t *testing.T, b backend, open func(*testing.T) *store.Store) {
 		s := open(t)
+		sub := s.Subscribe(0)
+		defer sub.Close()
 		certs := map[string]struct{ identity, node string }{
 			"a1": {"web", "n1"}, "a2": {"web", "n2"}, "a3": {"webx", "n1"}, "a4": {"web", "n1"},
 		}
@@ -34,6 +36,20 @@ func TestContractHolderCerts(t *testing.T) {
 			}
 			return nil
 		}))
+		// An agent node's certificate is its own kind of change: node
+		// configuration, which follows KindCert, does not rebuild for it.
+		announced := 0
+		for _, c := range next(t, sub).Changes {
+			switch c.Kind {
+			case store.KindCert:
+				t.Fatalf("agent node certificate %s announced as %s", c.Key, c.Kind)
+			case store.KindAgentCert:
+				announced++
+			}
+		}
+		if announced != len(certs) {
+			t.Fatalf("%d agent certificate changes, want %d", announced, len(certs))
+		}
 		serials := func(hs []store.HolderCert, err error) []string {
 			t.Helper()
 			if err != nil {
