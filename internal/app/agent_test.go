@@ -145,6 +145,20 @@ func TestAgentSignsNodeCSRs(t *testing.T) {
 	if !n.Agent {
 		t.Fatal("node show: agent-1 not marked as an agent node")
 	}
+	// The CLI: --agent, and what node and identity show print.
+	m.mustCLI("node", "add", "agent-cli", "--identity", "web", "--agent")
+	for args, want := range map[string][]string{
+		"node show agent-cli": {"sidecar (agent)"},
+		"node list":           {"agent-1", "sidecar (agent)", "plain-1"},
+		"identity show web":   {"node agent-1:", resp1.Serial, "node agent-2:", resp2.Serial, "(its own key)"},
+	} {
+		out := m.mustCLI(strings.Fields(args)...)
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				t.Fatalf("meshca %s: no %q in\n%s", args, w, out)
+			}
+		}
+	}
 	page, err := m.http.Get("http://" + m.app.Admin + "/")
 	if err != nil {
 		t.Fatal(err)
