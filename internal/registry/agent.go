@@ -59,8 +59,8 @@ type HolderCert struct {
 // csrDER, for agent node node whose connection was authenticated with
 // presented. The node must be an active agent node holding ident, presented
 // its current node certificate, and the node within its CSR limit; only the
-// CSR's key is used (its signature is checked), everything else comes from
-// the identity. The certificate becomes the node's current one for ident;
+// CSR's key is used (the CA checks its signature), everything else comes
+// from the identity. The certificate becomes the node's current one for ident;
 // it is recorded and audited in one transaction. A refusal is audited
 // (rate-limited refusals in aggregate).
 func (r *Registry) SignCSR(ctx context.Context, node string, presented *x509.Certificate, ident string, csrDER []byte) (Signed, error) {
@@ -98,7 +98,9 @@ func (r *Registry) signCSR(ctx context.Context, node string, presented *x509.Cer
 	var rec store.Identity
 	err = r.cfg.Store.View(ctx, func(tx *store.Tx) error {
 		n, err := tx.Node(node)
-		if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("node %q is not registered: %w", node, ErrDenied)
+		} else if err != nil {
 			return fmt.Errorf("node %q: %w", node, err)
 		}
 		if rec, err = agentMayHold(tx, n, ident, presented, true); err != nil {
