@@ -16,10 +16,14 @@ const (
 	Service     = "meshca.node.v1.Nodes"
 	JoinMethod  = "Join"
 	RenewMethod = "Renew"
+	// SignMethod signs an agent node's CSR for one of its identities.
+	SignMethod = "SignCSR"
 	// FullJoinMethod is the gRPC path of Join.
 	FullJoinMethod = "/" + Service + "/" + JoinMethod
 	// FullRenewMethod is the gRPC path of Renew.
 	FullRenewMethod = "/" + Service + "/" + RenewMethod
+	// FullSignMethod is the gRPC path of SignCSR.
+	FullSignMethod = "/" + Service + "/" + SignMethod
 )
 
 // RenewRequest asks for a new node certificate. The caller authenticates

@@ -5,8 +5,11 @@
 // listeners and clusters by package mesh) and builds none itself.
 //
 // Its exported API mentions no internal package: it declares what it needs
-// from its callers (Clock, TelemetrySink, Joiner, Authenticator) and the
-// join service's messages are the public package nodeapi.
+// from its callers (Clock, TelemetrySink, Joiner, CSRSigner, Authenticator)
+// and the node service's messages are the public package nodeapi. The node
+// service answers Join without a node certificate, and Renew and SignCSR
+// (an agent node's CSR for one of its identities) only on a node's
+// authenticated connection.
 //
 // Security model. go-control-plane trusts node.id as the client sends it
 // and lets a later request replace it. So the node is authenticated from

@@ -47,6 +47,7 @@ func (s *Server) registerJoin() {
 		Methods: []grpc.MethodDesc{
 			{MethodName: nodeapi.JoinMethod, Handler: unary(nodeapi.FullJoinMethod, s.join)},
 			{MethodName: nodeapi.RenewMethod, Handler: unary(nodeapi.FullRenewMethod, s.renew)},
+			{MethodName: nodeapi.SignMethod, Handler: unaryOf(nodeapi.FullSignMethod, s.signCSR)},
 		},
 	}, struct{}{})
 }

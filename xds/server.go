@@ -113,6 +113,8 @@ type Config struct {
 	// Limits bound connections and what peers without a node certificate
 	// can make the server hold.
 	Limits Limits
+	// Signer signs agent nodes' CSRs (SignCSR); nil answers Unimplemented.
+	Signer CSRSigner
 }
 
 // Server is the xDS and node join server.

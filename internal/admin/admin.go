@@ -40,6 +40,8 @@ type Identities interface {
 	AddIdentity(ctx context.Context, req registry.AddIdentity, actor string) (registry.Status, error)
 	Identity(ctx context.Context, name string) (registry.Status, error)
 	Identities(ctx context.Context) ([]registry.Status, error)
+	// HolderCerts are the agent nodes' own certificates for an identity.
+	HolderCerts(ctx context.Context, name string) ([]registry.HolderCert, error)
 }
 
 // CSRSigner issues a certificate for an identity to the key of a CSR.
@@ -299,7 +301,17 @@ func (s *Server) getIdentity(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.reply(w, http.StatusOK, s.identityJSON(st))
+	hs, err := s.cfg.Identities.HolderCerts(r.Context(), st.Identity.Name)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := s.identityJSON(st)
+	for _, h := range hs {
+		out.Holders = append(out.Holders, api.HolderCert{Node: h.Node, Cert: api.Cert{Serial: h.Cert.Serial, IssuerSerial: h.Cert.IssuerSerial,
+			NotBefore: h.Cert.NotBefore, NotAfter: h.Cert.NotAfter, State: h.State}})
+	}
+	s.reply(w, http.StatusOK, out)
 }
 
 func (s *Server) getCert(w http.ResponseWriter, r *http.Request) {

@@ -141,7 +141,7 @@ func (s *Server) addNode(w http.ResponseWriter, r *http.Request) {
 	if !s.decode(w, r, &req) {
 		return
 	}
-	n, tok, err := s.cfg.Nodes.AddNode(r.Context(), registry.AddNode{Name: req.Name, Kind: req.Kind, Identities: req.Identities}, actor(r))
+	n, tok, err := s.cfg.Nodes.AddNode(r.Context(), registry.AddNode{Name: req.Name, Kind: req.Kind, Identities: req.Identities, Agent: req.Agent}, actor(r))
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -302,7 +302,7 @@ func (s *Server) nodeJSON(n registry.Node) api.Node {
 		ids = []string{}
 	}
 	return api.Node{
-		Name: n.Name, Kind: n.Kind, Identities: ids, State: n.State, Joined: !n.JoinedAt.IsZero(),
+		Name: n.Name, Kind: n.Kind, Identities: ids, State: n.State, Agent: n.Agent, Joined: !n.JoinedAt.IsZero(),
 		CreatedAt: n.CreatedAt, Connection: s.cfg.Connections.NodeConnection(n.Name),
 	}
 }

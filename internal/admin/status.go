@@ -93,6 +93,13 @@ type identityRow struct {
 	// default policy; Renews is false for a revoked identity.
 	Renewal deadline
 	Renews  bool
+	// Holders are the agent nodes' own certificates, by node.
+	Holders []holderRow
+}
+
+type holderRow struct {
+	Node, Serial, CertState string
+	Expiry                  deadline
 }
 
 type ackedView struct {
@@ -156,6 +163,13 @@ func (s *Server) statusView(ctx context.Context) (statusView, error) {
 			// the default one, which is what an unconfigured meshca uses.
 			row.Renewal = deadline{At: s.cfg.Renewal.RenewAt(cert.NotBefore, cert.NotAfter, cert.Serial), Past: "due"}
 			row.Renews = st.Identity.State != registry.StateRevoked && st.CertState != "revoked"
+		}
+		hs, err := s.cfg.Identities.HolderCerts(ctx, st.Identity.Name)
+		if err != nil {
+			return statusView{}, err
+		}
+		for _, h := range hs {
+			row.Holders = append(row.Holders, holderRow{Node: h.Node, Serial: h.Cert.Serial, CertState: h.State, Expiry: deadline{At: h.Cert.NotAfter}})
 		}
 		view.Identities = append(view.Identities, row)
 	}

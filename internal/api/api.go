@@ -43,6 +43,16 @@ type Identity struct {
 	State     string    `json:"state"`
 	CreatedAt time.Time `json:"created_at"`
 	Cert      *Cert     `json:"cert,omitempty"`
+	// Holders are the agent nodes' own certificates for the identity, by
+	// node (GET /v1/identities/{name} only).
+	Holders []HolderCert `json:"holders,omitempty"`
+}
+
+// HolderCert is an agent node's own certificate for an identity, signed
+// for a key the node made.
+type HolderCert struct {
+	Node string `json:"node"`
+	Cert Cert   `json:"cert"`
 }
 
 // Cert describes an issued certificate. ChainPEM is filled only by
@@ -180,6 +190,9 @@ type AddNodeRequest struct {
 	Name       string   `json:"name"`
 	Kind       string   `json:"kind,omitempty"` // sidecar (default), front-proxy or grpc
 	Identities []string `json:"identities,omitempty"`
+	// Agent makes an agent node: its agent makes the identities' keys and
+	// sends CSRs; meshca never sends it a private key.
+	Agent bool `json:"agent,omitempty"`
 }
 
 // AssignRequest is the body of POST /v1/nodes/{name}/identities.
@@ -193,6 +206,7 @@ type Node struct {
 	Kind       string         `json:"kind"`
 	Identities []string       `json:"identities"`
 	State      string         `json:"state"`
+	Agent      bool           `json:"agent,omitempty"`
 	Joined     bool           `json:"joined"` // a join token was redeemed (a newer one may be pending)
 	CreatedAt  time.Time      `json:"created_at"`
 	Connection NodeConnection `json:"connection"`

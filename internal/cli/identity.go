@@ -144,6 +144,9 @@ func writeIdentity(w interface{ Write([]byte) (int, error) }, id api.Identity) e
 			fmt.Fprintf(tw, "next renewal:\tnone (not renewed)\n")
 		}
 	}
+	for _, h := range id.Holders {
+		fmt.Fprintf(tw, "node %s:\tserial %s, %s, not after %s (its own key)\n", esc(h.Node), h.Cert.Serial, h.Cert.State, h.Cert.NotAfter.UTC().Format(time.RFC3339))
+	}
 	return tw.Flush()
 }
 

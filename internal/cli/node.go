@@ -25,14 +25,15 @@ func nodeAddCmd(g *globals) *cobra.Command {
 	var (
 		ids             []string
 		kind, tokenFile string
+		agent           bool
 	)
 	cmd := &cobra.Command{
-		Use:   "add NODE --identity NAME... [--kind sidecar|front-proxy|grpc]",
+		Use:   "add NODE --identity NAME... [--kind sidecar|front-proxy|grpc] [--agent]",
 		Short: "Register a node, assign it identities, and print its one-time join token",
 		Args:  exactArgs(1, "NODE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var tok api.JoinToken
-			asJSON, err := g.call(cmd, "POST", api.PathNodes, api.AddNodeRequest{Name: args[0], Kind: kind, Identities: ids}, &tok)
+			asJSON, err := g.call(cmd, "POST", api.PathNodes, api.AddNodeRequest{Name: args[0], Kind: kind, Identities: ids, Agent: agent}, &tok)
 			if err != nil {
 				return err
 			}
@@ -56,6 +57,7 @@ func nodeAddCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "write the join token to this file (0600) instead of printing it")
 	cmd.Flags().StringSliceVar(&ids, "identity", nil, "identity whose secret the node receives (repeat for more)")
+	cmd.Flags().BoolVar(&agent, "agent", false, "an agent node: its agent makes the identities' keys and sends CSRs; meshca never sends it a private key")
 	cmd.Flags().StringVar(&kind, "kind", mesh.KindSidecar, fmt.Sprintf("node kind: %s, %s or %s", mesh.KindSidecar, mesh.KindFrontProxy, mesh.KindGRPC))
 	return cmd
 }
@@ -103,7 +105,7 @@ func nodeListCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tJOINED\tCONNECTED\tIDENTITIES\tACKED")
 			for _, n := range ns {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", esc(n.Name), esc(n.Kind), esc(n.State), yesNo(n.Joined),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", esc(n.Name), kindOf(n), esc(n.State), yesNo(n.Joined),
 					connected(n.Connection), list(n.Identities), acked(n.Connection.Acked))
 			}
 			return tw.Flush()
@@ -171,7 +173,7 @@ func nodeAssignCmd(g *globals, assign bool) *cobra.Command {
 func writeNode(w io.Writer, n api.Node) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "name:\t%s\n", esc(n.Name))
-	fmt.Fprintf(tw, "kind:\t%s\n", esc(n.Kind))
+	fmt.Fprintf(tw, "kind:\t%s\n", kindOf(n))
 	fmt.Fprintf(tw, "state:\t%s\n", esc(n.State))
 	fmt.Fprintf(tw, "joined:\t%s\n", yesNo(n.Joined))
 	fmt.Fprintf(tw, "identities:\t%s\n", list(n.Identities))
@@ -183,6 +185,14 @@ func writeNode(w io.Writer, n api.Node) {
 		fmt.Fprintf(tw, "nacks:\t%d (last: %s)\n", n.Connection.NACKs, esc(n.Connection.LastNACK))
 	}
 	tw.Flush()
+}
+
+// kindOf is a node's kind, marked when it is an agent node.
+func kindOf(n api.Node) string {
+	if n.Agent {
+		return esc(n.Kind) + " (agent)"
+	}
+	return esc(n.Kind)
 }
 
 func connected(c api.NodeConnection) string {

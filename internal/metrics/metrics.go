@@ -79,7 +79,7 @@ func New(state State, now func() time.Time, tel *telemetry.Store) *Metrics {
 		audit: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_audit_events_total",
 			Help: "Audit records written, by action and outcome."}, []string{"action", "outcome"}),
 		issued: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_certificates_issued_total",
-			Help: "Certificates issued, by kind (identity, node, server, csr)."}, []string{"kind"}),
+			Help: "Certificates issued, by kind (identity, node, server, csr, agent)."}, []string{"kind"}),
 		renewed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshca_certificates_renewed_total",
 			Help: "Certificates renewed, by who asked (rotation, operator, node, ca_rotation)."}, []string{"by"}),
 		revoked: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshca_revocations_total",
@@ -182,6 +182,8 @@ func (m *Metrics) countOK(e store.Event) {
 	case "ca.rotate.reissue":
 		m.issued.WithLabelValues("identity").Inc()
 		m.renewed.WithLabelValues("ca_rotation").Inc()
+	case "cert.sign": // an agent node's CSR
+		m.issued.WithLabelValues("agent").Inc()
 	case "node.join":
 		m.issued.WithLabelValues("node").Inc()
 	case "node.renew":
@@ -194,7 +196,7 @@ func (m *Metrics) countOK(e store.Event) {
 
 func authz(action string) bool {
 	switch action {
-	case "xds.request", "xds.auth", "node.auth", "admin.auth", "node.join", "node.renew":
+	case "xds.request", "xds.auth", "node.auth", "admin.auth", "node.join", "node.renew", "cert.sign":
 		return true
 	}
 	return false

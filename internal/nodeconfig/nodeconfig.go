@@ -448,8 +448,13 @@ func (b *Builder) build(ctx context.Context, node string) error {
 				// A failed read must not send the node fewer secrets.
 				return fmt.Errorf("identity %q: %w", name, err)
 			}
-			if id.State == store.StateRevoked || id.Admin {
+			if id.State == store.StateRevoked || id.Admin || n.Agent {
 				withdrawn = append(withdrawn, id.SPIFFEID)
+			}
+			if n.Agent {
+				// An agent node makes its identities' keys: meshca never
+				// sends it one, and answers its requests with nothing.
+				continue
 			}
 			if id.State != store.StateActive || id.CurrentSerial == "" {
 				b.secrets.forget(name)

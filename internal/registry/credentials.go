@@ -110,6 +110,9 @@ func (r *Registry) authorizeAdmin(ctx context.Context, leaf *x509.Certificate) (
 		if err := recorded(tx, leaf, c); err != nil {
 			return err
 		}
+		if c.Node != "" {
+			return fmt.Errorf("certificate %s of %q was signed for node %q, not for an operator: %w", serial, name, c.Node, ErrDenied)
+		}
 		if c.KeyHeld {
 			return fmt.Errorf("certificate %s of %q has a key meshca generated; admin credentials must be issued for a key made elsewhere (meshca cert issue %s): %w", serial, name, name, ErrDenied)
 		}

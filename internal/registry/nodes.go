@@ -40,6 +40,9 @@ type AddNode struct {
 	Name       string
 	Kind       string // a mesh node kind; default mesh.KindSidecar
 	Identities []string
+	// Agent makes an agent node: its agent makes the identities' keys and
+	// sends CSRs (SignCSR); meshca never sends it a key.
+	Agent bool
 }
 
 // JoinToken is a one-time token as handed to the operator. Only its hash is
@@ -80,7 +83,7 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (Node
 		return Node{}, JoinToken{}, err
 	}
 	now := r.cfg.Clock.Now().UTC()
-	n := store.Node{Name: req.Name, Kind: req.Kind, Identities: ids, State: store.StateActive, CreatedAt: now, UpdatedAt: now}
+	n := store.Node{Name: req.Name, Kind: req.Kind, Identities: ids, State: store.StateActive, Agent: req.Agent, CreatedAt: now, UpdatedAt: now}
 	expires := now.Add(r.cfg.Lifetimes.JoinToken)
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		if _, err := tx.Node(req.Name); err == nil {
@@ -101,7 +104,7 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (Node
 			return err
 		}
 		_, err := tx.Append(store.Event{Action: ActionNodeAdd, Actor: actor, Node: req.Name,
-			Detail: fmt.Sprintf("kind=%s identities=%v token_expires=%s", req.Kind, ids, expires.Format(time.RFC3339))})
+			Detail: fmt.Sprintf("kind=%s identities=%v agent=%t token_expires=%s", req.Kind, ids, req.Agent, expires.Format(time.RFC3339))})
 		return err
 	})
 	if err != nil {
@@ -216,7 +219,17 @@ func (r *Registry) Unassign(ctx context.Context, node, ident, actor string) (Nod
 		}
 		n.Identities = slices.Delete(n.Identities, i, i+1)
 		out = *n
-		return store.Event{Action: ActionNodeUnassign, Actor: actor, Node: node, Identity: ident}, nil
+		ev := store.Event{Action: ActionNodeUnassign, Actor: actor, Node: node, Identity: ident}
+		if n.Agent {
+			// The node's own certificates for the identity go on the CRL;
+			// the other holders keep theirs.
+			revoked, err := revokeHolderCerts(tx, ident, node, "identity unassigned from the node", r.cfg.Clock.Now().UTC())
+			if err != nil {
+				return store.Event{}, err
+			}
+			ev.Detail = fmt.Sprintf("revoked_node_certificates=%v", revoked)
+		}
+		return ev, nil
 	})
 	if err != nil {
 		r.deny(ctx, store.Event{Action: ActionNodeUnassign, Actor: actor, Node: clip(node, identity.MaxNameLength), Identity: clip(ident, identity.MaxNameLength), Detail: err.Error()})
@@ -363,6 +376,15 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 		// taken from the old machine stops working now.
 		if revoked, err = revokeNodeCerts(tx, node, "", "replaced by a new join", now); err != nil {
 			return err
+		}
+		if cur.Agent {
+			// So are the certificates its agent had signed: their keys
+			// may be on the old machine.
+			signed, err := revokeAgentNodeCerts(tx, cur, "replaced by a new join of the node", now)
+			if err != nil {
+				return err
+			}
+			revoked = append(revoked, signed...)
 		}
 		if err := tx.DeleteJoinToken(node); err != nil {
 			return err
@@ -751,8 +773,8 @@ func (r *Registry) NodeCredentials(ctx context.Context, node string) (Node, []Cr
 				// because a read failed: the caller would withdraw them.
 				return fmt.Errorf("identity %q: %w", name, err)
 			}
-			if id.State != store.StateActive || id.CurrentSerial == "" {
-				continue
+			if id.State != store.StateActive || id.CurrentSerial == "" || n.Agent {
+				continue // an agent node makes its own keys
 			}
 			if id.Admin {
 				// Only a store written before admin identities were kept

@@ -78,6 +78,9 @@ func (r *Registry) prepareRekeys(ctx context.Context, node, actor string) map[st
 	}
 	for _, name := range n.Identities {
 		out[name] = store.Credential{}
+		if n.Agent {
+			continue // never held a key meshca made: its own certificates are revoked instead
+		}
 		st, err := r.Identity(ctx, name)
 		if err != nil || st.Identity.State != store.StateActive {
 			continue
@@ -166,6 +169,15 @@ func (r *Registry) revoke(ctx context.Context, name, reason, actor string, node 
 			}
 			subject = nodeSubject(name)
 			res.Nodes = []string{name}
+			if n.Agent {
+				// Only this node's certificates: the other holders keep
+				// theirs.
+				serials, err := revokeAgentNodeCerts(tx, n, "node revoked: "+reason, now)
+				if err != nil {
+					return err
+				}
+				res.Serials = append(res.Serials, serials...)
+			}
 			for _, ident := range n.Identities {
 				fresh, ok := rekeys[ident]
 				if !ok {

@@ -47,12 +47,13 @@ type Cert struct {
 	NotBefore    time.Time
 	NotAfter     time.Time
 	IssuedAt     time.Time
+	Node         string // the agent node it was signed for; "" for a shared one
 }
 
 func certView(c store.Cert) Cert {
 	return Cert{
 		Serial: c.Serial, Identity: c.Identity, DER: c.DER, Chain: c.Chain, IssuerSerial: c.IssuerSerial,
-		NotBefore: c.NotBefore, NotAfter: c.NotAfter, IssuedAt: c.IssuedAt,
+		NotBefore: c.NotBefore, NotAfter: c.NotAfter, IssuedAt: c.IssuedAt, Node: c.Node,
 	}
 }
 
@@ -62,6 +63,7 @@ type Node struct {
 	Kind       string // a mesh node kind
 	Identities []string
 	State      string    // StateActive or StateRevoked
+	Agent      bool      // its agent makes its keys and sends CSRs
 	JoinedAt   time.Time // when it first redeemed a join token; zero before
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
@@ -69,7 +71,7 @@ type Node struct {
 
 func nodeView(n store.Node) Node {
 	return Node{
-		Name: n.Name, Kind: n.Kind, Identities: n.Identities, State: n.State,
+		Name: n.Name, Kind: n.Kind, Identities: n.Identities, State: n.State, Agent: n.Agent,
 		JoinedAt: n.JoinedAt, CreatedAt: n.CreatedAt, UpdatedAt: n.UpdatedAt,
 	}
 }

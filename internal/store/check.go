@@ -13,7 +13,8 @@ import (
 // audit seq gapless from 1; mesh versions gapless from 1; every identity's
 // CurrentSerial exists as a Cert of that identity; the identity index and the
 // cert bucket agree; every sealed key opens; CASet serials exist; every join
-// token belongs to a node; on etcd, the counters of P/last/ name the
+// token belongs to a node; every holder record has its mirror and names a
+// certificate of its identity and node; on etcd, the counters of P/last/ name the
 // greatest keys. It returns nil or a joined error listing every problem
 // found.
 func (s *Store) Check(ctx context.Context) error {
@@ -41,6 +42,7 @@ func (s *Store) Check(ctx context.Context) error {
 		problems = append(problems, tx.checkIdentities()...)
 		problems = append(problems, tx.checkCAs()...)
 		problems = append(problems, tx.checkJoinTokens()...)
+		problems = append(problems, tx.checkHolderCerts()...)
 		if e, ok := tx.kv.(*etcdTx); ok {
 			problems = append(problems, e.checkLasts()...)
 		}

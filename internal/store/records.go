@@ -35,6 +35,10 @@ type Cert struct {
 	NotBefore    time.Time `json:"not_before"`
 	NotAfter     time.Time `json:"not_after"`
 	IssuedAt     time.Time `json:"issued_at"`
+	// Node is the agent node a certificate was signed for from its CSR:
+	// each agent node holding an identity has its own certificate (see
+	// HolderCert). Empty for an identity's shared certificate.
+	Node string `json:"node,omitempty"`
 	// KeyHeld is set on read when meshca generated and holds the key (a
 	// sealed key is stored). Admin credentials must never be such
 	// certificates.
@@ -135,6 +139,11 @@ type Node struct {
 	// restarts and replicas.
 	RenewWindowStart time.Time `json:"renew_window_start,omitempty"`
 	Renewals         int       `json:"renewals,omitempty"`
+	// Agent marks a node whose agent makes its identities' keys and sends
+	// CSRs: meshca never generates, stores or sends a key for it. Its CSR
+	// count is a SignCount record, so that counting does not rewrite (and
+	// push) the node.
+	Agent bool `json:"agent,omitempty"`
 }
 
 // Revocation records a revoked certificate serial.

@@ -41,6 +41,7 @@ var (
 	allBuckets = [][]byte{
 		bucketMeta, bucketIdentities, bucketCerts, bucketCertsByID, bucketCAs,
 		bucketNodes, bucketRevocations, bucketMesh, bucketAudit, bucketJoinTokens, bucketCRL,
+		bucketAgents,
 	}
 )
 

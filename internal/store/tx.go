@@ -332,7 +332,11 @@ func (tx *Tx) PutCert(c Cert, key []byte) error {
 	if err := tx.putRaw(bucketCertsByID, idx, []byte(c.Serial)); err != nil {
 		return fmt.Errorf("store: index certificate %s: %w", c.Serial, err)
 	}
-	tx.tracked(KindCert, c.Serial, c.Identity)
+	kind := KindCert
+	if c.Node != "" {
+		kind = KindAgentCert
+	}
+	tx.tracked(kind, c.Serial, c.Identity)
 	return nil
 }
 

@@ -1,0 +1,38 @@
+package app
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/registry"
+	"github.com/meshca/meshca/nodeapi"
+	"github.com/meshca/meshca/xds"
+)
+
+// csrSigner adapts registry.SignCSR to the xDS server's SignCSR method and
+// decides which gRPC code each refusal gets.
+type csrSigner struct{ reg *registry.Registry }
+
+var _ xds.CSRSigner = csrSigner{}
+
+func (c csrSigner) SignCSR(ctx context.Context, node string, presented *x509.Certificate, ident string, csrDER []byte) (nodeapi.SignResponse, error) {
+	res, err := c.reg.SignCSR(ctx, node, presented, ident, csrDER)
+	switch {
+	case err == nil:
+	case errors.Is(err, registry.ErrRateLimited):
+		return nodeapi.SignResponse{}, &xds.JoinError{Code: codes.ResourceExhausted, Message: err.Error()}
+	case errors.Is(err, registry.ErrDenied):
+		return nodeapi.SignResponse{}, &xds.JoinError{Code: codes.PermissionDenied, Message: err.Error()}
+	case errors.Is(err, identity.ErrInvalidName), errors.Is(err, ca.ErrInvalidRequest):
+		return nodeapi.SignResponse{}, &xds.JoinError{Code: codes.InvalidArgument, Message: err.Error()}
+	default:
+		return nodeapi.SignResponse{}, err
+	}
+	return nodeapi.SignResponse{Identity: res.Identity, ChainPEM: string(res.ChainPEM), BundlePEM: string(res.BundlePEM),
+		Serial: res.Serial, NotAfter: res.NotAfter}, nil
+}

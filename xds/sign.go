@@ -1,0 +1,60 @@
+package xds
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/internal/text"
+	"github.com/meshca/meshca/nodeapi"
+)
+
+// CSRSigner signs the CSR of an agent node for one of its identities: only
+// the CSR's public key is used. presented is the node certificate the call
+// was authenticated with. It audits its refusals; errors it returns are
+// mapped like a Joiner's (a *JoinError names the gRPC code).
+type CSRSigner interface {
+	SignCSR(ctx context.Context, node string, presented *x509.Certificate, identity string, csrDER []byte) (nodeapi.SignResponse, error)
+}
+
+// signCSR runs behind the interceptors, on the connection of a node with a
+// valid node certificate (never on the join server), like renew.
+func (s *Server) signCSR(ctx context.Context, req *nodeapi.SignRequest) (*nodeapi.SignResponse, error) {
+	node, ok := nodeFrom(ctx)
+	if !ok || !s.knownNode(node) {
+		return nil, status.Error(codes.PermissionDenied, "node is not registered or was revoked")
+	}
+	if s.cfg.Signer == nil {
+		return nil, status.Error(codes.Unimplemented, "this meshca signs no CSRs for agent nodes")
+	}
+	resp, err := s.cfg.Signer.SignCSR(ctx, node, peerLeaf(ctx), req.Identity, req.CSR)
+	if err != nil {
+		var je *JoinError
+		if errors.As(err, &je) {
+			return nil, status.Error(je.Code, je.Message)
+		}
+		s.log.Error("CSR of an agent node not signed", "node", text.Clip(node, 100), "identity", text.Clip(req.Identity, 100), "err", err)
+		return nil, status.Error(codes.Internal, "signing failed; the server log has the details")
+	}
+	return &resp, nil
+}
+
+// unaryOf adapts a typed handler to grpc's method handler, running the
+// interceptors.
+func unaryOf[Req, Resp any](method string, fn func(context.Context, *Req) (*Resp, error)) func(any, context.Context, func(any) error, grpc.UnaryServerInterceptor) (any, error) {
+	return func(_ any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+		req := new(Req)
+		if err := dec(req); err != nil {
+			return nil, status.Error(codes.InvalidArgument, "request is not valid JSON")
+		}
+		h := func(ctx context.Context, req any) (any, error) { return fn(ctx, req.(*Req)) }
+		if icpt == nil {
+			return h(ctx, req)
+		}
+		return icpt(ctx, req, &grpc.UnaryServerInfo{FullMethod: method}, h)
+	}
+}
