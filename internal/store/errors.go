@@ -47,3 +47,11 @@ var (
 	// or request size; nothing was written.
 	ErrTooLarge = errors.New("store: transaction too large for etcd")
 )
+
+// Errors of leadership.
+var (
+	// ErrNotLeader means an Update made with a Fence found that the term
+	// it stands for has ended (another replica leads, or none does);
+	// nothing was written.
+	ErrNotLeader = errors.New("store: this replica is no longer the leader")
+)

@@ -33,17 +33,25 @@ type etcdDone struct {
 // whole batch runs again. A function that fails or panics is taken out and
 // runs alone in its caller's goroutine, like a batch too large for etcd.
 // Once queued, an Update waits for its batch: the batch gives up when the
-// contexts of all its callers have ended.
+// contexts of all its callers have ended. A fenced Update (WithFence)
+// never joins a batch.
 func (e *etcdStore) update(ctx context.Context, attempt func(kv) (commit, error)) (commit, error) {
-	p := &etcdPending{ctx: ctx, attempt: attempt, done: make(chan etcdDone, 1)}
-	e.qmu.Lock()
-	e.queue = append(e.queue, p)
-	if !e.leading {
-		e.leading = true
-		go e.lead()
+	var d etcdDone
+	if _, fenced := fenceOf(ctx); fenced {
+		// A fenced Update commits alone: a term that ended fails it, not
+		// the Updates it would have shared a Txn with.
+		d.err = errSolo
+	} else {
+		p := &etcdPending{ctx: ctx, attempt: attempt, done: make(chan etcdDone, 1)}
+		e.qmu.Lock()
+		e.queue = append(e.queue, p)
+		if !e.leading {
+			e.leading = true
+			go e.lead()
+		}
+		e.qmu.Unlock()
+		d = <-p.done
 	}
-	e.qmu.Unlock()
-	d := <-p.done
 	if errors.Is(d.err, errSolo) {
 		var cs []commit
 		cs, d.rev, d.err = e.commitLoop(ctx, func(t *etcdTx) ([]commit, error) {

@@ -1,0 +1,111 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// leaderPrefix is the election's prefix under P: P/leader/<lease> holds a
+// Candidate, and the key created first leads.
+func (e *etcdStore) leaderPrefix() string { return e.prefix + "/leader" }
+
+// campaign is Campaign on etcd: a session lease of ttl, an election key
+// under P/leader, and a watcher that ends the term when the session ends
+// or the key goes.
+func (e *etcdStore) campaign(ctx context.Context, c Candidate, ttl time.Duration) (*Term, error) {
+	if e.closed.Load() {
+		return nil, ErrClosed
+	}
+	val, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("store: encode candidate: %w", err)
+	}
+	secs := int(math.Ceil(ttl.Seconds()))
+	// The session lives until Resign or Close, not only while ctx does.
+	sess, err := concurrency.NewSession(e.cli, concurrency.WithTTL(max(secs, 1)), concurrency.WithContext(e.ctx))
+	if err != nil {
+		return nil, fmt.Errorf("store: etcd session for the leader election: %w", err)
+	}
+	el := concurrency.NewElection(sess, e.leaderPrefix())
+	if err := el.Campaign(ctx, string(val)); err != nil {
+		sess.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("store: etcd leader election: %w", err)
+	}
+	key, rev := el.Key(), el.Rev()
+	wctx, stop := context.WithCancel(e.ctx)
+	done := make(chan struct{})
+	// From the key's own revision: a deletion since Campaign returned
+	// (the lease expired while it waited) is seen too. Without a raft
+	// leader the member may be cut off: the watch fails and so does the
+	// term.
+	wch := e.cli.Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(rev))
+	go func() {
+		defer close(done)
+		defer stop()
+		for {
+			select {
+			case <-sess.Done():
+				return
+			case <-wctx.Done():
+				return
+			case resp, ok := <-wch:
+				if !ok || resp.Err() != nil || resp.Canceled {
+					return
+				}
+				for _, ev := range resp.Events {
+					if ev.Type == clientv3.EventTypeDelete {
+						return
+					}
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return &Term{
+		Fence: Fence{key: key, rev: rev},
+		done:  done,
+		resign: func(ctx context.Context) error {
+			var err error
+			once.Do(func() {
+				stop()
+				// Closing the session revokes its lease, which deletes the
+				// key: the next candidate is elected at once.
+				if rerr := el.Resign(ctx); rerr != nil {
+					err = fmt.Errorf("store: resign: %w", rerr)
+				}
+				sess.Close()
+			})
+			return err
+		},
+	}, nil
+}
+
+// leader reads the election's current leader: the oldest key under
+// P/leader.
+func (e *etcdStore) leader(ctx context.Context) (Candidate, bool, error) {
+	if e.closed.Load() {
+		return Candidate{}, false, ErrClosed
+	}
+	resp, err := e.cli.Get(ctx, e.leaderPrefix()+"/", clientv3.WithFirstCreate()...)
+	if err != nil {
+		return Candidate{}, false, fmt.Errorf("store: read the leader from etcd: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Candidate{}, false, nil
+	}
+	var c Candidate
+	if err := json.Unmarshal(resp.Kvs[0].Value, &c); err != nil {
+		return Candidate{}, false, fmt.Errorf("store: leader record %s: %w", resp.Kvs[0].Key, err)
+	}
+	return c, true, nil
+}
