@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,6 +114,9 @@ func leaderKilledDuringRotation(t *testing.T, e *testkit.Etcd, before time.Durat
 	}
 	if l := caOf(follow).Leader; l == nil || l.Self || l.Address != lead.app.XDS {
 		t.Fatalf("the follower names the leader %+v, want %s", l, lead.app.XDS)
+	}
+	if out := follow.mustCLI("status"); !strings.Contains(out, " at "+lead.app.XDS+"\n") {
+		t.Fatalf("meshca status on the follower does not name the leader %s:\n%s", lead.app.XDS, out)
 	}
 	// Both clocks move together; a replica's loops are parked before and
 	// after each move.
