@@ -124,14 +124,14 @@ func (e *Elector) Leader(ctx context.Context) (store.Candidate, bool, error) {
 }
 
 // Run campaigns, leads, and campaigns again when a term ends, until ctx
-// ends (then it resigns, so that another replica takes over at once) or
-// the work fails.
+// ends (then it resigns, so that another replica takes over at once), the
+// store is closed, or the work fails.
 func (e *Elector) Run(ctx context.Context) error {
 	log := e.cfg.Logger.With(logReplica, e.cfg.Self.ID)
 	for {
 		term, err := e.cfg.Elections.Campaign(ctx, e.cfg.Self, e.cfg.TTL)
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, store.ErrClosed) {
 				return nil
 			}
 			log.Warn("leader election failed; will campaign again", logErr, err)

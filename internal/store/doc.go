@@ -149,8 +149,9 @@
 //
 // Leadership: Campaign is etcd's election (concurrency.NewElection on
 // P/leader, held by a session lease). An Update whose context carries the
-// term's Fence (WithFence) commits alone, not in a group, and its Txn also
-// compares the election key's create revision: once the term is over (the
+// term's Fence (WithFence) shares its group commit only with Updates of
+// the same fence, and the Txn also compares the election key's create
+// revision: once the term is over (the
 // lease expired during a pause or a partition, or was revoked), the
 // Update fails with ErrNotLeader and writes nothing, even if the replica
 // has not noticed yet. On bbolt Campaign wins at once and fences are

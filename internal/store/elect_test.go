@@ -3,7 +3,9 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,33 +112,65 @@ func TestFencedWriteOfDeposedLeader(t *testing.T) {
 	check(t, b)
 }
 
-// TestFencedAndUnfencedTogether: fenced Updates commit alone, concurrent
-// unfenced ones keep their group commit, and every one lands.
-func TestFencedAndUnfencedTogether(t *testing.T) {
+// TestFencesInGroupCommit: Updates of an ended term, of the current one
+// and unfenced ones arrive together on one replica. Each group commit
+// holds one fence only, so the ended term's Updates all fail with
+// ErrNotLeader and the others all land.
+func TestFencesInGroupCommit(t *testing.T) {
 	s := openEtcd(t, etcdConfig(t, newPrefix(t)))
+	ended, err := s.Campaign(ctx, store.Candidate{ID: "a"}, electTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ended.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
 	term, err := s.Campaign(ctx, store.Candidate{ID: "a"}, electTTL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer term.Resign(ctx)
 	const n = 20
-	errc := make(chan error, 2*n)
-	for i := range n {
-		go func() { errc <- s.Update(store.WithFence(ctx, term.Fence), putIdentity("f"+string(rune('a'+i)))) }()
-		go func() { errc <- s.Update(ctx, putIdentity("u"+string(rune('a'+i)))) }()
+	type result struct {
+		kind string
+		err  error
 	}
-	for range 2 * n {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
+	results := make(chan result, 3*n)
+	for i := range n {
+		for _, w := range []struct {
+			kind string
+			ctx  context.Context
+		}{
+			{"ended", store.WithFence(ctx, ended.Fence)},
+			{"current", store.WithFence(ctx, term.Fence)},
+			{"unfenced", ctx},
+		} {
+			go func() {
+				results <- result{w.kind, s.Update(w.ctx, putIdentity(fmt.Sprintf("%s-%d", w.kind, i)))}
+			}()
+		}
+	}
+	for range 3 * n {
+		r := <-results
+		if r.kind == "ended" && !errors.Is(r.err, store.ErrNotLeader) {
+			t.Errorf("write of an ended term: %v, want ErrNotLeader", r.err)
+		}
+		if r.kind != "ended" && r.err != nil {
+			t.Errorf("%s write: %v", r.kind, r.err)
 		}
 	}
 	view(t, s, func(tx *store.Tx) error {
 		ids, err := tx.Identities()
-		if len(ids) != 2*n {
-			t.Errorf("%d identities, want %d", len(ids), 2*n)
+		count := map[string]int{}
+		for _, id := range ids {
+			count[strings.SplitN(id.Name, "-", 2)[0]]++
+		}
+		if count["ended"] != 0 || count["current"] != n || count["unfenced"] != n {
+			t.Errorf("identities written: %v, want %d current and %d unfenced", count, n, n)
 		}
 		return err
 	})
+	t.Logf("%d Updates in %d etcd transactions", 2*n, store.EtcdTxns(s))
 	check(t, s)
 }
 
