@@ -2,10 +2,14 @@ package leader_test
 
 import (
 	"context"
+	"io"
+	"net"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/meshca/meshca/internal/leader"
 	"github.com/meshca/meshca/internal/seal"
@@ -21,8 +25,10 @@ const ttl = 2 * time.Second
 type replica struct {
 	name    string
 	st      *store.Store
+	link    *link // its connections to etcd
 	el      *leader.Elector
 	gained  chan time.Time // when this replica's work started, each term
+	lost    chan time.Time // when it stopped
 	stopped chan struct{}  // closed when Run returned
 	cancel  context.CancelFunc
 }
@@ -62,12 +68,13 @@ func cluster(t *testing.T, e *testkit.Etcd, w *watch, n int) []*replica {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := store.OpenEtcd(store.EtcdConfig{Endpoints: []string{e.Endpoint}, Prefix: prefix, Sealer: sealer})
+		l := newLink(t, e.Endpoint)
+		st, err := store.OpenEtcd(store.EtcdConfig{Endpoints: []string{l.addr()}, Prefix: prefix, Sealer: sealer, DialTimeout: time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		r := &replica{name: string(rune('a' + i)), st: st, gained: make(chan time.Time, 8), stopped: make(chan struct{})}
+		r := &replica{name: string(rune('a' + i)), st: st, link: l, gained: make(chan time.Time, 8), lost: make(chan time.Time, 8), stopped: make(chan struct{})}
 		r.el, err = leader.New(leader.Config{
 			Elections: st,
 			Self:      store.Candidate{ID: r.name, Address: "127.0.0.1:1" + r.name},
@@ -75,6 +82,8 @@ func cluster(t *testing.T, e *testkit.Etcd, w *watch, n int) []*replica {
 			OnChange: func(leading bool) {
 				if leading {
 					r.gained <- time.Now()
+				} else {
+					r.lost <- time.Now()
 				}
 			},
 			TTL:    ttl,
@@ -126,6 +135,63 @@ func TestElectionOnEtcd(t *testing.T) {
 	e := testkit.StartEtcd(t)
 	t.Run("one leader of two", func(t *testing.T) { oneLeaderOfTwo(t, e) })
 	t.Run("leader lost within ttl", func(t *testing.T) { leaderLostWithinTTL(t, e) })
+	t.Run("deposed leader stops its work", func(t *testing.T) { deposedLeaderStops(t, e) })
+}
+
+// deposedLeaderStops: the leader's lease is revoked behind its back (as
+// etcd does when a paused leader's lease expires). Its work stops, from
+// the election key's deletion, without waiting for the lease's keepalive,
+// the other replica leads, and the deposed one campaigns again behind it.
+func deposedLeaderStops(t *testing.T, e *testkit.Etcd) {
+	w := &watch{}
+	rs := cluster(t, e, w, 2)
+	first, _ := firstLeader(t, rs, 10*time.Second)
+	other := rs[0]
+	if other == first {
+		other = rs[1]
+	}
+	cli := e.Client()
+	keys := "/leader-test/" + t.Name() + "/leader/"
+	// Both stand: the follower's key is there before the leader is deposed.
+	if !poll(10*time.Second, func() bool {
+		resp, err := cli.Get(context.Background(), keys, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 2
+	}) {
+		t.Fatal("the follower does not campaign")
+	}
+	resp, err := cli.Get(context.Background(), keys, clientv3.WithFirstCreate()...)
+	if err != nil || len(resp.Kvs) == 0 {
+		t.Fatalf("election key: %v", err)
+	}
+	deposed := time.Now()
+	if _, err := cli.Revoke(context.Background(), clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	bound := ttl / 2
+	for _, ev := range []struct {
+		what string
+		ch   chan time.Time
+	}{{first.name + " stops its work", first.lost}, {other.name + " leads", other.gained}} {
+		select {
+		case at := <-ev.ch:
+			took := at.Sub(deposed)
+			t.Logf("lease revoked: %s after %s (bound %s)", ev.what, took.Round(time.Millisecond), bound)
+			if took > bound {
+				t.Fatalf("%s after %s, more than %s", ev.what, took, bound)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: not within 10s of the revocation", ev.what)
+		}
+	}
+	c, ok, err := first.el.Leader(context.Background())
+	if err != nil || !ok || c.ID != other.name {
+		t.Fatalf("the deposed replica reads the leader as %+v (ok %v, err %v), want %s", c, ok, err, other.name)
+	}
+	select {
+	case <-first.gained:
+		t.Fatalf("%s leads again while %s holds the term", first.name, other.name)
+	case <-time.After(ttl):
+	}
 }
 
 // oneLeaderOfTwo: of two replicas campaigning on one etcd, exactly one
@@ -175,9 +241,12 @@ func oneLeaderOfTwo(t *testing.T, e *testkit.Etcd) {
 	}
 }
 
-// leaderLostWithinTTL: the leader's process dies without resigning
-// (its etcd client closes; the lease is left to expire). The other
-// replica leads within the lease, with a margin for etcd's expiry sweep.
+// leaderLostWithinTTL: the leader is cut off from etcd (a dead process or
+// a partition): it can neither renew its lease nor resign, and the lease
+// is left to expire. The cut-off replica stops its work first; the other
+// leads within the lease, with a margin for etcd's expiry sweep, and not
+// before the lease could have expired (nothing was handed over); at no
+// moment did both run the work.
 func leaderLostWithinTTL(t *testing.T, e *testkit.Etcd) {
 	w := &watch{}
 	rs := cluster(t, e, w, 2)
@@ -187,20 +256,33 @@ func leaderLostWithinTTL(t *testing.T, e *testkit.Etcd) {
 		other = rs[1]
 	}
 	died := time.Now()
-	first.st.Close() // no Resign reaches etcd: the lease stays until it expires
+	first.link.cut() // no Resign reaches etcd: the lease stays until it expires
 	bound := ttl + 2*time.Second
+	var stoppedAt time.Time
+	// The cut-off replica stops its own work once it heard no renewal for
+	// two thirds of the lease: before etcd can elect another.
+	select {
+	case stoppedAt = <-first.lost:
+		t.Logf("the cut-off replica stopped its work %s after the cut", stoppedAt.Sub(died).Round(time.Millisecond))
+	case <-time.After(bound):
+		t.Fatalf("the cut-off replica still runs its work %s after the cut", bound)
+	}
 	select {
 	case at := <-other.gained:
+		if !at.After(stoppedAt) {
+			t.Fatalf("%s led from %s, before the cut-off leader stopped its work at %s", other.name, at.Sub(died), stoppedAt.Sub(died))
+		}
 		took := at.Sub(died)
 		t.Logf("leader died: %s leads after %s (lease %s, bound %s)", other.name, took.Round(time.Millisecond), ttl, bound)
 		if took > bound {
 			t.Fatalf("takeover took %s, more than the bound %s", took, bound)
 		}
+		// The lease was renewed at most a third of it before the cut.
+		if took < ttl/2 {
+			t.Fatalf("takeover after %s: the dead leader's lease cannot have expired yet", took)
+		}
 	case <-time.After(3 * bound):
 		t.Fatalf("%s does not lead %s after the leader died", other.name, 3*bound)
-	}
-	if first.el.Leading() {
-		t.Fatal("the dead replica still says it leads")
 	}
 	c, ok, err := other.el.Leader(context.Background())
 	if err != nil || !ok || c.ID != other.name {
@@ -251,4 +333,90 @@ func TestBboltAlwaysLeads(t *testing.T) {
 	if _, ok, _ := st.Leader(context.Background()); ok || el.Leading() {
 		t.Fatal("still a leader after Run returned")
 	}
+}
+
+// poll checks cond every 10ms until it holds or timeout passed: for etcd's
+// state, which announces nothing the test could wait on.
+func poll(timeout time.Duration, cond func() bool) bool {
+	deadline := time.After(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline:
+			return cond()
+		case <-tick.C:
+		}
+	}
+	return true
+}
+
+// link forwards loopback TCP connections to etcd until cut: then it
+// closes them all and refuses new ones, as a dead or partitioned replica
+// would look to etcd.
+type link struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	isCut  bool
+}
+
+func newLink(t *testing.T, target string) *link {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &link{ln: ln, target: target}
+	go l.serve()
+	t.Cleanup(l.cut)
+	return l
+}
+
+func (l *link) addr() string { return l.ln.Addr().String() }
+
+func (l *link) serve() {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.DialTimeout("tcp", l.target, 5*time.Second)
+		if err != nil || !l.track(c, up) {
+			c.Close()
+			if up != nil {
+				up.Close()
+			}
+			continue
+		}
+		go pipe(c, up)
+		go pipe(up, c)
+	}
+}
+
+func (l *link) track(cs ...net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.isCut {
+		return false
+	}
+	l.conns = append(l.conns, cs...)
+	return true
+}
+
+func pipe(dst, src net.Conn) {
+	io.Copy(dst, src)
+	dst.Close()
+	src.Close()
+}
+
+func (l *link) cut() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.isCut = true
+	l.ln.Close()
+	for _, c := range l.conns {
+		c.Close()
+	}
+	l.conns = nil
 }

@@ -57,9 +57,10 @@ func (t *Term) Resign(ctx context.Context) error { return t.resign(ctx) }
 
 // Campaign blocks until this replica leads, or ctx ends. On etcd it is an
 // election (concurrency.NewElection under P/leader) held by a session
-// lease of ttl (whole seconds, at least one): a replica that stops
-// renewing the lease (crash, partition, a pause longer than ttl) loses the
-// term after ttl, and another one is elected. On bbolt one Campaign at a
+// lease of ttl (whole seconds, at least one; etcd may raise it): a replica
+// that stops renewing the lease (crash, partition, a pause longer than
+// ttl) loses the term after ttl, and another one is elected. A replica that
+// hears no renewal for two thirds of ttl ends its own term (Done) first. On bbolt one Campaign at a
 // time wins at once: the file lock already makes the process the only
 // writer.
 func (s *Store) Campaign(ctx context.Context, c Candidate, ttl time.Duration) (*Term, error) {
