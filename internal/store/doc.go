@@ -154,8 +154,11 @@
 // revision: once the term is over (the
 // lease expired during a pause or a partition, or was revoked), the
 // Update fails with ErrNotLeader and writes nothing, even if the replica
-// has not noticed yet. On bbolt Campaign wins at once and fences are
-// ignored: the file lock already makes one process the writer.
+// has not noticed yet. A replica that hears no renewal of its lease for
+// two thirds of its TTL ends its term itself, before etcd can expire the
+// lease and elect another (that bound is real time: the lease runs on
+// etcd's clock, not on Config.Clock). On bbolt Campaign wins at once and
+// fences are ignored: the file lock already makes one process the writer.
 //
 // OpenEtcd initialises an empty prefix (schema version and the KEK check)
 // in one Txn that only the first replica wins; a later replica whose

@@ -74,6 +74,7 @@ type EtcdTLS struct {
 //	P/last/<bucket>     the greatest key of an append-only bucket (audit, mesh)
 //	P/feed              the changes of the newest commit, watched by every replica
 //	P/b/meta/kekcheck   a constant sealed with the key-encryption key
+//	P/leader/<lease>    a replica standing for leader (etcd_elect.go)
 const (
 	etcdKEKCheckPlain = "meshca key-encryption key check"
 	etcdKEKCheckAAD   = "kekcheck"
