@@ -5,7 +5,7 @@ PKGS      := ./...
 FUZZTIME  ?= 5s
 SOAKFUZZ  ?= 2m
 
-.PHONY: all build run test deps vet fmt-check tidy-check unit bench-smoke fuzz-smoke bench fuzz soak soak-tests clean
+.PHONY: all build run run-ha deps-etcd test deps vet fmt-check tidy-check unit bench-smoke fuzz-smoke bench fuzz soak soak-tests clean
 
 all: build
 
@@ -15,6 +15,17 @@ build:
 ## run: build and start the server on the embedded default (./meshca-data, admin API on 127.0.0.1:8000)
 run: build
 	./$(BIN) server
+
+## run-ha: three etcd members and two meshca replicas on loopback, state in ./meshca-ha (README: High availability)
+run-ha: build deps-etcd
+	./scripts/run-ha.sh
+
+## deps-etcd: install Debian's etcd daemon (etcd-server) when etcd is missing; run-ha needs it, make test does not
+deps-etcd:
+	@command -v etcd >/dev/null 2>&1 || { \
+		echo "installing etcd-server"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; }
 
 ## deps: install the tools the tests call (openssl; chromium for the status page test) when missing
 deps:

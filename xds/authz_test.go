@@ -35,7 +35,7 @@ type asker struct {
 func sotwAsker(name string, desc *grpc.ServiceDesc, method string) asker {
 	return asker{name, func(f *fixture, c *conn, node *core.Node, t string, names []string) ([]string, error) {
 		cl := f.open(c, desc, method, f.xds)
-		cl.send(&discovery.DiscoveryRequest{Node: node, TypeUrl: t, ResourceNames: names})
+		cl.offer(&discovery.DiscoveryRequest{Node: node, TypeUrl: t, ResourceNames: names})
 		m, err := cl.answer()
 		if err != nil {
 			return nil, err
@@ -47,7 +47,7 @@ func sotwAsker(name string, desc *grpc.ServiceDesc, method string) asker {
 func deltaAsker(name string, desc *grpc.ServiceDesc, method string) asker {
 	return asker{name, func(f *fixture, c *conn, node *core.Node, t string, names []string) ([]string, error) {
 		cl := f.open(c, desc, method, f.xds)
-		cl.send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: t, ResourceNamesSubscribe: names})
+		cl.offer(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: t, ResourceNamesSubscribe: names})
 		m, err := cl.answer()
 		if err != nil {
 			return nil, err

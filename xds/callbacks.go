@@ -246,17 +246,20 @@ func (c *callbacks) synced(node string) (connected, synced bool) {
 
 // pending counts connected nodes that ask for secrets and have not
 // acknowledged their current ones (including nodes that have not
-// acknowledged anything yet).
-func (c *callbacks) pending() int {
+// acknowledged anything yet), and every connected node.
+func (c *callbacks) pending() (pending, connected int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := 0
 	for _, st := range c.status {
-		if st.streams > 0 && st.secrets && st.acked[resource.SecretType] != st.published[resource.SecretType].version {
-			n++
+		if st.streams == 0 {
+			continue
+		}
+		connected++
+		if st.secrets && st.acked[resource.SecretType] != st.published[resource.SecretType].version {
+			pending++
 		}
 	}
-	return n
+	return pending, connected
 }
 
 // Status returns a copy of the node's status.

@@ -520,6 +520,16 @@ func (c *call) send(m proto.Message) {
 	}
 }
 
+// offer sends a request unless the stream has ended: for a stream the
+// server may refuse as it opens, where the refusal is the answer.
+func (c *call) offer(m proto.Message) {
+	select {
+	case <-c.done:
+	default:
+		c.recv <- m // buffered: the request waits for a read that may never come
+	}
+}
+
 // next returns the next message the server sent; it fails the test if
 // the stream ends first.
 func (c *call) next() proto.Message {

@@ -321,7 +321,15 @@ func (s *Server) AckEvents() <-chan struct{} {
 
 // Pending counts the connected nodes that subscribe to secrets but have not
 // yet acknowledged their current ones (for example a new trust bundle).
-func (s *Server) Pending() int { return s.cb.pending() }
+func (s *Server) Pending() int { p, _ := s.cb.pending(); return p }
+
+// Connected counts the nodes with an open stream, and those of them that
+// subscribe to secrets but have not yet acknowledged their current ones,
+// in one look: a CA rotation asks every second while it waits.
+func (s *Server) Connected() (connected, pending int) {
+	p, c := s.cb.pending()
+	return c, p
+}
 
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {

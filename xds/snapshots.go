@@ -44,13 +44,13 @@ func (s *Server) SetNode(ctx context.Context, node string, res map[string][]type
 	mu.Lock()
 	defer mu.Unlock()
 	bundle, bundleSum := s.currentTrust()
-	memo := &digests{}
+	memo := s.knownDigests(node)
 	full := make(map[string][]types.Resource, len(res)+1)
 	for t, items := range res {
 		full[t] = slices.Clone(items)
 	}
 	if bundle != nil {
-		memo.done = map[types.Resource][sha256.Size]byte{bundle: bundleSum}
+		memo.done[bundle] = bundleSum
 		full[resource.SecretType] = append(full[resource.SecretType], bundle)
 	}
 	snap, sums, err := buildSnapshot(full, memo)
@@ -114,6 +114,25 @@ func (s *Server) SetTrust(ctx context.Context, bundle types.Resource) error {
 		return fmt.Errorf("xds: trust bundle not pushed to every node: %w", err)
 	}
 	return nil
+}
+
+// knownDigests returns a memo that knows the digests of the secrets in
+// node's current snapshot: a secret handed over again as the same value
+// (node configuration shares one value per certificate) was validated and
+// hashed when it was first set, and is not encoded again.
+func (s *Server) knownDigests(node string) *digests {
+	memo := &digests{done: map[types.Resource][sha256.Size]byte{}}
+	cur, err := s.cache.GetSnapshot(node)
+	if err != nil {
+		return memo
+	}
+	sums := s.secretSums(node)
+	for name, r := range cur.GetResources(resource.SecretType) {
+		if d, ok := sums[name]; ok {
+			memo.done[r] = d
+		}
+	}
+	return memo
 }
 
 func (s *Server) currentTrust() (types.Resource, [sha256.Size]byte) {

@@ -14,7 +14,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := cli.Execute(ctx, cli.Config{Server: app.Run}, os.Args[1:])
+	err := cli.Execute(ctx, cli.Config{Server: app.Run, Migrate: app.Migrate}, os.Args[1:])
 	stop()
 	if err != nil {
 		os.Exit(1)

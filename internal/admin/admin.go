@@ -538,6 +538,8 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status, code, msg = http.StatusInternalServerError, api.CodeLint, "the certificate failed the lint gate and was not issued (meshca audit list shows which lints)"
 	case errors.Is(err, ca.ErrIssuerExpired):
 		status, code, msg = http.StatusServiceUnavailable, api.CodeExpired, "the issuing CA has expired; rotate or import a CA"
+	case errors.Is(err, registry.ErrUnavailable):
+		status, code, msg = http.StatusServiceUnavailable, api.CodeUnavailable, err.Error()
 	}
 	if (errors.Is(err, errInvalid) || errors.Is(err, errTooLarge)) && s.cfg.Denials != nil && r.Method != http.MethodGet {
 		s.cfg.Denials.RecordDenial(r.Context(), "admin.request", "", r.Method+" "+clip(r.URL.Path)+": "+msg)

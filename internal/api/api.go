@@ -180,6 +180,9 @@ const (
 	CodeDenied   = "denied"
 	CodeTooLarge = "too_large"
 	CodeExpired  = "issuer_expired"
+	// CodeUnavailable: this replica cannot reach the shared store and does
+	// not sign; another replica can, or this one once the store is back.
+	CodeUnavailable = "unavailable"
 )
 
 // AddNodeRequest is the body of POST /v1/nodes.

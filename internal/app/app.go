@@ -63,7 +63,11 @@ type Option func(*options)
 type options struct {
 	clock     clock.Clock
 	xdsLimits []func(*xds.Limits)
-	leaderTTL time.Duration
+	// How a replica on etcd probes it and how long it may go without an
+	// answer before it stops signing (StoreProbeInterval,
+	// StoreContactBound).
+	probeEvery, contactBound time.Duration
+	leaderTTL                time.Duration
 }
 
 // WithClock makes every part read time from c.
@@ -73,6 +77,13 @@ func WithClock(c clock.Clock) Option { return func(o *options) { o.clock = c } }
 // taken from the configuration (tests shrink timeouts with it).
 func WithXDSLimits(edit func(*xds.Limits)) Option {
 	return func(o *options) { o.xdsLimits = append(o.xdsLimits, edit) }
+}
+
+// WithStoreContact changes how often a meshca on etcd probes it and how
+// long it may go without an answer before it reports not ready and stops
+// signing (defaults StoreProbeInterval and StoreContactBound).
+func WithStoreContact(every, bound time.Duration) Option {
+	return func(o *options) { o.probeEvery, o.contactBound = every, bound }
 }
 
 // WithLeaderTTL sets the lease of a leader's term on etcd (default
@@ -92,7 +103,7 @@ func (a *App) Wait(ctx context.Context) error {
 
 // Start opens the store, loads or creates the CA and binds every listener.
 func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...Option) (_ *App, err error) {
-	o := options{clock: clock.Real{}}
+	o := options{clock: clock.Real{}, probeEvery: StoreProbeInterval, contactBound: StoreContactBound}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -144,7 +155,17 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	ops := &opsState{now: o.clock.Now}
 	tel := telemetry.New()
 	met := metrics.New(ops, o.clock.Now, tel)
-	st, err := openStore(cfg, dir, sealer, logger, o.clock, met.ObserveCommit)
+	// On etcd a replica probes it and, once it has had no answer for
+	// contactBound, reports not ready, refuses to sign and fails every
+	// store call at once (nil health on bbolt: the file is local).
+	var (
+		st     *store.Store
+		health *storeHealth
+	)
+	if cfg.Store.Etcd.Enabled() {
+		health = newStoreHealth(func(ctx context.Context) error { return st.Ping(ctx) }, o.probeEvery, o.contactBound, logger)
+	}
+	st, err = openStore(cfg, dir, sealer, logger, o.clock, met.ObserveCommit, health.check)
 	if err != nil {
 		return nil, err
 	}
@@ -159,6 +180,9 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		runs  []func(context.Context) error
 		attrs = []any{"data_dir", dir, "trust_domain", td.Name()}
 	)
+	if health != nil {
+		runs = append(runs, health.Run)
+	}
 	// The authority re-keys leaves during a CA rotation and audits its
 	// refusals through the registry, which it does not import: regLink is
 	// pointed at the registry once that exists, before anything runs.
@@ -172,7 +196,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, err
 	}
 	reg, err := registry.New(ctx, registry.Config{
-		Store: st, TrustDomain: td, Issuer: auth, Lifetimes: lifetimes, OnDenial: met.ObserveDenial,
+		Store: st, TrustDomain: td, Issuer: gatedIssuer{Issuer: auth, health: health}, Lifetimes: lifetimes, OnDenial: met.ObserveDenial,
 		Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
@@ -182,7 +206,9 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	app.close = func() error {
 		// Refusals that came in while the parts stopped, after
 		// RunDenials' own last flush.
-		if err := reg.FlushDenials(context.WithoutCancel(ctx)); err != nil {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := reg.FlushDenials(fctx); err != nil {
 			logger.Error("refusal summaries not written", "err", err)
 		}
 		return st.Close()
@@ -208,7 +234,10 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	ops.reg, ops.auth, ops.xds, ops.store = reg, auth, xdsSrv, st
+	ops.reg, ops.auth, ops.xds, ops.store, ops.health = reg, auth, xdsSrv, st, health
+	if health != nil {
+		health.onLost = func() { logger.Warn("xDS streams closed: etcd unreachable", "nodes", xdsSrv.CloseAll()) }
+	}
 	reg.SubscribeNodeCerts(func(node string) { xdsSrv.CloseNode(node) })
 	// What each node receives is computed from the store's change feed and
 	// handed to the xDS server; every node has a snapshot before it serves.
@@ -242,7 +271,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		Elections: st, Self: replica(cfg.AdvertisedXDS(xdsLn.Addr().String())), TTL: o.leaderTTL,
 		Work: []func(context.Context) error{
 			renewer.Run, auth.RunCRL,
-			func(ctx context.Context) error { return auth.RunCA(ctx, rotationAcks(reg, xdsSrv, nodes)) },
+			func(ctx context.Context) error { return auth.RunCA(ctx, rotationAcks(xdsSrv, nodes)) },
 		},
 		Clock: o.clock, Logger: logger,
 	})
@@ -387,15 +416,27 @@ func isLoopback(addr string) bool {
 
 // openStore opens the etcd store when the configuration names endpoints,
 // the bbolt file in dir otherwise.
-func openStore(cfg config.Config, dir string, sealer *seal.Sealer, logger *slog.Logger, clk clock.Clock, onCommit func([]store.Event, time.Duration)) (*store.Store, error) {
+func openStore(cfg config.Config, dir string, sealer *seal.Sealer, logger *slog.Logger, clk clock.Clock, onCommit func([]store.Event, time.Duration), contact func() error) (*store.Store, error) {
 	if e := cfg.Store.Etcd; e.Enabled() {
-		return store.OpenEtcd(store.EtcdConfig{
-			Endpoints: e.Endpoints, Prefix: e.Prefix, DialTimeout: e.DialTimeout.D(),
-			TLS:    store.EtcdTLS{CA: e.TLS.CA, Cert: e.TLS.Cert, Key: e.TLS.Key},
-			Sealer: sealer, Clock: clk, Logger: logger, OnCommit: onCommit,
-		})
+		ec := etcdConfig(e, sealer, clk, logger, onCommit)
+		ec.Contact = contact
+		st, err := store.OpenEtcd(ec)
+		if errors.Is(err, store.ErrKEKMismatch) {
+			kek := filepath.Join(dir, KEKFile)
+			return nil, fmt.Errorf("%w: copy it over %s (mode 0600), then start again", err, kek)
+		}
+		return st, err
 	}
 	return store.Open(store.Config{
 		Dir: dir, Sealer: sealer, LockTimeout: cfg.Store.LockTimeout.D(), Logger: logger, OnCommit: onCommit,
 	})
+}
+
+// etcdConfig is the store's view of store.etcd.
+func etcdConfig(e config.Etcd, sealer *seal.Sealer, clk clock.Clock, logger *slog.Logger, onCommit func([]store.Event, time.Duration)) store.EtcdConfig {
+	return store.EtcdConfig{
+		Endpoints: e.Endpoints, Prefix: e.Prefix, DialTimeout: e.DialTimeout.D(),
+		TLS:    store.EtcdTLS{CA: e.TLS.CA, Cert: e.TLS.Cert, Key: e.TLS.Key},
+		Sealer: sealer, Clock: clk, Logger: logger, OnCommit: onCommit,
+	}
 }

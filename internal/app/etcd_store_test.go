@@ -16,7 +16,9 @@ import (
 // first one recorded is there, because the state lives in etcd.
 func TestStateOnEtcd(t *testing.T) {
 	e := testkit.StartEtcd(t)
-	onEtcd := func(c *config.Config) { c.Store.Etcd = config.Etcd{Endpoints: []string{e.Endpoint}, Prefix: "/meshca-test"} }
+	onEtcd := func(c *config.Config) {
+		c.Store.Etcd = config.Etcd{Endpoints: []string{e.Endpoint}, Prefix: "/meshca-test"}
+	}
 	first := filepath.Join(t.TempDir(), "a")
 	m := startMeshIn(t, nil, first, onEtcd)
 	m.admin("POST", api.PathIdentities, api.AddIdentityRequest{Name: "web", TTL: "1h"}, nil, http.StatusCreated)

@@ -16,11 +16,12 @@ import (
 // opsState answers the metrics' scrape-time questions and the readiness
 // check. Its fields are set once the parts exist; scrapes come later.
 type opsState struct {
-	reg   *registry.Registry
-	auth  *authority.Authority
-	xds   *xds.Server
-	store *store.Store
-	now   func() time.Time
+	reg    *registry.Registry
+	auth   *authority.Authority
+	xds    *xds.Server
+	store  *store.Store
+	health *storeHealth // nil on bbolt
+	now    func() time.Time
 }
 
 var _ metrics.State = (*opsState)(nil)
@@ -78,11 +79,18 @@ func (o *opsState) XDSEvents() map[string]int64 {
 	}
 }
 
-// ready reports whether meshca can do its job: the store answers, the CA
-// can issue (its issuer is valid and within its lifetime), and the xDS
-// server is serving.
+// ready reports whether meshca can do its job: the store answers (on
+// etcd: a probe was answered within StoreContactBound), the CA can issue
+// (its issuer is valid and within its lifetime), and the xDS server is
+// serving.
 func (o *opsState) ready(ctx context.Context) error {
-	if err := o.store.View(ctx, func(tx *store.Tx) error { _, err := tx.CASet(); return err }); err != nil {
+	if o.health != nil {
+		// On etcd the probe is the round trip; a read here would hang
+		// for as long as etcd is away.
+		if err := o.health.check(); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+	} else if err := o.store.View(ctx, func(tx *store.Tx) error { _, err := tx.CASet(); return err }); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
 	issuer := o.auth.CA().Issuer()

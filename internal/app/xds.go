@@ -96,6 +96,8 @@ func joinResponse(res registry.Joined, err error) (nodeapi.JoinResponse, error) 
 	case err == nil:
 	case errors.Is(err, registry.ErrRateLimited):
 		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.ResourceExhausted, Message: err.Error()}
+	case errors.Is(err, registry.ErrUnavailable):
+		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.Unavailable, Message: err.Error()}
 	case errors.Is(err, registry.ErrToken), errors.Is(err, registry.ErrDenied):
 		return nodeapi.JoinResponse{}, &xds.JoinError{Code: codes.PermissionDenied, Message: err.Error()}
 	case errors.Is(err, identity.ErrInvalidName), errors.Is(err, ca.ErrInvalidRequest):
@@ -128,18 +130,11 @@ func clip(s string) string { return text.Clip(s, 100) }
 // many of those have not acknowledged their current secrets. While node
 // configuration has changes not yet handed to the xDS server, every
 // connected node counts as pending: it has not been sent them yet.
-func rotationAcks(reg *registry.Registry, srv *xds.Server, configs *nodeconfig.Builder) authority.Acks {
+func rotationAcks(srv *xds.Server, configs *nodeconfig.Builder) authority.Acks {
 	return func(ctx context.Context) (pending, connected int) {
-		pending = srv.Pending()
-		nodes, err := reg.Nodes(ctx)
-		if err != nil {
-			return pending, pending
-		}
-		for _, n := range nodes {
-			if srv.Status(n.Name).Streams > 0 {
-				connected++
-			}
-		}
+		// Only a registered, active node has a stream open: the xDS
+		// server closes a node's streams when it is removed.
+		connected, pending = srv.Connected()
 		if !configs.Idle() {
 			pending = connected
 		}

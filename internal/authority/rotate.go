@@ -102,6 +102,8 @@ type rotationRun struct {
 	lastErr                          atomic.Pointer[string]
 	wait                             atomic.Pointer[rotationWait]
 	last                             atomic.Pointer[RotationDone]
+	// nodeCerts is the last scan of node certificates (see nodeCerts).
+	nodeCerts atomic.Pointer[nodeCertScan]
 }
 
 // rotationWait is what the rotation waits for, for its status.
@@ -682,9 +684,44 @@ func (a *Authority) staleLeaves(ctx context.Context, issuer string) ([]string, e
 
 // nodeCerts counts the active nodes whose newest node certificate is
 // unexpired and, unless issuer is "", from another issuer than issuer; last
-// is when the last of those expires.
+// is when the last of those expires. A rotation asks every second while it
+// waits: the store is read again only after something was committed.
 func (a *Authority) nodeCerts(ctx context.Context, issuer string, now time.Time) (n int, last time.Time, err error) {
-	err = a.cfg.Store.View(ctx, func(tx *store.Tx) error {
+	scan, err := a.newestNodeCerts(ctx)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	for _, c := range scan.certs {
+		if !c.notAfter.After(now) || (issuer != "" && c.issuer == issuer) {
+			continue
+		}
+		n++
+		if c.notAfter.After(last) {
+			last = c.notAfter
+		}
+	}
+	return n, last, nil
+}
+
+// nodeCertScan is the newest node certificate of every active node, as the
+// store held them at feed position pos (or later).
+type nodeCertScan struct {
+	pos   uint64
+	certs []nodeCert
+}
+
+type nodeCert struct {
+	issuer   string
+	notAfter time.Time
+}
+
+func (a *Authority) newestNodeCerts(ctx context.Context) (*nodeCertScan, error) {
+	pos := a.cfg.Store.FeedPos()
+	if s := a.rot.nodeCerts.Load(); s != nil && s.pos == pos {
+		return s, nil
+	}
+	scan := &nodeCertScan{pos: pos}
+	err := a.cfg.Store.View(ctx, func(tx *store.Tx) error {
 		nodes, err := tx.Nodes()
 		if err != nil {
 			return err
@@ -694,24 +731,22 @@ func (a *Authority) nodeCerts(ctx context.Context, issuer string, now time.Time)
 				continue
 			}
 			certs, err := tx.CertsFor(nodeSubject(node.Name))
-			if err != nil || len(certs) == 0 {
-				if err != nil {
-					return err
-				}
+			if err != nil {
+				return err
+			}
+			if len(certs) == 0 {
 				continue
 			}
 			c := certs[len(certs)-1]
-			if !c.NotAfter.After(now) || (issuer != "" && c.IssuerSerial == issuer) {
-				continue
-			}
-			n++
-			if c.NotAfter.After(last) {
-				last = c.NotAfter
-			}
+			scan.certs = append(scan.certs, nodeCert{issuer: c.IssuerSerial, notAfter: c.NotAfter})
 		}
 		return nil
 	})
-	return n, last, err
+	if err != nil {
+		return nil, err
+	}
+	a.rot.nodeCerts.Store(scan)
+	return scan, nil
 }
 
 // Stale reports whether a certificate was issued by another CA than the

@@ -71,7 +71,7 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 			if err != nil {
 				return nil, fmt.Errorf("naive server, %d streams: %w", n, err)
 			}
-			env.Logf("naive: bundle change to %d streams in %s (SetSnapshot loop %s, %d responses)", n, fmtDur(base.last), fmtDur(base.trigger), base.responses)
+			env.Logf("naive: bundle change to %d streams in %s (SetSnapshot loop %s, %d responses; server CPU %s)", n, fmtDur(base.last), fmtDur(base.trigger), base.responses, fmtDur(base.serverCPU))
 			data := filepath.Join(env.Dir, fmt.Sprintf("n%d-trial%d", n, t))
 			if err := copyDir(fc.data, data); err != nil {
 				return nil, err
@@ -80,7 +80,8 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 			if err != nil {
 				return nil, fmt.Errorf("meshca, %d streams: %w", n, err)
 			}
-			env.Logf("meshca: bundle change to %d streams in %s (admin call %s, %d responses)", n, fmtDur(mesh.last), fmtDur(mesh.trigger), mesh.responses)
+			env.Logf("meshca: bundle change to %d streams in %s (admin call %s, %d responses, at most %d per stream; server CPU %s)",
+				n, fmtDur(mesh.last), fmtDur(mesh.trigger), mesh.responses, mesh.most, fmtDur(mesh.serverCPU))
 			bases, meshes = append(bases, base), append(meshes, mesh)
 		}
 		runs = append(runs, pair{n, medianResult(meshes), medianResult(bases)})
@@ -107,6 +108,10 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 			Figure:   fmt.Sprintf("CPU used meanwhile, %d streams: server + client process", r.n),
 			Value:    fmtDur(r.meshca.serverCPU) + " + " + fmtDur(r.meshca.clientCPU),
 			Baseline: fmtDur(r.base.serverCPU) + " + " + fmtDur(r.base.clientCPU),
+		}, Row{
+			Figure: fmt.Sprintf("server CPU per stream, %d streams", r.n),
+			Value:  fmtDur(r.meshca.serverCPU / time.Duration(r.n)), Baseline: fmtDur(r.base.serverCPU / time.Duration(r.n)),
+			Ratio: ratioOf(int64(r.meshca.serverCPU), int64(r.base.serverCPU)),
 		})
 	}
 	for _, r := range runs {
@@ -254,6 +259,9 @@ type fanoutResult struct {
 	// until the last stream had the change.
 	serverCPU, clientCPU time.Duration
 	responses            int64 // received by all streams meanwhile
+	// most is the most responses one stream received up to and with the
+	// one that brought it the change: 1 unless it was sent extra pushes.
+	most int64
 }
 
 // bundleChange connects the clients to the server at addr (process
@@ -304,11 +312,12 @@ func (fc *fanoutCase) change(ctx context.Context, env *Env, addr string, serverP
 	last, err1 := strconv.ParseInt(f["last"], 10, 64)
 	median, err2 := strconv.ParseInt(f["p50"], 10, 64)
 	responses, err3 := strconv.ParseInt(f["responses"], 10, 64)
-	if err := errors.Join(err1, err2, err3); err != nil {
+	most, err4 := strconv.ParseInt(f["most"], 10, 64)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		return res, fmt.Errorf("clients said %q: %w", done, err)
 	}
 	res.last, res.median = time.Unix(0, last).Sub(start), time.Unix(0, median).Sub(start)
-	res.responses = responses
+	res.responses, res.most = responses, most
 	return res, nil
 }
 

@@ -63,11 +63,12 @@ const gcHeadroom = 4 << 30
 // It prints "ready N" once every stream has ACKed its first response. Then:
 //
 //	watch KIND  answers "armed" once every stream's current state is noted,
-//	            then "done last=NS p50=NS n=N responses=R" when every stream
+//	            then "done last=NS p50=NS n=N responses=R most=M" when every stream
 //	            has received a change of KIND (bundle, identity, any): the
 //	            Unix times in nanoseconds at which the last stream and the
 //	            median stream received theirs, how many streams were waited
-//	            for, and how many responses all streams received meanwhile.
+//	            for, how many responses all streams received meanwhile, and
+//	            the most one stream received up to and with its change.
 //
 // A stream that fails is reported once as "error ...". Closing stdin stops it.
 func workXDSClients(ctx context.Context, args []string, in io.Reader, out io.Writer) error {
@@ -158,8 +159,10 @@ type clientStream struct {
 
 	mu   sync.Mutex
 	held held
-	base held   // held when the current watch began
-	w    *watch // the watch this stream has yet to satisfy
+	// since counts the responses received since the current watch began.
+	since atomic.Int64
+	base  held   // held when the current watch began
+	w     *watch // the watch this stream has yet to satisfy
 }
 
 // held is what a stream last received.
@@ -310,6 +313,7 @@ func sidecarTLS(cert tls.Certificate, roots *x509.CertPool) *tls.Config {
 func (c *xdsClients) receive(s *clientStream, ads discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient, resp *discovery.DiscoveryResponse) error {
 	at := time.Now()
 	c.responses.Add(1)
+	s.since.Add(1)
 	next, err := s.decode(resp)
 	if err != nil {
 		return err
@@ -324,7 +328,7 @@ func (c *xdsClients) receive(s *clientStream, ads discovery.AggregatedDiscoveryS
 	}
 	s.mu.Unlock()
 	if w != nil {
-		c.settled(w, at)
+		c.settled(w, at, s.since.Load())
 	}
 	return ads.Send(&discovery.DiscoveryRequest{TypeUrl: resource.SecretType, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce(), ResourceNames: s.names})
 }
@@ -382,6 +386,7 @@ type watch struct {
 
 	mu    sync.Mutex
 	times []time.Time
+	most  int64 // the most responses one stream took to see the change
 }
 
 // changed reports whether now differs from base in the way w waits for.
@@ -422,29 +427,31 @@ func (c *xdsClients) watch(kind string) error {
 	for _, s := range waiting {
 		s.mu.Lock()
 		s.base, s.w = s.held, w
+		s.since.Store(0)
 		s.mu.Unlock()
 	}
 	c.out.Printf("armed %d", len(waiting))
 	if len(waiting) == 0 {
-		c.out.Printf("done last=0 p50=0 n=0 responses=0")
+		c.out.Printf("done last=0 p50=0 n=0 responses=0 most=0")
 	}
 	return nil
 }
 
 // settled records that one stream saw w's change at at, and reports the
 // watch done after the last one.
-func (c *xdsClients) settled(w *watch, at time.Time) {
+func (c *xdsClients) settled(w *watch, at time.Time, responses int64) {
 	w.mu.Lock()
 	w.times = append(w.times, at)
+	w.most = max(w.most, responses)
 	w.mu.Unlock()
 	if w.pending.Add(-1) != 0 {
 		return
 	}
 	w.mu.Lock()
-	times := slices.Clone(w.times)
+	times, most := slices.Clone(w.times), w.most
 	w.mu.Unlock()
 	slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
-	c.out.Printf("done last=%d p50=%d n=%d responses=%d", times[len(times)-1].UnixNano(), times[len(times)/2].UnixNano(), len(times), c.responses.Load())
+	c.out.Printf("done last=%d p50=%d n=%d responses=%d most=%d", times[len(times)-1].UnixNano(), times[len(times)/2].UnixNano(), len(times), c.responses.Load(), most)
 }
 
 // lines writes whole lines to a worker's stdout from many goroutines.

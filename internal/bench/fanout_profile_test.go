@@ -81,12 +81,14 @@ func TestProfileFanout(t *testing.T) {
 		t.Fatal(err)
 	}
 	call := time.Since(start)
-	_, err = clients.Expect("done ", 5*time.Minute)
+	done, err := clients.Expect("done ", 5*time.Minute)
 	pprof.StopCPUProfile()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d streams: trigger returned after %s, last stream by %s", fc.n, call, time.Since(start))
+	f := fields(done)
+	t.Logf("%d streams: trigger returned after %s, last stream by %s; %s responses, at most %s per stream until it had the change",
+		fc.n, call, time.Since(start), f["responses"], f["most"])
 }
 
 // TestSketchFanout measures, on the fan-out harness, the two changes the

@@ -61,8 +61,8 @@ func runStorm(ctx context.Context, env *Env) (*Report, error) {
 		if reissued.Reissued != n || reissued.Failed != 0 {
 			return nil, fmt.Errorf("%d identities: meshca re-keyed %d, %d failed", n, reissued.Reissued, reissued.Failed)
 		}
-		env.Logf("%d identities: last stream after %s (median %s), request returned after %s; ceiling %s",
-			n, fmtDur(res.last), fmtDur(res.median), fmtDur(res.trigger), fmtDur(ceilingTime))
+		env.Logf("%d identities: last stream after %s (median %s), request returned after %s; ceiling %s; %d responses, at most %d per stream; server CPU %s (%s per re-key)",
+			n, fmtDur(res.last), fmtDur(res.median), fmtDur(res.trigger), fmtDur(ceilingTime), res.responses, res.most, fmtDur(res.serverCPU), fmtDur(res.serverCPU/time.Duration(n)))
 		row := Row{Figure: fmt.Sprintf("%d identities re-keyed on %d streams", n, n),
 			Value:    fmt.Sprintf("%s (%s)", fmtDur(res.last), fmtDur(res.median)),
 			Baseline: fmtDur(ceilingTime), Ratio: float64(res.last) / float64(ceilingTime)}
@@ -76,6 +76,7 @@ func runStorm(ctx context.Context, env *Env) (*Report, error) {
 				Baseline: fmt.Sprintf("%.0f certs/s", ceiling.perSec), Ratio: float64(n) / res.last.Seconds() / ceiling.perSec},
 			Row{Figure: fmt.Sprintf("CPU meanwhile, %d identities: server + client process", n),
 				Value: fmt.Sprintf("%s + %s", fmtDur(res.serverCPU), fmtDur(res.clientCPU))},
+			Row{Figure: fmt.Sprintf("server CPU per re-key, %d identities", n), Value: fmtDur(res.serverCPU / time.Duration(n))},
 		)
 	}
 	return rep, nil

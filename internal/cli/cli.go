@@ -1,4 +1,5 @@
-// Package cli is meshca's command line. Every command except `server` is a
+// Package cli is meshca's command line. Every command except `server` and
+// `store` (which run in-process, on a data directory) is a
 // client of the admin API (never of the store), so the same commands work
 // against a local or a remote server.
 package cli
@@ -20,11 +21,16 @@ import (
 // ServerFunc runs the server until ctx is done.
 type ServerFunc func(ctx context.Context, cfg config.Config, log *slog.Logger) error
 
+// MigrateFunc copies cfg.DataDir into the etcd of cfg.Store.Etcd and checks
+// the copy, printing progress and a summary to out.
+type MigrateFunc func(ctx context.Context, cfg config.Config, out io.Writer) error
+
 // Config wires the CLI.
 type Config struct {
-	Server ServerFunc // runs `meshca server`
-	Stdout io.Writer  // default os.Stdout
-	Stderr io.Writer  // default os.Stderr
+	Server  ServerFunc  // runs `meshca server`
+	Migrate MigrateFunc // runs `meshca store migrate`
+	Stdout  io.Writer   // default os.Stdout
+	Stderr  io.Writer   // default os.Stderr
 	// Getenv reads MESHCA_* variables; default os.Getenv.
 	Getenv func(string) string
 }
@@ -87,6 +93,7 @@ func New(cfg Config) *cobra.Command {
 	pf.StringVar(&g.tlsCA, "tls-ca", "", "trust bundle that verifies a non-loopback admin API (default $"+EnvTLSCA+")")
 	root.AddCommand(
 		serverCmd(cfg),
+		storeCmd(cfg),
 		identityCmd(g),
 		certCmd(g),
 		caCmd(g),

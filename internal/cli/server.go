@@ -41,6 +41,10 @@ func serverCmd(cfg Config) *cobra.Command {
 			set("xds-listen", &c.XDS.Listen, flags.XDS.Listen)
 			set("log-format", &c.Log.Format, flags.Log.Format)
 			set("log-level", &c.Log.Level, flags.Log.Level)
+			if cmd.Flags().Changed("etcd-endpoints") {
+				c.Store.Etcd.Endpoints = flags.Store.Etcd.Endpoints
+			}
+			set("etcd-prefix", &c.Store.Etcd.Prefix, flags.Store.Etcd.Prefix)
 			if err := c.Validate(); err != nil {
 				return err
 			}
@@ -64,7 +68,16 @@ func serverCmd(cfg Config) *cobra.Command {
 	f.StringVar(&flags.XDS.Listen, "xds-listen", d.XDS.Listen, "xDS gRPC listen address")
 	f.StringVar(&flags.Log.Format, "log-format", d.Log.Format, "log format: text or json")
 	f.StringVar(&flags.Log.Level, "log-level", d.Log.Level, "log level: debug, info, warn or error")
+	etcdFlags(cmd, &flags.Store.Etcd)
 	return cmd
+}
+
+// etcdFlags adds --etcd-endpoints and --etcd-prefix, which `server` and
+// `store migrate` share.
+func etcdFlags(cmd *cobra.Command, e *config.Etcd) {
+	f := cmd.Flags()
+	f.StringSliceVar(&e.Endpoints, "etcd-endpoints", nil, "keep the state in etcd: HOST:PORT[,HOST:PORT...] of its members (TLS and timeouts: store.etcd in --config)")
+	f.StringVar(&e.Prefix, "etcd-prefix", config.DefaultEtcdPrefix, "etcd key prefix of this meshca installation")
 }
 
 func newLogger(w io.Writer, c config.Log) (*slog.Logger, error) {

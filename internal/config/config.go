@@ -104,7 +104,8 @@ type Rotation struct {
 	Jitter float64 `yaml:"jitter"`
 }
 
-// Store configures the bbolt store.
+// Store configures where the state is kept: the bbolt file in DataDir
+// (the default), or etcd.
 type Store struct {
 	LockTimeout Duration `yaml:"lock_timeout"`
 	// Etcd, when it names endpoints, keeps the state in etcd instead of the
@@ -115,9 +116,9 @@ type Store struct {
 // Etcd configures the etcd store.
 type Etcd struct {
 	Endpoints   []string `yaml:"endpoints"` // HOST:PORT of etcd members
-	Prefix      string   `yaml:"prefix"`    // every key starts with it (default /meshca)
+	Prefix      string   `yaml:"prefix"`    // every key starts with it (empty: /meshca)
 	TLS         EtcdTLS  `yaml:"tls"`
-	DialTimeout Duration `yaml:"dial_timeout"`
+	DialTimeout Duration `yaml:"dial_timeout"` // bounds connecting and the first read (0: 5s)
 }
 
 // EtcdTLS names PEM files for TLS to etcd: CA checks the members'
@@ -130,6 +131,34 @@ type EtcdTLS struct {
 
 // Enabled reports whether the state is kept in etcd.
 func (e Etcd) Enabled() bool { return len(e.Endpoints) > 0 }
+
+// validate checks store.etcd; it returns one error per problem, each
+// naming its key.
+func (e Etcd) validate() []error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("store.etcd.%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	for _, ep := range e.Endpoints {
+		host, port, err := net.SplitHostPort(ep)
+		if err != nil || host == "" || port == "" || strings.Contains(ep, "/") {
+			bad("endpoints", "%q is not HOST:PORT (for example 127.0.0.1:2379; TLS is set under store.etcd.tls, not with https://)", ep)
+		}
+	}
+	if p := e.Prefix; p != "" && p[0] != '/' || strings.TrimRight(p, "/") == "" || strings.ContainsAny(p, "\x00\n") {
+		bad("prefix", "%q: use a key path such as %s, one per meshca installation sharing the etcd", p, DefaultEtcdPrefix)
+	}
+	if (e.TLS.Cert == "") != (e.TLS.Key == "") {
+		bad("tls", "set both cert and key (meshca's client certificate for etcd), or neither")
+	}
+	if e.TLS != (EtcdTLS{}) && !e.Enabled() {
+		bad("tls", "set, but store.etcd.endpoints is empty: name the etcd members, or remove store.etcd")
+	}
+	if d := e.DialTimeout.D(); d != 0 && (d < 100*time.Millisecond || d > 5*time.Minute) {
+		bad("dial_timeout", "%s is out of range: 100ms to 5m", d)
+	}
+	return errs
+}
 
 // Duration is a time.Duration written as "90s", "1h", "720h" in YAML.
 type Duration time.Duration
@@ -184,9 +213,15 @@ func Default() Config {
 			DefaultLeafTTL:  Duration(life.Leaf),
 		},
 		Rotation: Rotation{Fraction: life.RenewFraction, Jitter: life.RenewJitter},
-		Store:    Store{LockTimeout: Duration(time.Second)},
+		Store: Store{
+			LockTimeout: Duration(time.Second),
+			Etcd:        Etcd{Prefix: DefaultEtcdPrefix, DialTimeout: Duration(5 * time.Second)},
+		},
 	}
 }
+
+// DefaultEtcdPrefix is store.etcd.prefix when the file does not set it.
+const DefaultEtcdPrefix = "/meshca"
 
 // maxFileSize bounds the config file read.
 const maxFileSize = 1 << 20
@@ -249,7 +284,7 @@ func readable(err error) string {
 	return strings.Join(lines, "; ")
 }
 
-var sectionKey = map[string]string{"Admin": "admin", "XDS": "xds", "Log": "log", "CA": "ca", "Rotation": "rotation", "Store": "store"}
+var sectionKey = map[string]string{"Admin": "admin", "XDS": "xds", "Log": "log", "CA": "ca", "Rotation": "rotation", "Store": "store", "Etcd": "store.etcd", "EtcdTLS": "store.etcd.tls"}
 
 // Validate checks every value and returns all problems at once, each naming
 // its key.
@@ -334,6 +369,7 @@ func (c Config) Validate() error {
 	if d := c.Store.LockTimeout.D(); d <= 0 || d > time.Minute {
 		bad("store.lock_timeout", "%s is out of range: above 0 and at most 1m", d)
 	}
+	errs = append(errs, c.Store.Etcd.validate()...)
 	if len(errs) == 0 {
 		return nil
 	}

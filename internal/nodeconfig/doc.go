@@ -31,4 +31,10 @@
 //
 // The trust bundle and the signed CRL are read from the store (Trust) on a
 // store.KindCA or store.KindCRL change: whoever signs a CRL stores it.
+// A bundle that holds the same roots in another order is not a change:
+// nodes keep the one they have.
+//
+// An identity's secret is built once per certificate and shared by every
+// node holding it (the xDS server then encodes it once); it stays in
+// memory while the identity is active.
 package nodeconfig

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -73,6 +74,7 @@ type Builder struct {
 	sub *store.Subscription
 
 	mesh      atomic.Pointer[meshVersion]
+	secrets   secretCache
 	nodes     queue
 	trustWake chan struct{}
 	trustPEM  struct{ bundle, crl []byte } // owned by the trust loop
@@ -83,7 +85,7 @@ type Builder struct {
 	assigns  map[string][]string        // node -> identities
 	known    map[string]bool            // nodes published and not removed
 
-	stats struct{ builds, removes, trusts, resyncs, failures atomic.Int64 }
+	stats struct{ builds, removes, trusts, resyncs, failures, reads atomic.Int64 }
 
 	dispatched func(store.Batch) // testing: called after each batch is queued
 }
@@ -112,6 +114,7 @@ func New(cfg Config) (*Builder, error) {
 		holders: map[string]map[string]bool{}, assigns: map[string][]string{}, known: map[string]bool{}}
 	b.progress.init()
 	b.nodes.init()
+	b.secrets.init()
 	b.sub = cfg.Store.Subscribe(cfg.FeedLimit)
 	b.progress.dispatched = cfg.Store.FeedPos()
 	return b, nil
@@ -407,22 +410,25 @@ func (b *Builder) work(ctx context.Context) {
 
 // credential is one identity's certificate and key as a node receives it.
 type credential struct {
-	identity, spiffeID string
-	chainPEM, keyPEM   []byte
+	identity, spiffeID, serial string
+	notAfter                   time.Time
+	chainPEM, keyPEM           []byte
 }
 
 // build reads node from the store and publishes what it receives, or
-// removes it when it is gone or revoked.
+// removes it when it is gone or revoked. An identity whose certificate is
+// the one cached is not read again: its secret is the cached value.
 func (b *Builder) build(ctx context.Context, node string) error {
 	var (
 		n         store.Node
-		creds     []credential
+		secrets   []types.Resource
+		fresh     []credential // read from the store: secrets still to build
 		withdrawn []string
 		active    bool
 	)
 	now := b.cfg.Clock.Now()
 	err := b.cfg.Store.View(ctx, func(tx *store.Tx) error {
-		creds, withdrawn, active = nil, nil, false
+		secrets, fresh, withdrawn, active = nil, nil, nil, false
 		var err error
 		if n, err = tx.Node(node); errors.Is(err, store.ErrNotFound) {
 			return nil
@@ -436,6 +442,7 @@ func (b *Builder) build(ctx context.Context, node string) error {
 		for _, name := range n.Identities {
 			id, err := tx.Identity(name)
 			if errors.Is(err, store.ErrNotFound) {
+				b.secrets.forget(name)
 				continue
 			} else if err != nil {
 				// A failed read must not send the node fewer secrets.
@@ -445,6 +452,7 @@ func (b *Builder) build(ctx context.Context, node string) error {
 				withdrawn = append(withdrawn, id.SPIFFEID)
 			}
 			if id.State != store.StateActive || id.CurrentSerial == "" {
+				b.secrets.forget(name)
 				continue
 			}
 			if id.Admin {
@@ -453,21 +461,28 @@ func (b *Builder) build(ctx context.Context, node string) error {
 				b.log.Error("not serving an admin identity to a node; unassign it", "identity", name, logNode, node)
 				continue
 			}
-			c, err := tx.Credential(id.CurrentSerial)
-			if err != nil {
-				return fmt.Errorf("identity %q: %w", name, err)
+			hit, cached := b.secrets.get(name, id.SPIFFEID, id.CurrentSerial)
+			c := hit.credential
+			if !cached {
+				b.stats.reads.Add(1)
+				if c, err = readCredential(tx, id); err != nil {
+					return fmt.Errorf("identity %q: %w", name, err)
+				}
+				if c.keyPEM == nil {
+					continue
+				}
 			}
-			if c.Key == nil {
-				continue
-			}
-			if !now.Before(c.NotAfter) {
+			if !now.Before(c.notAfter) {
 				// Never serve an expired certificate as if it were fine;
 				// the rotation loop alarms long before this.
-				b.log.Error("not serving an expired certificate", "identity", name, "serial", c.Serial, "not_after", c.NotAfter)
+				b.log.Error("not serving an expired certificate", "identity", name, "serial", c.serial, "not_after", c.notAfter)
 				continue
 			}
-			creds = append(creds, credential{identity: name, spiffeID: id.SPIFFEID, chainPEM: chainPEM(c.DER, c.Chain),
-				keyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: c.Key})})
+			if cached {
+				secrets = append(secrets, hit.secret)
+			} else {
+				fresh = append(fresh, c)
+			}
 		}
 		return nil
 	})
@@ -483,13 +498,13 @@ func (b *Builder) build(ctx context.Context, node string) error {
 		b.stats.removes.Add(1)
 		return nil
 	}
-	secrets := make([]types.Resource, 0, len(creds))
-	for _, c := range creds {
+	for _, c := range fresh {
 		s, err := sds.TLSSecret(c.spiffeID, c.chainPEM, c.keyPEM)
 		if err != nil {
 			b.stats.failures.Add(1)
 			return fmt.Errorf("nodeconfig: secret of identity %q: %w", c.identity, err)
 		}
+		b.secrets.put(c, s)
 		secrets = append(secrets, s)
 	}
 	out := map[string][]types.Resource{resource.SecretType: secrets}
@@ -517,6 +532,22 @@ func (b *Builder) build(ctx context.Context, node string) error {
 	b.mu.Unlock()
 	b.stats.builds.Add(1)
 	return nil
+}
+
+// readCredential reads the certificate and key of id's current serial, as
+// a node receives them; keyPEM is nil when meshca holds no key for it. It
+// is the only place builds read credentials from the store.
+func readCredential(tx *store.Tx, id store.Identity) (credential, error) {
+	c, err := tx.Credential(id.CurrentSerial)
+	if err != nil {
+		return credential{}, err
+	}
+	out := credential{identity: id.Name, spiffeID: id.SPIFFEID, serial: c.Serial, notAfter: c.NotAfter}
+	if c.Key != nil {
+		out.chainPEM = chainPEM(c.DER, c.Chain)
+		out.keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: c.Key})
+	}
+	return out, nil
 }
 
 func chainPEM(leaf []byte, chain [][]byte) []byte {
@@ -564,7 +595,10 @@ func (b *Builder) publishTrust(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if b.trustPEM.bundle != nil && string(bundle) == string(b.trustPEM.bundle) && string(crl) == string(b.trustPEM.crl) {
+	// The same roots in another order (a root rotation's switch puts the
+	// new root first) trust the same peers: not a change worth a push to
+	// every node.
+	if b.trustPEM.bundle != nil && sameBlocks(bundle, b.trustPEM.bundle) && string(crl) == string(b.trustPEM.crl) {
 		return nil
 	}
 	secret, err := sds.ValidationSecret(sds.BundleName(b.cfg.TrustDomain), bundle, crl)
@@ -579,13 +613,33 @@ func (b *Builder) publishTrust(ctx context.Context) error {
 	return nil
 }
 
+// sameBlocks reports whether two PEM texts hold the same blocks, in any
+// order.
+func sameBlocks(a, b []byte) bool {
+	blocks := func(data []byte) []string {
+		var out []string
+		for {
+			var p *pem.Block
+			if p, data = pem.Decode(data); p == nil {
+				slices.Sort(out)
+				return out
+			}
+			out = append(out, p.Type+"\x00"+string(p.Bytes))
+		}
+	}
+	return slices.Equal(blocks(a), blocks(b))
+}
+
 // Stats are the Builder's counters since start.
 type Stats struct {
 	Builds, Removes, TrustPushes, Resyncs, Failures int64
+	// CredentialReads counts certificates and keys read from the store: a
+	// build reads only those whose secret it does not hold already.
+	CredentialReads int64
 }
 
 // Stats returns the Builder's counters.
 func (b *Builder) Stats() Stats {
 	return Stats{Builds: b.stats.builds.Load(), Removes: b.stats.removes.Load(), TrustPushes: b.stats.trusts.Load(),
-		Resyncs: b.stats.resyncs.Load(), Failures: b.stats.failures.Load()}
+		Resyncs: b.stats.resyncs.Load(), Failures: b.stats.failures.Load(), CredentialReads: b.stats.reads.Load()}
 }

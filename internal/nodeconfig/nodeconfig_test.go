@@ -120,6 +120,11 @@ func (f *fakeTrust) Trust(context.Context) (bundle, crl []byte, err error) {
 	return f.bundle, nil, nil
 }
 func (f *fakeTrust) set(b []byte) { f.mu.Lock(); f.bundle = b; f.mu.Unlock() }
+func (f *fakeTrust) bundlePEM() []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.bundle
+}
 
 func rootPEM(t *testing.T, cn string) []byte {
 	t.Helper()

@@ -194,13 +194,20 @@ func (r *Registry) FlushDenials(ctx context.Context) error {
 	return nil
 }
 
+// finalFlushTimeout bounds the flush of refusal summaries at shutdown.
+const finalFlushTimeout = 5 * time.Second
+
 // RunDenials writes the refusal summaries every DenialInterval, and once
 // more when ctx ends.
 func (r *Registry) RunDenials(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return r.FlushDenials(context.WithoutCancel(ctx))
+			// Bounded: a store that cannot be reached (etcd gone) must
+			// not keep the server from stopping.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalFlushTimeout)
+			defer cancel()
+			return r.FlushDenials(fctx)
 		case <-r.cfg.Clock.After(r.cfg.DenialInterval):
 			if err := r.FlushDenials(ctx); err != nil {
 				r.refusalLog.Error("refusal summaries not written", "err", err)

@@ -33,6 +33,9 @@ import (
 var (
 	ErrNotFound = errors.New("not found")
 	ErrExists   = errors.New("already exists")
+	// ErrUnavailable means this replica may not sign now: it has lost
+	// contact with the shared store (an Issuer returns it).
+	ErrUnavailable = errors.New("unavailable")
 )
 
 // Audit actions.
@@ -44,7 +47,8 @@ const (
 // Issuer signs certificates with the CA in use; the authority implements
 // it. Every method is safe for concurrent use.
 type Issuer interface {
-	// Issue signs req and names the CA that signed it by its serial.
+	// Issue signs req and names the CA that signed it by its serial. It
+	// fails with ErrUnavailable when this replica may not sign now.
 	Issue(ctx context.Context, req ca.Request) (issued *ca.Issued, issuerSerial string, err error)
 	// BundlePEM is the trust bundle a node receives when it joins.
 	BundlePEM() []byte

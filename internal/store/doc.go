@@ -165,6 +165,16 @@
 // key-encryption key does not open the check record fails with
 // ErrKEKMismatch. The key-encryption key is never written to etcd.
 //
+// MigrateToEtcd (migrate_etcd.go) fills an empty prefix from a bbolt store
+// behind a marker, P/migrating, put first and removed last; OpenEtcd
+// refuses a prefix holding it (ErrMigrating).
+//
+// Losing etcd: the etcd client waits for a connection as long as the
+// caller's context allows. Ping is one bounded linearizable round trip;
+// EtcdConfig.Contact lets the owner of the store (internal/app probes with
+// Ping) make every Update and View fail at once while the replica is cut
+// off, instead of waiting.
+//
 // What grows, and how it is pruned: the audit log (P/b/audit, one key per
 // event), certificates and their index (expired ones are kept), revocations
 // and mesh versions, exactly as in bbolt; TODO: pruning old audit events and

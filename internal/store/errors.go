@@ -46,6 +46,11 @@ var (
 	// ErrTooLarge means a transaction exceeds etcd's limits on operations
 	// or request size; nothing was written.
 	ErrTooLarge = errors.New("store: transaction too large for etcd")
+	// ErrMigrating means a migration into the etcd prefix has not
+	// finished: it is running, or it failed and left its marker.
+	ErrMigrating = errors.New("store: a migration into this etcd prefix has not finished (run meshca store migrate again: it cleans a failed one)")
+	// ErrNotEmpty means a migration found records under its etcd prefix.
+	ErrNotEmpty = errors.New("store: the etcd prefix is not empty")
 )
 
 // Errors of leadership.

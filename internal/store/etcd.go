@@ -48,6 +48,11 @@ type EtcdConfig struct {
 	Logger      *slog.Logger  // default discard
 	OnCommit    func(events []Event, took time.Duration)
 	Fault       func() error
+	// Contact, when set, is called before every Update and View; a
+	// non-nil error fails it at once, returned as it is. The owner of the
+	// store reports with it that this replica has lost etcd (see Ping),
+	// so that callers fail fast instead of waiting for etcd.
+	Contact func() error
 	// MaxTxnOps and MaxRequestBytes must not exceed the server's
 	// --max-txn-ops and --max-request-bytes (defaults 128 and 1.5 MiB): a
 	// transaction beyond them fails with ErrTooLarge before it is sent.
@@ -140,46 +145,13 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 	if cfg.Sealer == nil {
 		return nil, fmt.Errorf("%w: no sealer configured", ErrInvalid)
 	}
-	prefix := strings.TrimRight(cfg.Prefix, "/")
-	if cfg.Prefix == "" {
-		prefix = DefaultEtcdPrefix
-	}
-	if prefix == "" || strings.IndexByte(prefix, 0) >= 0 {
-		return nil, fmt.Errorf("%w: etcd prefix %q; use a path such as %s", ErrInvalid, cfg.Prefix, DefaultEtcdPrefix)
-	}
-	if cfg.DialTimeout <= 0 {
-		cfg.DialTimeout = DefaultEtcdDialTimeout
-	}
-	if cfg.MaxTxnOps <= 0 {
-		cfg.MaxTxnOps = DefaultEtcdMaxTxnOps
-	}
-	if cfg.MaxRequestBytes <= 0 {
-		cfg.MaxRequestBytes = DefaultEtcdMaxRequestBytes
-	}
-	if cfg.FeedWait <= 0 {
-		cfg.FeedWait = defaultEtcdFeedWait
-	}
-	if cfg.Clock == nil {
-		cfg.Clock = clock.Real{}
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	tlsCfg, err := cfg.TLS.config()
+	cfg, prefix, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		DialTimeout: cfg.DialTimeout,
-		TLS:         tlsCfg,
-		Logger:      zap.NewNop(),
-		// Let the server, not the client's 2 MiB default, judge a request
-		// up to the configured limit.
-		MaxCallSendMsgSize: cfg.MaxRequestBytes + 64<<10,
-	})
+	cli, err := cfg.client()
 	if err != nil {
-		return nil, fmt.Errorf("store: etcd client for %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		return nil, err
 	}
 	e := &etcdStore{
 		cli:      cli,
@@ -211,12 +183,65 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 		log:      cfg.Logger,
 		onCommit: cfg.OnCommit,
 		fault:    cfg.Fault,
+		contact:  cfg.Contact,
 	}
 	e.rev = rev
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	go e.watch(e.ctx, s, rev+1)
 	cfg.Logger.Info("store opened", logEtcdPrefix, prefix, logSchema, SchemaVersion)
 	return s, nil
+}
+
+// withDefaults fills cfg's defaults and returns the prefix without its
+// trailing slashes.
+func (cfg EtcdConfig) withDefaults() (EtcdConfig, string, error) {
+	prefix := strings.TrimRight(cfg.Prefix, "/")
+	if cfg.Prefix == "" {
+		prefix = DefaultEtcdPrefix
+	}
+	if prefix == "" || strings.IndexByte(prefix, 0) >= 0 {
+		return cfg, "", fmt.Errorf("%w: etcd prefix %q; use a path such as %s", ErrInvalid, cfg.Prefix, DefaultEtcdPrefix)
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultEtcdDialTimeout
+	}
+	if cfg.MaxTxnOps <= 0 {
+		cfg.MaxTxnOps = DefaultEtcdMaxTxnOps
+	}
+	if cfg.MaxRequestBytes <= 0 {
+		cfg.MaxRequestBytes = DefaultEtcdMaxRequestBytes
+	}
+	if cfg.FeedWait <= 0 {
+		cfg.FeedWait = defaultEtcdFeedWait
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return cfg, prefix, nil
+}
+
+// client connects to cfg's endpoints.
+func (cfg EtcdConfig) client() (*clientv3.Client, error) {
+	tlsCfg, err := cfg.TLS.config()
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: cfg.DialTimeout,
+		TLS:         tlsCfg,
+		Logger:      zap.NewNop(),
+		// Let the server, not the client's 2 MiB default, judge a request
+		// up to the configured limit.
+		MaxCallSendMsgSize: cfg.MaxRequestBytes + 64<<10,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: etcd client for %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	return cli, nil
 }
 
 func (t EtcdTLS) config() (*tls.Config, error) {
@@ -268,9 +293,9 @@ func (e *etcdStore) initialise(ctx context.Context, sealer *seal.Sealer) error {
 	}
 	version, _ := json.Marshal(SchemaVersion)
 	resp, err := e.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(schemaKey), "=", 0)).
+		If(clientv3.Compare(clientv3.CreateRevision(schemaKey), "=", 0), clientv3.Compare(clientv3.CreateRevision(e.migratingKey()), "=", 0)).
 		Then(clientv3.OpPut(schemaKey, string(version)), clientv3.OpPut(checkKey, string(sealed))).
-		Else(clientv3.OpGet(schemaKey), clientv3.OpGet(checkKey)).
+		Else(clientv3.OpGet(schemaKey), clientv3.OpGet(checkKey), clientv3.OpGet(e.migratingKey())).
 		Commit()
 	if err != nil {
 		return fmt.Errorf("store: etcd at %s: %w; check the endpoints and that etcd is running", strings.Join(e.cli.Endpoints(), ","), err)
@@ -278,6 +303,9 @@ func (e *etcdStore) initialise(ctx context.Context, sealer *seal.Sealer) error {
 	if resp.Succeeded {
 		e.log.Info("etcd prefix initialised", logEtcdPrefix, e.prefix)
 		return nil
+	}
+	if len(resp.Responses[2].GetResponseRange().Kvs) > 0 {
+		return fmt.Errorf("%w: %s", ErrMigrating, e.prefix)
 	}
 	got := resp.Responses[0].GetResponseRange().Kvs
 	var v int

@@ -78,6 +78,7 @@ type Store struct {
 
 	onCommit func([]Event, time.Duration)
 	fault    func() error
+	contact  func() error // etcd: EtcdConfig.Contact
 	commits  committer
 	feed     feed
 	db       *bolt.DB
@@ -252,6 +253,9 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 			return fmt.Errorf("store: %w", err)
 		}
 	}
+	if err := s.inContact(); err != nil {
+		return err
+	}
 	start := s.clock.Now()
 	var (
 		c   commit
@@ -325,6 +329,9 @@ func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
 		return err
 	}
 	if s.etcd != nil {
+		if err := s.inContact(); err != nil {
+			return err
+		}
 		return s.etcd.view(ctx, func(k kv) error { return s.read(k, fn) })
 	}
 	err := s.db.View(func(btx *bolt.Tx) error { return s.read(boltKV{btx}, fn) })
