@@ -72,6 +72,11 @@ type Authority interface {
 	LastRotation() *authority.RotationDone
 }
 
+// Leadership tells which replica leads; ok is false when none does.
+type Leadership interface {
+	Leader(ctx context.Context) (l api.Leader, ok bool, err error)
+}
+
 // AuditLog reads audit records after a sequence number, oldest first, and
 // tells the newest sequence number.
 type AuditLog interface {
@@ -112,9 +117,12 @@ type Config struct {
 	// Logs holds the access logs proxies sent (GET /v1/logs).
 	Logs *telemetry.Store
 	// Renewal is the renewal policy, to show when each certificate renews.
-	Renewal     rotation.Policy
-	Authority   Authority // required
-	Audit       AuditLog  // required
+	Renewal   rotation.Policy
+	Authority Authority // required
+	Audit     AuditLog  // required
+	// Leadership, when set, names the replica that leads (GET /v1/ca
+	// and the status page).
+	Leadership  Leadership
 	TrustDomain string
 	Logger      *slog.Logger
 	Clock       clock.Clock // default clock.Real
@@ -363,7 +371,25 @@ func (s *Server) getCA(w http.ResponseWriter, r *http.Request) {
 		out.LastRotation = &api.CARotationDone{Kind: d.Kind, Emergency: d.Emergency, Aborted: d.Aborted,
 			StartedAt: d.StartedAt, FinishedAt: d.FinishedAt, Reissued: d.Reissued, Revoked: d.Revoked}
 	}
+	out.Leader = s.leader(r.Context())
 	s.reply(w, http.StatusOK, out)
+}
+
+// leader returns the replica that leads, nil when none does or it cannot
+// be read (the rest of the answer does not depend on it).
+func (s *Server) leader(ctx context.Context) *api.Leader {
+	if s.cfg.Leadership == nil {
+		return nil
+	}
+	l, ok, err := s.cfg.Leadership.Leader(ctx)
+	if err != nil {
+		s.log.Warn("leader not read", "err", err)
+		return nil
+	}
+	if !ok {
+		return nil
+	}
+	return &l
 }
 
 // rotationJSON is the API form of a rotation in progress; nil for none.

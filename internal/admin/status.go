@@ -81,6 +81,7 @@ type caView struct {
 	// start only when it differs from the rotation's, the bound only
 	// when WaitingFor does not already give it.
 	Rotation *api.CARotation
+	Leader   *api.Leader
 }
 
 type identityRow struct {
@@ -149,6 +150,7 @@ func (s *Server) statusView(ctx context.Context) (statusView, error) {
 		view.CA.Roots = append(view.CA.Roots, caCertRow(caCertJSON(root)))
 	}
 	view.CA.Rotation = rotationJSON(s.cfg.Authority.RotationStatus())
+	view.CA.Leader = s.leader(ctx)
 
 	ids, err := s.cfg.Identities.Identities(ctx)
 	if err != nil {

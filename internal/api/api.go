@@ -93,6 +93,16 @@ type CA struct {
 	Rotation    *CARotation `json:"rotation,omitempty"`
 	// LastRotation is the last rotation that ended since meshca started.
 	LastRotation *CARotationDone `json:"last_rotation,omitempty"`
+	// Leader is the replica that runs renewals, CRL re-signing and CA
+	// rotations; absent between two terms or when it cannot be read.
+	Leader *Leader `json:"leader,omitempty"`
+}
+
+// Leader names the replica that leads.
+type Leader struct {
+	ID      string `json:"id"`
+	Address string `json:"address"` // its xDS address
+	Self    bool   `json:"self"`    // the replica that answered leads
 }
 
 // CARotation is a CA rotation in progress.

@@ -21,6 +21,7 @@ import (
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/leader"
 	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/internal/nodeconfig"
 	"github.com/meshca/meshca/internal/registry"
@@ -66,6 +67,7 @@ type options struct {
 	// answer before it stops signing (StoreProbeInterval,
 	// StoreContactBound).
 	probeEvery, contactBound time.Duration
+	leaderTTL                time.Duration
 }
 
 // WithClock makes every part read time from c.
@@ -83,6 +85,11 @@ func WithXDSLimits(edit func(*xds.Limits)) Option {
 func WithStoreContact(every, bound time.Duration) Option {
 	return func(o *options) { o.probeEvery, o.contactBound = every, bound }
 }
+
+// WithLeaderTTL sets the lease of a leader's term on etcd (default
+// leader.DefaultTTL): a leader that stops renewing it is replaced after
+// this long.
+func WithLeaderTTL(d time.Duration) Option { return func(o *options) { o.leaderTTL = d } }
 
 // Wait serves until ctx is done or a part fails, then closes the store.
 func (a *App) Wait(ctx context.Context) error {
@@ -257,13 +264,27 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	runs = append(runs, renewer.Run, auth.Run, auth.RunCRL, reg.RunDenials, func(ctx context.Context) error { return auth.RunCA(ctx, rotationAcks(xdsSrv, nodes)) })
+	// Singleton work runs on the leader only, its writes fenced by the
+	// term; every replica follows the feed and flushes its own refusal
+	// summaries.
+	elector, err := leader.New(leader.Config{
+		Elections: st, Self: replica(cfg.AdvertisedXDS(xdsLn.Addr().String())), TTL: o.leaderTTL,
+		Work: []func(context.Context) error{
+			renewer.Run, auth.RunCRL,
+			func(ctx context.Context) error { return auth.RunCA(ctx, rotationAcks(xdsSrv, nodes)) },
+		},
+		Clock: o.clock, Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	runs = append(runs, auth.Run, reg.RunDenials, elector.Run)
 
 	adm, err := admin.New(admin.Config{
 		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, CRLs: auth, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},
 		Authority: auth, Audit: reg, TrustDomain: td.Name(), XDSAddress: cfg.AdvertisedXDS(xdsLn.Addr().String()), Logger: logger,
 		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Denials: reg, Logs: tel, Renewal: policy,
-		Clock: o.clock,
+		Leadership: leadership{el: elector}, Clock: o.clock,
 	})
 	if err != nil {
 		return nil, err

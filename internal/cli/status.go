@@ -65,6 +65,15 @@ func writeStatus(w io.Writer, st Status, now time.Time) {
 		}
 	}
 	fmt.Fprintf(tw, "CA\t%s, issuer %s expires in %s; %s\n", st.CA.TrustDomain, st.CA.Issuer.Serial, until(now, st.CA.Issuer.NotAfter), rot)
+	if l := st.CA.Leader; l != nil {
+		self := ""
+		if l.Self {
+			self = " (this replica)"
+		}
+		fmt.Fprintf(tw, "leader\t%s at %s%s\n", esc(l.ID), esc(l.Address), self)
+	} else {
+		fmt.Fprintf(tw, "leader\tnone elected\n")
+	}
 	active, revoked, expiring := 0, 0, ""
 	var soonest time.Time
 	for _, id := range st.Identities {

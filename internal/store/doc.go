@@ -105,6 +105,7 @@
 //	P/last/<bucket>     the greatest key of audit and mesh (etcd has no cheap "last")
 //	P/feed              what the newest commit changed, for the change feed
 //	P/b/meta/kekcheck   a constant sealed with the key-encryption key
+//	P/leader/<lease>    a replica standing for leader (Campaign); the oldest leads
 //
 // Update is an optimistic transaction, with concurrency.NewSTM's contract:
 // reads are taken at the revision of the first read and recorded, writes
@@ -145,6 +146,19 @@
 // revision meanwhile, every subscriber gets a Resync and the watch goes on
 // from the present. Writes made to the prefix by anything else than a
 // Store (etcdctl) are not fed.
+//
+// Leadership: Campaign is etcd's election (concurrency.NewElection on
+// P/leader, held by a session lease). An Update whose context carries the
+// term's Fence (WithFence) shares its group commit only with Updates of
+// the same fence, and the Txn also compares the election key's create
+// revision: once the term is over (the
+// lease expired during a pause or a partition, or was revoked), the
+// Update fails with ErrNotLeader and writes nothing, even if the replica
+// has not noticed yet. A replica that hears no renewal of its lease for
+// two thirds of its TTL ends its term itself, before etcd can expire the
+// lease and elect another (that bound is real time: the lease runs on
+// etcd's clock, not on Config.Clock). On bbolt Campaign wins at once and
+// fences are ignored: the file lock already makes one process the writer.
 //
 // OpenEtcd initialises an empty prefix (schema version and the KEK check)
 // in one Txn that only the first replica wins; a later replica whose

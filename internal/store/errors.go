@@ -52,3 +52,11 @@ var (
 	// ErrNotEmpty means a migration found records under its etcd prefix.
 	ErrNotEmpty = errors.New("store: the etcd prefix is not empty")
 )
+
+// Errors of leadership.
+var (
+	// ErrNotLeader means an Update made with a Fence found that the term
+	// it stands for has ended (another replica leads, or none does);
+	// nothing was written.
+	ErrNotLeader = errors.New("store: this replica is no longer the leader")
+)

@@ -79,6 +79,7 @@ type EtcdTLS struct {
 //	P/last/<bucket>     the greatest key of an append-only bucket (audit, mesh)
 //	P/feed              the changes of the newest commit, watched by every replica
 //	P/b/meta/kekcheck   a constant sealed with the key-encryption key
+//	P/leader/<lease>    a replica standing for leader (etcd_elect.go)
 const (
 	etcdKEKCheckPlain = "meshca key-encryption key check"
 	etcdKEKCheckAAD   = "kekcheck"
@@ -367,6 +368,7 @@ func (e *etcdStore) commitLoop(ctx context.Context, run func(*etcdTx) ([]commit,
 			return nil, 0, err
 		}
 		t := &etcdTx{ctx: ctx, e: e, writable: true}
+		t.fence, _ = fenceOf(ctx)
 		cs, err := run(t)
 		if errors.Is(err, errConflict) {
 			continue
@@ -415,6 +417,7 @@ type etcdTx struct {
 	ranges   [][2]string         // key ranges [start, end) scanned
 	writes   map[string]etcdWrite
 	lasts    map[string][]byte // bucket -> its greatest key, once read or written
+	fence    Fence             // the commit also requires this term; zero: unfenced
 }
 
 type etcdWrite struct {
@@ -677,12 +680,25 @@ func (t *etcdTx) commit(c commit) (rev int64, ok bool, err error) {
 	if size > t.e.maxBytes {
 		return 0, false, fmt.Errorf("%w: about %d bytes, etcd accepts %d per request (--max-request-bytes); keep records small, or raise the server's limit and the store's MaxRequestBytes", ErrTooLarge, size, t.e.maxBytes)
 	}
-	resp, err := t.e.cli.Txn(t.ctx).If(cmps...).Then(ops...).Commit()
+	var orElse []clientv3.Op
+	if t.fence.key != "" {
+		// The term's election key still exists with the create revision
+		// it had when elected; if not, the Else tells which failed.
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(t.fence.key), "=", t.fence.rev))
+		orElse = append(orElse, clientv3.OpGet(t.fence.key))
+	}
+	resp, err := t.e.cli.Txn(t.ctx).If(cmps...).Then(ops...).Else(orElse...).Commit()
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge) || status.Code(err) == codes.ResourceExhausted {
 			return 0, false, fmt.Errorf("%w: etcd refused it (%w); write fewer or smaller records per update, or raise the server's --max-txn-ops/--max-request-bytes and the store's limits", ErrTooLarge, err)
 		}
 		return 0, false, fmt.Errorf("store: etcd commit (outcome unknown): %w", err)
+	}
+	if !resp.Succeeded && t.fence.key != "" {
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 || kvs[0].CreateRevision != t.fence.rev {
+			return 0, false, fmt.Errorf("%w: its term (election key %s) has ended; nothing was written", ErrNotLeader, t.fence.key)
+		}
 	}
 	return resp.Header.Revision, resp.Succeeded, nil
 }
@@ -704,7 +720,11 @@ func (t *etcdTx) compares() []clientv3.Cmp {
 	for _, r := range t.ranges {
 		all = append(all, rng{r[0], r[1]})
 	}
-	if len(all) > t.e.maxOps {
+	limit := t.e.maxOps
+	if t.fence.key != "" {
+		limit-- // the fence's compare
+	}
+	if len(all) > limit {
 		groups := map[string]bool{}
 		for _, r := range all {
 			groups[t.e.group(r.start)] = true

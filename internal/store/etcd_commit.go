@@ -16,6 +16,7 @@ const etcdMaxBatch = 16
 type etcdPending struct {
 	ctx     context.Context
 	attempt func(kv) (commit, error)
+	fence   Fence         // zero: unfenced
 	done    chan etcdDone // capacity 1
 }
 
@@ -33,9 +34,12 @@ type etcdDone struct {
 // whole batch runs again. A function that fails or panics is taken out and
 // runs alone in its caller's goroutine, like a batch too large for etcd.
 // Once queued, an Update waits for its batch: the batch gives up when the
-// contexts of all its callers have ended.
+// contexts of all its callers have ended. A batch holds Updates of one
+// fence only (WithFence; most have none): a term that ended fails the
+// Updates made in it, never those of another.
 func (e *etcdStore) update(ctx context.Context, attempt func(kv) (commit, error)) (commit, error) {
-	p := &etcdPending{ctx: ctx, attempt: attempt, done: make(chan etcdDone, 1)}
+	fence, _ := fenceOf(ctx)
+	p := &etcdPending{ctx: ctx, attempt: attempt, fence: fence, done: make(chan etcdDone, 1)}
 	e.qmu.Lock()
 	e.queue = append(e.queue, p)
 	if !e.leading {
@@ -64,11 +68,15 @@ func (e *etcdStore) update(ctx context.Context, attempt func(kv) (commit, error)
 func (e *etcdStore) lead() {
 	for {
 		e.qmu.Lock()
-		n := min(len(e.queue), etcdMaxBatch)
-		if n == 0 {
+		if len(e.queue) == 0 {
 			e.leading = false
 			e.qmu.Unlock()
 			return
+		}
+		// The longest prefix of the queue with the first one's fence.
+		n := 1
+		for n < min(len(e.queue), etcdMaxBatch) && e.queue[n].fence == e.queue[0].fence {
+			n++
 		}
 		batch := e.queue[:n:n]
 		e.queue = append([]*etcdPending(nil), e.queue[n:]...)
@@ -94,6 +102,9 @@ func (e *etcdStore) commitBatch(batch []*etcdPending) {
 	// The etcd calls end when every caller has given up, or at Close.
 	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()
+	if f := batch[0].fence; f.key != "" {
+		ctx = WithFence(ctx, f)
+	}
 	remaining := atomic.Int32{}
 	remaining.Store(int32(len(batch)))
 	for _, p := range batch {

@@ -84,6 +84,7 @@ type Store struct {
 	feed     feed
 	db       *bolt.DB
 	etcd     *etcdStore // set by OpenEtcd; then commits and db are unused
+	local    localTerms // the election on bbolt
 	dir      string
 	path     string
 	sealer   *seal.Sealer
