@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds"
 
 	"github.com/meshca/meshca/internal/api"
@@ -74,7 +76,20 @@ func TestGRPCBootstrapByIP(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	start := time.Now()
-	r, err := testgrpc.NewTestServiceClient(conn).UnaryCall(ctx, &testgrpc.SimpleRequest{}, grpc.WaitForReady(true))
+	// While grpc-go applies its first configuration, its cluster picker can
+	// briefly answer Unavailable ("unknown cluster selected for RPC"), which
+	// WaitForReady does not wait out: a client retries.
+	var r *testgrpc.SimpleResponse
+	for {
+		r, err = testgrpc.NewTestServiceClient(conn).UnaryCall(ctx, &testgrpc.SimpleRequest{}, grpc.WaitForReady(true))
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			break
+		}
+		select { // a client's backoff
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		t.Fatalf("grpc-go xDS client with server_uri %s: %v", server, err)
 	}
