@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -361,5 +362,31 @@ func TestNodeFailsOverToAnotherReplica(t *testing.T) {
 	}
 	if !bytes.Contains([]byte(out), []byte("at "+b.app.XDS)) {
 		t.Fatalf("renewal was not answered by B:\n%s", out)
+	}
+}
+
+// TestGRPCFallsBackToAnotherReplica: a proxyless grpc-go node whose
+// bootstrap lists replica A first and B second starts while A is down:
+// grpc-go falls back to B (gRFC A71), routes by what B serves, and
+// receives B's next change.
+func TestGRPCFallsBackToAnotherReplica(t *testing.T) {
+	a, b := twoReplicas(t)
+	ports := map[string][]int{"echo-a": {startEcho(t, "A")}, "echo-b": {startEcho(t, "B")}}
+	a.admin("POST", api.PathMesh, api.ApplyMeshRequest{Document: echoMesh(ports, 100, 0)}, nil, http.StatusCreated)
+	_, portA, _ := net.SplitHostPort(a.app.XDS)
+	_, portB, _ := net.SplitHostPort(b.app.XDS)
+	// The node joins (at A) before A goes.
+	start := time.Now()
+	c := grpcClientOf(t, a, "g1", "localhost:"+portA, "localhost:"+portB)
+	a.stop()
+	eventually(t, c, "routes from B with A down", func(g map[string]int) bool { return g["A"] == 40 })
+	t.Logf("grpc-go with replica A down: first routed RPCs through B's configuration after %s", time.Since(start))
+
+	b.admin("POST", api.PathMesh, api.ApplyMeshRequest{Document: echoMesh(ports, 0, 100)}, nil, http.StatusCreated)
+	eventually(t, c, "B's next change", func(g map[string]int) bool { return g["B"] == 40 })
+	var n api.Node
+	b.admin("GET", api.PathNodes+"/g1", nil, &n, http.StatusOK)
+	if !n.Connection.Connected || n.Connection.NACKs != 0 {
+		t.Fatalf("g1 as B sees it: %+v", n.Connection)
 	}
 }
