@@ -12,8 +12,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,6 +62,7 @@ func twoReplicas(t *testing.T) (a, b *mesh) {
 	for _, m := range []*mesh{a, b} {
 		var rs []api.Replica
 		if !pollUntil(10*time.Second, 20*time.Millisecond, func() bool {
+			rs = nil
 			m.admin("GET", api.PathReplicas, nil, &rs, http.StatusOK)
 			var got []string
 			for _, r := range rs {
@@ -257,6 +260,39 @@ func TestNodeFailsOverToAnotherReplica(t *testing.T) {
 	a, b := twoReplicas(t)
 	a.addIdentity("web")
 	other := a.addIdentity("other")
+
+	// Each replica's status page and meshca status list both, marking
+	// the one that answered.
+	for _, m := range []*mesh{a, b} {
+		resp, err := m.http.Get("http://" + m.app.Admin + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		page := string(readBody(t, resp))
+		for _, r := range []*mesh{a, b} {
+			row := fmt.Sprintf(`<tr class="replica" data-id="%s">`, r.app.ReplicaID)
+			_, rest, ok := strings.Cut(page, row)
+			if !ok || !strings.Contains(rest, "<code class=\"xds\">"+r.app.XDS+"</code>") {
+				t.Fatalf("status page of %s lacks replica %s at %s", m.app.XDS, r.app.ReplicaID, r.app.XDS)
+			}
+			if self := strings.Contains(rest[:strings.Index(rest, "</tr>")], "(this one)"); self != (r == m) {
+				t.Fatalf("status page of %s marks %s as itself: %v", m.app.XDS, r.app.ReplicaID, self)
+			}
+		}
+		out, err := runCLI(t, "status", "--admin", m.app.Admin)
+		if err != nil {
+			t.Fatalf("meshca status: %v\n%s", err, out)
+		}
+		for _, r := range []*mesh{a, b} {
+			want := regexp.MustCompile(`(?m)^replica +` + r.app.ReplicaID + ` xDS ` + regexp.QuoteMeta(r.app.XDS) + `, up since `)
+			if !want.MatchString(out) {
+				t.Fatalf("meshca status at %s lacks %q:\n%s", m.app.XDS, want, out)
+			}
+		}
+		if strings.Count(out, "(this one)") != 1 {
+			t.Fatalf("meshca status at %s:\n%s", m.app.XDS, out)
+		}
+	}
 
 	// meshca bootstrap at A learns both replicas; the CA pin printed by A
 	// is good for B (same issuing CA, each replica its own certificate).
