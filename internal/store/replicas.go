@@ -16,6 +16,14 @@ import (
 // the TTL of the lease its key is attached to.
 const DefaultReplicaTTL = 10 * time.Second
 
+// Log attribute keys of replica registration.
+const (
+	logReplica = "replica"
+	logXDS     = "xds"
+	logTTL     = "ttl"
+	logKey     = "key"
+)
+
 // replicaRetry is the pause before registering again after etcd refused or
 // the lease was lost.
 const replicaRetry = time.Second
@@ -93,7 +101,7 @@ func (e *etcdStore) runReplica(ctx context.Context, r Replica) error {
 			}
 			return nil
 		}
-		e.log.Warn("replica registration lost; registering again", "replica", r.ID, logErr, err)
+		e.log.Warn("replica registration lost; registering again", logReplica, r.ID, logErr, err)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -111,7 +119,7 @@ func (e *etcdStore) register(ctx context.Context, r Replica, val string) (client
 	if _, err := e.cli.Put(ctx, e.replicaKey(r.ID), val, clientv3.WithLease(grant.ID)); err != nil {
 		return grant.ID, fmt.Errorf("put %s: %w", e.replicaKey(r.ID), err)
 	}
-	e.log.Info("replica registered", "replica", r.ID, "xds", r.XDS, "ttl", e.replicaTTL)
+	e.log.Info("replica registered", logReplica, r.ID, logXDS, r.XDS, logTTL, e.replicaTTL)
 	return grant.ID, nil
 }
 
@@ -135,7 +143,7 @@ func (e *etcdStore) replicas(ctx context.Context) ([]Replica, error) {
 	for _, kv := range resp.Kvs {
 		var r Replica
 		if err := json.Unmarshal(kv.Value, &r); err != nil || r.check() != nil {
-			e.log.Warn("unreadable replica registration skipped", "key", string(kv.Key))
+			e.log.Warn("unreadable replica registration skipped", logKey, string(kv.Key))
 			continue
 		}
 		out = append(out, r)
