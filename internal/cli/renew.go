@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -137,23 +138,24 @@ func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificat
 	tlsCfg := trust.tlsConfig()
 	tlsCfg.Certificates = []tls.Certificate{pair}
 	req := nodeapi.RenewRequest{CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}
-	servers := nf.Servers
-	if len(servers) == 0 {
-		servers = []string{nf.Server}
-	}
-	// The first replica that answers renews; one that cannot be reached
-	// passes the turn to the next.
+	// The node file's server first (an operator may have edited it), then
+	// the other replicas it lists. The first that answers renews; one that
+	// cannot be reached passes the turn to the next; one that is not the
+	// meshca this node pins, or that refuses, ends the renewal.
+	servers := serverList(nf.Server, nf.Servers)
 	var (
 		resp   nodeapi.JoinResponse
 		server string
 	)
 	for i, addr := range servers {
-		resp, err = renewAt(ctx, addr, tlsCfg, &req)
+		var untrusted bool
+		resp, untrusted, err = renewAt(ctx, addr, tlsCfg, &req)
 		if err == nil {
 			server = addr
 			break
 		}
-		if code := status.Code(err); (code != codes.Unavailable && code != codes.DeadlineExceeded) || i == len(servers)-1 || ctx.Err() != nil {
+		code := status.Code(err)
+		if untrusted || (code != codes.Unavailable && code != codes.DeadlineExceeded) || i == len(servers)-1 || ctx.Err() != nil {
 			if st, ok := status.FromError(err); ok {
 				return nil, fmt.Errorf("meshca at %s refused the renewal: %s", addr, st.Message())
 			}
@@ -191,18 +193,29 @@ func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificat
 }
 
 // renewAt asks the meshca at addr to renew, with the replica list.
-func renewAt(ctx context.Context, addr string, tlsCfg *tls.Config, req *nodeapi.RenewRequest) (nodeapi.JoinResponse, error) {
-	var resp nodeapi.JoinResponse
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg.Clone())))
+// untrusted reports that the server failed the pin: it is not one to pass
+// over silently.
+func renewAt(ctx context.Context, addr string, tlsCfg *tls.Config, req *nodeapi.RenewRequest) (resp nodeapi.JoinResponse, untrusted bool, err error) {
+	var failedPin atomic.Bool
+	cfg := tlsCfg.Clone()
+	verify := cfg.VerifyPeerCertificate
+	cfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+		err := verify(raw, chains)
+		if err != nil {
+			failedPin.Store(true)
+		}
+		return err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
-		return resp, fmt.Errorf("connect to %s: %w", addr, err)
+		return resp, false, fmt.Errorf("connect to %s: %w", addr, err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	ctx = metadata.AppendToOutgoingContext(ctx, nodeapi.ReplicasHeader, "1")
 	err = conn.Invoke(ctx, nodeapi.FullRenewMethod, req, &resp, grpc.ForceCodec(nodeapi.Codec{}))
-	return resp, err
+	return resp, failedPin.Load(), err
 }
 
 // refreshServers rewrites the node file and the proxy's bootstrap when
@@ -213,7 +226,7 @@ func refreshServers(dir string, nf nodeapi.NodeFile, replicas []string, out io.W
 		return nil
 	}
 	servers := serverList(nf.Server, replicas)
-	if slices.Equal(servers, nf.Servers) {
+	if slices.Equal(servers, serverList(nf.Server, nf.Servers)) {
 		return nil
 	}
 	if nf.EnvoyAdminPort == 0 && nf.Kind != mesh.KindGRPC {
