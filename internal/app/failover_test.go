@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,13 +21,10 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
-	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/testkit"
@@ -88,147 +83,6 @@ func runCLI(t *testing.T, args ...string) (string, error) {
 	defer cancel()
 	err := cli.Execute(ctx, cli.Config{Stdout: &stdout, Stderr: &stderr}, args)
 	return stdout.String() + stderr.String(), err
-}
-
-// failoverNode is a node's xDS client as Envoy runs it from the bootstrap
-// meshca bootstrap wrote: mTLS with the node's files, meshca verified by
-// its issuing CAs and SPIFFE ID, and, when the ADS stream breaks, a new one
-// to the next endpoint of the meshca_xds cluster (round robin), subscribing
-// again to the same secrets.
-type failoverNode struct {
-	t       *testing.T
-	node    string
-	servers []string
-	names   []string
-	tls     *tls.Config
-	updates chan nodeUpdate
-	ended   chan time.Time // when a stream ended
-}
-
-type nodeUpdate struct {
-	server  string
-	secrets map[string]*tlsv3.Secret
-	at      time.Time
-}
-
-func newFailoverNode(t *testing.T, dir, node string, names ...string) *failoverNode {
-	t.Helper()
-	y, err := os.ReadFile(filepath.Join(dir, bootstrap.EnvoyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := bootstrap.ParseEnvoy(y)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var servers []string
-	for _, lb := range b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints() {
-		sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
-		servers = append(servers, sa.GetAddress()+":"+strconv.Itoa(int(sa.GetPortValue())))
-	}
-	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, bootstrap.CertFile), filepath.Join(dir, bootstrap.KeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuersPEM, err := os.ReadFile(filepath.Join(dir, bootstrap.IssuersFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuers := x509.NewCertPool()
-	if !issuers.AppendCertsFromPEM(issuersPEM) {
-		t.Fatal("no issuing CA in the node directory")
-	}
-	cfg := &tls.Config{
-		Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13,
-		// As Envoy: the issuing CAs are trust anchors, the server is
-		// spiffe://mesh.local/meshca whatever its address.
-		InsecureSkipVerify: true,
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			certs, _, err := testkit.VerifyChain(raw, x509.VerifyOptions{Roots: issuers, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-			if err == nil && (len(certs[0].URIs) != 1 || certs[0].URIs[0].String() != "spiffe://mesh.local/meshca") {
-				err = errNotMeshca
-			}
-			return err
-		},
-	}
-	return &failoverNode{t: t, node: node, servers: servers, names: names, tls: cfg, updates: make(chan nodeUpdate, 64), ended: make(chan time.Time, 64)}
-}
-
-// run keeps an ADS stream open to one of the servers until ctx ends.
-func (n *failoverNode) run(ctx context.Context) {
-	for i := 0; ctx.Err() == nil; i++ {
-		addr := n.servers[i%len(n.servers)]
-		err := n.stream(ctx, addr)
-		if ctx.Err() != nil {
-			return
-		}
-		select {
-		case n.ended <- time.Now():
-		default:
-		}
-		n.t.Logf("node %s: stream to %s ended: %v", n.node, addr, status.Code(err))
-		if i%len(n.servers) == len(n.servers)-1 {
-			// Every server was tried: back off a little, as Envoy does.
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}
-}
-
-func (n *failoverNode) stream(ctx context.Context, addr string) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(n.tls)))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		return err
-	}
-	if err := s.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: n.node}, TypeUrl: resource.SecretType, ResourceNames: n.names}); err != nil {
-		return err
-	}
-	for {
-		r, err := s.Recv()
-		if err != nil {
-			return err
-		}
-		got := map[string]*tlsv3.Secret{}
-		for _, a := range r.GetResources() {
-			sec := &tlsv3.Secret{}
-			if a.UnmarshalTo(sec) == nil {
-				got[sec.GetName()] = sec
-			}
-		}
-		if err := s.Send(&discovery.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce(), ResourceNames: n.names}); err != nil {
-			return err
-		}
-		select {
-		case n.updates <- nodeUpdate{server: addr, secrets: got, at: time.Now()}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// until waits for an update for which ok holds, or fails the test.
-func (n *failoverNode) until(what string, timeout time.Duration, ok func(nodeUpdate) bool) nodeUpdate {
-	n.t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case u := <-n.updates:
-			if ok(u) {
-				return u
-			}
-		case <-deadline:
-			n.t.Fatalf("node %s: %s: not within %s", n.node, what, timeout)
-		}
-	}
 }
 
 func pemCount(b []byte) int {
@@ -337,14 +191,11 @@ func TestNodeFailsOverToAnotherReplica(t *testing.T) {
 	t.Logf("node revoked via A, refused by B: %v", status.Code(err))
 
 	// The node connects to A, the first endpoint.
-	node := newFailoverNode(t, dir, "edge", secretName(""), secretName("web"))
-	nctx, ncancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); node.run(nctx) }()
-	t.Cleanup(func() { ncancel(); <-done })
-	first := node.until("first answer", 10*time.Second, func(u nodeUpdate) bool { return u.secrets[secretName("web")] != nil })
-	if first.server != a.app.XDS {
-		t.Fatalf("node connected first to %s, want A %s", first.server, a.app.XDS)
+	node := testkit.NewXDSNode(t, dir, "edge", "mesh.local", secretName(""), secretName("web"))
+	node.Start()
+	first := node.Until("first answer", 10*time.Second, func(u testkit.XDSUpdate) bool { return u.Secrets[secretName("web")] != nil })
+	if first.Server != a.app.XDS {
+		t.Fatalf("node connected first to %s, want A %s", first.Server, a.app.XDS)
 	}
 
 	// A stops; the node is on B with the current state.
@@ -352,21 +203,21 @@ func TestNodeFailsOverToAnotherReplica(t *testing.T) {
 	a.stop()
 	var web api.Identity
 	b.admin("GET", api.PathIdentities+"/web", nil, &web, http.StatusOK)
-	onB := node.until("reconnect to B", 10*time.Second, func(u nodeUpdate) bool { return u.server == b.app.XDS })
+	onB := node.Until("reconnect to B", 10*time.Second, func(u testkit.XDSUpdate) bool { return u.Server == b.app.XDS })
 	var lost time.Time
 	select {
-	case lost = <-node.ended:
+	case lost = <-node.Ended:
 	default:
 		t.Fatal("the node is on B but its stream to A never ended")
 	}
-	if got := serialOf(t, onB.secrets[secretName("web")]); got != web.Cert.Serial {
+	if got := serialOf(t, onB.Secrets[secretName("web")]); got != web.Cert.Serial {
 		t.Fatalf("B served web serial %s, current is %s", got, web.Cert.Serial)
 	}
 	// A stops gracefully: its streams end once the xDS server's drain
 	// time is over (a killed process ends them at once).
-	reconnect := onB.at.Sub(lost)
+	reconnect := onB.At.Sub(lost)
 	t.Logf("replica A stopped -> its stream to the node ended: %s; stream ended -> node connected to B and current: %s (stop to current: %s)",
-		lost.Sub(killed), reconnect, onB.at.Sub(killed))
+		lost.Sub(killed), reconnect, onB.At.Sub(killed))
 	if reconnect > 2*time.Second {
 		t.Errorf("reconnecting to B took %s after the failure was detected, want under 2s", reconnect)
 	}
@@ -374,20 +225,20 @@ func TestNodeFailsOverToAnotherReplica(t *testing.T) {
 	// The next CRL, made on B, reaches the node.
 	start := time.Now()
 	b.admin("POST", api.PathRevoke+"/other", api.RevokeRequest{Reason: "test"}, nil, http.StatusOK)
-	node.until("CRL with other's serial", 10*time.Second, func(u nodeUpdate) bool {
-		bundle := u.secrets[secretName("")]
-		return u.server == b.app.XDS && bundle != nil && crlHas(t, bundle, other.Cert.Serial)
+	node.Until("CRL with other's serial", 10*time.Second, func(u testkit.XDSUpdate) bool {
+		bundle := u.Secrets[secretName("")]
+		return u.Server == b.app.XDS && bundle != nil && crlHas(t, bundle, other.Cert.Serial)
 	})
 	t.Logf("revocation on B -> CRL at the failed-over node: %s", time.Since(start))
 
 	// The next trust-bundle change (a root rotation publishes the new
 	// root), made on B, reaches the node.
-	roots := pemCount(onB.secrets[secretName("")].GetValidationContext().GetTrustedCa().GetInlineBytes())
+	roots := pemCount(onB.Secrets[secretName("")].GetValidationContext().GetTrustedCa().GetInlineBytes())
 	start = time.Now()
 	b.admin("POST", api.PathCARotate, api.RotateCARequest{Root: true}, nil, http.StatusOK)
-	node.until("bundle with the new root", 20*time.Second, func(u nodeUpdate) bool {
-		bundle := u.secrets[secretName("")]
-		return u.server == b.app.XDS && bundle != nil && pemCount(bundle.GetValidationContext().GetTrustedCa().GetInlineBytes()) > roots
+	node.Until("bundle with the new root", 20*time.Second, func(u testkit.XDSUpdate) bool {
+		bundle := u.Secrets[secretName("")]
+		return u.Server == b.app.XDS && bundle != nil && pemCount(bundle.GetValidationContext().GetTrustedCa().GetInlineBytes()) > roots
 	})
 	t.Logf("root rotation on B -> new root in the failed-over node's bundle: %s", time.Since(start))
 
