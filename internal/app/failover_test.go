@@ -21,7 +21,9 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
@@ -304,6 +306,28 @@ func TestAdvertisedAddress(t *testing.T) {
 	if tok.XDSAddress != advertised {
 		t.Fatalf("node add tells nodes %q, want %s", tok.XDSAddress, advertised)
 	}
+	// The join answer carries the list only when asked: a client that
+	// predates it refuses unknown fields.
+	for _, ask := range []bool{false, true} {
+		tok := m.addNode(fmt.Sprintf("n-%v", ask), "sidecar", "web")
+		_, csr := testkit.NewCSR(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if ask {
+			ctx = metadata.AppendToOutgoingContext(ctx, nodeapi.ReplicasHeader, "1")
+		}
+		var answer map[string]any
+		err := m.dial(nil).Invoke(ctx, nodeapi.FullJoinMethod, &nodeapi.JoinRequest{Node: fmt.Sprintf("n-%v", ask), Token: tok.Token, CSRPEM: csr},
+			&answer, grpc.ForceCodec(nodeapi.Codec{}))
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, has := answer["replicas"]
+		if has != ask || (ask && fmt.Sprint(got) != "["+advertised+"]") {
+			t.Fatalf("asked for replicas: %v; answer's replicas: %v (present: %v)", ask, got, has)
+		}
+	}
+
 	conn, err := tls.Dial("tcp", m.app.XDS, m.serverTLS(nil))
 	if err != nil {
 		t.Fatal(err)
