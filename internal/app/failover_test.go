@@ -27,36 +27,56 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
+	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/nodeapi"
 )
 
+// replicaOn starts a meshca replica on the etcd at endpoint, with the
+// key-encryption key of the replica started in kekFrom ("" for the first).
+func replicaOn(t *testing.T, endpoint, kekFrom string) (*mesh, string) {
+	t.Helper()
+	onEtcd := func(c *config.Config) {
+		c.Store.Etcd = config.Etcd{Endpoints: []string{endpoint}, Prefix: "/meshca-failover"}
+	}
+	dir := filepath.Join(t.TempDir(), "data")
+	if kekFrom != "" {
+		kek, err := os.ReadFile(filepath.Join(kekFrom, "kek"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "kek"), kek, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return startMeshIn(t, nil, dir, onEtcd), dir
+}
+
 // twoReplicas starts two meshca replicas on one embedded etcd, sharing the
 // key-encryption key, and waits until each lists both.
 func twoReplicas(t *testing.T) (a, b *mesh) {
 	t.Helper()
 	e := testkit.StartEtcd(t)
-	onEtcd := func(c *config.Config) {
-		c.Store.Etcd = config.Etcd{Endpoints: []string{e.Endpoint}, Prefix: "/meshca-failover"}
+	a, dirA := replicaOn(t, e.Endpoint, "")
+	b, _ = replicaOn(t, e.Endpoint, dirA)
+	waitReplicas(t, a, b)
+	return a, b
+}
+
+// waitReplicas waits until each of ms lists exactly their xDS addresses.
+func waitReplicas(t *testing.T, ms ...*mesh) {
+	t.Helper()
+	var want []string
+	for _, m := range ms {
+		want = append(want, m.app.XDS)
 	}
-	dirA, dirB := filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "b")
-	a = startMeshIn(t, nil, dirA, onEtcd)
-	kek, err := os.ReadFile(filepath.Join(dirA, "kek"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(dirB, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dirB, "kek"), kek, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b = startMeshIn(t, nil, dirB, onEtcd)
-	want := []string{a.app.XDS, b.app.XDS}
 	slices.Sort(want)
-	for _, m := range []*mesh{a, b} {
+	for _, m := range ms {
 		var rs []api.Replica
 		if !pollUntil(10*time.Second, 20*time.Millisecond, func() bool {
 			rs = nil
@@ -74,7 +94,6 @@ func twoReplicas(t *testing.T) (a, b *mesh) {
 			t.Fatalf("replicas listed by %s: %+v, want xDS addresses %v", m.app.XDS, rs, want)
 		}
 	}
-	return a, b
 }
 
 // runCLI runs meshca's command line in-process.
@@ -336,5 +355,61 @@ func TestAdvertisedAddress(t *testing.T) {
 	leaf := conn.ConnectionState().PeerCertificates[0]
 	if err := leaf.VerifyHostname(host); err != nil {
 		t.Fatalf("the server certificate does not cover the advertised host: %v (DNS %v)", err, leaf.DNSNames)
+	}
+}
+
+// TestRenewRefreshesReplicas: a node bootstrapped while A was the only
+// replica learns of B at its next renewal: the node file and envoy.yaml
+// then list both (Envoy's admin port kept); a renewal with nothing new
+// rewrites nothing.
+func TestRenewRefreshesReplicas(t *testing.T) {
+	e := testkit.StartEtcd(t)
+	a, dirA := replicaOn(t, e.Endpoint, "")
+	waitReplicas(t, a)
+	a.addIdentity("web")
+	tok := a.addNode("edge", "sidecar", "web")
+	dir := filepath.Join(t.TempDir(), "edge")
+	if out, err := runCLI(t, "bootstrap", "--server", a.app.XDS, "--node", "edge", "--token", tok.Token, "--ca-sha256", tok.CASHA256,
+		"--out", dir, "--envoy-admin-port", "19001"); err != nil {
+		t.Fatalf("bootstrap: %v\n%s", err, out)
+	}
+	servers := func() []string {
+		var nf nodeapi.NodeFile
+		raw, err := os.ReadFile(filepath.Join(dir, cli.NodeFile))
+		if err != nil || json.Unmarshal(raw, &nf) != nil {
+			t.Fatalf("node file: %v", err)
+		}
+		return nf.Servers
+	}
+	if got := servers(); !slices.Equal(got, []string{a.app.XDS}) {
+		t.Fatalf("servers with one replica: %v", got)
+	}
+
+	b, _ := replicaOn(t, e.Endpoint, dirA)
+	waitReplicas(t, a, b)
+	out, err := runCLI(t, "bootstrap", "renew", "--dir", dir)
+	if err != nil || !strings.Contains(out, "meshca replicas are now") {
+		t.Fatalf("renew: %v\n%s", err, out)
+	}
+	want := []string{a.app.XDS, b.app.XDS}
+	if got := servers(); !slices.Equal(got, want) {
+		t.Fatalf("node file servers after renewal: %v, want %v", got, want)
+	}
+	y, err := os.ReadFile(filepath.Join(dir, bootstrap.EnvoyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eb, err := bootstrap.ParseEnvoy(y)
+	if err != nil {
+		t.Fatalf("rewritten envoy.yaml: %v", err)
+	}
+	if port := eb.GetAdmin().GetAddress().GetSocketAddress().GetPortValue(); port != 19001 {
+		t.Errorf("Envoy admin port after the rewrite: %d, want 19001", port)
+	}
+	if got := testkit.NewXDSNode(t, dir, "edge", "mesh.local").Servers; !slices.Equal(got, want) {
+		t.Fatalf("envoy.yaml endpoints after renewal: %v, want %v", got, want)
+	}
+	if out, err := runCLI(t, "bootstrap", "renew", "--dir", dir); err != nil || strings.Contains(out, "meshca replicas are now") {
+		t.Fatalf("second renewal: %v\n%s", err, out)
 	}
 }
