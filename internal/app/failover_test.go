@@ -189,12 +189,25 @@ func TestNodeFailsOverToAnotherReplica(t *testing.T) {
 		t.Fatalf("bootstrap at B with the pin A printed: %v\n%s", err, out)
 	}
 
-	// Authentication is the store's: a node joined via A is served by B;
-	// once revoked via A, B refuses it.
+	// Authentication is the store's: a node joined via A is served by B
+	// (its own secrets only); once revoked via A, B refuses it.
 	n2 := a.joined("n2", "web")
 	s2 := subscribe(t, b, "n2", n2, secretName(""), secretName("web"))
 	if got := s2.next(); got[secretName("web")] == nil {
 		t.Fatalf("B served n2 (joined via A) %v", names(got))
+	}
+	// Authorization too: B refuses n2 a secret assigned to no node of its.
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	foreign, err := discovery.NewAggregatedDiscoveryServiceClient(b.dial(n2)).StreamAggregatedResources(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := foreign.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "n2"}, TypeUrl: resource.SecretType, ResourceNames: []string{secretName("other")}}); err != nil {
+		t.Fatal(err)
+	}
+	if c := recvErr(t, foreign); c != codes.PermissionDenied {
+		t.Fatalf("n2 asking B for other's secret: %v, want PermissionDenied", c)
 	}
 	a.admin("POST", api.PathNodes+"/n2/revoke", api.RevokeRequest{Reason: "test"}, nil, http.StatusOK)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
