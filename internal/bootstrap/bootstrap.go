@@ -95,6 +95,13 @@ type resolved struct {
 	XDSCluster                       string
 }
 
+// CheckServer reports whether addr is usable as Params.Server or one of
+// Params.Replicas: host:port with a port in 1-65535.
+func CheckServer(addr string) error {
+	_, err := parseEndpoint(addr)
+	return err
+}
+
 func parseEndpoint(a string) (endpoint, error) {
 	host, portStr, err := net.SplitHostPort(a)
 	if err != nil {

@@ -208,8 +208,7 @@ func serverList(server string, replicas []string) []string {
 		if len(out) > bootstrap.MaxReplicas {
 			break
 		}
-		host, port, err := net.SplitHostPort(r)
-		if err != nil || host == "" || port == "" || slices.Contains(out, r) {
+		if bootstrap.CheckServer(r) != nil || slices.Contains(out, r) {
 			continue
 		}
 		out = append(out, r)
