@@ -36,10 +36,13 @@ import (
 
 // replicaOn starts a meshca replica on the etcd at endpoint, with the
 // key-encryption key of the replica started in kekFrom ("" for the first).
-func replicaOn(t *testing.T, endpoint, kekFrom string) (*mesh, string) {
+func replicaOn(t *testing.T, endpoint, kekFrom string, tweaks ...func(*config.Config)) (*mesh, string) {
 	t.Helper()
 	onEtcd := func(c *config.Config) {
 		c.Store.Etcd = config.Etcd{Endpoints: []string{endpoint}, Prefix: "/meshca-failover"}
+		for _, tw := range tweaks {
+			tw(c)
+		}
 	}
 	dir := filepath.Join(t.TempDir(), "data")
 	if kekFrom != "" {
@@ -59,11 +62,11 @@ func replicaOn(t *testing.T, endpoint, kekFrom string) (*mesh, string) {
 
 // twoReplicas starts two meshca replicas on one embedded etcd, sharing the
 // key-encryption key, and waits until each lists both.
-func twoReplicas(t *testing.T) (a, b *mesh) {
+func twoReplicas(t *testing.T, tweaks ...func(*config.Config)) (a, b *mesh) {
 	t.Helper()
 	e := testkit.StartEtcd(t)
-	a, dirA := replicaOn(t, e.Endpoint, "")
-	b, _ = replicaOn(t, e.Endpoint, dirA)
+	a, dirA := replicaOn(t, e.Endpoint, "", tweaks...)
+	b, _ = replicaOn(t, e.Endpoint, dirA, tweaks...)
 	waitReplicas(t, a, b)
 	return a, b
 }
@@ -424,5 +427,69 @@ func TestRenewRefreshesReplicas(t *testing.T) {
 	}
 	if out, err := runCLI(t, "bootstrap", "renew", "--dir", dir); err != nil || strings.Contains(out, "meshca replicas are now") {
 		t.Fatalf("second renewal: %v\n%s", err, out)
+	}
+}
+
+// TestManyNodesFailOver: n nodes connected to replica A, A stops; every
+// node is on B with the current state within a bound of the first stream
+// ending (the failure detected). Short: 10 nodes, 5 s (it runs under
+// -race on a loaded machine). MESHCA_SOAK=1 (make soak-tests, no -race):
+// 1,000 nodes, 2 s.
+func TestManyNodesFailOver(t *testing.T) {
+	n, bound := 10, 5*time.Second
+	if testkit.Soak() {
+		n, bound = 1000, 2*time.Second
+	}
+	// Every node connects from 127.0.0.1: let them all handshake at once,
+	// as nodes on their own addresses would.
+	a, b := twoReplicas(t, func(c *config.Config) {
+		c.XDS.MaxUnauthenticatedConnections = 1024
+		c.XDS.MaxUnauthenticatedPerAddress = 1024
+	})
+	a.addIdentity("web")
+	nodes := make([]*testkit.XDSNode, n)
+	for i := range nodes {
+		name := fmt.Sprintf("node-%d", i)
+		cert := a.joined(name, "web")
+		nodes[i] = testkit.NewXDSNodeTLS(t, name, []string{a.app.XDS, b.app.XDS}, a.serverTLS(cert), secretName(""), secretName("web"))
+		nodes[i].Start()
+	}
+	for _, nd := range nodes {
+		if u := nd.Until("first answer", 20*time.Second, func(u testkit.XDSUpdate) bool { return true }); u.Server != a.app.XDS {
+			t.Fatalf("a node connected first to %s, want A", u.Server)
+		}
+	}
+
+	stopped := time.Now()
+	a.stop()
+	var web api.Identity
+	b.admin("GET", api.PathIdentities+"/web", nil, &web, http.StatusOK)
+	var firstLost, lastCurrent time.Time
+	perNode := make([]time.Duration, 0, n)
+	for _, nd := range nodes {
+		onB := nd.Until("on B", 30*time.Second, func(u testkit.XDSUpdate) bool { return u.Server == b.app.XDS })
+		if got := serialOf(t, onB.Secrets[secretName("web")]); got != web.Cert.Serial {
+			t.Fatalf("B served web serial %s, current is %s", got, web.Cert.Serial)
+		}
+		var lost time.Time
+		select {
+		case lost = <-nd.Ended:
+		default:
+			t.Fatal("a node is on B but its stream to A never ended")
+		}
+		if firstLost.IsZero() || lost.Before(firstLost) {
+			firstLost = lost
+		}
+		if onB.At.After(lastCurrent) {
+			lastCurrent = onB.At
+		}
+		perNode = append(perNode, onB.At.Sub(lost))
+	}
+	slices.Sort(perNode)
+	all := lastCurrent.Sub(firstLost)
+	t.Logf("%d nodes: A stopped -> first stream ended %s; first stream ended -> all %d current on B %s; per node, stream ended -> current: p50 %s, p99 %s, max %s",
+		n, firstLost.Sub(stopped), n, all, perNode[n/2], perNode[n*99/100], perNode[n-1])
+	if all > bound {
+		t.Errorf("%d nodes took %s after the failure was detected, want under %s", n, all, bound)
 	}
 }

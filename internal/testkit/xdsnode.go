@@ -90,6 +90,11 @@ func NewXDSNode(tb testing.TB, dir, node, trustDomain string, names ...string) *
 			return err
 		},
 	}
+	return NewXDSNodeTLS(tb, node, servers, cfg, names...)
+}
+
+// NewXDSNodeTLS is an XDSNode that connects to servers with cfg.
+func NewXDSNodeTLS(tb testing.TB, node string, servers []string, cfg *tls.Config, names ...string) *XDSNode {
 	return &XDSNode{
 		Servers: servers, Updates: make(chan XDSUpdate, 64), Ended: make(chan time.Time, 64),
 		tb: tb, node: node, names: names, tls: cfg,
