@@ -26,6 +26,12 @@ const (
 	FullSignMethod = "/" + Service + "/" + SignMethod
 )
 
+// ReplicasHeader is the request metadata key by which a client asks for
+// JoinResponse.Replicas (value "1"). A server answers with the field only
+// when asked, because a client that predates it refuses unknown fields;
+// a server that predates it ignores the header and leaves the field out.
+const ReplicasHeader = "meshca-replicas"
+
 // RenewRequest asks for a new node certificate. The caller authenticates
 // with its current node certificate; only the CSR's public key is used.
 type RenewRequest struct {
@@ -39,6 +45,12 @@ type NodeFile struct {
 	Node        string `json:"node"`
 	Kind        string `json:"kind"`
 	TrustDomain string `json:"trust_domain"`
+	// Servers are every meshca replica the node may use, Server first; the
+	// bootstrap lists them all. Empty in files written before replicas.
+	Servers []string `json:"servers,omitempty"`
+	// EnvoyAdminPort is the admin port written into envoy.yaml, so that a
+	// renewal that rewrites it keeps it (0: not recorded).
+	EnvoyAdminPort uint32 `json:"envoy_admin_port,omitempty"`
 }
 
 // JoinRequest exchanges a one-time join token for a node certificate. Only
@@ -62,6 +74,10 @@ type JoinResponse struct {
 	IssuersPEM string    `json:"issuers_pem,omitempty"`
 	Serial     string    `json:"serial"`
 	NotAfter   time.Time `json:"not_after"`
+	// Replicas are the xDS addresses of every meshca replica serving this
+	// mesh, as each registered it; only when the request carried
+	// ReplicasHeader, and absent from older servers.
+	Replicas []string `json:"replicas,omitempty"`
 }
 
 // Codec is gRPC's codec for these messages: JSON, content-subtype

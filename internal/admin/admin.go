@@ -105,6 +105,9 @@ type Config struct {
 	Pushes PushWaiter
 	// XDSAddress is where nodes reach meshca, shown with join tokens.
 	XDSAddress string
+	// Replicas, when set, lists the replicas (GET /v1/replicas, the
+	// status page); without it the list is empty.
+	Replicas Replicas
 	// Metrics serves /metrics; Ready answers /readyz (nil error: ready).
 	Metrics http.Handler
 	Ready   func(ctx context.Context) error
@@ -162,6 +165,7 @@ func New(cfg Config) (*Server, error) {
 	s.routeNodes()
 	s.routeMesh()
 	s.routeStatus()
+	s.routeReplicas()
 	if cfg.Metrics != nil {
 		s.mux.Handle("GET /metrics", cfg.Metrics)
 	}

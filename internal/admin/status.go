@@ -59,6 +59,7 @@ type statusView struct {
 	CA          caView
 	Identities  []identityRow
 	Nodes       []nodeRow
+	Replicas    []api.Replica
 	Audit       []registry.Event // newest first
 }
 
@@ -189,6 +190,9 @@ func (s *Server) statusView(ctx context.Context) (statusView, error) {
 		view.Nodes = append(view.Nodes, row)
 	}
 
+	if view.Replicas, err = s.replicas(ctx); err != nil {
+		return statusView{}, err
+	}
 	view.Audit, err = s.recentAudit(ctx, statusAuditEvents)
 	if err != nil {
 		return statusView{}, err

@@ -23,6 +23,7 @@ const (
 	PathMeshHist   = "/v1/mesh/history"
 	PathMeshRoll   = "/v1/mesh/rollback"
 	PathLogs       = "/v1/logs"
+	PathReplicas   = "/v1/replicas"
 )
 
 // AddIdentityRequest is the body of POST /v1/identities.
@@ -354,4 +355,13 @@ type ReissueProgress struct {
 	Finished  bool     `json:"finished"`
 	Errors    []string `json:"errors,omitempty"` // on the last line: up to 20 failures
 	Error     string   `json:"error,omitempty"`
+}
+
+// Replica is one meshca server sharing the store: the answer of GET
+// /v1/replicas is a list of them, ordered by ID.
+type Replica struct {
+	ID    string    `json:"id"`
+	XDS   string    `json:"xds"` // the address nodes use to reach it
+	Since time.Time `json:"since"`
+	Self  bool      `json:"self,omitempty"` // the replica that answered
 }

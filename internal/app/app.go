@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/meshca/meshca/ca"
@@ -51,6 +50,8 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 type App struct {
 	// Bound addresses; AdminMTLS is empty without admin.mtls_listen.
 	Admin, AdminMTLS, XDS string
+	// ReplicaID names this process among the replicas sharing the store.
+	ReplicaID string
 
 	log   *slog.Logger
 	runs  []func(context.Context) error
@@ -216,16 +217,16 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	// One server certificate (spiffe://<td>/meshca) for xDS and the mTLS
 	// admin API. It names the hosts and addresses nodes are told to dial,
 	// which proxyless gRPC nodes verify.
-	serverCert, err := auth.ServerCert(union(cfg.XDS.DNSNames, cfg.Admin.DNSNames), lifetimes.Server, cfg.ServerIPs()...)
+	serverCert, err := auth.ServerCert(cfg.ServerDNSNames(), lifetimes.Server, cfg.ServerIPs()...)
 	if err != nil {
-		return nil, fmt.Errorf("xds.dns_names / admin.dns_names / xds.ip_sans: %w", err)
+		return nil, fmt.Errorf("xds.dns_names / admin.dns_names / xds.ip_sans / xds.advertise: %w", err)
 	}
 	limits := xdsLimits(cfg.XDS, logger)
 	for _, edit := range o.xdsLimits {
 		edit(&limits)
 	}
 	xdsSrv, err := xds.New(xds.Config{
-		TrustDomain: td, Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg}, Signer: csrSigner{reg: reg}, Audit: reg,
+		TrustDomain: td, Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg, replicas: st, log: logger}, Signer: csrSigner{reg: reg}, Audit: reg,
 		Roots: auth.IssuingCAs, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
@@ -255,6 +256,11 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	runs = append(runs, func(ctx context.Context) error { return xdsSrv.Run(ctx, xdsLn) })
 	attrs = append(attrs, "xds", xdsLn.Addr().String())
 	app.XDS = xdsLn.Addr().String()
+	// This replica registers where nodes reach it, for nodes to fail over.
+	self := store.Replica{ID: newReplicaID(), XDS: cfg.AdvertisedXDS(app.XDS), Since: o.clock.Now().UTC()}
+	app.ReplicaID = self.ID
+	runs = append(runs, func(ctx context.Context) error { return st.RunReplica(ctx, self) })
+	attrs = append(attrs, "replica", self.ID, "xds_advertised", self.XDS)
 
 	policy := lifetimes.Renewal()
 	renewer, err := rotation.New(rotation.Config{
@@ -282,7 +288,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 
 	adm, err := admin.New(admin.Config{
 		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, CRLs: auth, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},
-		Authority: auth, Audit: reg, TrustDomain: td.Name(), XDSAddress: cfg.AdvertisedXDS(xdsLn.Addr().String()), Logger: logger,
+		Authority: auth, Audit: reg, TrustDomain: td.Name(), XDSAddress: self.XDS, Replicas: replicaList{st: st, self: self.ID}, Logger: logger,
 		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Denials: reg, Logs: tel, Renewal: policy,
 		Leadership: leadership{el: elector}, Clock: o.clock,
 	})
@@ -390,16 +396,6 @@ func runGroup(ctx context.Context, runs []func(context.Context) error) error {
 		}
 	}
 	return first
-}
-
-func union(a, b []string) []string {
-	out := slices.Clone(a)
-	for _, s := range b {
-		if !slices.Contains(out, s) {
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 func isLoopback(addr string) bool {

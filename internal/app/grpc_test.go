@@ -72,6 +72,14 @@ grpc:
 // meshca generates for it.
 func grpcClient(t *testing.T, m *mesh, node string) testgrpc.TestServiceClient {
 	t.Helper()
+	_, port, _ := net.SplitHostPort(m.app.XDS)
+	return grpcClientOf(t, m, node, "localhost:"+port)
+}
+
+// grpcClientOf is grpcClient with the xDS servers of the bootstrap: the
+// first, then the other replicas.
+func grpcClientOf(t *testing.T, m *mesh, node, server string, replicas ...string) testgrpc.TestServiceClient {
+	t.Helper()
 	tok := m.addNode(node, "grpc")
 	cert, err := m.join(node, tok.Token)
 	if err != nil {
@@ -101,8 +109,7 @@ func grpcClient(t *testing.T, m *mesh, node string) testgrpc.TestServiceClient {
 		t.Fatal(err)
 	}
 	write(bootstrap.IssuersFile, readBody(t, resp))
-	_, port, _ := net.SplitHostPort(m.app.XDS)
-	js, err := bootstrap.GRPC(bootstrap.Params{Node: node, TrustDomain: "mesh.local", Server: "localhost:" + port, Dir: dir})
+	js, err := bootstrap.GRPC(bootstrap.Params{Node: node, TrustDomain: "mesh.local", Server: server, Replicas: replicas, Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

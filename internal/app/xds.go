@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -77,18 +78,31 @@ func (a nodeAuth) AuthenticateNode(ctx context.Context, leaf *x509.Certificate) 
 
 // joiner adapts registry.Join to the xDS server's join service and decides
 // which gRPC code each refusal gets.
-type joiner struct{ reg *registry.Registry }
+type joiner struct {
+	reg *registry.Registry
+	// replicas, when set, lists the replicas for nodes that ask.
+	replicas *store.Store
+	log      *slog.Logger
+}
 
 var _ xds.Joiner = joiner{}
 
 func (j joiner) Join(ctx context.Context, node, token string, csrDER []byte) (nodeapi.JoinResponse, error) {
 	res, err := j.reg.Join(ctx, node, token, csrDER, "join:"+clip(node))
-	return joinResponse(res, err)
+	resp, err := joinResponse(res, err)
+	if err != nil {
+		return resp, err
+	}
+	return withReplicas(ctx, j.replicas, j.log, resp), nil
 }
 
 func (j joiner) Renew(ctx context.Context, node string, presented *x509.Certificate, csrDER []byte) (nodeapi.JoinResponse, error) {
 	res, err := j.reg.RenewNode(ctx, node, presented, csrDER)
-	return joinResponse(res, err)
+	resp, err := joinResponse(res, err)
+	if err != nil {
+		return resp, err
+	}
+	return withReplicas(ctx, j.replicas, j.log, resp), nil
 }
 
 func joinResponse(res registry.Joined, err error) (nodeapi.JoinResponse, error) {

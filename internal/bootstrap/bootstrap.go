@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"net"
 	"path"
+	"slices"
 	"strconv"
 	"text/template"
 
@@ -63,14 +64,27 @@ type Params struct {
 	Server      string // meshca xDS address host:port, e.g. "meshca.internal:6565"
 	Dir         string // absolute directory holding the files; paths in the output are absolute
 	AdminPort   uint32 // Envoy admin port on 127.0.0.1; default 9901
+
+	// Replicas are the xDS addresses (host:port) of meshca's other
+	// replicas: the bootstrap lists Server first, then each of these once,
+	// so that the node reconnects to another replica when one goes away.
+	Replicas []string
+}
+
+// MaxReplicas bounds Params.Replicas.
+const MaxReplicas = 32
+
+// endpoint is one meshca replica's xDS address.
+type endpoint struct {
+	Host    string
+	Port    uint32
+	Address string // host:port
 }
 
 // resolved is Params checked, defaulted and expanded for the templates.
 type resolved struct {
 	Node, Cluster                    string
-	Host                             string
-	Port                             uint32
-	Server                           string
+	Servers                          []endpoint // Server first
 	Dir                              string
 	CertPath, KeyPath, BundlePath    string
 	IssuersPath                      string
@@ -79,6 +93,25 @@ type resolved struct {
 	ServerID                         string // SPIFFE ID meshca's serving certificate must carry
 	NodeSecretName, BundleSecretName string
 	XDSCluster                       string
+}
+
+// CheckServer reports whether addr is usable as Params.Server or one of
+// Params.Replicas: host:port with a port in 1-65535.
+func CheckServer(addr string) error {
+	_, err := parseEndpoint(addr)
+	return err
+}
+
+func parseEndpoint(a string) (endpoint, error) {
+	host, portStr, err := net.SplitHostPort(a)
+	if err != nil {
+		return endpoint{}, fmt.Errorf("%q is not host:port: %v", a, err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if host == "" || err != nil || port == 0 {
+		return endpoint{}, fmt.Errorf("%q is not host:port with a port in 1-65535", a)
+	}
+	return endpoint{Host: host, Port: uint32(port), Address: a}, nil
 }
 
 func (p Params) resolve() (resolved, error) {
@@ -106,13 +139,22 @@ func (p Params) resolve() (resolved, error) {
 	if p.Server == "" {
 		return bad("Server", "is empty (want host:port)")
 	}
-	host, portStr, err := net.SplitHostPort(p.Server)
+	first, err := parseEndpoint(p.Server)
 	if err != nil {
-		return bad("Server", "%q is not host:port: %v", p.Server, err)
+		return bad("Server", "%v", err)
 	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if host == "" || err != nil || port == 0 {
-		return bad("Server", "%q is not host:port with a port in 1-65535", p.Server)
+	servers := []endpoint{first}
+	if len(p.Replicas) > MaxReplicas {
+		return bad("Replicas", "has %d addresses, more than %d", len(p.Replicas), MaxReplicas)
+	}
+	for i, a := range p.Replicas {
+		e, err := parseEndpoint(a)
+		if err != nil {
+			return bad(fmt.Sprintf("Replicas[%d]", i), "%v", err)
+		}
+		if !slices.Contains(servers, e) {
+			servers = append(servers, e)
+		}
 	}
 	if p.Dir == "" {
 		return bad("Dir", "is empty")
@@ -130,7 +172,7 @@ func (p Params) resolve() (resolved, error) {
 	}
 	return resolved{
 		Node: p.Node, Cluster: cluster,
-		Host: host, Port: uint32(port), Server: p.Server,
+		Servers:     servers,
 		Dir:         dir,
 		CertPath:    path.Join(dir, CertFile),
 		KeyPath:     path.Join(dir, KeyFile),
@@ -148,6 +190,11 @@ func (p Params) resolve() (resolved, error) {
 // admin on 127.0.0.1, LDS and CDS over ADS, and a static meshca_xds cluster
 // speaking HTTP/2 over TLS 1.3 with the node certificate and bundle read
 // through file-based SDS. The output is not validated here: see ParseEnvoy.
+//
+// The cluster lists Server and every replica as endpoints of one STRICT_DNS
+// cluster (round robin): when the ADS stream breaks, Envoy opens the next
+// one through the cluster's load balancer, so a replica that went away is
+// left for the next endpoint, and Envoy subscribes again there.
 func Envoy(p Params) ([]byte, error) {
 	r, err := p.resolve()
 	if err != nil {
@@ -238,9 +285,11 @@ static_resources:
       cluster_name: {{.XDSCluster}}
       endpoints:
       - lb_endpoints:
+{{- range .Servers}}
         - endpoint:
             address:
               socket_address: {address: {{q .Host}}, port_value: {{.Port}}}
+{{- end}}
     transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:

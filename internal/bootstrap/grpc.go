@@ -53,9 +53,18 @@ type grpcCertificateProv struct {
 	Config     grpcTLSCfg `json:"config"`
 }
 
-// GRPC returns grpc-bootstrap.json for proxyless gRPC nodes: the xDS server
-// reached over mTLS with the node's files, and a "default" file_watcher
-// certificate provider that xDS-delivered TLS contexts refer to.
+// GRPC returns grpc-bootstrap.json for proxyless gRPC nodes: the xDS servers
+// (Server, then every replica) reached over mTLS with the node's files, and
+// a "default" file_watcher certificate provider that xDS-delivered TLS
+// contexts refer to.
+//
+// grpc-go uses the servers in order (gRFC A71 fallback, on by default since
+// v1.70): it falls back to the next one when a server cannot be reached
+// while it still waits for a resource it has not received, and goes back to
+// the first when that returns. A node that already has its resources and
+// loses its server keeps them and reconnects to the same server_uri; to move
+// such nodes to another replica at once, give --server a DNS name that
+// resolves to every replica.
 func GRPC(p Params) ([]byte, error) {
 	r, err := p.resolve()
 	if err != nil {
@@ -73,14 +82,16 @@ func GRPC(p Params) ([]byte, error) {
 	xdsFiles := files
 	xdsFiles.CACertificateFile = r.IssuersPath
 	b := grpcBootstrap{
-		XDSServers: []grpcServer{{
-			ServerURI:      r.Server,
-			ChannelCreds:   []grpcChanCreds{{Type: "tls", Config: xdsFiles}},
-			ServerFeatures: []string{"xds_v3"},
-		}},
 		Node:                       grpcNode{ID: r.Node, Cluster: r.Cluster},
 		CertificateProviders:       map[string]grpcCertificateProv{"default": {PluginName: "file_watcher", Config: files}},
 		ServerListenerNameTemplate: serverListenerTemplate,
+	}
+	for _, e := range r.Servers {
+		b.XDSServers = append(b.XDSServers, grpcServer{
+			ServerURI:      e.Address,
+			ChannelCreds:   []grpcChanCreds{{Type: "tls", Config: xdsFiles}},
+			ServerFeatures: []string{"xds_v3"},
+		})
 	}
 	out, err := json.MarshalIndent(b, "", "  ")
 	if err != nil {

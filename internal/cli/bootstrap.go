@@ -26,6 +26,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/atomicfile"
@@ -135,7 +136,8 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 	defer cancel()
 	var resp nodeapi.JoinResponse
 	req := nodeapi.JoinRequest{Node: o.node, Token: o.token, CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}
-	if err := conn.Invoke(ctx, nodeapi.FullJoinMethod, &req, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+	askReplicas := metadata.AppendToOutgoingContext(ctx, nodeapi.ReplicasHeader, "1")
+	if err := conn.Invoke(askReplicas, nodeapi.FullJoinMethod, &req, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
 		if hint := joinHint(o.server, err); hint != nil {
 			return hint
 		}
@@ -151,7 +153,11 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 		return err
 	}
 
-	p := bootstrap.Params{Node: o.node, Cluster: o.node, TrustDomain: resp.TrustDomain, Server: o.server, Dir: dir, AdminPort: o.adminPort}
+	nf := nodeapi.NodeFile{
+		Server: o.server, Node: o.node, Kind: resp.Kind, TrustDomain: resp.TrustDomain,
+		Servers: serverList(o.server, resp.Replicas), EnvoyAdminPort: o.adminPort,
+	}
+	p := nodeParams(nf, dir)
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return err
@@ -166,29 +172,8 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 		{bootstrap.IssuersFile, func() ([]byte, error) { return []byte(resp.IssuersPEM), nil }},
 		{bootstrap.CertSDSFile, func() ([]byte, error) { return bootstrap.CertSDS(p) }},
 		{bootstrap.BundleSDSFile, func() ([]byte, error) { return bootstrap.BundleSDS(p) }},
-		{NodeFile, func() ([]byte, error) {
-			return json.MarshalIndent(nodeapi.NodeFile{Server: o.server, Node: o.node, Kind: resp.Kind, TrustDomain: resp.TrustDomain}, "", "  ")
-		}},
-	}
-	if resp.Kind == mesh.KindGRPC {
-		files = append(files, struct {
-			name string
-			data func() ([]byte, error)
-		}{bootstrap.GRPCFile, func() ([]byte, error) { return bootstrap.GRPC(p) }})
-	} else {
-		files = append(files, struct {
-			name string
-			data func() ([]byte, error)
-		}{bootstrap.EnvoyFile, func() ([]byte, error) {
-			y, err := bootstrap.Envoy(p)
-			if err != nil {
-				return nil, err
-			}
-			if _, err := bootstrap.ParseEnvoy(y); err != nil {
-				return nil, fmt.Errorf("generated envoy.yaml does not validate: %w", err)
-			}
-			return y, nil
-		}})
+		{NodeFile, func() ([]byte, error) { return json.MarshalIndent(nf, "", "  ") }},
+		{proxyBootstrapFile(nf.Kind), func() ([]byte, error) { return proxyBootstrap(nf, dir) }},
 	}
 	// Render everything before writing anything.
 	rendered := make([][]byte, len(files))
@@ -207,10 +192,62 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 	}
 	fmt.Fprintf(stdout, "node %s joined %s (%s): certificate serial %s, not after %s\n",
 		o.node, resp.TrustDomain, resp.Kind, resp.Serial, resp.NotAfter.UTC().Format(time.RFC3339))
+	fmt.Fprintf(stdout, "  meshca replicas: %s\n", strings.Join(nf.Servers, ", "))
 	for _, f := range files {
 		fmt.Fprintf(stdout, "  wrote %s\n", filepath.Join(dir, f.name))
 	}
 	return nil
+}
+
+// serverList is the servers a node uses: the one it was given first, then
+// every replica meshca named that is a usable host:port, each once, at most
+// bootstrap.MaxReplicas more.
+func serverList(server string, replicas []string) []string {
+	out := []string{server}
+	for _, r := range replicas {
+		if len(out) > bootstrap.MaxReplicas {
+			break
+		}
+		if bootstrap.CheckServer(r) != nil || slices.Contains(out, r) {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// nodeParams are the bootstrap parameters of the node described by nf.
+func nodeParams(nf nodeapi.NodeFile, dir string) bootstrap.Params {
+	p := bootstrap.Params{Node: nf.Node, Cluster: nf.Node, TrustDomain: nf.TrustDomain, Server: nf.Server, Dir: dir, AdminPort: nf.EnvoyAdminPort}
+	if len(nf.Servers) > 1 {
+		p.Replicas = nf.Servers[1:]
+	}
+	return p
+}
+
+// proxyBootstrapFile is the bootstrap file a node of kind reads.
+func proxyBootstrapFile(kind string) string {
+	if kind == mesh.KindGRPC {
+		return bootstrap.GRPCFile
+	}
+	return bootstrap.EnvoyFile
+}
+
+// proxyBootstrap renders the node's bootstrap (envoy.yaml validated deep, or
+// grpc-bootstrap.json), listing every server in nf.
+func proxyBootstrap(nf nodeapi.NodeFile, dir string) ([]byte, error) {
+	p := nodeParams(nf, dir)
+	if nf.Kind == mesh.KindGRPC {
+		return bootstrap.GRPC(p)
+	}
+	y, err := bootstrap.Envoy(p)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := bootstrap.ParseEnvoy(y); err != nil {
+		return nil, fmt.Errorf("generated envoy.yaml does not validate: %w", err)
+	}
+	return y, nil
 }
 
 // serverTrust decides whether the server is meshca before the token is

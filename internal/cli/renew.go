@@ -13,17 +13,23 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/mesh"
 	"github.com/meshca/meshca/nodeapi"
 	"github.com/meshca/meshca/rotation"
 )
@@ -131,20 +137,31 @@ func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificat
 	}
 	tlsCfg := trust.tlsConfig()
 	tlsCfg.Certificates = []tls.Certificate{pair}
-	conn, err := grpc.NewClient(nf.Server, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", nf.Server, err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var resp nodeapi.JoinResponse
 	req := nodeapi.RenewRequest{CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}
-	if err := conn.Invoke(ctx, nodeapi.FullRenewMethod, &req, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
-		if st, ok := status.FromError(err); ok {
-			return nil, fmt.Errorf("meshca at %s refused the renewal: %s", nf.Server, st.Message())
+	// The node file's server first (an operator may have edited it), then
+	// the other replicas it lists. The first that answers renews; one that
+	// cannot be reached passes the turn to the next; one that is not the
+	// meshca this node pins, or that refuses, ends the renewal.
+	servers := serverList(nf.Server, nf.Servers)
+	var (
+		resp   nodeapi.JoinResponse
+		server string
+	)
+	for i, addr := range servers {
+		var untrusted bool
+		resp, untrusted, err = renewAt(ctx, addr, tlsCfg, &req)
+		if err == nil {
+			server = addr
+			break
 		}
-		return nil, err
+		code := status.Code(err)
+		if untrusted || (code != codes.Unavailable && code != codes.DeadlineExceeded) || i == len(servers)-1 || ctx.Err() != nil {
+			if st, ok := status.FromError(err); ok {
+				return nil, fmt.Errorf("meshca at %s refused the renewal: %s", addr, st.Message())
+			}
+			return nil, err
+		}
+		fmt.Fprintf(out, "meshca at %s cannot be reached (%s); trying %s\n", addr, status.Convert(err).Message(), servers[i+1])
 	}
 	if err := trust.checkJoined(resp, nf.Node, key.Public()); err != nil {
 		return nil, fmt.Errorf("the renewal answer does not check out, nothing written: %w", err)
@@ -163,13 +180,87 @@ func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificat
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(out, "renewed node %s: serial %s, not after %s\n", nf.Node, resp.Serial, resp.NotAfter.UTC().Format(time.RFC3339))
-	if err := useRenewed(ctx, nf.Server, trust, dir); err != nil {
+	fmt.Fprintf(out, "renewed node %s at %s: serial %s, not after %s\n", nf.Node, server, resp.Serial, resp.NotAfter.UTC().Format(time.RFC3339))
+	if err := refreshServers(dir, nf, resp.Replicas, out); err != nil {
+		fmt.Fprintf(out, "the list of meshca replicas was not updated: %v\n", err)
+	}
+	if err := useRenewed(ctx, server, trust, dir); err != nil {
 		// The files are written: the proxy uses the new certificate on
 		// its next connection, which revokes the old one then.
 		fmt.Fprintf(out, "the previous certificate stays valid until the new one is first used: %v\n", err)
 	}
 	return leaf, nil
+}
+
+// renewAt asks the meshca at addr to renew, with the replica list.
+// untrusted reports that the server failed the pin: it is not one to pass
+// over silently.
+func renewAt(ctx context.Context, addr string, tlsCfg *tls.Config, req *nodeapi.RenewRequest) (resp nodeapi.JoinResponse, untrusted bool, err error) {
+	var failedPin atomic.Bool
+	cfg := tlsCfg.Clone()
+	verify := cfg.VerifyPeerCertificate
+	cfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+		err := verify(raw, chains)
+		if err != nil {
+			failedPin.Store(true)
+		}
+		return err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		return resp, false, fmt.Errorf("connect to %s: %w", addr, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, nodeapi.ReplicasHeader, "1")
+	err = conn.Invoke(ctx, nodeapi.FullRenewMethod, req, &resp, grpc.ForceCodec(nodeapi.Codec{}))
+	return resp, failedPin.Load(), err
+}
+
+// refreshServers rewrites the node file and the proxy's bootstrap when
+// meshca's replicas changed. The server the node was bootstrapped with
+// stays first. An answer without a list (an older meshca) changes nothing.
+func refreshServers(dir string, nf nodeapi.NodeFile, replicas []string, out io.Writer) error {
+	if len(replicas) == 0 {
+		return nil
+	}
+	servers := serverList(nf.Server, replicas)
+	if slices.Equal(servers, serverList(nf.Server, nf.Servers)) {
+		return nil
+	}
+	if nf.EnvoyAdminPort == 0 && nf.Kind != mesh.KindGRPC {
+		nf.EnvoyAdminPort = bootstrap.DefaultAdminPort
+		// A directory from before the port was recorded: keep the one in
+		// its envoy.yaml.
+		if y, err := os.ReadFile(filepath.Join(dir, bootstrap.EnvoyFile)); err == nil {
+			if b, err := bootstrap.ParseEnvoy(y); err == nil {
+				nf.EnvoyAdminPort = b.GetAdmin().GetAddress().GetSocketAddress().GetPortValue()
+			}
+		}
+	}
+	nf.Servers = servers
+	data, err := proxyBootstrap(nf, dir)
+	if err != nil {
+		return err
+	}
+	nodeJSON, err := json.MarshalIndent(nf, "", "  ")
+	if err != nil {
+		return err
+	}
+	name := proxyBootstrapFile(nf.Kind)
+	if err := atomicfile.Write(filepath.Join(dir, name), data, 0o600); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, NodeFile), nodeJSON, 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "meshca replicas are now %s: rewrote %s", strings.Join(servers, ", "), name)
+	if nf.Kind != mesh.KindGRPC {
+		fmt.Fprint(out, " (Envoy reads it when it starts)")
+	}
+	fmt.Fprintln(out)
+	return nil
 }
 
 // useRenewed makes one connection to meshca with the renewed certificate:

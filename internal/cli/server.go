@@ -39,6 +39,7 @@ func serverCmd(cfg Config) *cobra.Command {
 			set("admin-listen", &c.Admin.Listen, flags.Admin.Listen)
 			set("admin-mtls-listen", &c.Admin.MTLSListen, flags.Admin.MTLSListen)
 			set("xds-listen", &c.XDS.Listen, flags.XDS.Listen)
+			set("xds-advertise", &c.XDS.Advertise, flags.XDS.Advertise)
 			set("log-format", &c.Log.Format, flags.Log.Format)
 			set("log-level", &c.Log.Level, flags.Log.Level)
 			if cmd.Flags().Changed("etcd-endpoints") {
@@ -66,6 +67,7 @@ func serverCmd(cfg Config) *cobra.Command {
 	f.StringVar(&flags.Admin.Listen, "admin-listen", d.Admin.Listen, "admin API listen address (non-loopback requires mTLS)")
 	f.StringVar(&flags.Admin.MTLSListen, "admin-mtls-listen", "", "optional second admin API address that always requires mTLS (for remote operators)")
 	f.StringVar(&flags.XDS.Listen, "xds-listen", d.XDS.Listen, "xDS gRPC listen address")
+	f.StringVar(&flags.XDS.Advertise, "xds-advertise", "", "xDS address nodes use to reach this replica, host:port (required on etcd when --xds-listen is on every address)")
 	f.StringVar(&flags.Log.Format, "log-format", d.Log.Format, "log format: text or json")
 	f.StringVar(&flags.Log.Level, "log-level", d.Log.Level, "log level: debug, info, warn or error")
 	etcdFlags(cmd, &flags.Store.Etcd)

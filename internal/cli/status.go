@@ -17,6 +17,7 @@ type Status struct {
 	Identities []api.Identity   `json:"identities"`
 	Nodes      []api.Node       `json:"nodes"`
 	Recent     []api.AuditEvent `json:"recent_audit"`
+	Replicas   []api.Replica    `json:"replicas"`
 }
 
 func statusCmd(g *globals) *cobra.Command {
@@ -42,6 +43,10 @@ func statusCmd(g *globals) *cobra.Command {
 				if err := c.do(ctx, "GET", q.path, nil, q.out); err != nil {
 					return err
 				}
+			}
+			// A server that predates replicas has no list: leave it empty.
+			if err := c.do(ctx, "GET", api.PathReplicas, nil, &st.Replicas); err != nil {
+				st.Replicas = nil
 			}
 			if n := len(st.Recent); n > 5 {
 				st.Recent = st.Recent[n-5:]
@@ -99,6 +104,13 @@ func writeStatus(w io.Writer, st Status, now time.Time) {
 		nacks += n.Connection.NACKs
 	}
 	fmt.Fprintf(tw, "nodes\t%d registered, %d connected, %d NACKs\n", len(st.Nodes), connected, nacks)
+	for _, r := range st.Replicas {
+		self := ""
+		if r.Self {
+			self = " (this one)"
+		}
+		fmt.Fprintf(tw, "replica\t%s xDS %s, up since %s%s\n", esc(r.ID), esc(r.XDS), r.Since.UTC().Format(time.RFC3339), self)
+	}
 	for _, e := range st.Recent {
 		fmt.Fprintf(tw, "audit\t#%d %s %s %s %s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), esc(e.Action), esc(e.Outcome), dash(esc(e.Identity+e.Node)))
 	}

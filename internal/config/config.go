@@ -12,6 +12,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,6 +52,12 @@ type Admin struct {
 // XDS configures the xDS gRPC server and node credentials.
 type XDS struct {
 	Listen string `yaml:"listen"`
+	// Advertise is the address nodes are told to use, host:port, when it
+	// is not Listen (a listener on every address, or behind NAT). Each
+	// replica registers it for nodes to fail over to, and its host is put
+	// on the replica's server certificate. Required on etcd when Listen is
+	// on every address.
+	Advertise string `yaml:"advertise"`
 	// DNSNames are put on meshca's server certificate next to its SPIFFE ID.
 	// Proxyless gRPC nodes check the host of their --server against them.
 	DNSNames []string `yaml:"dns_names"`
@@ -316,6 +323,7 @@ func (c Config) Validate() error {
 			bad("xds.ip_sans", "%q is not a unicast IP address (for example 127.0.0.1 or 10.0.0.5)", a)
 		}
 	}
+	c.validateAdvertise(bad)
 	if c.Admin.MTLSListen != "" {
 		if _, _, err := net.SplitHostPort(c.Admin.MTLSListen); err != nil {
 			bad("admin.mtls_listen", "%q is not host:port (for example 0.0.0.0:8001)", c.Admin.MTLSListen)
@@ -401,7 +409,7 @@ func (c Config) lifetimes() authority.Lifetimes {
 
 // ServerIPs returns the IP SANs of meshca's server certificate: xds.ip_sans,
 // then the host of xds.listen when it is a single address (not 0.0.0.0 or
-// ::), each once. Call it on a validated Config.
+// ::), then the host of xds.advertise when it is an IP, each once. Call it on a validated Config.
 func (c Config) ServerIPs() []net.IP {
 	var out []net.IP
 	add := func(ip net.IP) {
@@ -412,19 +420,70 @@ func (c Config) ServerIPs() []net.IP {
 	for _, a := range c.XDS.IPSANs {
 		add(net.ParseIP(a))
 	}
-	if host, _, err := net.SplitHostPort(c.XDS.Listen); err == nil {
-		add(net.ParseIP(host))
+	for _, a := range []string{c.XDS.Listen, c.XDS.Advertise} {
+		if host, _, err := net.SplitHostPort(a); err == nil {
+			add(net.ParseIP(host))
+		}
+	}
+	return out
+}
+
+// validateAdvertise checks xds.advertise, and refuses a replica on etcd
+// that listens on every address without it: nodes fail over to the
+// addresses replicas register, and a guessed one would be wrong.
+func (c Config) validateAdvertise(bad func(key, format string, args ...any)) {
+	if a := c.XDS.Advertise; a != "" {
+		host, port, err := net.SplitHostPort(a)
+		p, perr := strconv.ParseUint(port, 10, 16)
+		ip := net.ParseIP(host)
+		switch {
+		case err != nil || host == "" || perr != nil || p == 0:
+			bad("xds.advertise", "%q is not host:port with a port in 1-65535 (for example meshca-1.internal:6565)", a)
+		case ip != nil && (ip.IsUnspecified() || ip.IsMulticast()):
+			bad("xds.advertise", "%q is not an address nodes can dial: name this replica's own host or IP", a)
+		}
+		return
+	}
+	host, _, err := net.SplitHostPort(c.XDS.Listen)
+	if err != nil || !c.Store.Etcd.Enabled() {
+		return
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		bad("xds.advertise", "must be set when xds.listen %q is on every address and the store is etcd: "+
+			"each replica registers the address nodes fail over to; pass --xds-advertise HOST:PORT with this replica's own host name or IP", c.XDS.Listen)
+	}
+}
+
+// ServerDNSNames returns the DNS names of meshca's server certificate:
+// xds.dns_names, admin.dns_names, and the host of xds.advertise when it is
+// a name, each once.
+func (c Config) ServerDNSNames() []string {
+	out := slices.Clone(c.XDS.DNSNames)
+	add := func(n string) {
+		if n != "" && net.ParseIP(n) == nil && !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	for _, n := range c.Admin.DNSNames {
+		add(n)
+	}
+	if host, _, err := net.SplitHostPort(c.XDS.Advertise); err == nil {
+		add(host)
 	}
 	return out
 }
 
 // AdvertisedXDS is the xDS address nodes are told to use (by node add and
-// node token), given the address the xDS listener is bound to. A listener
+// node token), given the address the xDS listener is bound to:
+// xds.advertise when set. Otherwise a listener
 // on one address is advertised as it is; on every address (0.0.0.0 or ::)
 // the host becomes the first xds.dns_names entry other than localhost, else
 // the first xds.ip_sans address that is not loopback, else 127.0.0.1, so
 // that the advertised host is one meshca's certificate covers.
 func (c Config) AdvertisedXDS(bound string) string {
+	if c.XDS.Advertise != "" {
+		return c.XDS.Advertise
+	}
 	host, port, err := net.SplitHostPort(bound)
 	if err != nil {
 		return bound

@@ -106,6 +106,7 @@
 //	P/feed              what the newest commit changed, for the change feed
 //	P/b/meta/kekcheck   a constant sealed with the key-encryption key
 //	P/leader/<lease>    a replica standing for leader (Campaign); the oldest leads
+//	P/replicas/<id>     a running replica's xDS address, on its lease (RunReplica)
 //
 // Update is an optimistic transaction, with concurrency.NewSTM's contract:
 // reads are taken at the revision of the first read and recorded, writes
@@ -184,6 +185,12 @@
 // example 1h) and defragment now and then, or the 2 GiB default quota
 // fills; TODO: compaction by the leader. A compaction only costs a lagging
 // replica a Resync.
+//
+// Replicas: RunReplica keeps P/replicas/<id> on a lease of
+// EtcdConfig.ReplicaTTL (default 10s) and deletes it when it stops; a
+// killed replica's key is gone when its lease expires. Replicas reads them
+// (nodes learn the list when they join). These keys are not records: no
+// audit, no feed, not migrated.
 //
 // Versions: the v3.7.3 client, against etcd 3.4 and later (range compares
 // need 3.3). The package's tests run on an embedded 3.7.3 member; with

@@ -61,6 +61,9 @@ type EtcdConfig struct {
 	// FeedWait bounds how long Update waits, after its commit, for the
 	// commit to come back through the watch (default 5s); see Store.FeedPos.
 	FeedWait time.Duration
+	// ReplicaTTL is the lease of RunReplica's registration (default
+	// DefaultReplicaTTL; whole seconds, at least one).
+	ReplicaTTL time.Duration
 }
 
 // EtcdTLS names the PEM files for TLS to etcd: CA verifies the members'
@@ -115,6 +118,8 @@ type etcdStore struct {
 	clock    clock.Clock
 	log      *slog.Logger
 
+	replicaTTL time.Duration // the lease of a replica's registration
+
 	// The group commit (etcd_commit.go): Updates waiting for a batch.
 	// Batching also keeps a replica's own Updates from conflicting on the
 	// audit counter; replicas still conflict with each other and retry.
@@ -164,6 +169,7 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 		done:     make(chan struct{}),
 		advanced: make(chan struct{}),
 	}
+	e.replicaTTL = cfg.ReplicaTTL
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
 	defer cancel()
 	if err := e.initialise(ctx, cfg.Sealer); err != nil {
@@ -214,6 +220,10 @@ func (cfg EtcdConfig) withDefaults() (EtcdConfig, string, error) {
 	if cfg.FeedWait <= 0 {
 		cfg.FeedWait = defaultEtcdFeedWait
 	}
+	if cfg.ReplicaTTL <= 0 {
+		cfg.ReplicaTTL = DefaultReplicaTTL
+	}
+	cfg.ReplicaTTL = max(cfg.ReplicaTTL.Round(time.Second), time.Second)
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
 	}

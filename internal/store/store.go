@@ -76,6 +76,8 @@ type Config struct {
 type Store struct {
 	// nodesVersion grows after every commit that wrote a node.
 	nodesVersion atomic.Uint64
+	// local is the replica registered by RunReplica on bbolt.
+	local atomic.Pointer[Replica]
 
 	onCommit func([]Event, time.Duration)
 	fault    func() error
