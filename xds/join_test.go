@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -86,7 +87,7 @@ func TestJoin(t *testing.T) {
 			}
 			st := f.s.Stats()
 			if tt.code == codes.OK {
-				if resp == nil || *resp != answer {
+				if resp == nil || !reflect.DeepEqual(*resp, answer) {
 					t.Fatalf("answer %+v, want %+v", resp, answer)
 				}
 				if c := calls[0]; c.method != "join" || c.node != "web" || c.token != "one-time" || !bytes.Equal(c.csr, der) {

@@ -67,7 +67,7 @@ func (s *Store) Campaign(ctx context.Context, c Candidate, ttl time.Duration) (*
 	if s.etcd != nil {
 		return s.etcd.campaign(ctx, c, ttl)
 	}
-	return s.local.campaign(ctx, c)
+	return s.terms.campaign(ctx, c)
 }
 
 // Leader returns the candidate that leads now; ok is false when none does.
@@ -75,7 +75,7 @@ func (s *Store) Leader(ctx context.Context) (c Candidate, ok bool, err error) {
 	if s.etcd != nil {
 		return s.etcd.leader(ctx)
 	}
-	return s.local.leader()
+	return s.terms.leader()
 }
 
 // localTerms is the election of a bbolt store: one term at a time in this

@@ -58,9 +58,9 @@ func (s *Store) RunReplica(ctx context.Context, r Replica) error {
 		return err
 	}
 	if s.etcd == nil {
-		s.local.Store(&r)
+		s.localReplica.Store(&r)
 		<-ctx.Done()
-		s.local.CompareAndSwap(&r, nil)
+		s.localReplica.CompareAndSwap(&r, nil)
 		return nil
 	}
 	return s.etcd.runReplica(ctx, r)
@@ -70,7 +70,7 @@ func (s *Store) RunReplica(ctx context.Context, r Replica) error {
 // local one, once RunReplica has started.
 func (s *Store) Replicas(ctx context.Context) ([]Replica, error) {
 	if s.etcd == nil {
-		if r := s.local.Load(); r != nil {
+		if r := s.localReplica.Load(); r != nil {
 			return []Replica{*r}, nil
 		}
 		return nil, nil

@@ -76,8 +76,8 @@ type Config struct {
 type Store struct {
 	// nodesVersion grows after every commit that wrote a node.
 	nodesVersion atomic.Uint64
-	// local is the replica registered by RunReplica on bbolt.
-	local atomic.Pointer[Replica]
+	// localReplica is the replica registered by RunReplica on bbolt.
+	localReplica atomic.Pointer[Replica]
 
 	onCommit func([]Event, time.Duration)
 	fault    func() error
@@ -86,7 +86,7 @@ type Store struct {
 	feed     feed
 	db       *bolt.DB
 	etcd     *etcdStore // set by OpenEtcd; then commits and db are unused
-	local    localTerms // the election on bbolt
+	terms    localTerms // the election on bbolt
 	dir      string
 	path     string
 	sealer   *seal.Sealer
