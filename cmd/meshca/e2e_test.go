@@ -49,7 +49,37 @@ type server struct {
 	xds       string
 	mu        sync.Mutex
 	stderr    bytes.Buffer
+	seen      map[string]chan struct{} // log message -> closed once logged (see logged)
 	done      chan error
+}
+
+// logged returns a channel closed once the server has logged a record
+// with message msg (at any time since it started).
+func (s *server) logged(msg string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch, ok := s.seen[msg]
+	if !ok {
+		ch = make(chan struct{})
+		s.seen[msg] = ch
+	}
+	return ch
+}
+
+// sawLog records that msg was logged, waking its waiters.
+func (s *server) sawLog(msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch, ok := s.seen[msg]
+	if !ok {
+		ch = make(chan struct{})
+		s.seen[msg] = ch
+	}
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
 }
 
 func (s *server) logs() string {
@@ -62,7 +92,7 @@ func startServer(t *testing.T, dataDir string, extra ...string) *server {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	s := &server{done: make(chan error, 1)}
+	s := &server{done: make(chan error, 1), seen: map[string]chan struct{}{}}
 	args := append([]string{"server", "--data-dir", dataDir, "--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0", "--log-format", "json"}, extra...)
 	s.cmd = exec.CommandContext(ctx, binary, args...)
 	pipe, err := s.cmd.StderrPipe()
@@ -86,7 +116,11 @@ func startServer(t *testing.T, dataDir string, extra ...string) *server {
 				AdminMTLS string `json:"admin_mtls"`
 				XDS       string `json:"xds"`
 			}
-			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "meshca started" {
+			if json.Unmarshal([]byte(line), &rec) != nil {
+				continue
+			}
+			s.sawLog(rec.Msg)
+			if rec.Msg == "meshca started" {
 				addr <- [3]string{rec.Admin, rec.AdminMTLS, rec.XDS}
 			}
 		}

@@ -40,29 +40,29 @@ func TestKilledReplicaNodesFailOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := startServer(t, dirB, "--config", cfg)
-	// Both registered, as A sees them.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var rs []api.Replica
-		resp, err := http.Get("http://" + a.admin + api.PathReplicas)
-		if err == nil {
-			err = json.NewDecoder(resp.Body).Decode(&rs)
-			resp.Body.Close()
+	// Both registered (each logs it once its key is in etcd), as A sees them.
+	for _, s := range []*server{a, b} {
+		select {
+		case <-s.logged("replica registered"):
+		case <-time.After(10 * time.Second):
+			t.Fatalf("replica at %s not registered within 10s\n%s", s.xds, s.logs())
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got []string
-		for _, r := range rs {
-			got = append(got, r.XDS)
-		}
-		if slices.Contains(got, a.xds) && slices.Contains(got, b.xds) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("replicas listed by A: %v, want %s and %s", got, a.xds, b.xds)
-		}
-		time.Sleep(20 * time.Millisecond) // polling etcd through A
+	}
+	var rs []api.Replica
+	resp, err := http.Get("http://" + a.admin + api.PathReplicas)
+	if err == nil {
+		err = json.NewDecoder(resp.Body).Decode(&rs)
+		resp.Body.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range rs {
+		got = append(got, r.XDS)
+	}
+	if !slices.Contains(got, a.xds) || !slices.Contains(got, b.xds) {
+		t.Fatalf("replicas listed by A: %v, want %s and %s", got, a.xds, b.xds)
 	}
 
 	mustRun(t, a.admin, "identity", "add", "web")

@@ -259,7 +259,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	// This replica registers where nodes reach it, for nodes to fail over.
 	self := store.Replica{ID: newReplicaID(), XDS: cfg.AdvertisedXDS(app.XDS), Since: o.clock.Now().UTC()}
 	app.ReplicaID = self.ID
-	runs = append(runs, func(ctx context.Context) error { return st.RunReplica(ctx, self) })
+	runs = append(runs, func(ctx context.Context) error { return st.RunReplica(ctx, self, nil) })
 	attrs = append(attrs, "replica", self.ID, "xds_advertised", self.XDS)
 
 	policy := lifetimes.Renewal()

@@ -52,18 +52,24 @@ func (r Replica) check() error {
 // if the process dies the key goes when the lease expires; if the lease is
 // lost (etcd unreachable for longer than the TTL) it registers again as
 // soon as etcd answers. On bbolt it is the one local replica, kept in
-// memory. It returns nil when ctx ends, an error only for an invalid r.
-func (s *Store) RunReplica(ctx context.Context, r Replica) error {
+// memory. registered, when set, is called after each registration, once
+// Replicas lists r. It returns nil when ctx ends, an error only for an
+// invalid r.
+func (s *Store) RunReplica(ctx context.Context, r Replica, registered func()) error {
 	if err := r.check(); err != nil {
 		return err
 	}
+	if registered == nil {
+		registered = func() {}
+	}
 	if s.etcd == nil {
 		s.localReplica.Store(&r)
+		registered()
 		<-ctx.Done()
 		s.localReplica.CompareAndSwap(&r, nil)
 		return nil
 	}
-	return s.etcd.runReplica(ctx, r)
+	return s.etcd.runReplica(ctx, r, registered)
 }
 
 // Replicas lists the replicas registered now, by ID. On bbolt it is the
@@ -81,7 +87,7 @@ func (s *Store) Replicas(ctx context.Context) ([]Replica, error) {
 func (e *etcdStore) replicaPrefix() string       { return e.prefix + "/replicas/" }
 func (e *etcdStore) replicaKey(id string) string { return e.replicaPrefix() + id }
 
-func (e *etcdStore) runReplica(ctx context.Context, r Replica) error {
+func (e *etcdStore) runReplica(ctx context.Context, r Replica, registered func()) error {
 	val, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("store: replica: %w", err)
@@ -89,6 +95,7 @@ func (e *etcdStore) runReplica(ctx context.Context, r Replica) error {
 	for {
 		lease, err := e.register(ctx, r, string(val))
 		if err == nil {
+			registered()
 			err = e.keepAlive(ctx, lease)
 		}
 		if ctx.Err() != nil {

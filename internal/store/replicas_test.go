@@ -12,12 +12,14 @@ import (
 	"github.com/meshca/meshca/internal/store"
 )
 
-// runReplica runs s.RunReplica(r) until the returned stop is called.
-func runReplica(t *testing.T, s *store.Store, r store.Replica) (stop func()) {
+// runReplica runs s.RunReplica(r) until the returned stop is called;
+// registered receives after each registration of r.
+func runReplica(t *testing.T, s *store.Store, r store.Replica) (registered <-chan struct{}, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.RunReplica(ctx, r) }()
+	reg := make(chan struct{}, 8)
+	go func() { done <- s.RunReplica(ctx, r, func() { reg <- struct{}{} }) }()
 	stopped := false
 	stop = func() {
 		if stopped {
@@ -35,31 +37,32 @@ func runReplica(t *testing.T, s *store.Store, r store.Replica) (stop func()) {
 		}
 	}
 	t.Cleanup(stop)
-	return stop
+	return reg, stop
 }
 
-// replicaIDs polls s.Replicas until it lists exactly want (sorted), or
-// fails the test after 10s.
-func waitReplicas(t *testing.T, s *store.Store, want ...string) {
+// waitRegistered waits for the next registration signalled on registered.
+func waitRegistered(t *testing.T, registered <-chan struct{}, id string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	select {
+	case <-registered:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("replica %s not registered within 10s", id)
+	}
+}
+
+// wantReplicas checks that s.Replicas lists exactly want (sorted).
+func wantReplicas(t *testing.T, s *store.Store, want ...string) {
+	t.Helper()
+	rs, err := s.Replicas(context.Background())
+	if err != nil {
+		t.Fatalf("Replicas: %v", err)
+	}
 	var got []string
-	for {
-		rs, err := s.Replicas(context.Background())
-		if err != nil {
-			t.Fatalf("Replicas: %v", err)
-		}
-		got = got[:0]
-		for _, r := range rs {
-			got = append(got, r.ID+"="+r.XDS)
-		}
-		if slices.Equal(got, want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("replicas = %v, want %v", got, want)
-		}
-		time.Sleep(10 * time.Millisecond) // polling etcd, not waiting for a goroutine of ours
+	for _, r := range rs {
+		got = append(got, r.ID+"="+r.XDS)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("replicas = %v, want %v", got, want)
 	}
 }
 
@@ -76,10 +79,12 @@ func TestReplicasOnEtcd(t *testing.T) {
 	if rs, err := a.Replicas(context.Background()); err != nil || len(rs) != 0 {
 		t.Fatalf("Replicas before any registration = %v, %v", rs, err)
 	}
-	stopA := runReplica(t, a, store.Replica{ID: "a", XDS: "10.0.0.1:6565", Since: t0})
-	stopB := runReplica(t, b, store.Replica{ID: "b", XDS: "10.0.0.2:6565", Since: t0})
-	waitReplicas(t, a, "a=10.0.0.1:6565", "b=10.0.0.2:6565")
-	waitReplicas(t, b, "a=10.0.0.1:6565", "b=10.0.0.2:6565")
+	regA, stopA := runReplica(t, a, store.Replica{ID: "a", XDS: "10.0.0.1:6565", Since: t0})
+	regB, stopB := runReplica(t, b, store.Replica{ID: "b", XDS: "10.0.0.2:6565", Since: t0})
+	waitRegistered(t, regA, "a")
+	waitRegistered(t, regB, "b")
+	wantReplicas(t, a, "a=10.0.0.1:6565", "b=10.0.0.2:6565")
+	wantReplicas(t, b, "a=10.0.0.1:6565", "b=10.0.0.2:6565")
 
 	cli := etcdClient(t)
 	ctx := context.Background()
@@ -106,20 +111,21 @@ func TestReplicasOnEtcd(t *testing.T) {
 	if _, err := cli.Revoke(ctx, clientv3.LeaseID(lease)); err != nil {
 		t.Fatal(err)
 	}
-	waitReplicas(t, b, "b=10.0.0.2:6565")
+	wantReplicas(t, b, "b=10.0.0.2:6565") // a revoked lease takes its keys with it
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := clk.WaitForAfterCalls(wctx, calls+1); err != nil {
 		t.Fatalf("replica a does not retry after losing its lease: %v", err)
 	}
 	clk.Add(2 * time.Second)
-	waitReplicas(t, b, "a=10.0.0.1:6565", "b=10.0.0.2:6565")
+	waitRegistered(t, regA, "a")
+	wantReplicas(t, b, "a=10.0.0.1:6565", "b=10.0.0.2:6565")
 
 	// A replica that stops deregisters at once, without waiting for its TTL.
 	stopA()
-	waitReplicas(t, b, "b=10.0.0.2:6565")
+	wantReplicas(t, b, "b=10.0.0.2:6565")
 	stopB()
-	waitReplicas(t, b)
+	wantReplicas(t, b)
 }
 
 // TestReplicaOnBbolt: on bbolt the one local replica is the list.
@@ -128,16 +134,17 @@ func TestReplicaOnBbolt(t *testing.T) {
 	if _, err := s.Replicas(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	stop := runReplica(t, s, store.Replica{ID: "only", XDS: "127.0.0.1:6565", Since: t0})
-	waitReplicas(t, s, "only=127.0.0.1:6565")
+	reg, stop := runReplica(t, s, store.Replica{ID: "only", XDS: "127.0.0.1:6565", Since: t0})
+	waitRegistered(t, reg, "only")
+	wantReplicas(t, s, "only=127.0.0.1:6565")
 	stop()
-	waitReplicas(t, s)
+	wantReplicas(t, s)
 }
 
 func TestReplicaRefusesInvalid(t *testing.T) {
 	s, _ := newStore(t)
 	for _, r := range []store.Replica{{ID: "", XDS: "a:1"}, {ID: "a/b", XDS: "a:1"}, {ID: "a"}} {
-		if err := s.RunReplica(context.Background(), r); err == nil {
+		if err := s.RunReplica(context.Background(), r, nil); err == nil {
 			t.Errorf("RunReplica(%+v) = nil, want an error", r)
 		}
 	}
