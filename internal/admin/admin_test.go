@@ -43,6 +43,13 @@ func newServer(t *testing.T) *httptest.Server {
 // newAdmin builds the admin server on a real registry in a temp store.
 func newAdmin(t *testing.T) *admin.Server {
 	t.Helper()
+	srv, _, _ := newAdminOn(t)
+	return srv
+}
+
+// newAdminOn is newAdmin, also returning the store and registry behind it.
+func newAdminOn(t *testing.T) (*admin.Server, *store.Store, *registry.Registry) {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "data")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -70,7 +77,7 @@ func newAdmin(t *testing.T) *admin.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return srv
+	return srv, st, reg
 }
 
 type answer struct {

@@ -19,15 +19,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/meshca/meshca/internal/admin"
 	"github.com/meshca/meshca/internal/api"
-	"github.com/meshca/meshca/internal/authority"
-	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
-	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
 )
 
@@ -39,33 +33,7 @@ import (
 // into a response fails here.
 func TestResponsesCarryNoSecrets(t *testing.T) {
 	ctx := context.Background()
-	dir := filepath.Join(t.TempDir(), "data")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	sealer, err := seal.LoadOrCreate(filepath.Join(dir, "kek"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(store.Config{Dir: dir, Sealer: sealer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	td, _ := identity.TrustDomain("mesh.local")
-	clk := clock.NewFake(time.Now())
-	auth, err := authority.New(ctx, authority.Config{Store: st, TrustDomain: td, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := registry.New(ctx, registry.Config{Store: st, TrustDomain: td, Issuer: auth, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := admin.New(admin.Config{Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, CRLs: auth, Meshes: reg, Connections: noConnections{}, Authority: auth, Audit: reg, TrustDomain: "mesh.local"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, st, reg := newAdminOn(t)
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(ts.Close)
 
