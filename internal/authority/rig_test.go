@@ -20,8 +20,8 @@ import (
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
-	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // rig is an authority and a registry on one store, wired as meshca wires
@@ -62,15 +62,7 @@ func dataDir(t testing.TB) string {
 
 func openStore(t testing.TB, dir string) *store.Store {
 	t.Helper()
-	sealer, err := seal.LoadOrCreate(filepath.Join(dir, "kek"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(store.Config{Dir: dir, Sealer: sealer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return testkit.OpenStore(t, dir, store.Config{})
 }
 
 func newRig(t testing.TB, st *store.Store, clk clock.Clock) *rig {

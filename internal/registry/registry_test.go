@@ -14,8 +14,8 @@ import (
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/identity"
-	"github.com/meshca/meshca/internal/seal"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -32,15 +32,7 @@ func dataDir(t testing.TB) string {
 
 func openStore(t testing.TB, dir string) *store.Store {
 	t.Helper()
-	sealer, err := seal.LoadOrCreate(filepath.Join(dir, "kek"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(store.Config{Dir: dir, Sealer: sealer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return testkit.OpenStore(t, dir, store.Config{})
 }
 
 func newRegistry(t testing.TB, st *store.Store, clk clock.Clock) *Registry {
