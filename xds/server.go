@@ -321,10 +321,6 @@ func (s *Server) AckEvents() <-chan struct{} {
 	return s.cb.acks
 }
 
-// Pending counts the connected nodes that subscribe to secrets but have not
-// yet acknowledged their current ones (for example a new trust bundle).
-func (s *Server) Pending() int { p, _ := s.cb.pending(); return p }
-
 // Connected counts the nodes with an open stream, and those of them that
 // subscribe to secrets but have not yet acknowledged their current ones,
 // in one look: a CA rotation asks every second while it waits.
