@@ -390,6 +390,7 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 			return err
 		}
 		cur.CertSerial, cur.NextSerial = cert.Serial, ""
+		cur.NewestIssuer, cur.NewestNotAfter = cert.IssuerSerial, cert.NotAfter
 		cur.UpdatedAt = now
 		if cur.JoinedAt.IsZero() {
 			cur.JoinedAt = now
@@ -547,6 +548,7 @@ func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.C
 			}
 		}
 		n.NextSerial, n.UpdatedAt = cert.Serial, now
+		n.NewestIssuer, n.NewestNotAfter = cert.IssuerSerial, cert.NotAfter
 		if err := tx.PutNode(n); err != nil {
 			return err
 		}

@@ -134,6 +134,12 @@ type Node struct {
 	// revoked). Both empty for nodes recorded before these fields existed.
 	CertSerial string `json:"cert_serial,omitempty"`
 	NextSerial string `json:"next_serial,omitempty"`
+	// NewestIssuer and NewestNotAfter describe the node's newest node
+	// certificate (NextSerial's when set, else CertSerial's), so that a CA
+	// rotation can count the nodes still on the previous CA from node
+	// records alone. Empty for certificates recorded before they existed.
+	NewestIssuer   string    `json:"newest_issuer,omitempty"`
+	NewestNotAfter time.Time `json:"newest_not_after,omitempty"`
 	// RenewWindowStart and Renewals count the node's renewals in the
 	// current rate-limit window, kept here so that the limit holds across
 	// restarts and replicas.
