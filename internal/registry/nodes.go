@@ -880,18 +880,23 @@ func (r *Registry) Reissue(ctx context.Context, name, actor, action, note string
 }
 
 func (r *Registry) reissue(ctx context.Context, name, actor, action, note string) (Status, []string, error) {
-	cur, err := r.Identity(ctx, name)
-	if err != nil {
+	// The identity record alone: its certificate is not needed here, and
+	// a re-key of every identity reads each one.
+	var cur store.Identity
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) { cur, err = tx.Identity(name); return err })
+	if errors.Is(err, store.ErrNotFound) {
+		return Status{}, nil, fmt.Errorf("identity %q %w", clip(name, identity.MaxNameLength), ErrNotFound)
+	} else if err != nil {
 		return Status{}, nil, err
 	}
-	if cur.Identity.State != store.StateActive {
-		return Status{}, nil, fmt.Errorf("identity %q is %s: %w", name, cur.Identity.State, ErrDenied)
+	if cur.State != store.StateActive {
+		return Status{}, nil, fmt.Errorf("identity %q is %s: %w", name, cur.State, ErrDenied)
 	}
 	id, err := identity.ID(r.cfg.TrustDomain, name)
 	if err != nil {
 		return Status{}, nil, err
 	}
-	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, DNSNames: cur.Identity.DNSNames, TTL: cur.Identity.TTL})
+	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, DNSNames: cur.DNSNames, TTL: cur.TTL})
 	if err != nil {
 		if errors.Is(err, ca.ErrLint) {
 			r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: actor, Identity: name, Outcome: store.OutcomeFailed, Detail: err.Error()})
