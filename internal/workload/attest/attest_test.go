@@ -1,10 +1,13 @@
 package attest_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -129,4 +132,35 @@ func TestGateCheck(t *testing.T) {
 	if _, err := g.Check(context.Background(), "web", nil); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("no peer credentials: err = %v, want Unauthenticated", err)
 	}
+}
+
+// TestGateLogIsRateLimited: a process refused in a loop reaches the audit
+// hook every time but the log only LogBurst times per minute.
+func TestGateLogIsRateLimited(t *testing.T) {
+	var buf bytes.Buffer
+	hooks := 0
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	g := attest.NewGate(attest.GateConfig{
+		Logger:   slog.New(slog.NewTextHandler(&buf, nil)),
+		LogBurst: 3,
+		Denied:   func(peercred.Caller, string) { hooks++ },
+		Now:      func() time.Time { return now },
+	})
+	ctx := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: peercred.Caller{UID: 7}})
+	const refusals = 1000
+	for range refusals {
+		if _, err := g.Check(ctx, "web", []string{"uid:8"}); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("err = %v, want PermissionDenied", err)
+		}
+	}
+	lines := strings.Count(buf.String(), "\n")
+	if hooks != refusals || lines != 3 {
+		t.Fatalf("%d refusals: hook called %d times (want every time), %d log records (want 3)", refusals, hooks, lines)
+	}
+	now = now.Add(time.Minute + time.Second)
+	_, _ = g.Check(ctx, "web", []string{"uid:8"})
+	if got := buf.String(); !strings.Contains(got[strings.LastIndex(got[:len(got)-1], "\n")+1:], "suppressed=997") {
+		t.Fatalf("the first record of the next minute does not count the 997 left out:\n%s", got)
+	}
+	t.Logf("%d refusals in a minute: %d log records, the next one says suppressed=997", refusals, lines)
 }
