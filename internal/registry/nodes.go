@@ -17,6 +17,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/workload/attest"
 	"github.com/meshca/meshca/mesh"
 )
 
@@ -186,26 +187,74 @@ func (r *Registry) NewJoinToken(ctx context.Context, name, actor string) (JoinTo
 	return JoinToken{Token: tok, Expires: expires}, nil
 }
 
+// Assignment gives a node an identity, for the local processes its
+// Selectors name (agent nodes only; none: any local caller).
+type Assignment struct {
+	Node      string
+	Identity  string
+	Selectors []string // uid:N, gid:N, path:/abs/path; every one must match
+}
+
 // Assign gives a node an identity; its proxies receive the identity's
-// secret from then on.
+// secret from then on. Any selectors the assignment had are dropped.
 func (r *Registry) Assign(ctx context.Context, node, ident, actor string) (Node, error) {
+	return r.AssignIdentity(ctx, Assignment{Node: node, Identity: ident}, actor)
+}
+
+// AssignIdentity gives a node an identity, or changes the selectors of an
+// identity it holds: the assignment is then exactly a, so an assignment
+// without selectors serves any local caller again. Selectors are for agent
+// nodes, whose agent attests the local callers; another node refuses them.
+func (r *Registry) AssignIdentity(ctx context.Context, a Assignment, actor string) (Node, error) {
+	node, ident := a.Node, a.Identity
 	var out store.Node
-	err := r.updateNode(ctx, node, func(tx *store.Tx, n *store.Node) (store.Event, error) {
-		if err := assignable(tx, ident); err != nil {
-			return store.Event{}, err
-		}
-		if !slices.Contains(n.Identities, ident) {
-			n.Identities = append(n.Identities, ident)
-			slices.Sort(n.Identities)
-		}
-		out = *n
-		return store.Event{Action: ActionNodeAssign, Actor: actor, Node: node, Identity: ident}, nil
-	})
+	selectors, err := attest.Normalize(a.Selectors)
+	if err == nil {
+		err = r.updateNode(ctx, node, func(tx *store.Tx, n *store.Node) (store.Event, error) {
+			if err := assignable(tx, ident); err != nil {
+				return store.Event{}, err
+			}
+			if len(selectors) > 0 && !n.Agent {
+				return store.Event{}, fmt.Errorf("%w: selectors choose processes on an agent node, and node %q is not one: its proxies receive keys over xDS (register an agent node with meshca node add --agent)", ErrInvalid, node)
+			}
+			if !slices.Contains(n.Identities, ident) {
+				n.Identities = append(n.Identities, ident)
+				slices.Sort(n.Identities)
+			}
+			n.Selectors = withSelectors(n.Selectors, ident, selectors)
+			out = *n
+			ev := store.Event{Action: ActionNodeAssign, Actor: actor, Node: node, Identity: ident}
+			if len(selectors) > 0 {
+				ev.Detail = fmt.Sprintf("selectors=%v", selectors)
+			}
+			return ev, nil
+		})
+	} else {
+		err = fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
 	if err != nil {
-		r.deny(ctx, store.Event{Action: ActionNodeAssign, Actor: actor, Node: clip(node, identity.MaxNameLength), Identity: ident, Detail: err.Error()})
+		r.deny(ctx, store.Event{Action: ActionNodeAssign, Actor: actor, Node: clip(node, identity.MaxNameLength), Identity: clip(ident, identity.MaxNameLength), Detail: err.Error()})
 		return Node{}, err
 	}
 	return nodeView(out), nil
+}
+
+// withSelectors returns m, a copy, with ident's selectors set (nil:
+// removed); nil when nothing is left.
+func withSelectors(m map[string][]string, ident string, selectors []string) map[string][]string {
+	out := make(map[string][]string, len(m)+1)
+	for k, v := range m {
+		out[k] = v
+	}
+	if len(selectors) > 0 {
+		out[ident] = selectors
+	} else {
+		delete(out, ident)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // Unassign takes an identity from a node; its secret is no longer served to
@@ -218,6 +267,7 @@ func (r *Registry) Unassign(ctx context.Context, node, ident, actor string) (Nod
 			return store.Event{}, fmt.Errorf("node %q does not hold identity %q: %w", node, clip(ident, identity.MaxNameLength), ErrNotFound)
 		}
 		n.Identities = slices.Delete(n.Identities, i, i+1)
+		n.Selectors = withSelectors(n.Selectors, ident, nil)
 		out = *n
 		ev := store.Event{Action: ActionNodeUnassign, Actor: actor, Node: node, Identity: ident}
 		if n.Agent {
