@@ -134,8 +134,11 @@ func nodeShowCmd(g *globals) *cobra.Command {
 }
 
 func nodeAssignCmd(g *globals, assign bool) *cobra.Command {
-	var ident string
-	use, short := "assign NODE --identity NAME", "Give a node an identity; its proxies receive the secret at once"
+	var (
+		ident     string
+		selectors []string
+	)
+	use, short := "assign NODE --identity NAME [--selector uid:N|gid:N|path:/abs/path]...", "Give a node an identity; its proxies receive the secret at once"
 	if !assign {
 		use, short = "unassign NODE --identity NAME", "Take an identity from a node; its secret is withdrawn at once"
 	}
@@ -152,7 +155,7 @@ func nodeAssignCmd(g *globals, assign bool) *cobra.Command {
 			var err error
 			var asJSON bool
 			if assign {
-				asJSON, err = g.call(cmd, "POST", path, api.AssignRequest{Identity: ident}, &n)
+				asJSON, err = g.call(cmd, "POST", path, api.AssignRequest{Identity: ident, Selectors: selectors}, &n)
 			} else {
 				asJSON, err = g.call(cmd, "DELETE", path+"/"+escapeName(ident), nil, &n)
 			}
@@ -167,6 +170,10 @@ func nodeAssignCmd(g *globals, assign bool) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&ident, "identity", "", "identity name")
+	if assign {
+		cmd.Flags().StringArrayVar(&selectors, "selector", nil, "agent nodes: serve the identity only to local processes matching every selector: uid:N, gid:N, path:/abs/path (repeat for more; "+
+			"assigning again replaces them; without any, every local process may have it)")
+	}
 	return cmd
 }
 
@@ -177,6 +184,15 @@ func writeNode(w io.Writer, n api.Node) {
 	fmt.Fprintf(tw, "state:\t%s\n", esc(n.State))
 	fmt.Fprintf(tw, "joined:\t%s\n", yesNo(n.Joined))
 	fmt.Fprintf(tw, "identities:\t%s\n", list(n.Identities))
+	if n.Agent {
+		for _, id := range n.Identities {
+			sel := "any local process"
+			if s := n.Selectors[id]; len(s) > 0 {
+				sel = list(s)
+			}
+			fmt.Fprintf(tw, "%s selectors:\t%s\n", esc(id), sel)
+		}
+	}
 	fmt.Fprintf(tw, "connected:\t%s\n", connected(n.Connection))
 	if len(n.Connection.Acked) > 0 {
 		fmt.Fprintf(tw, "acked:\t%s\n", acked(n.Connection.Acked))
