@@ -141,7 +141,7 @@ func (s *Server) addNode(w http.ResponseWriter, r *http.Request) {
 	if !s.decode(w, r, &req) {
 		return
 	}
-	n, tok, err := s.cfg.Nodes.AddNode(r.Context(), registry.AddNode{Name: req.Name, Kind: req.Kind, Identities: req.Identities, Agent: req.Agent}, actor(r))
+	n, tok, err := s.cfg.Nodes.AddNode(r.Context(), registry.AddNode{Name: req.Name, Kind: req.Kind, Identities: req.Identities, Agent: req.Agent, Selectors: req.Selectors}, actor(r))
 	if err != nil {
 		s.fail(w, r, err)
 		return

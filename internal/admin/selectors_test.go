@@ -94,3 +94,41 @@ func TestAssignSelectors(t *testing.T) {
 		t.Fatalf("refused assignments changed the node: %+v", n)
 	}
 }
+
+// TestAddNodeWithSelectors: node add with selectors gives them to each
+// identity; without an agent, or without identities, it is refused and
+// nothing is registered.
+func TestAddNodeWithSelectors(t *testing.T) {
+	ts := newServer(t)
+	for _, name := range []string{"web", "db"} {
+		if a := call(t, ts, "POST", api.PathIdentities, strings.NewReader(`{"name":"`+name+`"}`)); a.status != http.StatusCreated {
+			t.Fatalf("add %s: %d %s", name, a.status, a.body)
+		}
+	}
+	a := call(t, ts, "POST", api.PathNodes, strings.NewReader(`{"name":"a1","agent":true,"identities":["web","db"],"selectors":["uid:1000","gid:0100"]}`))
+	var tok api.JoinToken
+	if a.status != http.StatusCreated || json.Unmarshal(a.body, &tok) != nil {
+		t.Fatalf("add node: %d %s", a.status, a.body)
+	}
+	for _, id := range []string{"db", "web"} {
+		if got := strings.Join(tok.Node.Selectors[id], " "); got != "gid:100 uid:1000" {
+			t.Fatalf("%s selectors = %q, want gid:100 uid:1000", id, got)
+		}
+	}
+	for _, tt := range []struct{ name, body, want string }{
+		{"no agent", `{"name":"p1","identities":["web"],"selectors":["uid:1"]}`, "add --agent"},
+		{"no identities", `{"name":"p2","agent":true,"selectors":["uid:1"]}`, "name them too"},
+		{"bad selector", `{"name":"p3","agent":true,"identities":["web"],"selectors":["pid:1"]}`, `unknown kind \"pid\"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a := call(t, ts, "POST", api.PathNodes, strings.NewReader(tt.body))
+			if a.status != http.StatusBadRequest || !strings.Contains(string(a.body), tt.want) {
+				t.Fatalf("got %d %s; want 400 naming %q", a.status, a.body, tt.want)
+			}
+		})
+	}
+	var list []api.Node
+	if a := call(t, ts, "GET", api.PathNodes, nil); json.Unmarshal(a.body, &list) != nil || len(list) != 1 {
+		t.Fatalf("refused adds registered nodes: %s", a.body)
+	}
+}

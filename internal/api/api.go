@@ -204,6 +204,9 @@ type AddNodeRequest struct {
 	// Agent makes an agent node: its agent makes the identities' keys and
 	// sends CSRs; meshca never sends it a private key.
 	Agent bool `json:"agent,omitempty"`
+	// Selectors restrict each of Identities to the local processes they
+	// name (agent nodes only; see AssignRequest).
+	Selectors []string `json:"selectors,omitempty"`
 }
 
 // AssignRequest is the body of POST /v1/nodes/{name}/identities.

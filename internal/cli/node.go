@@ -26,14 +26,15 @@ func nodeAddCmd(g *globals) *cobra.Command {
 		ids             []string
 		kind, tokenFile string
 		agent           bool
+		selectors       []string
 	)
 	cmd := &cobra.Command{
-		Use:   "add NODE --identity NAME... [--kind sidecar|front-proxy|grpc] [--agent]",
+		Use:   "add NODE --identity NAME... [--kind sidecar|front-proxy|grpc] [--agent [--selector uid:N|gid:N|path:/abs/path]...]",
 		Short: "Register a node, assign it identities, and print its one-time join token",
 		Args:  exactArgs(1, "NODE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var tok api.JoinToken
-			asJSON, err := g.call(cmd, "POST", api.PathNodes, api.AddNodeRequest{Name: args[0], Kind: kind, Identities: ids, Agent: agent}, &tok)
+			asJSON, err := g.call(cmd, "POST", api.PathNodes, api.AddNodeRequest{Name: args[0], Kind: kind, Identities: ids, Agent: agent, Selectors: selectors}, &tok)
 			if err != nil {
 				return err
 			}
@@ -58,6 +59,7 @@ func nodeAddCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "write the join token to this file (0600) instead of printing it")
 	cmd.Flags().StringSliceVar(&ids, "identity", nil, "identity whose secret the node receives (repeat for more)")
 	cmd.Flags().BoolVar(&agent, "agent", false, "an agent node: its agent makes the identities' keys and sends CSRs; meshca never sends it a private key")
+	cmd.Flags().StringArrayVar(&selectors, "selector", nil, "with --agent: serve every --identity only to local processes matching every selector: uid:N, gid:N, path:/abs/path (repeat for more; change later with node assign)")
 	cmd.Flags().StringVar(&kind, "kind", mesh.KindSidecar, fmt.Sprintf("node kind: %s, %s or %s", mesh.KindSidecar, mesh.KindFrontProxy, mesh.KindGRPC))
 	return cmd
 }

@@ -99,6 +99,15 @@ func TestNodeAssignSelectors(t *testing.T) {
 	if err == nil || !strings.Contains(stderr, `"path:relative/echo"`) || !strings.Contains(stderr, "absolute") {
 		t.Fatalf("bad selector: err = %v, stderr = %q; want the selector named and what to write", err, stderr)
 	}
+	// node add takes them for each of its identities.
+	if out, stderr, err := cli("node", "add", "n2", "--agent", "--identity", "web", "--identity", "db", "--selector", "uid:7"); err != nil ||
+		!strings.Contains(out, "added node n2") {
+		t.Fatalf("node add --selector: %v %s\n%s", err, stderr, out)
+	}
+	out, _, _ = cli("node", "show", "n2")
+	if !strings.Contains(out, "db selectors:   uid:7") || !strings.Contains(out, "web selectors:  uid:7") {
+		t.Fatalf("node show n2:\n%s", out)
+	}
 	// A path may contain a comma: one flag is one selector.
 	if out, stderr, err := cli("node", "assign", "n1", "--identity", "web", "--selector", "path:/opt/a,b"); err != nil || !strings.Contains(out, "path:/opt/a,b") {
 		t.Fatalf("a path with a comma: %v %s\n%s", err, stderr, out)

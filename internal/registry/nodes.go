@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/meshca/meshca/ca"
@@ -44,6 +45,9 @@ type AddNode struct {
 	// Agent makes an agent node: its agent makes the identities' keys and
 	// sends CSRs (SignCSR); meshca never sends it a key.
 	Agent bool
+	// Selectors, for an agent node, restrict every one of Identities to
+	// the local processes they name (see AssignIdentity).
+	Selectors []string
 }
 
 // JoinToken is a one-time token as handed to the operator. Only its hash is
@@ -79,12 +83,26 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (Node
 	ids := slices.Clone(req.Identities)
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
+	selectors, err := attest.Normalize(req.Selectors)
+	if err != nil {
+		return Node{}, JoinToken{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if len(selectors) > 0 && !req.Agent {
+		return Node{}, JoinToken{}, fmt.Errorf("%w: selectors choose processes on an agent node: add --agent, or leave the selectors out", ErrInvalid)
+	}
+	if len(selectors) > 0 && len(ids) == 0 {
+		return Node{}, JoinToken{}, fmt.Errorf("%w: selectors apply to the identities the node is given: name them too", ErrInvalid)
+	}
+	var perIdentity map[string][]string
+	for _, id := range ids {
+		perIdentity = withSelectors(perIdentity, id, selectors)
+	}
 	tok, hash, err := newToken()
 	if err != nil {
 		return Node{}, JoinToken{}, err
 	}
 	now := r.cfg.Clock.Now().UTC()
-	n := store.Node{Name: req.Name, Kind: req.Kind, Identities: ids, State: store.StateActive, Agent: req.Agent, CreatedAt: now, UpdatedAt: now}
+	n := store.Node{Name: req.Name, Kind: req.Kind, Identities: ids, State: store.StateActive, Agent: req.Agent, Selectors: perIdentity, CreatedAt: now, UpdatedAt: now}
 	expires := now.Add(r.cfg.Lifetimes.JoinToken)
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		if _, err := tx.Node(req.Name); err == nil {
@@ -105,7 +123,7 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (Node
 			return err
 		}
 		_, err := tx.Append(store.Event{Action: ActionNodeAdd, Actor: actor, Node: req.Name,
-			Detail: fmt.Sprintf("kind=%s identities=%v agent=%t token_expires=%s", req.Kind, ids, req.Agent, expires.Format(time.RFC3339))})
+			Detail: fmt.Sprintf("kind=%s identities=%v agent=%t token_expires=%s", req.Kind, ids, req.Agent, expires.Format(time.RFC3339)) + selectorsDetail(selectors)})
 		return err
 	})
 	if err != nil {
@@ -223,11 +241,7 @@ func (r *Registry) AssignIdentity(ctx context.Context, a Assignment, actor strin
 			}
 			n.Selectors = withSelectors(n.Selectors, ident, selectors)
 			out = *n
-			ev := store.Event{Action: ActionNodeAssign, Actor: actor, Node: node, Identity: ident}
-			if len(selectors) > 0 {
-				ev.Detail = fmt.Sprintf("selectors=%v", selectors)
-			}
-			return ev, nil
+			return store.Event{Action: ActionNodeAssign, Actor: actor, Node: node, Identity: ident, Detail: strings.TrimSpace(selectorsDetail(selectors))}, nil
 		})
 	} else {
 		err = fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -237,6 +251,15 @@ func (r *Registry) AssignIdentity(ctx context.Context, a Assignment, actor strin
 		return Node{}, err
 	}
 	return nodeView(out), nil
+}
+
+// selectorsDetail is the audit detail of selectors: " selectors=[...]",
+// or "" for none.
+func selectorsDetail(selectors []string) string {
+	if len(selectors) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" selectors=%v", selectors)
 }
 
 // withSelectors returns m, a copy, with ident's selectors set (nil:
