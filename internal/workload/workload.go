@@ -119,10 +119,18 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 	workload.RegisterSpiffeWorkloadAPIServer(r, s)
 }
 
+// Limits of Serve's gRPC server. Requests of this API are empty or hold a
+// few names; a workload needs a handful of streams.
+const (
+	MaxRecvMsgSize       = 16 << 10
+	MaxConcurrentStreams = 64 // per connection
+)
+
 // Serve serves the Workload API on l, a Unix socket listener, until ctx
 // ends; streams in progress are then closed. It returns nil on ctx's end.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	g := grpc.NewServer(grpc.Creds(peercred.New()),
+		grpc.MaxRecvMsgSize(MaxRecvMsgSize), grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.ChainStreamInterceptor(s.gate.StreamInterceptor()),
 		grpc.ChainUnaryInterceptor(s.gate.UnaryInterceptor()))
 	s.Register(g)

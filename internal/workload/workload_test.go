@@ -5,11 +5,13 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -377,3 +379,85 @@ func TestTCPClientRefused(t *testing.T) {
 	}
 	t.Logf("TCP client: %v", err)
 }
+
+// TestRefusedFloodHoldsNothing: a local process refused in a loop (no
+// header, or no matching SVID) is reported every time, logged a bounded
+// number of times, and leaves no goroutine behind on the server.
+func TestRefusedFloodHoldsNothing(t *testing.T) {
+	me := self(t)
+	root := testkit.NewCA(t, pkix.Name{CommonName: "root"}, time.Now().Add(24*time.Hour), nil)
+	var (
+		mu     sync.Mutex
+		hooks  int
+		logged int
+	)
+	logger := slog.New(countHandler{n: &logged, mu: &mu})
+	gate := attest.NewGate(attest.GateConfig{Logger: logger, Denied: func(peercred.Caller, string) {
+		mu.Lock()
+		hooks++
+		mu.Unlock()
+	}})
+	src := newSource(wl.State{TrustDomain: td, SVIDs: []wl.SVID{svid(t, root, "/db", "uid:"+itoa(me.UID+1))}, Bundle: []*x509.Certificate{root.Cert}})
+	addr := serve(t, src, gate)
+	c := rawClient(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	// Warm the connection so the baseline includes its goroutines.
+	if s, err := c.FetchX509SVID(ctx, &workload.X509SVIDRequest{}); err == nil {
+		_, _ = s.Recv()
+	}
+	base := runtime.NumGoroutine()
+	const calls = 300
+	start := time.Now()
+	for i := range calls {
+		cctx := ctx
+		if i%2 == 0 {
+			cctx = withHeader(ctx)
+		}
+		s, err := c.FetchX509SVID(cctx, &workload.X509SVIDRequest{})
+		if err == nil {
+			_, err = s.Recv()
+		}
+		want := codes.InvalidArgument
+		if i%2 == 0 {
+			want = codes.PermissionDenied
+		}
+		if status.Code(err) != want {
+			t.Fatalf("call %d: err = %v, want %v", i, err, want)
+		}
+	}
+	took := time.Since(start)
+	// The server's stream goroutines end after the answers; wait for it.
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for runtime.NumGoroutine() > base+2 {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("goroutines: %d after the flood, %d before", runtime.NumGoroutine(), base)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if hooks != calls/2 || logged > 10 {
+		t.Fatalf("%d refusals for lack of a matching SVID: hook called %d times (want each), %d log records (want at most 10)", calls/2, hooks, logged)
+	}
+	t.Logf("%d refused calls in %s (%.0f/s): %d reported to the hook, %d log records, goroutines %d -> %d",
+		calls, took.Round(time.Millisecond), calls/took.Seconds(), hooks, logged, base, runtime.NumGoroutine())
+}
+
+// countHandler counts records.
+type countHandler struct {
+	mu *sync.Mutex
+	n  *int
+}
+
+func (h countHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h countHandler) Handle(context.Context, slog.Record) error {
+	h.mu.Lock()
+	*h.n++
+	h.mu.Unlock()
+	return nil
+}
+func (h countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h countHandler) WithGroup(string) slog.Handler      { return h }
