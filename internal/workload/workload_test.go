@@ -93,7 +93,12 @@ func crl(t *testing.T, ca *testkit.CA, n int64) []byte {
 // address for go-spiffe ("unix://...").
 func serve(t *testing.T, src wl.Source, gate *attest.Gate) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "w.sock")
+	return serveAt(t, filepath.Join(t.TempDir(), "w.sock"), src, gate)
+}
+
+// serveAt is serve on the socket path.
+func serveAt(t *testing.T, path string, src wl.Source, gate *attest.Gate) string {
+	t.Helper()
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
