@@ -218,6 +218,23 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, _ *workload.ValidateJWTSVI
 	return nil, jwtUnimplemented(ctx)
 }
 
+// FetchWITSVID answers Unimplemented.
+func (s *Server) FetchWITSVID(_ *workload.WITSVIDRequest, stream grpc.ServerStreamingServer[workload.WITSVIDResponse]) error {
+	return witUnimplemented(stream.Context())
+}
+
+// FetchWITBundles answers Unimplemented.
+func (s *Server) FetchWITBundles(_ *workload.WITBundlesRequest, stream grpc.ServerStreamingServer[workload.WITBundlesResponse]) error {
+	return witUnimplemented(stream.Context())
+}
+
+func witUnimplemented(ctx context.Context) error {
+	if err := header(ctx); err != nil {
+		return err
+	}
+	return status.Error(codes.Unimplemented, "meshca serves X.509-SVIDs only: WIT-SVIDs are not implemented; use FetchX509SVID and mTLS")
+}
+
 // svidResponse is what caller receives of st.
 func (s *Server) svidResponse(caller peercred.Caller, st State) (*workload.X509SVIDResponse, error) {
 	svids := allowed(caller, st.SVIDs)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -338,6 +339,13 @@ func TestRefusals(t *testing.T) {
 		}
 		if status.Code(err) != codes.Unimplemented {
 			t.Fatalf("FetchJWTBundles: err = %v, want Unimplemented", err)
+		}
+		w, err := c.FetchWITSVID(ctx, &workload.WITSVIDRequest{})
+		if err == nil {
+			_, err = w.Recv()
+		}
+		if status.Code(err) != codes.Unimplemented || !strings.Contains(status.Convert(err).Message(), "X.509-SVIDs only") {
+			t.Fatalf("FetchWITSVID: err = %v, want Unimplemented saying what is served", err)
 		}
 	})
 
