@@ -148,7 +148,9 @@ type Node struct {
 	// its agent may serve the identity to (uid:N, gid:N, path:/abs; all
 	// must match). An identity without an entry serves any local caller,
 	// which is also how a record written before this field reads, so the
-	// field needed no schema change.
+	// field needed no schema change. A meshca built before it would drop
+	// the selectors when it rewrote the node (widening the assignment):
+	// do not go back to one on a store where selectors were set.
 	Selectors map[string][]string `json:"selectors,omitempty"`
 }
 
