@@ -85,7 +85,7 @@ func TestAnotherUIDIsRefused(t *testing.T) {
 	denied := make(chan peercred.Caller, 4)
 	gate := attest.NewGate(attest.GateConfig{Logger: testkit.Logger(t), Denied: func(c peercred.Caller, _ string) { denied <- c }})
 	sock := filepath.Join(dir, "w.sock")
-	addr := serveAt(t, sock, src, gate)
+	addr := serveAt(t, sock, wl.Config{Source: src, Gate: gate})
 	if err := os.Chmod(sock, 0o777); err != nil {
 		t.Fatal(err)
 	}

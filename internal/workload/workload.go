@@ -81,8 +81,12 @@ type Source interface {
 type Config struct {
 	Source Source
 	// Gate refuses and reports callers that match no SVID; nil means a
-	// Gate that logs to Logger.
-	Gate   *attest.Gate
+	// Gate that logs to Logger (rate-limited) and calls Denied. Share one
+	// Gate with the SDS socket to report both in one place.
+	Gate *attest.Gate
+	// Denied is the audit hook of the default Gate: called for every
+	// refusal, unthrottled; it must not block. Ignored with Gate set.
+	Denied func(c peercred.Caller, reason string)
 	Logger *slog.Logger // nil discards
 }
 
@@ -108,7 +112,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Gate == nil {
-		cfg.Gate = attest.NewGate(attest.GateConfig{Logger: cfg.Logger})
+		cfg.Gate = attest.NewGate(attest.GateConfig{Logger: cfg.Logger, Denied: cfg.Denied})
 	}
 	return &Server{src: cfg.Source, gate: cfg.Gate, log: cfg.Logger}, nil
 }

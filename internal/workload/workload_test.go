@@ -94,17 +94,18 @@ func crl(t *testing.T, ca *testkit.CA, n int64) []byte {
 // address for go-spiffe ("unix://...").
 func serve(t *testing.T, src wl.Source, gate *attest.Gate) string {
 	t.Helper()
-	return serveAt(t, filepath.Join(t.TempDir(), "w.sock"), src, gate)
+	return serveAt(t, filepath.Join(t.TempDir(), "w.sock"), wl.Config{Source: src, Gate: gate})
 }
 
 // serveAt is serve on the socket path.
-func serveAt(t *testing.T, path string, src wl.Source, gate *attest.Gate) string {
+func serveAt(t *testing.T, path string, cfg wl.Config) string {
 	t.Helper()
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := wl.New(wl.Config{Source: src, Gate: gate, Logger: testkit.Logger(t)})
+	cfg.Logger = testkit.Logger(t)
+	srv, err := wl.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,12 +273,11 @@ func TestRefusals(t *testing.T) {
 		reason string
 	}
 	denied := make(chan denial, 16)
-	gate := attest.NewGate(attest.GateConfig{Logger: testkit.Logger(t), Denied: func(c peercred.Caller, reason string) {
-		denied <- denial{c, reason}
-	}})
 	// The only SVID is for another uid.
 	src := newSource(wl.State{TrustDomain: td, SVIDs: []wl.SVID{svid(t, root, "/db", "uid:"+itoa(me.UID+1))}, Bundle: []*x509.Certificate{root.Cert}})
-	addr := serve(t, src, gate)
+	addr := serveAt(t, filepath.Join(t.TempDir(), "w.sock"), wl.Config{Source: src, Denied: func(c peercred.Caller, reason string) {
+		denied <- denial{c, reason}
+	}})
 	c := rawClient(t, addr)
 
 	t.Run("no header", func(t *testing.T) {
