@@ -224,33 +224,36 @@ func (r *Registry) Assign(ctx context.Context, node, ident, actor string) (Node,
 // without selectors serves any local caller again. Selectors are for agent
 // nodes, whose agent attests the local callers; another node refuses them.
 func (r *Registry) AssignIdentity(ctx context.Context, a Assignment, actor string) (Node, error) {
-	node, ident := a.Node, a.Identity
-	var out store.Node
-	selectors, err := attest.Normalize(a.Selectors)
-	if err == nil {
-		err = r.updateNode(ctx, node, func(tx *store.Tx, n *store.Node) (store.Event, error) {
-			if err := assignable(tx, ident); err != nil {
-				return store.Event{}, err
-			}
-			if len(selectors) > 0 && !n.Agent {
-				return store.Event{}, fmt.Errorf("%w: selectors choose processes on an agent node, and node %q is not one: its proxies receive keys over xDS (register an agent node with meshca node add --agent)", ErrInvalid, node)
-			}
-			if !slices.Contains(n.Identities, ident) {
-				n.Identities = append(n.Identities, ident)
-				slices.Sort(n.Identities)
-			}
-			n.Selectors = withSelectors(n.Selectors, ident, selectors)
-			out = *n
-			return store.Event{Action: ActionNodeAssign, Actor: actor, Node: node, Identity: ident, Detail: strings.TrimSpace(selectorsDetail(selectors))}, nil
-		})
-	} else {
-		err = fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
+	n, err := r.assignIdentity(ctx, a, actor)
 	if err != nil {
-		r.deny(ctx, store.Event{Action: ActionNodeAssign, Actor: actor, Node: clip(node, identity.MaxNameLength), Identity: clip(ident, identity.MaxNameLength), Detail: err.Error()})
+		r.deny(ctx, store.Event{Action: ActionNodeAssign, Actor: actor, Node: clip(a.Node, identity.MaxNameLength), Identity: clip(a.Identity, identity.MaxNameLength), Detail: err.Error()})
 		return Node{}, err
 	}
-	return nodeView(out), nil
+	return nodeView(n), nil
+}
+
+func (r *Registry) assignIdentity(ctx context.Context, a Assignment, actor string) (store.Node, error) {
+	selectors, err := attest.Normalize(a.Selectors)
+	if err != nil {
+		return store.Node{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	var out store.Node
+	err = r.updateNode(ctx, a.Node, func(tx *store.Tx, n *store.Node) (store.Event, error) {
+		if err := assignable(tx, a.Identity); err != nil {
+			return store.Event{}, err
+		}
+		if len(selectors) > 0 && !n.Agent {
+			return store.Event{}, fmt.Errorf("%w: selectors choose processes on an agent node, and node %q is not one: its proxies receive keys over xDS (register an agent node with meshca node add --agent)", ErrInvalid, n.Name)
+		}
+		if !slices.Contains(n.Identities, a.Identity) {
+			n.Identities = append(n.Identities, a.Identity)
+			slices.Sort(n.Identities)
+		}
+		n.Selectors = withSelectors(n.Selectors, a.Identity, selectors)
+		out = *n
+		return store.Event{Action: ActionNodeAssign, Actor: actor, Node: n.Name, Identity: a.Identity, Detail: strings.TrimSpace(selectorsDetail(selectors))}, nil
+	})
+	return out, err
 }
 
 // selectorsDetail is the audit detail of selectors: " selectors=[...]",
