@@ -47,6 +47,12 @@ import (
 	"github.com/meshca/meshca/internal/workload/attest"
 )
 
+// Log attribute keys.
+const (
+	logSPIFFEID = "spiffe_id"
+	logErr      = "err"
+)
+
 // Header is the metadata key every Workload API request must carry with
 // the value "true".
 const Header = "workload.spiffe.io"
@@ -250,7 +256,7 @@ func (s *Server) svidResponse(caller peercred.Caller, st State) (*workload.X509S
 	for _, sv := range svids {
 		key, err := x509.MarshalPKCS8PrivateKey(sv.Key)
 		if err != nil {
-			s.log.Error("cannot serve an SVID whose key does not encode as PKCS#8", "spiffe_id", sv.SPIFFEID, "err", err)
+			s.log.Error("cannot serve an SVID whose key does not encode as PKCS#8", logSPIFFEID, sv.SPIFFEID, logErr, err)
 			continue
 		}
 		resp.Svids = append(resp.Svids, &workload.X509SVID{
