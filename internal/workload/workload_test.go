@@ -2,6 +2,7 @@ package workload_test
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -474,3 +475,29 @@ func (h countHandler) Handle(context.Context, slog.Record) error {
 }
 func (h countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h countHandler) WithGroup(string) slog.Handler      { return h }
+
+// opaqueSigner is a key that cannot leave its holder, like one in
+// hardware: x509.MarshalPKCS8PrivateKey does not know it.
+type opaqueSigner struct{ crypto.Signer }
+
+// TestUnencodableKeyLeftOut: an SVID whose key cannot be encoded is left
+// out of the answer; with nothing left the caller is told to retry
+// (Unavailable), not refused.
+func TestUnencodableKeyLeftOut(t *testing.T) {
+	root := testkit.NewCA(t, pkix.Name{CommonName: "root"}, time.Now().Add(24*time.Hour), nil)
+	hw := svid(t, root, "/hw")
+	hw.Key = opaqueSigner{hw.Key}
+	web := svid(t, root, "/web")
+	src := newSource(wl.State{TrustDomain: td, SVIDs: []wl.SVID{hw, web}, Bundle: []*x509.Certificate{root.Cert}})
+	addr := serve(t, src, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	svids, err := workloadapi.FetchX509SVIDs(ctx, workloadapi.WithAddr(addr))
+	if err != nil || len(svids) != 1 || svids[0].ID.String() != web.SPIFFEID {
+		t.Fatalf("FetchX509SVIDs = %d SVIDs, %v; want only %s", len(svids), err, web.SPIFFEID)
+	}
+	src.Set(wl.State{TrustDomain: td, SVIDs: []wl.SVID{hw}, Bundle: []*x509.Certificate{root.Cert}})
+	if _, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(addr)); status.Code(err) != codes.Unavailable {
+		t.Fatalf("only an unencodable key: err = %v, want Unavailable", err)
+	}
+}
