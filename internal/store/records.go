@@ -150,6 +150,14 @@ type Node struct {
 	// count is a SignCount record, so that counting does not rewrite (and
 	// push) the node.
 	Agent bool `json:"agent,omitempty"`
+	// Selectors name, per identity of an agent node, the local processes
+	// its agent may serve the identity to (uid:N, gid:N, path:/abs; all
+	// must match). An identity without an entry serves any local caller,
+	// which is also how a record written before this field reads, so the
+	// field needed no schema change. A meshca built before it would drop
+	// the selectors when it rewrote the node (widening the assignment):
+	// do not go back to one on a store where selectors were set.
+	Selectors map[string][]string `json:"selectors,omitempty"`
 }
 
 // Revocation records a revoked certificate serial.
