@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"errors"
-	"slices"
 	"sync"
 
 	"github.com/meshca/meshca/internal/authority"
@@ -55,29 +54,20 @@ func (r *renewals) Certs(ctx context.Context) ([]rotation.Cert, error) {
 
 // refresh brings certs up to what the feed has handed over: every identity
 // on the first round or after the feed dropped changes, else those changed
-// since the last round. Changes are queued before a write returns, so a
-// renewal that returned before is covered.
+// since the last round (a renewal made here is kept at once by Renew, as
+// the feed may name it moments later on etcd).
 func (r *renewals) refresh(ctx context.Context) error {
 	all := r.sub == nil
 	if all {
 		// Subscribe before reading: what commits meanwhile is read again.
 		r.sub = r.st.Subscribe(0)
 	}
-	var changed []string
-	now, cancel := context.WithCancel(ctx)
-	cancel() // take what is queued, never wait
-	for {
-		b, err := r.sub.Next(now)
-		if err != nil {
-			break
-		}
-		all = all || b.Resync
-		for _, c := range b.Changes {
-			if c.Kind == store.KindIdentity {
-				changed = append(changed, c.Key)
-			}
-		}
+	changed, resync, err := r.sub.Take(store.KindIdentity)
+	if err != nil {
+		r.close()
+		return err
 	}
+	all = all || resync
 	if all {
 		ids, err := r.reg.Identities(ctx)
 		if err != nil {
@@ -90,8 +80,7 @@ func (r *renewals) refresh(ctx context.Context) error {
 		}
 		return nil
 	}
-	slices.Sort(changed)
-	for _, name := range slices.Compact(changed) {
+	for _, name := range changed {
 		st, err := r.reg.Identity(ctx, name)
 		if errors.Is(err, registry.ErrNotFound) {
 			delete(r.certs, name)
@@ -144,5 +133,12 @@ func (r *renewals) Renew(ctx context.Context, name string) (rotation.Cert, error
 	if err != nil {
 		return rotation.Cert{}, err
 	}
+	// Kept at once: on etcd the feed names the change moments later, and
+	// the next round must not find the old certificate due again.
+	r.mu.Lock()
+	if r.certs != nil {
+		r.put(st)
+	}
+	r.mu.Unlock()
 	return rotation.Cert{Name: name, Serial: st.Cert.Serial, NotBefore: st.Cert.NotBefore, NotAfter: st.Cert.NotAfter}, nil
 }
