@@ -64,6 +64,7 @@ type EtcdConfig struct {
 	// ReplicaTTL is the lease of RunReplica's registration (default
 	// DefaultReplicaTTL; whole seconds, at least one).
 	ReplicaTTL time.Duration
+	Prune      PruneConfig // what Prune and RunPrune remove and compact; zero: defaults
 }
 
 // EtcdTLS names the PEM files for TLS to etcd: CA verifies the members'
@@ -119,6 +120,7 @@ type etcdStore struct {
 	log      *slog.Logger
 
 	replicaTTL time.Duration // the lease of a replica's registration
+	compaction compaction    // the revisions Prune read, for compacting
 
 	// The group commit (etcd_commit.go): Updates waiting for a batch.
 	// Batching also keeps a replica's own Updates from conflicting on the
@@ -190,6 +192,7 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 		onCommit: cfg.OnCommit,
 		fault:    cfg.Fault,
 		contact:  cfg.Contact,
+		prune:    cfg.Prune,
 	}
 	e.rev = rev
 	e.ctx, e.cancel = context.WithCancel(context.Background())
