@@ -227,8 +227,9 @@ func TestRunPruneOnTimer(t *testing.T) {
 			t.Fatalf("prune run %d: %v", n, err)
 		}
 	}
-	ran(1) // at t0
-	for i, want := range []bool{true, true, false} { // at t0+12h, +24h, +36h
+	// Runs at t0, then at t0+12h, +24h and +36h.
+	ran(1)
+	for i, want := range []bool{true, true, false} {
 		clk.Add(12 * time.Hour)
 		ran(uint64(i + 2))
 		if got := present(); got != want {
