@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	"github.com/meshca/meshca/internal/clock"
 )
 
 // Defaults of PruneConfig.
@@ -87,32 +89,35 @@ type compaction struct {
 	compacted int64
 }
 
-// RunPrune prunes at once and then every PruneConfig.Interval of the
-// store's clock until ctx ends; a failed run is logged and tried again at
+// RunPrune prunes at once and then every PruneConfig.Interval of clk
+// (nil: the store's clock), which also tells the time certificates are
+// judged by, until ctx ends; a failed run is logged and tried again at
 // the next. It is the leader's work: with a fenced ctx (WithFence) a
 // deposed leader removes nothing.
-func (s *Store) RunPrune(ctx context.Context) error {
+func (s *Store) RunPrune(ctx context.Context, clk clock.Clock) error {
+	if clk == nil {
+		clk = s.clock
+	}
 	cfg := s.prune.withDefaults()
 	for {
-		if _, err := s.Prune(ctx); err != nil && ctx.Err() == nil {
+		if _, err := s.Prune(ctx, clk.Now()); err != nil && ctx.Err() == nil {
 			s.log.Error("prune failed; will retry", logErr, err)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-s.clock.After(cfg.Interval):
+		case <-clk.After(cfg.Interval):
 		}
 	}
 }
 
-// Prune removes once what only grows and is no longer needed (see
+// Prune removes once what only grows and is no longer needed at now (see
 // PruneConfig), in transactions of at most 50 records, each with one audit
 // event counting what it removed, and on etcd compacts old revisions. The
 // audit log and the mesh versions are kept: they are the history an
 // operator reads.
-func (s *Store) Prune(ctx context.Context) (Pruned, error) {
+func (s *Store) Prune(ctx context.Context, now time.Time) (Pruned, error) {
 	cfg := s.prune.withDefaults()
-	now := s.clock.Now()
 	var out Pruned
 	if s.etcd != nil {
 		rev, err := s.etcd.compact(ctx, now, cfg.RevisionRetention)

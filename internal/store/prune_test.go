@@ -107,7 +107,7 @@ func pruneExpired(t *testing.T, s *store.Store) {
 	}))
 	check(t, s)
 
-	got, err := s.Prune(ctx)
+	got, err := s.Prune(ctx, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func pruneExpired(t *testing.T, s *store.Store) {
 	})
 	check(t, s)
 
-	again, err := s.Prune(ctx)
+	again, err := s.Prune(ctx, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +202,7 @@ func TestRunPruneOnTimer(t *testing.T) {
 	update(t, s, audited("fill", func(tx *store.Tx) error { return putCert(tx, expiredAt("web", "c1", t0.Add(time.Hour))) }))
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- s.RunPrune(runCtx) }()
+	go func() { done <- s.RunPrune(runCtx, clk) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -266,7 +266,7 @@ func TestPruneCompactsEtcd(t *testing.T) {
 	}
 	put("a")
 	first := revNow()
-	got, err := s.Prune(ctx)
+	got, err := s.Prune(ctx, clk.Now())
 	if err != nil || got.Compacted != 0 {
 		t.Fatalf("first prune = %+v, %v; want no compaction (nothing read 10 minutes ago)", got, err)
 	}
@@ -274,11 +274,11 @@ func TestPruneCompactsEtcd(t *testing.T) {
 		put(fmt.Sprint("b", i))
 	}
 	clk.Add(5 * time.Minute)
-	if got, err := s.Prune(ctx); err != nil || got.Compacted != 0 {
+	if got, err := s.Prune(ctx, clk.Now()); err != nil || got.Compacted != 0 {
 		t.Fatalf("prune 5 minutes later = %+v, %v; want no compaction yet", got, err)
 	}
 	clk.Add(5 * time.Minute)
-	got, err = s.Prune(ctx)
+	got, err = s.Prune(ctx, clk.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
