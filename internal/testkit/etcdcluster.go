@@ -19,6 +19,11 @@ import (
 // one, so that a test can take the cluster below quorum and back. Every
 // member is stopped when the test ends.
 //
+// Clients reach each member through a Proxy (Endpoints). Stop cuts the
+// member's client connections before it stops the member, as a crash
+// does: a member stopped with its clients' watches open would wait for
+// them (etcd's graceful stop, about 7s) while still answering.
+//
 // Like StartEtcd, its members run with UnsafeNoFsync: a write etcd
 // acknowledged is on a quorum of members' memory and logs, not on their
 // disks. Tests on it prove what survives the loss of members (a stopped
@@ -27,6 +32,7 @@ import (
 type EtcdCluster struct {
 	tb      testing.TB
 	members []*Etcd
+	proxies []*Proxy // in front of each member's client port
 }
 
 // StartEtcdCluster starts a cluster of n members (n >= 1) and waits until
@@ -74,6 +80,9 @@ func StartEtcdCluster(tb testing.TB, n int) *EtcdCluster {
 			}
 		}
 		if failed == nil {
+			for _, m := range c.members {
+				c.proxies = append(c.proxies, StartProxy(tb, m.Endpoint))
+			}
 			tb.Cleanup(c.stopAll)
 			return c
 		}
@@ -90,33 +99,43 @@ func (c *EtcdCluster) Size() int { return len(c.members) }
 // Member returns member i (0 <= i < Size).
 func (c *EtcdCluster) Member(i int) *Etcd { return c.members[i] }
 
-// Endpoints are the client addresses of every member, HOST:PORT, running
-// or not: what meshca is configured with.
+// Endpoints are the addresses, HOST:PORT, through which clients reach
+// every member, running or not: what meshca is configured with.
 func (c *EtcdCluster) Endpoints() []string {
-	out := make([]string, len(c.members))
-	for i, m := range c.members {
-		out[i] = m.Endpoint
+	out := make([]string, len(c.proxies))
+	for i, p := range c.proxies {
+		out[i] = p.Addr
 	}
 	return out
 }
 
-// Stop stops member i; its data stays for Restart. When it leads, it
-// hands leadership to another member first (etcd's graceful stop).
-func (c *EtcdCluster) Stop(i int) { c.members[i].Stop() }
+// Stop cuts member i's client connections and stops it; its data stays
+// for Restart. When it leads, it hands leadership to another member
+// first.
+func (c *EtcdCluster) Stop(i int) {
+	c.proxies[i].Cut()
+	c.members[i].Stop()
+}
 
-// Restart starts the stopped member i again on its ports and data, and
-// waits until it is ready, which needs a quorum of members running with
-// it. It fails the test after 30s.
+// Restart starts the stopped member i again on its ports and data, waits
+// until it is ready, which needs a quorum of members running with it, and
+// lets clients reach it again. It fails the test after 30s.
 func (c *EtcdCluster) Restart(i int) {
 	c.tb.Helper()
 	c.members[i].Restart()
+	c.proxies[i].Restore()
 }
 
-// Client is a plain etcd client of every member, for looking at etcd
-// behind meshca's back; closed when the test ends.
+// Client is a plain etcd client of every member, reaching them directly
+// (not through the proxies), for looking at etcd behind meshca's back;
+// closed when the test ends.
 func (c *EtcdCluster) Client() *clientv3.Client {
 	c.tb.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	direct := make([]string, len(c.members))
+	for i, m := range c.members {
+		direct[i] = m.Endpoint
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: direct, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		c.tb.Fatal(err)
 	}
@@ -124,18 +143,32 @@ func (c *EtcdCluster) Client() *clientv3.Client {
 	return cli
 }
 
-// stopAll stops every member at once: stopped one by one, the last ones
-// would wait for a quorum that is gone.
+// stopAll stops every member: the followers at once, then the leader,
+// which then has no one to hand leadership to and stops without waiting
+// for a transfer that cannot happen.
 func (c *EtcdCluster) stopAll() {
-	done := make(chan struct{}, len(c.members))
-	for _, m := range c.members {
-		go func() {
-			m.Stop()
-			done <- struct{}{}
-		}()
+	for _, p := range c.proxies {
+		p.Cut()
 	}
-	for range c.members {
-		<-done
+	var leaders, followers []*Etcd
+	for _, m := range c.members {
+		if m.srv != nil && m.srv.Server.Leader() == m.srv.Server.MemberID() {
+			leaders = append(leaders, m)
+		} else {
+			followers = append(followers, m)
+		}
+	}
+	for _, group := range [][]*Etcd{followers, leaders} {
+		done := make(chan struct{}, len(group))
+		for _, m := range group {
+			go func() {
+				m.Stop()
+				done <- struct{}{}
+			}()
+		}
+		for range group {
+			<-done
+		}
 	}
 }
 
