@@ -134,6 +134,12 @@ func startIssuanceLoad(m *mesh, workers int, stop <-chan struct{}) *issuanceLoad
 				l.mu.Lock()
 				l.failures = append(l.failures, fmt.Sprintf("%s %s: %d %v %.200s", a.action, a.identity, status, err, body))
 				l.mu.Unlock()
+				// A refusal comes back at once: pace the next try.
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
 			}
 		}()
 	}
@@ -263,7 +269,7 @@ func etcdLeader(t *testing.T, c *testkit.EtcdCluster) int {
 	return -1
 }
 
-// TestEtcdMembersStopped runs meshca (contact bound 2s) on a three-member
+// TestEtcdMembersStopped runs meshca (contact bound 3s) on a three-member
 // etcd cluster and takes the members away one by one:
 //
 //   - One of three, the leading one, while four clients add and re-issue
@@ -279,7 +285,7 @@ func etcdLeader(t *testing.T, c *testkit.EtcdCluster) int {
 //     stored identity has the certificate and the audit record of its
 //     addition.
 func TestEtcdMembersStopped(t *testing.T) {
-	const every, bound = 100 * time.Millisecond, 2 * time.Second
+	const every, bound = 200 * time.Millisecond, 3 * time.Second
 	cluster := testkit.StartEtcdCluster(t, 3)
 	const prefix = "/members"
 	m := startMeshWith(t, nil, filepath.Join(t.TempDir(), "data"), onEtcdAt(cluster.Endpoints(), prefix), app.WithStoreContact(every, bound))

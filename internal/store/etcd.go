@@ -64,7 +64,6 @@ type EtcdConfig struct {
 	// ReplicaTTL is the lease of RunReplica's registration (default
 	// DefaultReplicaTTL; whole seconds, at least one).
 	ReplicaTTL time.Duration
-	Prune      PruneConfig // what Prune and RunPrune remove and compact; zero: defaults
 }
 
 // EtcdTLS names the PEM files for TLS to etcd: CA verifies the members'
@@ -195,7 +194,6 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 		onCommit: cfg.OnCommit,
 		fault:    cfg.Fault,
 		contact:  cfg.Contact,
-		prune:    cfg.Prune,
 	}
 	e.rev = rev
 	e.ctx, e.cancel = context.WithCancel(context.Background())

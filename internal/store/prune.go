@@ -41,7 +41,8 @@ const (
 	logPrunedRevs  = "revocations"
 )
 
-// PruneConfig says what Prune removes. Zero fields take their defaults.
+// PruneConfig says what Prune removes and when RunPrune runs. Zero fields
+// take their defaults.
 type PruneConfig struct {
 	// CertRetention: a certificate that expired longer ago than this is
 	// removed with its index entry, unless it is still some identity's,
@@ -53,9 +54,12 @@ type PruneConfig struct {
 	// RevisionRetention (etcd): each run compacts etcd's history to the
 	// newest revision this store read at least that long ago.
 	RevisionRetention time.Duration
+	// Clock times RunPrune's runs and tells the time certificates are
+	// judged by (default: the store's clock).
+	Clock clock.Clock
 }
 
-func (c PruneConfig) withDefaults() PruneConfig {
+func (c PruneConfig) withDefaults(s *Store) PruneConfig {
 	if c.CertRetention <= 0 {
 		c.CertRetention = DefaultCertRetention
 	}
@@ -64,6 +68,9 @@ func (c PruneConfig) withDefaults() PruneConfig {
 	}
 	if c.RevisionRetention <= 0 {
 		c.RevisionRetention = DefaultRevisionRetention
+	}
+	if c.Clock == nil {
+		c.Clock = s.clock
 	}
 	return c
 }
@@ -89,24 +96,19 @@ type compaction struct {
 	compacted int64
 }
 
-// RunPrune prunes at once and then every PruneConfig.Interval of clk
-// (nil: the store's clock), which also tells the time certificates are
-// judged by, until ctx ends; a failed run is logged and tried again at
-// the next. It is the leader's work: with a fenced ctx (WithFence) a
-// deposed leader removes nothing.
-func (s *Store) RunPrune(ctx context.Context, clk clock.Clock) error {
-	if clk == nil {
-		clk = s.clock
-	}
-	cfg := s.prune.withDefaults()
+// RunPrune prunes at once and then every cfg.Interval until ctx ends; a
+// failed run is logged and tried again at the next. It is the leader's
+// work: with a fenced ctx (WithFence) a deposed leader removes nothing.
+func (s *Store) RunPrune(ctx context.Context, cfg PruneConfig) error {
+	cfg = cfg.withDefaults(s)
 	for {
-		if _, err := s.Prune(ctx, clk.Now()); err != nil && ctx.Err() == nil {
+		if _, err := s.Prune(ctx, cfg.Clock.Now(), cfg); err != nil && ctx.Err() == nil {
 			s.log.Error("prune failed; will retry", logErr, err)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-clk.After(cfg.Interval):
+		case <-cfg.Clock.After(cfg.Interval):
 		}
 	}
 }
@@ -115,9 +117,10 @@ func (s *Store) RunPrune(ctx context.Context, clk clock.Clock) error {
 // PruneConfig), in transactions of at most 50 records, each with one audit
 // event counting what it removed, and on etcd compacts old revisions. The
 // audit log and the mesh versions are kept: they are the history an
-// operator reads.
-func (s *Store) Prune(ctx context.Context, now time.Time) (Pruned, error) {
-	cfg := s.prune.withDefaults()
+// operator reads. A run that removes nothing and compacts nothing writes
+// nothing.
+func (s *Store) Prune(ctx context.Context, now time.Time, cfg PruneConfig) (Pruned, error) {
+	cfg = cfg.withDefaults(s)
 	var out Pruned
 	if s.etcd != nil {
 		rev, err := s.etcd.compact(ctx, now, cfg.RevisionRetention)

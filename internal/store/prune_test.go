@@ -37,16 +37,11 @@ func expiredAt(identity, serial string, notAfter time.Time) store.Credential {
 func TestPruneExpiredCertificates(t *testing.T) {
 	for _, name := range []string{"bbolt", "etcd"} {
 		t.Run(name, func(t *testing.T) {
-			prune := store.PruneConfig{CertRetention: pruneRetention, RevisionRetention: 1000 * time.Hour}
 			var s *store.Store
 			if name == "bbolt" {
-				cfg := config(t, filepath.Join(t.TempDir(), "data"))
-				cfg.Prune = prune
-				s = openCfg(t, cfg)
+				s = openCfg(t, config(t, filepath.Join(t.TempDir(), "data")))
 			} else {
-				cfg := etcdConfig(t, newPrefix(t))
-				cfg.Prune = prune
-				s = openEtcd(t, cfg)
+				s = openEtcd(t, etcdConfig(t, newPrefix(t)))
 			}
 			pruneExpired(t, s)
 		})
@@ -54,6 +49,8 @@ func TestPruneExpiredCertificates(t *testing.T) {
 }
 
 func pruneExpired(t *testing.T, s *store.Store) {
+	// No compaction here: the package's etcd member serves other tests.
+	cfg := store.PruneConfig{CertRetention: pruneRetention, RevisionRetention: 1000 * time.Hour}
 	long := t0.Add(-pruneRetention - time.Minute) // expired beyond the retention
 	recent := t0.Add(-pruneRetention + time.Minute)
 	certs := map[string]store.Credential{
@@ -107,7 +104,7 @@ func pruneExpired(t *testing.T, s *store.Store) {
 	}))
 	check(t, s)
 
-	got, err := s.Prune(ctx, t0)
+	got, err := s.Prune(ctx, t0, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +153,7 @@ func pruneExpired(t *testing.T, s *store.Store) {
 	})
 	check(t, s)
 
-	again, err := s.Prune(ctx, t0)
+	again, err := s.Prune(ctx, t0, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,15 +191,14 @@ func sortedSerials(certs []store.Cert) string {
 // that removes it, not one before.
 func TestRunPruneOnTimer(t *testing.T) {
 	clk := clock.NewFake(t0)
-	cfg := config(t, filepath.Join(t.TempDir(), "data"))
-	cfg.Clock = clk
-	cfg.Prune = store.PruneConfig{CertRetention: 24 * time.Hour, Interval: 12 * time.Hour}
-	s := openCfg(t, cfg)
+	s := openCfg(t, config(t, filepath.Join(t.TempDir(), "data")))
 	// Expires at t0+1h: prunable after t0+25h.
 	update(t, s, audited("fill", func(tx *store.Tx) error { return putCert(tx, expiredAt("web", "c1", t0.Add(time.Hour))) }))
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- s.RunPrune(runCtx, clk) }()
+	go func() {
+		done <- s.RunPrune(runCtx, store.PruneConfig{CertRetention: 24 * time.Hour, Interval: 12 * time.Hour, Clock: clk})
+	}()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -249,8 +245,8 @@ func TestPruneCompactsEtcd(t *testing.T) {
 	clk := clock.NewFake(t0)
 	s := openEtcd(t, store.EtcdConfig{
 		Endpoints: []string{e.Endpoint}, Prefix: "/prune", Sealer: newSealer(t, 0x42), Clock: clk,
-		Prune: store.PruneConfig{RevisionRetention: 10 * time.Minute},
 	})
+	cfg := store.PruneConfig{RevisionRetention: 10 * time.Minute}
 	cli := e.Client()
 	sub := s.Subscribe(100)
 	defer sub.Close()
@@ -266,7 +262,7 @@ func TestPruneCompactsEtcd(t *testing.T) {
 	}
 	put("a")
 	first := revNow()
-	got, err := s.Prune(ctx, clk.Now())
+	got, err := s.Prune(ctx, clk.Now(), cfg)
 	if err != nil || got.Compacted != 0 {
 		t.Fatalf("first prune = %+v, %v; want no compaction (nothing read 10 minutes ago)", got, err)
 	}
@@ -274,11 +270,11 @@ func TestPruneCompactsEtcd(t *testing.T) {
 		put(fmt.Sprint("b", i))
 	}
 	clk.Add(5 * time.Minute)
-	if got, err := s.Prune(ctx, clk.Now()); err != nil || got.Compacted != 0 {
+	if got, err := s.Prune(ctx, clk.Now(), cfg); err != nil || got.Compacted != 0 {
 		t.Fatalf("prune 5 minutes later = %+v, %v; want no compaction yet", got, err)
 	}
 	clk.Add(5 * time.Minute)
-	got, err = s.Prune(ctx, clk.Now())
+	got, err = s.Prune(ctx, clk.Now(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

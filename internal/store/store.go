@@ -70,7 +70,6 @@ type Config struct {
 	// must be quick: metrics use it.
 	OnCommit func(events []Event, took time.Duration)
 	Fault    func() error // testing: when set, called at the start of every Update; a non-nil error fails it
-	Prune    PruneConfig  // what Prune and RunPrune remove; zero: defaults
 }
 
 // Store is meshca's state on disk. It is safe for concurrent use.
@@ -88,7 +87,6 @@ type Store struct {
 	db       *bolt.DB
 	etcd     *etcdStore // set by OpenEtcd; then commits and db are unused
 	terms    localTerms // the election on bbolt
-	prune    PruneConfig
 	dir      string
 	path     string
 	sealer   *seal.Sealer
@@ -157,7 +155,6 @@ func Open(cfg Config) (*Store, error) {
 		log:      cfg.Logger,
 		onCommit: cfg.OnCommit,
 		fault:    cfg.Fault,
-		prune:    cfg.Prune,
 	}, nil
 }
 
