@@ -18,6 +18,7 @@ const contactPoll = 100 * time.Millisecond
 // that started just before the loss (a read of a member that has lost its
 // quorum) would wait as long as its caller's context allows, which for an
 // admin request is as long as the client waits.
+// A nil *contactLoss (a store opened for a migration) never ends a call.
 type contactLoss struct {
 	contact func() error // nil: never lost
 
@@ -67,6 +68,9 @@ func (c *contactLoss) observe(err error) {
 // bound returns ctx ending also when contact is lost (now or later), and
 // the function that releases it.
 func (c *contactLoss) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c == nil || c.contact == nil {
+		return ctx, func() {}
+	}
 	c.mu.Lock()
 	if c.lost.Err() != nil && c.contact() == nil {
 		// Back since the last poll.
@@ -86,7 +90,7 @@ func (c *contactLoss) bound(ctx context.Context) (context.Context, context.Cance
 // non-nil when contact is lost, and then the reason the caller is given,
 // in the words of the store's owner.
 func (c *contactLoss) failed(err error) error {
-	if err == nil || c.contact == nil {
+	if err == nil || c == nil || c.contact == nil {
 		return nil
 	}
 	return c.contact()
