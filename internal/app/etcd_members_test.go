@@ -442,6 +442,6 @@ func TestEtcdMembersStopped(t *testing.T) {
 	}
 	events = checkAcknowledged(t, st, acks)
 	ids := checkWhole(t, st)
-	t.Logf("one member back: it was ready after %s, the next write acknowledged %s after its restart; all %d acknowledged writes in etcd, %d identities each with its certificate and audit record, %d audit events, store check clean",
+	t.Logf("one member back: the member was ready after %s, the next write acknowledged %s after its restart; all %d acknowledged writes in etcd, %d identities each with its certificate and audit record, %d audit events, store check clean",
 		memberBack.Round(time.Millisecond), resumed.Round(time.Millisecond), len(acks), ids, events)
 }

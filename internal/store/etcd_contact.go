@@ -18,6 +18,7 @@ const contactPoll = 100 * time.Millisecond
 // that started just before the loss (a read of a member that has lost its
 // quorum) would wait as long as its caller's context allows, which for an
 // admin request is as long as the client waits.
+//
 // A nil *contactLoss (a store opened for a migration) never ends a call.
 type contactLoss struct {
 	contact func() error // nil: never lost
