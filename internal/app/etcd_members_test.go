@@ -298,6 +298,7 @@ func TestEtcdMembersStopped(t *testing.T) {
 	defer halt()
 	const before, after = 4, 8
 	if got := load.await(before, 30*time.Second); got < before {
+		halt()
 		t.Fatalf("only %d acknowledged writes in 30s before any member stopped: %v", got, load.failures)
 	}
 	first := etcdLeader(t, cluster)
@@ -312,6 +313,7 @@ func TestEtcdMembersStopped(t *testing.T) {
 		<-load.acked
 	}
 	if got := load.await(after, 20*time.Second); got < after {
+		halt()
 		t.Fatalf("only %d writes acknowledged within 20s after the etcd leader stopped: %v", got, load.failures[failedBefore:])
 	}
 	halt()
