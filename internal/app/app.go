@@ -279,6 +279,9 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		Work: []func(context.Context) error{
 			ren.run(renewer), auth.RunCRL,
 			func(ctx context.Context) error { return auth.RunCA(ctx, rotationAcks(xdsSrv, nodes)) },
+			func(ctx context.Context) error {
+				return st.RunPrune(ctx, store.PruneConfig{CertRetention: cfg.Store.CertRetention.D(), Clock: o.clock})
+			},
 		},
 		Clock: o.clock, Logger: logger,
 	})
