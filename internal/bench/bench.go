@@ -60,6 +60,7 @@ var Sections = []Section{
 	{Name: "storm", Title: "Rotation storm", Run: runStorm},
 	{Name: "memory", Title: "Memory per idle stream", Run: runMemory},
 	{Name: "startup", Title: "Start to ready", Run: runStartup},
+	{Name: "etcd", Title: "Durable issuance on etcd", Run: runEtcdIssuance},
 }
 
 // ErrNoRows: a section finished without measuring anything.

@@ -26,6 +26,7 @@ var Workers = map[string]func(ctx context.Context, args []string, in io.Reader, 
 	"cfssl-serve": workCFSSLServe,
 	"xds-clients": workXDSClients,
 	"naive-xds":   workNaiveXDS,
+	"etcd":        workEtcd,
 }
 
 // workerEnv names the worker a harness process should be.
