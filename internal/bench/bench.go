@@ -61,6 +61,8 @@ var Sections = []Section{
 	{Name: "memory", Title: "Memory per idle stream", Run: runMemory},
 	{Name: "startup", Title: "Start to ready", Run: runStartup},
 	{Name: "etcd", Title: "Durable issuance on etcd", Run: runEtcdIssuance},
+	{Name: "replicas", Title: "Change propagation across replicas", Run: runPropagation},
+	{Name: "failover", Title: "Failover of a killed replica's nodes", Run: runFailover},
 }
 
 // ErrNoRows: a section finished without measuring anything.

@@ -124,16 +124,7 @@ func openRegistry(ctx context.Context, dataDir string, lintBeforeSigning bool, e
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, nil, nil, err
 	}
-	sealer, err := seal.LoadOrCreate(filepath.Join(dataDir, app.KEKFile))
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	var st *store.Store
-	if len(etcd.Endpoints) > 0 {
-		st, err = store.OpenEtcd(store.EtcdConfig{Endpoints: etcd.Endpoints, Prefix: etcd.Prefix, Sealer: sealer})
-	} else {
-		st, err = store.Open(store.Config{Dir: dataDir, Sealer: sealer})
-	}
+	st, err := openStore(dataDir, etcd)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -155,6 +146,19 @@ func openRegistry(ctx context.Context, dataDir string, lintBeforeSigning bool, e
 		return nil, nil, nil, err
 	}
 	return reg, auth, st.Close, nil
+}
+
+// openStore opens the store of dataDir, or with etcd endpoints the one in
+// etcd sealed with dataDir's key-encryption key (created if missing).
+func openStore(dataDir string, etcd EtcdTarget) (*store.Store, error) {
+	sealer, err := seal.LoadOrCreate(filepath.Join(dataDir, app.KEKFile))
+	if err != nil {
+		return nil, err
+	}
+	if len(etcd.Endpoints) > 0 {
+		return store.OpenEtcd(store.EtcdConfig{Endpoints: etcd.Endpoints, Prefix: etcd.Prefix, Sealer: sealer})
+	}
+	return store.Open(store.Config{Dir: dataDir, Sealer: sealer})
 }
 
 // WriteNodes writes nodes as JSON lines (one SeedNode each) for a worker.
