@@ -39,6 +39,18 @@ const (
 // out.
 const maxConnectionsPerNode = 64
 
+// handshakeGrace is how long a connection just admitted is safe from
+// eviction when every address holds at most one connection without a node
+// certificate: a crowd of peers, such as the nodes of a failed replica all
+// reconnecting at once, rather than a flood from one source. Evicting the
+// oldest handshake there only makes that node try again, and a crowd
+// larger than MaxUnauthenticated then keeps evicting its own handshakes
+// before they finish (1,000 nodes took 40 s to fail over on two cores,
+// with 18 of every 19 connections evicted). Instead the listener stops
+// accepting until a slot frees or the oldest handshake is this old; the
+// others wait in the kernel's listen backlog.
+const handshakeGrace = time.Second
+
 // Limits bound what peers can make the server hold. A peer without a node
 // certificate (a joining node, or anyone at all) is served by a separate
 // gRPC server that knows only Join, with small buffers and short timeouts,
@@ -53,7 +65,10 @@ type Limits struct {
 	// (or MaxConnections is), the oldest such connection of the address
 	// holding the most of them is closed to make room: a flood cannot lock
 	// nodes out, nor evict the handshakes of nodes at other addresses, it
-	// can only make peers without a certificate reconnect.
+	// can only make peers without a certificate reconnect. When every
+	// address holds just one, the oldest is closed only once it has had
+	// handshakeGrace to finish; until then new connections wait to be
+	// accepted.
 	MaxUnauthenticated int
 	// MaxUnauthenticatedPerAddress bounds connections without a node
 	// certificate per remote address (per /64 for IPv6); one beyond it is
@@ -106,6 +121,7 @@ type limiter struct {
 	unauth      list.List            // *trackedConn, oldest first
 	unauthAddrs map[netip.Prefix]int // unauth per address
 	perAddr     map[netip.Prefix]int // handshakes done without a certificate, per address
+	freed       chan struct{}        // closed when an unauthenticated slot frees; nil when nobody waits
 }
 
 func newLimiter(l Limits) *limiter {
@@ -132,6 +148,38 @@ func (l *limiter) admit(t *trackedConn) (victim *trackedConn, ok bool) {
 	t.elem = l.unauth.PushBack(t)
 	l.unauthAddrs[t.addr]++
 	return victim, true
+}
+
+// crowded reports how long t should wait before admit: while the limiter
+// is full, every address (t's included) holds at most one connection
+// without a certificate, and the oldest of them was admitted less than
+// handshakeGrace before t.admitted. freed is closed as soon as a slot
+// frees. Only the accept loop admits, so admit after a zero wait evicts a
+// connection at least handshakeGrace old, or one of an address holding
+// several, or none.
+func (l *limiter) crowded(t *trackedConn) (wait time.Duration, freed <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.total < l.max && l.unauth.Len() < l.maxUnauth || l.unauth.Len() == 0 {
+		return 0, nil
+	}
+	if l.unauthAddrs[t.addr] > 0 {
+		return 0, nil
+	}
+	for _, n := range l.unauthAddrs {
+		if n > 1 {
+			return 0, nil
+		}
+	}
+	oldest := l.unauth.Front().Value.(*trackedConn)
+	wait = oldest.admitted.Add(handshakeGrace).Sub(t.admitted)
+	if wait <= 0 {
+		return 0, nil
+	}
+	if l.freed == nil {
+		l.freed = make(chan struct{})
+	}
+	return wait, l.freed
 }
 
 // victim is the oldest unauthenticated connection of the address holding
@@ -171,6 +219,10 @@ func (l *limiter) forgetUnauth(t *trackedConn) {
 	}
 	l.unauth.Remove(t.elem)
 	t.elem = nil
+	if l.freed != nil {
+		close(l.freed)
+		l.freed = nil
+	}
 	if l.unauthAddrs[t.addr]--; l.unauthAddrs[t.addr] <= 0 {
 		delete(l.unauthAddrs, t.addr)
 	}

@@ -1,11 +1,15 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -20,6 +24,7 @@ type failoverResult struct {
 	fromKill         time.Duration // kill → last node current
 	p50, p99         time.Duration // per node: stream ended → current
 	attempts, failed int64
+	failures         string // why connections failed, as the clients said
 	// CPU the surviving server and the client process used from the kill
 	// until the last node was current.
 	serverCPU, clientCPU time.Duration
@@ -54,6 +59,10 @@ func runFailover(ctx context.Context, env *Env) (*Report, error) {
 		return nil, fmt.Errorf("meshca: %w", err)
 	}
 	rs.a = nil // killed
+	events, err := xdsEvents(ctx, rs.b.Admin)
+	if err != nil {
+		return nil, fmt.Errorf("replica B's metrics: %w", err)
+	}
 	env.Logf("meshca: %d nodes: kill → first stream ended %s; → all current on B %s (p50 %s, p99 %s per node); %d connections tried, %d failed; B's CPU %s, clients' %s",
 		n, fmtDur(mesh.detect), fmtDur(mesh.took), fmtDur(mesh.p50), fmtDur(mesh.p99), mesh.attempts, mesh.failed, fmtDur(mesh.serverCPU), fmtDur(mesh.clientCPU))
 
@@ -71,6 +80,7 @@ func runFailover(ctx context.Context, env *Env) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("naive servers: %w", err)
 	}
+	env.Logf("meshca: failed connections: %s; B's xDS counters: %s", mesh.failures, events)
 	env.Logf("naive: %d nodes: kill → first stream ended %s; → all current on B %s (p50 %s, p99 %s per node); %d connections tried, %d failed; B's CPU %s, clients' %s",
 		n, fmtDur(base.detect), fmtDur(base.took), fmtDur(base.p50), fmtDur(base.p99), base.attempts, base.failed, fmtDur(base.serverCPU), fmtDur(base.clientCPU))
 
@@ -98,7 +108,41 @@ func runFailover(ctx context.Context, env *Env) (*Report, error) {
 			Baseline: fmtDur(base.serverCPU) + " + " + fmtDur(base.clientCPU), Ratio: ratioOf(int64(mesh.serverCPU), int64(base.serverCPU))},
 		Row{Figure: "surviving server's CPU per node", Value: fmtDur(mesh.serverCPU / time.Duration(n)), Baseline: fmtDur(base.serverCPU / time.Duration(n))},
 	)
+	rep.Notes = append(rep.Notes, "Why connections got no response (as the clients saw it): meshca: "+orDash(mesh.failures)+"; baseline: "+
+		orDash(base.failures)+". Replica B's xDS counters afterwards: "+events+".")
 	return rep, nil
+}
+
+// xdsEvents returns the non-zero meshca_xds_events_total counters of the
+// meshca whose admin API is at admin, as "event=N, ...".
+func xdsEvents(ctx context.Context, admin string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var out []string
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), `meshca_xds_events_total{event="`)
+		if !ok {
+			continue
+		}
+		event, value, _ := strings.Cut(rest, `"} `)
+		if value != "0" {
+			out = append(out, event+"="+value)
+		}
+	}
+	slices.Sort(out)
+	if len(out) == 0 {
+		return "none", sc.Err()
+	}
+	return strings.Join(out, ", "), sc.Err()
 }
 
 // failover connects the case's nodes to the server at addrA (process a),
@@ -130,6 +174,9 @@ func (fc *fanoutCase) failover(ctx context.Context, env *Env, a *Proc, addrA str
 	<-a.done
 	done, err := clients.Expect("done ", time.Minute+time.Duration(fc.n)*20*time.Millisecond)
 	if err != nil {
+		return res, fmt.Errorf("clients: %w", err)
+	}
+	if res.failures, err = clients.Expect("failures", 10*time.Second); err != nil {
 		return res, fmt.Errorf("clients: %w", err)
 	}
 	server1, err1 := cpuOf(b.Pid())

@@ -14,6 +14,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 )
 
 // workFailoverClients is the failover-clients worker: one sidecar per node
@@ -48,7 +50,8 @@ import (
 //	          first and last stream ending and of the last stream current
 //	          again, each node's time from its stream ending to current
 //	          again (median, 99th percentile), the connections tried since
-//	          the failover began and those that got no response.
+//	          the failover began and those that got no response; then
+//	          "failures N× WHY | ..." saying why those got none.
 //
 // A node served something else than it held is reported as "error ...".
 // Closing stdin stops the worker.
@@ -128,6 +131,9 @@ type failoverClients struct {
 	attempts atomic.Int64 // connections tried since armed
 	failed   atomic.Int64 // of which got no response
 	reported atomic.Bool  // an error was printed
+
+	mu       sync.Mutex
+	failures map[string]int // why connections tried since armed got no response
 }
 
 // foStream is one node and the stream it keeps to some server.
@@ -184,7 +190,7 @@ func (c *failoverClients) run(ctx context.Context, s *foStream) {
 		if c.armed.Load() {
 			c.attempts.Add(1)
 		}
-		served, _ := c.session(ctx, s, addr)
+		served, err := c.session(ctx, s, addr)
 		if ctx.Err() != nil {
 			return
 		}
@@ -199,6 +205,7 @@ func (c *failoverClients) run(ctx context.Context, s *foStream) {
 		}
 		if c.armed.Load() {
 			c.failed.Add(1)
+			c.noteFailure(err)
 		}
 		if failures++; failures%len(c.addrs) != 0 {
 			continue
@@ -293,12 +300,31 @@ func (c *failoverClients) receive(s *foStream, addr string, resp *discovery.Disc
 	return nil
 }
 
+// noteFailure counts why a connection got no response, by its error's
+// text up to the first colon-separated detail that names an address.
+func (c *failoverClients) noteFailure(err error) {
+	why := "no error"
+	if err != nil {
+		st := status.Convert(err)
+		why = st.Code().String() + ": " + st.Message()
+		if i := strings.Index(why, "127."); i > 0 {
+			why = why[:i] // the addresses differ per node
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failures[why]++
+}
+
 // arm notes what every stream holds and starts waiting for each to be
 // current again on another server.
 func (c *failoverClients) arm() {
 	c.pending.Store(int64(len(c.streams)))
 	c.attempts.Store(0)
 	c.failed.Store(0)
+	c.mu.Lock()
+	c.failures = map[string]int{}
+	c.mu.Unlock()
 	for _, s := range c.streams {
 		s.mu.Lock()
 		s.base, s.lost, s.current = s.held, time.Time{}, time.Time{}
@@ -325,4 +351,12 @@ func (c *failoverClients) report() {
 	c.out.Printf("done first_lost=%d last_lost=%d last=%d p50=%d p99=%d attempts=%d failed=%d",
 		lost[0].UnixNano(), lost[len(lost)-1].UnixNano(), current[len(current)-1].UnixNano(),
 		took[len(took)/2], took[len(took)*99/100], c.attempts.Load(), c.failed.Load())
+	c.mu.Lock()
+	var why []string
+	for w, n := range c.failures {
+		why = append(why, fmt.Sprintf("%d× %s", n, w))
+	}
+	c.mu.Unlock()
+	slices.Sort(why)
+	c.out.Printf("failures %s", strings.Join(why, " | "))
 }
