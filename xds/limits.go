@@ -39,17 +39,17 @@ const (
 // out.
 const maxConnectionsPerNode = 64
 
-// handshakeGrace is how long a connection just admitted is safe from
-// eviction when every address holds at most one connection without a node
-// certificate: a crowd of peers, such as the nodes of a failed replica all
-// reconnecting at once, rather than a flood from one source. Evicting the
-// oldest handshake there only makes that node try again, and a crowd
-// larger than MaxUnauthenticated then keeps evicting its own handshakes
-// before they finish (1,000 nodes took 40 s to fail over on two cores,
-// with 18 of every 19 connections evicted). Instead the listener stops
-// accepting until a slot frees or the oldest handshake is this old; the
-// others wait in the kernel's listen backlog.
-const handshakeGrace = time.Second
+// A crowd is what the limiter sees when every address holds at most one
+// connection without a node certificate: many peers at once, such as the
+// nodes of a failed replica all reconnecting, rather than a flood from one
+// source. Evicting the oldest handshake there only makes that node try
+// again, and a crowd larger than MaxUnauthenticated on a busy server then
+// keeps evicting its own handshakes before they finish: 1,000 nodes took
+// 40 s to fail over on two cores with 18 of every 19 connections evicted,
+// and a one-second grace before eviction still collapsed the same way
+// under load. In a crowd the listener stops accepting until a slot frees
+// (a handshake finishes, or its HandshakeTimeout ends it); the others wait
+// in the kernel's listen backlog, in order.
 
 // Limits bound what peers can make the server hold. A peer without a node
 // certificate (a joining node, or anyone at all) is served by a separate
@@ -66,9 +66,10 @@ type Limits struct {
 	// holding the most of them is closed to make room: a flood cannot lock
 	// nodes out, nor evict the handshakes of nodes at other addresses, it
 	// can only make peers without a certificate reconnect. When every
-	// address holds just one, the oldest is closed only once it has had
-	// handshakeGrace to finish; until then new connections wait to be
-	// accepted.
+	// address holds just one (a crowd), none is closed before its
+	// HandshakeTimeout: new connections wait to be accepted until a slot
+	// frees. Peers at that many addresses can then delay new connections
+	// (never the nodes already connected) by up to HandshakeTimeout.
 	MaxUnauthenticated int
 	// MaxUnauthenticatedPerAddress bounds connections without a node
 	// certificate per remote address (per /64 for IPv6); one beyond it is
@@ -115,6 +116,7 @@ func (l Limits) withDefaults() Limits {
 // accept until its handshake shows a node certificate.
 type limiter struct {
 	max, maxUnauth, maxPerAddr int
+	handshakeTimeout           time.Duration
 
 	mu          sync.Mutex
 	total       int
@@ -126,7 +128,7 @@ type limiter struct {
 
 func newLimiter(l Limits) *limiter {
 	return &limiter{max: l.MaxConnections, maxUnauth: l.MaxUnauthenticated, maxPerAddr: l.MaxUnauthenticatedPerAddress,
-		unauthAddrs: map[netip.Prefix]int{}, perAddr: map[netip.Prefix]int{}}
+		handshakeTimeout: l.HandshakeTimeout, unauthAddrs: map[netip.Prefix]int{}, perAddr: map[netip.Prefix]int{}}
 }
 
 // admit takes a slot for a new connection. It fails only when nodes hold
@@ -151,12 +153,12 @@ func (l *limiter) admit(t *trackedConn) (victim *trackedConn, ok bool) {
 }
 
 // crowded reports how long t should wait before admit: while the limiter
-// is full, every address (t's included) holds at most one connection
-// without a certificate, and the oldest of them was admitted less than
-// handshakeGrace before t.admitted. freed is closed as soon as a slot
-// frees. Only the accept loop admits, so admit after a zero wait evicts a
-// connection at least handshakeGrace old, or one of an address holding
-// several, or none.
+// is full of a crowd (every address, t's included, holds at most one
+// connection without a certificate) and the oldest of them was admitted
+// less than the handshake timeout before t.admitted. freed is closed as
+// soon as a slot frees. Only the accept loop admits, so admit after a zero
+// wait evicts a connection past its handshake timeout, or one of an
+// address holding several, or none.
 func (l *limiter) crowded(t *trackedConn) (wait time.Duration, freed <-chan struct{}) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -172,7 +174,7 @@ func (l *limiter) crowded(t *trackedConn) (wait time.Duration, freed <-chan stru
 		}
 	}
 	oldest := l.unauth.Front().Value.(*trackedConn)
-	wait = oldest.admitted.Add(handshakeGrace).Sub(t.admitted)
+	wait = oldest.admitted.Add(l.handshakeTimeout).Sub(t.admitted)
 	if wait <= 0 {
 		return 0, nil
 	}

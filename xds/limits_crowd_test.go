@@ -8,10 +8,10 @@ import (
 
 // TestLimiterCrowdWaits: when every address holds one connection without a
 // certificate (a crowd of nodes reconnecting), a new one from yet another
-// address waits for a slot instead of evicting a handshake younger than
-// handshakeGrace; a slot freeing wakes it, and once the oldest is old
-// enough it is evicted as before. A flood from one address is not a crowd:
-// it evicts its own at once.
+// address waits for a slot instead of evicting a handshake in progress; a
+// slot freeing wakes it, and once the oldest is past its handshake timeout
+// it is evicted as before. A flood from one address is not a crowd: it
+// evicts its own at once.
 func TestLimiterCrowdWaits(t *testing.T) {
 	l := newLimiter(Limits{MaxConnections: 64, MaxUnauthenticated: 3, MaxUnauthenticatedPerAddress: 2}.withDefaults())
 	start := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
@@ -30,8 +30,8 @@ func TestLimiterCrowdWaits(t *testing.T) {
 
 	next := conn("192.0.2.4", 300*time.Millisecond)
 	wait, freed := l.crowded(next)
-	if want := handshakeGrace - 300*time.Millisecond; wait != want {
-		t.Fatalf("full of a crowd: wait %s, want %s (until the oldest has had its grace)", wait, want)
+	if want := ConnectionTimeout - 300*time.Millisecond; wait != want {
+		t.Fatalf("full of a crowd: wait %s, want %s (until the oldest's handshake timeout)", wait, want)
 	}
 	select {
 	case <-freed:
@@ -51,17 +51,17 @@ func TestLimiterCrowdWaits(t *testing.T) {
 		t.Fatalf("with a free slot: victim %p, admitted %t", v, ok)
 	}
 
-	late := conn("192.0.2.5", handshakeGrace+time.Millisecond)
+	late := conn("192.0.2.5", ConnectionTimeout+time.Millisecond)
 	if wait, _ := l.crowded(late); wait != 0 {
-		t.Fatalf("oldest past its grace: wait %s", wait)
+		t.Fatalf("oldest past its handshake timeout: wait %s", wait)
 	}
 	if v, ok := l.admit(late); !ok || v != crowd[0] {
-		t.Fatalf("oldest past its grace: victim %p, want the oldest %p", v, crowd[0])
+		t.Fatalf("oldest past its handshake timeout: victim %p, want the oldest %p", v, crowd[0])
 	}
 
 	// One address already holding a connection: no wait, its own oldest
 	// makes room, however young.
-	again := conn("192.0.2.5", handshakeGrace+2*time.Millisecond)
+	again := conn("192.0.2.5", ConnectionTimeout+2*time.Millisecond)
 	if wait, _ := l.crowded(again); wait != 0 {
 		t.Fatalf("second connection of one address: wait %s", wait)
 	}

@@ -86,7 +86,7 @@ func (g *gate) run() error {
 }
 
 // waitCrowd holds t, not yet admitted, while the limiter is full of the
-// handshakes of a crowd of peers (see handshakeGrace), and returns false
+// handshakes of a crowd of peers (see Limits.MaxUnauthenticated), and returns false
 // if the gate closes meanwhile.
 func (g *gate) waitCrowd(t *trackedConn) bool {
 	for {

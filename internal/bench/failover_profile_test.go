@@ -104,6 +104,11 @@ func TestProfileFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	took := time.Since(killed)
 	why, _ := clients.Expect("failures", 10*time.Second)
-	t.Logf("%d nodes: kill → all current on B in %s; clients: %s; failures: %s", fc.n, time.Since(killed), done, why)
+	events, err := xdsEvents(ctx, b.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d nodes: kill → all current on B in %s; clients: %s; failures: %s; B's xDS counters: %s", fc.n, took, done, why, events)
 }
