@@ -63,6 +63,7 @@ var Sections = []Section{
 	{Name: "etcd", Title: "Durable issuance on etcd", Run: runEtcdIssuance},
 	{Name: "replicas", Title: "Change propagation across replicas", Run: runPropagation},
 	{Name: "failover", Title: "Failover of a killed replica's nodes", Run: runFailover},
+	{Name: "replicas2", Title: "Issuance and fan-out with two replicas", Run: runTwoReplicas},
 }
 
 // ErrNoRows: a section finished without measuring anything.
