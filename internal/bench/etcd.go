@@ -118,11 +118,10 @@ func StartEtcd(ctx context.Context, env *Env, name string, members int) (*Proc, 
 // in-process, 1, 8 and 64 callers) on etcd with one member and with three,
 // beside the same workload on bbolt in the same run.
 func runEtcdIssuance(ctx context.Context, env *Env) (*Report, error) {
-	n := 3000
+	n, callers := 3000, []int{1, 8, 64}
 	if env.Quick {
-		n = 20
+		n, callers = 20, []int{1, 64}
 	}
-	callers := []int{1, 8, 64}
 	count := func(c int) int {
 		if c == 1 {
 			return max(n/6, 10)
