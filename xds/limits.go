@@ -39,18 +39,6 @@ const (
 // out.
 const maxConnectionsPerNode = 64
 
-// A crowd is what the limiter sees when every address holds at most one
-// connection without a node certificate: many peers at once, such as the
-// nodes of a failed replica all reconnecting, rather than a flood from one
-// source. Evicting the oldest handshake there only makes that node try
-// again, and a crowd larger than MaxUnauthenticated on a busy server then
-// keeps evicting its own handshakes before they finish: 1,000 nodes took
-// 40 s to fail over on two cores with 18 of every 19 connections evicted,
-// and a one-second grace before eviction still collapsed the same way
-// under load. In a crowd the listener stops accepting until a slot frees
-// (a handshake finishes, or its HandshakeTimeout ends it); the others wait
-// in the kernel's listen backlog, in order.
-
 // Limits bound what peers can make the server hold. A peer without a node
 // certificate (a joining node, or anyone at all) is served by a separate
 // gRPC server that knows only Join, with small buffers and short timeouts,
@@ -159,6 +147,18 @@ func (l *limiter) admit(t *trackedConn) (victim *trackedConn, ok bool) {
 // soon as a slot frees. Only the accept loop admits, so admit after a zero
 // wait evicts a connection past its handshake timeout, or one of an
 // address holding several, or none.
+//
+// A crowd is what the limiter sees when every address holds at most one
+// connection without a node certificate: many peers at once, such as the
+// nodes of a failed replica all reconnecting, rather than a flood from one
+// source. Evicting the oldest handshake there only makes that node try
+// again, and a crowd larger than MaxUnauthenticated on a busy server then
+// keeps evicting its own handshakes before they finish: 1,000 nodes took
+// 40 s to fail over on two cores with 18 of every 19 connections evicted,
+// and a one-second grace before eviction still collapsed the same way
+// under load. In a crowd the listener stops accepting until a slot frees
+// (a handshake finishes, or its HandshakeTimeout ends it); the others wait
+// in the kernel's listen backlog, in order.
 func (l *limiter) crowded(t *trackedConn) (wait time.Duration, freed <-chan struct{}) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -182,6 +182,14 @@ func (l *limiter) crowded(t *trackedConn) (wait time.Duration, freed <-chan stru
 		l.freed = make(chan struct{})
 	}
 	return wait, l.freed
+}
+
+// wake tells a connection waiting in crowded that a slot freed.
+func (l *limiter) wake() {
+	if l.freed != nil {
+		close(l.freed)
+		l.freed = nil
+	}
 }
 
 // victim is the oldest unauthenticated connection of the address holding
@@ -221,10 +229,7 @@ func (l *limiter) forgetUnauth(t *trackedConn) {
 	}
 	l.unauth.Remove(t.elem)
 	t.elem = nil
-	if l.freed != nil {
-		close(l.freed)
-		l.freed = nil
-	}
+	l.wake()
 	if l.unauthAddrs[t.addr]--; l.unauthAddrs[t.addr] <= 0 {
 		delete(l.unauthAddrs, t.addr)
 	}
@@ -256,6 +261,7 @@ func (l *limiter) drop(t *trackedConn) {
 	}
 	t.gone = true
 	l.total--
+	l.wake()
 	l.forgetUnauth(t)
 	if t.counted {
 		if l.perAddr[t.addr]--; l.perAddr[t.addr] <= 0 {
