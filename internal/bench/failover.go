@@ -30,6 +30,8 @@ type failoverResult struct {
 	// CPU the surviving server and the client process used from the kill
 	// until the last node was current.
 	serverCPU, clientCPU time.Duration
+	// storeCPU is what the etcd worker used meanwhile (meshca only).
+	storeCPU time.Duration
 }
 
 // runFailover kills the replica that n nodes are connected to and times
@@ -56,7 +58,7 @@ func runFailover(ctx context.Context, env *Env) (*Report, error) {
 		return nil, fmt.Errorf("naive server input: %w", err)
 	}
 
-	mesh, err := rs.fc.failover(ctx, env, rs.a.Proc, rs.a.XDS, rs.b.Proc, rs.b.XDS)
+	mesh, err := rs.fc.failover(ctx, env, rs.a.Proc, rs.a.XDS, rs.b.Proc, rs.b.XDS, rs.etcd)
 	if err != nil {
 		return nil, fmt.Errorf("meshca: %w", err)
 	}
@@ -65,8 +67,8 @@ func runFailover(ctx context.Context, env *Env) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replica B's metrics: %w", err)
 	}
-	env.Logf("meshca: %d nodes: kill → first stream ended %s; → all current on B %s (p50 %s, p99 %s per node); %d connections tried, %d failed; B's CPU %s, clients' %s",
-		n, fmtDur(mesh.detect), fmtDur(mesh.took), fmtDur(mesh.p50), fmtDur(mesh.p99), mesh.attempts, mesh.failed, fmtDur(mesh.serverCPU), fmtDur(mesh.clientCPU))
+	env.Logf("meshca: %d nodes: kill → first stream ended %s; → all current on B %s (p50 %s, p99 %s per node); %d connections tried, %d failed; B's CPU %s, clients' %s, etcd's %s",
+		n, fmtDur(mesh.detect), fmtDur(mesh.took), fmtDur(mesh.p50), fmtDur(mesh.p99), mesh.attempts, mesh.failed, fmtDur(mesh.serverCPU), fmtDur(mesh.clientCPU), fmtDur(mesh.storeCPU))
 
 	na, addrA, err := rs.fc.startNaive(ctx, env)
 	if err != nil {
@@ -78,7 +80,7 @@ func runFailover(ctx context.Context, env *Env) (*Report, error) {
 		return nil, err
 	}
 	defer nb.Stop()
-	base, err := rs.fc.failover(ctx, env, na, addrA, nb, addrB)
+	base, err := rs.fc.failover(ctx, env, na, addrA, nb, addrB, nil)
 	if err != nil {
 		return nil, fmt.Errorf("naive servers: %w", err)
 	}
@@ -109,6 +111,7 @@ func runFailover(ctx context.Context, env *Env) (*Report, error) {
 			Baseline: fmt.Sprintf("%d (%d)", base.attempts, base.failed)},
 		Row{Figure: "CPU meanwhile: surviving server + client process", Value: fmtDur(mesh.serverCPU) + " + " + fmtDur(mesh.clientCPU),
 			Baseline: fmtDur(base.serverCPU) + " + " + fmtDur(base.clientCPU), Ratio: ratioOf(int64(mesh.serverCPU), int64(base.serverCPU))},
+		Row{Figure: "etcd's CPU meanwhile (the naive servers have no store)", Value: fmtDur(mesh.storeCPU)},
 		Row{Figure: "surviving server's CPU per node", Value: fmtDur(mesh.serverCPU / time.Duration(n)), Baseline: fmtDur(base.serverCPU / time.Duration(n))},
 	)
 	cores := time.Duration(runtime.NumCPU())
@@ -157,7 +160,7 @@ func xdsEvents(ctx context.Context, admin string) (string, error) {
 // failover connects the case's nodes to the server at addrA (process a),
 // kills a, and times every node until it is current on the server at
 // addrB (process b).
-func (fc *fanoutCase) failover(ctx context.Context, env *Env, a *Proc, addrA string, b *Proc, addrB string) (failoverResult, error) {
+func (fc *fanoutCase) failover(ctx context.Context, env *Env, a *Proc, addrA string, b *Proc, addrB string, store *Proc) (failoverResult, error) {
 	var res failoverResult
 	clients, err := StartWorker(ctx, env, "failover-clients", "-nodes", fc.nodesFile, "-bundle", fc.bundleFile, "-addrs", addrA+","+addrB)
 	if err != nil {
@@ -178,6 +181,12 @@ func (fc *fanoutCase) failover(ctx context.Context, env *Env, a *Proc, addrA str
 	if err := errors.Join(err1, err2); err != nil {
 		return res, err
 	}
+	var store0 time.Duration
+	if store != nil {
+		if store0, err = cpuOf(store.Pid()); err != nil {
+			return res, err
+		}
+	}
 	killed := time.Now()
 	a.Kill()
 	<-a.done
@@ -194,6 +203,13 @@ func (fc *fanoutCase) failover(ctx context.Context, env *Env, a *Proc, addrA str
 		return res, err
 	}
 	res.serverCPU, res.clientCPU = server1-server0, client1-client0
+	if store != nil {
+		store1, err := cpuOf(store.Pid())
+		if err != nil {
+			return res, err
+		}
+		res.storeCPU = store1 - store0
+	}
 	f := fields(done)
 	var v [7]int64
 	for i, k := range []string{"first_lost", "last", "p50", "p99", "attempts", "failed", "last_lost"} {
