@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/credentials"
 )
@@ -62,6 +63,10 @@ type trackedConn struct {
 	once sync.Once
 
 	node string // under set.mu; "" until tracked
+
+	// admitted is when the accept loop admitted it (or last tried to);
+	// written only by that loop before admit, read under lim.mu.
+	admitted time.Time
 
 	// under lim.mu
 	elem    *list.Element // in lim.unauth while unauthenticated
