@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/denials"
 	"github.com/meshca/meshca/internal/store"
 )
 
@@ -37,12 +38,6 @@ type Reissuer interface {
 	Reissue(ctx context.Context, name, actor, action, note string) error
 }
 
-// Denials audits refused and failed requests; the registry implements it
-// and sums repeats up. It must not block on the caller's ctx.
-type Denials interface {
-	Deny(ctx context.Context, ev store.Event)
-}
-
 // Config configures an Authority.
 type Config struct {
 	Store       *store.Store // required
@@ -56,8 +51,9 @@ type Config struct {
 	// Reissuer re-keys leaves under the new CA during a rotation; without
 	// it a rotation waits for leaves to be renewed elsewhere.
 	Reissuer Reissuer
-	// Denials audits refusals; nil writes each one to the audit log.
-	Denials Denials
+	// Denials audits refusals in aggregate; nil writes each one to the
+	// audit log.
+	Denials *denials.Recorder
 	Clock   clock.Clock
 	Logger  *slog.Logger
 }

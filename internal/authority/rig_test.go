@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/denials"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
@@ -48,7 +49,6 @@ func (l *link) Reissue(ctx context.Context, name, actor, action, note string) er
 	}
 	return l.reg.Reissue(ctx, name, actor, action, note)
 }
-func (l *link) Deny(ctx context.Context, ev store.Event) { l.reg.Deny(ctx, ev) }
 
 // dataDir is a fresh 0700 data directory.
 func dataDir(t testing.TB) string {
@@ -75,11 +75,15 @@ func newRigWith(t testing.TB, st *store.Store, clk clock.Clock, log *slog.Logger
 	t.Helper()
 	td, _ := identity.TrustDomain("mesh.local")
 	l := &link{}
-	a, err := authority.New(context.Background(), authority.Config{Store: st, TrustDomain: td, Reissuer: l, Denials: l, Clock: clk, Logger: log})
+	refusals, err := denials.New(denials.Config{Store: st, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := registry.New(context.Background(), registry.Config{Store: st, TrustDomain: td, Issuer: a, Clock: clk})
+	a, err := authority.New(context.Background(), authority.Config{Store: st, TrustDomain: td, Reissuer: l, Denials: refusals, Clock: clk, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := registry.New(context.Background(), registry.Config{Store: st, TrustDomain: td, Issuer: a, Denials: refusals, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
