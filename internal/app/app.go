@@ -191,10 +191,9 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	regLink := &registryLink{}
 	auth, err := authority.New(ctx, authority.Config{
 		Store: st, TrustDomain: td, KeyAlgorithm: keyAlg, Lifetimes: lifetimes,
-		LintBeforeSigning: cfg.CA.LintBeforeSigning, Reissuer: regLink, Denials: refusals,
+		LintBeforeSigning: cfg.CA.LintBeforeSigning, Denials: refusals,
 		Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
@@ -207,7 +206,6 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
-	regLink.reg = reg
 	app.close = func() error {
 		// Refusals that came in while the parts stopped, after the
 		// recorder's own last flush.
@@ -282,6 +280,8 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		Work: []func(context.Context) error{
 			renewer.Run, auth.RunCRL,
 			func(ctx context.Context) error { return auth.RunCA(ctx, rotationAcks(xdsSrv, nodes)) },
+			// A rotation's leaves are re-keyed as the feed reports it.
+			reg.RunRekey,
 		},
 		Clock: o.clock, Logger: logger,
 	})

@@ -43,17 +43,6 @@ var (
 	_ admin.DenialRecorder = (*denials.Recorder)(nil)
 )
 
-// registryLink is what the authority needs of the registry (re-keying
-// leaves under a new CA), wired here so that neither package imports the
-// other. reg is set before anything runs.
-type registryLink struct{ reg *registry.Registry }
-
-var _ authority.Reissuer = (*registryLink)(nil)
-
-func (l *registryLink) Reissue(ctx context.Context, name, actor, action, note string) error {
-	return l.reg.Reissue(ctx, name, actor, action, note)
-}
-
 // pushWaiter lets admin writes wait until the nodes have the change.
 type pushWaiter struct{ b *nodeconfig.Builder }
 

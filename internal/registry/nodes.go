@@ -866,17 +866,11 @@ func (r *Registry) ReissueIdentity(ctx context.Context, name, actor string) (Sta
 	return st, nil
 }
 
-// reissue records the new certificate with an audit record of action,
-// whose detail ends with note when there is one (a CA rotation tells its
-// re-issues apart from routine renewals this way).
-// Reissue re-keys identity name under the CA in use, recorded and audited
-// as action with note in the detail; the nodes that hold it learn of it
-// from the store's change feed. A CA rotation calls it for every leaf.
-func (r *Registry) Reissue(ctx context.Context, name, actor, action, note string) error {
-	_, _, err := r.reissue(ctx, name, actor, action, note)
-	return err
-}
-
+// reissue re-keys identity name under the CA in use and records the new
+// certificate with an audit record of action, whose detail ends with note
+// when there is one (a CA rotation tells its re-keys apart from routine
+// renewals this way); the nodes that hold it learn of it from the store's
+// change feed.
 func (r *Registry) reissue(ctx context.Context, name, actor, action, note string) (Status, []string, error) {
 	cur, err := r.Identity(ctx, name)
 	if err != nil {

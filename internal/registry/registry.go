@@ -55,6 +55,10 @@ type Issuer interface {
 	// IssuersPEM are the CAs that may sign meshca's server certificate
 	// until a node's next renewal: what a joining node pins.
 	IssuersPEM(ctx context.Context) []byte
+	// Refresh makes Issue sign with the CA the store's CA set names now:
+	// the re-keying of a CA rotation may see the switch on the change feed
+	// before the Issuer has.
+	Refresh(ctx context.Context) error
 }
 
 // Config configures a Registry.
@@ -88,6 +92,7 @@ type Registry struct {
 	mesh atomic.Pointer[mesh.Mesh]
 
 	reissuingAll atomic.Bool // a ReissueAll is running
+	rekey        rekeyState  // see rekey.go
 
 	holdersMu      sync.Mutex
 	holders        map[string][]string // identity -> nodes assigned it

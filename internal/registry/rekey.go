@@ -1,0 +1,229 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/authority"
+	"github.com/meshca/meshca/internal/store"
+)
+
+// RekeyRetry is how long the re-keying of a CA rotation waits before it
+// tries the leaves that failed again.
+const RekeyRetry = 5 * time.Second
+
+// rekeyActor is the actor of the audit records of a rotation's re-keys.
+const rekeyActor = "meshca"
+
+// rekeyState is what the re-keying remembers of the rotation in progress.
+type rekeyState struct {
+	mu sync.Mutex // one pass at a time
+	// rotation names the rotation the failures below belong to.
+	rotation string
+	// audited are the identities whose re-key failure this rotation has
+	// audited: a failure is audited once, its retries only logged.
+	audited map[string]bool
+}
+
+// RekeyResult is what one pass of Rekey did.
+type RekeyResult struct {
+	// Rotating is true while a rotation moves leaves to a new issuer.
+	Rotating bool
+	// Total, Reissued and Failed count the leaves of this pass.
+	Total, Reissued, Failed int
+}
+
+// Rekey re-keys, while a CA rotation is in phase reissuing (leaves move
+// to the new issuer), every active identity whose current certificate is
+// from another issuer than the CA set's, with ReissueAll's workers. Each
+// re-key is recorded and audited as authority.ActionCARotateReissue with
+// the rotation in the detail ("ca_rotation=KIND", "emergency=true"); the
+// first failure of each identity in a rotation is audited (failed) too,
+// the others only logged. Agent nodes' certificates are not re-keyed
+// here: meshca holds none of their keys, and each agent asks for a new
+// certificate when its CA changes. A cancelled ctx stops starting new
+// re-keys.
+func (r *Registry) Rekey(ctx context.Context) (RekeyResult, error) {
+	r.rekey.mu.Lock()
+	defer r.rekey.mu.Unlock()
+	var (
+		set   store.CASet
+		stale []string
+	)
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		if set, err = tx.CASet(); err != nil {
+			return err
+		}
+		if set.Rotation == nil || set.Rotation.Phase != store.PhaseReissuing {
+			return nil
+		}
+		stale, err = staleIdentities(tx, set.IssuerSerial)
+		return err
+	})
+	if err != nil {
+		return RekeyResult{}, fmt.Errorf("registry: re-key: %w", err)
+	}
+	rot := set.Rotation
+	if rot == nil || rot.Phase != store.PhaseReissuing {
+		r.rekey.rotation, r.rekey.audited = "", nil
+		return RekeyResult{}, nil
+	}
+	if id := rot.Kind + "/" + rot.StartedAt.String() + "/" + set.IssuerSerial; id != r.rekey.rotation {
+		r.rekey.rotation, r.rekey.audited = id, map[string]bool{}
+	}
+	res := RekeyResult{Rotating: true, Total: len(stale)}
+	if len(stale) == 0 {
+		return res, nil
+	}
+	// Sign under the issuer the set names, even if this process has not
+	// handled the switch yet.
+	if err := r.cfg.Issuer.Refresh(ctx); err != nil {
+		return res, fmt.Errorf("registry: re-key: load the new CA: %w", err)
+	}
+	note := "ca_rotation=" + rot.Kind
+	if rot.Emergency {
+		note += " emergency=true"
+	}
+	start := r.cfg.Clock.Now()
+	var auditMu sync.Mutex
+	sum := r.reissueEach(ctx, stale, func(ctx context.Context, name string) error {
+		_, _, err := r.reissue(ctx, name, rekeyActor, authority.ActionCARotateReissue, note)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		auditMu.Lock()
+		first := !r.rekey.audited[name]
+		r.rekey.audited[name] = true
+		auditMu.Unlock()
+		r.log.Error("CA rotation: re-key failed; will retry", "identity", name, "err", err, "retry_in", RekeyRetry)
+		if first && !errors.Is(err, ca.ErrLint) { // a lint failure is audited where it happens
+			r.deny(ctx, store.Event{Action: authority.ActionCARotateReissue, Actor: rekeyActor, Identity: name, Outcome: store.OutcomeFailed, Detail: note + ": " + err.Error()})
+		}
+		return err
+	}, nil)
+	res.Reissued, res.Failed = sum.Reissued, sum.Failed
+	r.log.Info("CA rotation: re-keyed leaves under the new CA", "kind", rot.Kind, "leaves", sum.Total, "reissued", sum.Reissued,
+		"failed", sum.Failed, "took", r.cfg.Clock.Now().Sub(start))
+	return res, ctx.Err()
+}
+
+// staleIdentities names the active identities whose current certificate
+// is not from issuer.
+func staleIdentities(tx *store.Tx, issuer string) ([]string, error) {
+	ids, err := tx.Identities()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, id := range ids {
+		if id.State != store.StateActive || id.CurrentSerial == "" {
+			continue
+		}
+		c, err := tx.Cert(id.CurrentSerial)
+		if err != nil {
+			return nil, err
+		}
+		if c.IssuerSerial != issuer {
+			names = append(names, id.Name)
+		}
+	}
+	return names, nil
+}
+
+// RunRekey re-keys leaves for CA rotations until ctx ends: it runs Rekey
+// once at start and again whenever the change feed reports a change of
+// the CA set (a rotation started, switched or was superseded), and
+// retries failures every RekeyRetry. A change of the CA set stops a pass
+// in flight and starts another under the new set. Run it on the leader
+// only: one re-keying for the whole mesh.
+func (r *Registry) RunRekey(ctx context.Context) error {
+	sub := r.cfg.Store.Subscribe(0)
+	defer sub.Close()
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var (
+		passMu sync.Mutex
+		cancel context.CancelFunc // of the pass in flight
+	)
+	changed := make(chan struct{}, 1)
+	changed <- struct{}{} // the check at start
+	feedErr := make(chan error, 1)
+	var pump sync.WaitGroup
+	pump.Go(func() {
+		for {
+			b, err := sub.Next(ctx)
+			if err != nil {
+				feedErr <- err
+				return
+			}
+			if !caChanged(b) {
+				continue
+			}
+			passMu.Lock()
+			if cancel != nil {
+				cancel()
+			}
+			passMu.Unlock()
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
+	})
+	defer pump.Wait()
+	defer stop()
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-feedErr:
+			if ctx.Err() != nil || errors.Is(err, store.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("registry: re-key: feed: %w", err)
+		case <-changed:
+		case <-retry:
+		}
+		retry = nil
+		passMu.Lock()
+		pctx, c := context.WithCancel(ctx)
+		cancel = c
+		passMu.Unlock()
+		res, err := r.Rekey(pctx)
+		passMu.Lock()
+		cancel = nil
+		superseded := pctx.Err() != nil
+		passMu.Unlock()
+		c()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case superseded:
+			continue // the CA set changed: the next pass is queued
+		case err != nil:
+			r.log.Error("CA rotation: re-key pass failed; will retry", "err", err, "retry_in", RekeyRetry)
+			retry = r.cfg.Clock.After(RekeyRetry)
+		case res.Failed > 0:
+			retry = r.cfg.Clock.After(RekeyRetry)
+		}
+	}
+}
+
+// caChanged tells whether a batch may have changed the CA set.
+func caChanged(b store.Batch) bool {
+	if b.Resync {
+		return true
+	}
+	for _, c := range b.Changes {
+		if c.Kind == store.KindCA {
+			return true
+		}
+	}
+	return false
+}
