@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"google.golang.org/grpc/credentials"
@@ -62,6 +63,9 @@ type trackedConn struct {
 	once sync.Once
 
 	node string // under set.mu; "" until tracked
+	// serial is the serial (lowercase hex) of the node certificate the
+	// connection was made with, set before it is tracked.
+	serial string
 
 	// under lim.mu
 	elem    *list.Element // in lim.unauth while unauthenticated
@@ -106,6 +110,23 @@ func (n *nodeConns) forget(t *trackedConn) {
 	if len(n.conns[t.node]) == 0 {
 		delete(n.conns, t.node)
 	}
+}
+
+// closeExcept closes the connections of node made with a certificate
+// whose serial is not in keep, and returns how many it closed.
+func (n *nodeConns) closeExcept(node string, keep []string) int {
+	n.mu.Lock()
+	var cs []*trackedConn
+	for t := range n.conns[node] {
+		if !slices.Contains(keep, t.serial) {
+			cs = append(cs, t)
+		}
+	}
+	n.mu.Unlock()
+	for _, t := range cs {
+		t.Close()
+	}
+	return len(cs)
 }
 
 // close closes every connection of node and returns how many there were.

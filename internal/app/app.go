@@ -241,7 +241,13 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if health != nil {
 		health.onLost = func() { logger.Warn("xDS streams closed: etcd unreachable", "nodes", xdsSrv.CloseAll()) }
 	}
-	reg.SubscribeNodeCerts(func(node string) { xdsSrv.CloseNode(node) })
+	// Connections made with a node certificate the node replaced end as
+	// the feed reports its record, on every replica.
+	certWatch, err := nodeconfig.NewCertWatch(nodeconfig.CertWatchConfig{Store: st, Closer: xdsSrv, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	runs = append(runs, certWatch.Run)
 	// What each node receives is computed from the store's change feed and
 	// handed to the xDS server; every node has a snapshot before it serves.
 	nodes, err := nodeconfig.New(nodeconfig.Config{

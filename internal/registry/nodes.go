@@ -408,10 +408,9 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 	if err != nil {
 		return Joined{}, err
 	}
+	// Connections made with the revoked certificates end when the change
+	// feed reports the node's record (nodeconfig.CertWatch).
 	r.log.Info("node joined", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter, "revoked_previous", len(revoked))
-	if len(revoked) > 0 {
-		r.notifyNodeCerts(node)
-	}
 	return r.joined(ctx, n, cert.Cert), nil
 }
 
@@ -714,10 +713,10 @@ func (r *Registry) switchNodeCert(ctx context.Context, node, serial string) erro
 		return err
 	}
 	if len(revoked) > 0 {
+		// Connections made with the earlier certificates end when the
+		// change feed reports the node's record (nodeconfig.CertWatch);
+		// this handshake's is made with the one kept.
 		r.log.Info("node switched to its renewed certificate", "node", node, "serial", serial, "revoked_previous", len(revoked))
-		// Connections made with the earlier certificates end; this
-		// handshake's connection is not tracked yet, so it stays.
-		r.notifyNodeCerts(node)
 	}
 	return nil
 }

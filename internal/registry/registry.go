@@ -85,9 +85,7 @@ type Registry struct {
 	// issue is the Issuer's Issue; tests replace it to reach failure paths.
 	issue func(context.Context, ca.Request) (*ca.Issued, string, error)
 
-	mu           sync.Mutex
-	nodeCertSubs []func(node string) // see SubscribeNodeCerts
-	denials      *denials.Recorder
+	denials *denials.Recorder
 
 	mesh atomic.Pointer[mesh.Mesh]
 
