@@ -1,10 +1,17 @@
 // Package registry keeps meshca's records: identities and their
 // certificates, nodes and their join tokens, the mesh document and the
 // revocation records, each change written to the store in one transaction
-// with its audit records. It never calls xDS or the authority: certificates
-// are signed by an Issuer it is given, and everything that follows a
-// change (node configuration, the CRL) reads it from the store's change
-// feed.
+// with its audit records. It never calls xDS: certificates are signed by
+// an Issuer it is given (the authority, below it), refusals are audited
+// through a denials.Recorder, and everything that follows a change (node
+// configuration, closing connections made with a replaced node
+// certificate, the CRL) reads it from the store's change feed.
+//
+// The registry follows the feed itself for one job: while a CA rotation
+// moves leaves to a new issuer, RunRekey (on the leader) re-keys every
+// active identity whose certificate is from another issuer, with the
+// workers of ReissueAll, retrying failures every RekeyRetry; the rotation
+// in the authority waits until the store shows none left.
 package registry
 
 import (
