@@ -181,3 +181,46 @@ func TestRekeyFailureRetriedOnTheTimerAuditedOnce(t *testing.T) {
 	}
 	t.Logf("%d leaves, one failing twice: re-keyed on the retry timer (%s), its failure audited once", n, registry.RekeyRetry)
 }
+
+// TestLeafIssuedUnderThePreviousCAIsRekeyed: a replica that has not seen
+// the switch yet issues a leaf under the previous issuer; the re-keying
+// learns of the new identity from the feed and moves it too.
+func TestLeafIssuedUnderThePreviousCAIsRekeyed(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, dataDir(t))
+	clk := clock.NewFake(t0)
+	r := newRig(t, st, clk)
+	addIdentities(t, r, 3, time.Hour)
+	// The lagging replica loads the CA before the rotation and never
+	// follows the feed.
+	td, _ := identity.TrustDomain("mesh.local")
+	laggingAuth, err := authority.New(ctx, authority.Config{Store: st, TrustDomain: td, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lagging, err := registry.New(ctx, registry.Config{Store: st, TrustDomain: td, Issuer: laggingAuth, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	previous := serialHex(r.CA().Issuer())
+	r.runRekey(t)
+	if err := r.StartRotation(ctx, false, "test"); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, st)
+	late, err := lagging.AddIdentity(ctx, registry.AddIdentity{Name: "late", TTL: time.Hour}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if late.Cert.IssuerSerial != previous {
+		t.Fatalf("the lagging replica issued under %s, not the previous %s: the test shows nothing", late.Cert.IssuerSerial, previous)
+	}
+	settle(t, st)
+	s, _ := r.Identity(ctx, "late")
+	if issuer := serialHex(r.CA().Issuer()); s.Cert.IssuerSerial != issuer {
+		t.Fatalf("late is on %s, want the new %s", s.Cert.IssuerSerial, issuer)
+	}
+	if phase, err := r.AdvanceRotation(ctx, acks(0, 0)); err != nil || phase != "" {
+		t.Fatalf("rotation not done: %q %v %+v", phase, err, r.RotationStatus())
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshca/meshca/ca"
@@ -47,7 +48,10 @@ type RekeyResult struct {
 // here: meshca holds none of their keys, and each agent asks for a new
 // certificate when its CA changes. A cancelled ctx stops starting new
 // re-keys.
-func (r *Registry) Rekey(ctx context.Context) (RekeyResult, error) {
+func (r *Registry) Rekey(ctx context.Context) (RekeyResult, error) { return r.rekeyOnly(ctx, nil) }
+
+// rekeyOnly is Rekey for the identities in only, or all when only is nil.
+func (r *Registry) rekeyOnly(ctx context.Context, only map[string]bool) (RekeyResult, error) {
 	r.rekey.mu.Lock()
 	defer r.rekey.mu.Unlock()
 	var (
@@ -62,7 +66,7 @@ func (r *Registry) Rekey(ctx context.Context) (RekeyResult, error) {
 		if set.Rotation == nil || set.Rotation.Phase != store.PhaseReissuing {
 			return nil
 		}
-		stale, err = staleIdentities(tx, set.IssuerSerial)
+		stale, err = staleIdentities(tx, set.IssuerSerial, only)
 		return err
 	})
 	if err != nil {
@@ -112,12 +116,25 @@ func (r *Registry) Rekey(ctx context.Context) (RekeyResult, error) {
 	return res, ctx.Err()
 }
 
-// staleIdentities names the active identities whose current certificate
-// is not from issuer.
-func staleIdentities(tx *store.Tx, issuer string) ([]string, error) {
-	ids, err := tx.Identities()
-	if err != nil {
-		return nil, err
+// staleIdentities names the active identities (of only, unless it is nil)
+// whose current certificate is not from issuer.
+func staleIdentities(tx *store.Tx, issuer string, only map[string]bool) ([]string, error) {
+	var ids []store.Identity
+	if only == nil {
+		var err error
+		if ids, err = tx.Identities(); err != nil {
+			return nil, err
+		}
+	}
+	for name := range only {
+		id, err := tx.Identity(name)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
 	}
 	var names []string
 	for _, id := range ids {
@@ -137,21 +154,26 @@ func staleIdentities(tx *store.Tx, issuer string) ([]string, error) {
 
 // RunRekey re-keys leaves for CA rotations until ctx ends: it runs Rekey
 // once at start and again whenever the change feed reports a change of
-// the CA set (a rotation started, switched or was superseded), and
-// retries failures every RekeyRetry. A change of the CA set stops a pass
-// in flight and starts another under the new set. Run it on the leader
-// only: one re-keying for the whole mesh.
+// the CA set (a rotation started, switched or was superseded) or, while
+// leaves move, of an identity (one issued under the previous CA by a
+// replica that had not seen the switch yet), and retries failures every
+// RekeyRetry. A change of the CA set stops a pass in flight and starts
+// another under the new set. Run it on the leader only: one re-keying for
+// the whole mesh.
 func (r *Registry) RunRekey(ctx context.Context) error {
 	sub := r.cfg.Store.Subscribe(0)
 	defer sub.Close()
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var (
-		passMu sync.Mutex
-		cancel context.CancelFunc // of the pass in flight
+		passMu   sync.Mutex
+		cancel   context.CancelFunc // of the pass in flight
+		full     = true             // the next pass looks at every identity
+		names    map[string]bool    // else at these, changed since the last
+		rotating atomic.Bool        // the last pass found leaves moving
 	)
-	changed := make(chan struct{}, 1)
-	changed <- struct{}{} // the check at start
+	wake := make(chan struct{}, 1)
+	wake <- struct{}{} // the check at start
 	feedErr := make(chan error, 1)
 	var pump sync.WaitGroup
 	pump.Go(func() {
@@ -161,23 +183,36 @@ func (r *Registry) RunRekey(ctx context.Context) error {
 				feedErr <- err
 				return
 			}
-			if !caChanged(b) {
+			ca, ids := changed(b)
+			if !ca && !(len(ids) > 0 && rotating.Load()) {
 				continue
 			}
 			passMu.Lock()
-			if cancel != nil {
-				cancel()
+			if ca {
+				full = true
+				if cancel != nil {
+					cancel()
+				}
+			}
+			if names == nil {
+				names = map[string]bool{}
+			}
+			for _, n := range ids {
+				names[n] = true
 			}
 			passMu.Unlock()
 			select {
-			case changed <- struct{}{}:
+			case wake <- struct{}{}:
 			default:
 			}
 		}
 	})
 	defer pump.Wait()
 	defer stop()
-	var retry <-chan time.Time
+	var (
+		retry   <-chan time.Time
+		retried bool
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -187,15 +222,23 @@ func (r *Registry) RunRekey(ctx context.Context) error {
 				return nil
 			}
 			return fmt.Errorf("registry: re-key: feed: %w", err)
-		case <-changed:
+		case <-wake:
 		case <-retry:
+			retried, retry = true, nil
 		}
-		retry = nil
 		passMu.Lock()
 		pctx, c := context.WithCancel(ctx)
 		cancel = c
+		only := names
+		if full || retried || len(only) == 0 {
+			only = nil
+		}
+		full, names, retried = false, nil, false
 		passMu.Unlock()
-		res, err := r.Rekey(pctx)
+		// A pass over a few changed identities leaves the retry of
+		// earlier failures armed.
+		res, err := r.rekeyOnly(pctx, only)
+		rotating.Store(res.Rotating)
 		passMu.Lock()
 		cancel = nil
 		superseded := pctx.Err() != nil
@@ -206,24 +249,32 @@ func (r *Registry) RunRekey(ctx context.Context) error {
 			return nil
 		case superseded:
 			continue // the CA set changed: the next pass is queued
-		case err != nil:
-			r.log.Error("CA rotation: re-key pass failed; will retry", "err", err, "retry_in", RekeyRetry)
-			retry = r.cfg.Clock.After(RekeyRetry)
-		case res.Failed > 0:
-			retry = r.cfg.Clock.After(RekeyRetry)
+		case err != nil || res.Failed > 0:
+			if err != nil {
+				r.log.Error("CA rotation: re-key pass failed; will retry", "err", err, "retry_in", RekeyRetry)
+			}
+			if retry == nil {
+				retry = r.cfg.Clock.After(RekeyRetry)
+			}
+		case only == nil:
+			retry = nil // nothing left to retry
 		}
 	}
 }
 
-// caChanged tells whether a batch may have changed the CA set.
-func caChanged(b store.Batch) bool {
+// changed tells whether a batch may have changed the CA set, and names
+// the identities it changed.
+func changed(b store.Batch) (ca bool, identities []string) {
 	if b.Resync {
-		return true
+		return true, nil
 	}
 	for _, c := range b.Changes {
-		if c.Kind == store.KindCA {
-			return true
+		switch c.Kind {
+		case store.KindCA:
+			ca = true
+		case store.KindIdentity:
+			identities = append(identities, c.Key)
 		}
 	}
-	return false
+	return ca, identities
 }
