@@ -44,10 +44,11 @@ type RekeyResult struct {
 // re-key is recorded and audited as authority.ActionCARotateReissue with
 // the rotation in the detail ("ca_rotation=KIND", "emergency=true"); the
 // first failure of each identity in a rotation is audited (failed) too,
-// the others only logged. Agent nodes' certificates are not re-keyed
-// here: meshca holds none of their keys, and each agent asks for a new
-// certificate when its CA changes. A cancelled ctx stops starting new
-// re-keys.
+// the others only logged. Agent nodes' own certificates for their
+// identities (HolderCert) are not re-keyed: meshca holds none of their
+// keys, so an agent node moves to the new issuer only with its next CSR,
+// and the rotation does not wait for it. A cancelled ctx stops starting
+// new re-keys.
 func (r *Registry) Rekey(ctx context.Context) (RekeyResult, error) { return r.rekeyOnly(ctx, nil) }
 
 // rekeyOnly is Rekey for the identities in only, or all when only is nil.
