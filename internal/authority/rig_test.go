@@ -36,7 +36,6 @@ type rig struct {
 	*authority.Authority
 	*registry.Registry
 	st     *store.Store
-	clk    clock.Clock
 	issuer *flakyIssuer
 }
 
@@ -169,7 +168,7 @@ func newRigWith(t testing.TB, st *store.Store, clk clock.Clock, log *slog.Logger
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &rig{Authority: a, Registry: r, st: st, clk: clk, issuer: iss}
+	return &rig{Authority: a, Registry: r, st: st, issuer: iss}
 }
 
 func events(t *testing.T, r *rig) []registry.Event {

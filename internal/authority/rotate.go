@@ -534,7 +534,7 @@ func (a *Authority) advanceReissuing(ctx context.Context, set store.CASet, acks 
 		a.rot.reissuedAt = time.Time{}
 		what := fmt.Sprintf("%d leaf certificate(s) to re-issue under the new CA", len(scan.stale))
 		if failed > 0 {
-			what += fmt.Sprintf(" (%d failed and are retried; last failure: %s)", failed, last)
+			what += fmt.Sprintf(" (%d failed, retried by the leader; last failure: %s)", failed, last)
 		}
 		a.waitFor(rot, rotationWait{what: what})
 		return rot.Phase, false, nil
