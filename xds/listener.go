@@ -137,6 +137,7 @@ func (g *gate) handshake(t *trackedConn) {
 			return
 		}
 		g.s.lim.authenticated(t)
+		t.serial = leafSerial(st.PeerCertificates[0])
 		if !g.s.conns.track(node, t, maxConnectionsPerNode) {
 			g.s.stats.connPerNode.Add(1)
 			t.Close()
