@@ -49,6 +49,7 @@ func TestServerCertFollowsItsIssuer(t *testing.T) {
 	if _, err := r.RenewNode(ctx, "n1", nodeCertOf(t, r, "n1"), csr(t)); err != nil {
 		t.Fatal(err)
 	}
+	r.rekey(t)
 	if phase, err := r.AdvanceRotation(ctx, acks(0, 0)); err != nil || phase != "" {
 		t.Fatalf("rotation not done: %q %v", phase, err)
 	}
