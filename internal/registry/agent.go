@@ -220,8 +220,8 @@ func agentMayHold(tx *store.Tx, n store.Node, ident string, presented *x509.Cert
 // comparedCerts remembers node certificates found byte for byte equal to
 // their records, by serial: a certificate record is never rewritten (the
 // store refuses a second one of a serial), so a certificate once found
-// equal to its record stays so, and an agent's later CSRs on the same
-// connection need not read the record again. Whether the certificate is
+// equal to its record stays so, and an agent's later CSRs with the same
+// certificate need not read the record again. Whether the certificate is
 // still the node's current one and not revoked is read every time. Safe
 // for concurrent use; bounded at maxComparedCerts, then emptied.
 type comparedCerts struct {
