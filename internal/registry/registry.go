@@ -102,6 +102,8 @@ type Registry struct {
 	holdersMu      sync.Mutex
 	holders        map[string][]string // identity -> nodes assigned it
 	holdersVersion uint64              // the store's NodesVersion when holders was read
+
+	comparedNodeCerts comparedCerts // node certificates found equal to their records (agent.go)
 }
 
 // holdersOf returns the nodes identity name is assigned to, for audit
