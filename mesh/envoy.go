@@ -20,6 +20,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshca/meshca/internal/agentfiles"
 )
 
 // Extension names, as Envoy and grpc-go expect them.
@@ -381,4 +383,45 @@ func loadAssignment(s *Service) *endpointv3.ClusterLoadAssignment {
 		cla.Endpoints = append(cla.Endpoints, groups[k])
 	}
 	return cla
+}
+
+// GRPCServerListenerTemplate is the server_listener_resource_name_template
+// of the grpc bootstrap: grpc-go replaces %s with the address a server
+// listens on ("10.0.0.5:50051", "[::1]:50051") and asks for that listener.
+const GRPCServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+
+// GRPCServerListenerName is the listener an xDS gRPC server listening on
+// hostPort (net.JoinHostPort form) asks for.
+func GRPCServerListenerName(hostPort string) string {
+	return fmt.Sprintf(GRPCServerListenerTemplate, hostPort)
+}
+
+// grpcTLS presents own's certificate from its certificate provider
+// instance and verifies the peer against the trust bundle the same
+// instance reads. A non-empty peer is the SPIFFE ID the peer must carry;
+// grpc-go reads it from the deprecated match_subject_alt_names only, and
+// refuses it on the server side.
+func grpcTLS(own, peer string) *tlsv3.CommonTlsContext {
+	inst := &tlsv3.CertificateProviderPluginInstance{InstanceName: agentfiles.Instance(own)}
+	vc := &tlsv3.CertificateValidationContext{CaCertificateProviderInstance: inst}
+	if peer != "" {
+		vc.MatchSubjectAltNames = []*matcherv3.StringMatcher{{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: peer}}}
+	}
+	return &tlsv3.CommonTlsContext{
+		TlsCertificateProviderInstance: inst,
+		ValidationContextType:          &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc},
+	}
+}
+
+// serverRoutes sends every RPC of an xDS gRPC server to its own handlers
+// (grpc-go fails RPCs that match any other action).
+func serverRoutes(name string) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{{
+		Name:    "grpc_server",
+		Domains: []string{"*"},
+		Routes: []*routev3.Route{{
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_NonForwardingAction{NonForwardingAction: &routev3.NonForwardingAction{}},
+		}},
+	}}}
 }

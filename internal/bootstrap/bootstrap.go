@@ -23,6 +23,7 @@ import (
 	"path"
 	"slices"
 	"strconv"
+	"strings"
 	"text/template"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -69,6 +70,14 @@ type Params struct {
 	// replicas: the bootstrap lists Server first, then each of these once,
 	// so that the node reconnects to another replica when one goes away.
 	Replicas []string
+
+	// AgentFiles is, for a proxyless gRPC agent node, the absolute
+	// directory where its node agent writes each identity's files
+	// (agentfiles.Paths), and Identities the identities it holds: GRPC
+	// declares a certificate provider instance for each. Empty for other
+	// nodes.
+	AgentFiles string
+	Identities []string
 }
 
 // MaxReplicas bounds Params.Replicas.
@@ -93,6 +102,8 @@ type resolved struct {
 	ServerID                         string // SPIFFE ID meshca's serving certificate must carry
 	NodeSecretName, BundleSecretName string
 	XDSCluster                       string
+	AgentFiles                       string
+	Identities                       []string
 }
 
 // CheckServer reports whether addr is usable as Params.Server or one of
@@ -170,6 +181,20 @@ func (p Params) resolve() (resolved, error) {
 	if admin > 65535 {
 		return bad("AdminPort", "%d is not a port (1-65535)", admin)
 	}
+	agentFiles := ""
+	if p.AgentFiles != "" {
+		if !path.IsAbs(p.AgentFiles) {
+			return bad("AgentFiles", "%q is not an absolute path", p.AgentFiles)
+		}
+		agentFiles = path.Clean(p.AgentFiles)
+	} else if len(p.Identities) > 0 {
+		return bad("Identities", "are given without AgentFiles, the directory the node agent writes their files to")
+	}
+	for i, name := range p.Identities {
+		if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) {
+			return bad(fmt.Sprintf("Identities[%d]", i), "%q is not an identity name", name)
+		}
+	}
 	return resolved{
 		Node: p.Node, Cluster: cluster,
 		Servers:     servers,
@@ -183,6 +208,7 @@ func (p Params) resolve() (resolved, error) {
 		ServerID:       serverID.String(),
 		NodeSecretName: NodeSecretName, BundleSecretName: BundleSecretName,
 		XDSCluster: ClusterName,
+		AgentFiles: agentFiles, Identities: slices.Clone(p.Identities),
 	}, nil
 }
 
