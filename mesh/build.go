@@ -431,10 +431,15 @@ func (b *builder) grpcOwn() string {
 // xds.NewGRPCServer asks for, named by GRPCServerListenerName) for each IP
 // endpoint of each service whose identity it holds: mTLS with that
 // identity's certificate, client certificates required and verified
-// against the trust bundle, every RPC let through to the server's own
-// handlers. grpc-go refuses SAN matchers on the server side, so any peer
-// with a certificate of the trust domain is let in.
+// against the trust bundle, and RPCs let through to the server's own
+// handlers only from callers its grpc_servers entry allows (by default
+// any ID of the trust domain). grpc-go refuses SAN matchers on the server
+// side, so callers are checked by an RBAC filter on the URI SAN.
 func (b *builder) grpcServers() {
+	allowed := map[string][]SPIFFEMatch{}
+	for _, g := range b.m.GRPCServers {
+		allowed[g.Service] = g.AllowedSPIFFEIDs
+	}
 	for _, s := range b.m.Services {
 		if s.Identity == "" {
 			continue
@@ -448,6 +453,7 @@ func (b *builder) grpcServers() {
 			}
 			name := GRPCServerListenerName(net.JoinHostPort(e.Address, strconv.Itoa(e.Port)))
 			hcm := httpManager("grpc_server", "", serverRoutes(name))
+			hcm.HttpFilters = append([]*hcmv3.HttpFilter{allowCallers(b.bundle+"/", allowed[s.Name])}, hcm.HttpFilters...)
 			ts := downstreamTLS(grpcTLS(s.Identity, ""), true)
 			b.add(resource.ListenerType, listener(name, e.Address, e.Port, hcm, ts))
 		}

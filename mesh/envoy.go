@@ -10,7 +10,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -28,6 +30,7 @@ import (
 const (
 	hcmFilterName      = "envoy.filters.network.http_connection_manager"
 	routerFilterName   = "envoy.filters.http.router"
+	rbacFilterName     = "envoy.filters.http.rbac"
 	tlsSocketName      = "envoy.transport_sockets.tls"
 	httpProtocolOptKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 	connectTimeout     = 5 * time.Second
@@ -411,6 +414,25 @@ func grpcTLS(own, peer string) *tlsv3.CommonTlsContext {
 		TlsCertificateProviderInstance: inst,
 		ValidationContextType:          &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc},
 	}
+}
+
+// allowCallers is an RBAC filter that lets in only callers whose
+// certificate's URI SAN matches ms (none: any ID under root). grpc-go
+// matches principal_name against the URI SAN first.
+func allowCallers(root string, ms []SPIFFEMatch) *hcmv3.HttpFilter {
+	var principals []*rbacconfigv3.Principal
+	for _, m := range sanMatchers(root, ms) {
+		principals = append(principals, &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_Authenticated_{
+			Authenticated: &rbacconfigv3.Principal_Authenticated{PrincipalName: m.GetMatcher()},
+		}})
+	}
+	rules := &rbacconfigv3.RBAC{Action: rbacconfigv3.RBAC_ALLOW, Policies: map[string]*rbacconfigv3.Policy{
+		"allowed_spiffe_ids": {
+			Permissions: []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_Any{Any: true}}},
+			Principals:  principals,
+		},
+	}}
+	return &hcmv3.HttpFilter{Name: rbacFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&rbacv3.RBAC{Rules: rules})}}
 }
 
 // serverRoutes sends every RPC of an xDS gRPC server to its own handlers

@@ -3,6 +3,7 @@ package mesh_test
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -107,4 +108,41 @@ func serverListeners(res mesh.Resources) []string {
 		out = append(out, l.GetName())
 	}
 	return out
+}
+
+// TestGRPCServersValidation: grpc_servers entries name a service with an
+// identity, once, and allowed IDs of the trust domain; each problem is
+// reported at its path.
+func TestGRPCServersValidation(t *testing.T) {
+	doc := grpcAgentMesh + `grpc_servers:
+  - service: plain
+  - service: greeter
+  - service: greeter
+    allowed_spiffe_ids: [{exact: spiffe://elsewhere.org/web}]
+  - service: missing
+`
+	_, err := mesh.Parse([]byte(doc), td)
+	if !errors.Is(err, mesh.ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+	for _, want := range []string{
+		"grpc_servers[0].service",
+		"grpc_servers[2].service",
+		"grpc_servers[2].allowed_spiffe_ids[0].exact",
+		"grpc_servers[3].service",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s:\n%v", want, err)
+		}
+	}
+	ok := grpcAgentMesh + `grpc_servers:
+  - service: greeter
+    allowed_spiffe_ids: [{exact: spiffe://mesh.local/web}, {prefix: spiffe://mesh.local/team/}]
+`
+	m := parse(t, []byte(ok))
+	refs := m.IdentityRefs()
+	if last := refs[len(refs)-1]; last.Path != "grpc_servers[0].allowed_spiffe_ids[0].exact" || last.Name != "web" {
+		t.Errorf("identity refs %v: the allowed caller web is missing", refs)
+	}
+	build(t, m, grpcAgentNode("greeter-1", "greeter"))
 }

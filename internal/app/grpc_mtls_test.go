@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -23,6 +24,7 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds"
 
 	"github.com/meshca/meshca/internal/agentfiles"
@@ -244,13 +246,17 @@ services:
 grpc:
   - name: greeter
   - name: impostor
+grpc_servers:
+  - service: greeter
+    allowed_spiffe_ids: [{exact: spiffe://mesh.local/web}]
 `, greeter, impostor)
 }
 
 // TestGRPCAgentMTLS: a grpc-go client and an xDS grpc-go server, both
 // configured by meshca as agent nodes and reading the certificate files
 // their agents write, talk mTLS with SPIFFE IDs checked; a server with
-// another identity is refused by the client's SAN matcher; a client
+// another identity is refused by the client's SAN matcher; a caller with
+// an identity the server does not allow gets PermissionDenied; a client
 // without a certificate of the mesh, and a plaintext client, are refused
 // by the server; replacing both sides' files during a stream of RPCs
 // fails none.
@@ -308,6 +314,15 @@ func TestGRPCAgentMTLS(t *testing.T) {
 		t.Fatalf("server with another identity: err = %v, want a SAN mismatch", err)
 	}
 	t.Logf("server with identity other for a greeter service: %v", err)
+
+	// A caller of the mesh holding another identity than the allowed one
+	// passes the TLS handshake and is refused by the server's RBAC filter.
+	otherNode.renew("other")
+	_, _, err = call(otherNode.client("greeter"), 15*time.Second)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("caller with identity other: err = %v, want PermissionDenied", err)
+	}
+	t.Logf("caller with identity other, not in grpc_servers.allowed_spiffe_ids: %v", err)
 
 	// A client whose certificate meshca did not issue is refused by the
 	// server (require_client_certificate, verified against the bundle); the
