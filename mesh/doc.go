@@ -39,6 +39,9 @@
 //	  outbound: [{service: billing, port: 9001}]   # 127.0.0.1:9001 -> billing
 //	grpc:                           # grpc nodes: xds:///<name>
 //	- {name: echo, route: web}
+//	grpc_servers:                   # xDS gRPC servers on grpc agent nodes holding the identity
+//	- service: greeter              # must have an identity
+//	  allowed_spiffe_ids: [{exact: spiffe://<td>/web}]   # default: any ID of the trust domain
 //
 // Applying a file that is the mesh in use again stores no new version. A
 // YAML syntax error is reported at the line of the mistake.
@@ -63,8 +66,9 @@
 //     ID in match_subject_alt_names, and each IP endpoint of a service
 //     whose identity the node holds becomes a server listener named
 //     GRPCServerListenerName(host:port), requiring client certificates.
-//     grpc-go refuses SAN matchers on the server side: those listeners
-//     accept any certificate of the trust domain.
+//     grpc-go refuses SAN matchers on the server side: an RBAC filter on
+//     the caller's URI SAN lets in the grpc_servers entry's
+//     allowed_spiffe_ids (default: any ID of the trust domain).
 //   - For grpc nodes, virtual hosts match any domain, weight-0 targets and
 //     their clusters are left out, timeouts become max_stream_duration and
 //     only gRPC retry conditions are kept.
