@@ -8,6 +8,9 @@
 // watched_directory: replacing the files (atomically, by rename) rotates
 // the certificate without restarting Envoy. grpc-go reads the same files
 // through its tls channel credentials and file_watcher certificate provider.
+// On an agent grpc node it also reads each identity's files that the node
+// agent writes (internal/agentfiles), through one file_watcher instance per
+// identity that the resources meshca sends the node name.
 //
 // Caveats: the output depends only on Params; no file is read or written
 // here. ParseEnvoy and ParseSDS validate deep (into every typed_config)
