@@ -67,10 +67,16 @@ type grpcAgent struct {
 // addGRPCAgent registers an agent node of kind grpc holding ids, joins it
 // and writes its node files and its grpc bootstrap.
 func (m *mesh) addGRPCAgent(name string, ids ...string) *grpcAgent {
+	return m.addGRPCNode(name, true, ids...)
+}
+
+// addGRPCNode is addGRPCAgent for an agent node or, with agent false, a
+// plain grpc node (whose bootstrap declares no identity files).
+func (m *mesh) addGRPCNode(name string, agent bool, ids ...string) *grpcAgent {
 	t := m.t
 	t.Helper()
 	var tok api.JoinToken
-	m.admin("POST", api.PathNodes, api.AddNodeRequest{Name: name, Kind: "grpc", Identities: ids, Agent: true}, &tok, http.StatusCreated)
+	m.admin("POST", api.PathNodes, api.AddNodeRequest{Name: name, Kind: "grpc", Identities: ids, Agent: agent}, &tok, http.StatusCreated)
 	cert, err := m.join(name, tok.Token)
 	if err != nil {
 		t.Fatalf("join %s: %v", name, err)
@@ -95,8 +101,11 @@ func (m *mesh) addGRPCAgent(name string, ids ...string) *grpcAgent {
 	write(bootstrap.IssuersFile, readBody(t, resp))
 	a := &grpcAgent{m: m, name: name, conn: m.dial(cert), files: filepath.Join(dir, "files")}
 	_, port, _ := net.SplitHostPort(m.app.XDS)
-	a.boot, err = bootstrap.GRPC(bootstrap.Params{Node: name, TrustDomain: "mesh.local", Server: "localhost:" + port,
-		Dir: dir, AgentFiles: a.files, Identities: ids})
+	p := bootstrap.Params{Node: name, TrustDomain: "mesh.local", Server: "localhost:" + port, Dir: dir}
+	if agent {
+		p.AgentFiles, p.Identities = a.files, ids
+	}
+	a.boot, err = bootstrap.GRPC(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,6 +332,15 @@ func TestGRPCAgentMTLS(t *testing.T) {
 		t.Fatalf("caller with identity other: err = %v, want PermissionDenied", err)
 	}
 	t.Logf("caller with identity other, not in grpc_servers.allowed_spiffe_ids: %v", err)
+
+	// A plain grpc node (no agent) gets greeter's cluster without TLS, as
+	// before, and the server's mTLS listener refuses its plaintext.
+	plainNode := m.addGRPCNode("plain-1", false)
+	_, _, err = call(plainNode.client("greeter"), 15*time.Second)
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("plain grpc node: err = %v, want Unavailable", err)
+	}
+	t.Logf("plain grpc node through xDS: %v", err)
 
 	// A client whose certificate meshca did not issue is refused by the
 	// server (require_client_certificate, verified against the bundle); the
