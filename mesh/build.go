@@ -3,6 +3,8 @@ package mesh
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"net"
 	"slices"
 	"sort"
 	"strconv"
@@ -18,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/meshca/meshca/internal/agentfiles"
 	"github.com/meshca/meshca/internal/identity"
 )
 
@@ -39,6 +42,10 @@ type Node struct {
 	Name       string
 	Kind       string   // KindSidecar, KindFrontProxy or KindGRPC
 	Identities []string // identity names assigned to the node
+	// Agent marks a node whose node agent holds its identities' keys. A
+	// grpc agent node reads them from the files the agent writes (see
+	// internal/agentfiles) and gets mTLS clusters and server listeners.
+	Agent bool
 }
 
 // Resources is one node's configuration: the complete state of the four
@@ -108,7 +115,7 @@ func Build(m *Mesh, n Node, td spiffeid.TrustDomain) (Resources, error) {
 	if mm.AccessLog && n.Kind != KindGRPC {
 		addAccessLogs(res.ByType[resource.ListenerType])
 	}
-	if err := check(&res, td, b.heldIDs); err != nil {
+	if err := check(&res, td, b.heldIDs, b.instances); err != nil {
 		return emptyResources(), fmt.Errorf("mesh: node %q: %w", n.Name, err)
 	}
 	return res, nil
@@ -148,23 +155,26 @@ func Check(m *Mesh, nodes []Node, td spiffeid.TrustDomain) error {
 }
 
 type builder struct {
-	m        *Mesh
-	n        Node
-	td       spiffeid.TrustDomain
-	bundle   string
-	held     map[string]string // identity name -> SPIFFE ID
-	heldIDs  map[string]bool   // SPIFFE IDs of held identities
-	services map[string]*Service
-	routes   map[string]*Route
-	sidecar  map[string]*Sidecar
-	res      map[string]map[string]types.Resource
-	errs     []error
+	m       *Mesh
+	n       Node
+	td      spiffeid.TrustDomain
+	bundle  string
+	held    map[string]string // identity name -> SPIFFE ID
+	heldIDs map[string]bool   // SPIFFE IDs of held identities
+	// instances are the certificate provider instances of held
+	// identities (agentfiles.Instance), for grpc agent nodes.
+	instances map[string]bool
+	services  map[string]*Service
+	routes    map[string]*Route
+	sidecar   map[string]*Sidecar
+	res       map[string]map[string]types.Resource
+	errs      []error
 }
 
 func newBuilder(m *Mesh, n Node, td spiffeid.TrustDomain) (*builder, error) {
 	b := &builder{
 		m: m, n: n, td: td, bundle: td.IDString(),
-		held: map[string]string{}, heldIDs: map[string]bool{},
+		held: map[string]string{}, heldIDs: map[string]bool{}, instances: map[string]bool{},
 		services: map[string]*Service{}, routes: map[string]*Route{}, sidecar: map[string]*Sidecar{},
 		res: map[string]map[string]types.Resource{},
 	}
@@ -175,6 +185,7 @@ func newBuilder(m *Mesh, n Node, td spiffeid.TrustDomain) (*builder, error) {
 		}
 		b.held[name] = id.String()
 		b.heldIDs[id.String()] = true
+		b.instances[agentfiles.Instance(name)] = true
 	}
 	for i := range m.Services {
 		b.services[m.Services[i].Name] = &m.Services[i]
@@ -353,11 +364,20 @@ func (b *builder) sidecars() {
 // HCM uses RDS over ADS and ends with the router, a route config, EDS
 // clusters with ROUND_ROBIN and load assignments.
 //
-// These clusters carry no transport socket: grpc-go NACKs SDS-based TLS
-// (it only takes certificate provider instances), so proxyless gRPC
-// traffic gets its security from xDS credentials configured outside this
-// package, not from these resources.
+// grpc-go NACKs SDS-based TLS: it takes certificates from certificate
+// provider instances declared in its bootstrap. On a plain grpc node these
+// clusters carry no transport socket (its traffic is plaintext unless the
+// application sets its own credentials). On an agent node, whose agent
+// writes each identity's files, a cluster of a service with an identity
+// carries an UpstreamTlsContext naming the provider instance of the
+// node's own identity and checking the peer's SPIFFE ID; see grpcServers
+// for the other end.
 func (b *builder) grpc() {
+	own := ""
+	if b.n.Agent {
+		own = b.grpcOwn()
+		b.grpcServers()
+	}
 	for _, g := range b.m.GRPC {
 		rdsName := g.Route
 		var r *Route
@@ -374,7 +394,15 @@ func (b *builder) grpc() {
 		// them, so they cost nothing.
 		for _, name := range routeTargets(r, false) {
 			s := b.services[name]
-			c, eds := cluster(s, nil, false)
+			var ts *corev3.TransportSocket
+			if b.n.Agent && s.Identity != "" {
+				if own == "" {
+					b.errs = append(b.errs, fmt.Errorf("%w: service %q is reached over mTLS from grpc agent nodes, but this node holds no identity to present; assign it one", ErrMissingIdentity, name))
+					continue
+				}
+				ts = upstreamTLS(grpcTLS(own, b.identityID(s.Identity)))
+			}
+			c, eds := cluster(s, ts, false)
 			if !eds {
 				b.errs = append(b.errs, fmt.Errorf("service %q: grpc nodes need IP endpoints", name))
 				continue
@@ -386,6 +414,49 @@ func (b *builder) grpc() {
 			Name:        g.Name,
 			ApiListener: &listenerv3.ApiListener{ApiListener: mustAny(httpManager(g.Name, rdsName, nil))},
 		})
+	}
+}
+
+// grpcOwn is the identity a grpc agent node presents as a client: the
+// first it holds in name order ("" when it holds none).
+func (b *builder) grpcOwn() string {
+	names := slices.Sorted(maps.Keys(b.held))
+	if len(names) == 0 {
+		return ""
+	}
+	return names[0]
+}
+
+// grpcServers gives a grpc agent node a server listener (what
+// xds.NewGRPCServer asks for, named by GRPCServerListenerName) for each IP
+// endpoint of each service whose identity it holds: mTLS with that
+// identity's certificate, client certificates required and verified
+// against the trust bundle, and RPCs let through to the server's own
+// handlers only from callers its grpc_servers entry allows (by default
+// any ID of the trust domain). grpc-go refuses SAN matchers on the server
+// side, so callers are checked by an RBAC filter on the URI SAN.
+func (b *builder) grpcServers() {
+	allowed := map[string][]SPIFFEMatch{}
+	for _, g := range b.m.GRPCServers {
+		allowed[g.Service] = g.AllowedSPIFFEIDs
+	}
+	for _, s := range b.m.Services {
+		if s.Identity == "" {
+			continue
+		}
+		if _, ok := b.held[s.Identity]; !ok {
+			continue
+		}
+		for _, e := range s.Endpoints {
+			if !netIP(e.Address) {
+				continue // a server listens on an address, not a name
+			}
+			name := GRPCServerListenerName(net.JoinHostPort(e.Address, strconv.Itoa(e.Port)))
+			hcm := httpManager("grpc_server", "", serverRoutes(name))
+			hcm.HttpFilters = append([]*hcmv3.HttpFilter{allowCallers(b.bundle+"/", allowed[s.Name])}, hcm.HttpFilters...)
+			ts := downstreamTLS(grpcTLS(s.Identity, ""), true)
+			b.add(resource.ListenerType, listener(name, e.Address, e.Port, hcm, ts))
+		}
 	}
 }
 

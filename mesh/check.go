@@ -29,6 +29,7 @@ type refs struct {
 	clusters   []string // clusters named by route actions
 	certs      []string // tls_certificate_sds_secret_configs
 	validation []string // validation context SDS secrets
+	instances  []string // certificate provider instances (grpc agent nodes)
 }
 
 // check validates every resource (PGV rules, inside every typed_config)
@@ -40,8 +41,10 @@ type refs struct {
 //     ClusterLoadAssignment and every assignment its cluster;
 //   - certificate secrets are SPIFFE IDs of identities the node holds and
 //     validation secrets are the trust bundle;
+//   - certificate provider instances are those of identities the node
+//     holds (instances, by agentfiles.Instance);
 //   - listeners have addresses (or an api_listener) and no two share a port.
-func check(res *Resources, td spiffeid.TrustDomain, held map[string]bool) error {
+func check(res *Resources, td spiffeid.TrustDomain, held, instances map[string]bool) error {
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%w: %s", ErrInvalidResource, fmt.Sprintf(format, args...)))
@@ -118,6 +121,11 @@ func check(res *Resources, td spiffeid.TrustDomain, held map[string]bool) error 
 		}
 		secrets[n] = true
 	}
+	for _, n := range r.instances {
+		if !instances[n] {
+			bad("certificate provider instance %q is not that of an identity the node holds", n)
+		}
+	}
 	ports := map[uint32][]string{}
 	for _, x := range res.ByType[resource.ListenerType] {
 		l := x.(*listenerv3.Listener)
@@ -170,6 +178,8 @@ func collect(m protoreflect.Message, r *refs) {
 		if s := x.GetCombinedValidationContext().GetValidationContextSdsSecretConfig(); s != nil {
 			r.validation = append(r.validation, s.GetName())
 		}
+	case *tlsv3.CertificateProviderPluginInstance:
+		r.instances = append(r.instances, x.GetInstanceName())
 	case *anypb.Any:
 		inner, err := x.UnmarshalNew()
 		if err == nil { // unregistered types are validate.Message's to report

@@ -39,21 +39,36 @@
 //	  outbound: [{service: billing, port: 9001}]   # 127.0.0.1:9001 -> billing
 //	grpc:                           # grpc nodes: xds:///<name>
 //	- {name: echo, route: web}
+//	grpc_servers:                   # xDS gRPC servers on grpc agent nodes holding the identity
+//	- service: greeter              # must have an identity
+//	  allowed_spiffe_ids: [{exact: spiffe://<td>/web}]   # default: any ID of the trust domain
 //
 // Applying a file that is the mesh in use again stores no new version. A
 // YAML syntax error is reported at the line of the mistake.
 //
 // Resource names: listeners https_<port>, http_<port>, inbound_<port>,
-// outbound_<service>_<port> and, for grpc nodes, the gRPC name itself;
+// outbound_<service>_<port> and, for grpc nodes, the gRPC name itself
+// (and grpc/server?xds.resource.listening_address=<host:port> for the
+// server listeners of grpc agent nodes);
 // route configs are named after the mesh route, or after the listener
 // when inline (redirects, sidecar listeners); clusters and load
 // assignments after the service; a sidecar's application is local_<service>.
 //
 // Caveats:
-//   - Clusters built for grpc nodes carry no TLS: grpc-go NACKs SDS-based
-//     TLS. Services with a sidecar (reached over mTLS) cannot be given to
-//     grpc nodes as plain clusters; keep gRPC-facing services sidecar-free
-//     or secure them with xDS credentials outside this package.
+//   - grpc-go NACKs SDS-based TLS. Clusters built for a grpc node without
+//     an agent carry no TLS: services with a sidecar (reached over mTLS)
+//     cannot be given to such nodes; keep gRPC-facing services
+//     sidecar-free or use agent nodes. On a grpc agent node (Node.Agent)
+//     the clusters of services with an identity carry an
+//     UpstreamTlsContext on certificate provider instances
+//     (agentfiles.Instance of the node's first identity in name order; a
+//     node holding none is ErrMissingIdentity) with the service's SPIFFE
+//     ID in match_subject_alt_names, and each IP endpoint of a service
+//     whose identity the node holds becomes a server listener named
+//     GRPCServerListenerName(host:port), requiring client certificates.
+//     grpc-go refuses SAN matchers on the server side: an RBAC filter on
+//     the caller's URI SAN lets in the grpc_servers entry's
+//     allowed_spiffe_ids (default: any ID of the trust domain).
 //   - For grpc nodes, virtual hosts match any domain, weight-0 targets and
 //     their clusters are left out, timeouts become max_stream_duration and
 //     only gRPC retry conditions are kept.

@@ -10,7 +10,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -20,12 +22,15 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshca/meshca/internal/agentfiles"
 )
 
 // Extension names, as Envoy and grpc-go expect them.
 const (
 	hcmFilterName      = "envoy.filters.network.http_connection_manager"
 	routerFilterName   = "envoy.filters.http.router"
+	rbacFilterName     = "envoy.filters.http.rbac"
 	tlsSocketName      = "envoy.transport_sockets.tls"
 	httpProtocolOptKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 	connectTimeout     = 5 * time.Second
@@ -381,4 +386,64 @@ func loadAssignment(s *Service) *endpointv3.ClusterLoadAssignment {
 		cla.Endpoints = append(cla.Endpoints, groups[k])
 	}
 	return cla
+}
+
+// GRPCServerListenerTemplate is the server_listener_resource_name_template
+// of the grpc bootstrap: grpc-go replaces %s with the address a server
+// listens on ("10.0.0.5:50051", "[::1]:50051") and asks for that listener.
+const GRPCServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+
+// GRPCServerListenerName is the listener an xDS gRPC server listening on
+// hostPort (net.JoinHostPort form) asks for.
+func GRPCServerListenerName(hostPort string) string {
+	return fmt.Sprintf(GRPCServerListenerTemplate, hostPort)
+}
+
+// grpcTLS presents own's certificate from its certificate provider
+// instance and verifies the peer against the trust bundle the same
+// instance reads. A non-empty peer is the SPIFFE ID the peer must carry;
+// grpc-go reads it from the deprecated match_subject_alt_names only, and
+// refuses it on the server side.
+func grpcTLS(own, peer string) *tlsv3.CommonTlsContext {
+	inst := &tlsv3.CertificateProviderPluginInstance{InstanceName: agentfiles.Instance(own)}
+	vc := &tlsv3.CertificateValidationContext{CaCertificateProviderInstance: inst}
+	if peer != "" {
+		vc.MatchSubjectAltNames = []*matcherv3.StringMatcher{{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: peer}}}
+	}
+	return &tlsv3.CommonTlsContext{
+		TlsCertificateProviderInstance: inst,
+		ValidationContextType:          &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc},
+	}
+}
+
+// allowCallers is an RBAC filter that lets in only callers whose
+// certificate's URI SAN matches ms (none: any ID under root). grpc-go
+// matches principal_name against the URI SAN first.
+func allowCallers(root string, ms []SPIFFEMatch) *hcmv3.HttpFilter {
+	var principals []*rbacconfigv3.Principal
+	for _, m := range sanMatchers(root, ms) {
+		principals = append(principals, &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_Authenticated_{
+			Authenticated: &rbacconfigv3.Principal_Authenticated{PrincipalName: m.GetMatcher()},
+		}})
+	}
+	rules := &rbacconfigv3.RBAC{Action: rbacconfigv3.RBAC_ALLOW, Policies: map[string]*rbacconfigv3.Policy{
+		"allowed_spiffe_ids": {
+			Permissions: []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_Any{Any: true}}},
+			Principals:  principals,
+		},
+	}}
+	return &hcmv3.HttpFilter{Name: rbacFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&rbacv3.RBAC{Rules: rules})}}
+}
+
+// serverRoutes sends every RPC of an xDS gRPC server to its own handlers
+// (grpc-go fails RPCs that match any other action).
+func serverRoutes(name string) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{{
+		Name:    "grpc_server",
+		Domains: []string{"*"},
+		Routes: []*routev3.Route{{
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_NonForwardingAction{NonForwardingAction: &routev3.NonForwardingAction{}},
+		}},
+	}}}
 }

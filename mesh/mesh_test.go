@@ -80,6 +80,11 @@ var goldenCases = []struct {
 	{"http-front-proxy", []mesh.Node{frontNode}},
 	{"incremental-deployment", []mesh.Node{frontNode, grpcNode}},
 	{"https-front-proxy", []mesh.Node{frontNode, sidecarNode("echo"), sidecarNode("billing"), grpcNode}},
+	{"grpc-mtls", []mesh.Node{grpcNode, grpcAgentNode("greeter-1", "greeter"), grpcAgentNode("web-1", "web")}},
+}
+
+func grpcAgentNode(name string, ids ...string) mesh.Node {
+	return mesh.Node{Name: name, Kind: mesh.KindGRPC, Identities: ids, Agent: true}
 }
 
 func TestGolden(t *testing.T) {

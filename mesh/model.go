@@ -13,6 +13,9 @@ type Mesh struct {
 	FrontProxy *FrontProxy   `yaml:"front_proxy,omitempty"`
 	Sidecars   []Sidecar     `yaml:"sidecars,omitempty"`
 	GRPC       []GRPCService `yaml:"grpc,omitempty"`
+	// GRPCServers restricts who may call the xDS gRPC servers of a service
+	// on grpc agent nodes (those holding its identity).
+	GRPCServers []GRPCServer `yaml:"grpc_servers,omitempty"`
 	// AccessLog sends the access logs of every Envoy listener to meshca
 	// (meshca logs); proxyless gRPC nodes have none.
 	AccessLog bool `yaml:"access_log,omitempty"`
@@ -209,4 +212,15 @@ type GRPCService struct {
 	Name string `yaml:"name"`
 	// Route to apply; empty: all calls go to the service called Name.
 	Route string `yaml:"route,omitempty"`
+}
+
+// GRPCServer sets the callers let in to a service's xDS gRPC servers on
+// grpc agent nodes. A service without an entry lets in any ID of the trust
+// domain.
+type GRPCServer struct {
+	// Service is the served service; it must have an identity.
+	Service string `yaml:"service"`
+	// AllowedSPIFFEIDs are the callers let in (empty: any ID of the trust
+	// domain); others get PermissionDenied.
+	AllowedSPIFFEIDs []SPIFFEMatch `yaml:"allowed_spiffe_ids,omitempty"`
 }

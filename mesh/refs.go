@@ -47,5 +47,8 @@ func (m *Mesh) IdentityRefs() []IdentityRef {
 	for i, s := range m.Sidecars {
 		exact(idx("sidecars", i)+".allowed_spiffe_ids", s.AllowedSPIFFEIDs)
 	}
+	for i, g := range m.GRPCServers {
+		exact(idx("grpc_servers", i)+".allowed_spiffe_ids", g.AllowedSPIFFEIDs)
+	}
 	return refs
 }

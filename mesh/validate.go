@@ -148,6 +148,20 @@ func (v *validator) mesh() {
 		}
 		v.grpc(p, g)
 	}
+	seen = map[string]bool{}
+	for i := range m.GRPCServers {
+		p := idx("grpc_servers", i)
+		g := &m.GRPCServers[i]
+		v.serviceRef(p+".service", g.Service)
+		if s := v.services[g.Service]; s != nil && s.Identity == "" {
+			v.add(p+".service", "service %q has no identity: its gRPC servers present that identity's certificate; set services[].identity", g.Service)
+		}
+		if seen[g.Service] && g.Service != "" {
+			v.add(p+".service", "service %q has two grpc_servers entries", g.Service)
+		}
+		seen[g.Service] = true
+		v.spiffeMatches(p+".allowed_spiffe_ids", g.AllowedSPIFFEIDs)
+	}
 }
 
 // name checks a service, route or gRPC name: it becomes part of resource

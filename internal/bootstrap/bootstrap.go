@@ -8,6 +8,9 @@
 // watched_directory: replacing the files (atomically, by rename) rotates
 // the certificate without restarting Envoy. grpc-go reads the same files
 // through its tls channel credentials and file_watcher certificate provider.
+// On an agent grpc node it also reads each identity's files that the node
+// agent writes (internal/agentfiles), through one file_watcher instance per
+// identity that the resources meshca sends the node name.
 //
 // Caveats: the output depends only on Params; no file is read or written
 // here. ParseEnvoy and ParseSDS validate deep (into every typed_config)
@@ -23,6 +26,7 @@ import (
 	"path"
 	"slices"
 	"strconv"
+	"strings"
 	"text/template"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -69,6 +73,14 @@ type Params struct {
 	// replicas: the bootstrap lists Server first, then each of these once,
 	// so that the node reconnects to another replica when one goes away.
 	Replicas []string
+
+	// AgentFiles is, for a proxyless gRPC agent node, the absolute
+	// directory where its node agent writes each identity's files
+	// (agentfiles.Paths), and Identities the identities it holds: GRPC
+	// declares a certificate provider instance for each. Empty for other
+	// nodes.
+	AgentFiles string
+	Identities []string
 }
 
 // MaxReplicas bounds Params.Replicas.
@@ -93,6 +105,8 @@ type resolved struct {
 	ServerID                         string // SPIFFE ID meshca's serving certificate must carry
 	NodeSecretName, BundleSecretName string
 	XDSCluster                       string
+	AgentFiles                       string
+	Identities                       []string
 }
 
 // CheckServer reports whether addr is usable as Params.Server or one of
@@ -170,6 +184,20 @@ func (p Params) resolve() (resolved, error) {
 	if admin > 65535 {
 		return bad("AdminPort", "%d is not a port (1-65535)", admin)
 	}
+	agentFiles := ""
+	if p.AgentFiles != "" {
+		if !path.IsAbs(p.AgentFiles) {
+			return bad("AgentFiles", "%q is not an absolute path", p.AgentFiles)
+		}
+		agentFiles = path.Clean(p.AgentFiles)
+	} else if len(p.Identities) > 0 {
+		return bad("Identities", "are given without AgentFiles, the directory the node agent writes their files to")
+	}
+	for i, name := range p.Identities {
+		if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) {
+			return bad(fmt.Sprintf("Identities[%d]", i), "%q is not an identity name", name)
+		}
+	}
 	return resolved{
 		Node: p.Node, Cluster: cluster,
 		Servers:     servers,
@@ -183,6 +211,7 @@ func (p Params) resolve() (resolved, error) {
 		ServerID:       serverID.String(),
 		NodeSecretName: NodeSecretName, BundleSecretName: BundleSecretName,
 		XDSCluster: ClusterName,
+		AgentFiles: agentFiles, Identities: slices.Clone(p.Identities),
 	}, nil
 }
 

@@ -3,6 +3,9 @@ package bootstrap
 import (
 	"encoding/json"
 	"fmt"
+
+	"github.com/meshca/meshca/internal/agentfiles"
+	"github.com/meshca/meshca/mesh"
 )
 
 // refreshInterval is how often grpc-go re-reads the certificate files. A
@@ -11,8 +14,13 @@ import (
 // this interval (keeping its last configuration meanwhile).
 const refreshInterval = "60s"
 
+// agentRefreshInterval is how often grpc-go re-reads the files the node
+// agent writes for each identity: three small files a second, so that a
+// rotated certificate is in use within a second of the agent writing it.
+const agentRefreshInterval = "1s"
+
 // serverListenerTemplate names the LDS resource of an xDS gRPC server.
-const serverListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+const serverListenerTemplate = mesh.GRPCServerListenerTemplate
 
 // The structs fix the key order of grpc-bootstrap.json.
 type grpcBootstrap struct {
@@ -65,6 +73,11 @@ type grpcCertificateProv struct {
 // loses its server keeps them and reconnects to the same server_uri; to move
 // such nodes to another replica at once, give --server a DNS name that
 // resolves to every replica.
+//
+// For an agent node (Params.AgentFiles set) it also declares, for each of
+// Params.Identities, the file_watcher instance agentfiles.Instance(name)
+// on the files the agent writes for it (agentfiles.Paths): the clusters
+// and server listeners meshca sends an agent node name these instances.
 func GRPC(p Params) ([]byte, error) {
 	r, err := p.resolve()
 	if err != nil {
@@ -85,6 +98,12 @@ func GRPC(p Params) ([]byte, error) {
 		Node:                       grpcNode{ID: r.Node, Cluster: r.Cluster},
 		CertificateProviders:       map[string]grpcCertificateProv{"default": {PluginName: "file_watcher", Config: files}},
 		ServerListenerNameTemplate: serverListenerTemplate,
+	}
+	for _, name := range r.Identities {
+		cert, key, bundle := agentfiles.Paths(r.AgentFiles, name)
+		b.CertificateProviders[agentfiles.Instance(name)] = grpcCertificateProv{PluginName: "file_watcher", Config: grpcTLSCfg{
+			CertificateFile: cert, PrivateKeyFile: key, CACertificateFile: bundle, RefreshInterval: agentRefreshInterval,
+		}}
 	}
 	for _, e := range r.Servers {
 		b.XDSServers = append(b.XDSServers, grpcServer{

@@ -542,19 +542,20 @@ func (b *Builder) build(ctx context.Context, node string) error {
 type routed struct {
 	mesh   *meshVersion
 	kind   string
+	agent  bool
 	ids    []string
 	byType map[string][]types.Resource
 }
 
 // routing builds what node receives besides secrets, or returns what was
-// built for it last when the mesh, its kind and its identities are the
-// same: a re-keyed identity changes a node's secrets only, and the same
+// built for it last when the mesh, its kind, agent mark and identities
+// are the same: a re-keyed identity changes a node's secrets only, and the same
 // resource values let the xDS server skip encoding them again.
 func (b *Builder) routing(n store.Node) (map[string][]types.Resource, error) {
 	mv := b.mesh.Load()
 	if v, ok := b.routes.Load(n.Name); ok {
 		r := v.(*routed)
-		if r.mesh == mv && r.kind == n.Kind && slices.Equal(r.ids, n.Identities) {
+		if r.mesh == mv && r.kind == n.Kind && r.agent == n.Agent && slices.Equal(r.ids, n.Identities) {
 			b.stats.routesKept.Add(1)
 			return r.byType, nil
 		}
@@ -563,11 +564,11 @@ func (b *Builder) routing(n store.Node) (map[string][]types.Resource, error) {
 	if mv != nil {
 		m = mv.m
 	}
-	out, err := mesh.Build(m, mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities}, b.cfg.TrustDomain)
+	out, err := mesh.Build(m, mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities, Agent: n.Agent}, b.cfg.TrustDomain)
 	if err != nil {
 		return nil, err
 	}
-	b.routes.Store(n.Name, &routed{mesh: mv, kind: n.Kind, ids: slices.Clone(n.Identities), byType: out.ByType})
+	b.routes.Store(n.Name, &routed{mesh: mv, kind: n.Kind, agent: n.Agent, ids: slices.Clone(n.Identities), byType: out.ByType})
 	return out.ByType, nil
 }
 

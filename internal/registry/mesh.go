@@ -150,7 +150,7 @@ func (r *Registry) meshNodes(ctx context.Context) ([]mesh.Node, error) {
 	var out []mesh.Node
 	for _, n := range ns {
 		if n.State == store.StateActive {
-			out = append(out, mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities})
+			out = append(out, mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities, Agent: n.Agent})
 		}
 	}
 	return out, nil
@@ -221,5 +221,5 @@ func (r *Registry) loadMesh(ctx context.Context) error {
 // NodeMesh builds a node's listeners, routes, clusters and endpoints from
 // the mesh in use.
 func (r *Registry) NodeMesh(n Node) (mesh.Resources, error) {
-	return mesh.Build(r.Mesh(), mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities}, r.cfg.TrustDomain)
+	return mesh.Build(r.Mesh(), mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities, Agent: n.Agent}, r.cfg.TrustDomain)
 }

@@ -1,0 +1,65 @@
+package agentfiles_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/meshca/meshca/internal/agentfiles"
+)
+
+func TestWriteReplacesFilesWithModes(t *testing.T) {
+	dir := t.TempDir()
+	for i, v := range []string{"one", "two"} {
+		if err := agentfiles.Write(dir, "web", []byte("cert "+v), []byte("key "+v), []byte("bundle "+v)); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		cert, key, bundle := agentfiles.Paths(dir, "web")
+		for path, want := range map[string]struct {
+			data string
+			mode os.FileMode
+		}{cert: {"cert " + v, 0o644}, key: {"key " + v, 0o600}, bundle: {"bundle " + v, 0o644}} {
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != want.data || fi.Mode().Perm() != want.mode {
+				t.Errorf("%s: %q %v, want %q %v", path, got, fi.Mode().Perm(), want.data, want.mode)
+			}
+		}
+	}
+	fi, err := os.Stat(filepath.Join(dir, "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		t.Errorf("identity directory mode %v, want 0700", fi.Mode().Perm())
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "web", ".*"))
+	if len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+func TestWriteRefusesPathNames(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"", ".", "..", "../x", "a/b", `a\b`} {
+		if err := agentfiles.Write(dir, name, nil, nil, nil); !errors.Is(err, agentfiles.ErrInvalidIdentity) {
+			t.Errorf("Write(%q) = %v, want ErrInvalidIdentity", name, err)
+		}
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(dir)); len(entries) != 1 {
+		t.Errorf("something was written outside the directory: %v", entries)
+	}
+}
+
+func TestInstance(t *testing.T) {
+	if got := agentfiles.Instance("web"); got != "meshca-web" {
+		t.Fatalf("Instance(web) = %q", got)
+	}
+}
