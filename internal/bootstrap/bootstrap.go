@@ -26,6 +26,8 @@ import (
 	"text/template"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/mesh"
 )
 
 // File names inside Params.Dir.
@@ -69,6 +71,12 @@ type Params struct {
 	// replicas: the bootstrap lists Server first, then each of these once,
 	// so that the node reconnects to another replica when one goes away.
 	Replicas []string
+
+	// AgentSDS, when set, is the absolute path of the node agent's SDS
+	// socket (meshca agent --sds-socket): envoy.yaml then declares the
+	// static cluster mesh.AgentSDSCluster on that pipe, which the TLS
+	// contexts meshca sends an agent node take their secrets from.
+	AgentSDS string
 }
 
 // MaxReplicas bounds Params.Replicas.
@@ -93,6 +101,7 @@ type resolved struct {
 	ServerID                         string // SPIFFE ID meshca's serving certificate must carry
 	NodeSecretName, BundleSecretName string
 	XDSCluster                       string
+	AgentSDS, AgentSDSCluster        string
 }
 
 // CheckServer reports whether addr is usable as Params.Server or one of
@@ -156,6 +165,9 @@ func (p Params) resolve() (resolved, error) {
 			servers = append(servers, e)
 		}
 	}
+	if p.AgentSDS != "" && (!path.IsAbs(p.AgentSDS) || path.Clean(p.AgentSDS) != p.AgentSDS) {
+		return bad("AgentSDS", "%q is not a clean absolute path", p.AgentSDS)
+	}
 	if p.Dir == "" {
 		return bad("Dir", "is empty")
 	}
@@ -183,6 +195,7 @@ func (p Params) resolve() (resolved, error) {
 		ServerID:       serverID.String(),
 		NodeSecretName: NodeSecretName, BundleSecretName: BundleSecretName,
 		XDSCluster: ClusterName,
+		AgentSDS:   p.AgentSDS, AgentSDSCluster: mesh.AgentSDSCluster,
 	}, nil
 }
 
@@ -315,6 +328,25 @@ static_resources:
                   path: {{q .BundleSDSPath}}
                   watched_directory: {path: {{q .Dir}}}
                 resource_api_version: V3
+{{- if .AgentSDS}}
+  # The node agent serves this node's certificates and the trust bundle
+  # over SDS on a local socket; its keys never leave the node.
+  - name: {{.AgentSDSCluster}}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+    load_assignment:
+      cluster_name: {{.AgentSDSCluster}}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              pipe: {path: {{q .AgentSDS}}}
+{{- end}}
 `))
 
 var certSDSTmpl = template.Must(template.New(CertSDSFile).Funcs(funcs).Parse(`# File-based SDS written by meshca: the node certificate and key.

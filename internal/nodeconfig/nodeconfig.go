@@ -517,7 +517,7 @@ func (b *Builder) build(ctx context.Context, node string) error {
 	if mv := b.mesh.Load(); mv != nil {
 		m = mv.m
 	}
-	routing, err := mesh.Build(m, mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities}, b.cfg.TrustDomain)
+	routing, err := mesh.Build(m, mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities, Agent: n.Agent}, b.cfg.TrustDomain)
 	if err != nil {
 		// Apply and assignment changes are checked against the mesh, so
 		// this means a bug or a stored mesh that no longer fits: keep the

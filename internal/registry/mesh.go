@@ -221,5 +221,5 @@ func (r *Registry) loadMesh(ctx context.Context) error {
 // NodeMesh builds a node's listeners, routes, clusters and endpoints from
 // the mesh in use.
 func (r *Registry) NodeMesh(n Node) (mesh.Resources, error) {
-	return mesh.Build(r.Mesh(), mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities}, r.cfg.TrustDomain)
+	return mesh.Build(r.Mesh(), mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities, Agent: n.Agent}, r.cfg.TrustDomain)
 }
