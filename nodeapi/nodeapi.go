@@ -51,6 +51,10 @@ type NodeFile struct {
 	// EnvoyAdminPort is the admin port written into envoy.yaml, so that a
 	// renewal that rewrites it keeps it (0: not recorded).
 	EnvoyAdminPort uint32 `json:"envoy_admin_port,omitempty"`
+	// AgentSDS is the node agent's SDS socket that envoy.yaml names
+	// (meshca agent --sds-socket, meshca bootstrap --agent-sds); empty for
+	// a node without an agent.
+	AgentSDS string `json:"agent_sds,omitempty"`
 }
 
 // JoinRequest exchanges a one-time join token for a node certificate. Only
