@@ -155,13 +155,19 @@ func (m *meshca) addAgentNode(node string, ids ...string) *tls.Certificate {
 	m.t.Helper()
 	var tok api.JoinToken
 	m.admin("POST", api.PathNodes, api.AddNodeRequest{Name: node, Kind: "sidecar", Identities: ids, Agent: true}, &tok, http.StatusCreated)
+	return m.join(node, tok.Token)
+}
+
+// join redeems a join token and returns the node's certificate.
+func (m *meshca) join(node, token string) *tls.Certificate {
+	m.t.Helper()
 	key, csr := testkit.NewCSR(m.t)
 	conn := m.dial(m.app.XDS, nil)
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
 	defer cancel()
 	var resp nodeapi.JoinResponse
-	if err := conn.Invoke(ctx, nodeapi.FullJoinMethod, &nodeapi.JoinRequest{Node: node, Token: tok.Token, CSRPEM: csr}, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+	if err := conn.Invoke(ctx, nodeapi.FullJoinMethod, &nodeapi.JoinRequest{Node: node, Token: token, CSRPEM: csr}, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
 		m.t.Fatalf("join %s: %v", node, err)
 	}
 	cert, err := testkit.TLSCert(resp.ChainPEM, key)
