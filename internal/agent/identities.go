@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -24,13 +23,16 @@ import (
 // holds: started for a new one, stopped (and its certificate dropped) for
 // one the node lost.
 func (a *Agent) followIdentities(ctx context.Context) error {
-	workers := map[string]context.CancelFunc{}
-	var wg sync.WaitGroup
+	type worker struct {
+		stop context.CancelFunc
+		done chan struct{}
+	}
+	workers := map[string]worker{}
 	defer func() {
-		for _, stop := range workers {
-			stop()
+		for _, w := range workers {
+			w.stop()
+			<-w.done
 		}
-		wg.Wait()
 	}()
 	attempt := 0
 	for {
@@ -41,13 +43,16 @@ func (a *Agent) followIdentities(ctx context.Context) error {
 			return nil
 		case err != nil:
 			attempt++
-			wait = min(wait, a.cfg.Backoff.Next(attempt, a.cfg.Clock.Now(), a.cfg.Clock.Now().Add(10*a.cfg.Backoff.Max)))
+			wait = min(wait, a.retryWait(attempt))
 			a.log.Warn("cannot list the node's identities at meshca; serving the current certificates", "attempt", attempt, logErr, err)
 		default:
 			attempt = 0
-			for name, stop := range workers {
+			for name, w := range workers {
 				if !slices.Contains(names, name) {
-					stop()
+					// The worker is gone before its certificate is
+					// dropped, so that it cannot put one back.
+					w.stop()
+					<-w.done
 					delete(workers, name)
 					a.dropSVID(name)
 					a.log.Info("identity no longer held by this node: its certificate is no longer served", logIdentity, name)
@@ -58,10 +63,10 @@ func (a *Agent) followIdentities(ctx context.Context) error {
 					continue
 				}
 				wctx, stop := context.WithCancel(ctx)
-				workers[name] = stop
-				wg.Add(1)
+				w := worker{stop: stop, done: make(chan struct{})}
+				workers[name] = w
 				go func() {
-					defer wg.Done()
+					defer close(w.done)
 					a.keepSVID(wctx, name)
 				}()
 			}
@@ -73,6 +78,13 @@ func (a *Agent) followIdentities(ctx context.Context) error {
 		case <-a.cfg.Clock.After(wait):
 		}
 	}
+}
+
+// retryWait is the wait before retry number attempt of a call that has no
+// certificate's expiry to keep within.
+func (a *Agent) retryWait(attempt int) time.Duration {
+	now := a.cfg.Clock.Now()
+	return a.cfg.Backoff.Next(attempt, now, now.Add(10*a.cfg.Backoff.Max))
 }
 
 // identities asks meshca for the node's identities and checks each name.
@@ -125,11 +137,10 @@ func (a *Agent) keepSVID(ctx context.Context, name string) {
 				wait = max(a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial).Sub(now), a.cfg.Backoff.Min)
 			} else {
 				attempt++
-				notAfter := now.Add(10 * a.cfg.Backoff.Max)
+				wait = a.retryWait(attempt)
 				if have {
-					notAfter = cur.NotAfter
+					wait = a.cfg.Backoff.Next(attempt, now, cur.NotAfter)
 				}
-				wait = a.cfg.Backoff.Next(attempt, now, notAfter)
 				a.logFailure(name, cur, have, now, attempt, err)
 			}
 		}

@@ -30,7 +30,7 @@ func (a *Agent) followTrust(ctx context.Context) error {
 			attempt = 0
 		}
 		attempt++
-		wait := a.cfg.Backoff.Next(attempt, a.cfg.Clock.Now(), a.cfg.Clock.Now().Add(10*a.cfg.Backoff.Max))
+		wait := a.retryWait(attempt)
 		a.log.Warn("trust bundle stream to meshca broke; the current bundle and CRL are still served", "attempt", attempt, "retry_in", wait.String(), logErr, err)
 		select {
 		case <-ctx.Done():

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/meshca/meshca/internal/agent"
 	"github.com/meshca/meshca/internal/bootstrap"
@@ -126,7 +128,16 @@ func runAgent(ctx context.Context, o agentOptions, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("%s: trust domain: %w", NodeFile, err)
 	}
-	conn, err := grpc.NewClient(nf.Server, grpc.WithTransportCredentials(credentials.NewTLS(nodeTLS(dir))),
+	// Every replica the node file lists, the first one first: grpc-go's
+	// pick_first moves to the next when a connection fails.
+	servers := manual.NewBuilderWithScheme("meshca-replicas")
+	var addrs []resolver.Address
+	for _, s := range serverList(nf.Server, nf.Servers) {
+		addrs = append(addrs, resolver.Address{Addr: s})
+	}
+	servers.InitialState(resolver.State{Addresses: addrs})
+	conn, err := grpc.NewClient(servers.Scheme()+":///meshca", grpc.WithResolvers(servers),
+		grpc.WithTransportCredentials(credentials.NewTLS(nodeTLS(dir))),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 15 * time.Second}, MinConnectTimeout: 10 * time.Second}))
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", nf.Server, err)
