@@ -48,31 +48,50 @@ type meshca struct {
 	clock *clock.Fake
 	dir   string
 	http  *http.Client
+	stop  func()
 }
 
 func startMeshca(t *testing.T, clk *clock.Fake) *meshca {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "data")
+	return startMeshcaIn(t, clk, filepath.Join(t.TempDir(), "data"), "127.0.0.1:0")
+}
+
+// restart stops meshca and starts it again on the same data directory and
+// xDS address.
+func (m *meshca) restart() *meshca {
+	m.t.Helper()
+	m.stop()
+	return startMeshcaIn(m.t, m.clock, m.dir, m.app.XDS)
+}
+
+func startMeshcaIn(t *testing.T, clk *clock.Fake, dir, xdsListen string) *meshca {
+	t.Helper()
+	cfg := testkit.LoopbackConfig(dir)
+	cfg.XDS.Listen = xdsListen
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := app.Start(ctx, testkit.LoopbackConfig(dir), testkit.Logger(t), app.WithClock(clk))
+	a, err := app.Start(ctx, cfg, testkit.Logger(t), app.WithClock(clk))
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Wait(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("meshca stopped with: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("meshca stopped with: %v", err)
+				}
+			case <-time.After(waitLimit):
+				t.Error("meshca did not stop")
 			}
-		case <-time.After(waitLimit):
-			t.Error("meshca did not stop")
-		}
-	})
-	return &meshca{t: t, app: a, clock: clk, dir: dir, http: &http.Client{Timeout: waitLimit}}
+		})
+	}
+	t.Cleanup(stop)
+	return &meshca{t: t, app: a, clock: clk, dir: dir, http: &http.Client{Timeout: waitLimit}, stop: stop}
 }
 
 func (m *meshca) admin(method, path string, body, out any, want int) {
