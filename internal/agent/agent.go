@@ -137,6 +137,14 @@ func New(cfg Config) (*Agent, error) {
 		identitiesWake: make(chan struct{}, 1)}, nil
 }
 
+// Source is what a local server (the SPIFFE Workload API) follows: the
+// current state and a channel closed at the next change. *Agent is one.
+type Source interface {
+	State() (State, <-chan struct{})
+}
+
+var _ Source = (*Agent)(nil)
+
 // State returns what the agent serves now, and a channel closed at the
 // next change. It is the hook a local server (the SPIFFE Workload API)
 // follows.

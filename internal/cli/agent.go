@@ -39,10 +39,10 @@ type agentOptions struct {
 }
 
 // WorkloadServer serves the SPIFFE Workload API on socket from the agent's
-// state (agent.Agent.State: the current SVIDs, bundle and CRL, and a
-// channel closed at each change) until ctx ends. meshca agent runs it
+// state (agent.Source: the current SVIDs, bundle and CRL, and a channel
+// closed at each change) until ctx ends. meshca agent runs it
 // (Config.Workload) when --workload-socket is given.
-type WorkloadServer func(ctx context.Context, socket string, state *agent.Agent, log *slog.Logger) error
+type WorkloadServer func(ctx context.Context, socket string, state agent.Source, log *slog.Logger) error
 
 func agentCmd(cfg Config) *cobra.Command {
 	var o agentOptions
