@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"fmt"
-	"slices"
 
 	"google.golang.org/grpc/codes"
 
@@ -41,32 +39,12 @@ func (c csrSigner) SignCSR(ctx context.Context, node string, presented *x509.Cer
 
 var _ xds.AgentIdentities = csrSigner{}
 
-// AgentIdentities lists the active identities of an active agent node.
+// AgentIdentities adapts registry.AgentIdentities to the xDS server's
+// Identities method; a refusal is PermissionDenied.
 func (c csrSigner) AgentIdentities(ctx context.Context, node string) ([]string, error) {
-	n, err := c.reg.Node(ctx, node)
-	if errors.Is(err, registry.ErrNotFound) {
-		return nil, &xds.JoinError{Code: codes.PermissionDenied, Message: "node is not registered"}
-	} else if err != nil {
-		return nil, err
+	ids, err := c.reg.AgentIdentities(ctx, node)
+	if errors.Is(err, registry.ErrDenied) {
+		return nil, &xds.JoinError{Code: codes.PermissionDenied, Message: err.Error()}
 	}
-	if n.State != registry.StateActive {
-		return nil, &xds.JoinError{Code: codes.PermissionDenied, Message: fmt.Sprintf("node %q was revoked", node)}
-	}
-	if !n.Agent {
-		return nil, &xds.JoinError{Code: codes.PermissionDenied, Message: fmt.Sprintf("node %q is not an agent node (meshca node add --agent): meshca sends it its keys over SDS", node)}
-	}
-	var out []string
-	for _, name := range n.Identities {
-		st, err := c.reg.Identity(ctx, name)
-		if errors.Is(err, registry.ErrNotFound) {
-			continue
-		} else if err != nil {
-			return nil, err
-		}
-		if st.Identity.State == registry.StateActive && !st.Identity.Admin {
-			out = append(out, name)
-		}
-	}
-	slices.Sort(out)
-	return out, nil
+	return ids, err
 }
