@@ -1,8 +1,9 @@
 // Package nodeapi is the node join service on meshca's xDS port: the
-// messages, the method and the JSON codec shared by the server (xds) and
-// `meshca bootstrap`. It is plain gRPC with JSON bodies, so it needs no
-// generated code. It is public because it is the contract between meshca
-// and the nodes: xds's Joiner returns its JoinResponse.
+// messages, the methods and the JSON codec shared by the server (xds) and
+// its clients, `meshca bootstrap` and `meshca agent`. It is plain gRPC with
+// JSON bodies, so it needs no generated code. It is public because it is
+// the contract between meshca and the nodes: xds's Joiner returns its
+// JoinResponse.
 package nodeapi
 
 import (
