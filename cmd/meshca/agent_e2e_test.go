@@ -129,7 +129,8 @@ func agentSecrets(t *testing.T, socket string, names ...string) map[string]*tlsv
 // start joins with the token and writes an envoy.yaml that takes secrets
 // from the agent's socket; the socket serves the node's certificate for a
 // key made by the agent; the files for gRPC hold the same; a restart reuses
-// the node credentials and makes a new key; meshca's data directory never
+// the node credentials and makes a new key; a renewal of the node
+// certificate beside it does not stop it; meshca's data directory never
 // holds the agent's key.
 func TestAgentCommand(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
@@ -205,7 +206,7 @@ func TestAgentCommand(t *testing.T) {
 	if _, err := os.Lstat(socket); !os.IsNotExist(err) {
 		t.Fatalf("socket left behind after exit: %v", err)
 	}
-	p2 := startAgentProc(t, args...)
+	p2 := startAgentProc(t, append(args, "--identity-poll", "500ms")...)
 	second := agentSecrets(t, socket, webName, bundleName)
 	leaf2, _ := secretPair(t, second[webName])
 	if leaf2.PublicKey.(*ecdsa.PublicKey).Equal(leaf.PublicKey) {
@@ -213,6 +214,18 @@ func TestAgentCommand(t *testing.T) {
 	}
 	if !strings.Contains(p2.output(), "using the node credentials") {
 		t.Fatalf("the restart did not reuse the node credentials:\n%s", p2.output())
+	}
+
+	// The node certificate renewed beside the running agent (meshca then
+	// revokes the previous one and closes the connections made with it):
+	// the agent goes on with the new one and takes up a new identity.
+	mustRun(t, "", "bootstrap", "renew", "--dir", node)
+	mustRun(t, srv.admin, "identity", "add", "api")
+	mustRun(t, srv.admin, "node", "assign", "agent-1", "--identity", "api")
+	apiName := "spiffe://mesh.local/api"
+	third := agentSecrets(t, socket, webName, apiName, bundleName)
+	if leaf3, _ := secretPair(t, third[apiName]); leaf3.URIs[0].String() != apiName {
+		t.Fatalf("api's certificate names %v", leaf3.URIs)
 	}
 	p2.stop(t)
 
