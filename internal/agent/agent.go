@@ -199,12 +199,6 @@ func (a *Agent) setTrust(bundle, crl []byte) {
 	a.update(func() { a.bundle, a.crl = bundle, crl })
 }
 
-func (a *Agent) trustBundle() []byte {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.bundle
-}
-
 // wakeIdentities makes the identity loop ask meshca now.
 func (a *Agent) wakeIdentities() {
 	select {

@@ -70,7 +70,7 @@ func (a *Agent) trustStream(ctx context.Context) (got bool, err error) {
 		} else {
 			got = true
 			req.VersionInfo = resp.GetVersionInfo()
-			if string(bundle) != string(a.trustBundle()) || string(crl) != string(a.currentCRL()) {
+			if oldBundle, oldCRL := a.trust(); string(bundle) != string(oldBundle) || string(crl) != string(oldCRL) {
 				a.setTrust(bundle, crl)
 				a.log.Info("trust bundle or CRL changed", "version", resp.GetVersionInfo())
 				// A CRL change may be a revoked identity of this node.
@@ -83,10 +83,11 @@ func (a *Agent) trustStream(ctx context.Context) (got bool, err error) {
 	}
 }
 
-func (a *Agent) currentCRL() []byte {
+// trust returns the bundle and CRL served now.
+func (a *Agent) trust() (bundle, crl []byte) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.crl
+	return a.bundle, a.crl
 }
 
 // trustOf finds the bundle secret in resp and checks that it parses.
