@@ -28,13 +28,6 @@ const IdentitiesMethod = "Identities"
 // FullIdentitiesMethod is the gRPC path of Identities.
 const FullIdentitiesMethod = "/" + Service + "/" + IdentitiesMethod
 
-// IdentitiesRequest asks for the calling agent node's identities.
+// IdentitiesRequest asks for the calling agent node's identities; the
+// answer is an IdentitiesResponse (identities.go).
 type IdentitiesRequest struct{}
-
-// IdentitiesResponse lists the active identities assigned to the calling
-// agent node, sorted; revoked ones are left out, as meshca would refuse
-// their CSRs.
-type IdentitiesResponse struct {
-	TrustDomain string   `json:"trust_domain"`
-	Identities  []string `json:"identities"`
-}

@@ -38,6 +38,10 @@ type callbacks struct {
 	streams map[streamKey]boundTo // stream -> authenticated node
 	named   map[streamKey]bool    // delta streams whose first request named the node
 	status  map[string]*nodeStatus
+	// connectedN and pendingN are what pending reports, kept as each
+	// node's status changes (see change) so that a CA rotation asking
+	// every second does not walk every node under mu.
+	connectedN, pendingN int
 }
 
 // boundTo is what a stream was opened for: its node, and the type URL its
@@ -97,7 +101,7 @@ func (c *callbacks) open(ctx context.Context, id streamKey, typeURL string) erro
 	defer c.mu.Unlock()
 	c.streams[id] = boundTo{node: node, typeURL: typeURL}
 	st := c.nodeStatus(node)
-	st.streams++
+	c.change(st, func() { st.streams++ })
 	st.lastSeen = c.s.cfg.Clock.Now()
 	return nil
 }
@@ -106,7 +110,8 @@ func (c *callbacks) closed(id streamKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if b, ok := c.streams[id]; ok {
-		c.nodeStatus(b.node).streams--
+		st := c.nodeStatus(b.node)
+		c.change(st, func() { st.streams-- })
 		delete(c.streams, id)
 		delete(c.named, id)
 		c.signalLocked()
@@ -190,7 +195,7 @@ func (c *callbacks) track(node, typeURL, version string, nack string) {
 			c.s.cfg.OnNACK(node, typeURL, st.lastNack)
 		}
 	case version != "":
-		st.acked[typeURL] = version
+		c.change(st, func() { st.acked[typeURL] = version })
 		c.signalLocked()
 		if p, ok := st.published[typeURL]; ok && !p.acked && p.version == version {
 			p.acked = true
@@ -209,11 +214,13 @@ func (c *callbacks) published(node string, versions map[string]string) {
 	defer c.mu.Unlock()
 	st := c.nodeStatus(node)
 	now := c.s.cfg.Clock.Now()
-	for typeURL, v := range versions {
-		if st.published[typeURL].version != v {
-			st.published[typeURL] = publication{version: v, at: now}
+	c.change(st, func() {
+		for typeURL, v := range versions {
+			if st.published[typeURL].version != v {
+				st.published[typeURL] = publication{version: v, at: now}
+			}
 		}
-	}
+	})
 }
 
 // signalLocked wakes the waiters of AckEvents; c.mu is held.
@@ -250,16 +257,33 @@ func (c *callbacks) synced(node string) (connected, synced bool) {
 func (c *callbacks) pending() (pending, connected int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, st := range c.status {
-		if st.streams == 0 {
-			continue
-		}
-		connected++
-		if st.secrets && st.acked[resource.SecretType] != st.published[resource.SecretType].version {
-			pending++
-		}
+	return c.pendingN, c.connectedN
+}
+
+// state is whether the node counts as connected, and as pending, in
+// pending.
+func (st *nodeStatus) state() (connected, pending bool) {
+	if st.streams == 0 {
+		return false, false
 	}
-	return pending, connected
+	return true, st.secrets && st.acked[resource.SecretType] != st.published[resource.SecretType].version
+}
+
+// change applies fn to st and keeps the counts of pending up to date;
+// c.mu is held.
+func (c *callbacks) change(st *nodeStatus, fn func()) {
+	wasConnected, wasPending := st.state()
+	fn()
+	connected, pending := st.state()
+	c.connectedN += count(connected) - count(wasConnected)
+	c.pendingN += count(pending) - count(wasPending)
+}
+
+func count(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Status returns a copy of the node's status.
@@ -363,7 +387,8 @@ func (c *callbacks) OnStreamDeltaRequest(delta int64, req *discovery.DeltaDiscov
 func (c *callbacks) subscribedSecrets(node string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.nodeStatus(node).secrets = true
+	st := c.nodeStatus(node)
+	c.change(st, func() { st.secrets = true })
 }
 
 func (c *callbacks) OnStreamDeltaResponse(int64, *discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse) {

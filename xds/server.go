@@ -144,9 +144,10 @@ type Server struct {
 	trust        types.Resource // the trust-bundle secret every node receives
 	trustSum     [sha256.Size]byte
 	allowedMu    sync.RWMutex
-	allowed      map[string]map[string]bool              // node -> secret names it may request
-	sums         map[string]map[string][sha256.Size]byte // node -> its secrets' digests (see swapBundle)
-	former       map[string]map[string]bool              // node -> names it could request before (served nothing now)
+	allowed      map[string]map[string]bool                      // node -> secret names it may request
+	sums         map[string]map[string][sha256.Size]byte         // node -> its secrets' digests (see swapBundle)
+	routeSums    map[string]map[types.Resource][sha256.Size]byte // node -> digests of its other resources (see knownDigests)
+	former       map[string]map[string]bool                      // node -> names it could request before (served nothing now)
 
 	stats   stats
 	serving atomic.Bool
@@ -188,7 +189,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, allowed: map[string]map[string]bool{}, sums: map[string]map[string][sha256.Size]byte{}, former: map[string]map[string]bool{}, cancels: map[string]map[uint64]context.CancelCauseFunc{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, allowed: map[string]map[string]bool{}, sums: map[string]map[string][sha256.Size]byte{}, routeSums: map[string]map[types.Resource][sha256.Size]byte{}, former: map[string]map[string]bool{}, cancels: map[string]map[uint64]context.CancelCauseFunc{}}
 	s.limits = cfg.Limits.withDefaults()
 	s.lim = newLimiter(s.limits)
 	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)

@@ -59,11 +59,12 @@ func unaryOf[Req, Resp any](method string, fn func(context.Context, *Req) (*Resp
 	}
 }
 
-// AgentIdentities names the active identities an agent node holds, sorted.
-// It refuses (a *JoinError with PermissionDenied) a node that is not an
+// AgentIdentities lists the active identities an agent node holds, sorted
+// by name, each with the selectors of the local processes it is for. It
+// refuses (a *JoinError with PermissionDenied) a node that is not an
 // active agent node.
 type AgentIdentities interface {
-	AgentIdentities(ctx context.Context, node string) ([]string, error)
+	AgentIdentities(ctx context.Context, node string) ([]nodeapi.AssignedIdentity, error)
 }
 
 // identities runs behind the interceptors, on the connection of a node
@@ -86,7 +87,7 @@ func (s *Server) identities(ctx context.Context, _ *nodeapi.IdentitiesRequest) (
 		return nil, status.Error(codes.Internal, "listing failed; the server log has the details")
 	}
 	if ids == nil {
-		ids = []string{}
+		ids = []nodeapi.AssignedIdentity{}
 	}
-	return &nodeapi.IdentitiesResponse{TrustDomain: s.cfg.TrustDomain.Name(), Identities: ids}, nil
+	return &nodeapi.IdentitiesResponse{Identities: ids}, nil
 }

@@ -66,6 +66,7 @@ func (s *Server) SetNode(ctx context.Context, node string, res map[string][]type
 	// it, so a request for a newly assigned secret is never refused.
 	s.addAllowed(node, secrets)
 	s.addFormer(node, withdrawn)
+	s.setRouteSums(node, full, memo)
 	if err := s.publish(ctx, node, snap, sums); err != nil {
 		return fmt.Errorf("xds: node %q: %w", node, err)
 	}
@@ -82,6 +83,7 @@ func (s *Server) RemoveNode(node string) {
 	defer mu.Unlock()
 	s.setAllowed(node, nil)
 	s.setSecretSums(node, nil)
+	s.setRouteSums(node, nil, nil)
 	s.cache.ClearSnapshot(node)
 	if s.cfg.Telemetry != nil {
 		s.cfg.Telemetry.Forget(node)
@@ -116,12 +118,19 @@ func (s *Server) SetTrust(ctx context.Context, bundle types.Resource) error {
 	return nil
 }
 
-// knownDigests returns a memo that knows the digests of the secrets in
-// node's current snapshot: a secret handed over again as the same value
-// (node configuration shares one value per certificate) was validated and
-// hashed when it was first set, and is not encoded again.
+// knownDigests returns a memo that knows the digests of the resources in
+// node's current snapshot: a resource handed over again as the same value
+// (node configuration shares one value per certificate, and keeps a
+// node's listeners, routes and clusters while its mesh inputs stay the
+// same) was validated and hashed when it was first set, and is not encoded
+// again.
 func (s *Server) knownDigests(node string) *digests {
-	memo := &digests{done: map[types.Resource][sha256.Size]byte{}}
+	s.allowedMu.RLock()
+	memo := &digests{done: maps.Clone(s.routeSums[node])}
+	s.allowedMu.RUnlock()
+	if memo.done == nil {
+		memo.done = map[types.Resource][sha256.Size]byte{}
+	}
 	cur, err := s.cache.GetSnapshot(node)
 	if err != nil {
 		return memo
@@ -211,6 +220,34 @@ func (s *Server) secretSums(node string) map[string][sha256.Size]byte {
 	s.allowedMu.RLock()
 	defer s.allowedMu.RUnlock()
 	return s.sums[node]
+}
+
+// setRouteSums keeps the digests of node's resources other than secrets,
+// for its next update (see knownDigests).
+func (s *Server) setRouteSums(node string, res map[string][]types.Resource, memo *digests) {
+	var keep map[types.Resource][sha256.Size]byte
+	if memo != nil {
+		memo.mu.Lock()
+		keep = map[types.Resource][sha256.Size]byte{}
+		for t, items := range res {
+			if t == resource.SecretType {
+				continue
+			}
+			for _, r := range items {
+				if d, ok := memo.done[r]; ok {
+					keep[r] = d
+				}
+			}
+		}
+		memo.mu.Unlock()
+	}
+	s.allowedMu.Lock()
+	defer s.allowedMu.Unlock()
+	if keep == nil {
+		delete(s.routeSums, node)
+		return
+	}
+	s.routeSums[node] = keep
 }
 
 func (s *Server) setSecretSums(node string, sums map[string][sha256.Size]byte) {

@@ -21,6 +21,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -146,7 +147,8 @@ func TestAgentCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	node, socket, files := filepath.Join(dir, "node"), filepath.Join(dir, "run", "sds.sock"), filepath.Join(dir, "grpc")
-	args := []string{"--server", srv.xds, "--node", "agent-1", "--data-dir", node, "--sds-socket", socket, "--write-files", files}
+	wlSocket := filepath.Join(dir, "wl", "workload.sock")
+	args := []string{"--server", srv.xds, "--node", "agent-1", "--data-dir", node, "--sds-socket", socket, "--write-files", files, "--workload-socket", wlSocket}
 	p := startAgentProc(t, append(args, "--token-file", tokenFile, "--ca-sha256", tok.CASHA256)...)
 
 	webName, bundleName := "spiffe://mesh.local/web", "spiffe://mesh.local"
@@ -154,6 +156,16 @@ func TestAgentCommand(t *testing.T) {
 	leaf, key := secretPair(t, first[webName])
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != webName {
 		t.Fatalf("certificate names %v", leaf.URIs)
+	}
+	// The Workload API on the second socket serves the same certificate.
+	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer wcancel()
+	svids, err := workloadapi.FetchX509SVIDs(wctx, workloadapi.WithAddr("unix://"+wlSocket))
+	if err != nil {
+		t.Fatalf("Workload API: %v", err)
+	}
+	if len(svids) != 1 || svids[0].ID.String() != webName || !bytes.Equal(svids[0].Certificates[0].Raw, leaf.Raw) {
+		t.Fatalf("Workload API serves %d SVIDs, not web's certificate served over SDS", len(svids))
 	}
 	if !strings.Contains(p.output(), "node agent-1 joined") {
 		t.Fatalf("the first start did not join:\n%s", p.output())

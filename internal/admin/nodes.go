@@ -20,7 +20,7 @@ type Nodes interface {
 	NewJoinToken(ctx context.Context, name, actor string) (registry.JoinToken, error)
 	Node(ctx context.Context, name string) (registry.Node, error)
 	Nodes(ctx context.Context) ([]registry.Node, error)
-	Assign(ctx context.Context, node, identity, actor string) (registry.Node, error)
+	AssignIdentity(ctx context.Context, a registry.Assignment, actor string) (registry.Node, error)
 	Unassign(ctx context.Context, node, identity, actor string) (registry.Node, error)
 }
 
@@ -141,7 +141,7 @@ func (s *Server) addNode(w http.ResponseWriter, r *http.Request) {
 	if !s.decode(w, r, &req) {
 		return
 	}
-	n, tok, err := s.cfg.Nodes.AddNode(r.Context(), registry.AddNode{Name: req.Name, Kind: req.Kind, Identities: req.Identities, Agent: req.Agent}, actor(r))
+	n, tok, err := s.cfg.Nodes.AddNode(r.Context(), registry.AddNode{Name: req.Name, Kind: req.Kind, Identities: req.Identities, Agent: req.Agent, Selectors: req.Selectors}, actor(r))
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -202,7 +202,7 @@ func (s *Server) assign(w http.ResponseWriter, r *http.Request) {
 	if !s.decode(w, r, &req) {
 		return
 	}
-	n, err := s.cfg.Nodes.Assign(r.Context(), r.PathValue("name"), req.Identity, actor(r))
+	n, err := s.cfg.Nodes.AssignIdentity(r.Context(), registry.Assignment{Node: r.PathValue("name"), Identity: req.Identity, Selectors: req.Selectors}, actor(r))
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -302,7 +302,7 @@ func (s *Server) nodeJSON(n registry.Node) api.Node {
 		ids = []string{}
 	}
 	return api.Node{
-		Name: n.Name, Kind: n.Kind, Identities: ids, State: n.State, Agent: n.Agent, Joined: !n.JoinedAt.IsZero(),
+		Name: n.Name, Kind: n.Kind, Identities: ids, State: n.State, Agent: n.Agent, Selectors: n.Selectors, Joined: !n.JoinedAt.IsZero(),
 		CreatedAt: n.CreatedAt, Connection: s.cfg.Connections.NodeConnection(n.Name),
 	}
 }

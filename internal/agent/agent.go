@@ -48,6 +48,9 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain // required
 	// SDSSocket is the Unix socket path to serve SDS on; empty serves none.
 	SDSSocket string
+	// WorkloadSocket is the Unix socket path to serve the SPIFFE Workload
+	// API on (internal/workload); empty serves none.
+	WorkloadSocket string
 	// FilesDir, when set, receives <identity>/cert.pem, key.pem and
 	// bundle.pem for every identity.
 	FilesDir string
@@ -73,6 +76,9 @@ type SVID struct {
 	Serial    string
 	NotBefore time.Time
 	NotAfter  time.Time
+	// Selectors name the local processes the identity is for (uid:N,
+	// gid:N, path:/abs, all of which must match); none: any local caller.
+	Selectors []string
 }
 
 // State is what the agent serves now. Values are shared: do not modify.
@@ -99,12 +105,13 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 
-	mu      sync.Mutex
-	svids   map[string]SVID
-	bundle  []byte
-	crl     []byte
-	version uint64
-	changed chan struct{} // closed and replaced at each change
+	mu        sync.Mutex
+	svids     map[string]SVID
+	selectors map[string][]string // identity -> its selectors, as meshca last named them
+	bundle    []byte
+	crl       []byte
+	version   uint64
+	changed   chan struct{} // closed and replaced at each change
 
 	identitiesWake chan struct{}
 	files          fileWriter // under mu
@@ -157,6 +164,7 @@ func (a *Agent) State() (State, <-chan struct{}) {
 func (a *Agent) stateLocked() State {
 	s := State{TrustDomain: a.cfg.TrustDomain, BundlePEM: a.bundle, CRLPEM: a.crl, Version: a.version}
 	for _, v := range a.svids {
+		v.Selectors = a.selectors[v.Identity]
 		s.SVIDs = append(s.SVIDs, v)
 	}
 	slices.SortFunc(s.SVIDs, func(x, y SVID) int {
@@ -192,6 +200,22 @@ func (a *Agent) dropSVID(identity string) {
 	a.mu.Unlock()
 	if held {
 		a.update(func() { delete(a.svids, identity) })
+	}
+}
+
+// setSelectors records the selectors of every identity, announcing a
+// change only when one changed.
+func (a *Agent) setSelectors(sel map[string][]string) {
+	a.mu.Lock()
+	same := len(sel) == len(a.selectors)
+	for name, s := range sel {
+		if old, ok := a.selectors[name]; !ok || !slices.Equal(old, s) {
+			same = false
+		}
+	}
+	a.mu.Unlock()
+	if !same {
+		a.update(func() { a.selectors = sel })
 	}
 }
 
@@ -232,6 +256,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 		run(func(ctx context.Context) error { return srv.serve(ctx, a) })
+	}
+	if a.cfg.WorkloadSocket != "" {
+		run(func(ctx context.Context) error { return a.serveWorkload(ctx, a.cfg.WorkloadSocket) })
 	}
 	run(a.followTrust)
 	run(a.followIdentities)

@@ -28,7 +28,7 @@ import (
 // compromised or buggy server might: the identities it names and the
 // certificate it returns for each CSR are the test's choice.
 type lyingMeshca struct {
-	identities []string
+	identities []nodeapi.AssignedIdentity
 	sign       func(csr *x509.CertificateRequest) (leafKey crypto.PublicKey, uri string)
 	ca         *testkit.CA
 	signed     atomic.Int64
@@ -46,7 +46,7 @@ func (l *lyingMeshca) start(t *testing.T) *grpc.ClientConn {
 				if err := dec(new(nodeapi.IdentitiesRequest)); err != nil {
 					return nil, err
 				}
-				return &nodeapi.IdentitiesResponse{TrustDomain: trustDomain, Identities: l.identities}, nil
+				return &nodeapi.IdentitiesResponse{Identities: l.identities}, nil
 			}},
 			{MethodName: nodeapi.SignMethod, Handler: func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 				req := new(nodeapi.SignRequest)
@@ -83,26 +83,31 @@ func (l *lyingMeshca) start(t *testing.T) *grpc.ClientConn {
 
 // TestAgentRefusesWrongAnswers: a certificate for a key the agent did not
 // make, or for another identity, is never served; an identity name that is
-// not one (a path out of the files directory) is refused before anything
-// is made for it.
+// not one (a path out of the files directory), or named with another
+// SPIFFE ID, is refused before anything is made for it.
 func TestAgentRefusesWrongAnswers(t *testing.T) {
+	web := []nodeapi.AssignedIdentity{{Name: "web", SPIFFEID: idName("web")}}
 	for _, tc := range []struct {
 		name       string
-		identities []string
+		identities []nodeapi.AssignedIdentity
 		sign       func(csr *x509.CertificateRequest) (crypto.PublicKey, string)
 		logged     string
 	}{
-		{"another key", []string{"web"}, func(*x509.CertificateRequest) (crypto.PublicKey, string) {
+		{"another key", web, func(*x509.CertificateRequest) (crypto.PublicKey, string) {
 			return testkit.Key(t).Public(), idName("web")
 		}, "no certificate yet"},
-		{"another identity", []string{"web"}, func(csr *x509.CertificateRequest) (crypto.PublicKey, string) {
+		{"another identity", web, func(csr *x509.CertificateRequest) (crypto.PublicKey, string) {
 			return csr.PublicKey, idName("admin")
 		}, "no certificate yet"},
-		{"a name out of the files directory", []string{"../../etc"}, func(csr *x509.CertificateRequest) (crypto.PublicKey, string) {
+		{"a name out of the files directory", []nodeapi.AssignedIdentity{{Name: "../../etc", SPIFFEID: idName("../../etc")}}, func(csr *x509.CertificateRequest) (crypto.PublicKey, string) {
+			return csr.PublicKey, idName("web")
+		}, "cannot list the node's identities"},
+		{"a name under another SPIFFE ID", []nodeapi.AssignedIdentity{{Name: "web", SPIFFEID: idName("admin")}}, func(csr *x509.CertificateRequest) (crypto.PublicKey, string) {
 			return csr.PublicKey, idName("web")
 		}, "cannot list the node's identities"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			listed := tc.logged == "cannot list the node's identities"
 			l := &lyingMeshca{identities: tc.identities, sign: tc.sign, ca: testkit.NewCA(t, pkix.Name{CommonName: "liar"}, time.Now().Add(24*time.Hour), nil)}
 			conn := l.start(t)
 			logs := newLogRecorder(t)
@@ -123,7 +128,7 @@ func TestAgentRefusesWrongAnswers(t *testing.T) {
 			if entries, err := os.ReadDir(files); err != nil || len(entries) != 0 {
 				t.Fatalf("files written from a lying server: %d (%v)", len(entries), err)
 			}
-			if tc.identities[0] == "../../etc" && l.signed.Load() != 0 {
+			if listed && l.signed.Load() != 0 {
 				t.Fatal("a CSR was sent for an invalid identity name")
 			}
 		})

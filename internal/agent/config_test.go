@@ -78,7 +78,8 @@ func TestAgentNodeConfigAndIdentities(t *testing.T) {
 		return r, err
 	}
 	got, err := call(conn)
-	if err != nil || strings.Join(got.Identities, ",") != "echo,web" || got.TrustDomain != trustDomain {
+	if err != nil || len(got.Identities) != 2 || got.Identities[0].Name != "echo" || got.Identities[1].Name != "web" ||
+		got.Identities[0].SPIFFEID != idName("echo") || got.Identities[1].SPIFFEID != idName("web") {
 		t.Fatalf("Identities of echo-1: %+v, %v", got, err)
 	}
 	var tok api.JoinToken
@@ -95,6 +96,22 @@ func TestAgentNodeConfigAndIdentities(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "sds.sock")
 	a := startAgent(t, agent.Config{Conn: conn, Node: "echo-1", TrustDomain: td, SDSSocket: socket, Clock: clk})
 	waitState(t, a, "echo and web", func(s agent.State) bool { return len(s.SVIDs) == 2 && s.BundlePEM != nil })
+	// Selectors set at meshca reach the agent's state at its next poll,
+	// for the Workload API to match callers by; the certificate stays.
+	before, _ := a.State()
+	echo, _ := before.SVID("echo")
+	m.admin("POST", api.PathNodes+"/echo-1/identities", api.AssignRequest{Identity: "echo", Selectors: []string{"uid:1000"}}, nil, http.StatusOK)
+	clk.Add(agent.DefaultIdentityPoll)
+	st := waitState(t, a, "echo's selectors", func(s agent.State) bool {
+		v, ok := s.SVID("echo")
+		return ok && len(v.Selectors) == 1 && v.Selectors[0] == "uid:1000"
+	})
+	if v, _ := st.SVID("echo"); v.Serial != echo.Serial {
+		t.Fatal("a change of selectors made a new certificate")
+	}
+	if v, _ := st.SVID("web"); len(v.Selectors) != 0 {
+		t.Fatalf("web has selectors %v, assigned none", v.Selectors)
+	}
 	stream := openSotW(t, sdsClient(t, socket))
 	stream.until("echo and web", func(m map[string]*tlsv3.Secret) bool { return m[idName("web")] != nil && m[idName("echo")] != nil })
 	start := time.Now()

@@ -30,9 +30,13 @@
 //   - Files. With Config.FilesDir it writes, per identity,
 //     <dir>/<identity>/cert.pem, key.pem and bundle.pem (0600, by atomic
 //     rename) for proxyless gRPC's file_watcher certificate provider.
-//   - State. Agent.State returns the current certificates, bundle and CRL
-//     and a channel closed at the next change: what a local Workload API
-//     server serves.
+//   - Workload API. With Config.WorkloadSocket it serves the SPIFFE
+//     Workload API (internal/workload) from the same state, each SVID with
+//     the selectors meshca assigned: the socket is 0666 in a directory only
+//     this user may write to, and callers are matched by their peer
+//     credentials.
+//   - State. Agent.State (Source) returns the current certificates,
+//     bundle and CRL and a channel closed at the next change.
 //
 // # Caveats
 //
@@ -43,6 +47,6 @@
 //
 // Restarting the agent makes new keys and asks for new certificates: its
 // keys exist only in its memory. The local SDS clients all see the same
-// secrets: any process that can open the socket is served every identity
-// of the node.
+// secrets: any process that can open the SDS socket is served every
+// identity of the node (only the Workload API socket attests its callers).
 package agent

@@ -37,7 +37,7 @@ func (a *Agent) followIdentities(ctx context.Context) error {
 	attempt := 0
 	for {
 		wait := a.cfg.IdentityPoll
-		names, err := a.identities(ctx)
+		assigned, err := a.identities(ctx)
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -47,6 +47,13 @@ func (a *Agent) followIdentities(ctx context.Context) error {
 			a.log.Warn("cannot list the node's identities at meshca; serving the current certificates", "attempt", attempt, logErr, err)
 		default:
 			attempt = 0
+			names := make([]string, 0, len(assigned))
+			selectors := make(map[string][]string, len(assigned))
+			for _, ai := range assigned {
+				names = append(names, ai.Name)
+				selectors[ai.Name] = ai.Selectors
+			}
+			a.setSelectors(selectors)
 			for name, w := range workers {
 				if !slices.Contains(names, name) {
 					// The worker is gone before its certificate is
@@ -87,21 +94,23 @@ func (a *Agent) retryWait(attempt int) time.Duration {
 	return a.cfg.Backoff.Next(attempt, now, now.Add(10*a.cfg.Backoff.Max))
 }
 
-// identities asks meshca for the node's identities and checks each name.
-func (a *Agent) identities(ctx context.Context) ([]string, error) {
+// identities asks meshca for the node's identities and checks each: a
+// valid identity name (it becomes a path under FilesDir) whose SPIFFE ID is
+// the one meshca names.
+func (a *Agent) identities(ctx context.Context) ([]nodeapi.AssignedIdentity, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	var resp nodeapi.IdentitiesResponse
 	if err := a.cfg.Conn.Invoke(ctx, nodeapi.FullIdentitiesMethod, &nodeapi.IdentitiesRequest{}, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
 		return nil, fmt.Errorf("identities: %w", err)
 	}
-	if resp.TrustDomain != a.cfg.TrustDomain.Name() {
-		return nil, fmt.Errorf("%w: trust domain %q, want %q", ErrBadAnswer, resp.TrustDomain, a.cfg.TrustDomain.Name())
-	}
-	for _, name := range resp.Identities {
-		// A name becomes a path under FilesDir: only valid identity names.
-		if _, err := identity.ID(a.cfg.TrustDomain, name); err != nil {
-			return nil, fmt.Errorf("%w: identity %q: %v", ErrBadAnswer, name, err)
+	for _, ai := range resp.Identities {
+		id, err := identity.ID(a.cfg.TrustDomain, ai.Name)
+		if err != nil {
+			return nil, fmt.Errorf("%w: identity %q: %v", ErrBadAnswer, ai.Name, err)
+		}
+		if id.String() != ai.SPIFFEID {
+			return nil, fmt.Errorf("%w: identity %q: SPIFFE ID %q, want %q", ErrBadAnswer, ai.Name, ai.SPIFFEID, id)
 		}
 	}
 	return resp.Identities, nil

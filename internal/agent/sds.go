@@ -40,11 +40,9 @@ type sdsServer struct {
 	log   *slog.Logger
 }
 
-// newSDSServer binds the socket: path's directory must be this user's and
-// writable by no one else (it is created 0700 when missing); a stale
-// socket there is replaced, any other file refused. The socket is 0600.
+// newSDSServer binds the socket, 0600 (see listenUnix).
 func newSDSServer(path string, log *slog.Logger) (*sdsServer, error) {
-	lis, err := listenUnix(path)
+	lis, err := listenUnix(path, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -53,12 +51,16 @@ func newSDSServer(path string, log *slog.Logger) (*sdsServer, error) {
 	return &sdsServer{path: path, lis: lis, cache: cachev3.NewSnapshotCache(false, localHash{}, nil), log: log}, nil
 }
 
-func listenUnix(path string) (net.Listener, error) {
+// listenUnix binds a Unix socket at path with mode: path's directory must
+// be this user's and writable by no one else (created 0755 when missing, so
+// that a 0666 socket in it can be reached); a stale socket there is
+// replaced, any other file refused.
+func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 	if path == "" || !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("%w: %q is not an absolute path", ErrSocketPath, path)
 	}
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
 	}
 	fi, err := os.Stat(dir)
@@ -86,7 +88,7 @@ func listenUnix(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	if err := os.Chmod(path, mode); err != nil {
 		lis.Close()
 		return nil, fmt.Errorf("socket mode: %w", err)
 	}

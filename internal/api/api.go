@@ -204,11 +204,18 @@ type AddNodeRequest struct {
 	// Agent makes an agent node: its agent makes the identities' keys and
 	// sends CSRs; meshca never sends it a private key.
 	Agent bool `json:"agent,omitempty"`
+	// Selectors restrict each of Identities to the local processes they
+	// name (agent nodes only; see AssignRequest).
+	Selectors []string `json:"selectors,omitempty"`
 }
 
 // AssignRequest is the body of POST /v1/nodes/{name}/identities.
 type AssignRequest struct {
 	Identity string `json:"identity"`
+	// Selectors restrict an agent node's identity to the local processes
+	// matching all of them (uid:N, gid:N, path:/abs/path); none: any
+	// local caller. They replace the assignment's earlier selectors.
+	Selectors []string `json:"selectors,omitempty"`
 }
 
 // Node describes a registered node and its connection.
@@ -221,6 +228,9 @@ type Node struct {
 	Joined     bool           `json:"joined"` // a join token was redeemed (a newer one may be pending)
 	CreatedAt  time.Time      `json:"created_at"`
 	Connection NodeConnection `json:"connection"`
+	// Selectors are, per identity, the local processes the agent serves it
+	// to; an identity not listed serves any local caller.
+	Selectors map[string][]string `json:"selectors,omitempty"`
 }
 
 // NodeConnection is what the xDS server knows of a node.

@@ -102,8 +102,9 @@ type rotationRun struct {
 	lastErr                          atomic.Pointer[string]
 	wait                             atomic.Pointer[rotationWait]
 	last                             atomic.Pointer[RotationDone]
-	// nodeCerts is the last scan of node certificates (see nodeCerts).
-	nodeCerts atomic.Pointer[nodeCertScan]
+	// nodeCerts follows every active node's newest node certificate
+	// (nodecerts.go).
+	nodeCerts nodeCertIndex
 }
 
 // rotationWait is what the rotation waits for, for its status.
@@ -459,27 +460,29 @@ func (a *Authority) autoRotate(ctx context.Context, now time.Time) (string, bool
 // nodes acknowledged the bundle that holds it, at most ackWait after the
 // grace for nodes that hold a node certificate to reconnect.
 func (a *Authority) advancePublishing(ctx context.Context, rot *store.CARotation, acks Acks, now time.Time) (string, bool, error) {
-	holders, _, err := a.nodeCerts(ctx, "", now)
-	if err != nil {
-		return "", false, err
-	}
 	pending, connected := acks(ctx)
 	w := rotationWait{connected: connected, acked: connected - pending}
-	if holders > 0 {
-		grace := rot.PhaseSince.Add(publishGrace)
-		if s := a.started.Add(publishGrace); s.After(grace) {
-			grace = s
+	grace := rot.PhaseSince.Add(publishGrace)
+	if s := a.started.Add(publishGrace); s.After(grace) {
+		grace = s
+	}
+	w.until = grace.Add(ackWait)
+	if pending > 0 && now.Before(w.until) {
+		w.what = fmt.Sprintf("%d of %d connected node(s) to acknowledge the trust bundle with the new root (until %s at most)", pending, connected, w.until.Format(time.RFC3339))
+		a.waitFor(rot, w)
+		return rot.Phase, false, nil
+	}
+	// The grace is for nodes that hold a certificate but have not
+	// reconnected: when every such node is connected, none is needed. The
+	// nodes are counted only now, once the connected ones have the bundle,
+	// so that the count does not compete with the push.
+	if now.Before(grace) {
+		holders, _, err := a.nodeCerts(ctx, "", now)
+		if err != nil {
+			return "", false, err
 		}
-		w.until = grace.Add(ackWait)
-		// The grace is for nodes that hold a certificate but have not
-		// reconnected: when every such node is connected, none is needed.
-		if now.Before(grace) && connected < holders {
+		if connected < holders {
 			w.what = fmt.Sprintf("nodes to reconnect and acknowledge the trust bundle with the new root (%d of %d connected node(s) did; until %s at least)", w.acked, connected, grace.Format(time.RFC3339))
-			a.waitFor(rot, w)
-			return rot.Phase, false, nil
-		}
-		if pending > 0 && now.Before(w.until) {
-			w.what = fmt.Sprintf("%d of %d connected node(s) to acknowledge the trust bundle with the new root (until %s at most)", pending, connected, w.until.Format(time.RFC3339))
 			a.waitFor(rot, w)
 			return rot.Phase, false, nil
 		}
@@ -682,73 +685,6 @@ func (a *Authority) staleLeaves(ctx context.Context, issuer string) ([]string, e
 	return names, err
 }
 
-// nodeCerts counts the active nodes whose newest node certificate is
-// unexpired and, unless issuer is "", from another issuer than issuer; last
-// is when the last of those expires. A rotation asks every second while it
-// waits: the store is read again only after something was committed.
-func (a *Authority) nodeCerts(ctx context.Context, issuer string, now time.Time) (n int, last time.Time, err error) {
-	scan, err := a.newestNodeCerts(ctx)
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	for _, c := range scan.certs {
-		if !c.notAfter.After(now) || (issuer != "" && c.issuer == issuer) {
-			continue
-		}
-		n++
-		if c.notAfter.After(last) {
-			last = c.notAfter
-		}
-	}
-	return n, last, nil
-}
-
-// nodeCertScan is the newest node certificate of every active node, as the
-// store held them at feed position pos (or later).
-type nodeCertScan struct {
-	pos   uint64
-	certs []nodeCert
-}
-
-type nodeCert struct {
-	issuer   string
-	notAfter time.Time
-}
-
-func (a *Authority) newestNodeCerts(ctx context.Context) (*nodeCertScan, error) {
-	pos := a.cfg.Store.FeedPos()
-	if s := a.rot.nodeCerts.Load(); s != nil && s.pos == pos {
-		return s, nil
-	}
-	scan := &nodeCertScan{pos: pos}
-	err := a.cfg.Store.View(ctx, func(tx *store.Tx) error {
-		nodes, err := tx.Nodes()
-		if err != nil {
-			return err
-		}
-		for _, node := range nodes {
-			if node.State != store.StateActive {
-				continue
-			}
-			certs, err := tx.CertsFor(nodeSubject(node.Name))
-			if err != nil {
-				return err
-			}
-			if len(certs) == 0 {
-				continue
-			}
-			c := certs[len(certs)-1]
-			scan.certs = append(scan.certs, nodeCert{issuer: c.IssuerSerial, notAfter: c.NotAfter})
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	a.rot.nodeCerts.Store(scan)
-	return scan, nil
-}
-
 // Stale reports whether a certificate was issued by another CA than the
 // current issuer while no rotation is in progress (a rotation re-issues
 // such certificates itself); the renewal loop renews them at once.
@@ -807,8 +743,12 @@ feed:
 
 // RunCA advances CA rotations until ctx is done.
 func (a *Authority) RunCA(ctx context.Context, acks Acks) error {
+	defer a.closeNodeCerts()
 	for {
 		_, err := a.AdvanceRotation(ctx, acks)
+		if a.RotationStatus() == nil {
+			a.closeNodeCerts()
+		}
 		switch {
 		case err == nil || ctx.Err() != nil:
 		case errors.Is(err, context.Canceled):

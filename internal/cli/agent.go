@@ -35,18 +35,10 @@ type agentOptions struct {
 	workloadSocket string
 	writeFiles     string
 	identityPoll   time.Duration
-	workload       WorkloadServer
 }
 
-// WorkloadServer serves the SPIFFE Workload API on socket from the agent's
-// state (agent.Source: the current SVIDs, bundle and CRL, and a channel
-// closed at each change) until ctx ends. meshca agent runs it
-// (Config.Workload) when --workload-socket is given.
-type WorkloadServer func(ctx context.Context, socket string, state agent.Source, log *slog.Logger) error
-
-func agentCmd(cfg Config) *cobra.Command {
+func agentCmd() *cobra.Command {
 	var o agentOptions
-	o.workload = cfg.Workload
 	cmd := &cobra.Command{
 		Use:   "agent --server HOST:PORT --node NODE --data-dir DIR [--token-file F (--ca-file F | --ca-sha256 HEX)] [--sds-socket PATH]",
 		Short: "Run the node agent: keys made on this node, certificates served to the local proxy",
@@ -77,7 +69,7 @@ func agentCmd(cfg Config) *cobra.Command {
 	f.StringVar(&o.caFile, "ca-file", "", "PEM of meshca's issuing CA(s), instead of --ca-sha256 (first start)")
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for the node credentials and envoy.yaml (created 0700)")
 	f.StringVar(&o.sdsSocket, "sds-socket", "", "Unix socket to serve SDS on (default DIR/sds.sock)")
-	f.StringVar(&o.workloadSocket, "workload-socket", "", "Unix socket for the SPIFFE Workload API")
+	f.StringVar(&o.workloadSocket, "workload-socket", "", "Unix socket to serve the SPIFFE Workload API on (0666; callers are matched by their peer credentials against the selectors of each assignment)")
 	f.StringVar(&o.writeFiles, "write-files", "", "also write <identity>/cert.pem, key.pem and bundle.pem under this directory (proxyless gRPC)")
 	f.Uint32Var(&o.adminPort, "envoy-admin-port", 9901, "Envoy admin port on 127.0.0.1 in envoy.yaml")
 	f.DurationVar(&o.identityPoll, "identity-poll", agent.DefaultIdentityPoll, "how often to ask meshca for the node's identities")
@@ -143,12 +135,20 @@ func runAgent(ctx context.Context, o agentOptions, stdout, stderr io.Writer) err
 		return fmt.Errorf("connect to %s: %w", nf.Server, err)
 	}
 	defer conn.Close()
-	a, err := agent.New(agent.Config{Conn: conn, Node: nf.Node, TrustDomain: td, SDSSocket: o.sdsSocket, FilesDir: o.writeFiles,
-		IdentityPoll: o.identityPoll, Logger: log})
+	if o.workloadSocket != "" {
+		if o.workloadSocket, err = filepath.Abs(o.workloadSocket); err != nil {
+			return err
+		}
+	}
+	a, err := agent.New(agent.Config{Conn: conn, Node: nf.Node, TrustDomain: td, SDSSocket: o.sdsSocket, WorkloadSocket: o.workloadSocket,
+		FilesDir: o.writeFiles, IdentityPoll: o.identityPoll, Logger: log})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "node agent for %s: SDS on %s; Envoy bootstrap %s\n", nf.Node, o.sdsSocket, filepath.Join(dir, bootstrap.EnvoyFile))
+	if o.workloadSocket != "" {
+		fmt.Fprintf(stdout, "  SPIFFE Workload API on %s (SPIFFE_ENDPOINT_SOCKET=unix://%s)\n", o.workloadSocket, o.workloadSocket)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -169,13 +169,6 @@ func runAgent(ctx context.Context, o agentOptions, stdout, stderr io.Writer) err
 	}
 	run(a.Run)
 	run(func(ctx context.Context) error { return watchRenew(ctx, clock.Real{}, dir, stdout, stderr, renewOnce) })
-	if o.workloadSocket != "" {
-		if o.workload == nil {
-			log.Warn("--workload-socket: this build serves no SPIFFE Workload API yet; nothing listens there", "socket", o.workloadSocket)
-		} else {
-			run(func(ctx context.Context) error { return o.workload(ctx, o.workloadSocket, a, log) })
-		}
-	}
 	wg.Wait()
 	return first
 }

@@ -29,11 +29,8 @@ type MigrateFunc func(ctx context.Context, cfg config.Config, out io.Writer) err
 type Config struct {
 	Server  ServerFunc  // runs `meshca server`
 	Migrate MigrateFunc // runs `meshca store migrate`
-	// Workload serves the SPIFFE Workload API for `meshca agent
-	// --workload-socket`; nil serves none (the agent warns).
-	Workload WorkloadServer
-	Stdout   io.Writer // default os.Stdout
-	Stderr   io.Writer // default os.Stderr
+	Stdout  io.Writer   // default os.Stdout
+	Stderr  io.Writer   // default os.Stderr
 	// Getenv reads MESHCA_* variables; default os.Getenv.
 	Getenv func(string) string
 }
@@ -106,7 +103,7 @@ func New(cfg Config) *cobra.Command {
 		statusCmd(g),
 		logsCmd(g),
 		bootstrapCmd(g),
-		agentCmd(cfg),
+		agentCmd(),
 		versionCmd(),
 	)
 	addCompletions(root, g)

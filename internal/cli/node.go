@@ -26,14 +26,15 @@ func nodeAddCmd(g *globals) *cobra.Command {
 		ids             []string
 		kind, tokenFile string
 		agent           bool
+		selectors       []string
 	)
 	cmd := &cobra.Command{
-		Use:   "add NODE --identity NAME... [--kind sidecar|front-proxy|grpc] [--agent]",
+		Use:   "add NODE --identity NAME... [--kind sidecar|front-proxy|grpc] [--agent [--selector uid:N|gid:N|path:/abs/path]...]",
 		Short: "Register a node, assign it identities, and print its one-time join token",
 		Args:  exactArgs(1, "NODE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var tok api.JoinToken
-			asJSON, err := g.call(cmd, "POST", api.PathNodes, api.AddNodeRequest{Name: args[0], Kind: kind, Identities: ids, Agent: agent}, &tok)
+			asJSON, err := g.call(cmd, "POST", api.PathNodes, api.AddNodeRequest{Name: args[0], Kind: kind, Identities: ids, Agent: agent, Selectors: selectors}, &tok)
 			if err != nil {
 				return err
 			}
@@ -58,6 +59,7 @@ func nodeAddCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "write the join token to this file (0600) instead of printing it")
 	cmd.Flags().StringSliceVar(&ids, "identity", nil, "identity whose secret the node receives (repeat for more)")
 	cmd.Flags().BoolVar(&agent, "agent", false, "an agent node: its agent makes the identities' keys and sends CSRs; meshca never sends it a private key")
+	cmd.Flags().StringArrayVar(&selectors, "selector", nil, "with --agent: serve every --identity only to local processes matching every selector: uid:N, gid:N, path:/abs/path (repeat for more; change later with node assign)")
 	cmd.Flags().StringVar(&kind, "kind", mesh.KindSidecar, fmt.Sprintf("node kind: %s, %s or %s", mesh.KindSidecar, mesh.KindFrontProxy, mesh.KindGRPC))
 	return cmd
 }
@@ -134,8 +136,11 @@ func nodeShowCmd(g *globals) *cobra.Command {
 }
 
 func nodeAssignCmd(g *globals, assign bool) *cobra.Command {
-	var ident string
-	use, short := "assign NODE --identity NAME", "Give a node an identity; its proxies receive the secret at once"
+	var (
+		ident     string
+		selectors []string
+	)
+	use, short := "assign NODE --identity NAME [--selector uid:N|gid:N|path:/abs/path]...", "Give a node an identity; its proxies receive the secret at once"
 	if !assign {
 		use, short = "unassign NODE --identity NAME", "Take an identity from a node; its secret is withdrawn at once"
 	}
@@ -152,7 +157,7 @@ func nodeAssignCmd(g *globals, assign bool) *cobra.Command {
 			var err error
 			var asJSON bool
 			if assign {
-				asJSON, err = g.call(cmd, "POST", path, api.AssignRequest{Identity: ident}, &n)
+				asJSON, err = g.call(cmd, "POST", path, api.AssignRequest{Identity: ident, Selectors: selectors}, &n)
 			} else {
 				asJSON, err = g.call(cmd, "DELETE", path+"/"+escapeName(ident), nil, &n)
 			}
@@ -167,6 +172,10 @@ func nodeAssignCmd(g *globals, assign bool) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&ident, "identity", "", "identity name")
+	if assign {
+		cmd.Flags().StringArrayVar(&selectors, "selector", nil, "agent nodes: serve the identity only to local processes matching every selector: uid:N, gid:N, path:/abs/path (repeat for more; "+
+			"assigning again replaces them; without any, every local process may have it)")
+	}
 	return cmd
 }
 
@@ -177,6 +186,15 @@ func writeNode(w io.Writer, n api.Node) {
 	fmt.Fprintf(tw, "state:\t%s\n", esc(n.State))
 	fmt.Fprintf(tw, "joined:\t%s\n", yesNo(n.Joined))
 	fmt.Fprintf(tw, "identities:\t%s\n", list(n.Identities))
+	if n.Agent {
+		for _, id := range n.Identities {
+			sel := "any local process"
+			if s := n.Selectors[id]; len(s) > 0 {
+				sel = list(s)
+			}
+			fmt.Fprintf(tw, "%s selectors:\t%s\n", esc(id), sel)
+		}
+	}
 	fmt.Fprintf(tw, "connected:\t%s\n", connected(n.Connection))
 	if len(n.Connection.Acked) > 0 {
 		fmt.Fprintf(tw, "acked:\t%s\n", acked(n.Connection.Acked))

@@ -84,8 +84,9 @@ type Builder struct {
 	holders  map[string]map[string]bool // identity -> nodes assigned it
 	assigns  map[string][]string        // node -> identities
 	known    map[string]bool            // nodes published and not removed
+	routes   sync.Map                   // node -> *routed, what it was sent last besides secrets
 
-	stats struct{ builds, removes, trusts, resyncs, failures, reads atomic.Int64 }
+	stats struct{ builds, removes, trusts, resyncs, failures, reads, routesKept atomic.Int64 }
 
 	dispatched func(store.Batch) // testing: called after each batch is queued
 }
@@ -500,6 +501,7 @@ func (b *Builder) build(ctx context.Context, node string) error {
 		b.mu.Lock()
 		delete(b.known, node)
 		b.mu.Unlock()
+		b.routes.Delete(node)
 		b.stats.removes.Add(1)
 		return nil
 	}
@@ -513,11 +515,7 @@ func (b *Builder) build(ctx context.Context, node string) error {
 		secrets = append(secrets, s)
 	}
 	out := map[string][]types.Resource{resource.SecretType: secrets}
-	var m *mesh.Mesh
-	if mv := b.mesh.Load(); mv != nil {
-		m = mv.m
-	}
-	routing, err := mesh.Build(m, mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities, Agent: n.Agent}, b.cfg.TrustDomain)
+	routing, err := b.routing(n)
 	if err != nil {
 		// Apply and assignment changes are checked against the mesh, so
 		// this means a bug or a stored mesh that no longer fits: keep the
@@ -525,7 +523,7 @@ func (b *Builder) build(ctx context.Context, node string) error {
 		b.stats.failures.Add(1)
 		return fmt.Errorf("nodeconfig: mesh configuration of node %q: %w", node, err)
 	}
-	for typeURL, rs := range routing.ByType {
+	for typeURL, rs := range routing {
 		out[typeURL] = append(out[typeURL], rs...)
 	}
 	if err := b.cfg.Publisher.SetNode(ctx, node, out, withdrawn); err != nil {
@@ -537,6 +535,40 @@ func (b *Builder) build(ctx context.Context, node string) error {
 	b.mu.Unlock()
 	b.stats.builds.Add(1)
 	return nil
+}
+
+// routed is a node's listeners, routes, clusters and endpoints, and what
+// they were built from.
+type routed struct {
+	mesh   *meshVersion
+	kind   string
+	ids    []string
+	byType map[string][]types.Resource
+}
+
+// routing builds what node receives besides secrets, or returns what was
+// built for it last when the mesh, its kind and its identities are the
+// same: a re-keyed identity changes a node's secrets only, and the same
+// resource values let the xDS server skip encoding them again.
+func (b *Builder) routing(n store.Node) (map[string][]types.Resource, error) {
+	mv := b.mesh.Load()
+	if v, ok := b.routes.Load(n.Name); ok {
+		r := v.(*routed)
+		if r.mesh == mv && r.kind == n.Kind && slices.Equal(r.ids, n.Identities) {
+			b.stats.routesKept.Add(1)
+			return r.byType, nil
+		}
+	}
+	var m *mesh.Mesh
+	if mv != nil {
+		m = mv.m
+	}
+	out, err := mesh.Build(m, mesh.Node{Name: n.Name, Kind: n.Kind, Identities: n.Identities, Agent: n.Agent}, b.cfg.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	b.routes.Store(n.Name, &routed{mesh: mv, kind: n.Kind, ids: slices.Clone(n.Identities), byType: out.ByType})
+	return out.ByType, nil
 }
 
 // readCredential reads the certificate and key of id's current serial, as
@@ -641,10 +673,14 @@ type Stats struct {
 	// CredentialReads counts certificates and keys read from the store: a
 	// build reads only those whose secret it does not hold already.
 	CredentialReads int64
+	// RoutingKept counts builds that kept the node's listeners, routes,
+	// clusters and endpoints from its last build (same mesh, kind and
+	// identities) instead of building them again.
+	RoutingKept int64
 }
 
 // Stats returns the Builder's counters.
 func (b *Builder) Stats() Stats {
 	return Stats{Builds: b.stats.builds.Load(), Removes: b.stats.removes.Load(), TrustPushes: b.stats.trusts.Load(),
-		Resyncs: b.stats.resyncs.Load(), Failures: b.stats.failures.Load(), CredentialReads: b.stats.reads.Load()}
+		Resyncs: b.stats.resyncs.Load(), Failures: b.stats.failures.Load(), CredentialReads: b.stats.reads.Load(), RoutingKept: b.stats.routesKept.Load()}
 }

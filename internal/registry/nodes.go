@@ -12,11 +12,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/workload/attest"
 	"github.com/meshca/meshca/mesh"
 )
 
@@ -43,6 +45,9 @@ type AddNode struct {
 	// Agent makes an agent node: its agent makes the identities' keys and
 	// sends CSRs (SignCSR); meshca never sends it a key.
 	Agent bool
+	// Selectors, for an agent node, restrict every one of Identities to
+	// the local processes they name (see AssignIdentity).
+	Selectors []string
 }
 
 // JoinToken is a one-time token as handed to the operator. Only its hash is
@@ -78,12 +83,26 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (Node
 	ids := slices.Clone(req.Identities)
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
+	selectors, err := attest.Normalize(req.Selectors)
+	if err != nil {
+		return Node{}, JoinToken{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if len(selectors) > 0 && !req.Agent {
+		return Node{}, JoinToken{}, fmt.Errorf("%w: selectors choose processes on an agent node: add --agent, or leave the selectors out", ErrInvalid)
+	}
+	if len(selectors) > 0 && len(ids) == 0 {
+		return Node{}, JoinToken{}, fmt.Errorf("%w: selectors apply to the identities the node is given: name them too", ErrInvalid)
+	}
+	var perIdentity map[string][]string
+	for _, id := range ids {
+		perIdentity = withSelectors(perIdentity, id, selectors)
+	}
 	tok, hash, err := newToken()
 	if err != nil {
 		return Node{}, JoinToken{}, err
 	}
 	now := r.cfg.Clock.Now().UTC()
-	n := store.Node{Name: req.Name, Kind: req.Kind, Identities: ids, State: store.StateActive, Agent: req.Agent, CreatedAt: now, UpdatedAt: now}
+	n := store.Node{Name: req.Name, Kind: req.Kind, Identities: ids, State: store.StateActive, Agent: req.Agent, Selectors: perIdentity, CreatedAt: now, UpdatedAt: now}
 	expires := now.Add(r.cfg.Lifetimes.JoinToken)
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		if _, err := tx.Node(req.Name); err == nil {
@@ -104,7 +123,7 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (Node
 			return err
 		}
 		_, err := tx.Append(store.Event{Action: ActionNodeAdd, Actor: actor, Node: req.Name,
-			Detail: fmt.Sprintf("kind=%s identities=%v agent=%t token_expires=%s", req.Kind, ids, req.Agent, expires.Format(time.RFC3339))})
+			Detail: fmt.Sprintf("kind=%s identities=%v agent=%t token_expires=%s", req.Kind, ids, req.Agent, expires.Format(time.RFC3339)) + selectorsDetail(selectors)})
 		return err
 	})
 	if err != nil {
@@ -186,26 +205,82 @@ func (r *Registry) NewJoinToken(ctx context.Context, name, actor string) (JoinTo
 	return JoinToken{Token: tok, Expires: expires}, nil
 }
 
+// Assignment gives a node an identity, for the local processes its
+// Selectors name (agent nodes only; none: any local caller).
+type Assignment struct {
+	Node      string
+	Identity  string
+	Selectors []string // uid:N, gid:N, path:/abs/path; every one must match
+}
+
 // Assign gives a node an identity; its proxies receive the identity's
-// secret from then on.
+// secret from then on. Any selectors the assignment had are dropped.
 func (r *Registry) Assign(ctx context.Context, node, ident, actor string) (Node, error) {
-	var out store.Node
-	err := r.updateNode(ctx, node, func(tx *store.Tx, n *store.Node) (store.Event, error) {
-		if err := assignable(tx, ident); err != nil {
-			return store.Event{}, err
-		}
-		if !slices.Contains(n.Identities, ident) {
-			n.Identities = append(n.Identities, ident)
-			slices.Sort(n.Identities)
-		}
-		out = *n
-		return store.Event{Action: ActionNodeAssign, Actor: actor, Node: node, Identity: ident}, nil
-	})
+	return r.AssignIdentity(ctx, Assignment{Node: node, Identity: ident}, actor)
+}
+
+// AssignIdentity gives a node an identity, or changes the selectors of an
+// identity it holds: the assignment is then exactly a, so an assignment
+// without selectors serves any local caller again. Selectors are for agent
+// nodes, whose agent attests the local callers; another node refuses them.
+func (r *Registry) AssignIdentity(ctx context.Context, a Assignment, actor string) (Node, error) {
+	n, err := r.assignIdentity(ctx, a, actor)
 	if err != nil {
-		r.deny(ctx, store.Event{Action: ActionNodeAssign, Actor: actor, Node: clip(node, identity.MaxNameLength), Identity: ident, Detail: err.Error()})
+		r.deny(ctx, store.Event{Action: ActionNodeAssign, Actor: actor, Node: clip(a.Node, identity.MaxNameLength), Identity: clip(a.Identity, identity.MaxNameLength), Detail: err.Error()})
 		return Node{}, err
 	}
-	return nodeView(out), nil
+	return nodeView(n), nil
+}
+
+func (r *Registry) assignIdentity(ctx context.Context, a Assignment, actor string) (store.Node, error) {
+	selectors, err := attest.Normalize(a.Selectors)
+	if err != nil {
+		return store.Node{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	var out store.Node
+	err = r.updateNode(ctx, a.Node, func(tx *store.Tx, n *store.Node) (store.Event, error) {
+		if err := assignable(tx, a.Identity); err != nil {
+			return store.Event{}, err
+		}
+		if len(selectors) > 0 && !n.Agent {
+			return store.Event{}, fmt.Errorf("%w: selectors choose processes on an agent node, and node %q is not one: its proxies receive keys over xDS (register an agent node with meshca node add --agent)", ErrInvalid, n.Name)
+		}
+		if !slices.Contains(n.Identities, a.Identity) {
+			n.Identities = append(n.Identities, a.Identity)
+			slices.Sort(n.Identities)
+		}
+		n.Selectors = withSelectors(n.Selectors, a.Identity, selectors)
+		out = *n
+		return store.Event{Action: ActionNodeAssign, Actor: actor, Node: n.Name, Identity: a.Identity, Detail: strings.TrimSpace(selectorsDetail(selectors))}, nil
+	})
+	return out, err
+}
+
+// selectorsDetail is the audit detail of selectors: " selectors=[...]",
+// or "" for none.
+func selectorsDetail(selectors []string) string {
+	if len(selectors) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" selectors=%v", selectors)
+}
+
+// withSelectors returns m, a copy, with ident's selectors set (nil:
+// removed); nil when nothing is left.
+func withSelectors(m map[string][]string, ident string, selectors []string) map[string][]string {
+	out := make(map[string][]string, len(m)+1)
+	for k, v := range m {
+		out[k] = v
+	}
+	if len(selectors) > 0 {
+		out[ident] = selectors
+	} else {
+		delete(out, ident)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // Unassign takes an identity from a node; its secret is no longer served to
@@ -218,6 +293,7 @@ func (r *Registry) Unassign(ctx context.Context, node, ident, actor string) (Nod
 			return store.Event{}, fmt.Errorf("node %q does not hold identity %q: %w", node, clip(ident, identity.MaxNameLength), ErrNotFound)
 		}
 		n.Identities = slices.Delete(n.Identities, i, i+1)
+		n.Selectors = withSelectors(n.Selectors, ident, nil)
 		out = *n
 		ev := store.Event{Action: ActionNodeUnassign, Actor: actor, Node: node, Identity: ident}
 		if n.Agent {
@@ -390,6 +466,7 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 			return err
 		}
 		cur.CertSerial, cur.NextSerial = cert.Serial, ""
+		cur.NewestIssuer, cur.NewestNotAfter = cert.IssuerSerial, cert.NotAfter
 		cur.UpdatedAt = now
 		if cur.JoinedAt.IsZero() {
 			cur.JoinedAt = now
@@ -547,6 +624,7 @@ func (r *Registry) renewNode(ctx context.Context, node string, presented *x509.C
 			}
 		}
 		n.NextSerial, n.UpdatedAt = cert.Serial, now
+		n.NewestIssuer, n.NewestNotAfter = cert.IssuerSerial, cert.NotAfter
 		if err := tx.PutNode(n); err != nil {
 			return err
 		}
@@ -878,18 +956,23 @@ func (r *Registry) Reissue(ctx context.Context, name, actor, action, note string
 }
 
 func (r *Registry) reissue(ctx context.Context, name, actor, action, note string) (Status, []string, error) {
-	cur, err := r.Identity(ctx, name)
-	if err != nil {
+	// The identity record alone: its certificate is not needed here, and
+	// a re-key of every identity reads each one.
+	var cur store.Identity
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) (err error) { cur, err = tx.Identity(name); return err })
+	if errors.Is(err, store.ErrNotFound) {
+		return Status{}, nil, fmt.Errorf("identity %q %w", clip(name, identity.MaxNameLength), ErrNotFound)
+	} else if err != nil {
 		return Status{}, nil, err
 	}
-	if cur.Identity.State != store.StateActive {
-		return Status{}, nil, fmt.Errorf("identity %q is %s: %w", name, cur.Identity.State, ErrDenied)
+	if cur.State != store.StateActive {
+		return Status{}, nil, fmt.Errorf("identity %q is %s: %w", name, cur.State, ErrDenied)
 	}
 	id, err := identity.ID(r.cfg.TrustDomain, name)
 	if err != nil {
 		return Status{}, nil, err
 	}
-	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, DNSNames: cur.Identity.DNSNames, TTL: cur.Identity.TTL})
+	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, DNSNames: cur.DNSNames, TTL: cur.TTL})
 	if err != nil {
 		if errors.Is(err, ca.ErrLint) {
 			r.deny(ctx, store.Event{Action: ActionCertIssue, Actor: actor, Identity: name, Outcome: store.OutcomeFailed, Detail: err.Error()})

@@ -67,11 +67,14 @@ type Node struct {
 	JoinedAt   time.Time // when it first redeemed a join token; zero before
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	// Selectors restrict, per identity, which local processes the agent
+	// serves it to; an identity without an entry serves any local caller.
+	Selectors map[string][]string
 }
 
 func nodeView(n store.Node) Node {
 	return Node{
-		Name: n.Name, Kind: n.Kind, Identities: n.Identities, State: n.State, Agent: n.Agent,
+		Name: n.Name, Kind: n.Kind, Identities: n.Identities, State: n.State, Agent: n.Agent, Selectors: n.Selectors,
 		JoinedAt: n.JoinedAt, CreatedAt: n.CreatedAt, UpdatedAt: n.UpdatedAt,
 	}
 }

@@ -134,6 +134,12 @@ type Node struct {
 	// revoked). Both empty for nodes recorded before these fields existed.
 	CertSerial string `json:"cert_serial,omitempty"`
 	NextSerial string `json:"next_serial,omitempty"`
+	// NewestIssuer and NewestNotAfter describe the node's newest node
+	// certificate (NextSerial's when set, else CertSerial's), so that a CA
+	// rotation can count the nodes still on the previous CA from node
+	// records alone. Empty for certificates recorded before they existed.
+	NewestIssuer   string    `json:"newest_issuer,omitempty"`
+	NewestNotAfter time.Time `json:"newest_not_after,omitempty"`
 	// RenewWindowStart and Renewals count the node's renewals in the
 	// current rate-limit window, kept here so that the limit holds across
 	// restarts and replicas.
@@ -144,6 +150,14 @@ type Node struct {
 	// count is a SignCount record, so that counting does not rewrite (and
 	// push) the node.
 	Agent bool `json:"agent,omitempty"`
+	// Selectors name, per identity of an agent node, the local processes
+	// its agent may serve the identity to (uid:N, gid:N, path:/abs; all
+	// must match). An identity without an entry serves any local caller,
+	// which is also how a record written before this field reads, so the
+	// field needed no schema change. A meshca built before it would drop
+	// the selectors when it rewrote the node (widening the assignment):
+	// do not go back to one on a store where selectors were set.
+	Selectors map[string][]string `json:"selectors,omitempty"`
 }
 
 // Revocation records a revoked certificate serial.

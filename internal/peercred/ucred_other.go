@@ -1,0 +1,7 @@
+//go:build !linux
+
+package peercred
+
+import "net"
+
+func ucred(*net.UnixConn) (Caller, error) { return Caller{}, ErrUnsupported }
