@@ -23,7 +23,9 @@ import (
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
 	bootstrapfiles "github.com/meshca/meshca/internal/bootstrap"
@@ -88,7 +90,9 @@ func (p *agentProc) stop(t *testing.T) {
 
 // agentSecrets opens a state-of-the-world SDS stream on socket, waiting
 // for the agent to listen, and returns the first answer holding every
-// name.
+// name. A stream the agent refuses because it does not hold a name yet
+// (PermissionDenied) or has not heard from meshca yet (Unavailable), as
+// Envoy sees at start, is opened again, every 100 ms for up to 30 s.
 func agentSecrets(t *testing.T, socket string, names ...string) map[string]*tlsv3.Secret {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -98,29 +102,48 @@ func agentSecrets(t *testing.T, socket string, names ...string) map[string]*tlsv
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	for {
+		got, err := sotwUntil(ctx, conn, names)
+		if err == nil {
+			return got
+		}
+		if c := status.Code(err); c != codes.PermissionDenied && c != codes.Unavailable {
+			t.Fatalf("SDS on %s: %v", socket, err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("SDS on %s: %v", socket, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func sotwUntil(ctx context.Context, conn *grpc.ClientConn, names []string) (map[string]*tlsv3.Secret, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stream, err := secretv3.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx, grpc.WaitForReady(true))
 	if err != nil {
-		t.Fatalf("SDS on %s: %v", socket, err)
+		return nil, err
 	}
 	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "envoy"}, TypeUrl: resource.SecretType, ResourceNames: names}
 	for {
 		if err := stream.Send(req); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		resp, err := stream.Recv()
 		if err != nil {
-			t.Fatalf("SDS on %s: %v", socket, err)
+			return nil, err
 		}
 		got := map[string]*tlsv3.Secret{}
 		for _, r := range resp.GetResources() {
 			s := new(tlsv3.Secret)
 			if err := r.UnmarshalTo(s); err != nil {
-				t.Fatal(err)
+				return nil, err
 			}
 			got[s.GetName()] = s
 		}
 		if len(got) == len(names) {
-			return got
+			return got, nil
 		}
 		req.VersionInfo, req.ResponseNonce = resp.GetVersionInfo(), resp.GetNonce()
 	}

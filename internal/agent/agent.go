@@ -203,11 +203,19 @@ func (a *Agent) dropSVID(identity string) {
 	}
 }
 
+// assignments returns the identities meshca last named with their
+// selectors; known is false until it first answered.
+func (a *Agent) assignments() (selectors map[string][]string, known bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.selectors, a.selectors != nil
+}
+
 // setSelectors records the selectors of every identity, announcing a
 // change only when one changed.
 func (a *Agent) setSelectors(sel map[string][]string) {
 	a.mu.Lock()
-	same := len(sel) == len(a.selectors)
+	same := a.selectors != nil && len(sel) == len(a.selectors)
 	for name, s := range sel {
 		if old, ok := a.selectors[name]; !ok || !slices.Equal(old, s) {
 			same = false

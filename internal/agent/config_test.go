@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -98,13 +99,14 @@ func TestAgentNodeConfigAndIdentities(t *testing.T) {
 	waitState(t, a, "echo and web", func(s agent.State) bool { return len(s.SVIDs) == 2 && s.BundlePEM != nil })
 	// Selectors set at meshca reach the agent's state at its next poll,
 	// for the Workload API to match callers by; the certificate stays.
+	mine := fmt.Sprintf("uid:%d", os.Getuid())
 	before, _ := a.State()
 	echo, _ := before.SVID("echo")
-	m.admin("POST", api.PathNodes+"/echo-1/identities", api.AssignRequest{Identity: "echo", Selectors: []string{"uid:1000"}}, nil, http.StatusOK)
+	m.admin("POST", api.PathNodes+"/echo-1/identities", api.AssignRequest{Identity: "echo", Selectors: []string{mine}}, nil, http.StatusOK)
 	clk.Add(agent.DefaultIdentityPoll)
 	st := waitState(t, a, "echo's selectors", func(s agent.State) bool {
 		v, ok := s.SVID("echo")
-		return ok && len(v.Selectors) == 1 && v.Selectors[0] == "uid:1000"
+		return ok && len(v.Selectors) == 1 && v.Selectors[0] == mine
 	})
 	if v, _ := st.SVID("echo"); v.Serial != echo.Serial {
 		t.Fatal("a change of selectors made a new certificate")

@@ -26,7 +26,9 @@
 //     snapshot cache) on a Unix socket, with the secret names meshca itself
 //     uses: spiffe://<td>/<identity> per identity and spiffe://<td> for
 //     the bundle with its CRLs. The socket is created 0600 in a directory
-//     only this user may write to, and removed on exit.
+//     only this user may write to, and removed on exit. Each request is
+//     attested: an identity's secret only for a caller whose peer
+//     credentials match its assignment's selectors (attest.go).
 //   - Files. With Config.FilesDir it writes, per identity,
 //     <dir>/<identity>/cert.pem, key.pem and bundle.pem (0600, by atomic
 //     rename) for proxyless gRPC's file_watcher certificate provider.
@@ -46,7 +48,8 @@
 // each handshake.
 //
 // Restarting the agent makes new keys and asks for new certificates: its
-// keys exist only in its memory. The local SDS clients all see the same
-// secrets: any process that can open the SDS socket is served every
-// identity of the node (only the Workload API socket attests its callers).
+// keys exist only in its memory. A request is checked when it arrives
+// (each ACK too): a stream already open when an identity's selectors are
+// narrowed keeps what it was given until its next request, and an SDS
+// stream still naming an identity the node lost is ended.
 package agent

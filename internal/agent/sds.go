@@ -19,6 +19,8 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 
+	"github.com/meshca/meshca/internal/peercred"
+	"github.com/meshca/meshca/internal/workload/attest"
 	"github.com/meshca/meshca/sds"
 )
 
@@ -99,7 +101,10 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 // ctx ends, then removes the socket.
 func (s *sdsServer) serve(ctx context.Context, a *Agent) error {
 	defer os.Remove(s.path)
-	gs := grpc.NewServer(grpc.MaxConcurrentStreams(100))
+	g := sdsGate{a: a, gate: attest.NewGate(attest.GateConfig{Logger: s.log})}
+	gs := grpc.NewServer(grpc.Creds(peercred.New()), grpc.MaxConcurrentStreams(100),
+		grpc.ChainStreamInterceptor(g.gate.StreamInterceptor(), g.streamInterceptor()),
+		grpc.ChainUnaryInterceptor(g.gate.UnaryInterceptor(), g.unaryInterceptor()))
 	secretservice.RegisterSecretDiscoveryServiceServer(gs, serverv3.NewServer(ctx, s.cache, nil))
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(s.lis) }()

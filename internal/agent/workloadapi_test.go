@@ -11,8 +11,12 @@ import (
 	"testing"
 	"time"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/agent"
 	"github.com/meshca/meshca/internal/api"
@@ -95,4 +99,64 @@ func TestAgentServesWorkloadAPI(t *testing.T) {
 		return len(c.SVIDs) == 1 && fmt.Sprintf("%x", c.SVIDs[0].Certificates[0].SerialNumber) != web.Serial
 	})
 	t.Logf("Workload API: web rotated live, serial %s -> %x", web.Serial, rotated.SVIDs[0].Certificates[0].SerialNumber)
+}
+
+// TestAgentSDSAttestsCallers: on the SDS socket a caller gets an identity's
+// secret only when its peer credentials match the selectors of the
+// identity's assignment; the bundle is for any caller; a wildcard request
+// only for one that matches every identity; a name the node does not hold
+// is refused.
+func TestAgentSDSAttestsCallers(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	m := startMeshca(t, clk)
+	for _, id := range []string{"web", "api"} {
+		m.admin("POST", api.PathIdentities, api.AddIdentityRequest{Name: id}, nil, http.StatusCreated)
+	}
+	cert := m.addAgentNode("agent-1", "web", "api")
+	m.admin("POST", api.PathNodes+"/agent-1/identities", api.AssignRequest{Identity: "web", Selectors: []string{fmt.Sprintf("uid:%d", os.Getuid())}}, nil, http.StatusOK)
+	m.admin("POST", api.PathNodes+"/agent-1/identities", api.AssignRequest{Identity: "api", Selectors: []string{fmt.Sprintf("uid:%d", os.Getuid()+1)}}, nil, http.StatusOK)
+	socket := filepath.Join(t.TempDir(), "sds.sock")
+	a := startAgent(t, agent.Config{Conn: m.dial(m.app.XDS, cert), Node: "agent-1", TrustDomain: td, SDSSocket: socket, Clock: clk})
+	waitState(t, a, "web and api with their selectors", func(s agent.State) bool {
+		v, ok := s.SVID("api")
+		return len(s.SVIDs) == 2 && s.BundlePEM != nil && ok && len(v.Selectors) == 1
+	})
+	c := sdsClient(t, socket)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	fetch := func(names ...string) error {
+		_, err := c.FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{TypeUrl: resource.SecretType, ResourceNames: names})
+		return err
+	}
+	if err := fetch(idName("web"), bundleName); err != nil {
+		t.Fatalf("web and the bundle for a caller matching web's selectors: %v", err)
+	}
+	for _, tc := range []struct {
+		name  string
+		names []string
+	}{
+		{"another uid's identity", []string{idName("api")}},
+		{"a wildcard", nil},
+		{"an identity the node does not hold", []string{idName("billing")}},
+	} {
+		if err := fetch(tc.names...); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("fetch of %s: %v, want PermissionDenied", tc.name, err)
+		}
+	}
+	// A stream that asks for api is ended with PermissionDenied.
+	s := openSotW(t, c, idName("api"))
+	if _, err := s.next(); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("SotW stream for another uid's identity: %v, want PermissionDenied", err)
+	}
+	// So is a delta subscription.
+	d, err := c.DeltaSecrets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.SecretType, ResourceNamesSubscribe: []string{idName("web"), idName("api")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Recv(); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("delta subscription to another uid's identity: %v, want PermissionDenied", err)
+	}
 }
