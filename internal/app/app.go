@@ -263,9 +263,10 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	attrs = append(attrs, "replica", self.ID, "xds_advertised", self.XDS)
 
 	policy := lifetimes.Renewal()
+	ren := &renewals{reg: reg, auth: auth, st: st}
 	renewer, err := rotation.New(rotation.Config{
 		Policy: policy,
-		Source: renewals{reg: reg, auth: auth}, Renewer: renewals{reg: reg, auth: auth}, Clock: o.clock, Logger: logger,
+		Source: ren, Renewer: ren, Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
@@ -276,8 +277,11 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	elector, err := leader.New(leader.Config{
 		Elections: st, Self: replica(cfg.AdvertisedXDS(xdsLn.Addr().String())), TTL: o.leaderTTL,
 		Work: []func(context.Context) error{
-			renewer.Run, auth.RunCRL,
+			ren.run(renewer), auth.RunCRL,
 			func(ctx context.Context) error { return auth.RunCA(ctx, rotationAcks(xdsSrv, nodes)) },
+			func(ctx context.Context) error {
+				return st.RunPrune(ctx, store.PruneConfig{CertRetention: cfg.Store.CertRetention.D(), Clock: o.clock})
+			},
 		},
 		Clock: o.clock, Logger: logger,
 	})

@@ -14,9 +14,9 @@ import (
 )
 
 // appLoops is how many of meshca's loops wait on its clock between rounds:
-// the renewal loop, the CRL refresh, the refusal summaries and the CA
-// rotation loop.
-const appLoops = 4
+// the renewal loop, the CRL refresh, the refusal summaries, the CA
+// rotation loop and the store's pruning.
+const appLoops = 5
 
 // settle blocks until every loop of the app is parked on the fake clock,
 // that is until each has done what the current fake time makes due.

@@ -20,7 +20,6 @@ import (
 	"github.com/meshca/meshca/internal/store"
 	"github.com/meshca/meshca/internal/text"
 	"github.com/meshca/meshca/nodeapi"
-	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/xds"
 )
 
@@ -154,39 +153,4 @@ func rotationAcks(srv *xds.Server, configs *nodeconfig.Builder) authority.Acks {
 		}
 		return pending, max(connected, pending)
 	}
-}
-
-// renewals adapts the registry to the rotation loop.
-type renewals struct {
-	reg  *registry.Registry
-	auth *authority.Authority
-}
-
-var (
-	_ rotation.Source  = renewals{}
-	_ rotation.Renewer = renewals{}
-)
-
-func (r renewals) Certs(ctx context.Context) ([]rotation.Cert, error) {
-	ids, err := r.reg.Identities(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]rotation.Cert, 0, len(ids))
-	for _, st := range ids {
-		if st.Identity.State != store.StateActive || st.Cert == nil {
-			continue
-		}
-		out = append(out, rotation.Cert{Name: st.Identity.Name, Serial: st.Cert.Serial, NotBefore: st.Cert.NotBefore, NotAfter: st.Cert.NotAfter,
-			Stale: r.auth.Stale(st.Cert.IssuerSerial)})
-	}
-	return out, nil
-}
-
-func (r renewals) Renew(ctx context.Context, name string) (rotation.Cert, error) {
-	st, err := r.reg.ReissueIdentity(ctx, name, "rotation")
-	if err != nil {
-		return rotation.Cert{}, err
-	}
-	return rotation.Cert{Name: name, Serial: st.Cert.Serial, NotBefore: st.Cert.NotBefore, NotAfter: st.Cert.NotAfter}, nil
 }

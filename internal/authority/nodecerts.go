@@ -3,7 +3,6 @@ package authority
 import (
 	"context"
 	"errors"
-	"slices"
 	"sync"
 	"time"
 
@@ -63,33 +62,25 @@ func (a *Authority) closeNodeCerts() {
 
 // refresh brings the index up to what the feed has handed over: every
 // node on the first call or after the feed dropped changes, else the nodes
-// changed since the last call. Changes are queued before a write returns,
-// so a commit that returned before refresh is covered.
+// changed since the last call. On etcd the feed names a change moments
+// after it commits: a node that just renewed may be counted as still on
+// the leaving CA for that long, which only makes the rotation wait.
 func (x *nodeCertIndex) refresh(ctx context.Context, st *store.Store) error {
 	all := x.sub == nil
 	if all {
 		// Subscribe before reading: what commits meanwhile is read again.
 		x.sub = st.Subscribe(0)
 	}
-	var changed []string
-	now, cancel := context.WithCancel(ctx)
-	cancel() // take what is queued, never wait
-	for {
-		b, err := x.sub.Next(now)
-		if err != nil {
-			break
-		}
-		all = all || b.Resync
-		for _, c := range b.Changes {
-			if c.Kind == store.KindNode {
-				changed = append(changed, c.Key)
-			}
-		}
+	changed, resync, err := x.sub.Take(store.KindNode)
+	if err != nil {
+		x.sub, x.certs = nil, nil
+		return err
 	}
+	all = all || resync
 	if !all && len(changed) == 0 {
 		return nil
 	}
-	return st.View(ctx, func(tx *store.Tx) error {
+	err = st.View(ctx, func(tx *store.Tx) error {
 		if all {
 			nodes, err := tx.Nodes()
 			if err != nil {
@@ -106,8 +97,7 @@ func (x *nodeCertIndex) refresh(ctx context.Context, st *store.Store) error {
 			x.certs = certs
 			return nil
 		}
-		slices.Sort(changed)
-		for _, name := range slices.Compact(changed) {
+		for _, name := range changed {
 			n, err := tx.Node(name)
 			if err != nil && !errors.Is(err, store.ErrNotFound) {
 				return err
@@ -124,6 +114,12 @@ func (x *nodeCertIndex) refresh(ctx context.Context, st *store.Store) error {
 		}
 		return nil
 	})
+	if err != nil {
+		// The changes taken are lost: read every node next time.
+		x.sub.Close()
+		x.sub, x.certs = nil, nil
+	}
+	return err
 }
 
 // newestNodeCert is an active node's newest node certificate: named in its

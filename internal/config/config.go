@@ -115,6 +115,9 @@ type Rotation struct {
 // (the default), or etcd.
 type Store struct {
 	LockTimeout Duration `yaml:"lock_timeout"`
+	// CertRetention is how long an expired certificate stays in the
+	// store after its NotAfter before the leader prunes it.
+	CertRetention Duration `yaml:"cert_retention"`
 	// Etcd, when it names endpoints, keeps the state in etcd instead of the
 	// bbolt file in DataDir, so that several replicas can share it.
 	Etcd Etcd `yaml:"etcd"`
@@ -221,8 +224,9 @@ func Default() Config {
 		},
 		Rotation: Rotation{Fraction: life.RenewFraction, Jitter: life.RenewJitter},
 		Store: Store{
-			LockTimeout: Duration(time.Second),
-			Etcd:        Etcd{Prefix: DefaultEtcdPrefix, DialTimeout: Duration(5 * time.Second)},
+			LockTimeout:   Duration(time.Second),
+			CertRetention: Duration(7 * 24 * time.Hour),
+			Etcd:          Etcd{Prefix: DefaultEtcdPrefix, DialTimeout: Duration(5 * time.Second)},
 		},
 	}
 }
@@ -376,6 +380,9 @@ func (c Config) Validate() error {
 	}
 	if d := c.Store.LockTimeout.D(); d <= 0 || d > time.Minute {
 		bad("store.lock_timeout", "%s is out of range: above 0 and at most 1m", d)
+	}
+	if d := c.Store.CertRetention.D(); d < time.Hour || d > 10*365*24*time.Hour {
+		bad("store.cert_retention", "%s is out of range: 1h to 87600h", d)
 	}
 	errs = append(errs, c.Store.Etcd.validate()...)
 	if len(errs) == 0 {

@@ -174,17 +174,40 @@
 // caller's context allows. Ping is one bounded linearizable round trip;
 // EtcdConfig.Contact lets the owner of the store (internal/app probes with
 // Ping) make every Update and View fail at once while the replica is cut
-// off, instead of waiting.
+// off, instead of waiting. The store also asks Contact every 100ms and,
+// once it reports the loss, ends the etcd calls already in flight (a read
+// of a member that lost its quorum waits otherwise) with Contact's error;
+// a commit ended that way has an unknown outcome and says so.
 //
-// What grows, and how it is pruned: the audit log (P/b/audit, one key per
-// event), certificates and their index (expired ones are kept), revocations
-// and mesh versions, exactly as in bbolt; TODO: pruning old audit events and
-// expired certificates (leader housekeeping). etcd also keeps every old
-// revision of every key (P/feed and P/last/audit change on every commit)
-// until it is compacted: run etcd with --auto-compaction-retention (for
-// example 1h) and defragment now and then, or the 2 GiB default quota
-// fills; TODO: compaction by the leader. A compaction only costs a lagging
-// replica a Resync.
+// What grows, and how it is pruned (prune.go): every certificate ever
+// issued (about 2 KB each with its sealed key and index entry: a leaf and
+// its chain in base64 JSON), revocation records, the audit log (about 230
+// to 280 bytes per event: identity.add and cert.issue 229, a renewal 276)
+// and the mesh versions, on both backends. With 1h certificates renewed at
+// half their life that is about 110 MB of certificates and 13 MB of audit
+// per day for 1,000 identities. RunPrune, the leader's work, removes every
+// hour the certificates that expired more than PruneConfig.CertRetention
+// ago (default 7 days; the config file's store.cert_retention) with their
+// index entries and revocation records, keeping the current certificate
+// of every identity, node and agent node however old; a revoked
+// certificate is therefore kept until it has left the CRL, which lists
+// only unexpired ones. Each transaction removes at most 50 records and
+// appends one store.prune audit event with its counts; a run that removes
+// nothing writes nothing. The audit log and the mesh versions are kept:
+// they are the history operators read, gapless from 1 (Check), and the
+// audit log outgrows nothing else (about 13 MB a day in the example); an
+// operator who must bound it exports and starts a new prefix.
+//
+// etcd also keeps every old revision of every key (P/feed and P/last/audit
+// change on every commit) until it is compacted. Each prune run on etcd
+// reads the current revision and compacts etcd's history to the newest
+// revision it read at least PruneConfig.RevisionRetention ago (default 1h,
+// so revisions are kept 1 to 2 hours), and audits the compaction. A
+// watch or a transaction that lags further behind gets a Resync or runs
+// again. A compaction is cluster-wide: meshca's is harmless next to
+// etcd's own --auto-compaction-retention, whichever comes first. Neither
+// returns the space to the file system: defragment now and then (etcdctl
+// defrag), or the 2 GiB default quota fills.
 //
 // Replicas: RunReplica keeps P/replicas/<id> on a lease of
 // EtcdConfig.ReplicaTTL (default 10s) and deletes it when it stops; a

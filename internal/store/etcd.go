@@ -119,6 +119,9 @@ type etcdStore struct {
 	log      *slog.Logger
 
 	replicaTTL time.Duration // the lease of a replica's registration
+	contact    *contactLoss  // ends the calls in flight when Contact reports etcd lost
+	followed   chan struct{} // closed when contact is no longer followed
+	compaction compaction    // the revisions Prune read, for compacting
 
 	// The group commit (etcd_commit.go): Updates waiting for a batch.
 	// Batching also keeps a replica's own Updates from conflicting on the
@@ -170,6 +173,7 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 		advanced: make(chan struct{}),
 	}
 	e.replicaTTL = cfg.ReplicaTTL
+	e.contact, e.followed = newContactLoss(cfg.Contact), make(chan struct{})
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
 	defer cancel()
 	if err := e.initialise(ctx, cfg.Sealer); err != nil {
@@ -194,6 +198,7 @@ func OpenEtcd(cfg EtcdConfig) (*Store, error) {
 	e.rev = rev
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	go e.watch(e.ctx, s, rev+1)
+	go e.contact.follow(e.ctx, e.followed)
 	cfg.Logger.Info("store opened", logEtcdPrefix, prefix, logSchema, SchemaVersion)
 	return s, nil
 }
@@ -357,6 +362,7 @@ func (e *etcdStore) close() error {
 	}
 	e.cancel()
 	<-e.done
+	<-e.followed
 	if err := e.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("store: close etcd client: %w", err)
 	}
@@ -441,9 +447,14 @@ func (t *etcdTx) fetch(key string, opts ...clientv3.OpOption) (*clientv3.GetResp
 	if t.rev > 0 {
 		opts = append(opts, clientv3.WithRev(t.rev))
 	}
-	resp, err := t.e.cli.Get(t.ctx, key, opts...)
+	ctx, release := t.e.contact.bound(t.ctx)
+	resp, err := t.e.cli.Get(ctx, key, opts...)
+	release()
 	if errors.Is(err, rpctypes.ErrCompacted) {
 		return nil, errConflict
+	}
+	if cerr := t.e.contact.failed(err); cerr != nil {
+		return nil, cerr
 	}
 	if err != nil {
 		return nil, fmt.Errorf("etcd read failed (endpoints %s; is etcd reachable?): %w", strings.Join(t.e.cli.Endpoints(), ","), err)
@@ -697,7 +708,12 @@ func (t *etcdTx) commit(c commit) (rev int64, ok bool, err error) {
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(t.fence.key), "=", t.fence.rev))
 		orElse = append(orElse, clientv3.OpGet(t.fence.key))
 	}
-	resp, err := t.e.cli.Txn(t.ctx).If(cmps...).Then(ops...).Else(orElse...).Commit()
+	ctx, release := t.e.contact.bound(t.ctx)
+	resp, err := t.e.cli.Txn(ctx).If(cmps...).Then(ops...).Else(orElse...).Commit()
+	release()
+	if cerr := t.e.contact.failed(err); cerr != nil {
+		return 0, false, fmt.Errorf("%w (the outcome of this write is unknown: it may have been committed)", cerr)
+	}
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge) || status.Code(err) == codes.ResourceExhausted {
 			return 0, false, fmt.Errorf("%w: etcd refused it (%w); write fewer or smaller records per update, or raise the server's --max-txn-ops/--max-request-bytes and the store's limits", ErrTooLarge, err)

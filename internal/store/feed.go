@@ -91,6 +91,28 @@ func (s *Subscription) Next(ctx context.Context) (Batch, error) {
 	}
 }
 
+// Take returns, without waiting, the distinct keys of kind among the
+// changes queued since the previous call, and whether changes were dropped
+// (then every record must be treated as changed). Changes are queued
+// before an Update returns on bbolt, and moments later on etcd, where they
+// come from a watch. It returns ErrClosed after Close.
+func (s *Subscription) Take(kind Kind) (keys []string, resync bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, false, ErrClosed
+	}
+	for _, c := range s.pending {
+		if c.Kind == kind {
+			keys = append(keys, c.Key)
+		}
+	}
+	resync = s.resync
+	s.pending, s.index, s.resync = nil, nil, false
+	slices.Sort(keys)
+	return slices.Compact(keys), resync, nil
+}
+
 // Ready is signalled when Next would not block; for consumers that select
 // on several sources. It may fire spuriously.
 func (s *Subscription) Ready() <-chan struct{} { return s.ready }

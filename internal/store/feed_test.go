@@ -256,3 +256,37 @@ func TestFeedClose(t *testing.T) {
 		t.Fatalf("Next with a cancelled context: %v", err)
 	}
 }
+
+// TestFeedTake checks that Take returns at once the distinct keys of one
+// kind queued so far, leaves nothing behind for the next call, reports a
+// dropped queue as a resync, and fails after Close.
+func TestFeedTake(t *testing.T) {
+	s, _ := newStore(t)
+	sub := s.Subscribe(4)
+	if keys, resync, err := sub.Take(store.KindIdentity); err != nil || resync || len(keys) != 0 {
+		t.Fatalf("nothing queued: %v %v %v", keys, resync, err)
+	}
+	update(t, s, putIdentity("b"))
+	update(t, s, putIdentity("a"))
+	update(t, s, putIdentity("b"))
+	keys, resync, err := sub.Take(store.KindIdentity)
+	if err != nil || resync || !slices.Equal(keys, []string{"a", "b"}) {
+		t.Fatalf("got %v %v %v, want [a b]", keys, resync, err)
+	}
+	if keys, _, _ := sub.Take(store.KindIdentity); len(keys) != 0 {
+		t.Fatalf("taken twice: %v", keys)
+	}
+	if keys, _, _ := sub.Take(store.KindNode); len(keys) != 0 {
+		t.Fatalf("identity changes taken as nodes: %v", keys)
+	}
+	for i := range 10 {
+		update(t, s, putIdentity(fmt.Sprintf("id%d", i)))
+	}
+	if keys, resync, err := sub.Take(store.KindIdentity); err != nil || !resync || len(keys) != 0 {
+		t.Fatalf("after overflowing: %v %v %v, want a resync", keys, resync, err)
+	}
+	sub.Close()
+	if _, _, err := sub.Take(store.KindIdentity); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+}

@@ -14,6 +14,10 @@
 //   - Storage: OpenStore opens a real store in a test's directory, sealed
 //     as meshca seals it, for tests that build parts of meshca by hand or
 //     edit a stopped meshca's data directory.
+//   - etcd: StartEtcd starts one embedded member; StartEtcdCluster
+//     several, which a test stops and restarts one by one (each client
+//     port behind a Proxy, so a stop also cuts its clients, as a crash
+//     does); StartProxy alone cuts and restores one path to etcd.
 //   - Logs: Logger sends a server's slog output to the test's log (through
 //     LogWriter, which also takes a child process's stderr), shown when the
 //     test fails or runs with -v.
