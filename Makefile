@@ -76,7 +76,7 @@ SMOKE_FUZZ_TARGETS := $(filter-out ./ca:FuzzParseImport,$(FUZZ_TARGETS))
 fuzz-smoke:
 	@for t in $(SMOKE_FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}" || exit 1; done
 
-## bench: the Go benchmarks, then the harness (about 10 minutes), which writes BENCHMARKS.md
+## bench: the Go benchmarks, then the harness (about 15 minutes), which writes BENCHMARKS.md
 bench: build
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem -timeout 30m $(PKGS)
 	$(GO) run ./cmd/meshca-bench -meshca $(BIN) -out BENCHMARKS.md

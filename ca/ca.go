@@ -359,9 +359,8 @@ func (c *CA) Issue(ctx context.Context, req Request) (*Issued, error) {
 		NotBefore: notBefore,
 		NotAfter:  notAfter,
 	}
-	if csrDER != nil {
-		sr.Request = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))
-	}
+	// A CSR's signature was verified by checkCSR above; only its key is
+	// signed (see issuerSigner).
 	cert, err := c.issueRaw(ctx, sr, pub)
 	if err != nil {
 		return nil, err
@@ -461,8 +460,8 @@ func checkCSR(der []byte) (crypto.PublicKey, error) {
 // gate. By default the real key signs and the signed certificate is linted;
 // with a throwaway issuer (LintBeforeSigning) a copy is signed and linted
 // first, the real key signs only what passed, and the two to-be-signed
-// certificates must be byte-identical. pub is the leaf's key; sr.Request,
-// when set, is the caller's CSR holding it.
+// certificates must be byte-identical. pub is the leaf's key, generated
+// by meshca or taken from a CSR whose signature checkCSR verified.
 func (c *CA) issueRaw(ctx context.Context, sr signer.SignRequest, pub crypto.PublicKey) (*x509.Certificate, error) {
 	var linted *x509.Certificate
 	if c.lint != nil {

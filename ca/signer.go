@@ -16,15 +16,18 @@ import (
 
 // issuerSigner signs leaves for one issuer on cfssl's policy.
 //
-// A caller's CSR goes through cfssl's local signer whole: it parses the CSR,
-// verifies its signature, applies the profile and signs. A key meshca has
-// just generated has no CSR, and making one only for cfssl to verify it
-// again costs a signature and a verification per certificate (about a third
-// of the issuance cost) while proving nothing. For those keys signer builds
-// the template the way cfssl's local signer does, with cfssl's own
-// OverrideHosts, PopulateSubjectFromCSR and FillTemplate, and signs it as
-// cfssl's signer does; TestSignPathsAgree pins that both paths produce
-// byte-identical to-be-signed certificates.
+// meshca takes nothing from a CSR but its public key (the policy's CSR
+// whitelist), so signer builds the template the way cfssl's local signer
+// does for such a CSR, with cfssl's own OverrideHosts,
+// PopulateSubjectFromCSR and FillTemplate, and signs it as cfssl's signer
+// does. A caller's CSR is parsed and its signature verified once, by
+// checkCSR, before its key gets here: handing the CSR to cfssl's Sign
+// would parse it and verify its signature a second time, and a key meshca
+// has just generated would need a CSR made only for cfssl to verify it
+// (about a third of the issuance cost) while proving nothing.
+// TestSignPathsAgree and TestCSRPathAgreesWithCFSSL pin that cfssl's CSR
+// path makes byte-identical to-be-signed certificates, whatever else the
+// CSR holds.
 type issuerSigner struct {
 	cfssl  *local.Signer
 	policy *cfconfig.Signing
@@ -40,15 +43,11 @@ func newIssuerSigner(key crypto.Signer, cert *x509.Certificate, algo x509.Signat
 	return &issuerSigner{cfssl: s, policy: policy, cert: cert, key: key}, nil
 }
 
-// sign signs sr: through cfssl's Sign when sr carries a CSR, otherwise for
-// pub directly.
+// sign signs sr for pub. sr must not carry a CSR: checkCSR has taken
+// what meshca uses of it.
 func (s *issuerSigner) sign(sr signer.SignRequest, pub crypto.PublicKey) (*x509.Certificate, error) {
 	if sr.Request != "" {
-		p, err := s.cfssl.Sign(sr)
-		if err != nil {
-			return nil, err
-		}
-		return parsePEMCert(p)
+		return nil, fmt.Errorf("%w: sign takes the CSR's checked public key, not the CSR", ErrConfig)
 	}
 	tmpl, err := s.template(sr, pub)
 	if err != nil {

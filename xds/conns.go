@@ -7,7 +7,9 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/credentials"
 )
@@ -62,6 +64,13 @@ type trackedConn struct {
 	once sync.Once
 
 	node string // under set.mu; "" until tracked
+	// serial is the serial (lowercase hex) of the node certificate the
+	// connection was made with, set before it is tracked.
+	serial string
+
+	// admitted is when the accept loop admitted it (or last tried to);
+	// written only by that loop before admit, read under lim.mu.
+	admitted time.Time
 
 	// under lim.mu
 	elem    *list.Element // in lim.unauth while unauthenticated
@@ -106,6 +115,23 @@ func (n *nodeConns) forget(t *trackedConn) {
 	if len(n.conns[t.node]) == 0 {
 		delete(n.conns, t.node)
 	}
+}
+
+// closeExcept closes the connections of node made with a certificate
+// whose serial is not in keep, and returns how many it closed.
+func (n *nodeConns) closeExcept(node string, keep []string) int {
+	n.mu.Lock()
+	var cs []*trackedConn
+	for t := range n.conns[node] {
+		if !slices.Contains(keep, t.serial) {
+			cs = append(cs, t)
+		}
+	}
+	n.mu.Unlock()
+	for _, t := range cs {
+		t.Close()
+	}
+	return len(cs)
 }
 
 // close closes every connection of node and returns how many there were.

@@ -351,7 +351,7 @@ func (f *fixture) connect(node string, leaf *x509.Certificate) *conn {
 	ctx, cancel := context.WithCancel(tlsPeer(f.t.Context(), leaf))
 	c := &conn{ctx: ctx, closed: make(chan struct{})}
 	raw := &closeConn{close: func() { cancel(); close(c.closed) }}
-	tc := &trackedConn{Conn: raw, set: &f.s.conns, lim: f.s.lim}
+	tc := &trackedConn{Conn: raw, set: &f.s.conns, lim: f.s.lim, serial: leafSerial(leaf)}
 	if _, ok := f.s.lim.admit(tc); !ok {
 		f.t.Fatal("limiter refused a connection")
 	}

@@ -62,7 +62,11 @@ func (g *gate) run() error {
 		}
 		backoff = 0
 		setUserTimeout(raw, keepaliveTimeout)
-		t := &trackedConn{Conn: raw, set: &g.s.conns, lim: g.s.lim, addr: addressKey(raw.RemoteAddr())}
+		t := &trackedConn{Conn: raw, set: &g.s.conns, lim: g.s.lim, addr: addressKey(raw.RemoteAddr()), admitted: time.Now()}
+		if !g.waitCrowd(t) {
+			raw.Close()
+			return nil
+		}
 		victim, ok := g.s.lim.admit(t)
 		if victim != nil {
 			g.s.stats.connEvicted.Add(1)
@@ -78,6 +82,28 @@ func (g *gate) run() error {
 			defer g.wg.Done()
 			g.handshake(t)
 		}()
+	}
+}
+
+// waitCrowd holds t, not yet admitted, while the limiter is full of the
+// handshakes of a crowd of peers (see Limits.MaxUnauthenticated), and returns false
+// if the gate closes meanwhile.
+func (g *gate) waitCrowd(t *trackedConn) bool {
+	for {
+		wait, freed := g.s.lim.crowded(t)
+		if wait <= 0 {
+			return true
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-freed:
+		case <-timer.C:
+		case <-g.ctx.Done():
+			timer.Stop()
+			return false
+		}
+		timer.Stop()
+		t.admitted = time.Now()
 	}
 }
 
@@ -111,6 +137,7 @@ func (g *gate) handshake(t *trackedConn) {
 			return
 		}
 		g.s.lim.authenticated(t)
+		t.serial = leafSerial(st.PeerCertificates[0])
 		if !g.s.conns.track(node, t, maxConnectionsPerNode) {
 			g.s.stats.connPerNode.Add(1)
 			t.Close()

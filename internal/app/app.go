@@ -19,6 +19,7 @@ import (
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/denials"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/leader"
 	"github.com/meshca/meshca/internal/metrics"
@@ -184,32 +185,33 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if health != nil {
 		runs = append(runs, health.Run)
 	}
-	// The authority re-keys leaves during a CA rotation and audits its
-	// refusals through the registry, which it does not import: regLink is
-	// pointed at the registry once that exists, before anything runs.
-	regLink := &registryLink{}
+	// Every part audits its refusals through one recorder, which sums
+	// repeats up.
+	refusals, err := denials.New(denials.Config{Store: st, OnDenial: met.ObserveDenial, Clock: o.clock, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
 	auth, err := authority.New(ctx, authority.Config{
 		Store: st, TrustDomain: td, KeyAlgorithm: keyAlg, Lifetimes: lifetimes,
-		LintBeforeSigning: cfg.CA.LintBeforeSigning, Reissuer: regLink, Denials: regLink,
+		LintBeforeSigning: cfg.CA.LintBeforeSigning, Denials: refusals,
 		Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
 	}
 	reg, err := registry.New(ctx, registry.Config{
-		Store: st, TrustDomain: td, Issuer: gatedIssuer{Issuer: auth, health: health}, Lifetimes: lifetimes, OnDenial: met.ObserveDenial,
+		Store: st, TrustDomain: td, Issuer: gatedIssuer{Issuer: auth, health: health}, Lifetimes: lifetimes, Denials: refusals,
 		Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
 	}
-	regLink.reg = reg
 	app.close = func() error {
-		// Refusals that came in while the parts stopped, after
-		// RunDenials' own last flush.
+		// Refusals that came in while the parts stopped, after the
+		// recorder's own last flush.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if err := reg.FlushDenials(fctx); err != nil {
+		if err := refusals.Flush(fctx); err != nil {
 			logger.Error("refusal summaries not written", "err", err)
 		}
 		return st.Close()
@@ -226,7 +228,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		edit(&limits)
 	}
 	xdsSrv, err := xds.New(xds.Config{
-		TrustDomain: td, Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg, replicas: st, log: logger}, Signer: csrSigner{reg: reg}, Identities: csrSigner{reg: reg}, Audit: reg,
+		TrustDomain: td, Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg, replicas: st, log: logger}, Signer: csrSigner{reg: reg}, Identities: csrSigner{reg: reg}, Audit: refusals,
 		Roots: auth.IssuingCAs, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
@@ -239,7 +241,13 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if health != nil {
 		health.onLost = func() { logger.Warn("xDS streams closed: etcd unreachable", "nodes", xdsSrv.CloseAll()) }
 	}
-	reg.SubscribeNodeCerts(func(node string) { xdsSrv.CloseNode(node) })
+	// Connections made with a node certificate the node replaced end as
+	// the feed reports its record, on every replica.
+	certWatch, err := nodeconfig.NewCertWatch(nodeconfig.CertWatchConfig{Store: st, Closer: xdsSrv, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	runs = append(runs, certWatch.Run)
 	// What each node receives is computed from the store's change feed and
 	// handed to the xDS server; every node has a snapshot before it serves.
 	nodes, err := nodeconfig.New(nodeconfig.Config{
@@ -282,18 +290,20 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 			func(ctx context.Context) error {
 				return st.RunPrune(ctx, store.PruneConfig{CertRetention: cfg.Store.CertRetention.D(), Clock: o.clock})
 			},
+			// A rotation's leaves are re-keyed as the feed reports it.
+			reg.RunRekey,
 		},
 		Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
 	}
-	runs = append(runs, auth.Run, reg.RunDenials, elector.Run)
+	runs = append(runs, auth.Run, refusals.Run, elector.Run)
 
 	adm, err := admin.New(admin.Config{
 		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, CRLs: auth, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},
 		Authority: auth, Audit: reg, TrustDomain: td.Name(), XDSAddress: self.XDS, Replicas: replicaList{st: st, self: self.ID}, Logger: logger,
-		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Denials: reg, Logs: tel, Renewal: policy,
+		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Denials: refusals, Logs: tel, Renewal: policy,
 		Leadership: leadership{el: elector}, Clock: o.clock,
 	})
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/denials"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
@@ -33,13 +34,17 @@ func TestReadinessFollowsStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := xds.New(xds.Config{TrustDomain: td, Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
+	refusals, err := denials.New(denials.Config{Store: st, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := xds.New(xds.Config{TrustDomain: td, Auth: reg, Joiner: joiner{reg: reg}, Audit: refusals,
 		Roots: auth.CA().Roots, ServerCert: nil})
 	if err == nil {
 		t.Fatal("xds.New accepted a missing ServerCert")
 	}
 	sc, _ := auth.ServerCert(nil, time.Hour)
-	srv, err = xds.New(xds.Config{TrustDomain: td, Auth: reg, Joiner: joiner{reg: reg}, Audit: reg,
+	srv, err = xds.New(xds.Config{TrustDomain: td, Auth: reg, Joiner: joiner{reg: reg}, Audit: refusals,
 		Roots: auth.CA().Roots, ServerCert: sc.Get})
 	if err != nil {
 		t.Fatal(err)

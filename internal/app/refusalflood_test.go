@@ -24,8 +24,8 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/denials"
 	"github.com/meshca/meshca/internal/lograte"
-	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/nodeapi"
 )
@@ -192,8 +192,8 @@ func lastSeq(m *mesh) uint64 {
 // waits until the interval's summaries are in the audit log.
 func flushRefusals(t *testing.T, m *mesh, clk *clock.Fake, after uint64, want int) map[string]int {
 	t.Helper()
-	// RunDenials writes the summaries before it waits on the clock again.
-	advance(t, clk, registry.DefaultDenialInterval)
+	// The refusal recorder writes the summaries before it waits on the clock again.
+	advance(t, clk, denials.DefaultInterval)
 	return refusalRecords(m, after)
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/meshca/meshca/internal/admin"
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/authority"
+	"github.com/meshca/meshca/internal/denials"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/nodeconfig"
 	"github.com/meshca/meshca/internal/registry"
@@ -33,24 +34,13 @@ func (t trustSource) Trust(ctx context.Context) (bundle, crl []byte, err error) 
 	return t.auth.Trust(ctx)
 }
 
-// registryLink is what the authority needs of the registry (re-keying
-// leaves under a new CA, auditing refusals), wired here so that neither
-// package imports the other. reg is set before anything runs.
-type registryLink struct{ reg *registry.Registry }
-
 var (
-	_ authority.Reissuer = (*registryLink)(nil)
-	_ authority.Denials  = (*registryLink)(nil)
-	_ registry.Issuer    = (*authority.Authority)(nil)
-	_ admin.Authority    = (*authority.Authority)(nil)
-	_ admin.CRLs         = (*authority.Authority)(nil)
+	_ registry.Issuer      = (*authority.Authority)(nil)
+	_ admin.Authority      = (*authority.Authority)(nil)
+	_ admin.CRLs           = (*authority.Authority)(nil)
+	_ xds.DenialRecorder   = (*denials.Recorder)(nil)
+	_ admin.DenialRecorder = (*denials.Recorder)(nil)
 )
-
-func (l *registryLink) Reissue(ctx context.Context, name, actor, action, note string) error {
-	return l.reg.Reissue(ctx, name, actor, action, note)
-}
-
-func (l *registryLink) Deny(ctx context.Context, ev store.Event) { l.reg.Deny(ctx, ev) }
 
 // pushWaiter lets admin writes wait until the nodes have the change.
 type pushWaiter struct{ b *nodeconfig.Builder }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/denials"
 	"github.com/meshca/meshca/internal/store"
 )
 
@@ -28,21 +29,6 @@ const (
 	ActionCertIssue = "cert.issue"
 )
 
-// Reissuer re-keys a leaf under the CA in use; the registry implements it.
-// A CA rotation calls it for every identity whose certificate is from
-// another issuer, many at once. It must record the new certificate and
-// its audit record (action, with note in the detail) in one transaction,
-// and fail for an identity that is not active.
-type Reissuer interface {
-	Reissue(ctx context.Context, name, actor, action, note string) error
-}
-
-// Denials audits refused and failed requests; the registry implements it
-// and sums repeats up. It must not block on the caller's ctx.
-type Denials interface {
-	Deny(ctx context.Context, ev store.Event)
-}
-
 // Config configures an Authority.
 type Config struct {
 	Store       *store.Store // required
@@ -53,11 +39,9 @@ type Config struct {
 	Lifetimes Lifetimes
 	// LintBeforeSigning is ca.Config.LintBeforeSigning.
 	LintBeforeSigning bool
-	// Reissuer re-keys leaves under the new CA during a rotation; without
-	// it a rotation waits for leaves to be renewed elsewhere.
-	Reissuer Reissuer
-	// Denials audits refusals; nil writes each one to the audit log.
-	Denials Denials
+	// Denials audits refusals in aggregate; nil writes each one to the
+	// audit log.
+	Denials *denials.Recorder
 	Clock   clock.Clock
 	Logger  *slog.Logger
 }
@@ -118,6 +102,10 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 		return nil, err
 	}
 	if err := a.reload(ctx); err != nil {
+		return nil, err
+	}
+	// Re-key failures of a rotation in progress are counted from here.
+	if err := a.cfg.Store.View(ctx, func(tx *store.Tx) error { a.rot.auditSeq = tx.LastSeq(); return nil }); err != nil {
 		return nil, err
 	}
 	return a, nil

@@ -14,7 +14,12 @@
 //     CRL every node receives (Trust), all read from the store;
 //   - the CA-rotation state machine and its loop (rotate.go,
 //     rotate_emergency.go): intermediate, root and emergency rotations,
-//     their phases kept in the store's CA set;
+//     their phases kept in the store's CA set. While leaves move to the
+//     new issuer (phase reissuing) the authority re-keys nothing itself:
+//     the registry's re-keying follows the change feed on the leader, and
+//     the rotation counts from the store the leaves still on another
+//     issuer and the re-key failures audited (ca.rotate.reissue, failed),
+//     and goes on when none is left;
 //   - the CRL (crl.go): signed outside any write transaction from the
 //     committed revocation records, stored as a record of its own with its
 //     audit record, signed again when due (RunCRL);
@@ -24,13 +29,13 @@
 //     renewal and CA auto-rotation. The signing library ca and the renewal
 //     package rotation take those values as plain fields.
 //
-// The authority and the registry do not import each other (the registry
-// imports only Lifetimes from here). The authority learns what others
-// committed from the store's change feed (Run): a revocation gets its CRL,
-// a CA set changed by another writer becomes the CA in use. What it needs
-// of the registry during a rotation (re-keying leaves, auditing refusals)
-// it takes through the Reissuer and Denials interfaces it declares, wired
-// in internal/app.
+// The authority never calls the registry, which sits above it (the
+// registry imports Lifetimes and the audit actions from here, and signs
+// through its own Issuer interface, which the authority implements). The
+// authority learns what others committed from the store's change feed
+// (Run): a revocation gets its CRL, a CA set changed by another writer
+// becomes the CA in use (Refresh does the same on demand). Refusals are
+// audited through package denials, below both.
 //
 // # Caveats
 //

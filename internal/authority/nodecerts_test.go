@@ -44,7 +44,8 @@ func TestOldNodeCertsCountedFromEitherRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.AdvanceRotation(ctx, acks(0, 2)) // switch
-	r.AdvanceRotation(ctx, acks(0, 2)) // re-issue; wait for node certificates
+	r.rekey(t)
+	r.AdvanceRotation(ctx, acks(0, 2)) // leaves re-keyed; wait for node certificates
 	rot := r.RotationStatus()
 	if rot == nil || rot.Phase != store.PhaseReissuing || rot.OldNodeCerts != 2 {
 		t.Fatalf("status %+v, want phase %s with 2 old node certificates", rot, store.PhaseReissuing)

@@ -13,11 +13,15 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/denials"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
@@ -25,30 +29,107 @@ import (
 )
 
 // rig is an authority and a registry on one store, wired as meshca wires
-// them: the registry issues through the authority, and the authority
-// re-keys leaves and audits refusals through the registry. Both method sets
-// are promoted.
+// them: the registry issues through the authority and re-keys a rotation's
+// leaves (rekey, runRekey), both audit refusals through one recorder. Both
+// method sets are promoted.
 type rig struct {
 	*authority.Authority
 	*registry.Registry
-	st   *store.Store
-	link *link
+	st     *store.Store
+	issuer *flakyIssuer
 }
 
-// link is what the authority takes of the registry. A re-key of the
+// flakyIssuer is the authority as the registry's Issuer; issuing for the
 // identity named in failing fails as a signer that is down would.
-type link struct {
-	reg     *registry.Registry
+type flakyIssuer struct {
+	*authority.Authority
 	failing atomic.Pointer[string]
 }
 
-func (l *link) Reissue(ctx context.Context, name, actor, action, note string) error {
-	if f := l.failing.Load(); f != nil && *f == name {
-		return errors.New("signer unavailable")
+func (f *flakyIssuer) Issue(ctx context.Context, req ca.Request) (*ca.Issued, string, error) {
+	if name := f.failing.Load(); name != nil && strings.HasSuffix(req.ID.String(), "/"+*name) {
+		return nil, "", errors.New("signer unavailable")
 	}
-	return l.reg.Reissue(ctx, name, actor, action, note)
+	return f.Authority.Issue(ctx, req)
 }
-func (l *link) Deny(ctx context.Context, ev store.Event) { l.reg.Deny(ctx, ev) }
+
+// rekey runs one pass of the registry's re-keying, as RunRekey does when
+// the feed reports a change of the CA set.
+func (r *rig) rekey(t testing.TB) registry.RekeyResult {
+	t.Helper()
+	res, err := r.Rekey(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// runRekey runs the registry's re-keying loop until the test ends.
+func (r *rig) runRekey(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.RunRekey(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// settle waits, following the feed, until no active identity's leaf is
+// from another issuer than the CA set's while leaves move to a new CA.
+func settle(t testing.TB, st *store.Store) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sub := st.Subscribe(0)
+	defer sub.Close()
+	for {
+		n, err := staleCount(ctx, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if _, err := sub.Next(ctx); err != nil {
+			t.Fatalf("%d leaves still to re-key: %v", n, err)
+		}
+	}
+}
+
+// staleCount counts the active identities whose leaf is not from the CA
+// set's issuer, during a rotation's reissuing phase (0 otherwise).
+func staleCount(ctx context.Context, st *store.Store) (int, error) {
+	n := 0
+	err := st.View(ctx, func(tx *store.Tx) error {
+		n = 0
+		set, err := tx.CASet()
+		if err != nil || set.Rotation == nil || set.Rotation.Phase != store.PhaseReissuing {
+			return err
+		}
+		ids, err := tx.Identities()
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if id.State != store.StateActive || id.CurrentSerial == "" {
+				continue
+			}
+			c, err := tx.Cert(id.CurrentSerial)
+			if err != nil {
+				return err
+			}
+			if c.IssuerSerial != set.IssuerSerial {
+				n++
+			}
+		}
+		return nil
+	})
+	return n, err
+}
 
 // dataDir is a fresh 0700 data directory.
 func dataDir(t testing.TB) string {
@@ -74,17 +155,20 @@ func newRig(t testing.TB, st *store.Store, clk clock.Clock) *rig {
 func newRigWith(t testing.TB, st *store.Store, clk clock.Clock, log *slog.Logger) *rig {
 	t.Helper()
 	td, _ := identity.TrustDomain("mesh.local")
-	l := &link{}
-	a, err := authority.New(context.Background(), authority.Config{Store: st, TrustDomain: td, Reissuer: l, Denials: l, Clock: clk, Logger: log})
+	refusals, err := denials.New(denials.Config{Store: st, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := registry.New(context.Background(), registry.Config{Store: st, TrustDomain: td, Issuer: a, Clock: clk})
+	a, err := authority.New(context.Background(), authority.Config{Store: st, TrustDomain: td, Denials: refusals, Clock: clk, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.reg = r
-	return &rig{Authority: a, Registry: r, st: st, link: l}
+	iss := &flakyIssuer{Authority: a}
+	r, err := registry.New(context.Background(), registry.Config{Store: st, TrustDomain: td, Issuer: iss, Denials: refusals, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rig{Authority: a, Registry: r, st: st, issuer: iss}
 }
 
 func events(t *testing.T, r *rig) []registry.Event {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,8 +57,11 @@ type Rotation struct {
 	// switches at the latest (zero while the phase has no bound).
 	RetireAfter time.Time
 	WaitingFor  string
-	// Leaves is how many leaf certificates this rotation re-issues under
-	// the new CA; Reissued and ReissueFailed how far that got.
+	// Leaves is how many leaf certificates this rotation moves to the new
+	// CA (the active identities' current certificates from before the
+	// switch); Reissued how many of them are under the new CA now, read
+	// from the store; ReissueFailed how many of those left had a re-key
+	// failure audited (the leader's re-keying retries them).
 	Leaves, Reissued, ReissueFailed int
 	// NodesConnected and NodesAcked: connected nodes, and those of them
 	// that acknowledged what was last pushed to them.
@@ -78,7 +82,7 @@ type RotationDone struct {
 	Aborted    bool
 	StartedAt  time.Time
 	FinishedAt time.Time
-	Reissued   int // leaves re-issued under the new CA
+	Reissued   int // leaves moved to the new CA
 	Revoked    int // certificates of a compromised CA put on the CRL
 }
 
@@ -90,21 +94,26 @@ type Acks func(ctx context.Context) (pending, connected int)
 // rotationRun is the state of the rotation driver.
 type rotationRun struct {
 	mu sync.Mutex // one rotation step at a time
-	// cancel stops the re-issue pass in flight, so that an emergency
-	// rotation does not wait for it.
+	// cancel stops an emergency rotation waiting for its leaves, so that
+	// another emergency rotation does not wait for it.
 	cancel atomic.Pointer[context.CancelFunc]
-	// reissuedAt is when the last re-issue pass ended (under mu): the
-	// wait for acknowledgements counts from it.
+	// reissuedAt is when no leaf was left to re-key (under mu): the wait
+	// for acknowledgements counts from it.
 	reissuedAt time.Time
-	// Progress of the rotation in progress; passes counts re-issue passes
-	// (failures are audited on the first, and only logged on retries).
-	leaves, reissued, failed, passes atomic.Int64
-	lastErr                          atomic.Pointer[string]
-	wait                             atomic.Pointer[rotationWait]
-	last                             atomic.Pointer[RotationDone]
+	// auditSeq is how far the audit log was read for re-key failures, and
+	// failed the identities whose re-key failed, with the failure (both
+	// under mu).
+	auditSeq uint64
+	failed   map[string]rekeyFailure
+	// Progress of the rotation in progress.
+	leaves, reissued, failures atomic.Int64
+	wait                       atomic.Pointer[rotationWait]
+	last                       atomic.Pointer[RotationDone]
 	// nodeCerts follows every active node's newest node certificate
-	// (nodecerts.go).
+	// (nodecerts.go); leafScan is the last scan of leaf certificates (see
+	// scanLeaves).
 	nodeCerts nodeCertIndex
+	leafScan  atomic.Pointer[leafScan]
 }
 
 // rotationWait is what the rotation waits for, for its status.
@@ -133,8 +142,9 @@ func (a *Authority) LastRotation() *RotationDone { return a.rot.last.Load() }
 // a new intermediate under the same root at once (leaves carry their
 // intermediate: the bundle does not change). A root rotation first
 // publishes old and new roots in every node's trust bundle and switches
-// once connected nodes have acknowledged it. Then RunCA re-issues every
-// leaf under the new CA at full speed, waits (a bounded time) for
+// once connected nodes have acknowledged it. Then the registry's re-keying
+// (which follows the change feed) re-issues every leaf under the new CA at
+// full speed while RunCA counts the leaves left, waits (a bounded time) for
 // connected nodes to acknowledge, and for nodes to renew node certificates
 // from the previous CA (root or intermediate rotation: meshca accepts node
 // certificates only from its issuing CAs); the previous CA retires at once
@@ -153,7 +163,7 @@ func (a *Authority) StartRotation(ctx context.Context, root bool, actor string) 
 }
 
 // refuseIfRotating refuses at once while a rotation is in progress,
-// without waiting for a re-issue pass that holds a.rot.mu.
+// without waiting for an emergency rotation that holds a.rot.mu.
 func (a *Authority) refuseIfRotating(ctx context.Context) error {
 	set, err := a.caSet(ctx)
 	if err != nil {
@@ -180,6 +190,7 @@ func (a *Authority) startRotation(ctx context.Context, root bool, actor string) 
 	}
 	now := a.cfg.Clock.Now().UTC()
 	issuer := recs[0]
+	var seq uint64
 	err = a.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		set, err := tx.CASet()
 		if err != nil {
@@ -205,14 +216,15 @@ func (a *Authority) startRotation(ctx context.Context, root bool, actor string) 
 		if err := tx.SetCASet(set); err != nil {
 			return err
 		}
-		_, err = tx.Append(store.Event{Action: ActionCARotate, Actor: actor, Serial: issuer.Serial,
+		ev, err := tx.Append(store.Event{Action: ActionCARotate, Actor: actor, Serial: issuer.Serial,
 			Detail: fmt.Sprintf("kind=%s phase=%s previous_issuer=%s new_root=%s", rot.Kind, rot.Phase, rot.PreviousIssuer, rot.NextRoot)})
+		seq = ev.Seq
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	a.resetProgress()
+	a.resetProgress(seq)
 	a.rot.reissuedAt = time.Time{}
 	if err := a.reload(ctx); err != nil {
 		return err
@@ -348,12 +360,13 @@ func (a *Authority) caFor(ctx context.Context, serial string, m *ca.Material) (*
 	})
 }
 
-func (a *Authority) resetProgress() {
+// resetProgress starts the progress of a rotation whose first audit record
+// is seq; it runs under a.rot.mu.
+func (a *Authority) resetProgress(seq uint64) {
 	a.rot.leaves.Store(0)
 	a.rot.reissued.Store(0)
-	a.rot.failed.Store(0)
-	a.rot.passes.Store(0)
-	a.rot.lastErr.Store(nil)
+	a.rot.failures.Store(0)
+	a.rot.auditSeq, a.rot.failed = seq, nil
 	a.rot.wait.Store(nil)
 }
 
@@ -365,7 +378,7 @@ func (a *Authority) setRotationStatus(rot *store.CARotation) {
 		return
 	}
 	st := &Rotation{Kind: rot.Kind, Phase: rot.Phase, Emergency: rot.Emergency, StartedAt: rot.StartedAt, PhaseSince: rot.PhaseSince,
-		Leaves: int(a.rot.leaves.Load()), Reissued: int(a.rot.reissued.Load()), ReissueFailed: int(a.rot.failed.Load())}
+		Leaves: int(a.rot.leaves.Load()), Reissued: int(a.rot.reissued.Load()), ReissueFailed: int(a.rot.failures.Load())}
 	if w := a.rot.wait.Load(); w != nil {
 		st.WaitingFor, st.RetireAfter, st.OwnWorkDone = w.what, w.until, w.ownWorkDone
 		st.NodesConnected, st.NodesAcked, st.OldNodeCerts = w.connected, w.acked, w.oldNodeCerts
@@ -503,31 +516,33 @@ func (a *Authority) advancePublishing(ctx context.Context, rot *store.CARotation
 	return phase, err == nil, err
 }
 
-// advanceReissuing re-issues every leaf still from another issuer, then
-// waits for acknowledgements and for node certificates from the previous
-// CA to be renewed or expire, and retires the previous CA.
+// advanceReissuing waits for every leaf to be re-keyed under the new CA
+// (the registry's re-keying does it, following the change feed), then for
+// acknowledgements and for node certificates from the previous CA to be
+// renewed or expire, and retires the previous CA.
 func (a *Authority) advanceReissuing(ctx context.Context, set store.CASet, acks Acks, now time.Time) (string, bool, error) {
 	rot := set.Rotation
-	stale, err := a.staleLeaves(ctx, set.IssuerSerial)
+	scan, err := a.scanLeaves(ctx, set.IssuerSerial, rot.PhaseSince)
 	if err != nil {
 		return "", false, err
 	}
-	if len(stale) > 0 {
-		a.reissueForRotation(ctx, rot, stale)
-		now = a.cfg.Clock.Now().UTC()
-		a.rot.reissuedAt = now
-		if stale, err = a.staleLeaves(ctx, set.IssuerSerial); err != nil {
+	a.rot.leaves.Store(int64(scan.total))
+	a.rot.reissued.Store(int64(scan.total - len(scan.stale)))
+	if len(scan.stale) > 0 {
+		failed, last, err := a.rekeyFailures(ctx, scan.stale)
+		if err != nil {
 			return "", false, err
 		}
-		if len(stale) > 0 {
-			what := fmt.Sprintf("%d leaf certificate(s) to re-issue under the new CA (retried every %s)", len(stale), rotationTick)
-			if e := a.rot.lastErr.Load(); e != nil {
-				what += "; last failure: " + *e
-			}
-			a.waitFor(rot, rotationWait{what: what})
-			return rot.Phase, false, ctx.Err()
+		a.rot.failures.Store(int64(failed))
+		a.rot.reissuedAt = time.Time{}
+		what := fmt.Sprintf("%d leaf certificate(s) to re-issue under the new CA", len(scan.stale))
+		if failed > 0 {
+			what += fmt.Sprintf(" (%d failed, retried by the leader; last failure: %s)", failed, last)
 		}
+		a.waitFor(rot, rotationWait{what: what})
+		return rot.Phase, false, nil
 	}
+	a.rot.failures.Store(0)
 	if a.rot.reissuedAt.IsZero() {
 		a.rot.reissuedAt = now // nothing to re-issue, or re-issued before a restart
 	}
@@ -574,53 +589,6 @@ func (a *Authority) advanceReissuing(ctx context.Context, set store.CASet, acks 
 	return phase, err == nil, err
 }
 
-// reissueForRotation re-keys names under the new CA at full speed, each
-// audited as ActionCARotateReissue.
-func (a *Authority) reissueForRotation(ctx context.Context, rot *store.CARotation, names []string) {
-	// A later pass retries the failures of the first: the total stays.
-	base := a.rot.leaves.Load() - int64(len(names))
-	if base < 0 {
-		base = 0
-		a.rot.leaves.Store(int64(len(names)))
-	}
-	a.rot.reissued.Store(base)
-	a.rot.failed.Store(0)
-	a.waitFor(rot, rotationWait{what: fmt.Sprintf("%d leaf certificate(s) to re-issue under the new CA", len(names))})
-	note := "ca_rotation=" + rot.Kind
-	if rot.Emergency {
-		note += " emergency=true"
-	}
-	start := a.cfg.Clock.Now()
-	first := a.rot.passes.Add(1) == 1
-	sum := reissueEach(ctx, names, func(ctx context.Context, name string) error {
-		err := errNoReissuer
-		if a.cfg.Reissuer != nil {
-			err = a.cfg.Reissuer.Reissue(ctx, name, "meshca", ActionCARotateReissue, note)
-		}
-		if err != nil {
-			if ctx.Err() == nil {
-				msg := fmt.Sprintf("%s: %v", name, err)
-				a.rot.lastErr.Store(&msg)
-				a.log.Error("CA rotation: re-issue failed; will retry", "identity", name, "err", err)
-				if first && !errors.Is(err, ca.ErrLint) { // a lint failure is audited where it happens
-					a.deny(ctx, store.Event{Action: ActionCARotateReissue, Actor: "meshca", Identity: name, Outcome: store.OutcomeFailed, Detail: note + ": " + err.Error()})
-				}
-			}
-			return err
-		}
-		return nil
-	}, func(p reissueProgress) {
-		a.rot.reissued.Store(base + int64(p.Reissued))
-		a.rot.failed.Store(int64(p.Failed))
-		a.setRotationStatus(rot)
-	})
-	a.rot.reissued.Store(base + int64(sum.Reissued))
-	a.rot.failed.Store(int64(sum.Failed))
-	a.setRotationStatus(rot)
-	a.log.Info("CA rotation: re-issued leaves under the new CA", "kind", rot.Kind, "leaves", sum.Total, "reissued", sum.Reissued,
-		"failed", sum.Failed, "took", a.cfg.Clock.Now().Sub(start))
-}
-
 // rotationStep applies one phase change with its audit record and reloads;
 // change returns the audit note and whether the rotation ended.
 func (a *Authority) rotationStep(ctx context.Context, change func(*store.CASet) (string, bool)) (string, error) {
@@ -658,12 +626,28 @@ func (a *Authority) rotationStep(ctx context.Context, change func(*store.CASet) 
 	return phase, a.reload(ctx)
 }
 
-// staleLeaves names the active identities whose current certificate is
-// not from issuer.
-func (a *Authority) staleLeaves(ctx context.Context, issuer string) ([]string, error) {
-	var names []string
+// leafScan is what scanLeaves found at feed position pos (or later).
+type leafScan struct {
+	pos    uint64
+	issuer string
+	since  time.Time
+	total  int      // leaves the rotation moves to issuer
+	stale  []string // identities whose leaf is still from another issuer
+}
+
+// scanLeaves reads the active identities' current certificates: those not
+// from issuer are stale; total counts them and the ones from issuer of
+// identities created by since (when issuance switched), which the rotation
+// re-issued. A rotation asks every second while it waits: the store is
+// read again only after something was committed.
+func (a *Authority) scanLeaves(ctx context.Context, issuer string, since time.Time) (*leafScan, error) {
+	pos := a.cfg.Store.FeedPos()
+	if s := a.rot.leafScan.Load(); s != nil && s.pos == pos && s.issuer == issuer && s.since.Equal(since) {
+		return s, nil
+	}
+	scan := &leafScan{pos: pos, issuer: issuer, since: since}
 	err := a.cfg.Store.View(ctx, func(tx *store.Tx) error {
-		names = nil
+		scan.total, scan.stale = 0, nil
 		ids, err := tx.Identities()
 		if err != nil {
 			return err
@@ -676,69 +660,69 @@ func (a *Authority) staleLeaves(ctx context.Context, issuer string) ([]string, e
 			if err != nil {
 				return err
 			}
-			if c.IssuerSerial != issuer {
-				names = append(names, id.Name)
+			switch {
+			case c.IssuerSerial != issuer:
+				scan.stale = append(scan.stale, id.Name)
+			case id.CreatedAt.After(since):
+				continue // issued under the new CA from the start
 			}
+			scan.total++
 		}
 		return nil
 	})
-	return names, err
+	if err != nil {
+		return nil, err
+	}
+	a.rot.leafScan.Store(scan)
+	return scan, nil
+}
+
+// rekeyFailures reads the audit log on from where it was last read for
+// re-key failures (ActionCARotateReissue, failed), which the registry
+// audits once per identity and rotation, and returns how many of the
+// stale identities failed and the latest of their failures. It runs under
+// a.rot.mu.
+func (a *Authority) rekeyFailures(ctx context.Context, stale []string) (n int, last string, err error) {
+	var evs []store.Event
+	if err := a.cfg.Store.View(ctx, func(tx *store.Tx) (err error) { evs, err = tx.Events(a.rot.auditSeq, 0); return err }); err != nil {
+		return 0, "", err
+	}
+	for _, ev := range evs {
+		a.rot.auditSeq = ev.Seq
+		if ev.Action != ActionCARotateReissue || ev.Outcome != store.OutcomeFailed {
+			continue
+		}
+		if a.rot.failed == nil {
+			a.rot.failed = map[string]rekeyFailure{}
+		}
+		// The detail is the rotation's note, then the error.
+		_, why, _ := strings.Cut(ev.Detail, ": ")
+		a.rot.failed[ev.Identity] = rekeyFailure{seq: ev.Seq, why: why}
+	}
+	var latest rekeyFailure
+	for _, name := range stale {
+		if f, ok := a.rot.failed[name]; ok {
+			n++
+			if f.seq > latest.seq {
+				latest, last = f, name+": "+f.why
+			}
+		}
+	}
+	return n, last, nil
+}
+
+// rekeyFailure is the audited failure of one identity's re-key.
+type rekeyFailure struct {
+	seq uint64
+	why string
 }
 
 // Stale reports whether a certificate was issued by another CA than the
-// current issuer while no rotation is in progress (a rotation re-issues
-// such certificates itself); the renewal loop renews them at once.
+// current issuer while no rotation is in progress (during a rotation the
+// registry's re-keying moves such certificates); the renewal loop renews
+// them at once.
 func (a *Authority) Stale(issuerSerial string) bool {
 	return issuerSerial != serialHex(a.CA().Issuer()) && a.RotationStatus() == nil
-}
-
-// reissueProgress is how far a pass of reissueEach got.
-type reissueProgress struct{ Total, Reissued, Failed int }
-
-// reissueWorkers is how many leaves a rotation re-keys at once: enough
-// that every core signs and concurrent commits share an fsync.
-const reissueWorkers = 64
-
-// errNoReissuer: nothing was configured to re-key leaves.
-var errNoReissuer = errors.New("authority: no Reissuer configured")
-
-// reissueEach calls one for every name, reissueWorkers at once. A failure
-// does not stop the others; a cancelled ctx stops starting new ones.
-// progress is called after each name from several goroutines at once.
-func reissueEach(ctx context.Context, names []string, one func(context.Context, string) error, progress func(reissueProgress)) reissueProgress {
-	var (
-		mu  sync.Mutex
-		sum = reissueProgress{Total: len(names)}
-	)
-	work := make(chan string)
-	var wg sync.WaitGroup
-	for range min(reissueWorkers, len(names)) {
-		wg.Go(func() {
-			for name := range work {
-				err := one(ctx, name)
-				mu.Lock()
-				if err != nil {
-					sum.Failed++
-				} else {
-					sum.Reissued++
-				}
-				p := sum
-				mu.Unlock()
-				progress(p)
-			}
-		})
-	}
-feed:
-	for _, name := range names {
-		select {
-		case work <- name:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
-	return sum
 }
 
 // RunCA advances CA rotations until ctx is done.

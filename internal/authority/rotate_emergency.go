@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/meshca/meshca/internal/store"
@@ -71,14 +72,20 @@ func (a *Authority) abortRotation(ctx context.Context, actor string) error {
 // revoked, but once the rotation ends meshca no longer accepts them (nor
 // admin certificates) from the replaced issuer, and nodes verify meshca
 // by the issuers they were given: after any emergency rotation nodes join
-// again with a new token. It returns
-// when that is done, or when ctx ends (RunCA then finishes it).
+// again with a new token. The re-keying is the registry's, which follows
+// the change feed on the leader. EmergencyRotation returns when all of
+// that is done; when a re-key failed and nothing moved for a tick
+// (rotationTick), saying so; or when ctx ends. RunCA then finishes it.
 func (a *Authority) EmergencyRotation(ctx context.Context, root bool, actor string) (RotationDone, error) {
 	if c := a.rot.cancel.Load(); c != nil {
-		(*c)() // stop a re-issue in flight under the CA being replaced
+		(*c)() // stop another emergency rotation waiting for its leaves
 	}
 	a.rot.mu.Lock()
 	defer a.rot.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.rot.cancel.Store(&cancel)
+	defer a.rot.cancel.Store(nil)
 	done, err := a.emergencyRotation(ctx, root, actor)
 	if err != nil && ctx.Err() == nil {
 		a.deny(ctx, store.Event{Action: ActionCARotate, Actor: actor, Detail: "emergency: " + err.Error()})
@@ -95,6 +102,10 @@ func (a *Authority) emergencyRotation(ctx context.Context, root bool, actor stri
 	now := a.cfg.Clock.Now().UTC()
 	var rot store.CARotation
 	var superseded string
+	var seq uint64
+	// Subscribed before the switch: no re-key after it goes unseen.
+	sub := a.cfg.Store.Subscribe(0)
+	defer sub.Close()
 	err = a.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		set, err := tx.CASet()
 		if err != nil {
@@ -137,32 +148,98 @@ func (a *Authority) emergencyRotation(ctx context.Context, root bool, actor stri
 		if err := tx.SetCASet(set); err != nil {
 			return err
 		}
-		_, err = tx.Append(store.Event{Action: ActionCARotate, Actor: actor, Serial: issuer.Serial,
+		ev, err := tx.Append(store.Event{Action: ActionCARotate, Actor: actor, Serial: issuer.Serial,
 			Detail: fmt.Sprintf("kind=%s emergency: compromised_issuers=%s superseded=%q signing_root=%s", rot.Kind, strings.Join(rot.Compromised, ","), superseded, signing)})
+		seq = ev.Seq
 		return err
 	})
 	if err != nil {
 		return RotationDone{}, err
 	}
-	a.resetProgress()
+	a.resetProgress(seq)
 	a.rot.reissuedAt = time.Time{}
 	a.log.Warn("emergency CA rotation: re-keying every identity and revoking the replaced CA's certificates",
 		"kind", rot.Kind, "next_issuer", issuer.Serial, "issuer_not_after", next.Issuer.NotAfter, "superseded", superseded, "actor", actor)
 	if err := a.reload(ctx); err != nil {
 		return RotationDone{}, err
 	}
-	// Nothing is waited for: re-key, revoke, retire.
-	if _, err := a.advanceSteps(ctx, func(context.Context) (int, int) { return 0, 0 }); err != nil {
+	if err := a.awaitEmergency(ctx, sub); err != nil {
 		return RotationDone{}, err
-	}
-	if st := a.RotationStatus(); st != nil {
-		return RotationDone{}, fmt.Errorf("%w: the emergency rotation switched to the new CA but is not done (waiting for %s); meshca keeps at it every %s: follow it with 'meshca ca rotate --wait'", ErrRotating, st.WaitingFor, rotationTick)
 	}
 	if d := a.rot.last.Load(); d != nil {
 		return *d, nil
 	}
 	return RotationDone{}, nil
 }
+
+// awaitEmergency follows the feed while the leaves are re-keyed and, once
+// none is left, revokes and retires (nothing else is waited for). It
+// gives up, saying what is left, at a tick when the re-key of every leaf
+// left has failed (and is retried), or when no leaf was re-keyed for
+// emergencyStall ticks (no re-keying runs: the leader is out of reach).
+func (a *Authority) awaitEmergency(ctx context.Context, sub *store.Subscription) error {
+	changed := make(chan struct{}, 1)
+	pctx, stop := context.WithCancel(ctx)
+	var pump sync.WaitGroup
+	pump.Go(func() {
+		for {
+			if _, err := sub.Next(pctx); err != nil {
+				return
+			}
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
+	})
+	defer pump.Wait()
+	defer stop()
+	none := func(context.Context) (int, int) { return 0, 0 }
+	var (
+		tick    <-chan time.Time
+		armed   int64 // leaves left when tick was armed
+		ticked  bool
+		stalled int // ticks in a row without a leaf re-keyed
+	)
+	for {
+		phase, err := a.advanceSteps(ctx, none)
+		if err != nil {
+			return err
+		}
+		if phase == "" {
+			return nil
+		}
+		left := a.rot.leaves.Load() - a.rot.reissued.Load()
+		if ticked {
+			stalled++
+			if left < armed {
+				stalled = 0
+			}
+			if left > 0 && left == a.rot.failures.Load() || stalled >= emergencyStall {
+				what := "the leader's re-keying"
+				if st := a.RotationStatus(); st != nil && st.WaitingFor != "" {
+					what = st.WaitingFor
+				}
+				return fmt.Errorf("%w: the emergency rotation switched to the new CA but is not done (waiting for %s); meshca keeps at it: follow it with 'meshca ca rotate --wait'", ErrRotating, what)
+			}
+			tick, ticked = nil, false
+		}
+		if tick == nil {
+			tick, armed = a.cfg.Clock.After(rotationTick), left
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		case <-tick:
+			ticked = true
+		}
+	}
+}
+
+// emergencyStall is how many ticks EmergencyRotation waits for a leaf to
+// be re-keyed at all before it returns.
+const emergencyStall = 30
 
 // finishEmergency revokes every unexpired identity certificate of the
 // compromised issuers, drops the roots that leave, and ends the rotation.

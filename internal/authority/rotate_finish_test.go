@@ -29,10 +29,11 @@ func runRotation(t *testing.T, r *rig, clk *clock.Fake, a authority.Acks, maxTic
 			t.Error(err)
 		}
 	}()
+	r.runRekey(t)
 	start, realStart := clk.Now(), time.Now()
 	for i := 0; ; i++ {
-		// RunCA is the only user of clk's timers here: one waiter means
-		// it finished a step and sleeps.
+		// RunCA is the only user of clk's timers here while no re-key
+		// fails: one waiter means it finished a step and sleeps.
 		if err := clk.WaitForWaiters(ctx, 1); err != nil {
 			t.Fatal(err)
 		}
@@ -42,6 +43,9 @@ func runRotation(t *testing.T, r *rig, clk *clock.Fake, a authority.Acks, maxTic
 		if i == maxTicks {
 			t.Fatalf("rotation not done after %d ticks of %s: %+v", maxTicks, authority.RotationTick, r.RotationStatus())
 		}
+		// The registry re-keys in real time, from the feed: let it
+		// finish before the rotation's next step.
+		settle(t, r.st)
 		clk.Add(authority.RotationTick)
 	}
 }
@@ -218,7 +222,9 @@ func TestRotationRefusalSaysWhatToDo(t *testing.T) {
 	r.AdvanceRotation(ctx, acks(1, 1))
 	publishing := r.StartRotation(ctx, false, "test")
 	clk.Add(authority.PublishGrace)
-	r.AdvanceRotation(ctx, acks(0, 1)) // switch; then n1's node certificate is waited for
+	r.AdvanceRotation(ctx, acks(0, 1)) // switch
+	r.rekey(t)
+	r.AdvanceRotation(ctx, acks(0, 1)) // re-keyed; then n1's node certificate is waited for
 	rot := r.RotationStatus()
 	if rot == nil || rot.Phase != store.PhaseReissuing || rot.RetireAfter.IsZero() {
 		t.Fatalf("status %+v", rot)
@@ -277,6 +283,7 @@ func TestEmergencyRotationSupersedes(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Re-issued, but a node has not acknowledged: still in progress.
+			r.rekey(t)
 			if phase, _ := r.AdvanceRotation(context.Background(), acks(1, 1)); phase != store.PhaseReissuing {
 				t.Fatalf("phase %q", phase)
 			}
@@ -302,6 +309,8 @@ func TestEmergencyRotationSupersedes(t *testing.T) {
 				s, _ := r.Identity(ctx, name)
 				old[s.Cert.Serial] = true
 			}
+			// The registry re-keys as the feed reports the switch.
+			r.runRekey(t)
 			realStart := time.Now()
 			done, err := r.EmergencyRotation(ctx, tc.root, "test")
 			took := time.Since(realStart)
@@ -371,8 +380,9 @@ func TestEmergencyRotationSupersedes(t *testing.T) {
 }
 
 // TestEmergencyRotationResumesAfterAFailedReissue: when a re-key fails the
-// emergency rotation has switched but is not done; the call says so, the
-// status names the failure, and RunCA's next step finishes it.
+// emergency rotation has switched but is not done; after a tick without
+// progress the call says so, the status names the failure, and the
+// rotation finishes once the re-key succeeds.
 func TestEmergencyRotationResumesAfterAFailedReissue(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, dataDir(t))
@@ -380,19 +390,37 @@ func TestEmergencyRotationResumesAfterAFailedReissue(t *testing.T) {
 	r := newRig(t, st, clk)
 	names := addIdentities(t, r, 5, time.Hour)
 	failing := "svc-003"
-	r.link.failing.Store(&failing)
-	_, err := r.EmergencyRotation(ctx, true, "test")
+	r.issuer.failing.Store(&failing)
+	r.runRekey(t)
+	res := make(chan error, 1)
+	go func() {
+		_, err := r.EmergencyRotation(ctx, true, "test")
+		res <- err
+	}()
+	// Parked: the emergency rotation on its tick, the re-keying on its
+	// retry after the failure.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := clk.WaitForWaiters(wctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(authority.RotationTick)
+	err := <-res
 	if !errors.Is(err, authority.ErrRotating) || !strings.Contains(err.Error(), "not done") || !strings.Contains(err.Error(), "--wait") {
 		t.Fatalf("err = %v", err)
 	}
+	t.Logf("emergency rotation with a failing re-key returns: %v", err)
 	rot := r.RotationStatus()
-	if rot == nil || !rot.Emergency || rot.Reissued != 4 || rot.ReissueFailed != 1 || !strings.Contains(rot.WaitingFor, "svc-003: ") {
+	if rot == nil || !rot.Emergency || rot.Leaves != 5 || rot.Reissued != 4 || rot.ReissueFailed != 1 || !strings.Contains(rot.WaitingFor, "svc-003: ") {
 		t.Fatalf("status = %+v", rot)
 	}
 	if len(r.CA().Roots()) != 2 {
 		t.Fatal("the replaced root left the bundle before every leaf was re-keyed")
 	}
-	// A second failing pass is not audited again.
+	// A retry that fails again is not audited again.
+	if res := r.rekey(t); res.Failed != 1 {
+		t.Fatalf("retry = %+v", res)
+	}
 	if phase, _ := r.AdvanceRotation(ctx, acks(0, 0)); phase != store.PhaseReissuing {
 		t.Fatalf("phase %q with a failing re-issue", phase)
 	}
@@ -405,11 +433,14 @@ func TestEmergencyRotationResumesAfterAFailedReissue(t *testing.T) {
 	if failed != 1 {
 		t.Fatalf("%d audited failures of svc-003's re-issue, want 1", failed)
 	}
-	r.link.failing.Store(nil)
+	r.issuer.failing.Store(nil)
+	if res := r.rekey(t); res.Reissued != 1 {
+		t.Fatalf("re-key after the signer is back = %+v", res)
+	}
 	if phase, err := r.AdvanceRotation(ctx, acks(0, 0)); err != nil || phase != "" {
 		t.Fatalf("not finished on the next step: %q %v", phase, err)
 	}
-	if d := r.LastRotation(); d == nil || d.Revoked != len(names) || len(r.CA().Roots()) != 1 {
+	if d := r.LastRotation(); d == nil || d.Revoked != len(names) || d.Reissued != len(names) || len(r.CA().Roots()) != 1 {
 		t.Fatalf("last rotation = %+v, %d roots", d, len(r.CA().Roots()))
 	}
 }

@@ -67,8 +67,19 @@ func TestIntermediateRotationPhases(t *testing.T) {
 	if newIssuer.Equal(oldIssuer) || newIssuer.CheckSignatureFrom(r.CA().Roots()[0]) != nil || string(r.CA().BundlePEM()) != oldBundle {
 		t.Fatal("an intermediate rotation must switch to a new intermediate under the same root, bundle unchanged")
 	}
-	// The rotation re-issues echo itself at once; one connected node has
-	// not acknowledged it yet.
+	// Until the registry re-keys echo the rotation waits for it, and says
+	// so.
+	if phase, err := r.AdvanceRotation(ctx, acks(0, 1)); err != nil || phase != store.PhaseReissuing {
+		t.Fatalf("advanced before the leaf was re-keyed: %q %v", phase, err)
+	}
+	if rot := r.RotationStatus(); rot.Leaves != 1 || rot.Reissued != 0 || !strings.Contains(rot.WaitingFor, "1 leaf certificate(s) to re-issue under the new CA") {
+		t.Fatalf("progress before the re-key = %+v", rot)
+	}
+	// The registry re-keys echo; one connected node has not acknowledged
+	// it yet.
+	if res := r.rekey(t); !res.Rotating || res.Total != 1 || res.Reissued != 1 {
+		t.Fatalf("re-key pass = %+v", res)
+	}
 	if phase, err := r.AdvanceRotation(ctx, acks(1, 1)); err != nil || phase != store.PhaseReissuing {
 		t.Fatalf("advanced past a pending node: %q %v", phase, err)
 	}
@@ -128,8 +139,12 @@ func TestRootRotationPhases(t *testing.T) {
 	if phase, _ := r.AdvanceRotation(ctx, acks(1, 1)); phase != store.PhasePublishing || r.RotationStatus().WaitingFor == "" {
 		t.Fatal("switched while a node had not acknowledged the bundle")
 	}
-	// Acknowledged: the switch, then the re-issue, in one go; then the
+	// Acknowledged: the switch; the registry re-keys the leaf, then the
 	// rotation waits for n1 to renew its node certificate.
+	if phase, err := r.AdvanceRotation(ctx, acks(0, 1)); err != nil || phase != store.PhaseReissuing {
+		t.Fatalf("phase %q, %v", phase, err)
+	}
+	r.rekey(t)
 	if phase, err := r.AdvanceRotation(ctx, acks(0, 1)); err != nil || phase != store.PhaseReissuing {
 		t.Fatalf("phase %q, %v", phase, err)
 	}

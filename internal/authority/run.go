@@ -40,10 +40,7 @@ func (a *Authority) Run(ctx context.Context) error {
 
 func (a *Authority) afterChanges(ctx context.Context, caSet, revoked bool) {
 	if caSet {
-		changed, err := a.caSetChanged(ctx)
-		if err == nil && changed {
-			err = a.reload(ctx)
-		}
+		changed, err := a.refresh(ctx)
 		if err != nil && ctx.Err() == nil {
 			a.log.Error("the CA set changed but the CA in use was not reloaded; will retry at the next change", "err", err)
 		}
@@ -55,6 +52,24 @@ func (a *Authority) afterChanges(ctx context.Context, caSet, revoked bool) {
 		return
 	}
 	_ = a.PublishCRL(ctx) // a failure is logged, and retried by RunCRL
+}
+
+// Refresh makes the CA in use the one the store's CA set names, when that
+// changed since it was loaded: a commit by another writer whose notice on
+// the change feed Run has not handled yet. The re-keying of a CA rotation
+// calls it before it signs, so that it signs under the new issuer.
+func (a *Authority) Refresh(ctx context.Context) error {
+	_, err := a.refresh(ctx)
+	return err
+}
+
+// refresh reloads when the CA set changed, and says whether it had.
+func (a *Authority) refresh(ctx context.Context) (bool, error) {
+	changed, err := a.caSetChanged(ctx)
+	if err != nil || !changed {
+		return false, err
+	}
+	return true, a.reload(ctx)
 }
 
 // caSetChanged tells whether the stored CA set differs from the one the CA

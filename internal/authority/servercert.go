@@ -27,6 +27,10 @@ type ServerCert struct {
 	mu   sync.Mutex
 	cert *tls.Certificate
 	leaf *x509.Certificate
+	// signedBy is the issuer leaf's signature was last checked against:
+	// the check, an ECDSA verification under mu, runs once per issuer
+	// instead of on every handshake.
+	signedBy *x509.Certificate
 }
 
 // ServerCert returns a source of server certificates with the given DNS
@@ -56,8 +60,10 @@ func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.a.cfg.Clock.Now()
+	issuer := s.a.serverCA().Issuer()
 	if s.leaf != nil && !s.a.cfg.Lifetimes.ServerRenewDue(now, s.leaf.NotBefore, s.leaf.NotAfter) &&
-		s.leaf.CheckSignatureFrom(s.a.serverCA().Issuer()) == nil {
+		(s.signedBy == issuer || s.leaf.CheckSignatureFrom(issuer) == nil) {
+		s.signedBy = issuer
 		return s.cert, nil
 	}
 	issued, err := s.a.issueServer(context.Background(), s.dns, s.ips, s.ttl)
@@ -76,7 +82,7 @@ func (s *ServerCert) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		chain = append(chain, root.Raw)
 	}
 	s.cert = &tls.Certificate{Certificate: chain, PrivateKey: issued.Key, Leaf: issued.Cert}
-	s.leaf = issued.Cert
+	s.leaf, s.signedBy = issued.Cert, nil
 	return s.cert, nil
 }
 

@@ -60,6 +60,10 @@ var Sections = []Section{
 	{Name: "storm", Title: "Rotation storm", Run: runStorm},
 	{Name: "memory", Title: "Memory per idle stream", Run: runMemory},
 	{Name: "startup", Title: "Start to ready", Run: runStartup},
+	{Name: "etcd", Title: "Durable issuance on etcd", Run: runEtcdIssuance},
+	{Name: "replicas", Title: "Change propagation across replicas", Run: runPropagation},
+	{Name: "failover", Title: "Failover of a killed replica's nodes", Run: runFailover},
+	{Name: "replicas2", Title: "Issuance and fan-out with two replicas", Run: runTwoReplicas},
 }
 
 // ErrNoRows: a section finished without measuring anything.

@@ -227,7 +227,7 @@ func seedCase(ctx context.Context, env *Env, name string, s Seed, naive bool) (*
 	}
 	if naive {
 		fc.naiveIn = filepath.Join(dir, "naive.json")
-		if err := WriteNaiveInput(ctx, fc.data, seeded.Nodes, fc.naiveIn); err != nil {
+		if err := WriteNaiveInput(ctx, fc.data, s.Etcd, seeded.Nodes, fc.naiveIn); err != nil {
 			return nil, fmt.Errorf("naive server input: %w", err)
 		}
 	}

@@ -18,7 +18,6 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"time"
@@ -34,12 +33,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/meshca/meshca/internal/app"
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
-	"github.com/meshca/meshca/internal/seal"
-	"github.com/meshca/meshca/internal/store"
 )
 
 // NaiveInput is what the naive-xds worker serves: the credentials meshca
@@ -61,14 +57,11 @@ type NaiveIdentity struct {
 }
 
 // WriteNaiveInput reads what the naive-xds worker needs for nodes from a
-// seeded data directory, which no server may have open, and writes it to
+// seeded data directory (or its store in etcd), which no server may have
+// open, and writes it to
 // path (0600: it holds keys).
-func WriteNaiveInput(ctx context.Context, dataDir string, nodes []SeedNode, path string) error {
-	sealer, err := seal.LoadOrCreate(filepath.Join(dataDir, app.KEKFile))
-	if err != nil {
-		return err
-	}
-	st, err := store.Open(store.Config{Dir: dataDir, Sealer: sealer})
+func WriteNaiveInput(ctx context.Context, dataDir string, etcd EtcdTarget, nodes []SeedNode, path string) error {
+	st, err := openStore(dataDir, etcd)
 	if err != nil {
 		return err
 	}

@@ -103,7 +103,7 @@ func runIssuance(ctx context.Context, env *Env) (*Report, error) {
 	env.Logf("ceiling: %.0f certs/s, %s CPU each", ceiling.perSec, ceiling.cpu)
 
 	durable := func(name string, callers, n int, lintFirst bool) (rate, error) {
-		reg, _, closeStore, err := openRegistry(ctx, filepath.Join(env.Dir, name), lintFirst)
+		reg, _, closeStore, err := openRegistry(ctx, filepath.Join(env.Dir, name), lintFirst, EtcdTarget{})
 		if err != nil {
 			return rate{}, err
 		}

@@ -23,9 +23,11 @@ import (
 // worker reads commands as lines on in, writes results as lines on out, and
 // returns when in closes or ctx ends. A line "error TEXT" reports a failure.
 var Workers = map[string]func(ctx context.Context, args []string, in io.Reader, out io.Writer) error{
-	"cfssl-serve": workCFSSLServe,
-	"xds-clients": workXDSClients,
-	"naive-xds":   workNaiveXDS,
+	"cfssl-serve":      workCFSSLServe,
+	"xds-clients":      workXDSClients,
+	"naive-xds":        workNaiveXDS,
+	"etcd":             workEtcd,
+	"failover-clients": workFailoverClients,
 }
 
 // workerEnv names the worker a harness process should be.

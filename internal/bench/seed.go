@@ -37,6 +37,10 @@ type Seed struct {
 	Nodes int
 	// Workers is how many callers add at once; default 64.
 	Workers int
+	// Etcd, when it names endpoints, keeps the state in etcd under its
+	// prefix; the data directory then holds only the key-encryption key,
+	// which every replica needs a copy of.
+	Etcd EtcdTarget
 }
 
 // SeedNode is a joined node's credentials, as its proxy would hold them.
@@ -59,7 +63,7 @@ func SeedDir(ctx context.Context, dataDir string, s Seed) (*Seeded, error) {
 	if s.Workers <= 0 {
 		s.Workers = 64
 	}
-	reg, auth, closeStore, err := openRegistry(ctx, dataDir, false)
+	reg, auth, closeStore, err := openRegistry(ctx, dataDir, false, s.Etcd)
 	if err != nil {
 		return nil, err
 	}
@@ -111,18 +115,16 @@ func SeedDir(ctx context.Context, dataDir string, s Seed) (*Seeded, error) {
 	return out, nil
 }
 
-// openRegistry opens (creating if needed) a data directory the way meshca
-// server does, with the default configuration, and returns its registry,
-// its authority and the function that closes the store.
-func openRegistry(ctx context.Context, dataDir string, lintBeforeSigning bool) (*registry.Registry, *authority.Authority, func() error, error) {
+// openRegistry opens (creating if needed) a data directory, or with etcd
+// endpoints the store in etcd sealed with the directory's key-encryption
+// key, the way meshca server does, with the default configuration, and
+// returns its registry, its authority and the function that closes the
+// store.
+func openRegistry(ctx context.Context, dataDir string, lintBeforeSigning bool, etcd EtcdTarget) (*registry.Registry, *authority.Authority, func() error, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, nil, nil, err
 	}
-	sealer, err := seal.LoadOrCreate(filepath.Join(dataDir, app.KEKFile))
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	st, err := store.Open(store.Config{Dir: dataDir, Sealer: sealer})
+	st, err := openStore(dataDir, etcd)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -144,6 +146,19 @@ func openRegistry(ctx context.Context, dataDir string, lintBeforeSigning bool) (
 		return nil, nil, nil, err
 	}
 	return reg, auth, st.Close, nil
+}
+
+// openStore opens the store of dataDir, or with etcd endpoints the one in
+// etcd sealed with dataDir's key-encryption key (created if missing).
+func openStore(dataDir string, etcd EtcdTarget) (*store.Store, error) {
+	sealer, err := seal.LoadOrCreate(filepath.Join(dataDir, app.KEKFile))
+	if err != nil {
+		return nil, err
+	}
+	if len(etcd.Endpoints) > 0 {
+		return store.OpenEtcd(store.EtcdConfig{Endpoints: etcd.Endpoints, Prefix: etcd.Prefix, Sealer: sealer})
+	}
+	return store.Open(store.Config{Dir: dataDir, Sealer: sealer})
 }
 
 // WriteNodes writes nodes as JSON lines (one SeedNode each) for a worker.

@@ -59,7 +59,9 @@ func importName(f *ast.File, path string) string {
 
 // TestAuthorityAndRegistryDoNotImportEachOther keeps the CA out of the
 // registry: the authority does not import the registry, and the registry
-// uses of the authority only its lifetime rules (lifetimes.go).
+// uses of the authority only its lifetime rules (lifetimes.go) and the
+// audit action of a rotation's re-keys, which the registry records and the
+// rotation counts.
 func TestAuthorityAndRegistryDoNotImportEachOther(t *testing.T) {
 	authority := parseDir(t, "internal/authority")
 	for name, f := range authority {
@@ -67,8 +69,8 @@ func TestAuthorityAndRegistryDoNotImportEachOther(t *testing.T) {
 			t.Errorf("internal/authority/%s imports internal/registry", name)
 		}
 	}
-	// The names lifetimes.go declares.
-	lifetimes := map[string]bool{}
+	// The names lifetimes.go declares, and the re-key action.
+	lifetimes := map[string]bool{"ActionCARotateReissue": true}
 	f, ok := authority["lifetimes.go"]
 	if !ok {
 		t.Fatal("internal/authority/lifetimes.go is gone: the list of lifetime rules is out of date")

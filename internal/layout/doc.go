@@ -4,5 +4,6 @@
 // mention a type from an internal package: a consumer declares the small
 // interface it needs, and wire types live in a public package. The
 // authority and the registry do not import each other (the registry takes
-// only the lifetime rules of internal/authority).
+// only the lifetime rules of internal/authority, and the audit action of a
+// rotation's re-keys).
 package layout

@@ -17,6 +17,12 @@
 // more. The feed subscription is bounded; when it overflows the Builder
 // resyncs (every node is rebuilt, nodes gone from the store are removed).
 //
+// Connections. A CertWatch, also on the feed, ends the connections a node
+// made with node certificates it replaced (a re-join, or the first use of
+// a renewed one): the node's record names the certificate in use, and the
+// xDS server (Closer) closes the others. Every replica runs one, so a
+// change through one replica ends connections on all.
+//
 // Waiting. WaitPushed lets a writer wait until every connected node its
 // change affects has been handed its new configuration and acknowledged it
 // (Acks, the xDS server's view), by feed position (store.FeedPos): the

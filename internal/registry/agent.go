@@ -2,10 +2,12 @@ package registry
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/meshca/meshca/ca"
@@ -95,6 +97,9 @@ func (r *Registry) signCSR(ctx context.Context, node string, presented *x509.Cer
 		return Signed{}, err
 	}
 	// Refuse before signing anything; the transaction below decides.
+	// The presented certificate is compared byte for byte with its record
+	// once; later CSRs on it need only its serial checked.
+	full := !r.comparedNodeCerts.has(node, presented)
 	var rec store.Identity
 	err = r.cfg.Store.View(ctx, func(tx *store.Tx) error {
 		n, err := tx.Node(node)
@@ -103,8 +108,11 @@ func (r *Registry) signCSR(ctx context.Context, node string, presented *x509.Cer
 		} else if err != nil {
 			return fmt.Errorf("node %q: %w", node, err)
 		}
-		if rec, err = agentMayHold(tx, n, ident, presented, true); err != nil {
+		if rec, err = agentMayHold(tx, n, ident, presented, full); err != nil {
 			return err
+		}
+		if full {
+			r.comparedNodeCerts.add(node, presented)
 		}
 		count, err := tx.SignCount(node)
 		if err != nil {
@@ -207,6 +215,49 @@ func agentMayHold(tx *store.Tx, n store.Node, ident string, presented *x509.Cert
 		return store.Identity{}, fmt.Errorf("identity %q has admin access and is never held by a node: %w", ident, ErrDenied)
 	}
 	return id, nil
+}
+
+// comparedCerts remembers node certificates found byte for byte equal to
+// their records, by serial: a certificate record is never rewritten (the
+// store refuses a second one of a serial), so a certificate once found
+// equal to its record stays so, and an agent's later CSRs with the same
+// certificate need not read the record again. Whether the certificate is
+// still the node's current one and not revoked is read every time. Safe
+// for concurrent use; bounded at maxComparedCerts, then emptied.
+type comparedCerts struct {
+	mu sync.Mutex
+	m  map[string]comparedCert // by serial
+}
+
+type comparedCert struct {
+	node string
+	sum  [sha256.Size]byte // of the certificate's DER
+}
+
+// maxComparedCerts bounds comparedCerts: one node certificate (two while
+// renewing) per agent node.
+const maxComparedCerts = 1 << 14
+
+func (c *comparedCerts) has(node string, cert *x509.Certificate) bool {
+	if cert == nil {
+		return false
+	}
+	sum := sha256.Sum256(cert.Raw)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	got, ok := c.m[serialHex(cert)]
+	return ok && got.node == node && got.sum == sum
+}
+
+// add records that cert was found equal to its record, node's.
+func (c *comparedCerts) add(node string, cert *x509.Certificate) {
+	sum := sha256.Sum256(cert.Raw)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxComparedCerts {
+		c.m = make(map[string]comparedCert)
+	}
+	c.m[serialHex(cert)] = comparedCert{node: node, sum: sum}
 }
 
 // stillCurrentSerial is stillCurrent for a certificate already compared

@@ -485,10 +485,9 @@ func (r *Registry) join(ctx context.Context, node, token string, csrDER []byte, 
 	if err != nil {
 		return Joined{}, err
 	}
+	// Connections made with the revoked certificates end when the change
+	// feed reports the node's record (nodeconfig.CertWatch).
 	r.log.Info("node joined", "node", node, "serial", cert.Serial, "not_after", cert.NotAfter, "revoked_previous", len(revoked))
-	if len(revoked) > 0 {
-		r.notifyNodeCerts(node)
-	}
 	return r.joined(ctx, n, cert.Cert), nil
 }
 
@@ -792,10 +791,10 @@ func (r *Registry) switchNodeCert(ctx context.Context, node, serial string) erro
 		return err
 	}
 	if len(revoked) > 0 {
+		// Connections made with the earlier certificates end when the
+		// change feed reports the node's record (nodeconfig.CertWatch);
+		// this handshake's is made with the one kept.
 		r.log.Info("node switched to its renewed certificate", "node", node, "serial", serial, "revoked_previous", len(revoked))
-		// Connections made with the earlier certificates end; this
-		// handshake's connection is not tracked yet, so it stays.
-		r.notifyNodeCerts(node)
 	}
 	return nil
 }
@@ -944,17 +943,11 @@ func (r *Registry) ReissueIdentity(ctx context.Context, name, actor string) (Sta
 	return st, nil
 }
 
-// reissue records the new certificate with an audit record of action,
-// whose detail ends with note when there is one (a CA rotation tells its
-// re-issues apart from routine renewals this way).
-// Reissue re-keys identity name under the CA in use, recorded and audited
-// as action with note in the detail; the nodes that hold it learn of it
-// from the store's change feed. A CA rotation calls it for every leaf.
-func (r *Registry) Reissue(ctx context.Context, name, actor, action, note string) error {
-	_, _, err := r.reissue(ctx, name, actor, action, note)
-	return err
-}
-
+// reissue re-keys identity name under the CA in use and records the new
+// certificate with an audit record of action, whose detail ends with note
+// when there is one (a CA rotation tells its re-keys apart from routine
+// renewals this way); the nodes that hold it learn of it from the store's
+// change feed.
 func (r *Registry) reissue(ctx context.Context, name, actor, action, note string) (Status, []string, error) {
 	// The identity record alone: its certificate is not needed here, and
 	// a re-key of every identity reads each one.

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/meshca/meshca/internal/store"
 )
@@ -14,26 +13,6 @@ import (
 // did issue to a node that has since been revoked: the caller may let the
 // connection be made so that every call can be refused saying so.
 var ErrNodeRevoked = errors.New("node was revoked")
-
-// SubscribeNodeCerts registers fn to learn that a node's earlier node
-// certificates were revoked (its renewed certificate was used, or it joined
-// again): connections made with them must end. fn runs synchronously after
-// the change is committed, possibly inside a handshake, so it must be quick
-// and must not wait for other handshakes.
-func (r *Registry) SubscribeNodeCerts(fn func(node string)) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.nodeCertSubs = append(r.nodeCertSubs, fn)
-}
-
-func (r *Registry) notifyNodeCerts(node string) {
-	r.mu.Lock()
-	fns := slices.Clone(r.nodeCertSubs)
-	r.mu.Unlock()
-	for _, fn := range fns {
-		fn(node)
-	}
-}
 
 // issuingSerials are the CAs whose leaves meshca accepts from its peers:
 // the issuer in use and, during a rotation, the previous one. An imported

@@ -1,10 +1,17 @@
 // Package registry keeps meshca's records: identities and their
 // certificates, nodes and their join tokens, the mesh document and the
 // revocation records, each change written to the store in one transaction
-// with its audit records. It never calls xDS or the authority: certificates
-// are signed by an Issuer it is given, and everything that follows a
-// change (node configuration, the CRL) reads it from the store's change
-// feed.
+// with its audit records. It never calls xDS: certificates are signed by
+// an Issuer it is given (the authority, below it), refusals are audited
+// through a denials.Recorder, and everything that follows a change (node
+// configuration, closing connections made with a replaced node
+// certificate, the CRL) reads it from the store's change feed.
+//
+// The registry follows the feed itself for one job: while a CA rotation
+// moves leaves to a new issuer, RunRekey (on the leader) re-keys every
+// active identity whose certificate is from another issuer, with the
+// workers of ReissueAll, retrying failures every RekeyRetry; the rotation
+// in the authority waits until the store shows none left.
 package registry
 
 import (
@@ -16,15 +23,15 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/lograte"
+	"github.com/meshca/meshca/internal/denials"
 	"github.com/meshca/meshca/internal/store"
+	"github.com/meshca/meshca/internal/text"
 	"github.com/meshca/meshca/mesh"
 )
 
@@ -55,6 +62,10 @@ type Issuer interface {
 	// IssuersPEM are the CAs that may sign meshca's server certificate
 	// until a node's next renewal: what a joining node pins.
 	IssuersPEM(ctx context.Context) []byte
+	// Refresh makes Issue sign with the CA the store's CA set names now:
+	// the re-keying of a CA rotation may see the switch on the change feed
+	// before the Issuer has.
+	Refresh(ctx context.Context) error
 }
 
 // Config configures a Registry.
@@ -66,15 +77,12 @@ type Config struct {
 	// Lifetimes are the lifetime rules of what the registry issues
 	// (default authority.Default()).
 	Lifetimes authority.Lifetimes
-	// DenialInterval is how often repeated refusals are summed up in one
-	// audit record per source and reason (default DefaultDenialInterval).
-	DenialInterval time.Duration
-	// OnDenial, when set, counts every refusal or failure exactly, as it
-	// happens: the audit log only holds them in aggregate. reason is one
-	// of the Reason constants.
-	OnDenial func(action, outcome, reason string)
-	Clock    clock.Clock
-	Logger   *slog.Logger
+	// Denials audits the registry's refusals in aggregate; nil makes one
+	// of its own on the store, whose summaries are written by nothing but
+	// its own Flush: give the one the rest of meshca shares.
+	Denials *denials.Recorder
+	Clock   clock.Clock
+	Logger  *slog.Logger
 }
 
 // Registry registers identities and issues their certificates.
@@ -84,18 +92,18 @@ type Registry struct {
 	// issue is the Issuer's Issue; tests replace it to reach failure paths.
 	issue func(context.Context, ca.Request) (*ca.Issued, string, error)
 
-	mu           sync.Mutex
-	nodeCertSubs []func(node string) // see SubscribeNodeCerts
-	denials      denials             // refusals not yet recorded (denials.go)
-	refusalLog   *slog.Logger        // rate limited: refusals can come in floods
+	denials *denials.Recorder
 
 	mesh atomic.Pointer[mesh.Mesh]
 
 	reissuingAll atomic.Bool // a ReissueAll is running
+	rekey        rekeyState  // see rekey.go
 
 	holdersMu      sync.Mutex
 	holders        map[string][]string // identity -> nodes assigned it
 	holdersVersion uint64              // the store's NodesVersion when holders was read
+
+	comparedNodeCerts comparedCerts // node certificates found equal to their records (agent.go)
 }
 
 // holdersOf returns the nodes identity name is assigned to, for audit
@@ -139,11 +147,14 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	if err := cfg.Lifetimes.Validate(); err != nil {
 		return nil, fmt.Errorf("registry: lifetimes: %w", err)
 	}
-	if cfg.DenialInterval <= 0 {
-		cfg.DenialInterval = DefaultDenialInterval
+	if cfg.Denials == nil {
+		d, err := denials.New(denials.Config{Store: cfg.Store, Clock: cfg.Clock, Logger: cfg.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("registry: %w", err)
+		}
+		cfg.Denials = d
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger,
-		refusalLog: slog.New(lograte.New(cfg.Logger.Handler(), lograte.Config{Now: cfg.Clock.Now}))}
+	r := &Registry{cfg: cfg, log: cfg.Logger, denials: cfg.Denials}
 	r.issue = cfg.Issuer.Issue
 	if err := r.loadMesh(ctx); err != nil {
 		return nil, err
@@ -152,3 +163,13 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 }
 
 func serialHex(c *x509.Certificate) string { return fmt.Sprintf("%x", c.SerialNumber) }
+
+// deny audits a refused or failed request, aggregated (see package
+// denials).
+func (r *Registry) deny(ctx context.Context, ev store.Event) { r.denials.Deny(ctx, ev) }
+
+// limitedDeny is deny: every refusal is aggregated the same way.
+func (r *Registry) limitedDeny(ctx context.Context, ev store.Event) { r.denials.Deny(ctx, ev) }
+
+// clip shortens s to n bytes on a UTF-8 boundary.
+func clip(s string, n int) string { return text.Clip(s, n) }

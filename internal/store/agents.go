@@ -59,11 +59,16 @@ func (tx *Tx) PutHolderCert(c Cert, at time.Time) error {
 	if !tx.has(bucketCerts, []byte(c.Serial)) {
 		return fmt.Errorf("%w: holder certificate %s", ErrNotFound, c.Serial)
 	}
-	h := HolderCert{Identity: c.Identity, Node: c.Node, Serial: c.Serial, UpdatedAt: at}
-	if err := tx.put(bucketAgents, holderByIdentity(h.Identity, h.Node), h); err != nil {
+	// Encoded once for both keys: this runs inside the serial part of a
+	// group commit.
+	val, err := json.Marshal(HolderCert{Identity: c.Identity, Node: c.Node, Serial: c.Serial, UpdatedAt: at})
+	if err != nil {
+		return fmt.Errorf("store: encode %s: %w", bucketAgents, err)
+	}
+	if err := tx.putRaw(bucketAgents, holderByIdentity(c.Identity, c.Node), val); err != nil {
 		return err
 	}
-	return tx.put(bucketAgents, holderByNode(h.Node, h.Identity), h)
+	return tx.putRaw(bucketAgents, holderByNode(c.Node, c.Identity), val)
 }
 
 // HolderCert returns the current certificate record of node for identity,
