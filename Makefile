@@ -91,6 +91,7 @@ soak: soak-tests fuzz bench
 ## soak-tests: the long variants of the reliability tests alone (20 kill -9, 10 TTLs of rotation...), with their figures
 soak-tests:
 	MESHCA_SOAK=1 $(GO) test -count=1 -v -timeout 60m -run 'CrashConsistency|GracefulStop|RotationSoak|Hostile|Abuse|Fault|Skew|ManyNodesFailOver' ./cmd/meshca ./internal/app ./ca
+	MESHCA_SOAK=1 $(GO) test -count=1 -v -timeout 10m -run 'AgentRevocationLatency' ./internal/agent
 
 clean:
 	rm -rf bin

@@ -42,9 +42,11 @@ type Node struct {
 	Name       string
 	Kind       string   // KindSidecar, KindFrontProxy or KindGRPC
 	Identities []string // identity names assigned to the node
-	// Agent marks a node whose node agent holds its identities' keys. A
-	// grpc agent node reads them from the files the agent writes (see
-	// internal/agentfiles) and gets mTLS clusters and server listeners.
+	// Agent marks a node whose node agent holds its identities' keys.
+	// Its proxy takes secrets over SDS from the agent's local socket: every
+	// SDS config source points at AgentSDSCluster instead of the ADS
+	// stream. A grpc agent node reads them from the files the agent writes
+	// (see internal/agentfiles) and gets mTLS clusters and server listeners.
 	Agent bool
 }
 
@@ -159,8 +161,9 @@ type builder struct {
 	n       Node
 	td      spiffeid.TrustDomain
 	bundle  string
-	held    map[string]string // identity name -> SPIFFE ID
-	heldIDs map[string]bool   // SPIFFE IDs of held identities
+	secrets *corev3.ConfigSource // where the node's proxy gets secrets
+	held    map[string]string    // identity name -> SPIFFE ID
+	heldIDs map[string]bool      // SPIFFE IDs of held identities
 	// instances are the certificate provider instances of held
 	// identities (agentfiles.Instance), for grpc agent nodes.
 	instances map[string]bool
@@ -173,10 +176,13 @@ type builder struct {
 
 func newBuilder(m *Mesh, n Node, td spiffeid.TrustDomain) (*builder, error) {
 	b := &builder{
-		m: m, n: n, td: td, bundle: td.IDString(),
+		m: m, n: n, td: td, bundle: td.IDString(), secrets: ads(),
 		held: map[string]string{}, heldIDs: map[string]bool{}, instances: map[string]bool{},
 		services: map[string]*Service{}, routes: map[string]*Route{}, sidecar: map[string]*Sidecar{},
 		res: map[string]map[string]types.Resource{},
+	}
+	if n.Agent {
+		b.secrets = agentSDS()
 	}
 	for _, name := range n.Identities {
 		id, err := identity.ID(td, name)
@@ -263,7 +269,7 @@ func upstreamSocket(b *builder, s *Service, own string) *corev3.TransportSocket 
 		return nil
 	}
 	peer := b.identityID(s.Identity)
-	return upstreamTLS(commonTLS(own, b.bundle, sanMatchers("", []SPIFFEMatch{{Exact: peer}}), alpnFor(s.Protocol)))
+	return upstreamTLS(commonTLS(b.secrets, own, b.bundle, sanMatchers("", []SPIFFEMatch{{Exact: peer}}), alpnFor(s.Protocol)))
 }
 
 func alpnFor(protocol string) []string {
@@ -304,7 +310,7 @@ func (b *builder) frontProxy() {
 			hcm.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Uri: true, Cert: true}
 		}
 		var sans = sanMatchersFor(b, h.ClientCerts, h.AllowedSPIFFEIDs)
-		ts := downstreamTLS(commonTLS(own, b.bundle, sans, downstreamALPN), h.ClientCerts == ClientCertsRequired)
+		ts := downstreamTLS(commonTLS(b.secrets, own, b.bundle, sans, downstreamALPN), h.ClientCerts == ClientCertsRequired)
 		b.add(resource.ListenerType, listener(name, "0.0.0.0", h.Port, hcm, ts))
 	}
 	if h := f.HTTP; h != nil {
@@ -349,7 +355,7 @@ func (b *builder) sidecars() {
 		// The application learns the caller's SPIFFE ID from XFCC URI=.
 		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET
 		hcm.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true}
-		ts := downstreamTLS(commonTLS(own, b.bundle, sanMatchers(b.bundle+"/", sc.AllowedSPIFFEIDs), downstreamALPN), true)
+		ts := downstreamTLS(commonTLS(b.secrets, own, b.bundle, sanMatchers(b.bundle+"/", sc.AllowedSPIFFEIDs), downstreamALPN), true)
 		b.add(resource.ListenerType, listener(in, "0.0.0.0", sc.InboundPort, hcm, ts))
 		// Outbound: plain HTTP on loopback, mTLS to the service.
 		for _, o := range sc.Outbound {

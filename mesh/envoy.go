@@ -45,8 +45,29 @@ func ads() *corev3.ConfigSource {
 	}
 }
 
-func sdsSecret(name string) *tlsv3.SdsSecretConfig {
-	return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: ads()}
+// AgentSDSCluster is the cluster an agent node's Envoy bootstrap declares
+// for its node agent's SDS socket (a pipe address, HTTP/2).
+const AgentSDSCluster = "meshca_agent_sds"
+
+// agentSDS is the config source of an agent node's secrets: its node
+// agent, through the local AgentSDSCluster. Listeners, clusters, routes and
+// endpoints still come over ADS.
+func agentSDS() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion: corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{
+			ApiType:                   corev3.ApiConfigSource_GRPC,
+			TransportApiVersion:       corev3.ApiVersion_V3,
+			SetNodeOnFirstMessageOnly: true,
+			GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+				EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: AgentSDSCluster},
+			}}},
+		}},
+	}
+}
+
+func sdsSecret(source *corev3.ConfigSource, name string) *tlsv3.SdsSecretConfig {
+	return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: source}
 }
 
 // mustAny packs m. Marshalling a generated message built here cannot fail;
@@ -88,17 +109,17 @@ func sanMatchers(root string, ms []SPIFFEMatch) []*tlsv3.SubjectAltNameMatcher {
 
 // commonTLS presents own's certificate and, when sans is not nil, checks
 // the peer against the bundle and the SAN matchers. Both secrets come over
-// SDS on the ADS stream.
-func commonTLS(own, bundle string, sans []*tlsv3.SubjectAltNameMatcher, alpn []string) *tlsv3.CommonTlsContext {
+// SDS from source: the ADS stream, or an agent node's local agent.
+func commonTLS(source *corev3.ConfigSource, own, bundle string, sans []*tlsv3.SubjectAltNameMatcher, alpn []string) *tlsv3.CommonTlsContext {
 	c := &tlsv3.CommonTlsContext{
-		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(own)},
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(source, own)},
 		AlpnProtocols:                  alpn,
 	}
 	if sans != nil {
 		c.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
 			CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 				DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: sans},
-				ValidationContextSdsSecretConfig: sdsSecret(bundle),
+				ValidationContextSdsSecretConfig: sdsSecret(source, bundle),
 			},
 		}
 	}

@@ -1,8 +1,9 @@
 // Package nodeapi is the node join service on meshca's xDS port: the
-// messages, the method and the JSON codec shared by the server (xds) and
-// `meshca bootstrap`. It is plain gRPC with JSON bodies, so it needs no
-// generated code. It is public because it is the contract between meshca
-// and the nodes: xds's Joiner returns its JoinResponse.
+// messages, the methods and the JSON codec shared by the server (xds) and
+// its clients, `meshca bootstrap` and `meshca agent`. It is plain gRPC with
+// JSON bodies, so it needs no generated code. It is public because it is
+// the contract between meshca and the nodes: xds's Joiner returns its
+// JoinResponse.
 package nodeapi
 
 import (
@@ -51,6 +52,10 @@ type NodeFile struct {
 	// EnvoyAdminPort is the admin port written into envoy.yaml, so that a
 	// renewal that rewrites it keeps it (0: not recorded).
 	EnvoyAdminPort uint32 `json:"envoy_admin_port,omitempty"`
+	// AgentSDS is the node agent's SDS socket that envoy.yaml names
+	// (meshca agent --sds-socket, meshca bootstrap --agent-sds); empty for
+	// a node without an agent.
+	AgentSDS string `json:"agent_sds,omitempty"`
 }
 
 // JoinRequest exchanges a one-time join token for a node certificate. Only

@@ -19,3 +19,15 @@ type SignResponse struct {
 	Serial    string    `json:"serial"`
 	NotAfter  time.Time `json:"not_after"`
 }
+
+// IdentitiesMethod names the identities an agent node holds now, so that
+// its agent knows which keys to make. Like SignCSR it is served only on the
+// node's authenticated connection.
+const IdentitiesMethod = "Identities"
+
+// FullIdentitiesMethod is the gRPC path of Identities.
+const FullIdentitiesMethod = "/" + Service + "/" + IdentitiesMethod
+
+// IdentitiesRequest asks for the calling agent node's identities; the
+// answer is an IdentitiesResponse (identities.go).
+type IdentitiesRequest struct{}

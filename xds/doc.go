@@ -7,8 +7,9 @@
 // Its exported API mentions no internal package: it declares what it needs
 // from its callers (Clock, TelemetrySink, Joiner, CSRSigner, Authenticator)
 // and the node service's messages are the public package nodeapi. The node
-// service answers Join without a node certificate, and Renew and SignCSR
-// (an agent node's CSR for one of its identities) only on a node's
+// service answers Join without a node certificate, and Renew, SignCSR (an
+// agent node's CSR for one of its identities) and Identities (the
+// identities an agent node may ask certificates for) only on a node's
 // authenticated connection.
 //
 // Security model. go-control-plane trusts node.id as the client sends it

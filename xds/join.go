@@ -48,6 +48,7 @@ func (s *Server) registerJoin() {
 			{MethodName: nodeapi.JoinMethod, Handler: unary(nodeapi.FullJoinMethod, s.join)},
 			{MethodName: nodeapi.RenewMethod, Handler: unary(nodeapi.FullRenewMethod, s.renew)},
 			{MethodName: nodeapi.SignMethod, Handler: unaryOf(nodeapi.FullSignMethod, s.signCSR)},
+			{MethodName: nodeapi.IdentitiesMethod, Handler: unaryOf(nodeapi.FullIdentitiesMethod, s.identities)},
 		},
 	}, struct{}{})
 }

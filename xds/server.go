@@ -115,6 +115,9 @@ type Config struct {
 	Limits Limits
 	// Signer signs agent nodes' CSRs (SignCSR); nil answers Unimplemented.
 	Signer CSRSigner
+	// Identities lists agent nodes' identities (Identities); nil answers
+	// Unimplemented.
+	Identities AgentIdentities
 }
 
 // Server is the xDS and node join server.

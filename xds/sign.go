@@ -58,3 +58,36 @@ func unaryOf[Req, Resp any](method string, fn func(context.Context, *Req) (*Resp
 		return icpt(ctx, req, &grpc.UnaryServerInfo{FullMethod: method}, h)
 	}
 }
+
+// AgentIdentities lists the active identities an agent node holds, sorted
+// by name, each with the selectors of the local processes it is for. It
+// refuses (a *JoinError with PermissionDenied) a node that is not an
+// active agent node.
+type AgentIdentities interface {
+	AgentIdentities(ctx context.Context, node string) ([]nodeapi.AssignedIdentity, error)
+}
+
+// identities runs behind the interceptors, on the connection of a node
+// with a valid node certificate, like signCSR.
+func (s *Server) identities(ctx context.Context, _ *nodeapi.IdentitiesRequest) (*nodeapi.IdentitiesResponse, error) {
+	node, ok := nodeFrom(ctx)
+	if !ok || !s.knownNode(node) {
+		return nil, status.Error(codes.PermissionDenied, "node is not registered or was revoked")
+	}
+	if s.cfg.Identities == nil {
+		return nil, status.Error(codes.Unimplemented, "this meshca lists no identities for agent nodes")
+	}
+	ids, err := s.cfg.Identities.AgentIdentities(ctx, node)
+	if err != nil {
+		var je *JoinError
+		if errors.As(err, &je) {
+			return nil, status.Error(je.Code, je.Message)
+		}
+		s.log.Error("identities of an agent node not listed", "node", text.Clip(node, 100), "err", err)
+		return nil, status.Error(codes.Internal, "listing failed; the server log has the details")
+	}
+	if ids == nil {
+		ids = []nodeapi.AssignedIdentity{}
+	}
+	return &nodeapi.IdentitiesResponse{Identities: ids}, nil
+}

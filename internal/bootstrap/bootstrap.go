@@ -30,6 +30,8 @@ import (
 	"text/template"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/mesh"
 )
 
 // File names inside Params.Dir.
@@ -81,6 +83,11 @@ type Params struct {
 	// nodes.
 	AgentFiles string
 	Identities []string
+	// AgentSDS, when set, is the absolute path of the node agent's SDS
+	// socket (meshca agent --sds-socket): envoy.yaml then declares the
+	// static cluster mesh.AgentSDSCluster on that pipe, which the TLS
+	// contexts meshca sends an agent node take their secrets from.
+	AgentSDS string
 }
 
 // MaxReplicas bounds Params.Replicas.
@@ -107,6 +114,7 @@ type resolved struct {
 	XDSCluster                       string
 	AgentFiles                       string
 	Identities                       []string
+	AgentSDS, AgentSDSCluster        string
 }
 
 // CheckServer reports whether addr is usable as Params.Server or one of
@@ -170,6 +178,9 @@ func (p Params) resolve() (resolved, error) {
 			servers = append(servers, e)
 		}
 	}
+	if p.AgentSDS != "" && (!path.IsAbs(p.AgentSDS) || path.Clean(p.AgentSDS) != p.AgentSDS) {
+		return bad("AgentSDS", "%q is not a clean absolute path", p.AgentSDS)
+	}
 	if p.Dir == "" {
 		return bad("Dir", "is empty")
 	}
@@ -212,6 +223,7 @@ func (p Params) resolve() (resolved, error) {
 		NodeSecretName: NodeSecretName, BundleSecretName: BundleSecretName,
 		XDSCluster: ClusterName,
 		AgentFiles: agentFiles, Identities: slices.Clone(p.Identities),
+		AgentSDS: p.AgentSDS, AgentSDSCluster: mesh.AgentSDSCluster,
 	}, nil
 }
 
@@ -344,6 +356,25 @@ static_resources:
                   path: {{q .BundleSDSPath}}
                   watched_directory: {path: {{q .Dir}}}
                 resource_api_version: V3
+{{- if .AgentSDS}}
+  # The node agent serves this node's certificates and the trust bundle
+  # over SDS on a local socket; its keys never leave the node.
+  - name: {{.AgentSDSCluster}}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+    load_assignment:
+      cluster_name: {{.AgentSDSCluster}}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              pipe: {path: {{q .AgentSDS}}}
+{{- end}}
 `))
 
 var certSDSTmpl = template.Must(template.New(CertSDSFile).Funcs(funcs).Parse(`# File-based SDS written by meshca: the node certificate and key.

@@ -40,6 +40,7 @@ type bootstrapOptions struct {
 	tokenFile                string
 	caSHA256, caFile         string
 	adminPort                uint32
+	agentSDS                 string // the node agent's SDS socket, for envoy.yaml
 }
 
 func bootstrapCmd(*globals) *cobra.Command {
@@ -61,17 +62,10 @@ func bootstrapCmd(*globals) *cobra.Command {
 				if o.token != "" {
 					return errors.New("pass --token or --token-file, not both")
 				}
-				var data []byte
 				var err error
-				if o.tokenFile == "-" {
-					data, err = readAllLimited(cmd.InOrStdin())
-				} else {
-					data, err = os.ReadFile(o.tokenFile)
+				if o.token, err = readTokenFile(o.tokenFile, cmd.InOrStdin()); err != nil {
+					return err
 				}
-				if err != nil {
-					return fmt.Errorf("read --token-file: %w", err)
-				}
-				o.token = strings.TrimSpace(string(data))
 			}
 			return runBootstrap(cmd.Context(), o, cmd.OutOrStdout())
 		},
@@ -85,8 +79,26 @@ func bootstrapCmd(*globals) *cobra.Command {
 	f.StringVar(&o.caSHA256, "ca-sha256", "", "SHA-256 of the CA that signs meshca's server certificate, as printed by meshca node add")
 	f.StringVar(&o.caFile, "ca-file", "", "PEM of meshca's issuing CA(s) (a joined node's "+bootstrap.IssuersFile+"), instead of --ca-sha256")
 	f.Uint32Var(&o.adminPort, "envoy-admin-port", 9901, "Envoy admin port on 127.0.0.1 in envoy.yaml")
+	f.StringVar(&o.agentSDS, "agent-sds", "", "the node agent's SDS socket (meshca agent --sds-socket): envoy.yaml then takes the node's secrets from it")
 	cmd.AddCommand(renewCmd())
 	return cmd
+}
+
+// readTokenFile reads a join token from path, or from stdin for "-".
+func readTokenFile(path string, stdin io.Reader) (string, error) {
+	var (
+		data []byte
+		err  error
+	)
+	if path == "-" {
+		data, err = readAllLimited(stdin)
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return "", fmt.Errorf("read --token-file: %w", err)
+	}
+	return strings.TrimSpace(string(data)), nil
 }
 
 // NodeFile is the name of the file bootstrap writes for renew.
@@ -112,6 +124,11 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 	dir, err := filepath.Abs(o.out)
 	if err != nil {
 		return err
+	}
+	if o.agentSDS != "" {
+		if o.agentSDS, err = filepath.Abs(o.agentSDS); err != nil {
+			return err
+		}
 	}
 	trust, err := newServerTrust(o.caSHA256, o.caFile)
 	if err != nil {
@@ -155,7 +172,7 @@ func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) err
 
 	nf := nodeapi.NodeFile{
 		Server: o.server, Node: o.node, Kind: resp.Kind, TrustDomain: resp.TrustDomain,
-		Servers: serverList(o.server, resp.Replicas), EnvoyAdminPort: o.adminPort,
+		Servers: serverList(o.server, resp.Replicas), EnvoyAdminPort: o.adminPort, AgentSDS: o.agentSDS,
 	}
 	p := nodeParams(nf, dir)
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
@@ -218,7 +235,7 @@ func serverList(server string, replicas []string) []string {
 
 // nodeParams are the bootstrap parameters of the node described by nf.
 func nodeParams(nf nodeapi.NodeFile, dir string) bootstrap.Params {
-	p := bootstrap.Params{Node: nf.Node, Cluster: nf.Node, TrustDomain: nf.TrustDomain, Server: nf.Server, Dir: dir, AdminPort: nf.EnvoyAdminPort}
+	p := bootstrap.Params{Node: nf.Node, Cluster: nf.Node, TrustDomain: nf.TrustDomain, Server: nf.Server, Dir: dir, AdminPort: nf.EnvoyAdminPort, AgentSDS: nf.AgentSDS}
 	if len(nf.Servers) > 1 {
 		p.Replicas = nf.Servers[1:]
 	}

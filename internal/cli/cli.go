@@ -103,6 +103,7 @@ func New(cfg Config) *cobra.Command {
 		statusCmd(g),
 		logsCmd(g),
 		bootstrapCmd(g),
+		agentCmd(),
 		versionCmd(),
 	)
 	addCompletions(root, g)

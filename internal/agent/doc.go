@@ -1,0 +1,55 @@
+// Package agent is the node agent: the long-running process on a node that
+// makes the keys of the node's identities itself and has meshca sign only
+// their CSRs, then hands the certificates to the local proxy.
+//
+// What it does, once Run starts:
+//
+//   - Identities. It asks meshca which identities the node holds
+//     (nodeapi Identities, on the node's authenticated connection) when it
+//     starts, every Config.IdentityPoll, and whenever the trust bundle or
+//     CRL changes (a revoked identity changes the CRL).
+//   - Keys. For each identity it makes a P-256 key in memory, sends a CSR
+//     (nodeapi SignCSR), checks the answer (its own public key, the
+//     identity's SPIFFE ID, a chain to the bundle) and renews with a fresh
+//     key at about half of each certificate's life (Config.Policy: the
+//     jitter is drawn from the serial). A failed renewal is retried with
+//     backoff; the current certificate is served until it expires, with a
+//     warning once less than a quarter of its life is left and an error
+//     below a tenth. Keys never leave the process except into the files
+//     Config.FilesDir asks for.
+//   - Trust. It keeps an SDS stream to meshca open for the trust-domain
+//     secret (spiffe://<td>: the roots and the CRLs), the very secret
+//     every proxy of the mesh receives, so a revocation reaches the agent
+//     as fast as it reaches any proxy.
+//   - Serving. It serves Envoy's SecretDiscoveryService (state of the
+//     world, delta and fetch, through go-control-plane's server and a
+//     snapshot cache) on a Unix socket, with the secret names meshca itself
+//     uses: spiffe://<td>/<identity> per identity and spiffe://<td> for
+//     the bundle with its CRLs. The socket is created 0600 in a directory
+//     only this user may write to, and removed on exit. Each request is
+//     attested: an identity's secret only for a caller whose peer
+//     credentials match its assignment's selectors (attest.go).
+//   - Files. With Config.FilesDir it writes, per identity,
+//     <dir>/<identity>/cert.pem, key.pem and bundle.pem (0600, by atomic
+//     rename) for proxyless gRPC's file_watcher certificate provider.
+//   - Workload API. With Config.WorkloadSocket it serves the SPIFFE
+//     Workload API (internal/workload) from the same state, each SVID with
+//     the selectors meshca assigned: the socket is 0666 in a directory only
+//     this user may write to, and callers are matched by their peer
+//     credentials.
+//   - State. Agent.State (Source) returns the current certificates,
+//     bundle and CRL and a channel closed at the next change.
+//
+// # Caveats
+//
+// The node certificate itself is not renewed here: the process that runs
+// the agent does that (meshca agent runs the bootstrap renewal beside it)
+// and gives a connection that presents the current node certificate on
+// each handshake.
+//
+// Restarting the agent makes new keys and asks for new certificates: its
+// keys exist only in its memory. A request is checked when it arrives
+// (each ACK too): a stream already open when an identity's selectors are
+// narrowed keeps what it was given until its next request, and an SDS
+// stream still naming an identity the node lost is ended.
+package agent

@@ -1,0 +1,285 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/nodeapi"
+	"github.com/meshca/meshca/rotation"
+)
+
+// followIdentities keeps one worker per identity meshca says the node
+// holds: started for a new one, stopped (and its certificate dropped) for
+// one the node lost.
+func (a *Agent) followIdentities(ctx context.Context) error {
+	type worker struct {
+		stop context.CancelFunc
+		done chan struct{}
+	}
+	workers := map[string]worker{}
+	defer func() {
+		for _, w := range workers {
+			w.stop()
+			<-w.done
+		}
+	}()
+	attempt := 0
+	for {
+		wait := a.cfg.IdentityPoll
+		assigned, err := a.identities(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			attempt++
+			wait = min(wait, a.retryWait(attempt))
+			a.log.Warn("cannot list the node's identities at meshca; serving the current certificates", "attempt", attempt, logErr, err)
+		default:
+			attempt = 0
+			names := make([]string, 0, len(assigned))
+			selectors := make(map[string][]string, len(assigned))
+			for _, ai := range assigned {
+				names = append(names, ai.Name)
+				selectors[ai.Name] = ai.Selectors
+			}
+			a.setSelectors(selectors)
+			for name, w := range workers {
+				if !slices.Contains(names, name) {
+					// The worker is gone before its certificate is
+					// dropped, so that it cannot put one back.
+					w.stop()
+					<-w.done
+					delete(workers, name)
+					a.dropSVID(name)
+					a.log.Info("identity no longer held by this node: its certificate is no longer served", logIdentity, name)
+				}
+			}
+			for _, name := range names {
+				if _, ok := workers[name]; ok {
+					continue
+				}
+				wctx, stop := context.WithCancel(ctx)
+				w := worker{stop: stop, done: make(chan struct{})}
+				workers[name] = w
+				go func() {
+					defer close(w.done)
+					a.keepSVID(wctx, name)
+				}()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.identitiesWake:
+		case <-a.cfg.Clock.After(wait):
+		}
+	}
+}
+
+// retryWait is the wait before retry number attempt of a call that has no
+// certificate's expiry to keep within.
+func (a *Agent) retryWait(attempt int) time.Duration {
+	now := a.cfg.Clock.Now()
+	return a.cfg.Backoff.Next(attempt, now, now.Add(10*a.cfg.Backoff.Max))
+}
+
+// identities asks meshca for the node's identities and checks each: a
+// valid identity name (it becomes a path under FilesDir) whose SPIFFE ID is
+// the one meshca names.
+func (a *Agent) identities(ctx context.Context) ([]nodeapi.AssignedIdentity, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	var resp nodeapi.IdentitiesResponse
+	if err := a.cfg.Conn.Invoke(ctx, nodeapi.FullIdentitiesMethod, &nodeapi.IdentitiesRequest{}, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+		return nil, fmt.Errorf("identities: %w", err)
+	}
+	for _, ai := range resp.Identities {
+		id, err := identity.ID(a.cfg.TrustDomain, ai.Name)
+		if err != nil {
+			return nil, fmt.Errorf("%w: identity %q: %v", ErrBadAnswer, ai.Name, err)
+		}
+		if id.String() != ai.SPIFFEID {
+			return nil, fmt.Errorf("%w: identity %q: SPIFFE ID %q, want %q", ErrBadAnswer, ai.Name, ai.SPIFFEID, id)
+		}
+	}
+	return resp.Identities, nil
+}
+
+// keepSVID holds a certificate of identity until ctx ends: it gets one,
+// renews it at its renewal point, retries with backoff when meshca cannot
+// sign, and drops it when it expires.
+func (a *Agent) keepSVID(ctx context.Context, name string) {
+	var (
+		cur     SVID
+		have    bool
+		attempt int
+	)
+	for {
+		now := a.cfg.Clock.Now()
+		var wait time.Duration
+		if have && now.Before(a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial)) {
+			wait = a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial).Sub(now)
+		} else {
+			v, err := a.sign(ctx, name)
+			if ctx.Err() != nil {
+				return
+			}
+			now = a.cfg.Clock.Now()
+			if err == nil {
+				prev := cur.Serial
+				cur, have, attempt = v, true, 0
+				a.setSVID(v)
+				a.log.Info("certificate signed for a key made here", logIdentity, name, logSerial, v.Serial, logNotAfter, v.NotAfter, "replaces", prev)
+				// Never sign again at once, even for a certificate whose
+				// renewal point has passed (a clock far ahead of meshca's).
+				wait = max(a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial).Sub(now), a.cfg.Backoff.Min)
+			} else {
+				attempt++
+				wait = a.retryWait(attempt)
+				if have {
+					wait = a.cfg.Backoff.Next(attempt, now, cur.NotAfter)
+				}
+				a.logFailure(name, cur, have, now, attempt, err)
+			}
+		}
+		if have {
+			if !now.Before(cur.NotAfter) {
+				a.dropSVID(name)
+				have = false
+				a.log.Error("certificate expired and is no longer served: meshca could not renew it", logIdentity, name, logSerial, cur.Serial, logNotAfter, cur.NotAfter)
+			} else {
+				wait = min(wait, cur.NotAfter.Sub(now))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.cfg.Clock.After(wait):
+		}
+	}
+}
+
+// logFailure says how bad a failed renewal is: a warning once less than a
+// quarter of the certificate's life is left, an error below a tenth.
+func (a *Agent) logFailure(name string, cur SVID, have bool, now time.Time, attempt int, err error) {
+	if !have {
+		a.log.Warn("no certificate yet: meshca did not sign the CSR", logIdentity, name, "attempt", attempt, logErr, err)
+		return
+	}
+	life, left := cur.NotAfter.Sub(cur.NotBefore), cur.NotAfter.Sub(now)
+	if left <= 0 {
+		return // keepSVID drops it and says so
+	}
+	level, msg := slog.LevelInfo, "renewal failed; the current certificate is still served"
+	switch {
+	case left < life/10:
+		level, msg = slog.LevelError, "renewal keeps failing and the certificate expires very soon; check that meshca is reachable"
+	case rotation.Alarming(now, cur.NotBefore, cur.NotAfter):
+		level, msg = slog.LevelWarn, "renewal keeps failing and the certificate expires soon; check that meshca is reachable"
+	}
+	a.log.Log(context.Background(), level, msg, logIdentity, name, logSerial, cur.Serial, logNotAfter, cur.NotAfter,
+		"left", left.Round(time.Second).String(), "attempt", attempt, logErr, err)
+}
+
+// sign makes a new key, has meshca sign its CSR, and checks the answer.
+func (a *Agent) sign(ctx context.Context, name string) (SVID, error) {
+	id, err := identity.ID(a.cfg.TrustDomain, name)
+	if err != nil {
+		return SVID{}, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), a.cfg.Rand)
+	if err != nil {
+		return SVID{}, fmt.Errorf("make key: %w", err)
+	}
+	csr, err := x509.CreateCertificateRequest(a.cfg.Rand, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return SVID{}, fmt.Errorf("make CSR: %w", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	var resp nodeapi.SignResponse
+	if err := a.cfg.Conn.Invoke(cctx, nodeapi.FullSignMethod, &nodeapi.SignRequest{Identity: name, CSR: csr}, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+		return SVID{}, fmt.Errorf("sign CSR: %w", err)
+	}
+	return a.checkSigned(resp, name, id.String(), key)
+}
+
+// checkSigned accepts meshca's answer only for this key and identity, with
+// a chain that verifies against the bundle.
+func (a *Agent) checkSigned(resp nodeapi.SignResponse, name, spiffeID string, key crypto.Signer) (SVID, error) {
+	bad := func(format string, args ...any) (SVID, error) {
+		return SVID{}, fmt.Errorf("%w: identity %q: %s", ErrBadAnswer, name, fmt.Sprintf(format, args...))
+	}
+	chain, err := parseCerts([]byte(resp.ChainPEM))
+	if err != nil || len(chain) == 0 {
+		return bad("certificate chain: %v", err)
+	}
+	leaf := chain[0]
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != spiffeID {
+		return bad("certificate is not for %s", spiffeID)
+	}
+	if k, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(key.Public()) {
+		return bad("certificate is not for the key made here")
+	}
+	bundle, err := parseCerts([]byte(resp.BundlePEM))
+	if err != nil || len(bundle) == 0 {
+		return bad("trust bundle: %v", err)
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, c := range bundle {
+		roots.AddCert(c)
+	}
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: a.cfg.Clock.Now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return bad("certificate does not verify against the bundle: %v", err)
+	}
+	id, _ := identity.ID(a.cfg.TrustDomain, name)
+	return SVID{Identity: name, ID: id, Chain: chain, ChainPEM: encodeCerts(chain), Key: key,
+		Serial: fmt.Sprintf("%x", leaf.SerialNumber), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
+}
+
+func parseCerts(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func encodeCerts(certs []*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
+}
+
+// keyPEM encodes key as PKCS#8 PEM, for the local proxy only.
+func keyPEM(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encode key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}

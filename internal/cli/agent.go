@@ -1,0 +1,210 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+
+	"github.com/meshca/meshca/internal/agent"
+	"github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/nodeapi"
+)
+
+type agentOptions struct {
+	bootstrapOptions
+	dataDir        string
+	sdsSocket      string
+	workloadSocket string
+	writeFiles     string
+	identityPoll   time.Duration
+}
+
+func agentCmd() *cobra.Command {
+	var o agentOptions
+	cmd := &cobra.Command{
+		Use:   "agent --server HOST:PORT --node NODE --data-dir DIR [--token-file F (--ca-file F | --ca-sha256 HEX)] [--sds-socket PATH]",
+		Short: "Run the node agent: keys made on this node, certificates served to the local proxy",
+		Long: "Joins meshca once with the one-time token (when DIR holds no node credentials yet;\n" +
+			"afterwards they are reused), keeps the node certificate renewed, and for each identity\n" +
+			"assigned to the node makes a P-256 key here, has meshca sign only its CSR and renews at\n" +
+			"about half of each certificate's life. Keys stay in memory. The certificates and the\n" +
+			"trust bundle with its CRL are served to Envoy over SDS on --sds-socket (0600), and\n" +
+			"written as files under --write-files for proxyless gRPC. If meshca cannot be reached\n" +
+			"the agent keeps serving what it has until it expires, warning as expiry nears.\n" +
+			"The node must be registered with meshca node add NODE --agent.",
+		Args: exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.tokenFile != "" {
+				var err error
+				if o.token, err = readTokenFile(o.tokenFile, cmd.InOrStdin()); err != nil {
+					return err
+				}
+			}
+			return runAgent(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.server, "server", "", "meshca's xDS address, host:port")
+	f.StringVar(&o.node, "node", "", "node name given to meshca node add --agent")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the join token, for the first start; - reads standard input")
+	f.StringVar(&o.caSHA256, "ca-sha256", "", "SHA-256 of the CA that signs meshca's server certificate, as printed by meshca node add (first start)")
+	f.StringVar(&o.caFile, "ca-file", "", "PEM of meshca's issuing CA(s), instead of --ca-sha256 (first start)")
+	f.StringVar(&o.dataDir, "data-dir", "", "directory for the node credentials and envoy.yaml (created 0700)")
+	f.StringVar(&o.sdsSocket, "sds-socket", "", "Unix socket to serve SDS on (default DIR/sds.sock)")
+	f.StringVar(&o.workloadSocket, "workload-socket", "", "Unix socket to serve the SPIFFE Workload API on (0666; callers are matched by their peer credentials against the selectors of each assignment)")
+	f.StringVar(&o.writeFiles, "write-files", "", "also write <identity>/cert.pem, key.pem and bundle.pem under this directory (proxyless gRPC)")
+	f.Uint32Var(&o.adminPort, "envoy-admin-port", 9901, "Envoy admin port on 127.0.0.1 in envoy.yaml")
+	f.DurationVar(&o.identityPoll, "identity-poll", agent.DefaultIdentityPoll, "how often to ask meshca for the node's identities")
+	return cmd
+}
+
+func runAgent(ctx context.Context, o agentOptions, stdout, stderr io.Writer) error {
+	if o.dataDir == "" || o.node == "" {
+		return errors.New("--node and --data-dir are required")
+	}
+	dir, err := filepath.Abs(o.dataDir)
+	if err != nil {
+		return err
+	}
+	if o.sdsSocket == "" {
+		o.sdsSocket = filepath.Join(dir, "sds.sock")
+	}
+	if o.sdsSocket, err = filepath.Abs(o.sdsSocket); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	nf, err := readNodeFile(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if o.server == "" || o.token == "" {
+			return fmt.Errorf("%s holds no node credentials: the first start needs --server and --token-file (from meshca node add %s --agent, or meshca node token %s)", dir, o.node, o.node)
+		}
+		b := o.bootstrapOptions
+		b.out, b.agentSDS = dir, o.sdsSocket
+		if err := runBootstrap(ctx, b, stdout); err != nil {
+			return err
+		}
+		if nf, err = readNodeFile(dir); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	default:
+		if nf.Node != o.node {
+			return fmt.Errorf("%s holds the credentials of node %q, not %q: give each node its own --data-dir", dir, nf.Node, o.node)
+		}
+		if nf.AgentSDS != o.sdsSocket {
+			fmt.Fprintf(stdout, "note: %s names SDS socket %q, not %q: Envoy reads the one in its envoy.yaml\n", bootstrap.EnvoyFile, nf.AgentSDS, o.sdsSocket)
+		}
+		fmt.Fprintf(stdout, "node %s: using the node credentials in %s\n", nf.Node, dir)
+	}
+	td, err := spiffeid.TrustDomainFromString(nf.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("%s: trust domain: %w", NodeFile, err)
+	}
+	// Every replica the node file lists, the first one first: grpc-go's
+	// pick_first moves to the next when a connection fails.
+	servers := manual.NewBuilderWithScheme("meshca-replicas")
+	var addrs []resolver.Address
+	for _, s := range serverList(nf.Server, nf.Servers) {
+		addrs = append(addrs, resolver.Address{Addr: s})
+	}
+	servers.InitialState(resolver.State{Addresses: addrs})
+	conn, err := grpc.NewClient(servers.Scheme()+":///meshca", grpc.WithResolvers(servers),
+		grpc.WithTransportCredentials(credentials.NewTLS(nodeTLS(dir))),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 15 * time.Second}, MinConnectTimeout: 10 * time.Second}))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", nf.Server, err)
+	}
+	defer conn.Close()
+	if o.workloadSocket != "" {
+		if o.workloadSocket, err = filepath.Abs(o.workloadSocket); err != nil {
+			return err
+		}
+	}
+	a, err := agent.New(agent.Config{Conn: conn, Node: nf.Node, TrustDomain: td, SDSSocket: o.sdsSocket, WorkloadSocket: o.workloadSocket,
+		FilesDir: o.writeFiles, IdentityPoll: o.identityPoll, Logger: log})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "node agent for %s: SDS on %s; Envoy bootstrap %s\n", nf.Node, o.sdsSocket, filepath.Join(dir, bootstrap.EnvoyFile))
+	if o.workloadSocket != "" {
+		fmt.Fprintf(stdout, "  SPIFFE Workload API on %s (SPIFFE_ENDPOINT_SOCKET=unix://%s)\n", o.workloadSocket, o.workloadSocket)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		first   error
+	)
+	run := func(fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				errOnce.Do(func() { first = err })
+				cancel()
+			}
+		}()
+	}
+	run(a.Run)
+	run(func(ctx context.Context) error { return watchRenew(ctx, clock.Real{}, dir, stdout, stderr, renewOnce) })
+	wg.Wait()
+	return first
+}
+
+func readNodeFile(dir string) (nodeapi.NodeFile, error) {
+	var nf nodeapi.NodeFile
+	raw, err := os.ReadFile(filepath.Join(dir, NodeFile))
+	if err != nil {
+		return nf, err
+	}
+	if err := json.Unmarshal(raw, &nf); err != nil || nf.Server == "" || nf.Node == "" {
+		return nf, fmt.Errorf("%s is not a meshca node file; move it away and start the agent with a new token", filepath.Join(dir, NodeFile))
+	}
+	return nf, nil
+}
+
+// nodeTLS authenticates to meshca with the node certificate in dir, read
+// again at every handshake so that a renewal is used at once, and pins
+// meshca by the issuing CAs the node last learnt (as bootstrap renew does).
+func nodeTLS(dir string) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // meshca is verified below, by its pinned CA and SPIFFE ID
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			pair, err := tls.LoadX509KeyPair(filepath.Join(dir, bootstrap.CertFile), filepath.Join(dir, bootstrap.KeyFile))
+			if err != nil {
+				return nil, fmt.Errorf("load the node certificate: %w", err)
+			}
+			return &pair, nil
+		},
+		VerifyPeerCertificate: func(raw [][]byte, chains [][]*x509.Certificate) error {
+			trust, err := renewTrust(dir)
+			if err != nil {
+				return err
+			}
+			return trust.tlsConfig().VerifyPeerCertificate(raw, chains)
+		},
+	}
+}
