@@ -5,6 +5,9 @@ package nodeapi
 // local processes may have each one.
 type IdentitiesResponse struct {
 	Identities []AssignedIdentity `json:"identities"`
+	// IssuerSerial is the serial of the CA meshca issues from now; only
+	// when the request carried IssuerHeader (see there).
+	IssuerSerial string `json:"issuer_serial,omitempty"`
 }
 
 // AssignedIdentity is one identity of an agent node.

@@ -18,7 +18,19 @@ type SignResponse struct {
 	BundlePEM string    `json:"bundle_pem"` // the trust bundle
 	Serial    string    `json:"serial"`
 	NotAfter  time.Time `json:"not_after"`
+	// IssuerSerial is the serial of the CA that signed the certificate;
+	// only when the request carried IssuerHeader.
+	IssuerSerial string `json:"issuer_serial,omitempty"`
 }
+
+// IssuerHeader is the request metadata key (value "1") by which an agent
+// asks SignCSR and Identities to name the issuing CA (IssuerSerial). After
+// a CA rotation switches issuance, an agent re-keys every identity whose
+// certificate names another issuer, so that the previous CA can retire
+// without waiting for the agent's next half-life renewal. A server answers
+// with the field only when asked, because a client that predates it refuses
+// unknown fields; a server that predates it ignores the header.
+const IssuerHeader = "meshca-issuer"
 
 // IdentitiesMethod names the identities an agent node holds now, so that
 // its agent knows which keys to make. Like SignCSR it is served only on the

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"slices"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/text"
@@ -15,8 +17,10 @@ import (
 
 // CSRSigner signs the CSR of an agent node for one of its identities: only
 // the CSR's public key is used. presented is the node certificate the call
-// was authenticated with. It audits its refusals; errors it returns are
-// mapped like a Joiner's (a *JoinError names the gRPC code).
+// was authenticated with. The answer names the signing CA (IssuerSerial),
+// which the server passes on only to a caller that asked for it. It audits
+// its refusals; errors it returns are mapped like a Joiner's (a *JoinError
+// names the gRPC code).
 type CSRSigner interface {
 	SignCSR(ctx context.Context, node string, presented *x509.Certificate, identity string, csrDER []byte) (nodeapi.SignResponse, error)
 }
@@ -40,7 +44,17 @@ func (s *Server) signCSR(ctx context.Context, req *nodeapi.SignRequest) (*nodeap
 		s.log.Error("CSR of an agent node not signed", "node", text.Clip(node, 100), "identity", text.Clip(req.Identity, 100), "err", err)
 		return nil, status.Error(codes.Internal, "signing failed; the server log has the details")
 	}
+	if !askedIssuer(ctx) {
+		resp.IssuerSerial = ""
+	}
 	return &resp, nil
+}
+
+// askedIssuer tells whether the caller asked for IssuerSerial in answers
+// (nodeapi.IssuerHeader): a client that predates the field refuses it.
+func askedIssuer(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return slices.Contains(md.Get(nodeapi.IssuerHeader), "1")
 }
 
 // unaryOf adapts a typed handler to grpc's method handler, running the
@@ -60,11 +74,12 @@ func unaryOf[Req, Resp any](method string, fn func(context.Context, *Req) (*Resp
 }
 
 // AgentIdentities lists the active identities an agent node holds, sorted
-// by name, each with the selectors of the local processes it is for. It
-// refuses (a *JoinError with PermissionDenied) a node that is not an
-// active agent node.
+// by name, each with the selectors of the local processes it is for, and
+// names the CA meshca issues from now (IssuerSerial, passed on only to a
+// caller that asked for it). It refuses (a *JoinError with
+// PermissionDenied) a node that is not an active agent node.
 type AgentIdentities interface {
-	AgentIdentities(ctx context.Context, node string) ([]nodeapi.AssignedIdentity, error)
+	AgentIdentities(ctx context.Context, node string) (nodeapi.IdentitiesResponse, error)
 }
 
 // identities runs behind the interceptors, on the connection of a node
@@ -77,7 +92,7 @@ func (s *Server) identities(ctx context.Context, _ *nodeapi.IdentitiesRequest) (
 	if s.cfg.Identities == nil {
 		return nil, status.Error(codes.Unimplemented, "this meshca lists no identities for agent nodes")
 	}
-	ids, err := s.cfg.Identities.AgentIdentities(ctx, node)
+	resp, err := s.cfg.Identities.AgentIdentities(ctx, node)
 	if err != nil {
 		var je *JoinError
 		if errors.As(err, &je) {
@@ -86,8 +101,11 @@ func (s *Server) identities(ctx context.Context, _ *nodeapi.IdentitiesRequest) (
 		s.log.Error("identities of an agent node not listed", "node", text.Clip(node, 100), "err", err)
 		return nil, status.Error(codes.Internal, "listing failed; the server log has the details")
 	}
-	if ids == nil {
-		ids = []nodeapi.AssignedIdentity{}
+	if resp.Identities == nil {
+		resp.Identities = []nodeapi.AssignedIdentity{}
 	}
-	return &nodeapi.IdentitiesResponse{Identities: ids}, nil
+	if !askedIssuer(ctx) {
+		resp.IssuerSerial = ""
+	}
+	return &resp, nil
 }

@@ -403,7 +403,7 @@ func rotationJSON(rot *authority.Rotation) *api.CARotation {
 	}
 	out := &api.CARotation{Kind: rot.Kind, Phase: rot.Phase, Emergency: rot.Emergency, StartedAt: rot.StartedAt, PhaseSince: rot.PhaseSince,
 		WaitingFor: rot.WaitingFor, Leaves: rot.Leaves, Reissued: rot.Reissued, ReissueFailed: rot.ReissueFailed,
-		NodesConnected: rot.NodesConnected, NodesAcked: rot.NodesAcked, OldNodeCerts: rot.OldNodeCerts, OwnWorkDone: rot.OwnWorkDone}
+		NodesConnected: rot.NodesConnected, NodesAcked: rot.NodesAcked, OldNodeCerts: rot.OldNodeCerts, OldAgentCerts: rot.OldAgentCerts, OwnWorkDone: rot.OwnWorkDone}
 	if !rot.RetireAfter.IsZero() {
 		t := rot.RetireAfter
 		out.RetireAfter = &t

@@ -76,6 +76,9 @@ type SVID struct {
 	Serial    string
 	NotBefore time.Time
 	NotAfter  time.Time
+	// IssuerSerial names the CA that signed it, as meshca said (empty
+	// from a meshca that does not say).
+	IssuerSerial string
 	// Selectors name the local processes the identity is for (uid:N,
 	// gid:N, path:/abs, all of which must match); none: any local caller.
 	Selectors []string

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/nodeapi"
@@ -21,11 +22,17 @@ import (
 
 // followIdentities keeps one worker per identity meshca says the node
 // holds: started for a new one, stopped (and its certificate dropped) for
-// one the node lost.
+// one the node lost. When meshca issues from another CA than the one that
+// signed an identity's certificate (a CA rotation switched issuance), the
+// worker re-keys at once: the rotation waits for it before the previous CA
+// retires. A root rotation changes the bundle, which makes this ask at
+// once (followTrust); so does the CRL that meshca signs for the new issuer
+// at an intermediate switch; failing both, the next poll sees it.
 func (a *Agent) followIdentities(ctx context.Context) error {
 	type worker struct {
-		stop context.CancelFunc
-		done chan struct{}
+		stop  context.CancelFunc
+		done  chan struct{}
+		rekey chan struct{} // capacity 1: re-key now
 	}
 	workers := map[string]worker{}
 	defer func() {
@@ -37,7 +44,8 @@ func (a *Agent) followIdentities(ctx context.Context) error {
 	attempt := 0
 	for {
 		wait := a.cfg.IdentityPoll
-		assigned, err := a.identities(ctx)
+		resp, err := a.identities(ctx)
+		assigned := resp.Identities
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -70,12 +78,20 @@ func (a *Agent) followIdentities(ctx context.Context) error {
 					continue
 				}
 				wctx, stop := context.WithCancel(ctx)
-				w := worker{stop: stop, done: make(chan struct{})}
+				w := worker{stop: stop, done: make(chan struct{}), rekey: make(chan struct{}, 1)}
 				workers[name] = w
 				go func() {
 					defer close(w.done)
-					a.keepSVID(wctx, name)
+					a.keepSVID(wctx, name, w.rekey)
 				}()
+			}
+			for _, name := range a.issuedElsewhere(resp.IssuerSerial) {
+				if w, ok := workers[name]; ok {
+					select {
+					case w.rekey <- struct{}{}:
+					default:
+					}
+				}
 			}
 		}
 		select {
@@ -94,41 +110,64 @@ func (a *Agent) retryWait(attempt int) time.Duration {
 	return a.cfg.Backoff.Next(attempt, now, now.Add(10*a.cfg.Backoff.Max))
 }
 
-// identities asks meshca for the node's identities and checks each: a
-// valid identity name (it becomes a path under FilesDir) whose SPIFFE ID is
-// the one meshca names.
-func (a *Agent) identities(ctx context.Context) ([]nodeapi.AssignedIdentity, error) {
-	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+// issuedElsewhere names the identities whose certificate another CA than
+// issuer signed; none when either is unknown.
+func (a *Agent) issuedElsewhere(issuer string) []string {
+	if issuer == "" {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for name, v := range a.svids {
+		if v.IssuerSerial != "" && v.IssuerSerial != issuer {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// identities asks meshca for the node's identities and the CA it issues
+// from, and checks each identity: a valid identity name (it becomes a path
+// under FilesDir) whose SPIFFE ID is the one meshca names.
+func (a *Agent) identities(ctx context.Context) (nodeapi.IdentitiesResponse, error) {
+	ctx, cancel := context.WithTimeout(withIssuer(ctx), callTimeout)
 	defer cancel()
 	var resp nodeapi.IdentitiesResponse
 	if err := a.cfg.Conn.Invoke(ctx, nodeapi.FullIdentitiesMethod, &nodeapi.IdentitiesRequest{}, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
-		return nil, fmt.Errorf("identities: %w", err)
+		return nodeapi.IdentitiesResponse{}, fmt.Errorf("identities: %w", err)
 	}
 	for _, ai := range resp.Identities {
 		id, err := identity.ID(a.cfg.TrustDomain, ai.Name)
 		if err != nil {
-			return nil, fmt.Errorf("%w: identity %q: %v", ErrBadAnswer, ai.Name, err)
+			return nodeapi.IdentitiesResponse{}, fmt.Errorf("%w: identity %q: %v", ErrBadAnswer, ai.Name, err)
 		}
 		if id.String() != ai.SPIFFEID {
-			return nil, fmt.Errorf("%w: identity %q: SPIFFE ID %q, want %q", ErrBadAnswer, ai.Name, ai.SPIFFEID, id)
+			return nodeapi.IdentitiesResponse{}, fmt.Errorf("%w: identity %q: SPIFFE ID %q, want %q", ErrBadAnswer, ai.Name, ai.SPIFFEID, id)
 		}
 	}
-	return resp.Identities, nil
+	return resp, nil
+}
+
+// withIssuer asks meshca to name the issuing CA in its answers.
+func withIssuer(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, nodeapi.IssuerHeader, "1")
 }
 
 // keepSVID holds a certificate of identity until ctx ends: it gets one,
-// renews it at its renewal point, retries with backoff when meshca cannot
-// sign, and drops it when it expires.
-func (a *Agent) keepSVID(ctx context.Context, name string) {
+// renews it at its renewal point or when told on rekey, retries with
+// backoff when meshca cannot sign, and drops it when it expires.
+func (a *Agent) keepSVID(ctx context.Context, name string, rekey <-chan struct{}) {
 	var (
 		cur     SVID
 		have    bool
 		attempt int
+		force   bool // re-key before the renewal point
 	)
 	for {
 		now := a.cfg.Clock.Now()
 		var wait time.Duration
-		if have && now.Before(a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial)) {
+		if have && !force && now.Before(a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial)) {
 			wait = a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial).Sub(now)
 		} else {
 			v, err := a.sign(ctx, name)
@@ -138,7 +177,7 @@ func (a *Agent) keepSVID(ctx context.Context, name string) {
 			now = a.cfg.Clock.Now()
 			if err == nil {
 				prev := cur.Serial
-				cur, have, attempt = v, true, 0
+				cur, have, attempt, force = v, true, 0, false
 				a.setSVID(v)
 				a.log.Info("certificate signed for a key made here", logIdentity, name, logSerial, v.Serial, logNotAfter, v.NotAfter, "replaces", prev)
 				// Never sign again at once, even for a certificate whose
@@ -165,6 +204,11 @@ func (a *Agent) keepSVID(ctx context.Context, name string) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-rekey:
+			if have && !force {
+				force = true
+				a.log.Info("meshca issues from another CA now: re-keying", logIdentity, name, logSerial, cur.Serial, "issuer", cur.IssuerSerial)
+			}
 		case <-a.cfg.Clock.After(wait):
 		}
 	}
@@ -208,6 +252,7 @@ func (a *Agent) sign(ctx context.Context, name string) (SVID, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
+	cctx = withIssuer(cctx)
 	var resp nodeapi.SignResponse
 	if err := a.cfg.Conn.Invoke(cctx, nodeapi.FullSignMethod, &nodeapi.SignRequest{Identity: name, CSR: csr}, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
 		return SVID{}, fmt.Errorf("sign CSR: %w", err)
@@ -249,7 +294,7 @@ func (a *Agent) checkSigned(resp nodeapi.SignResponse, name, spiffeID string, ke
 	}
 	id, _ := identity.ID(a.cfg.TrustDomain, name)
 	return SVID{Identity: name, ID: id, Chain: chain, ChainPEM: encodeCerts(chain), Key: key,
-		Serial: fmt.Sprintf("%x", leaf.SerialNumber), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
+		Serial: fmt.Sprintf("%x", leaf.SerialNumber), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, IssuerSerial: resp.IssuerSerial}, nil
 }
 
 func parseCerts(data []byte) ([]*x509.Certificate, error) {

@@ -128,6 +128,9 @@ type CARotation struct {
 	// OldNodeCerts counts nodes whose node certificate is still from the
 	// CA that is leaving (root or intermediate); nodes renew it themselves.
 	OldNodeCerts int `json:"old_node_certs,omitempty"`
+	// OldAgentCerts counts agent nodes' certificates still from the CA
+	// that is leaving, which their agents re-key.
+	OldAgentCerts int `json:"old_agent_certs,omitempty"`
 	// OwnWorkDone: meshca has nothing left to do; only nodes' renewals of
 	// their node certificates are awaited.
 	OwnWorkDone bool `json:"own_work_done,omitempty"`

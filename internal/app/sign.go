@@ -34,24 +34,29 @@ func (c csrSigner) SignCSR(ctx context.Context, node string, presented *x509.Cer
 		return nodeapi.SignResponse{}, err
 	}
 	return nodeapi.SignResponse{Identity: res.Identity, ChainPEM: string(res.ChainPEM), BundlePEM: string(res.BundlePEM),
-		Serial: res.Serial, NotAfter: res.NotAfter}, nil
+		Serial: res.Serial, NotAfter: res.NotAfter, IssuerSerial: res.IssuerSerial}, nil
 }
 
 var _ xds.AgentIdentities = csrSigner{}
 
 // AgentIdentities adapts registry.AgentIdentities to the xDS server's
-// Identities method; a refusal is PermissionDenied.
-func (c csrSigner) AgentIdentities(ctx context.Context, node string) ([]nodeapi.AssignedIdentity, error) {
+// Identities method, with the CA meshca issues from now; a refusal is
+// PermissionDenied.
+func (c csrSigner) AgentIdentities(ctx context.Context, node string) (nodeapi.IdentitiesResponse, error) {
 	ids, err := c.reg.AgentIdentities(ctx, node)
 	if errors.Is(err, registry.ErrDenied) || errors.Is(err, registry.ErrNotFound) {
-		return nil, &xds.JoinError{Code: codes.PermissionDenied, Message: err.Error()}
+		return nodeapi.IdentitiesResponse{}, &xds.JoinError{Code: codes.PermissionDenied, Message: err.Error()}
 	}
 	if err != nil {
-		return nil, err
+		return nodeapi.IdentitiesResponse{}, err
+	}
+	issuer, err := c.reg.CurrentIssuer(ctx)
+	if err != nil {
+		return nodeapi.IdentitiesResponse{}, err
 	}
 	out := make([]nodeapi.AssignedIdentity, 0, len(ids))
 	for _, id := range ids {
 		out = append(out, nodeapi.AssignedIdentity{Name: id.Name, SPIFFEID: id.SPIFFEID, Selectors: id.Selectors})
 	}
-	return out, nil
+	return nodeapi.IdentitiesResponse{Identities: out, IssuerSerial: issuer}, nil
 }

@@ -70,6 +70,10 @@ type Rotation struct {
 	// from the CA that is leaving (which meshca stops accepting when it
 	// retires).
 	OldNodeCerts int
+	// OldAgentCerts counts agent holders' certificates still from the CA
+	// that is leaving, which their agents re-key as soon as they learn
+	// the issuer changed.
+	OldAgentCerts int
 	// OwnWorkDone is true when meshca has nothing left to do: the rotation
 	// waits only for nodes to renew their node certificates.
 	OwnWorkDone bool
@@ -114,6 +118,8 @@ type rotationRun struct {
 	// scanLeaves).
 	nodeCerts nodeCertIndex
 	leafScan  atomic.Pointer[leafScan]
+	// agentScan is the last count of agent certificates (agentcerts.go).
+	agentScan atomic.Pointer[agentScan]
 }
 
 // rotationWait is what the rotation waits for, for its status.
@@ -122,6 +128,7 @@ type rotationWait struct {
 	until            time.Time
 	connected, acked int
 	oldNodeCerts     int
+	oldAgentCerts    int
 	ownWorkDone      bool
 }
 
@@ -381,7 +388,7 @@ func (a *Authority) setRotationStatus(rot *store.CARotation) {
 		Leaves: int(a.rot.leaves.Load()), Reissued: int(a.rot.reissued.Load()), ReissueFailed: int(a.rot.failures.Load())}
 	if w := a.rot.wait.Load(); w != nil {
 		st.WaitingFor, st.RetireAfter, st.OwnWorkDone = w.what, w.until, w.ownWorkDone
-		st.NodesConnected, st.NodesAcked, st.OldNodeCerts = w.connected, w.acked, w.oldNodeCerts
+		st.NodesConnected, st.NodesAcked, st.OldNodeCerts, st.OldAgentCerts = w.connected, w.acked, w.oldNodeCerts, w.oldAgentCerts
 	}
 	a.rotation.Store(st)
 }
@@ -558,18 +565,33 @@ func (a *Authority) advanceReissuing(ctx context.Context, set store.CASet, acks 
 	}
 	// Nodes and admins are accepted only with certificates from the issuer
 	// in use or, during a rotation, the previous one (peers.go): the
-	// previous CA retires once no active node still depends on it.
+	// previous CA retires once no active node still depends on it. Nor
+	// does it retire while agents' certificates from it are valid: their
+	// agents re-key them once they learn the issuer changed.
 	{
 		n, last, err := a.nodeCerts(ctx, set.IssuerSerial, now)
 		if err != nil {
 			return "", false, err
 		}
-		if n > 0 {
-			w.oldNodeCerts, w.ownWorkDone = n, true
-			if last.After(w.until) {
-				w.until = last
+		agents, lastAgent, err := a.agentCerts(ctx, set.IssuerSerial, now)
+		if err != nil {
+			return "", false, err
+		}
+		if n > 0 || agents > 0 {
+			w.oldNodeCerts, w.oldAgentCerts, w.ownWorkDone = n, agents, true
+			for _, t := range []time.Time{last, lastAgent} {
+				if t.After(w.until) {
+					w.until = t
+				}
 			}
-			w.what = fmt.Sprintf("%d node(s) to renew their node certificate under the new CA (nodes renew it themselves, or at once with 'meshca bootstrap renew' on the node; the previous CA retires when they have, or when the last of those certificates expires)", n)
+			var what []string
+			if n > 0 {
+				what = append(what, fmt.Sprintf("%d node(s) to renew their node certificate under the new CA (nodes renew it themselves, or at once with 'meshca bootstrap renew' on the node)", n))
+			}
+			if agents > 0 {
+				what = append(what, fmt.Sprintf("%d agent certificate(s) to be re-keyed by their agents (an agent re-keys within its identity poll of the switch; restarting it re-keys at once)", agents))
+			}
+			w.what = strings.Join(what, "; ") + "; the previous CA retires when they have, or when the last of those certificates expires"
 			a.waitFor(rot, w)
 			return rot.Phase, false, nil
 		}

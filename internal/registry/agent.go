@@ -48,6 +48,9 @@ type Signed struct {
 	BundlePEM []byte
 	Serial    string
 	NotAfter  time.Time
+	// IssuerSerial names the CA that signed it: an agent re-keys when
+	// meshca issues from another CA (see CurrentIssuer).
+	IssuerSerial string
 }
 
 // HolderCert is one agent node's current certificate for an identity.
@@ -180,7 +183,22 @@ func (r *Registry) signCSR(ctx context.Context, node string, presented *x509.Cer
 	}
 	r.log.Info("certificate signed for an agent node", "identity", ident, "node", node, "serial", cert.Serial, "not_after", cert.NotAfter)
 	return Signed{Identity: ident, Node: node, ChainPEM: chainPEM(cert.DER, cert.Chain), BundlePEM: r.cfg.Issuer.BundlePEM(),
-		Serial: cert.Serial, NotAfter: cert.NotAfter}, nil
+		Serial: cert.Serial, NotAfter: cert.NotAfter, IssuerSerial: issuerSerial}, nil
+}
+
+// CurrentIssuer is the serial of the CA meshca issues from now, as the
+// store's CA set names it: once a CA rotation switches issuance, an agent
+// re-keys every identity whose certificate another CA signed, and the
+// rotation waits for that (authority counts agent certificates still from
+// the previous CA).
+func (r *Registry) CurrentIssuer(ctx context.Context) (string, error) {
+	var serial string
+	err := r.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		set, err := tx.CASet()
+		serial = set.IssuerSerial
+		return err
+	})
+	return serial, err
 }
 
 // agentMayHold checks that n is an active agent node holding identity
