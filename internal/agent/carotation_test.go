@@ -22,16 +22,32 @@ import (
 	"github.com/meshca/meshca/nodeapi"
 )
 
-// TestAgentRekeysThroughCARotation rotates the intermediate under a
-// running agent: the agent learns at its next identity poll after the
-// switch (an intermediate rotation changes neither the bundle nor, with
-// nothing revoked, the CRL, so nothing tells it sooner) that meshca issues
-// from another CA, and re-keys its 720h certificate then instead of at
-// half-life (360h); the rotation waits for that, then only for the node
-// certificate, and ends once the node renews it. The agent's SDS socket
-// serves the certificate from the new CA.
+// TestAgentRekeysThroughCARotation rotates the intermediate, then the
+// root, under a running agent, which learns at its next identity poll
+// after the switch that meshca issues from another CA and re-keys its 720h
+// certificate then, instead of at half-life (360h). Nothing tells it
+// sooner: the switch changes neither the trust bundle (a root rotation
+// publishes the new root before it, and the secret does not change at the
+// switch) nor, with nothing revoked, the CRL. The rotation waits for the
+// agent, then only for the node certificate, and ends once the node
+// renews it. The agent's SDS socket serves the certificate from the new CA.
 func TestAgentRekeysThroughCARotation(t *testing.T) {
-	const poll = time.Minute
+	for _, tc := range []struct {
+		name string
+		root bool
+		poll time.Duration // the agent's identity poll
+		// within is how long after the switch the agent re-keys at most
+		// (fake time; meshca's loops move a second per tick).
+		within time.Duration
+	}{
+		{"intermediate", false, time.Minute, time.Minute + 10*time.Second},
+		{"root", true, time.Minute, time.Minute + 10*time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testAgentRekeys(t, tc.root, tc.poll, tc.within) })
+	}
+}
+
+func testAgentRekeys(t *testing.T, root bool, poll, within time.Duration) {
 	clk := clock.NewFake(time.Now())
 	m := startMeshca(t, clk)
 	m.admin("POST", api.PathIdentities, api.AddIdentityRequest{Name: "web", TTL: "720h"}, nil, http.StatusCreated)
@@ -67,7 +83,7 @@ func TestAgentRekeysThroughCARotation(t *testing.T) {
 	})
 
 	start := clk.Now()
-	m.admin("POST", api.PathCARotate, api.RotateCARequest{}, nil, http.StatusOK)
+	m.admin("POST", api.PathCARotate, api.RotateCARequest{Root: root}, nil, http.StatusOK)
 	// tick moves meshca's rotation loop on by a second; the loop may not
 	// be parked yet, so the condition is asked after each tick, within a
 	// bound.
@@ -97,6 +113,7 @@ func TestAgentRekeysThroughCARotation(t *testing.T) {
 		}
 	}
 	switched := tickUntil("switched issuance", func(c api.CA) bool { return c.Issuer.Serial != before.Issuer.Serial })
+	switchedAt := clk.Now()
 
 	// The rotation waits for the agent, which re-keys at its next poll.
 	var web agent.SVID
@@ -108,9 +125,9 @@ func TestAgentRekeysThroughCARotation(t *testing.T) {
 		web, _ = st.SVID("web")
 		return web.IssuerSerial == switched.Issuer.Serial
 	})
-	rekeyedAfter := clk.Now().Sub(start)
-	if rekeyedAfter > poll+10*time.Second {
-		t.Fatalf("re-keyed %s after the rotation started; the identity poll is %s", rekeyedAfter, poll)
+	rekeyedAfter := clk.Now().Sub(switchedAt)
+	if rekeyedAfter > within {
+		t.Fatalf("re-keyed %s after the switch; want within %s (identity poll %s)", rekeyedAfter, within, poll)
 	}
 	if web.Serial == old.Serial || web.Key == old.Key {
 		t.Fatal("the re-keyed certificate is the old one, or has the old key")
@@ -140,8 +157,8 @@ func TestAgentRekeysThroughCARotation(t *testing.T) {
 	if len(web.Chain) < 2 || !bytes.Equal(leaf.AuthorityKeyId, web.Chain[1].SubjectKeyId) || web.Chain[1].SerialNumber.Text(16) != switched.Issuer.Serial {
 		t.Fatalf("served certificate is not signed by the new issuer %s", switched.Issuer.Serial)
 	}
-	t.Logf("intermediate rotation: agent re-keyed after %s of fake time (half-life %s); rotation ended after %d ticks (%s of fake time)",
-		rekeyedAfter, old.NotAfter.Sub(old.NotBefore)/2, ticks, clk.Now().Sub(start))
+	t.Logf("root=%t: agent re-keyed %s of fake time after the switch (identity poll %s, half-life %s); rotation ended after %d ticks (%s of fake time)",
+		root, rekeyedAfter, poll, old.NotAfter.Sub(old.NotBefore)/2, ticks, clk.Now().Sub(start))
 }
 
 // renewNodeCert renews the node certificate on conn, as the agent's node

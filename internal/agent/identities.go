@@ -25,9 +25,10 @@ import (
 // one the node lost. When meshca issues from another CA than the one that
 // signed an identity's certificate (a CA rotation switched issuance), the
 // worker re-keys at once: the rotation waits for it before the previous CA
-// retires. A root rotation changes the bundle, which makes this ask at
-// once (followTrust); so does the CRL that meshca signs for the new issuer
-// at an intermediate switch; failing both, the next poll sees it.
+// retires. Only the poll sees the switch (within IdentityPoll): nothing
+// the agent follows changes then (a root rotation publishes the new root
+// in the bundle before it switches, and the CRL changes only when
+// something is revoked).
 func (a *Agent) followIdentities(ctx context.Context) error {
 	type worker struct {
 		stop  context.CancelFunc

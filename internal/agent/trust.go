@@ -73,9 +73,7 @@ func (a *Agent) trustStream(ctx context.Context) (got bool, err error) {
 			if oldBundle, oldCRL := a.trust(); string(bundle) != string(oldBundle) || string(crl) != string(oldCRL) {
 				a.setTrust(bundle, crl)
 				a.log.Info("trust bundle or CRL changed", "version", resp.GetVersionInfo())
-				// A CRL change may be a revoked identity of this node; a
-				// bundle change a root rotation, and a new CRL a new
-				// issuer, after which the agent re-keys.
+				// A CRL change may be a revoked identity of this node.
 				a.wakeIdentities()
 			}
 		}
