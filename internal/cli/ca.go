@@ -143,6 +143,9 @@ func rotationProgress(rot *api.CARotation) string {
 	if rot.OldNodeCerts > 0 {
 		s += fmt.Sprintf(", %d node certificate(s) from the previous CA", rot.OldNodeCerts)
 	}
+	if rot.OldAgentCerts > 0 {
+		s += fmt.Sprintf(", %d agent certificate(s) from the previous CA", rot.OldAgentCerts)
+	}
 	return s
 }
 
