@@ -36,18 +36,15 @@ func TestAgentRekeysThroughCARotation(t *testing.T) {
 		name string
 		root bool
 		poll time.Duration // the agent's identity poll
-		// within is how long after the switch the agent re-keys at most
-		// (fake time; meshca's loops move a second per tick).
-		within time.Duration
 	}{
-		{"intermediate", false, time.Minute, time.Minute + 10*time.Second},
-		{"root", true, time.Minute, time.Minute + 10*time.Second},
+		{"intermediate", false, time.Minute},
+		{"root", true, time.Minute},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testAgentRekeys(t, tc.root, tc.poll, tc.within) })
+		t.Run(tc.name, func(t *testing.T) { testAgentRekeys(t, tc.root, tc.poll) })
 	}
 }
 
-func testAgentRekeys(t *testing.T, root bool, poll, within time.Duration) {
+func testAgentRekeys(t *testing.T, root bool, poll time.Duration) {
 	clk := clock.NewFake(time.Now())
 	m := startMeshca(t, clk)
 	m.admin("POST", api.PathIdentities, api.AddIdentityRequest{Name: "web", TTL: "720h"}, nil, http.StatusCreated)
@@ -126,7 +123,10 @@ func testAgentRekeys(t *testing.T, root bool, poll, within time.Duration) {
 		return web.IssuerSerial == switched.Issuer.Serial
 	})
 	rekeyedAfter := clk.Now().Sub(switchedAt)
-	if rekeyedAfter > within {
+	// The first poll after the switch is at most a poll away; the ticks
+	// go on while the agent's calls cross the loaded machine: a second
+	// poll of margin, and far from the half-life.
+	if within := 2 * poll; rekeyedAfter > within {
 		t.Fatalf("re-keyed %s after the switch; want within %s (identity poll %s)", rekeyedAfter, within, poll)
 	}
 	if web.Serial == old.Serial || web.Key == old.Key {
