@@ -697,6 +697,11 @@ const ActionNodeCertSwitch = "node.cert.switch"
 // in use or, on its first use, the node's renewed one, which then revokes
 // every other. For a certificate of a revoked node the error wraps
 // ErrNodeRevoked. A refusal is audited.
+//
+// It runs on every TLS handshake of a node, and reads the node and the
+// revocation record of its certificate from the store each time; the
+// certificate record only the first time (comparedCerts), and the issuing
+// CAs from the Issuer, unless it does not name the certificate's issuer.
 func (r *Registry) AuthenticateNode(ctx context.Context, leaf *x509.Certificate) (string, error) {
 	node, promote, err := r.authenticateNode(ctx, leaf)
 	if err == nil && promote {
