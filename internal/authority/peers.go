@@ -54,6 +54,23 @@ func (a *Authority) IssuingCAs() []*x509.Certificate {
 	return out
 }
 
+// IssuingSerials are the serials of the CAs whose leaves meshca accepts
+// from its peers (see issuingSerials), in the CA set the CA in use was
+// built from: it follows the change feed (Run) and reads nothing, so a
+// change of the CA set reaches it as late as the feed does. IssuingCAs
+// reads the store.
+func (a *Authority) IssuingSerials() []string {
+	set := a.loaded.Load()
+	if set == nil {
+		return nil
+	}
+	out := []string{set.IssuerSerial}
+	if rot := set.Rotation; rot != nil && rot.PreviousIssuer != "" && rot.PreviousIssuer != set.IssuerSerial {
+		out = append(out, rot.PreviousIssuer)
+	}
+	return out
+}
+
 // caCert parses a stored CA certificate once; CA records never change.
 func (a *Authority) caCert(tx *store.Tx, serial string) (*x509.Certificate, error) {
 	if c, ok := a.caCerts.Load(serial); ok {

@@ -250,6 +250,9 @@ type comparedCerts struct {
 type comparedCert struct {
 	node string
 	sum  [sha256.Size]byte // of the certificate's DER
+	// issuer is the CA that issued it, when an authentication compared it
+	// (peers.go); empty when a CSR did.
+	issuer string
 }
 
 // maxComparedCerts bounds comparedCerts: one node certificate (two while

@@ -66,3 +66,4 @@ func (noIssuer) Issue(context.Context, ca.Request) (*ca.Issued, string, error) {
 func (noIssuer) BundlePEM() []byte                 { return nil }
 func (noIssuer) IssuersPEM(context.Context) []byte { return nil }
 func (noIssuer) Refresh(context.Context) error     { return nil }
+func (noIssuer) IssuingSerials() []string          { return nil }

@@ -697,6 +697,11 @@ const ActionNodeCertSwitch = "node.cert.switch"
 // in use or, on its first use, the node's renewed one, which then revokes
 // every other. For a certificate of a revoked node the error wraps
 // ErrNodeRevoked. A refusal is audited.
+//
+// It runs on every TLS handshake of a node, and reads the node and the
+// revocation record of its certificate from the store each time; the
+// certificate record only the first time (comparedCerts), and the issuing
+// CAs from the Issuer, unless it does not name the certificate's issuer.
 func (r *Registry) AuthenticateNode(ctx context.Context, leaf *x509.Certificate) (string, error) {
 	node, promote, err := r.authenticateNode(ctx, leaf)
 	if err == nil && promote {
@@ -726,16 +731,26 @@ func (r *Registry) authenticateNode(ctx context.Context, leaf *x509.Certificate)
 	}
 	serial := serialHex(leaf)
 	promote := false
+	// A certificate found equal to its record before need not be read
+	// again: records are never rewritten (see comparedCerts).
+	issuer, compared := r.comparedNodeCerts.comparedIssuer(node, leaf)
+	compared = compared && r.cfg.Clock.Now().Before(leaf.NotAfter)
 	err = r.cfg.Store.View(ctx, func(tx *store.Tx) error {
 		n, err := tx.Node(node)
 		if err != nil {
 			return fmt.Errorf("node %q: %v: %w", node, err, ErrDenied)
 		}
-		c, err := tx.Cert(serial)
-		if err != nil || c.Identity != nodeSubject(node) {
-			return fmt.Errorf("certificate %s was not issued to node %q: %w", serial, node, ErrDenied)
+		if !compared {
+			c, err := tx.Cert(serial)
+			if err != nil || c.Identity != nodeSubject(node) {
+				return fmt.Errorf("certificate %s was not issued to node %q: %w", serial, node, ErrDenied)
+			}
+			if !bytes.Equal(c.DER, leaf.Raw) {
+				return fmt.Errorf("certificate %s is not the one meshca issued with that serial: %w", serial, ErrDenied)
+			}
+			issuer = c.IssuerSerial
 		}
-		if err := recorded(tx, leaf, c); err != nil {
+		if err := r.issuedByIssuing(tx, serial, issuer); err != nil {
 			return err
 		}
 		if n.State != store.StateActive {
@@ -753,6 +768,9 @@ func (r *Registry) authenticateNode(ctx context.Context, leaf *x509.Certificate)
 		}
 		return nil
 	})
+	if err == nil && !compared {
+		r.comparedNodeCerts.addIssued(node, leaf, issuer)
+	}
 	return node, promote, err
 }
 

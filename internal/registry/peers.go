@@ -2,9 +2,11 @@ package registry
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/meshca/meshca/internal/store"
 )
@@ -43,4 +45,52 @@ func recorded(tx *store.Tx, leaf *x509.Certificate, rec store.Cert) error {
 		return fmt.Errorf("certificate %s was issued by CA %s, which meshca no longer issues from: %w", rec.Serial, rec.IssuerSerial, ErrDenied)
 	}
 	return nil
+}
+
+// issuedByIssuing checks that CA issuerSerial, which issued certificate
+// serial, is one meshca issues from. It asks the Issuer, which follows the
+// CA set on the change feed, and reads the CA set from the store only
+// when the Issuer does not name it: a CA that has just become the issuer
+// on another replica is not refused while the feed catches up. (A CA
+// just retired passes here until the feed brings the change; a node's
+// handshake verifies its chain against the issuing CAs read from the
+// store, xds Config.Roots, and so refuses it at once.)
+func (r *Registry) issuedByIssuing(tx *store.Tx, serial, issuerSerial string) error {
+	if slices.Contains(r.cfg.Issuer.IssuingSerials(), issuerSerial) {
+		return nil
+	}
+	issuers, err := issuingSerials(tx)
+	if err != nil {
+		return err
+	}
+	if !issuers[issuerSerial] {
+		return fmt.Errorf("certificate %s was issued by CA %s, which meshca no longer issues from: %w", serial, issuerSerial, ErrDenied)
+	}
+	return nil
+}
+
+// comparedIssuer returns the CA that issued node's certificate cert when
+// cert was found byte for byte equal to its record before (see
+// comparedCerts) by an authentication, which remembers the issuer too.
+func (c *comparedCerts) comparedIssuer(node string, cert *x509.Certificate) (string, bool) {
+	sum := sha256.Sum256(cert.Raw)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	got, ok := c.m[serialHex(cert)]
+	if !ok || got.node != node || got.sum != sum || got.issuer == "" {
+		return "", false
+	}
+	return got.issuer, true
+}
+
+// addIssued records that cert was found equal to its record, node's,
+// issued by CA issuerSerial.
+func (c *comparedCerts) addIssued(node string, cert *x509.Certificate, issuerSerial string) {
+	sum := sha256.Sum256(cert.Raw)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxComparedCerts {
+		c.m = make(map[string]comparedCert)
+	}
+	c.m[serialHex(cert)] = comparedCert{node: node, sum: sum, issuer: issuerSerial}
 }
