@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/denials"
@@ -23,17 +25,8 @@ import (
 // TestReadinessFollowsStore: closing the store makes meshca not ready.
 func TestReadinessFollowsStore(t *testing.T) {
 	ctx := context.Background()
-	st := testkit.OpenStore(t, filepath.Join(t.TempDir(), "data"), store.Config{})
-	td, _ := identity.TrustDomain("mesh.local")
-	clk := clock.NewFake(time.Now())
-	auth, err := authority.New(ctx, authority.Config{Store: st, TrustDomain: td, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := registry.New(ctx, registry.Config{Store: st, TrustDomain: td, Issuer: auth, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, td, clk, auth, reg := openParts(t)
+	var err error
 	refusals, err := denials.New(denials.Config{Store: st, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
@@ -82,4 +75,23 @@ func TestReadinessFollowsStore(t *testing.T) {
 	if err := o.ready(ctx); err == nil || !strings.Contains(err.Error(), "store") {
 		t.Fatalf("ready with a closed store: %v", err)
 	}
+}
+
+// openParts opens a real store with the authority and the registry on it,
+// wired as Start wires them, on a fake clock.
+func openParts(t *testing.T) (*store.Store, spiffeid.TrustDomain, *clock.Fake, *authority.Authority, *registry.Registry) {
+	t.Helper()
+	ctx := context.Background()
+	st := testkit.OpenStore(t, filepath.Join(t.TempDir(), "data"), store.Config{})
+	td, _ := identity.TrustDomain("mesh.local")
+	clk := clock.NewFake(time.Now())
+	auth, err := authority.New(ctx, authority.Config{Store: st, TrustDomain: td, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.New(ctx, registry.Config{Store: st, TrustDomain: td, Issuer: auth, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, td, clk, auth, reg
 }

@@ -3,18 +3,12 @@ package app
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/meshca/meshca/internal/authority"
-	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/internal/registry"
 	"github.com/meshca/meshca/internal/store"
-	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/rotation"
 )
 
@@ -24,17 +18,7 @@ import (
 // nothing committed since the last reads nothing.
 func TestRenewalListFollowsTheFeed(t *testing.T) {
 	ctx := context.Background()
-	st := testkit.OpenStore(t, filepath.Join(t.TempDir(), "data"), store.Config{})
-	td, _ := identity.TrustDomain("mesh.local")
-	clk := clock.NewFake(time.Now())
-	auth, err := authority.New(ctx, authority.Config{Store: st, TrustDomain: td, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := registry.New(ctx, registry.Config{Store: st, TrustDomain: td, Issuer: auth, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, _, _, auth, reg := openParts(t)
 	ren := &renewals{reg: reg, auth: auth, st: st}
 	fresh := func() []rotation.Cert {
 		t.Helper()

@@ -11,7 +11,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -69,17 +68,9 @@ func workFailoverClients(ctx context.Context, args []string, in io.Reader, out i
 	if *nodesFile == "" || *bundleFile == "" || *addrs == "" || *dial < 1 {
 		return errors.New("failover-clients: -nodes, -bundle and -addrs are required")
 	}
-	nodes, err := ReadNodes(*nodesFile)
+	nodes, roots, err := readClientInputs("failover-clients", *nodesFile, *bundleFile)
 	if err != nil {
 		return err
-	}
-	bundle, err := os.ReadFile(*bundleFile)
-	if err != nil {
-		return err
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(bundle) {
-		return fmt.Errorf("failover-clients: no certificate in %s", *bundleFile)
 	}
 	if err := raiseFileLimit(2*len(nodes) + 64); err != nil {
 		return err

@@ -84,17 +84,9 @@ func workXDSClients(ctx context.Context, args []string, in io.Reader, out io.Wri
 	if *nodesFile == "" || *bundleFile == "" || *addr == "" || *dial < 1 {
 		return errors.New("xds-clients: -nodes, -bundle and -addr are required")
 	}
-	nodes, err := ReadNodes(*nodesFile)
+	nodes, roots, err := readClientInputs("xds-clients", *nodesFile, *bundleFile)
 	if err != nil {
 		return err
-	}
-	bundle, err := os.ReadFile(*bundleFile)
-	if err != nil {
-		return err
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(bundle) {
-		return fmt.Errorf("xds-clients: no certificate in %s", *bundleFile)
 	}
 	if err := raiseFileLimit(len(nodes) + 64); err != nil {
 		return err
@@ -501,4 +493,22 @@ func raiseFileLimit(need int) error {
 	}
 	lim.Cur = lim.Max
 	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+}
+
+// readClientInputs reads a client worker's nodes and the roots it verifies
+// the servers with.
+func readClientInputs(worker, nodesFile, bundleFile string) ([]SeedNode, *x509.CertPool, error) {
+	nodes, err := ReadNodes(nodesFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	bundle, err := os.ReadFile(bundleFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(bundle) {
+		return nil, nil, fmt.Errorf("%s: no certificate in %s", worker, bundleFile)
+	}
+	return nodes, roots, nil
 }
