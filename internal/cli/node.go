@@ -48,8 +48,13 @@ func nodeAddCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "added node %s (%s) with identities: %s\n", tok.Node.Name, tok.Node.Kind, list(tok.Node.Identities))
 			if tokenFile != "" {
-				fmt.Fprintf(cmd.OutOrStdout(), "join token written to %s (single use, expires %s); on the node, run:\n  meshca bootstrap --server %s --node %s --token-file %s --ca-sha256 %s --out /etc/meshca/node\n",
-					tokenFile, tok.Expires.UTC().Format(time.RFC3339), tok.XDSAddress, tok.Node.Name, tokenFile, tok.CASHA256)
+				fmt.Fprintf(cmd.OutOrStdout(), "join token written to %s (single use, expires %s); on the node, run:\n  ", tokenFile, tok.Expires.UTC().Format(time.RFC3339))
+				if tok.Node.Agent {
+					fmt.Fprintf(cmd.OutOrStdout(), agentCommand+"\n", tok.XDSAddress, tok.Node.Name, tokenFile, tok.CASHA256)
+					return nil
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "meshca bootstrap --server %s --node %s --token-file %s --ca-sha256 %s --out /etc/meshca/node\n",
+					tok.XDSAddress, tok.Node.Name, tokenFile, tok.CASHA256)
 				return nil
 			}
 			writeToken(cmd.OutOrStdout(), tok)
@@ -84,8 +89,18 @@ func nodeTokenCmd(g *globals) *cobra.Command {
 	}
 }
 
+// agentCommand is the command that starts an agent node's agent, with its
+// server, node, token file and pin to fill in. The agent takes the token
+// only from a file, so that it stays out of ps.
+const agentCommand = "meshca agent --server %s --node %s --token-file %s --ca-sha256 %s --data-dir /var/lib/meshca-agent"
+
 func writeToken(w io.Writer, tok api.JoinToken) {
 	fmt.Fprintf(w, "join token (single use, expires %s):\n  %s\n", tok.Expires.UTC().Format(time.RFC3339), tok.Token)
+	if tok.Node.Agent {
+		fmt.Fprintf(w, "on the node, put the token in a file (0600) and run:\n  "+agentCommand+"\n(--ca-sha256 pins the CA that signs meshca's server certificate; Envoy runs on the envoy.yaml the agent writes there)\n",
+			tok.XDSAddress, tok.Node.Name, "FILE", tok.CASHA256)
+		return
+	}
 	fmt.Fprintf(w, "on the node, run:\n  meshca bootstrap --server %s --node %s --token %s --ca-sha256 %s --out /etc/meshca/node\n(or put the token in a file and pass --token-file FILE, so it stays out of ps;\n --ca-sha256 pins the CA that signs meshca's server certificate)\n",
 		tok.XDSAddress, tok.Node.Name, tok.Token, tok.CASHA256)
 }
