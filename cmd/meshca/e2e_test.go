@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -767,81 +766,4 @@ func TestReissueAllCLI(t *testing.T) {
 		t.Errorf("audit has no summary of the run:\n%s", audit)
 	}
 	srv.stop(t)
-}
-
-// TestREADMEWalkthrough runs the README's walkthrough block with bash,
-// everything but Envoy and curl (stubbed: no Envoy can run here), against
-// the real binary. The walkthrough's own ports (admin 8100, xDS 6600) are
-// replaced with free ones, so that a server on the default or the
-// walkthrough ports does not get in the way; nothing else is changed.
-// Then it checks that what the nodes receive fits the walkthrough's curls
-// and the identities the mesh expects (checkWalkthroughMesh).
-func TestREADMEWalkthrough(t *testing.T) {
-	block := readmeBlock(t, "walkthrough")
-	for _, def := range []string{":8000", ":6565"} {
-		if strings.Contains(block, def) {
-			t.Fatalf("the walkthrough uses the default port %s, which a `make run` server holds", def)
-		}
-	}
-	var subst []string
-	for _, port := range []string{":8100", ":6600"} {
-		if !strings.Contains(block, port) {
-			t.Fatalf("the walkthrough no longer uses its port %s: update this test", port)
-		}
-		subst = append(subst, port, ":"+testkit.FreePort(t))
-	}
-	block = strings.NewReplacer(subst...).Replace(block)
-
-	dir := readmeDir(t)
-	script := "set -euo pipefail\n" +
-		"envoy() { echo 'envoy: not run in tests'; }\n" +
-		// The README greps curl's headers; without Envoy there are none.
-		// The stub notes each call on stderr for the checks below.
-		"curl() { echo \"curl-stub: $*\" >&2; printf 'x-upstream-host: (no envoy in tests)\\nlocation: (no envoy in tests)\\n'; }\n" +
-		"trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" +
-		block + "\n"
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", "-c", script)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "MESHCA_ADMIN=")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "demo", "server.log"))
-		t.Fatalf("walkthrough failed: %v\n%s\nserver log:\n%s", err, out, log)
-	}
-	for _, want := range []string{"applied mesh version 1", "applied mesh version 4", "node edge-1 joined", "node echo-1 joined", "node billing-1 joined", "wrote cert.pem"} {
-		if !strings.Contains(string(out), want) {
-			t.Fatalf("walkthrough output lacks %q:\n%s", want, out)
-		}
-	}
-	if strings.Contains(string(out), "PRIVATE KEY") {
-		t.Fatal("the walkthrough printed key material")
-	}
-	for _, node := range []string{"edge-1", "echo-1", "billing-1"} {
-		if _, err := bootstrapfiles.ParseEnvoy(mustRead(t, filepath.Join(dir, "demo", node, "envoy.yaml"))); err != nil {
-			t.Fatalf("%s: %v", node, err)
-		}
-	}
-	// Everything the walkthrough wrote is under demo/, which git ignores.
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		if !slices.Contains([]string{"bin", "testdata", "demo"}, e.Name()) {
-			t.Errorf("the walkthrough wrote %s outside demo/", e.Name())
-		}
-	}
-	// The curls after the last mesh apply run against the final mesh.
-	var curls []string
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(line, "applied mesh version") {
-			curls = nil
-		}
-		if c, ok := strings.CutPrefix(line, "curl-stub: "); ok {
-			curls = append(curls, c)
-		}
-	}
-	checkWalkthroughMesh(t, dir, curls)
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/meshca/meshca/internal/api"
 	bootstrapfiles "github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/mesh"
 )
 
 // nodeView is what one node receives over ADS, fetched as Envoy does it:
@@ -48,8 +49,11 @@ type nodeView struct {
 }
 
 // fetchNode opens an ADS stream to xdsAddr as node name, with the node
-// certificate that `meshca bootstrap` wrote to dir.
-func fetchNode(t *testing.T, xdsAddr, dir, name string) *nodeView {
+// certificate that `meshca bootstrap` or `meshca agent` wrote to dir. The
+// secrets of an agent node (agentSocket not "") are fetched from its
+// agent's SDS socket, where its Envoy gets them, after checking that every
+// TLS context meshca sent names the agent's cluster as their source.
+func fetchNode(t *testing.T, xdsAddr, dir, name, agentSocket string) *nodeView {
 	t.Helper()
 	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, bootstrapfiles.CertFile), filepath.Join(dir, bootstrapfiles.KeyFile))
 	if err != nil {
@@ -125,13 +129,12 @@ func fetchNode(t *testing.T, xdsAddr, dir, name string) *nodeView {
 			*list = append(*list, n)
 		}
 	}
+	var sdsConfigs []*tlsv3.SdsSecretConfig
 	for _, l := range v.listeners {
 		if h := listenerHCM(t, l); h.GetRds() != nil {
 			addName(&rds, h.GetRds().GetRouteConfigName())
 		}
-		for _, n := range tlsSecretNames(t, l.GetFilterChains()[0].GetTransportSocket(), &tlsv3.DownstreamTlsContext{}) {
-			addName(&sds, n)
-		}
+		sdsConfigs = append(sdsConfigs, tlsSecretConfigs(t, l.GetFilterChains()[0].GetTransportSocket(), &tlsv3.DownstreamTlsContext{})...)
 	}
 	for _, c := range v.clusters {
 		if c.GetType() == clusterv3.Cluster_EDS {
@@ -141,8 +144,20 @@ func fetchNode(t *testing.T, xdsAddr, dir, name string) *nodeView {
 			}
 			addName(&eds, n)
 		}
-		for _, n := range tlsSecretNames(t, c.GetTransportSocket(), &tlsv3.UpstreamTlsContext{}) {
-			addName(&sds, n)
+		sdsConfigs = append(sdsConfigs, tlsSecretConfigs(t, c.GetTransportSocket(), &tlsv3.UpstreamTlsContext{})...)
+	}
+	for _, c := range sdsConfigs {
+		addName(&sds, c.GetName())
+		src := c.GetSdsConfig()
+		if agentSocket == "" {
+			if src.GetAds() == nil {
+				t.Fatalf("node %s: secret %q does not come over ADS", name, c.GetName())
+			}
+			continue
+		}
+		gs := src.GetApiConfigSource().GetGrpcServices()
+		if len(gs) != 1 || gs[0].GetEnvoyGrpc().GetClusterName() != mesh.AgentSDSCluster {
+			t.Fatalf("agent node %s: secret %q is not taken from cluster %s (the agent's socket): %v", name, c.GetName(), mesh.AgentSDSCluster, src)
 		}
 	}
 	slices.Sort(rds)
@@ -164,7 +179,9 @@ func fetchNode(t *testing.T, xdsAddr, dir, name string) *nodeView {
 			})
 		})
 	}
-	if len(sds) > 0 {
+	if len(sds) > 0 && agentSocket != "" {
+		v.secrets = agentSecrets(t, agentSocket, sds...)
+	} else if len(sds) > 0 {
 		fetch(resource.SecretType, sds, func(r *discoveryv3.DiscoveryResponse) {
 			unpackAll(r, func() proto.Message { return &tlsv3.Secret{} }, func(m proto.Message) {
 				s := m.(*tlsv3.Secret)
@@ -201,18 +218,17 @@ type commonTLSHolder interface {
 	GetCommonTlsContext() *tlsv3.CommonTlsContext
 }
 
-func tlsSecretNames(t *testing.T, ts *corev3.TransportSocket, ctx commonTLSHolder) []string {
+// tlsSecretConfigs are the SDS secrets a TLS transport socket names: its
+// certificates and its validation context.
+func tlsSecretConfigs(t *testing.T, ts *corev3.TransportSocket, ctx commonTLSHolder) []*tlsv3.SdsSecretConfig {
 	t.Helper()
 	if !tlsContext(t, ts, ctx.(proto.Message)) {
 		return nil
 	}
 	c := ctx.GetCommonTlsContext()
-	var out []string
-	for _, s := range c.GetTlsCertificateSdsSecretConfigs() {
-		out = append(out, s.GetName())
-	}
-	if n := c.GetCombinedValidationContext().GetValidationContextSdsSecretConfig().GetName(); n != "" {
-		out = append(out, n)
+	out := slices.Clone(c.GetTlsCertificateSdsSecretConfigs())
+	if vc := c.GetCombinedValidationContext().GetValidationContextSdsSecretConfig(); vc.GetName() != "" {
+		out = append(out, vc)
 	}
 	return out
 }
@@ -347,30 +363,30 @@ func parseCurl(t *testing.T, line string) curlCall {
 	return c
 }
 
-// checkWalkthroughMesh restarts the walkthrough's server on its data
-// directory (on free ports) and checks what each node receives against the
-// walkthrough: every curl after the last mesh apply reaches a listener of
-// a node and a route for its Host, HTTPS listeners present a certificate
-// for that host and accept curl's client certificate, and every mTLS
-// cluster's SAN matchers expect an identity that exists and is presented,
-// by a node that holds it, on the listener its endpoints point at, which in
-// turn accepts the calling node's certificate.
-func checkWalkthroughMesh(t *testing.T, dir string, curls []string) {
-	srv := startServer(t, filepath.Join(dir, "demo", "data"))
+// checkWalkthroughMesh checks what each node of the walkthrough's server
+// (admin and xDS addresses) receives against the walkthrough: every curl
+// after the last mesh apply reaches a listener of a node and a route for
+// its Host, HTTPS listeners present a certificate for that host and accept
+// curl's client certificate, and every mTLS cluster's SAN matchers expect
+// an identity that exists and is presented, by a node that holds it, on
+// the listener its endpoints point at, which in turn accepts the calling
+// node's certificate. The secrets of the agent nodes named in sockets come
+// from their agents' SDS sockets.
+func checkWalkthroughMesh(t *testing.T, dir string, curls []string, admin, xdsAddr string, sockets map[string]string) {
 	var nodes []api.Node
-	if err := json.Unmarshal([]byte(mustRun(t, srv.admin, "node", "list", "-o", "json")), &nodes); err != nil {
+	if err := json.Unmarshal([]byte(mustRun(t, admin, "node", "list", "-o", "json")), &nodes); err != nil {
 		t.Fatal(err)
 	}
 	var views []*nodeView
 	for _, n := range nodes {
 		nodeDir := filepath.Join(dir, "demo", n.Name)
 		if _, err := os.Stat(nodeDir); err != nil {
-			t.Fatalf("node %s has no bootstrap directory in demo/: %v", n.Name, err)
+			t.Fatalf("node %s has no directory in demo/: %v", n.Name, err)
 		}
-		views = append(views, fetchNode(t, srv.xds, nodeDir, n.Name))
+		views = append(views, fetchNode(t, xdsAddr, nodeDir, n.Name, sockets[n.Name]))
 	}
 	identityState := func(name string) string {
-		r := meshca(t, srv.admin, "identity", "show", name, "-o", "json")
+		r := meshca(t, admin, "identity", "show", name, "-o", "json")
 		if r.code != 0 {
 			return "missing"
 		}
@@ -515,5 +531,4 @@ func checkWalkthroughMesh(t *testing.T, dir string, curls []string) {
 	if checked == 0 {
 		t.Fatal("no mTLS cluster in the walkthrough's final mesh")
 	}
-	srv.stop(t)
 }
