@@ -5,7 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
+	"maps"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/meshca/meshca/internal/api"
 	bootstrapfiles "github.com/meshca/meshca/internal/bootstrap"
@@ -281,12 +284,7 @@ func dataDirHolds(t *testing.T, dir string, b []byte) bool {
 		if err != nil || fi.IsDir() {
 			return err
 		}
-		f, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		data, err := io.ReadAll(f)
+		data, err := os.ReadFile(path)
 		if err != nil {
 			return err
 		}
@@ -298,4 +296,83 @@ func dataDirHolds(t *testing.T, dir string, b []byte) bool {
 		t.Fatalf("scan of %s: %v (%d bytes)", dir, err, scanned)
 	}
 	return found
+}
+
+// TestREADMEWalkthroughPlainNode runs the walkthrough's simple option for
+// the front proxy as the README says: the walkthrough's node add of edge-1
+// without --agent, then the walkthrough-plain block (bootstrap, and
+// bootstrap renew --watch left running). The node's Envoy then takes its
+// secrets over ADS, and meshca serves it the front identity's certificate
+// with a key.
+func TestREADMEWalkthroughPlainNode(t *testing.T) {
+	var nodeAdd string
+	for _, line := range strings.Split(readmeBlock(t, "walkthrough"), "\n") {
+		if strings.HasPrefix(line, "bin/meshca node add edge-1 ") {
+			nodeAdd = line
+		}
+	}
+	if !strings.Contains(nodeAdd, " --agent") {
+		t.Fatalf("the walkthrough adds edge-1 with %q, not as an agent node: update this test", nodeAdd)
+	}
+	nodeAdd = strings.Replace(nodeAdd, " --agent", "", 1)
+	block := readmeBlock(t, "walkthrough-plain")
+	if !strings.Contains(block, "localhost:6600") {
+		t.Fatal("the simple option no longer joins localhost:6600: update this test")
+	}
+	srv := startServer(t, filepath.Join(t.TempDir(), "data"))
+	_, port, err := net.SplitHostPort(srv.xds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block = strings.ReplaceAll(block, "localhost:6600", "localhost:"+port)
+
+	dir := readmeDir(t)
+	script := "set -euo pipefail\n" +
+		"trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" +
+		"mkdir -p demo\n" +
+		"bin/meshca identity add front --dns echo.example.com\n" +
+		"bin/meshca ca pin > demo/meshca-ca.pem\n" +
+		nodeAdd + "\n" +
+		block + "\n" +
+		"kill -0 $!\n" + // bootstrap renew --watch is still running
+		"echo 'renewal running'\n"
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-c", script)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "MESHCA_ADMIN="+srv.admin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the simple option failed: %v\n%s", err, out)
+	}
+	for _, want := range []string{"node edge-1 joined", "renewal running"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), "PRIVATE KEY") {
+		t.Fatal("the simple option printed key material")
+	}
+
+	nodeDir := filepath.Join(dir, "demo", "edge-1")
+	if _, err := bootstrapfiles.ParseEnvoy(mustRead(t, filepath.Join(nodeDir, bootstrapfiles.EnvoyFile))); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"echo", "billing", "ops"} {
+		mustRun(t, srv.admin, "identity", "add", id)
+	}
+	mustRun(t, srv.admin, "mesh", "apply", "-f", filepath.Join("..", "..", "testdata", "mesh", "examples", "https-front-proxy.yaml"))
+	v := fetchNode(t, srv.xds, nodeDir, "edge-1", "")
+	_, l := listenerOn([]*nodeView{v}, 8443)
+	dtc := &tlsv3.DownstreamTlsContext{}
+	if l == nil || !tlsContext(t, l.GetFilterChains()[0].GetTransportSocket(), dtc) {
+		t.Fatalf("edge-1 has no TLS listener on 8443: %v", slices.Collect(maps.Keys(v.listeners)))
+	}
+	cert := v.ownCert(t, dtc.GetCommonTlsContext())
+	name := dtc.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs()[0].GetName()
+	if uriOf(cert) != "spiffe://mesh.local/front" || len(v.secrets[name].GetTlsCertificate().GetPrivateKey().GetInlineBytes()) == 0 {
+		t.Fatalf("edge-1 is served %s for %s, without its key from meshca", uriOf(cert), name)
+	}
+	t.Logf("plain node edge-1: %s and its key served by meshca over ADS, serial %s", name, cert.SerialNumber.Text(16))
+	srv.stop(t)
 }
