@@ -20,10 +20,12 @@ import (
 
 // Authenticator maps a client certificate that verified against meshca's
 // issuing CAs to a registered, active node: the certificate must be the
-// very one meshca recorded for it. It audits its refusals. For a certificate
-// meshca did issue to a node since revoked it returns the node's name and
-// an error wrapping ErrNodeRevoked: the handshake then completes, so that
-// every call can be refused saying the node was revoked.
+// very one meshca recorded for it, issued by a CA that the store (not only
+// Config.LoadedRoots) names as issuing. It audits its refusals. For a
+// certificate meshca did issue to a node since revoked it returns the
+// node's name and an error wrapping ErrNodeRevoked: the handshake then
+// completes, so that every call can be refused saying the node was
+// revoked.
 type Authenticator interface {
 	AuthenticateNode(ctx context.Context, leaf *x509.Certificate) (string, error)
 }
@@ -69,18 +71,8 @@ func (s *Server) verifyConnection(revoked *bool) func(tls.ConnectionState) error
 // certificates) and asks the Authenticator for the node. A certificate
 // meshca issued to a node since revoked is accepted with revoked set.
 func (s *Server) verifyNode(chain []*x509.Certificate) (node string, revoked bool, err error) {
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, r := range s.cfg.Roots() {
-		roots.AddCert(r)
-	}
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
 	leaf := chain[0]
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots: roots, Intermediates: inter, CurrentTime: s.cfg.Clock.Now(),
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
+	if err := s.verifyChain(chain); err != nil {
 		s.stats.authFailures.Add(1)
 		s.cfg.Audit.RecordDenial(context.Background(), ActionAuth, "", "client certificate does not verify: "+text.Clip(err.Error(), 300))
 		return "", false, fmt.Errorf("client certificate was not issued by meshca's CA: %w", err)
@@ -98,6 +90,30 @@ func (s *Server) verifyNode(chain []*x509.Certificate) (node string, revoked boo
 		return "", false, err
 	}
 	return node, false, nil
+}
+
+// verifyChain verifies a presented chain against LoadedRoots, when set,
+// and else, or when it does not verify there, against Roots.
+func (s *Server) verifyChain(chain []*x509.Certificate) error {
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	verify := func(cas []*x509.Certificate) error {
+		roots := x509.NewCertPool()
+		for _, r := range cas {
+			roots.AddCert(r)
+		}
+		_, err := chain[0].Verify(x509.VerifyOptions{
+			Roots: roots, Intermediates: inter, CurrentTime: s.cfg.Clock.Now(),
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		})
+		return err
+	}
+	if s.cfg.LoadedRoots != nil && verify(s.cfg.LoadedRoots()) == nil {
+		return nil
+	}
+	return verify(s.cfg.Roots())
 }
 
 // revokedMessage is what a revoked node's calls are answered.

@@ -97,6 +97,14 @@ type Config struct {
 	// Roots returns the CAs a node certificate must be issued by: meshca's
 	// issuing CAs, not the roots above them. Called on every handshake.
 	Roots func() []*x509.Certificate // required
+	// LoadedRoots, when set, returns the same CAs without reading the
+	// store (as the change feed last brought them): a chain is verified
+	// against them first, and against Roots only when it does not verify,
+	// so that a CA new on another replica is not refused while the feed
+	// catches up. The Authenticator must then check the leaf's issuer
+	// against the store, since LoadedRoots may still hold a CA retired
+	// since.
+	LoadedRoots func() []*x509.Certificate
 	// ServerCert returns meshca's own server certificate (renewed by the
 	// caller).
 	ServerCert func(*tls.ClientHelloInfo) (*tls.Certificate, error) // required

@@ -229,7 +229,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	}
 	xdsSrv, err := xds.New(xds.Config{
 		TrustDomain: td, Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg, replicas: st, log: logger}, Signer: csrSigner{reg: reg}, Identities: csrSigner{reg: reg}, Audit: refusals,
-		Roots: auth.IssuingCAs, ServerCert: serverCert.Get,
+		Roots: auth.IssuingCAs, LoadedRoots: auth.LoadedIssuingCAs, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
 		OnPush: met.ObservePush, OnNACK: func(_, typeURL, msg string) { met.ObserveNACK(typeURL, msg) },
 		Telemetry: telemetrySink{tel: tel}, Limits: limits,

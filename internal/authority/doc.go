@@ -11,7 +11,10 @@
 //     records what it issued through its own Issuer interface;
 //   - the CAs peers are checked against (IssuingCAs), the pin a node
 //     bootstraps with (ServerIssuer, IssuersPEM) and the trust bundle and
-//     CRL every node receives (Trust), all read from the store;
+//     CRL every node receives (Trust), all read from the store; and the
+//     same CAs as the change feed brought them, without a read
+//     (LoadedIssuingCAs), for node handshakes that check the issuer
+//     against the store themselves;
 //   - the CA-rotation state machine and its loop (rotate.go,
 //     rotate_emergency.go): intermediate, root and emergency rotations,
 //     their phases kept in the store's CA set. While leaves move to the

@@ -71,6 +71,34 @@ func (a *Authority) IssuingSerials() []string {
 	return out
 }
 
+// LoadedIssuingCAs are the certificates of the CAs IssuingSerials names:
+// IssuingCAs as the change feed last brought them, read from the store
+// only the first time a CA is seen. It lags a change of the CA set by as
+// long as the feed does, so a caller that verifies a chain against it must
+// also check the leaf's issuer against the store (registry.AuthenticateNode
+// does), and try IssuingCAs when the chain does not verify.
+func (a *Authority) LoadedIssuingCAs() []*x509.Certificate {
+	serials := a.IssuingSerials()
+	out := make([]*x509.Certificate, 0, len(serials))
+	for _, s := range serials {
+		if c, ok := a.caCerts.Load(s); ok {
+			out = append(out, c.(*x509.Certificate))
+			continue
+		}
+		err := a.cfg.Store.View(context.Background(), func(tx *store.Tx) error {
+			c, err := a.caCert(tx, s)
+			if err == nil {
+				out = append(out, c)
+			}
+			return err
+		})
+		if err != nil {
+			a.log.Error("cannot read an issuing CA; refusing peer certificates it issued until it can", "ca", s, "err", err)
+		}
+	}
+	return out
+}
+
 // caCert parses a stored CA certificate once; CA records never change.
 func (a *Authority) caCert(tx *store.Tx, serial string) (*x509.Certificate, error) {
 	if c, ok := a.caCerts.Load(serial); ok {

@@ -698,10 +698,12 @@ const ActionNodeCertSwitch = "node.cert.switch"
 // every other. For a certificate of a revoked node the error wraps
 // ErrNodeRevoked. A refusal is audited.
 //
-// It runs on every TLS handshake of a node, and reads the node and the
-// revocation record of its certificate from the store each time; the
-// certificate record only the first time (comparedCerts), and the issuing
-// CAs from the Issuer, unless it does not name the certificate's issuer.
+// It runs on every TLS handshake of a node, and reads from the store each
+// time the node, the revocation record of its certificate and the CA set
+// (the certificate's issuer must still be one meshca issues from: the
+// caller may have verified the chain against CAs learned from the change
+// feed, which can lag a rotation), and the certificate record only the
+// first time (comparedCerts); on etcd all in one round trip.
 func (r *Registry) AuthenticateNode(ctx context.Context, leaf *x509.Certificate) (string, error) {
 	node, promote, err := r.authenticateNode(ctx, leaf)
 	if err == nil && promote {
@@ -736,6 +738,13 @@ func (r *Registry) authenticateNode(ctx context.Context, leaf *x509.Certificate)
 	issuer, compared := r.comparedNodeCerts.comparedIssuer(node, leaf)
 	compared = compared && r.cfg.Clock.Now().Before(leaf.NotAfter)
 	err = r.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		keys := []store.Key{store.NodeKey(node), store.RevocationKey(serial), store.CASetKey()}
+		if !compared {
+			keys = append(keys, store.CertKey(serial))
+		}
+		if err := tx.Prefetch(keys...); err != nil {
+			return err
+		}
 		n, err := tx.Node(node)
 		if err != nil {
 			return fmt.Errorf("node %q: %v: %w", node, err, ErrDenied)
@@ -750,7 +759,7 @@ func (r *Registry) authenticateNode(ctx context.Context, leaf *x509.Certificate)
 			}
 			issuer = c.IssuerSerial
 		}
-		if err := r.issuedByIssuing(tx, serial, issuer); err != nil {
+		if err := issuedByIssuing(tx, serial, issuer); err != nil {
 			return err
 		}
 		if n.State != store.StateActive {

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/meshca/meshca/internal/store"
 )
@@ -48,17 +47,10 @@ func recorded(tx *store.Tx, leaf *x509.Certificate, rec store.Cert) error {
 }
 
 // issuedByIssuing checks that CA issuerSerial, which issued certificate
-// serial, is one meshca issues from. It asks the Issuer, which follows the
-// CA set on the change feed, and reads the CA set from the store only
-// when the Issuer does not name it: a CA that has just become the issuer
-// on another replica is not refused while the feed catches up. (A CA
-// just retired passes here until the feed brings the change; a node's
-// handshake verifies its chain against the issuing CAs read from the
-// store, xds Config.Roots, and so refuses it at once.)
-func (r *Registry) issuedByIssuing(tx *store.Tx, serial, issuerSerial string) error {
-	if slices.Contains(r.cfg.Issuer.IssuingSerials(), issuerSerial) {
-		return nil
-	}
+// serial, is one meshca issues from, in the store's CA set: a CA retired
+// on another replica is refused at once, whatever this replica's change
+// feed has delivered yet.
+func issuedByIssuing(tx *store.Tx, serial, issuerSerial string) error {
 	issuers, err := issuingSerials(tx)
 	if err != nil {
 		return err

@@ -62,12 +62,6 @@ type Issuer interface {
 	// IssuersPEM are the CAs that may sign meshca's server certificate
 	// until a node's next renewal: what a joining node pins.
 	IssuersPEM(ctx context.Context) []byte
-	// IssuingSerials are the serials of the CAs whose leaves meshca
-	// accepts from its peers, in the CA set the Issuer last loaded (it
-	// follows the store's change feed): the issuer in use and, during a
-	// rotation, the previous one. It reads nothing, and may lag a change
-	// of the CA set by as long as the feed does.
-	IssuingSerials() []string
 	// Refresh makes Issue sign with the CA the store's CA set names now:
 	// the re-keying of a CA rotation may see the switch on the change feed
 	// before the Issuer has.

@@ -126,6 +126,12 @@
 // etcd during the commit leaves its outcome unknown; Update returns it
 // rather than running the function again on state that may include it.
 //
+// Every read on etcd is a linearizable round trip. Tx.Prefetch reads
+// several records in one (a read-only Txn, every key at the transaction's
+// revision, recorded as read like any other): a caller that knows what it
+// will read pays one round trip instead of one per record. On bbolt it does
+// nothing.
+//
 // Limits: etcd refuses a Txn with more than --max-txn-ops (default 128)
 // operations or compares, or larger than --max-request-bytes (default
 // 1.5 MiB). A transaction whose writes exceed EtcdConfig.MaxTxnOps or

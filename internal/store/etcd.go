@@ -433,6 +433,7 @@ type etcdTx struct {
 	ranges   [][2]string         // key ranges [start, end) scanned
 	writes   map[string]etcdWrite
 	lasts    map[string][]byte // bucket -> its greatest key, once read or written
+	fetched  map[string][]byte // key -> value read by prefetch (nil: absent)
 	fence    Fence             // the commit also requires this term; zero: unfenced
 }
 
@@ -478,6 +479,9 @@ func (t *etcdTx) getKey(key string) ([]byte, error) {
 			return nil, nil
 		}
 		return w.val, nil
+	}
+	if v, ok := t.fetched[key]; ok {
+		return v, nil
 	}
 	resp, err := t.fetch(key)
 	if err != nil {

@@ -28,6 +28,9 @@ type kv interface {
 	// bucket is empty. It is the counter behind the gapless audit sequence
 	// and mesh versions.
 	last(bucket []byte) (k, v []byte, err error)
+	// prefetch reads keys at once, so that later gets of them answer
+	// without another read; what they answer is what get would have.
+	prefetch(keys []Key) error
 }
 
 // boltKV is kv on a bbolt transaction: buckets are bbolt buckets, as they
@@ -90,6 +93,9 @@ func (b boltKV) scan(bucket, prefix, from []byte, fn func(k, v []byte) bool) err
 	}
 	return nil
 }
+
+// prefetch does nothing: a bbolt read is a lookup in memory-mapped pages.
+func (b boltKV) prefetch([]Key) error { return nil }
 
 func (b boltKV) last(bucket []byte) ([]byte, []byte, error) {
 	bk, err := b.bucket(bucket)
