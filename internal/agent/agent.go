@@ -59,7 +59,7 @@ type Config struct {
 	// API on (internal/workload); empty serves none.
 	WorkloadSocket string
 	// FilesDir, when set, receives <identity>/cert.pem, key.pem and
-	// bundle.pem for every identity.
+	// bundle.pem for every identity (internal/agentfiles).
 	FilesDir string
 	// IdentityPoll is how often the node's identities are asked for
 	// while meshca does not push them (default DefaultIdentityPoll);
