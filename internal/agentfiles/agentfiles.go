@@ -23,8 +23,10 @@ package agentfiles
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/meshca/meshca/internal/atomicfile"
@@ -112,4 +114,36 @@ func Remove(dir, identity string) error {
 		return fmt.Errorf("agentfiles: identity %q: %w", identity, err)
 	}
 	return nil
+}
+
+// List names the identities whose files are under dir (a directory holding
+// CertFile, at any depth), sorted: the identities the agent writes files
+// for now, since it removes those of an identity the node lost. A missing
+// dir lists none.
+func List(dir string) ([]string, error) {
+	var out []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) && path == dir {
+				return filepath.SkipDir
+			}
+			return err
+		}
+		if d.IsDir() || d.Name() != CertFile {
+			return nil
+		}
+		rel, err := filepath.Rel(dir, filepath.Dir(path))
+		if err != nil {
+			return err
+		}
+		if name := filepath.ToSlash(rel); CheckIdentity(name) == nil {
+			out = append(out, name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agentfiles: list %s: %w", dir, err)
+	}
+	slices.Sort(out)
+	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/meshca/meshca/internal/agentfiles"
@@ -85,5 +86,27 @@ func TestWriteNestedAndRemove(t *testing.T) {
 	}
 	if err := agentfiles.Remove(dir, "../x"); !errors.Is(err, agentfiles.ErrInvalidIdentity) {
 		t.Fatalf("Remove(../x) = %v", err)
+	}
+}
+
+func TestList(t *testing.T) {
+	dir := t.TempDir()
+	if got, err := agentfiles.List(filepath.Join(dir, "missing")); err != nil || got != nil {
+		t.Fatalf("List(missing) = %v, %v", got, err)
+	}
+	for _, id := range []string{"web", "team/api", "db"} {
+		if err := agentfiles.Write(dir, id, []byte("c"), []byte("k"), []byte("b")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := agentfiles.Remove(dir, "db"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := agentfiles.List(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"team/api", "web"}; !slices.Equal(got, want) {
+		t.Fatalf("List = %v, want %v", got, want)
 	}
 }
