@@ -33,7 +33,8 @@ type AgentWatchConfig struct {
 // AgentWatch follows the change feed for the node agents: a node's record
 // (an identity assigned or unassigned, selectors changed, the node revoked)
 // names that node; an identity or a revocation names the agent nodes that
-// hold the identity; the CA set names every agent. It keeps its own index
+// hold the identity; a switch of the CA set's issuer names every agent. It
+// keeps its own index
 // of agent nodes and their identities, read from the store, so that an
 // identity change costs a map lookup. Every replica runs one: a change
 // through one replica reaches the agents connected to any.
@@ -45,6 +46,7 @@ type AgentWatch struct {
 	// Owned by Run's goroutine.
 	holders map[string]map[string]bool // identity -> agent nodes holding it
 	held    map[string][]string        // agent node -> its identities
+	issuer  string                     // the CA set's issuer, as last read
 }
 
 // NewAgentWatch validates cfg and subscribes to the store's feed: every
@@ -65,6 +67,9 @@ func (w *AgentWatch) Run(ctx context.Context) error {
 	defer w.sub.Close()
 	if err := w.index(ctx, nil, true); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("nodeconfig: agent nodes: %w", err)
+	}
+	if _, err := w.issuerSwitched(ctx); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("nodeconfig: agent nodes: CA set: %w", err)
 	}
 	for {
 		b, err := w.sub.Next(ctx)
@@ -97,6 +102,15 @@ func (w *AgentWatch) Run(ctx context.Context) error {
 				all = all || c.Key == "" // the CA set: the issuer may have switched
 			}
 		}
+		if all {
+			// Most changes of the set are steps of a rotation: only a
+			// switch of issuer concerns every agent.
+			switched, err := w.issuerSwitched(ctx)
+			if err != nil && ctx.Err() == nil {
+				w.log.Error("CA set not read; telling every agent", logErr, err)
+			}
+			all = switched || err != nil
+		}
 		if len(names) > 0 {
 			if err := w.index(ctx, names, false); err != nil && ctx.Err() == nil {
 				// Still tell them: their streams read the store themselves.
@@ -110,6 +124,26 @@ func (w *AgentWatch) Run(ctx context.Context) error {
 			w.cfg.Notifier.AgentsChanged(nodes...)
 		}
 	}
+}
+
+// issuerSwitched reads the CA set's issuer and reports whether it differs
+// from the one read before.
+func (w *AgentWatch) issuerSwitched(ctx context.Context) (bool, error) {
+	var issuer string
+	err := w.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		set, err := tx.CASet()
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		issuer = set.IssuerSerial
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	switched := issuer != w.issuer
+	w.issuer = issuer
+	return switched, nil
 }
 
 // index reads the named nodes (every node with all) and keeps the agent

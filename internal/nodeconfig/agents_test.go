@@ -22,9 +22,9 @@ func (n *fakeNotifier) AllAgentsChanged() { n.calls <- []string{"*"} }
 
 // TestAgentWatchNamesAffectedAgents: from the feed, a node's record names
 // the node; an identity change names the agent nodes holding it (not a
-// plain holder, nor an agent node that stopped holding it); a change of
-// the CA set names every agent; a new CA that is not yet the set's issuer
-// names none.
+// plain holder, nor an agent node that stopped holding it); a switch of
+// the CA set's issuer names every agent; a new CA that is not yet the
+// issuer, and a change of the set that keeps the issuer, name none.
 func TestAgentWatchNamesAffectedAgents(t *testing.T) {
 	f := newFixture(t, 0)
 	put := func(n store.Node) {
@@ -91,7 +91,10 @@ func TestAgentWatchNamesAffectedAgents(t *testing.T) {
 	})
 	next("*")
 	f.write(t, func(tx *store.Tx) error {
-		return tx.PutCA(store.CA{Serial: "0c", Role: store.RoleIntermediate, Source: store.SourceGenerated})
+		if err := tx.PutCA(store.CA{Serial: "0c", Role: store.RoleIntermediate, Source: store.SourceGenerated}); err != nil {
+			return err
+		}
+		return tx.SetCASet(store.CASet{IssuerSerial: "0b", RootSerials: []string{"0b", "0c"}})
 	})
 	identity("api")
 	next("agent-1")
