@@ -52,7 +52,10 @@ func agentCmd() *cobra.Command {
 			"assigned to the node makes a P-256 key here, has meshca sign only its CSR and renews at\n" +
 			"about half of each certificate's life. Keys stay in memory. The certificates and the\n" +
 			"trust bundle with its CRL are served to Envoy over SDS on --sds-socket (0600), and\n" +
-			"written as files under --write-files for proxyless gRPC. If meshca cannot be reached\n" +
+			"written as files under --write-files; a grpc node always writes them (default DIR/files)\n" +
+			"and DIR/grpc-bootstrap.json, whose certificate providers read them, rewritten as its\n" +
+			"identities change. meshca pushes every change of the node's identities to the agent at\n" +
+			"once; --identity-poll is the fallback while it cannot. If meshca cannot be reached\n" +
 			"the agent keeps serving what it has until it expires, warning as expiry nears.\n" +
 			"The node must be registered with meshca node add NODE --agent.",
 		Args: exactArgs(0, ""),
