@@ -19,3 +19,16 @@ type AssignedIdentity struct {
 	// internal/workload/attest); empty: any local caller.
 	Selectors []string `json:"selectors,omitempty"`
 }
+
+// WatchIdentitiesMethod is a server-streaming method: the calling agent
+// node sends one IdentitiesRequest and receives an IdentitiesResponse at
+// once, then another whenever the answer changes (an identity assigned,
+// unassigned or revoked, its selectors changed, the node revoked, or
+// meshca switched to another issuing CA), until the stream ends. Like
+// Identities it is served only on the node's authenticated connection,
+// and the IssuerHeader works the same way. A server that predates it
+// answers Unimplemented: the agent then polls Identities.
+const WatchIdentitiesMethod = "WatchIdentities"
+
+// FullWatchIdentitiesMethod is the gRPC path of WatchIdentities.
+const FullWatchIdentitiesMethod = "/" + Service + "/" + WatchIdentitiesMethod

@@ -56,6 +56,11 @@ type NodeFile struct {
 	// (meshca agent --sds-socket, meshca bootstrap --agent-sds); empty for
 	// a node without an agent.
 	AgentSDS string `json:"agent_sds,omitempty"`
+	// AgentFiles is, for a proxyless gRPC agent node, the directory its
+	// agent writes each identity's files to (meshca agent
+	// --write-files): grpc-bootstrap.json declares a certificate provider
+	// for each identity found there. Empty for other nodes.
+	AgentFiles string `json:"agent_files,omitempty"`
 }
 
 // JoinRequest exchanges a one-time join token for a node certificate. Only

@@ -8,9 +8,11 @@
 // from its callers (Clock, TelemetrySink, Joiner, CSRSigner, Authenticator)
 // and the node service's messages are the public package nodeapi. The node
 // service answers Join without a node certificate, and Renew, SignCSR (an
-// agent node's CSR for one of its identities) and Identities (the
-// identities an agent node may ask certificates for) only on a node's
-// authenticated connection.
+// agent node's CSR for one of its identities), Identities (the
+// identities an agent node may ask certificates for) and WatchIdentities
+// (the same answer, sent again whenever AgentsChanged or AllAgentsChanged
+// says it may have changed; at most a few streams per node) only on a
+// node's authenticated connection.
 //
 // Security model. go-control-plane trusts node.id as the client sends it
 // and lets a later request replace it. So the node is authenticated from

@@ -50,6 +50,9 @@ func (s *Server) registerJoin() {
 			{MethodName: nodeapi.SignMethod, Handler: unaryOf(nodeapi.FullSignMethod, s.signCSR)},
 			{MethodName: nodeapi.IdentitiesMethod, Handler: unaryOf(nodeapi.FullIdentitiesMethod, s.identities)},
 		},
+		Streams: []grpc.StreamDesc{
+			{StreamName: nodeapi.WatchIdentitiesMethod, Handler: s.watchIdentities, ServerStreams: true},
+		},
 	}, struct{}{})
 }
 

@@ -157,6 +157,8 @@ type Server struct {
 	routeSums    map[string]map[types.Resource][sha256.Size]byte // node -> digests of its other resources (see knownDigests)
 	former       map[string]map[string]bool                      // node -> names it could request before (served nothing now)
 
+	watches identityWatches // open WatchIdentities streams
+
 	stats   stats
 	serving atomic.Bool
 }

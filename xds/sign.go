@@ -89,6 +89,12 @@ func (s *Server) identities(ctx context.Context, _ *nodeapi.IdentitiesRequest) (
 	if !ok || !s.knownNode(node) {
 		return nil, status.Error(codes.PermissionDenied, "node is not registered or was revoked")
 	}
+	return s.agentIdentities(ctx, node)
+}
+
+// agentIdentities is the answer of Identities (and of each message of
+// WatchIdentities) for node, errors mapped to gRPC status.
+func (s *Server) agentIdentities(ctx context.Context, node string) (*nodeapi.IdentitiesResponse, error) {
 	if s.cfg.Identities == nil {
 		return nil, status.Error(codes.Unimplemented, "this meshca lists no identities for agent nodes")
 	}
@@ -97,6 +103,9 @@ func (s *Server) identities(ctx context.Context, _ *nodeapi.IdentitiesRequest) (
 		var je *JoinError
 		if errors.As(err, &je) {
 			return nil, status.Error(je.Code, je.Message)
+		}
+		if ctx.Err() != nil {
+			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 		s.log.Error("identities of an agent node not listed", "node", text.Clip(node, 100), "err", err)
 		return nil, status.Error(codes.Internal, "listing failed; the server log has the details")

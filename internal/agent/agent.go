@@ -10,18 +10,25 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/nodeapi"
 	"github.com/meshca/meshca/rotation"
 )
 
 // Defaults of Config.
 const (
+	// DefaultIdentityPoll is how often the node's identities are asked
+	// for while meshca does not push them (no WatchIdentities stream).
 	DefaultIdentityPoll = 30 * time.Second
+	// DefaultWatchedPoll is how often they are asked for while meshca
+	// pushes them: only a fallback.
+	DefaultWatchedPoll = 10 * time.Minute
 	// callTimeout bounds one call to meshca.
 	callTimeout = 30 * time.Second
 )
@@ -52,11 +59,13 @@ type Config struct {
 	// API on (internal/workload); empty serves none.
 	WorkloadSocket string
 	// FilesDir, when set, receives <identity>/cert.pem, key.pem and
-	// bundle.pem for every identity.
+	// bundle.pem for every identity (internal/agentfiles).
 	FilesDir string
 	// IdentityPoll is how often the node's identities are asked for
-	// (default DefaultIdentityPoll).
+	// while meshca does not push them (default DefaultIdentityPoll);
+	// WatchedPoll while it does (default DefaultWatchedPoll).
 	IdentityPoll time.Duration
+	WatchedPoll  time.Duration
 	Policy       rotation.Policy // default DefaultPolicy
 	// Backoff spaces retries of failed calls (default 1s doubling to 1m).
 	Backoff rotation.Backoff
@@ -113,11 +122,17 @@ type Agent struct {
 	selectors map[string][]string // identity -> its selectors, as meshca last named them
 	bundle    []byte
 	crl       []byte
+	issuer    string // the CA meshca last said it issues from
 	version   uint64
 	changed   chan struct{} // closed and replaced at each change
 
 	identitiesWake chan struct{}
-	files          fileWriter // under mu
+	// pushed holds the latest answer meshca pushed on the identity watch
+	// (capacity 1, replaced by a newer one); watching tells whether that
+	// stream is open and has delivered.
+	pushed   chan nodeapi.IdentitiesResponse
+	watching atomic.Bool
+	files    fileWriter // under mu
 }
 
 // New validates cfg and sets defaults.
@@ -127,6 +142,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.IdentityPoll <= 0 {
 		cfg.IdentityPoll = DefaultIdentityPoll
+	}
+	if cfg.WatchedPoll <= 0 {
+		cfg.WatchedPoll = max(DefaultWatchedPoll, cfg.IdentityPoll)
 	}
 	if cfg.Policy == (rotation.Policy{}) {
 		cfg.Policy = DefaultPolicy
@@ -144,7 +162,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Rand = rand.Reader
 	}
 	return &Agent{cfg: cfg, log: cfg.Logger, svids: map[string]SVID{}, changed: make(chan struct{}),
-		identitiesWake: make(chan struct{}, 1)}, nil
+		identitiesWake: make(chan struct{}, 1), pushed: make(chan nodeapi.IdentitiesResponse, 1)}, nil
 }
 
 // Source is what a local server (the SPIFFE Workload API) follows: the
@@ -273,6 +291,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	run(a.followTrust)
 	run(a.followIdentities)
+	run(a.watchIdentities)
 	wg.Wait()
 	close(errc)
 	return <-errc

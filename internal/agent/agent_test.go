@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshca/meshca/internal/agent"
+	"github.com/meshca/meshca/internal/agentfiles"
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/testkit"
@@ -151,10 +152,11 @@ func TestAgentServesNodeSecretsOverSDS(t *testing.T) {
 		t.Fatalf("delta answered %d resources, want api's only", len(dresp.GetResources()))
 	}
 
-	// Files for proxyless gRPC: the same certificate and key, 0600.
+	// Files for proxyless gRPC: the same certificate and key; the key
+	// 0600, the public chain and bundle 0644, in a 0700 directory.
 	for _, id := range []string{"web", "api"} {
 		v, _ := st.SVID(id)
-		for name, perm := range map[string]os.FileMode{agent.CertFile: 0o600, agent.KeyFile: 0o600, agent.BundleFile: 0o600} {
+		for name, perm := range map[string]os.FileMode{agentfiles.CertFile: 0o644, agentfiles.KeyFile: 0o600, agentfiles.BundleFile: 0o644, "": 0o700} {
 			fi, err := os.Stat(filepath.Join(files, id, name))
 			if err != nil {
 				t.Fatal(err)
@@ -163,7 +165,7 @@ func TestAgentServesNodeSecretsOverSDS(t *testing.T) {
 				t.Fatalf("%s/%s: mode %s, want %s", id, name, fi.Mode().Perm(), perm)
 			}
 		}
-		pair := mustRead(t, filepath.Join(files, id, agent.CertFile))
+		pair := mustRead(t, filepath.Join(files, id, agentfiles.CertFile))
 		if leaf := testkit.ParseCertPEM(t, pair); serial(leaf) != v.Serial {
 			t.Fatalf("%s: cert.pem holds serial %s, the agent serves %s", id, serial(leaf), v.Serial)
 		}

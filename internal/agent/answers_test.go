@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,8 +27,11 @@ import (
 
 // lyingMeshca serves the node service's Identities and SignCSR as a
 // compromised or buggy server might: the identities it names and the
-// certificate it returns for each CSR are the test's choice.
+// certificate it returns for each CSR are the test's choice (a nil sign
+// answers honestly). It serves no identity watch, as a meshca that
+// predates it.
 type lyingMeshca struct {
+	mu         sync.Mutex
 	identities []nodeapi.AssignedIdentity
 	sign       func(csr *x509.CertificateRequest) (leafKey crypto.PublicKey, uri string)
 	ca         *testkit.CA
@@ -46,6 +50,8 @@ func (l *lyingMeshca) start(t *testing.T) *grpc.ClientConn {
 				if err := dec(new(nodeapi.IdentitiesRequest)); err != nil {
 					return nil, err
 				}
+				l.mu.Lock()
+				defer l.mu.Unlock()
 				return &nodeapi.IdentitiesResponse{Identities: l.identities}, nil
 			}},
 			{MethodName: nodeapi.SignMethod, Handler: func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
@@ -57,7 +63,10 @@ func (l *lyingMeshca) start(t *testing.T) *grpc.ClientConn {
 				if err != nil {
 					return nil, err
 				}
-				pub, uri := l.sign(csr)
+				pub, uri := any(csr.PublicKey), idName(req.Identity) // nil sign: honest
+				if l.sign != nil {
+					pub, uri = l.sign(csr)
+				}
 				u, _ := url.Parse(uri)
 				leaf := l.ca.Sign(t, &x509.Certificate{SerialNumber: testkit.Serial(t), NotBefore: time.Now().Add(-time.Minute),
 					NotAfter: time.Now().Add(time.Hour), URIs: []*url.URL{u}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}, pub)

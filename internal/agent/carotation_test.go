@@ -23,22 +23,23 @@ import (
 )
 
 // TestAgentRekeysThroughCARotation rotates the intermediate, then the
-// root, under a running agent, which learns at its next identity poll
-// after the switch that meshca issues from another CA and re-keys its 720h
-// certificate then, instead of at half-life (360h). Nothing tells it
-// sooner: the switch changes neither the trust bundle (a root rotation
-// publishes the new root before it, and the secret does not change at the
-// switch) nor, with nothing revoked, the CRL. The rotation waits for the
-// agent, then only for the node certificate, and ends once the node
-// renews it. The agent's SDS socket serves the certificate from the new CA.
+// root, under a running agent whose identity poll is an hour away: meshca
+// pushes the switch of issuing CA on the identity watch, and the agent
+// re-keys its 720h certificate at once instead of at half-life (360h).
+// The switch changes neither the trust bundle (a root rotation publishes
+// the new root before it, and the secret does not change at the switch)
+// nor, with nothing revoked, the CRL: only the push tells the agent. The
+// rotation waits for the agent, then only for the node certificate, and
+// ends once the node renews it. The agent's SDS socket serves the
+// certificate from the new CA.
 func TestAgentRekeysThroughCARotation(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		root bool
 		poll time.Duration // the agent's identity poll
 	}{
-		{"intermediate", false, time.Minute},
-		{"root", true, time.Minute},
+		{"intermediate", false, time.Hour},
+		{"root", true, time.Hour},
 	} {
 		t.Run(tc.name, func(t *testing.T) { testAgentRekeys(t, tc.root, tc.poll) })
 	}
@@ -62,7 +63,7 @@ func testAgentRekeys(t *testing.T, root bool, poll time.Duration) {
 
 	socket := filepath.Join(t.TempDir(), "sds.sock")
 	a := startAgent(t, agent.Config{Conn: conn, Node: "agent-1", TrustDomain: td, SDSSocket: socket,
-		IdentityPoll: poll, Clock: clk, Logger: testkit.Logger(t)})
+		IdentityPoll: poll, WatchedPoll: poll, Clock: clk, Logger: testkit.Logger(t)})
 	st := waitState(t, a, "a certificate for web", func(s agent.State) bool { _, ok := s.SVID("web"); return ok })
 	old, _ := st.SVID("web")
 	caState := func() api.CA {
@@ -112,7 +113,8 @@ func testAgentRekeys(t *testing.T, root bool, poll time.Duration) {
 	switched := tickUntil("switched issuance", func(c api.CA) bool { return c.Issuer.Serial != before.Issuer.Serial })
 	switchedAt := clk.Now()
 
-	// The rotation waits for the agent, which re-keys at its next poll.
+	// The rotation waits for the agent, which re-keys as meshca pushes
+	// the switch.
 	var web agent.SVID
 	tickUntil("web re-keyed under the new issuer", func(c api.CA) bool {
 		if c.Rotation != nil && c.Rotation.OldAgentCerts == 1 && strings.Contains(c.Rotation.WaitingFor, "1 agent certificate(s) to be re-keyed by their agents") {
@@ -123,10 +125,10 @@ func testAgentRekeys(t *testing.T, root bool, poll time.Duration) {
 		return web.IssuerSerial == switched.Issuer.Serial
 	})
 	rekeyedAfter := clk.Now().Sub(switchedAt)
-	// The first poll after the switch is at most a poll away; the ticks
-	// go on while the agent's calls cross the loaded machine: a second
-	// poll of margin, and far from the half-life.
-	if within := 2 * poll; rekeyedAfter > within {
+	// The ticks (a second of fake time each) go on while the push and
+	// the agent's CSR cross the loaded machine: a minute of margin, far
+	// from the poll and the half-life.
+	if within := time.Minute; rekeyedAfter > within {
 		t.Fatalf("re-keyed %s after the switch; want within %s (identity poll %s)", rekeyedAfter, within, poll)
 	}
 	if web.Serial == old.Serial || web.Key == old.Key {
@@ -137,9 +139,9 @@ func testAgentRekeys(t *testing.T, root bool, poll time.Duration) {
 	waiting := tickUntil("waiting for the node certificate only", func(c api.CA) bool {
 		return c.Rotation != nil && c.Rotation.OwnWorkDone && c.Rotation.OldAgentCerts == 0 && c.Rotation.OldNodeCerts == 1
 	})
-	if !sawWait {
-		t.Error("the rotation never said it waited for the agent's certificate")
-	}
+	// The agent may re-key before the rotation first looks: waiting for
+	// it is then never reported.
+	t.Logf("the rotation reported waiting for the agent's certificate: %t", sawWait)
 	if strings.Contains(waiting.Rotation.WaitingFor, "agent certificate") {
 		t.Fatalf("rotation still waits for agent certificates: %q", waiting.Rotation.WaitingFor)
 	}

@@ -4,10 +4,15 @@
 //
 // What it does, once Run starts:
 //
-//   - Identities. It asks meshca which identities the node holds
-//     (nodeapi Identities, on the node's authenticated connection) when it
-//     starts, every Config.IdentityPoll, and whenever the trust bundle or
-//     CRL changes (a revoked identity changes the CRL).
+//   - Identities. It keeps a WatchIdentities stream open to meshca (on
+//     the node's authenticated connection): meshca sends the identities
+//     the node holds, their selectors and the CA it issues from at once,
+//     and again as soon as its change feed reports an assignment, a
+//     selector change, a revocation or a switch of issuing CA. It also
+//     asks (nodeapi Identities) when it starts and, as a fallback, every
+//     Config.WatchedPoll; while the stream is down it asks every
+//     Config.IdentityPoll and whenever the trust bundle or CRL changes,
+//     and against a meshca without the stream it only polls.
 //   - Keys. For each identity it makes a P-256 key in memory, sends a CSR
 //     (nodeapi SignCSR), checks the answer (its own public key, the
 //     identity's SPIFFE ID, a chain to the bundle) and renews with a fresh
@@ -30,8 +35,10 @@
 //     attested: an identity's secret only for a caller whose peer
 //     credentials match its assignment's selectors (attest.go).
 //   - Files. With Config.FilesDir it writes, per identity,
-//     <dir>/<identity>/cert.pem, key.pem and bundle.pem (0600, by atomic
-//     rename) for proxyless gRPC's file_watcher certificate provider.
+//     <dir>/<identity>/cert.pem, key.pem and bundle.pem through
+//     internal/agentfiles (key 0600, chain and bundle 0644, directory
+//     0700, each by atomic rename) for proxyless gRPC's file_watcher
+//     certificate provider.
 //   - Workload API. With Config.WorkloadSocket it serves the SPIFFE
 //     Workload API (internal/workload) from the same state, each SVID with
 //     the selectors meshca assigned: the socket is 0666 in a directory only

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/nodeapi"
@@ -25,10 +27,9 @@ import (
 // one the node lost. When meshca issues from another CA than the one that
 // signed an identity's certificate (a CA rotation switched issuance), the
 // worker re-keys at once: the rotation waits for it before the previous CA
-// retires. Only the poll sees the switch (within IdentityPoll): nothing
-// the agent follows changes then (a root rotation publishes the new root
-// in the bundle before it switches, and the CRL changes only when
-// something is revoked).
+// retires. meshca pushes each change of the answer on the identity watch
+// (watchIdentities); the poll is the fallback, every WatchedPoll while
+// the watch is open and every IdentityPoll while it is not.
 func (a *Agent) followIdentities(ctx context.Context) error {
 	type worker struct {
 		stop  context.CancelFunc
@@ -42,10 +43,24 @@ func (a *Agent) followIdentities(ctx context.Context) error {
 			<-w.done
 		}
 	}()
-	attempt := 0
+	var (
+		attempt int
+		pushed  *nodeapi.IdentitiesResponse
+	)
 	for {
 		wait := a.cfg.IdentityPoll
-		resp, err := a.identities(ctx)
+		if a.watching.Load() {
+			wait = a.cfg.WatchedPoll
+		}
+		var (
+			resp nodeapi.IdentitiesResponse
+			err  error
+		)
+		if pushed != nil {
+			resp, pushed = *pushed, nil
+		} else {
+			resp, err = a.identities(ctx)
+		}
 		assigned := resp.Identities
 		switch {
 		case ctx.Err() != nil:
@@ -56,6 +71,7 @@ func (a *Agent) followIdentities(ctx context.Context) error {
 			a.log.Warn("cannot list the node's identities at meshca; serving the current certificates", "attempt", attempt, logErr, err)
 		default:
 			attempt = 0
+			a.setIssuer(resp.IssuerSerial)
 			names := make([]string, 0, len(assigned))
 			selectors := make(map[string][]string, len(assigned))
 			for _, ai := range assigned {
@@ -99,8 +115,81 @@ func (a *Agent) followIdentities(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-a.identitiesWake:
+		case r := <-a.pushed:
+			pushed = &r
 		case <-a.cfg.Clock.After(wait):
 		}
+	}
+}
+
+// watchIdentities keeps the identity watch open (nodeapi
+// WatchIdentities): meshca sends the node's identities at once and again
+// at each change, which followIdentities applies. It reopens a broken
+// stream with backoff, polling meanwhile, and gives up (leaving the poll)
+// on a meshca that does not serve it.
+func (a *Agent) watchIdentities(ctx context.Context) error {
+	attempt := 0
+	for {
+		got, err := a.identityStream(ctx)
+		a.watching.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if status.Code(err) == codes.Unimplemented {
+			a.log.Info("meshca does not push identity changes; polling for them", "every", a.cfg.IdentityPoll.String())
+			return nil
+		}
+		if got {
+			attempt = 0
+			// Whatever changed while no stream was open is asked now.
+			a.wakeIdentities()
+		}
+		attempt++
+		wait := a.retryWait(attempt)
+		a.log.Warn("identity watch to meshca broke; polling until it is back", "attempt", attempt, "retry_in", wait.String(), logErr, err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.cfg.Clock.After(wait):
+		}
+	}
+}
+
+// identityStream follows one identity watch until it breaks, handing
+// each answer that checks out to followIdentities. got reports whether it
+// delivered anything.
+func (a *Agent) identityStream(ctx context.Context) (got bool, err error) {
+	ctx, cancel := context.WithCancel(withIssuer(ctx))
+	defer cancel()
+	desc := &grpc.StreamDesc{StreamName: nodeapi.WatchIdentitiesMethod, ServerStreams: true}
+	stream, err := a.cfg.Conn.NewStream(ctx, desc, nodeapi.FullWatchIdentitiesMethod, grpc.ForceCodec(nodeapi.Codec{}))
+	if err != nil {
+		return false, fmt.Errorf("open identity watch: %w", err)
+	}
+	if err := stream.SendMsg(&nodeapi.IdentitiesRequest{}); err != nil {
+		return false, fmt.Errorf("identity watch request: %w", err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		return false, fmt.Errorf("identity watch request: %w", err)
+	}
+	for {
+		var resp nodeapi.IdentitiesResponse
+		if err := stream.RecvMsg(&resp); err != nil {
+			return got, fmt.Errorf("identity watch: %w", err)
+		}
+		if err := a.checkIdentities(resp); err != nil {
+			// Like a refused poll answer: nothing of it is used.
+			a.log.Error("identities pushed by meshca refused; the current ones are kept", logErr, err)
+			continue
+		}
+		got = true
+		a.watching.Store(true)
+		// Only this goroutine sends: after the drain there is room.
+		select {
+		case <-a.pushed:
+		default:
+		}
+		a.pushed <- resp
 	}
 }
 
@@ -109,6 +198,24 @@ func (a *Agent) followIdentities(ctx context.Context) error {
 func (a *Agent) retryWait(attempt int) time.Duration {
 	now := a.cfg.Clock.Now()
 	return a.cfg.Backoff.Next(attempt, now, now.Add(10*a.cfg.Backoff.Max))
+}
+
+// setIssuer records the CA meshca said it issues from (empty: it did not
+// say).
+func (a *Agent) setIssuer(serial string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.issuer = serial
+}
+
+// signedBefore reports whether v was signed by another CA than the one
+// meshca last said it issues from: a re-key that raced the switch of
+// issuing CA (the signer may take the new CA a moment after meshca names
+// it).
+func (a *Agent) signedBefore(v SVID) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.issuer != "" && v.IssuerSerial != "" && v.IssuerSerial != a.issuer
 }
 
 // issuedElsewhere names the identities whose certificate another CA than
@@ -129,8 +236,7 @@ func (a *Agent) issuedElsewhere(issuer string) []string {
 }
 
 // identities asks meshca for the node's identities and the CA it issues
-// from, and checks each identity: a valid identity name (it becomes a path
-// under FilesDir) whose SPIFFE ID is the one meshca names.
+// from, and checks the answer (checkIdentities).
 func (a *Agent) identities(ctx context.Context) (nodeapi.IdentitiesResponse, error) {
 	ctx, cancel := context.WithTimeout(withIssuer(ctx), callTimeout)
 	defer cancel()
@@ -138,16 +244,26 @@ func (a *Agent) identities(ctx context.Context) (nodeapi.IdentitiesResponse, err
 	if err := a.cfg.Conn.Invoke(ctx, nodeapi.FullIdentitiesMethod, &nodeapi.IdentitiesRequest{}, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
 		return nodeapi.IdentitiesResponse{}, fmt.Errorf("identities: %w", err)
 	}
+	if err := a.checkIdentities(resp); err != nil {
+		return nodeapi.IdentitiesResponse{}, err
+	}
+	return resp, nil
+}
+
+// checkIdentities checks each identity of an answer: a valid identity name
+// (it becomes a path under FilesDir) whose SPIFFE ID is the one meshca
+// names.
+func (a *Agent) checkIdentities(resp nodeapi.IdentitiesResponse) error {
 	for _, ai := range resp.Identities {
 		id, err := identity.ID(a.cfg.TrustDomain, ai.Name)
 		if err != nil {
-			return nodeapi.IdentitiesResponse{}, fmt.Errorf("%w: identity %q: %v", ErrBadAnswer, ai.Name, err)
+			return fmt.Errorf("%w: identity %q: %v", ErrBadAnswer, ai.Name, err)
 		}
 		if id.String() != ai.SPIFFEID {
-			return nodeapi.IdentitiesResponse{}, fmt.Errorf("%w: identity %q: SPIFFE ID %q, want %q", ErrBadAnswer, ai.Name, ai.SPIFFEID, id)
+			return fmt.Errorf("%w: identity %q: SPIFFE ID %q, want %q", ErrBadAnswer, ai.Name, ai.SPIFFEID, id)
 		}
 	}
-	return resp, nil
+	return nil
 }
 
 // withIssuer asks meshca to name the issuing CA in its answers.
@@ -164,6 +280,7 @@ func (a *Agent) keepSVID(ctx context.Context, name string, rekey <-chan struct{}
 		have    bool
 		attempt int
 		force   bool // re-key before the renewal point
+		stale   int  // re-keys in a row that came back from a previous CA
 	)
 	for {
 		now := a.cfg.Clock.Now()
@@ -184,6 +301,15 @@ func (a *Agent) keepSVID(ctx context.Context, name string, rekey <-chan struct{}
 				// Never sign again at once, even for a certificate whose
 				// renewal point has passed (a clock far ahead of meshca's).
 				wait = max(a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial).Sub(now), a.cfg.Backoff.Min)
+				if a.signedBefore(v) {
+					// Nothing would tell the agent again: re-key until the
+					// signer issues from the CA meshca named, with backoff.
+					stale++
+					force, wait = true, a.retryWait(stale)
+					a.log.Info("certificate still signed by the previous CA; re-keying again", logIdentity, name, logSerial, v.Serial, "issuer", v.IssuerSerial, "retry_in", wait.String())
+				} else {
+					stale = 0
+				}
 			} else {
 				attempt++
 				wait = a.retryWait(attempt)

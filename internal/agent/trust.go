@@ -73,8 +73,11 @@ func (a *Agent) trustStream(ctx context.Context) (got bool, err error) {
 			if oldBundle, oldCRL := a.trust(); string(bundle) != string(oldBundle) || string(crl) != string(oldCRL) {
 				a.setTrust(bundle, crl)
 				a.log.Info("trust bundle or CRL changed", "version", resp.GetVersionInfo())
-				// A CRL change may be a revoked identity of this node.
-				a.wakeIdentities()
+				// A CRL change may be a revoked identity of this node;
+				// meshca pushes that on the identity watch when it is open.
+				if !a.watching.Load() {
+					a.wakeIdentities()
+				}
 			}
 		}
 		if err := stream.Send(ack); err != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/meshca/meshca/internal/agentfiles"
@@ -48,7 +49,7 @@ func TestWriteReplacesFilesWithModes(t *testing.T) {
 
 func TestWriteRefusesPathNames(t *testing.T) {
 	dir := t.TempDir()
-	for _, name := range []string{"", ".", "..", "../x", "a/b", `a\b`} {
+	for _, name := range []string{"", ".", "..", "../x", "a/../b", "a//b", "/a", "a/", `a\b`} {
 		if err := agentfiles.Write(dir, name, nil, nil, nil); !errors.Is(err, agentfiles.ErrInvalidIdentity) {
 			t.Errorf("Write(%q) = %v, want ErrInvalidIdentity", name, err)
 		}
@@ -61,5 +62,51 @@ func TestWriteRefusesPathNames(t *testing.T) {
 func TestInstance(t *testing.T) {
 	if got := agentfiles.Instance("web"); got != "meshca-web" {
 		t.Fatalf("Instance(web) = %q", got)
+	}
+}
+
+func TestWriteNestedAndRemove(t *testing.T) {
+	dir := t.TempDir()
+	if err := agentfiles.Write(dir, "team/web", []byte("c"), []byte("k"), []byte("b")); err != nil {
+		t.Fatal(err)
+	}
+	_, key, _ := agentfiles.Paths(dir, "team/web")
+	if key != filepath.Join(dir, "team", "web", agentfiles.KeyFile) {
+		t.Fatalf("key of team/web at %s", key)
+	}
+	fi, err := os.Stat(key)
+	if err != nil || fi.Mode().Perm() != agentfiles.KeyMode {
+		t.Fatalf("key file: %v %v", fi, err)
+	}
+	if err := agentfiles.Remove(dir, "team/web"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "team", "web")); !os.IsNotExist(err) {
+		t.Fatalf("team/web still there: %v", err)
+	}
+	if err := agentfiles.Remove(dir, "../x"); !errors.Is(err, agentfiles.ErrInvalidIdentity) {
+		t.Fatalf("Remove(../x) = %v", err)
+	}
+}
+
+func TestList(t *testing.T) {
+	dir := t.TempDir()
+	if got, err := agentfiles.List(filepath.Join(dir, "missing")); err != nil || got != nil {
+		t.Fatalf("List(missing) = %v, %v", got, err)
+	}
+	for _, id := range []string{"web", "team/api", "db"} {
+		if err := agentfiles.Write(dir, id, []byte("c"), []byte("k"), []byte("b")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := agentfiles.Remove(dir, "db"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := agentfiles.List(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"team/api", "web"}; !slices.Equal(got, want) {
+		t.Fatalf("List = %v, want %v", got, want)
 	}
 }

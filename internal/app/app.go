@@ -248,6 +248,13 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, err
 	}
 	runs = append(runs, certWatch.Run)
+	// Agents watching their identities learn of a change as the feed
+	// reports it, on every replica.
+	agentWatch, err := nodeconfig.NewAgentWatch(nodeconfig.AgentWatchConfig{Store: st, Notifier: xdsSrv, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	runs = append(runs, agentWatch.Run)
 	// What each node receives is computed from the store's change feed and
 	// handed to the xDS server; every node has a snapshot before it serves.
 	nodes, err := nodeconfig.New(nodeconfig.Config{

@@ -589,7 +589,7 @@ func (a *Authority) advanceReissuing(ctx context.Context, set store.CASet, acks 
 				what = append(what, fmt.Sprintf("%d node(s) to renew their node certificate under the new CA (nodes renew it themselves, or at once with 'meshca bootstrap renew' on the node)", n))
 			}
 			if agents > 0 {
-				what = append(what, fmt.Sprintf("%d agent certificate(s) to be re-keyed by their agents (an agent re-keys at its next identity poll after the switch, 30s by default; restarting it re-keys at once)", agents))
+				what = append(what, fmt.Sprintf("%d agent certificate(s) to be re-keyed by their agents (meshca tells each connected agent of the switch and it re-keys at once; an agent that was not connected re-keys when it reconnects)", agents))
 			}
 			w.what = strings.Join(what, "; ") + "; the previous CA retires when they have, or when the last of those certificates expires"
 			a.waitFor(rot, w)

@@ -26,11 +26,11 @@ import (
 	"path"
 	"slices"
 	"strconv"
-	"strings"
 	"text/template"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshca/meshca/internal/agentfiles"
 	"github.com/meshca/meshca/mesh"
 )
 
@@ -205,7 +205,7 @@ func (p Params) resolve() (resolved, error) {
 		return bad("Identities", "are given without AgentFiles, the directory the node agent writes their files to")
 	}
 	for i, name := range p.Identities {
-		if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) {
+		if err := agentfiles.CheckIdentity(name); err != nil {
 			return bad(fmt.Sprintf("Identities[%d]", i), "%q is not an identity name", name)
 		}
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,8 +25,11 @@ import (
 	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/meshca/meshca/internal/agent"
+	"github.com/meshca/meshca/internal/agentfiles"
+	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/mesh"
 	"github.com/meshca/meshca/nodeapi"
 )
 
@@ -47,7 +52,10 @@ func agentCmd() *cobra.Command {
 			"assigned to the node makes a P-256 key here, has meshca sign only its CSR and renews at\n" +
 			"about half of each certificate's life. Keys stay in memory. The certificates and the\n" +
 			"trust bundle with its CRL are served to Envoy over SDS on --sds-socket (0600), and\n" +
-			"written as files under --write-files for proxyless gRPC. If meshca cannot be reached\n" +
+			"written as files under --write-files; a grpc node always writes them (default DIR/files)\n" +
+			"and DIR/grpc-bootstrap.json, whose certificate providers read them, rewritten as its\n" +
+			"identities change. meshca pushes every change of the node's identities to the agent at\n" +
+			"once; --identity-poll is the fallback while it cannot. If meshca cannot be reached\n" +
 			"the agent keeps serving what it has until it expires, warning as expiry nears.\n" +
 			"The node must be registered with meshca node add NODE --agent.",
 		Args: exactArgs(0, ""),
@@ -70,9 +78,9 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for the node credentials and envoy.yaml (created 0700)")
 	f.StringVar(&o.sdsSocket, "sds-socket", "", "Unix socket to serve SDS on (default DIR/sds.sock)")
 	f.StringVar(&o.workloadSocket, "workload-socket", "", "Unix socket to serve the SPIFFE Workload API on (0666; callers are matched by their peer credentials against the selectors of each assignment)")
-	f.StringVar(&o.writeFiles, "write-files", "", "also write <identity>/cert.pem, key.pem and bundle.pem under this directory (proxyless gRPC)")
+	f.StringVar(&o.writeFiles, "write-files", "", "also write <identity>/cert.pem, key.pem (0600) and bundle.pem under this directory; a grpc node always writes them (default DIR/files) and its grpc-bootstrap.json declares them")
 	f.Uint32Var(&o.adminPort, "envoy-admin-port", 9901, "Envoy admin port on 127.0.0.1 in envoy.yaml")
-	f.DurationVar(&o.identityPoll, "identity-poll", agent.DefaultIdentityPoll, "how often to ask meshca for the node's identities")
+	f.DurationVar(&o.identityPoll, "identity-poll", agent.DefaultIdentityPoll, "how often to ask meshca for the node's identities while it does not push them (meshca pushes every change to a connected agent)")
 	return cmd
 }
 
@@ -119,6 +127,13 @@ func runAgent(ctx context.Context, o agentOptions, stdout, stderr io.Writer) err
 	td, err := spiffeid.TrustDomainFromString(nf.TrustDomain)
 	if err != nil {
 		return fmt.Errorf("%s: trust domain: %w", NodeFile, err)
+	}
+	if nf.Kind == mesh.KindGRPC {
+		// A proxyless gRPC node reads its identities' files: write them,
+		// and the grpc bootstrap that declares them.
+		if o.writeFiles, err = grpcFilesDir(dir, o.writeFiles, &nf); err != nil {
+			return err
+		}
 	}
 	// Every replica the node file lists, the first one first: grpc-go's
 	// pick_first moves to the next when a connection fails.
@@ -169,8 +184,90 @@ func runAgent(ctx context.Context, o agentOptions, stdout, stderr io.Writer) err
 	}
 	run(a.Run)
 	run(func(ctx context.Context) error { return watchRenew(ctx, clock.Real{}, dir, stdout, stderr, renewOnce) })
+	if nf.Kind == mesh.KindGRPC {
+		fmt.Fprintf(stdout, "  identity files in %s; grpc bootstrap %s (GRPC_XDS_BOOTSTRAP)\n", o.writeFiles, filepath.Join(dir, bootstrap.GRPCFile))
+		run(func(ctx context.Context) error { return followGRPCBootstrap(ctx, a, dir, log) })
+	}
 	wg.Wait()
 	return first
+}
+
+// grpcFilesDir decides where a gRPC agent node's identity files go:
+// --write-files, else where the node file says, else DIR/files. It
+// records the choice in the node file, from which the grpc bootstrap is
+// rendered (here and at a renewal that learns new replicas).
+func grpcFilesDir(dir, flag string, nf *nodeapi.NodeFile) (string, error) {
+	files := flag
+	switch {
+	case files != "":
+	case nf.AgentFiles != "":
+		files = nf.AgentFiles
+	default:
+		files = filepath.Join(dir, "files")
+	}
+	files, err := filepath.Abs(files)
+	if err != nil {
+		return "", err
+	}
+	if nf.AgentFiles == files {
+		return files, nil
+	}
+	nf.AgentFiles = files
+	data, err := json.MarshalIndent(nf, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, NodeFile), data, 0o600); err != nil {
+		return "", fmt.Errorf("write %s: %w", NodeFile, err)
+	}
+	return files, nil
+}
+
+// followGRPCBootstrap rewrites grpc-bootstrap.json in dir whenever the
+// identities whose files the agent writes change: it declares a
+// file_watcher certificate provider for each (bootstrap.GRPC). The agent
+// writes an identity's files before it announces the change, so every
+// provider names files that exist. grpc-go reads its bootstrap when it
+// starts: a gRPC process takes a newly assigned identity when restarted.
+func followGRPCBootstrap(ctx context.Context, a *agent.Agent, dir string, log *slog.Logger) error {
+	var last uint64
+	for first := true; ; first = false {
+		st, changed := a.State()
+		if first || st.Version != last {
+			last = st.Version
+			if err := writeGRPCBootstrap(dir, log); err != nil {
+				log.Error("grpc bootstrap not rewritten; the previous one stays", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+// writeGRPCBootstrap renders the node's grpc bootstrap from its node file
+// and the identity files present, and replaces the file when it differs.
+func writeGRPCBootstrap(dir string, log *slog.Logger) error {
+	nf, err := readNodeFile(dir)
+	if err != nil {
+		return err
+	}
+	data, err := proxyBootstrap(nf, dir)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, bootstrap.GRPCFile)
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	if err := atomicfile.Write(path, data, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", bootstrap.GRPCFile, err)
+	}
+	ids, _ := agentfiles.List(nf.AgentFiles)
+	log.Info("grpc bootstrap written; a gRPC process reads it when it starts", "path", path, "identities", strings.Join(ids, ","))
+	return nil
 }
 
 func readNodeFile(dir string) (nodeapi.NodeFile, error) {

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshca/meshca/internal/agentfiles"
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/mesh"
@@ -251,10 +252,20 @@ func proxyBootstrapFile(kind string) string {
 }
 
 // proxyBootstrap renders the node's bootstrap (envoy.yaml validated deep, or
-// grpc-bootstrap.json), listing every server in nf.
+// grpc-bootstrap.json), listing every server in nf; for a gRPC agent node
+// the grpc bootstrap also declares a certificate provider for each
+// identity whose files are in nf.AgentFiles.
 func proxyBootstrap(nf nodeapi.NodeFile, dir string) ([]byte, error) {
 	p := nodeParams(nf, dir)
 	if nf.Kind == mesh.KindGRPC {
+		if nf.AgentFiles != "" {
+			// The identities the agent writes files for now.
+			ids, err := agentfiles.List(nf.AgentFiles)
+			if err != nil {
+				return nil, err
+			}
+			p.AgentFiles, p.Identities = nf.AgentFiles, ids
+		}
 		return bootstrap.GRPC(p)
 	}
 	y, err := bootstrap.Envoy(p)

@@ -23,6 +23,11 @@
 // xDS server (Closer) closes the others. Every replica runs one, so a
 // change through one replica ends connections on all.
 //
+// Agents. An AgentWatch, also on the feed, tells the xDS server
+// (AgentNotifier) which agent nodes' identities, selectors or issuing CA
+// may have changed, so that their agents' identity watches send the new
+// answer at once.
+//
 // Waiting. WaitPushed lets a writer wait until every connected node its
 // change affects has been handed its new configuration and acknowledged it
 // (Acks, the xDS server's view), by feed position (store.FeedPos): the
