@@ -45,7 +45,8 @@ func caSetVersion(set store.CASet) string {
 // RunAckReport publishes, while a CA rotation is in progress, how the
 // nodes connected to this replica (Config.Replica) stand with the CA set
 // it loaded from the change feed: at most once a rotationTick, and only
-// when the count changed (or every ackReportRefresh). The leader, wherever
+// when the count or how far the store was followed changed (or every
+// ackReportRefresh). The leader, wherever
 // it runs, sums these reports (replicaAcks). It is for a shared store:
 // on bbolt there is no other replica, and nothing is published. It
 // returns nil when ctx ends.
@@ -59,8 +60,8 @@ func (a *Authority) RunAckReport(ctx context.Context, acks Acks) error {
 			pending, connected := acks(ctx)
 			now := a.cfg.Clock.Now().UTC()
 			r := store.NodeAcks{Replica: a.cfg.Replica, Version: caSetVersion(*set), Seq: seq, Connected: connected, Pending: pending, At: now}
-			if r.Version != last.Version || r.Connected != last.Connected || r.Pending != last.Pending ||
-				(r.Seq != last.Seq && r.Pending == 0) || now.Sub(last.At) >= ackReportRefresh {
+			if r.Version != last.Version || r.Seq != last.Seq || r.Connected != last.Connected || r.Pending != last.Pending ||
+				now.Sub(last.At) >= ackReportRefresh {
 				if err := a.cfg.Store.PutNodeAcks(ctx, r); err != nil {
 					if ctx.Err() != nil {
 						return nil
