@@ -18,7 +18,7 @@ import (
 // log stays gapless, and prints the re-runs and the throughput of both
 // runs for RELIABILITY.md.
 func TestEtcdReplicasShareOnlyTheAuditSequence(t *testing.T) {
-	const writers, each = 4, 25
+	const writers, each = 4, 12
 	run := func(name string, replicas []*store.Store) (runs int64, took time.Duration) {
 		t.Helper()
 		var n atomic.Int64
