@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"time"
 
@@ -52,6 +53,7 @@ func caSetVersion(set store.CASet) string {
 // returns nil when ctx ends.
 func (a *Authority) RunAckReport(ctx context.Context, acks Acks) error {
 	var last store.NodeAcks
+	failing := false // a failure was logged, and none has succeeded since
 	for {
 		if set := a.loaded.Load(); set != nil && set.Rotation != nil && a.cfg.Replica != "" {
 			// What the feed had handed over before counting: the nodes'
@@ -62,13 +64,19 @@ func (a *Authority) RunAckReport(ctx context.Context, acks Acks) error {
 			r := store.NodeAcks{Replica: a.cfg.Replica, Version: caSetVersion(*set), Seq: seq, Connected: connected, Pending: pending, At: now}
 			if r.Version != last.Version || r.Seq != last.Seq || r.Connected != last.Connected || r.Pending != last.Pending ||
 				now.Sub(last.At) >= ackReportRefresh {
-				if err := a.cfg.Store.PutNodeAcks(ctx, r); err != nil {
-					if ctx.Err() != nil {
-						return nil
-					}
-					a.log.Warn("cannot publish this replica's node acknowledgements for the CA rotation; will retry", logReplica, a.cfg.Replica, "err", err)
-				} else {
-					last = r
+				err := a.cfg.Store.PutNodeAcks(ctx, r)
+				switch {
+				case ctx.Err() != nil:
+					return nil
+				case err == nil:
+					last, failing = r, false
+				case errors.Is(err, store.ErrNotRegistered) || failing:
+					// Registering (again), or said already: the leader
+					// counts this replica as not reported meanwhile.
+					a.log.Debug("this replica's node acknowledgements not published; will retry", logReplica, a.cfg.Replica, "err", err)
+				default:
+					failing = true
+					a.log.Warn("cannot publish this replica's node acknowledgements for the CA rotation; will retry every second", logReplica, a.cfg.Replica, "err", err)
 				}
 			}
 		}
