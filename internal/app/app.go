@@ -191,9 +191,10 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	if err != nil {
 		return nil, err
 	}
+	replicaID := newReplicaID()
 	auth, err := authority.New(ctx, authority.Config{
 		Store: st, TrustDomain: td, KeyAlgorithm: keyAlg, Lifetimes: lifetimes,
-		LintBeforeSigning: cfg.CA.LintBeforeSigning, Denials: refusals,
+		LintBeforeSigning: cfg.CA.LintBeforeSigning, Denials: refusals, Replica: replicaID,
 		Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
@@ -272,9 +273,13 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	attrs = append(attrs, "xds", xdsLn.Addr().String())
 	app.XDS = xdsLn.Addr().String()
 	// This replica registers where nodes reach it, for nodes to fail over.
-	self := store.Replica{ID: newReplicaID(), XDS: cfg.AdvertisedXDS(app.XDS), Since: o.clock.Now().UTC()}
+	self := store.Replica{ID: replicaID, XDS: cfg.AdvertisedXDS(app.XDS), Since: o.clock.Now().UTC()}
 	app.ReplicaID = self.ID
 	runs = append(runs, func(ctx context.Context) error { return st.RunReplica(ctx, self, nil) })
+	if st.Etcd() {
+		// A rotation led by another replica counts this one's nodes.
+		runs = append(runs, func(ctx context.Context) error { return auth.RunAckReport(ctx, rotationAcks(xdsSrv, nodes)) })
+	}
 	attrs = append(attrs, "replica", self.ID, "xds_advertised", self.XDS)
 
 	policy := lifetimes.Renewal()

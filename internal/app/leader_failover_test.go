@@ -25,9 +25,14 @@ import (
 // leaderTTL is the lease of a term in these tests: etcd's smallest.
 const leaderTTL = 2 * time.Second
 
-// replicaLoops is how many loops of a follower wait on its clock: only
-// the refusal summaries (the other appLoops run on the leader).
-const replicaLoops = 1
+// replicaLoops is how many loops of a follower wait on its clock: the
+// refusal summaries and, on etcd, the report of its nodes to a CA
+// rotation (the other appLoops run on the leader).
+const replicaLoops = 2
+
+// leaderLoops is how many loops of the leader wait on its clock on etcd:
+// appLoops and the report of its nodes.
+const leaderLoops = appLoops + 1
 
 // settleN blocks until n loops are parked on clk.
 func settleN(t *testing.T, clk *clock.Fake, n int) {
@@ -120,7 +125,7 @@ func leaderKilledDuringRotation(t *testing.T, e *testkit.Etcd, before time.Durat
 	}
 	// Both clocks move together; a replica's loops are parked before and
 	// after each move.
-	loops := map[*mesh]int{lead: appLoops, follow: replicaLoops}
+	loops := map[*mesh]int{lead: leaderLoops, follow: replicaLoops}
 	step := func(d time.Duration) {
 		t.Helper()
 		for m, n := range loops {
@@ -191,7 +196,7 @@ func leaderKilledDuringRotation(t *testing.T, e *testkit.Etcd, before time.Durat
 		t.Fatalf("the follower does not lead %s after the leader died", 2*leaderTTL)
 	}
 	t.Logf("leader killed mid-rotation: the other replica leads after %s", time.Since(killed).Round(time.Millisecond))
-	loops[follow] = appLoops
+	loops[follow] = leaderLoops
 
 	begin := clocks[follow].Now()
 	renewed := false

@@ -4,18 +4,30 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/meshca/meshca/internal/store"
 )
 
-// agentScan is the last count of agent holders' certificates from another
-// issuer than the one in use: their expiries, so that the count at a later
-// time needs no read while nothing was committed.
-type agentScan struct {
-	pos      uint64 // the feed position it was read at
-	issuer   string
-	notAfter []time.Time // one per certificate to be re-keyed
+// agentCertIndex is, for every active agent node, the unrevoked current
+// certificates of the identities it still holds, for a rotation to count
+// those from the leaving CA. It reads every node once, then only the
+// nodes the change feed names: their own record, a certificate signed for
+// them, or a revocation of one of those certificates.
+type agentCertIndex struct {
+	mu       sync.Mutex
+	sub      *store.Subscription    // nil until the first read, and after close
+	nodes    map[string][]agentCert // by agent node
+	bySerial map[string]string      // serial -> node, of the certificates in nodes
+	// read reads an agent node's certificates; tests wrap it to count
+	// reads.
+	read func(tx *store.Tx, n store.Node) ([]agentCert, error)
+}
+
+type agentCert struct {
+	serial, issuer string
+	notAfter       time.Time
 }
 
 // agentCerts counts the current certificates of active agent nodes, for
@@ -23,65 +35,183 @@ type agentScan struct {
 // another issuer than issuer; last is when the last of those expires.
 // Agents re-key such certificates as soon as they learn the issuer changed
 // (nodeapi.IssuerHeader). A rotation asks every second while it waits in
-// phase reissuing: the store is read again only after something was
-// committed.
+// phase reissuing: only the agent nodes changed since the last call are
+// read.
 func (a *Authority) agentCerts(ctx context.Context, issuer string, now time.Time) (n int, last time.Time, err error) {
-	pos := a.cfg.Store.FeedPos()
-	s := a.rot.agentScan.Load()
-	if s == nil || s.pos != pos || s.issuer != issuer {
-		if s, err = a.scanAgentCerts(ctx, issuer, pos); err != nil {
-			return 0, time.Time{}, err
-		}
-		a.rot.agentScan.Store(s)
+	x := &a.rot.agentCerts
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if err := x.refresh(ctx, a.cfg.Store); err != nil {
+		return 0, time.Time{}, err
 	}
-	for _, t := range s.notAfter {
-		if !t.After(now) {
-			continue
-		}
-		n++
-		if t.After(last) {
-			last = t
+	for _, certs := range x.nodes {
+		for _, c := range certs {
+			if c.issuer == issuer || !c.notAfter.After(now) {
+				continue
+			}
+			n++
+			if c.notAfter.After(last) {
+				last = c.notAfter
+			}
 		}
 	}
 	return n, last, nil
 }
 
-func (a *Authority) scanAgentCerts(ctx context.Context, issuer string, pos uint64) (*agentScan, error) {
-	s := &agentScan{pos: pos, issuer: issuer}
-	err := a.cfg.Store.View(ctx, func(tx *store.Tx) error {
-		s.notAfter = nil
-		nodes, err := tx.Nodes()
-		if err != nil {
-			return err
-		}
-		for _, n := range nodes {
-			if !n.Agent || n.State != store.StateActive {
-				continue
-			}
-			hs, err := tx.HolderCertsOfNode(n.Name)
+// closeAgentCerts stops following the feed.
+func (a *Authority) closeAgentCerts() {
+	x := &a.rot.agentCerts
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.sub != nil {
+		x.sub.Close()
+	}
+	x.sub, x.nodes, x.bySerial = nil, nil, nil
+}
+
+// refresh brings the index up to what the feed has handed over: every
+// node on the first call or after the feed dropped changes, else the
+// agent nodes the changes since the last call concern.
+func (x *agentCertIndex) refresh(ctx context.Context, st *store.Store) error {
+	if x.read == nil {
+		x.read = readAgentCerts
+	}
+	all := x.sub == nil
+	if all {
+		// Subscribe before reading: what commits meanwhile is read again.
+		x.sub = st.Subscribe(0)
+	}
+	changes, resync, err := x.sub.TakeAll()
+	if err != nil {
+		x.sub, x.nodes, x.bySerial = nil, nil, nil
+		return err
+	}
+	all = all || resync
+	if !all && !slices.ContainsFunc(changes, concernsAgentCerts) {
+		return nil
+	}
+	err = st.View(ctx, func(tx *store.Tx) error {
+		if all {
+			nodes, err := tx.Nodes()
 			if err != nil {
 				return err
 			}
-			for _, h := range hs {
-				if !slices.Contains(n.Identities, h.Identity) {
-					continue // the agent no longer serves it
-				}
-				c, err := tx.Cert(h.Serial)
-				if err != nil {
+			x.nodes, x.bySerial = map[string][]agentCert{}, map[string]string{}
+			for _, n := range nodes {
+				if err := x.readNode(tx, n); err != nil {
 					return err
 				}
-				if c.IssuerSerial == issuer {
-					continue
-				}
-				if _, err := tx.Revocation(c.Serial); err == nil {
-					continue
-				} else if !errors.Is(err, store.ErrNotFound) {
-					return err
-				}
-				s.notAfter = append(s.notAfter, c.NotAfter)
+			}
+			return nil
+		}
+		changed, err := x.changedNodes(tx, changes)
+		if err != nil {
+			return err
+		}
+		for _, name := range changed {
+			n, err := tx.Node(name)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			for _, c := range x.nodes[name] {
+				delete(x.bySerial, c.serial)
+			}
+			delete(x.nodes, name)
+			n.Name = name
+			if err := x.readNode(tx, n); err != nil {
+				return err
 			}
 		}
 		return nil
 	})
-	return s, err
+	if err != nil {
+		// The changes taken are lost: read every node next time.
+		x.sub.Close()
+		x.sub, x.nodes, x.bySerial = nil, nil, nil
+	}
+	return err
+}
+
+// concernsAgentCerts tells whether c may change the agent certificates
+// counted.
+func concernsAgentCerts(c store.Change) bool {
+	return c.Kind == store.KindNode || c.Kind == store.KindRevocation || c.Kind == store.KindAgentCert
+}
+
+// changedNodes names the nodes whose certificates changes may concern,
+// sorted.
+func (x *agentCertIndex) changedNodes(tx *store.Tx, changes []store.Change) ([]string, error) {
+	var out []string
+	for _, c := range changes {
+		switch c.Kind {
+		case store.KindNode:
+			out = append(out, c.Key)
+		case store.KindRevocation, store.KindAgentCert:
+			if node, ok := x.bySerial[c.Key]; ok {
+				out = append(out, node)
+				continue
+			}
+			if c.Kind == store.KindRevocation {
+				continue // not a certificate counted: it changes no count
+			}
+			cert, err := tx.Cert(c.Key)
+			if errors.Is(err, store.ErrNotFound) {
+				continue // pruned, long expired
+			}
+			if err != nil {
+				return nil, err
+			}
+			if cert.Node != "" {
+				out = append(out, cert.Node)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// readNode indexes n's certificates; n.State "" (not found) or a node
+// that is not an active agent has none.
+func (x *agentCertIndex) readNode(tx *store.Tx, n store.Node) error {
+	if !n.Agent || n.State != store.StateActive {
+		return nil
+	}
+	certs, err := x.read(tx, n)
+	if err != nil || len(certs) == 0 {
+		return err
+	}
+	x.nodes[n.Name] = certs
+	for _, c := range certs {
+		x.bySerial[c.serial] = n.Name
+	}
+	return nil
+}
+
+// readAgentCerts reads an active agent node's unrevoked current
+// certificates for the identities it still holds.
+func readAgentCerts(tx *store.Tx, n store.Node) ([]agentCert, error) {
+	hs, err := tx.HolderCertsOfNode(n.Name)
+	if err != nil {
+		return nil, err
+	}
+	var out []agentCert
+	for _, h := range hs {
+		if !slices.Contains(n.Identities, h.Identity) {
+			continue // the agent no longer serves it
+		}
+		c, err := tx.Cert(h.Serial)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // pruned, long expired
+		}
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.Revocation(c.Serial); err == nil {
+			continue
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+		out = append(out, agentCert{serial: c.Serial, issuer: c.IssuerSerial, notAfter: c.NotAfter})
+	}
+	return out, nil
 }

@@ -42,6 +42,10 @@ type Config struct {
 	// Denials audits refusals in aggregate; nil writes each one to the
 	// audit log.
 	Denials *denials.Recorder
+	// Replica is this process's ID among the replicas sharing the store
+	// (store.Replica.ID): on etcd, a rotation counts the nodes of the other
+	// replicas from their reports (RunAckReport), and its own directly.
+	Replica string
 	Clock   clock.Clock
 	Logger  *slog.Logger
 }

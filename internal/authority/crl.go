@@ -25,6 +25,9 @@ const (
 	crlRefresh  = CRLValidity / 4
 	// crlTick is how often RunCRL looks at the CRL.
 	crlTick = time.Minute
+	// crlRaces bounds how often one publication reads the state again
+	// after another signer stored a newer CRL.
+	crlRaces = 3
 )
 
 // errCRLNewer: another signer stored a CRL with a higher number meanwhile.
@@ -80,6 +83,14 @@ func (a *Authority) publishCRLLocked(ctx context.Context) (store.CRL, error) {
 	a.crlMu.Lock()
 	defer a.crlMu.Unlock()
 	rec, err := a.publishCRL(context.WithoutCancel(ctx))
+	// Replicas sign for the same commit from the same feed: the loser of
+	// that race finds a newer CRL, which is expected. It reads the state
+	// again: the newer CRL usually lists exactly these revocations, else
+	// it signs one above it.
+	for race := 1; errors.Is(err, errCRLNewer) && race <= crlRaces; race++ {
+		a.log.Debug("another signer stored a newer CRL meanwhile; checking it", "err", err, "race", race)
+		rec, err = a.publishCRL(context.WithoutCancel(ctx))
+	}
 	if err != nil {
 		a.crlStale.Store(true)
 		a.log.Error("the CRL for the committed revocations was not published; the CRL refresh retries it", "err", err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/store"
 )
 
 // What the black-box tests need of the inside.
@@ -26,3 +27,27 @@ func SetSignCRL(a *Authority, f func(*x509.Certificate, crypto.Signer, []ca.Revo
 
 // CRLStale reports whether a committed revocation's CRL was not stored.
 func CRLStale(a *Authority) bool { return a.crlStale.Load() }
+
+// CountLeafReads calls seen with the identity of every leaf a rotation's
+// count reads from the store.
+func CountLeafReads(a *Authority, seen func(identity string)) {
+	x := &a.rot.leafIndex
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.read = func(tx *store.Tx, id store.Identity) (leaf, bool, error) {
+		seen(id.Name)
+		return readLeaf(tx, id)
+	}
+}
+
+// CountAgentCertReads calls seen with every agent node whose certificates
+// a rotation's count reads from the store.
+func CountAgentCertReads(a *Authority, seen func(node string)) {
+	x := &a.rot.agentCerts
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.read = func(tx *store.Tx, n store.Node) ([]agentCert, error) {
+		seen(n.Name)
+		return readAgentCerts(tx, n)
+	}
+}

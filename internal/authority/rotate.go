@@ -102,8 +102,10 @@ type rotationRun struct {
 	// another emergency rotation does not wait for it.
 	cancel atomic.Pointer[context.CancelFunc]
 	// reissuedAt is when no leaf was left to re-key (under mu): the wait
-	// for acknowledgements counts from it.
-	reissuedAt time.Time
+	// for acknowledgements counts from it; reissuedSeq is the store's
+	// sequence then, which other replicas' reports must cover.
+	reissuedAt  time.Time
+	reissuedSeq uint64
 	// auditSeq is how far the audit log was read for re-key failures, and
 	// failed the identities whose re-key failed, with the failure (both
 	// under mu).
@@ -114,12 +116,12 @@ type rotationRun struct {
 	wait                       atomic.Pointer[rotationWait]
 	last                       atomic.Pointer[RotationDone]
 	// nodeCerts follows every active node's newest node certificate
-	// (nodecerts.go); leafScan is the last scan of leaf certificates (see
-	// scanLeaves).
+	// (nodecerts.go); leafIndex every active identity's current certificate
+	// (leaves.go).
 	nodeCerts nodeCertIndex
-	leafScan  atomic.Pointer[leafScan]
-	// agentScan is the last count of agent certificates (agentcerts.go).
-	agentScan atomic.Pointer[agentScan]
+	leafIndex leafIndex
+	// agentCerts follows agent nodes' certificates (agentcerts.go).
+	agentCerts agentCertIndex
 }
 
 // rotationWait is what the rotation waits for, for its status.
@@ -448,7 +450,7 @@ func (a *Authority) advance(ctx context.Context, acks Acks) (phase string, moved
 	}
 	switch rot.Phase {
 	case store.PhasePublishing:
-		return a.advancePublishing(ctx, rot, acks, now)
+		return a.advancePublishing(ctx, set, acks, now)
 	case store.PhaseReissuing:
 		return a.advanceReissuing(ctx, set, acks, now)
 	}
@@ -478,17 +480,23 @@ func (a *Authority) autoRotate(ctx context.Context, now time.Time) (string, bool
 
 // advancePublishing switches issuance to the new root once connected
 // nodes acknowledged the bundle that holds it, at most ackWait after the
-// grace for nodes that hold a node certificate to reconnect.
-func (a *Authority) advancePublishing(ctx context.Context, rot *store.CARotation, acks Acks, now time.Time) (string, bool, error) {
-	pending, connected := acks(ctx)
+// grace for nodes that hold a node certificate to reconnect. With
+// replicas, the nodes of every replica count (replicaAcks).
+func (a *Authority) advancePublishing(ctx context.Context, set store.CASet, acks Acks, now time.Time) (string, bool, error) {
+	rot := set.Rotation
+	n, err := a.replicaAcks(ctx, set, 0, acks)
+	if err != nil {
+		return "", false, err
+	}
+	pending, connected := n.pending, n.connected
 	w := rotationWait{connected: connected, acked: connected - pending}
 	grace := rot.PhaseSince.Add(publishGrace)
 	if s := a.started.Add(publishGrace); s.After(grace) {
 		grace = s
 	}
 	w.until = grace.Add(ackWait)
-	if pending > 0 && now.Before(w.until) {
-		w.what = fmt.Sprintf("%d of %d connected node(s) to acknowledge the trust bundle with the new root (until %s at most)", pending, connected, w.until.Format(time.RFC3339))
+	if n.waiting() && now.Before(w.until) {
+		w.what = n.describe("the trust bundle with the new root", w.until)
 		a.waitFor(rot, w)
 		return rot.Phase, false, nil
 	}
@@ -508,9 +516,12 @@ func (a *Authority) advancePublishing(ctx context.Context, rot *store.CARotation
 		}
 	}
 	note := "switched issuance to the new CA"
-	if pending > 0 {
+	if n.waiting() {
 		note += fmt.Sprintf(" with %d connected node(s) that had not acknowledged the new bundle in %s", pending, ackWait)
-		a.log.Warn("CA rotation: switching although connected nodes have not acknowledged the new bundle", "pending", pending, "waited", ackWait)
+		if len(n.unreported) > 0 {
+			note += fmt.Sprintf(" and %d replica(s) that had not reported their nodes", len(n.unreported))
+		}
+		a.log.Warn("CA rotation: switching although connected nodes have not acknowledged the new bundle", "pending", pending, "unreported_replicas", len(n.unreported), "waited", ackWait)
 	}
 	phase, err := a.rotationStep(ctx, func(set *store.CASet) (string, bool) {
 		set.IssuerSerial, set.ChainSerials = rot.NextIssuer, nil
@@ -551,15 +562,21 @@ func (a *Authority) advanceReissuing(ctx context.Context, set store.CASet, acks 
 	}
 	a.rot.failures.Store(0)
 	if a.rot.reissuedAt.IsZero() {
-		a.rot.reissuedAt = now // nothing to re-issue, or re-issued before a restart
+		// Nothing to re-issue, or re-issued before a restart. The other
+		// replicas' reports count once they cover the store as scanned.
+		a.rot.reissuedAt, a.rot.reissuedSeq = now, scan.seq
 	}
 	if rot.Emergency {
 		return a.finishEmergency(ctx)
 	}
-	pending, connected := acks(ctx)
+	acked, err := a.replicaAcks(ctx, set, a.rot.reissuedSeq, acks)
+	if err != nil {
+		return "", false, err
+	}
+	pending, connected := acked.pending, acked.connected
 	w := rotationWait{connected: connected, acked: connected - pending, until: a.rot.reissuedAt.Add(ackWait)}
-	if pending > 0 && now.Before(w.until) {
-		w.what = fmt.Sprintf("%d of %d connected node(s) to acknowledge their certificates from the new CA (until %s at most)", pending, connected, w.until.Format(time.RFC3339))
+	if acked.waiting() && now.Before(w.until) {
+		w.what = acked.describe("their certificates from the new CA", w.until)
 		a.waitFor(rot, w)
 		return rot.Phase, false, nil
 	}
@@ -597,7 +614,7 @@ func (a *Authority) advanceReissuing(ctx context.Context, set store.CASet, acks 
 		}
 	}
 	note := "retired the previous CA; rotation done"
-	if pending > 0 {
+	if acked.waiting() {
 		note += fmt.Sprintf(" (%d connected node(s) had not acknowledged their new certificates in %s)", pending, ackWait)
 		a.log.Warn("CA rotation: retiring the previous CA although connected nodes have not acknowledged their certificates", "pending", pending)
 	}
@@ -648,57 +665,6 @@ func (a *Authority) rotationStep(ctx context.Context, change func(*store.CASet) 
 	return phase, a.reload(ctx)
 }
 
-// leafScan is what scanLeaves found at feed position pos (or later).
-type leafScan struct {
-	pos    uint64
-	issuer string
-	since  time.Time
-	total  int      // leaves the rotation moves to issuer
-	stale  []string // identities whose leaf is still from another issuer
-}
-
-// scanLeaves reads the active identities' current certificates: those not
-// from issuer are stale; total counts them and the ones from issuer of
-// identities created by since (when issuance switched), which the rotation
-// re-issued. A rotation asks every second while it waits: the store is
-// read again only after something was committed.
-func (a *Authority) scanLeaves(ctx context.Context, issuer string, since time.Time) (*leafScan, error) {
-	pos := a.cfg.Store.FeedPos()
-	if s := a.rot.leafScan.Load(); s != nil && s.pos == pos && s.issuer == issuer && s.since.Equal(since) {
-		return s, nil
-	}
-	scan := &leafScan{pos: pos, issuer: issuer, since: since}
-	err := a.cfg.Store.View(ctx, func(tx *store.Tx) error {
-		scan.total, scan.stale = 0, nil
-		ids, err := tx.Identities()
-		if err != nil {
-			return err
-		}
-		for _, id := range ids {
-			if id.State != store.StateActive || id.CurrentSerial == "" {
-				continue
-			}
-			c, err := tx.Cert(id.CurrentSerial)
-			if err != nil {
-				return err
-			}
-			switch {
-			case c.IssuerSerial != issuer:
-				scan.stale = append(scan.stale, id.Name)
-			case id.CreatedAt.After(since):
-				continue // issued under the new CA from the start
-			}
-			scan.total++
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	a.rot.leafScan.Store(scan)
-	return scan, nil
-}
-
 // rekeyFailures reads the audit log on from where it was last read for
 // re-key failures (ActionCARotateReissue, failed), which the registry
 // audits once per identity and rotation, and returns how many of the
@@ -747,13 +713,21 @@ func (a *Authority) Stale(issuerSerial string) bool {
 	return issuerSerial != serialHex(a.CA().Issuer()) && a.RotationStatus() == nil
 }
 
+// closeIndexes stops following the feed for the counts of a rotation:
+// nothing counts while no rotation is in progress.
+func (a *Authority) closeIndexes() {
+	a.closeNodeCerts()
+	a.closeLeaves()
+	a.closeAgentCerts()
+}
+
 // RunCA advances CA rotations until ctx is done.
 func (a *Authority) RunCA(ctx context.Context, acks Acks) error {
-	defer a.closeNodeCerts()
+	defer a.closeIndexes()
 	for {
 		_, err := a.AdvanceRotation(ctx, acks)
 		if a.RotationStatus() == nil {
-			a.closeNodeCerts()
+			a.closeIndexes()
 		}
 		switch {
 		case err == nil || ctx.Err() != nil:

@@ -107,6 +107,7 @@
 //	P/b/meta/kekcheck   a constant sealed with the key-encryption key
 //	P/leader/<lease>    a replica standing for leader (Campaign); the oldest leads
 //	P/replicas/<id>     a running replica's xDS address, on its lease (RunReplica)
+//	P/acks/<id>         its count of its nodes' acknowledgements during a CA rotation, on the same lease (PutNodeAcks)
 //
 // Update is an optimistic transaction, with concurrency.NewSTM's contract:
 // reads are taken at the revision of the first read and recorded, writes
@@ -117,7 +118,16 @@
 // mark, which every scan of the bucket compares, because a range compare
 // does not see removed keys). On conflict the function runs again, without
 // limit until ctx ends. Appends to the audit log all read P/last/audit, so
-// they serialise: Seq stays gapless in commit order across replicas. A
+// they serialise: Seq stays gapless in commit order across replicas. It is
+// the one key every write shares (records of different identities, nodes
+// or tokens share none), and it stays on purpose: Seq orders the change
+// feed, is the cursor of every reader of the audit log and of CRL numbers,
+// and Append returns it inside the transaction; gaplessness is how Check
+// finds a lost or deleted audit record. Keys ordered by the commit's
+// revision would take the counter off the write path only by giving up
+// both (a revision is known after the commit, and revisions have gaps).
+// Two replicas writing at once therefore conflict on it and run again
+// (TestEtcdReplicasShareOnlyTheAuditSequence prints how often). A
 // replica has its own group commit (etcd_commit.go): the Updates that
 // arrive while a Txn is in flight share the next one (at most 16), so they
 // do not conflict with each other; replicas conflict and retry. Once

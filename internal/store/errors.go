@@ -60,3 +60,11 @@ var (
 	// nothing was written.
 	ErrNotLeader = errors.New("store: this replica is no longer the leader")
 )
+
+// Errors of replica registration.
+var (
+	// ErrNotRegistered means a replica's registration is not in place in
+	// this process (RunReplica has not registered it yet, or lost it and
+	// registers again): nothing tied to it can be written.
+	ErrNotRegistered = errors.New("store: replica not registered")
+)

@@ -83,6 +83,8 @@ type EtcdTLS struct {
 //	P/feed              the changes of the newest commit, watched by every replica
 //	P/b/meta/kekcheck   a constant sealed with the key-encryption key
 //	P/leader/<lease>    a replica standing for leader (etcd_elect.go)
+//	P/replicas/<id>     a replica's registration, on its lease (replicas.go)
+//	P/acks/<id>         its count of its nodes' acknowledgements, on the same lease (acks.go)
 const (
 	etcdKEKCheckPlain = "meshca key-encryption key check"
 	etcdKEKCheckAAD   = "kekcheck"
@@ -119,6 +121,7 @@ type etcdStore struct {
 	log      *slog.Logger
 
 	replicaTTL time.Duration // the lease of a replica's registration
+	leases     sync.Map      // replica ID -> clientv3.LeaseID of its registration, while in place
 	contact    *contactLoss  // ends the calls in flight when Contact reports etcd lost
 	followed   chan struct{} // closed when contact is no longer followed
 	compaction compaction    // the revisions Prune read, for compacting

@@ -113,6 +113,22 @@ func (s *Subscription) Take(kind Kind) (keys []string, resync bool, err error) {
 	return slices.Compact(keys), resync, nil
 }
 
+// TakeAll returns, without waiting, every change queued since the previous
+// call (or Take), each once, in the order first committed, and whether
+// changes were dropped (then every record must be treated as changed). It
+// is Take for a consumer that follows several kinds on one subscription.
+// It returns ErrClosed after Close.
+func (s *Subscription) TakeAll() (changes []Change, resync bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, false, ErrClosed
+	}
+	changes, resync = s.pending, s.resync
+	s.pending, s.index, s.resync = nil, nil, false
+	return changes, resync, nil
+}
+
 // Ready is signalled when Next would not block; for consumers that select
 // on several sources. It may fire spuriously.
 func (s *Subscription) Ready() <-chan struct{} { return s.ready }
@@ -255,4 +271,15 @@ func (s *Store) FeedPos() uint64 {
 // tracked records a change made in this run of fn.
 func (tx *Tx) tracked(kind Kind, key, identity string) {
 	tx.changes = append(tx.changes, Change{Kind: kind, Key: key, Identity: identity})
+}
+
+// FeedSeq is the store's sequence the feed has handed over: the audit Seq
+// of the newest commit delivered to subscribers (Batch.Seq of a batch
+// queued now). On etcd the sequence is shared by every replica, so that a
+// replica can say how far it has followed the store in terms another
+// replica understands.
+func (s *Store) FeedSeq() uint64 {
+	s.feed.mu.Lock()
+	defer s.feed.mu.Unlock()
+	return s.feed.delivered
 }

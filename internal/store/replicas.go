@@ -95,8 +95,10 @@ func (e *etcdStore) runReplica(ctx context.Context, r Replica, registered func()
 	for {
 		lease, err := e.register(ctx, r, string(val))
 		if err == nil {
+			e.leases.Store(r.ID, lease)
 			registered()
 			err = e.keepAlive(ctx, lease)
+			e.leases.CompareAndDelete(r.ID, lease)
 		}
 		if ctx.Err() != nil {
 			if lease != 0 {
