@@ -183,7 +183,7 @@ func New(cfg Config) (*CA, error) {
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
-	if _, err := registry(); err != nil {
+	if _, err := lintGateLints(); err != nil {
 		return nil, err
 	}
 	quietCFSSL.Do(func() { cflog.Level = cflog.LevelFatal })
