@@ -74,17 +74,25 @@ func (l *linter) failed(c *zx509.Certificate) []string {
 // lintDER runs the lint gate on a DER certificate. Any result at warn or
 // above is a failure, reported as a *LintError.
 func lintDER(der []byte) error {
+	_, err := lintTBS(der)
+	return err
+}
+
+// lintTBS is lintDER that also returns the to-be-signed part of der, as
+// zlint's parser read it, for the check that the real signature covers the
+// very certificate linted.
+func lintTBS(der []byte) ([]byte, error) {
 	l, err := lintGateLints()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	zc, err := zx509.ParseCertificate(der)
 	if err != nil {
-		return fmt.Errorf("%w: zlint cannot parse the certificate: %v", ErrLint, err)
+		return nil, fmt.Errorf("%w: zlint cannot parse the certificate: %v", ErrLint, err)
 	}
 	if failed := l.failed(zc); len(failed) > 0 {
 		slices.Sort(failed)
-		return &LintError{Lints: failed}
+		return nil, &LintError{Lints: failed}
 	}
-	return nil
+	return zc.RawTBSCertificate, nil
 }
