@@ -183,7 +183,7 @@ func New(cfg Config) (*CA, error) {
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
-	if _, err := registry(); err != nil {
+	if _, err := lintGateLints(); err != nil {
 		return nil, err
 	}
 	quietCFSSL.Do(func() { cflog.Level = cflog.LevelFatal })
@@ -463,13 +463,15 @@ func checkCSR(der []byte) (crypto.PublicKey, error) {
 // certificates must be byte-identical. pub is the leaf's key, generated
 // by meshca or taken from a CSR whose signature checkCSR verified.
 func (c *CA) issueRaw(ctx context.Context, sr signer.SignRequest, pub crypto.PublicKey) (*x509.Certificate, error) {
-	var linted *x509.Certificate
+	var lintedTBS []byte
 	if c.lint != nil {
-		var err error
-		if linted, err = c.lint.sign(sr, pub); err != nil {
+		// The throwaway copy is only linted: zlint's parse of it is the
+		// only one.
+		der, err := c.lint.signDER(sr, pub)
+		if err != nil {
 			return nil, fmt.Errorf("sign for lint: %w", err)
 		}
-		if err := c.lintGate(ctx, linted.Raw, sr.Serial); err != nil {
+		if lintedTBS, err = c.lintGate(ctx, der, sr.Serial); err != nil {
 			return nil, err
 		}
 		if err := ctx.Err(); err != nil {
@@ -482,26 +484,27 @@ func (c *CA) issueRaw(ctx context.Context, sr signer.SignRequest, pub crypto.Pub
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
-	if linted == nil {
-		if err := c.lintGate(ctx, cert.Raw, sr.Serial); err != nil {
+	if lintedTBS == nil {
+		if _, err := c.lintGate(ctx, cert.Raw, sr.Serial); err != nil {
 			return nil, err
 		}
-	} else if !bytes.Equal(cert.RawTBSCertificate, linted.RawTBSCertificate) {
+	} else if !bytes.Equal(cert.RawTBSCertificate, lintedTBS) {
 		return nil, fmt.Errorf("%w: signed certificate differs from the linted one (serial %x); not released", ErrLint, sr.Serial)
 	}
 	return cert, nil
 }
 
-// lintGate lints der and logs what a refused certificate failed.
-func (c *CA) lintGate(ctx context.Context, der []byte, serial *big.Int) error {
-	err := lintDER(der)
+// lintGate lints der, logs what a refused certificate failed, and returns
+// the to-be-signed part of a certificate that passed.
+func (c *CA) lintGate(ctx context.Context, der []byte, serial *big.Int) ([]byte, error) {
+	tbs, err := lintTBS(der)
 	var le *LintError
 	if errors.As(err, &le) {
 		c.log.WarnContext(ctx, "certificate refused by lint gate",
 			slog.String(logKeySerial, hex.EncodeToString(serial.Bytes())),
 			slog.Any(logKeyLints, le.Lints))
 	}
-	return err
+	return tbs, err
 }
 
 func parsePEMCert(p []byte) (*x509.Certificate, error) {

@@ -75,6 +75,7 @@ type Builder struct {
 
 	mesh      atomic.Pointer[meshVersion]
 	secrets   secretCache
+	issuers   *sds.IssuerCache // the parsed issuers of the certificates secrets carry
 	nodes     queue
 	trustWake chan struct{}
 	trustPEM  struct{ bundle, crl []byte } // owned by the trust loop
@@ -116,6 +117,7 @@ func New(cfg Config) (*Builder, error) {
 	b.progress.init()
 	b.nodes.init()
 	b.secrets.init()
+	b.issuers = sds.NewIssuerCache(0)
 	b.sub = cfg.Store.Subscribe(cfg.FeedLimit)
 	b.progress.dispatched = cfg.Store.FeedPos()
 	return b, nil
@@ -413,7 +415,10 @@ func (b *Builder) work(ctx context.Context) {
 type credential struct {
 	identity, spiffeID, serial string
 	notAfter                   time.Time
-	chainPEM, keyPEM           []byte
+	// chain (DER, the leaf first) and key (PKCS#8 DER) are what the
+	// store holds; sds packs them into the secret.
+	chain [][]byte
+	key   []byte
 }
 
 // build reads node from the store and publishes what it receives, or
@@ -474,7 +479,7 @@ func (b *Builder) build(ctx context.Context, node string) error {
 				if c, err = readCredential(tx, id); err != nil {
 					return fmt.Errorf("identity %q: %w", name, err)
 				}
-				if c.keyPEM == nil {
+				if c.key == nil {
 					continue
 				}
 			}
@@ -506,7 +511,7 @@ func (b *Builder) build(ctx context.Context, node string) error {
 		return nil
 	}
 	for _, c := range fresh {
-		s, err := sds.TLSSecret(c.spiffeID, c.chainPEM, c.keyPEM)
+		s, err := sds.TLSSecretDER(c.spiffeID, c.chain, c.key, b.issuers)
 		if err != nil {
 			b.stats.failures.Add(1)
 			return fmt.Errorf("nodeconfig: secret of identity %q: %w", c.identity, err)
@@ -573,7 +578,7 @@ func (b *Builder) routing(n store.Node) (map[string][]types.Resource, error) {
 }
 
 // readCredential reads the certificate and key of id's current serial, as
-// a node receives them; keyPEM is nil when meshca holds no key for it. It
+// a node receives them; key is nil when meshca holds no key for it. It
 // is the only place builds read credentials from the store.
 func readCredential(tx *store.Tx, id store.Identity) (credential, error) {
 	c, err := tx.Credential(id.CurrentSerial)
@@ -582,18 +587,10 @@ func readCredential(tx *store.Tx, id store.Identity) (credential, error) {
 	}
 	out := credential{identity: id.Name, spiffeID: id.SPIFFEID, serial: c.Serial, notAfter: c.NotAfter}
 	if c.Key != nil {
-		out.chainPEM = chainPEM(c.DER, c.Chain)
-		out.keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: c.Key})
+		out.chain = append([][]byte{c.DER}, c.Chain...)
+		out.key = c.Key
 	}
 	return out, nil
-}
-
-func chainPEM(leaf []byte, chain [][]byte) []byte {
-	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf})
-	for _, der := range chain {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	return out
 }
 
 func (b *Builder) wakeTrust() {

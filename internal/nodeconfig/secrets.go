@@ -21,7 +21,7 @@ type secretCache struct {
 }
 
 type cachedSecret struct {
-	credential // without chainPEM and keyPEM: the secret holds them
+	credential // without chain and key: the secret holds them
 	secret     types.Resource
 }
 
@@ -41,7 +41,7 @@ func (c *secretCache) get(identity, spiffeID, serial string) (cachedSecret, bool
 
 // put remembers the secret built from cred.
 func (c *secretCache) put(cred credential, secret types.Resource) {
-	cred.chainPEM, cred.keyPEM = nil, nil
+	cred.chain, cred.key = nil, nil
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.m[cred.identity] = cachedSecret{credential: cred, secret: secret}
