@@ -619,12 +619,16 @@ func runAttacker(t *testing.T, mode, addr string) string {
 // served.
 func TestAttackXDSConnectionFlood(t *testing.T) {
 	const maxConns, maxUnauth, perAddr = 64, 24, 8
+	const handshakeTimeout = 3 * time.Second
 	m := startMeshWith(t, nil, filepath.Join(t.TempDir(), "data"), func(c *config.Config) {
 		c.XDS.MaxConnections = maxConns
 		c.XDS.MaxUnauthenticatedConnections = maxUnauth
 		c.XDS.MaxUnauthenticatedPerAddress = perAddr
 	}, app.WithXDSLimits(func(l *xds.Limits) {
-		l.HandshakeTimeout = time.Second
+		// Long enough for 30 handshakes at once under -race on a loaded
+		// machine: one ended by this timeout is counted neither over the
+		// address limit nor evicted, which the first check counts on.
+		l.HandshakeTimeout = handshakeTimeout
 		l.UnauthenticatedIdleTimeout = time.Second
 		l.UnauthenticatedMaxAge = 2 * time.Second
 	}))
@@ -831,9 +835,9 @@ func TestAttackXDSConnectionFlood(t *testing.T) {
 	close(stopWatch)
 	<-watchDone
 	left := xdsDescriptors(t, port)
-	t.Logf("idle connections closed by the server within %s (idle timeout 1s, handshake timeout 1s); TCP/TLS-only still open after 10s: %d; "+
+	t.Logf("idle connections closed by the server within %s (idle timeout 1s, handshake timeout %s); TCP/TLS-only still open after 10s: %d; "+
 		"a held Join body closed after %s (maximum age 2s ±10%% + grace 0.5s + grpc-go's 1s wait before closing)",
-		idleAfter.Round(time.Millisecond), rawOpen, slowAfter.Round(time.Millisecond))
+		idleAfter.Round(time.Millisecond), handshakeTimeout, rawOpen, slowAfter.Round(time.Millisecond))
 	if !allClosed() || rawOpen > 0 {
 		t.Errorf("idle connections without a certificate still open after 10s (raw %d)", rawOpen)
 	}
