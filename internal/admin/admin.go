@@ -134,7 +134,7 @@ type Server struct {
 	cfg  Config
 	log  *slog.Logger
 	mux  *http.ServeMux
-	mtls *connLimit // the connections of every mTLS listener
+	mtls *connLimit // the connections of the TLS listeners
 }
 
 // New validates cfg and builds the routes.
@@ -187,9 +187,9 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // handshake is closed after ReadHeaderTimeout).
 const MaxMTLSConnections = 64
 
-// MTLSConnections returns the connections the mTLS listeners hold now and
+// MTLSConnections returns the connections the TLS listeners hold now and
 // the most they held at once since the server was made: never more than
-// MaxMTLSConnections.
+// MaxMTLSConnections per listener.
 func (s *Server) MTLSConnections() (open, peak int) { return s.mtls.counts() }
 
 // Run serves on ln until ctx is done, then stops accepting and lets

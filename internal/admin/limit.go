@@ -5,23 +5,24 @@ import (
 	"sync"
 )
 
-// connLimit bounds the connections its listeners hold at once and counts
-// them: beyond the bound, Accept waits until one closes, so the others
-// wait in the kernel's backlog, holding no descriptor of meshca's. A
-// connection counts from its Accept until its first Close; the
-// descriptor of a closed socket can outlive that for a moment, until the
-// goroutine blocked reading it wakes.
+// connLimit bounds the connections each of its listeners holds at once
+// and counts them over all its listeners: beyond the bound, a listener's
+// Accept waits until one of its connections closes, so the others wait in
+// the kernel's backlog, holding no descriptor of meshca's. A connection
+// counts from its Accept until its first Close; the descriptor of a closed
+// socket can outlive that for a moment, until the goroutine blocked
+// reading it wakes.
 type connLimit struct {
-	sem chan struct{}
+	perListener int
 
 	mu         sync.Mutex
 	open, peak int
 }
 
-func newConnLimit(n int) *connLimit { return &connLimit{sem: make(chan struct{}, n)} }
+func newConnLimit(perListener int) *connLimit { return &connLimit{perListener: perListener} }
 
 // counts returns the connections open now and the most that were open at
-// once since the limit was made.
+// once since the limit was made, over all its listeners.
 func (c *connLimit) counts() (open, peak int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -30,26 +31,20 @@ func (c *connLimit) counts() (open, peak int) {
 
 // listen returns ln held to the limit.
 func (c *connLimit) listen(ln net.Listener) net.Listener {
-	return &limitListener{Listener: ln, lim: c, done: make(chan struct{})}
+	return &limitListener{Listener: ln, lim: c, sem: make(chan struct{}, c.perListener), done: make(chan struct{})}
 }
 
-func (c *connLimit) acquired() {
+func (c *connLimit) add(n int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.open++
+	c.open += n
 	c.peak = max(c.peak, c.open)
-}
-
-func (c *connLimit) release() {
-	c.mu.Lock()
-	c.open--
-	c.mu.Unlock()
-	<-c.sem
 }
 
 type limitListener struct {
 	net.Listener
 	lim       *connLimit
+	sem       chan struct{} // a slot per connection this listener holds
 	closeOnce sync.Once
 	done      chan struct{}
 }
@@ -57,17 +52,17 @@ type limitListener struct {
 // Accept waits for a free slot, then for a connection.
 func (l *limitListener) Accept() (net.Conn, error) {
 	select {
-	case l.lim.sem <- struct{}{}:
+	case l.sem <- struct{}{}:
 	case <-l.done:
 		return nil, net.ErrClosed
 	}
 	c, err := l.Listener.Accept()
 	if err != nil {
-		<-l.lim.sem
+		<-l.sem
 		return nil, err
 	}
-	l.lim.acquired()
-	return &limitConn{Conn: c, lim: l.lim}, nil
+	l.lim.add(1)
+	return &limitConn{Conn: c, l: l}, nil
 }
 
 func (l *limitListener) Close() error {
@@ -79,12 +74,15 @@ func (l *limitListener) Close() error {
 // limitConn gives its slot back at its first Close.
 type limitConn struct {
 	net.Conn
-	lim  *connLimit
+	l    *limitListener
 	once sync.Once
 }
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.lim.release)
+	c.once.Do(func() {
+		c.l.lim.add(-1)
+		<-c.l.sem
+	})
 	return err
 }

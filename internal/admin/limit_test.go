@@ -91,3 +91,47 @@ func TestConnLimitCountsExact(t *testing.T) {
 	}
 	t.Logf("limit %d, %d clients: %d held at once, none beyond; each close (twice for one) freed exactly one slot; 0 open at the end", limit, clients, limit)
 }
+
+// TestConnLimitPerListener: the bound holds per listener (a flood of one
+// TLS listener cannot take another's slots) and the counts add up over
+// both.
+func TestConnLimitPerListener(t *testing.T) {
+	lim := newConnLimit(1)
+	var held []net.Conn
+	for range 2 {
+		raw, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := lim.listen(raw)
+		defer ln.Close()
+		for range 2 {
+			c, err := net.DialTimeout("tcp", raw.Addr().String(), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+		}
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			if c, err := ln.Accept(); err == nil {
+				accepted <- c
+			}
+		}()
+		select {
+		case c := <-accepted:
+			held = append(held, c)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("listener %d accepted nothing within 10s while the other held its one slot", len(held)+1)
+		}
+	}
+	if open, peak := lim.counts(); open != 2 || peak != 2 {
+		t.Fatalf("two listeners holding one each: counts %d open, %d at most; want 2, 2", open, peak)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	if open, peak := lim.counts(); open != 0 || peak != 2 {
+		t.Fatalf("after the closes: counts %d open, %d at most; want 0, 2", open, peak)
+	}
+}
