@@ -16,7 +16,7 @@ type AssignedIdentity struct {
 	SPIFFEID string `json:"spiffe_id"`
 	// Selectors name the local processes the agent may serve the identity
 	// to (uid:N, gid:N, path:/abs/path; every one must match, see
-	// internal/workload/attest); empty: any local caller.
+	// internal/selector); empty: any local caller.
 	Selectors []string `json:"selectors,omitempty"`
 }
 

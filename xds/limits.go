@@ -109,6 +109,7 @@ type limiter struct {
 	mu          sync.Mutex
 	total       int
 	unauth      list.List            // *trackedConn, oldest first
+	peak        connCounts           // the most open at once since start
 	unauthAddrs map[netip.Prefix]int // unauth per address
 	perAddr     map[netip.Prefix]int // handshakes done without a certificate, per address
 	freed       chan struct{}        // closed when an unauthenticated slot frees; nil when nobody waits
@@ -137,6 +138,8 @@ func (l *limiter) admit(t *trackedConn) (victim *trackedConn, ok bool) {
 	l.total++
 	t.elem = l.unauth.PushBack(t)
 	l.unauthAddrs[t.addr]++
+	l.peak.all = max(l.peak.all, l.total)
+	l.peak.unauth = max(l.peak.unauth, l.unauth.Len())
 	return victim, true
 }
 
@@ -275,6 +278,21 @@ func (l *limiter) open() (total, unauth int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.total, l.unauth.Len()
+}
+
+// connCounts are connections the limiter holds: all of them, and those
+// without a node certificate (handshakes included).
+type connCounts struct{ all, unauth int }
+
+// counts returns the connections open now and the most that were open at
+// once since the limiter was made. A connection counts from its admission
+// until its Close (or its eviction): the descriptor of a closed socket can
+// outlive that for a moment, until the goroutine blocked reading it wakes,
+// which the limiter neither sees nor needs to bound.
+func (l *limiter) counts() (now, peak connCounts) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return connCounts{all: l.total, unauth: l.unauth.Len()}, l.peak
 }
 
 // addressKey is what the per-address limit counts by: the IP address, or

@@ -186,6 +186,9 @@ type Stats struct {
 	// Open connections now, and how many of them have no node
 	// certificate (handshakes included).
 	OpenConnections, OpenUnauthenticated int
+	// The most of each that were open at once since the server was made:
+	// never more than Limits.MaxConnections and MaxUnauthenticated.
+	PeakConnections, PeakUnauthenticated int
 }
 
 // New validates cfg and builds the server.
@@ -345,7 +348,7 @@ func (s *Server) Connected() (connected, pending int) {
 
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
-	total, unauth := s.lim.open()
+	now, peak := s.lim.counts()
 	return Stats{
 		Denied: s.stats.denied.Load(), Unauthenticated: s.stats.unauthenticated.Load(),
 		AuthFailures: s.stats.authFailures.Load(), InvalidConfigs: s.stats.invalid.Load(),
@@ -354,7 +357,9 @@ func (s *Server) Stats() Stats {
 		ConnectionsEvicted:          s.stats.connEvicted.Load(),
 		ConnectionsOverAddressLimit: s.stats.connPerAddress.Load(),
 		ConnectionsOverNodeLimit:    s.stats.connPerNode.Load(),
-		OpenConnections:             total,
-		OpenUnauthenticated:         unauth,
+		OpenConnections:             now.all,
+		OpenUnauthenticated:         now.unauth,
+		PeakConnections:             peak.all,
+		PeakUnauthenticated:         peak.unauth,
 	}
 }

@@ -22,8 +22,6 @@ import (
 	"strconv"
 	"time"
 
-	"golang.org/x/net/netutil"
-
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/authority"
@@ -133,9 +131,10 @@ type Config struct {
 
 // Server is the admin API server.
 type Server struct {
-	cfg Config
-	log *slog.Logger
-	mux *http.ServeMux
+	cfg  Config
+	log  *slog.Logger
+	mux  *http.ServeMux
+	mtls *connLimit // the connections of the TLS listeners
 }
 
 // New validates cfg and builds the routes.
@@ -150,7 +149,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), mtls: newConnLimit(MaxMTLSConnections)}
 	s.mux.HandleFunc("POST "+api.PathIdentities, s.addIdentity)
 	s.mux.HandleFunc("GET "+api.PathIdentities, s.listIdentities)
 	s.mux.HandleFunc("GET "+api.PathIdentities+"/{name...}", s.getIdentity)
@@ -188,6 +187,11 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // handshake is closed after ReadHeaderTimeout).
 const MaxMTLSConnections = 64
 
+// MTLSConnections returns the connections the TLS listeners hold now and
+// the most they held at once since the server was made: never more than
+// MaxMTLSConnections per listener.
+func (s *Server) MTLSConnections() (open, peak int) { return s.mtls.counts() }
+
 // Run serves on ln until ctx is done, then stops accepting and lets
 // in-flight requests finish for up to 10 seconds. With tlsCfg (see MTLS) it
 // serves HTTPS; without, plain HTTP, which is only for loopback.
@@ -207,7 +211,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, tlsCfg *tls.Config) e
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	if tlsCfg != nil {
-		ln = tls.NewListener(netutil.LimitListener(ln, MaxMTLSConnections), tlsCfg)
+		ln = tls.NewListener(s.mtls.listen(ln), tlsCfg)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

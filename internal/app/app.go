@@ -322,6 +322,9 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, err
 	}
 	mtls := admin.MTLS(auth, reg, serverCert.Get, o.clock.Now)
+	if lns.adminMTLS != nil {
+		ops.admin = adm
+	}
 	for _, l := range []struct {
 		key, addr string
 		ln        net.Listener

@@ -286,9 +286,12 @@ func etcdLeader(t *testing.T, c *testkit.EtcdCluster) int {
 //     addition.
 func TestEtcdMembersStopped(t *testing.T) {
 	const every, bound = 200 * time.Millisecond, 3 * time.Second
+	began := time.Now()
 	cluster := testkit.StartEtcdCluster(t, 3)
+	clusterUp := time.Since(began)
 	const prefix = "/members"
 	m := startMeshWith(t, nil, filepath.Join(t.TempDir(), "data"), onEtcdAt(cluster.Endpoints(), prefix), app.WithStoreContact(every, bound))
+	t.Logf("a cluster of 3 members ready in %s, meshca started on it %s later", clusterUp.Round(time.Millisecond), (time.Since(began) - clusterUp).Round(time.Millisecond))
 
 	// One member of three, under load.
 	stop := make(chan struct{})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/meshca/meshca/internal/admin"
 	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/internal/registry"
@@ -20,7 +21,8 @@ type opsState struct {
 	auth   *authority.Authority
 	xds    *xds.Server
 	store  *store.Store
-	health *storeHealth // nil on bbolt
+	health *storeHealth  // nil on bbolt
+	admin  *admin.Server // nil without an mTLS admin listener
 	now    func() time.Time
 }
 
@@ -77,6 +79,19 @@ func (o *opsState) XDSEvents() map[string]int64 {
 		"connections_refused": st.ConnectionsRefused, "connections_evicted": st.ConnectionsEvicted,
 		"connections_over_address_limit": st.ConnectionsOverAddressLimit, "connections_over_node_limit": st.ConnectionsOverNodeLimit,
 	}
+}
+
+func (o *opsState) Connections() []metrics.Connections {
+	st := o.xds.Stats()
+	out := []metrics.Connections{
+		{Listener: "xds", Open: st.OpenConnections, Peak: st.PeakConnections},
+		{Listener: "xds_unauthenticated", Open: st.OpenUnauthenticated, Peak: st.PeakUnauthenticated},
+	}
+	if o.admin != nil {
+		open, peak := o.admin.MTLSConnections()
+		out = append(out, metrics.Connections{Listener: "admin_mtls", Open: open, Peak: peak})
+	}
+	return out
 }
 
 // ready reports whether meshca can do its job: the store answers (on

@@ -37,7 +37,9 @@ func TestRevokeWaitsUntilPushed(t *testing.T) {
 	m.admin("POST", api.PathRevoke+"/web?wait=pushed&timeout=2h", api.RevokeRequest{Reason: "test"}, &e, http.StatusBadRequest)
 
 	var res api.Revoked
-	m.admin("POST", api.PathRevoke+"/web?wait=pushed&timeout=5s", api.RevokeRequest{Reason: "test"}, &res, http.StatusOK)
+	// The wait ends as soon as both nodes have the change; the timeout is
+	// only a ceiling for a loaded machine.
+	m.admin("POST", api.PathRevoke+"/web?wait=pushed&timeout=30s", api.RevokeRequest{Reason: "test"}, &res, http.StatusOK)
 	p := res.Pushed
 	if p == nil || !p.Complete || p.Nodes != 2 || p.Have != 2 || p.Missing != 0 {
 		t.Fatalf("pushed = %+v, want 2 of 2 connected nodes", p)
@@ -91,10 +93,16 @@ func TestRevokeWaitsUntilPushed(t *testing.T) {
 	if p == nil || p.Complete || p.Missing < 1 || p.Have+p.Missing != p.Nodes {
 		t.Fatalf("pushed = %+v, want the mute node missing", p)
 	}
-	if took < 300*time.Millisecond || took > 10*time.Second || p.TookMS < 300 {
-		t.Fatalf("the wait took %s with a 300ms timeout", took)
+	// The answer came only once the timeout had passed: the request began
+	// before meshca set its deadline, so its round trip is at least the
+	// timeout whatever the load. took_ms is meshca's own figure for the
+	// wait, which starts a moment after the deadline is set (a loaded
+	// machine can make it 299.7 ms for a 300 ms timeout): it lies within
+	// the round trip, and is not compared with the timeout.
+	if took < 300*time.Millisecond || took > 30*time.Second || p.TookMS > float64(took.Microseconds())/1000 {
+		t.Fatalf("the wait took %s (meshca reports %.1f ms) with a 300ms timeout", took, p.TookMS)
 	}
-	t.Logf("with a node that never acknowledges: %d of %d after %.0f ms", p.Have, p.Nodes, p.TookMS)
+	t.Logf("with a node that never acknowledges: %d of %d after %.1f ms (round trip %s, timeout 300ms)", p.Have, p.Nodes, p.TookMS, took.Round(time.Millisecond))
 
 	// Without wait, nothing is reported.
 	res = api.Revoked{}

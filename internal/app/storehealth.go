@@ -49,6 +49,11 @@ type storeHealth struct {
 	mu     sync.Mutex
 	lastOK time.Time
 	lost   bool // logged as lost; logged again when it returns
+	// running is set when Run begins. Before, Start reads the store on
+	// its own, each read bounded and failing Start if unanswered: the
+	// bound would only count Start's duration (over 3 s on a loaded
+	// machine) as silence, and refuse reads that etcd answers.
+	running bool
 }
 
 func newStoreHealth(ping func(context.Context) error, every, bound time.Duration, log *slog.Logger) *storeHealth {
@@ -62,6 +67,9 @@ func newStoreHealth(ping func(context.Context) error, every, bound time.Duration
 
 // Run probes the store until ctx ends.
 func (h *storeHealth) Run(ctx context.Context) error {
+	h.mu.Lock()
+	h.lastOK, h.running = h.clock.Now(), true // Start's reads were answered
+	h.mu.Unlock()
 	for {
 		next := h.clock.After(h.every)
 		pctx, cancel := context.WithTimeout(ctx, h.timeout)
@@ -103,17 +111,17 @@ func (h *storeHealth) observe(err error) bool {
 	return false
 }
 
-// check fails with registry.ErrUnavailable once the last answered probe is
-// older than the bound. A nil storeHealth (bbolt: the file is local) never
-// fails.
+// check fails with registry.ErrUnavailable once, Run having begun, the
+// last answered probe is older than the bound. A nil storeHealth (bbolt:
+// the file is local) never fails.
 func (h *storeHealth) check() error {
 	if h == nil {
 		return nil
 	}
 	h.mu.Lock()
-	since := h.clock.Now().Sub(h.lastOK)
+	since, running := h.clock.Now().Sub(h.lastOK), h.running
 	h.mu.Unlock()
-	if since <= h.bound {
+	if !running || since <= h.bound {
 		return nil
 	}
 	return fmt.Errorf("%w: this meshca has had no answer from etcd for %s (limit %s) and does not sign until etcd answers again; use another replica meanwhile",

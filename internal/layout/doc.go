@@ -5,5 +5,7 @@
 // interface it needs, and wire types live in a public package. The
 // authority and the registry do not import each other (the registry takes
 // only the lifetime rules of internal/authority, and the audit action of a
-// rotation's re-keys).
+// rotation's re-keys). Selector rules live in internal/selector, a leaf of
+// the standard library, so that the registry imports none of the agent's
+// workload packages.
 package layout

@@ -46,6 +46,17 @@ type State interface {
 	// joins_refused): some never reach the audit log, such as a call
 	// without a client certificate or a snapshot that failed validation.
 	XDSEvents() map[string]int64
+	// Connections are what each listener that bounds its connections
+	// holds: "xds" (all), "xds_unauthenticated" (those without a node
+	// certificate, handshakes included) and "admin_mtls".
+	Connections() []Connections
+}
+
+// Connections are one listener's connections, as its limiter counts them:
+// open now, and the most open at once since start.
+type Connections struct {
+	Listener   string
+	Open, Peak int
 }
 
 // Metrics holds every collector.
@@ -259,6 +270,10 @@ var (
 		"Nodes with an open xDS stream, by kind.", []string{"kind"}, nil)
 	descXDSEvents = prometheus.NewDesc("meshca_xds_events_total",
 		"xDS server events since start, by event (denied, unauthenticated, auth_failures, invalid_configs, joins, joins_refused).", []string{"event"}, nil)
+	descConnsOpen = prometheus.NewDesc("meshca_connections_open",
+		"Connections open now, by listener (xds, xds_unauthenticated, admin_mtls), as the listener's limit counts them.", []string{"listener"}, nil)
+	descConnsPeak = prometheus.NewDesc("meshca_connections_peak",
+		"The most connections open at once since start, by listener (xds, xds_unauthenticated, admin_mtls): never above the listener's limit.", []string{"listener"}, nil)
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
@@ -267,6 +282,8 @@ func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descCRLAge
 	ch <- descNodes
 	ch <- descXDSEvents
+	ch <- descConnsOpen
+	ch <- descConnsPeak
 }
 
 func (g *gauges) Collect(ch chan<- prometheus.Metric) {
@@ -292,6 +309,10 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 	}
 	for event, n := range g.m.state.XDSEvents() {
 		ch <- prometheus.MustNewConstMetric(descXDSEvents, prometheus.CounterValue, float64(n), event)
+	}
+	for _, c := range g.m.state.Connections() {
+		ch <- prometheus.MustNewConstMetric(descConnsOpen, prometheus.GaugeValue, float64(c.Open), c.Listener)
+		ch <- prometheus.MustNewConstMetric(descConnsPeak, prometheus.GaugeValue, float64(c.Peak), c.Listener)
 	}
 }
 

@@ -22,6 +22,7 @@ func (noState) CAExpiries() []metrics.Expiry       { return nil }
 func (noState) CRLAge() (time.Duration, bool)      { return 0, false }
 func (noState) ConnectedNodes() map[string]int     { return nil }
 func (noState) XDSEvents() map[string]int64        { return map[string]int64{"invalid_configs": 2} }
+func (noState) Connections() []metrics.Connections { return nil }
 
 func scrape(t *testing.T, m *metrics.Metrics) (int, string) {
 	t.Helper()

@@ -17,8 +17,8 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/internal/selector"
 	"github.com/meshca/meshca/internal/store"
-	"github.com/meshca/meshca/internal/workload/attest"
 	"github.com/meshca/meshca/mesh"
 )
 
@@ -83,7 +83,7 @@ func (r *Registry) addNode(ctx context.Context, req AddNode, actor string) (Node
 	ids := slices.Clone(req.Identities)
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	selectors, err := attest.Normalize(req.Selectors)
+	selectors, err := selector.Normalize(req.Selectors)
 	if err != nil {
 		return Node{}, JoinToken{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -233,7 +233,7 @@ func (r *Registry) AssignIdentity(ctx context.Context, a Assignment, actor strin
 }
 
 func (r *Registry) assignIdentity(ctx context.Context, a Assignment, actor string) (store.Node, error) {
-	selectors, err := attest.Normalize(a.Selectors)
+	selectors, err := selector.Normalize(a.Selectors)
 	if err != nil {
 		return store.Node{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}

@@ -29,11 +29,24 @@ import (
 // disks. Tests on it prove what survives the loss of members (a stopped
 // member's state is kept; a restarted one catches up from the others), not
 // what survives a power cut of the whole cluster.
+//
+// Members elect a leader within memberElection (etcd's default is a
+// second, for members across a network): starting the cluster, and a
+// member returning to a cluster without quorum, each wait for an election.
+// All members share this process, so a loaded machine slows the
+// heartbeats and the election timers alike.
 type EtcdCluster struct {
 	tb      testing.TB
 	members []*Etcd
 	proxies []*Proxy // in front of each member's client port
 }
+
+// The members' heartbeat and election timeout: half of etcd's defaults,
+// in the same ratio (an election after ten missed heartbeats).
+const (
+	memberHeartbeat = 50 * time.Millisecond
+	memberElection  = 500 * time.Millisecond
+)
 
 // StartEtcdCluster starts a cluster of n members (n >= 1) and waits until
 // every member is ready.
@@ -61,6 +74,7 @@ func StartEtcdCluster(tb testing.TB, n int) *EtcdCluster {
 			cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 			cfg.InitialClusterToken = fmt.Sprintf("meshca-test-%d", attempt)
 			cfg.UnsafeNoFsync = true
+			cfg.TickMs, cfg.ElectionMs = uint(memberHeartbeat/time.Millisecond), uint(memberElection/time.Millisecond)
 			peers = append(peers, cfg.Name+"="+pu.String())
 			c.members = append(c.members, &Etcd{Endpoint: client, tb: tb, cfg: cfg})
 		}
