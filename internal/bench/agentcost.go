@@ -42,8 +42,8 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 		"(this harness, as Envoy, asking for the %d certificates and the trust bundle). Memory: VmRSS and VmHWM from /proc/PID/status "+
 		"once every certificate is served, and again at the end. Revocation: `POST /v1/revoke/NAME` of an identity the node does not "+
 		"hold, %d times in turn, each timed from the request until the bundle secret on the agent's socket carries a CRL listing the "+
-		"revoked serial (p99 by nearest rank: of %d samples, the highest). Renewal: an intermediate CA rotation, and once meshca "+
-		"has re-keyed its own server-key certificates, one more revocation wakes the agent's identity poll: it re-keys all %d "+
+		"revoked serial (p99 by nearest rank: of %d samples, the highest). Renewal, before those: an intermediate CA rotation, and once meshca "+
+		"has re-keyed its own server-key certificates, a first revocation wakes the agent's identity poll: it re-keys all %d "+
 		"identities; CPU per renewal is the CPU time of the agent's threads (/proc/PID/task/*/schedstat, to the nanosecond) over that round (from the wake until the socket serves every new "+
 		"certificate) divided by %d, beside meshca's for the same CSRs.", ids, ids, revocations, revocations, ids, ids)}
 
@@ -113,30 +113,9 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 	}
 	env.Logf("agent serves %d certificates %s after it started: %s; the agent of a node with no identity: %s", ids, fmtDur(ready), mem, emptyMem)
 
-	// Revocation at meshca → CRL on the agent's socket.
-	var lat, returned []time.Duration
-	for k := range revocations {
-		t0 := time.Now()
-		var rev api.Revoked
-		if err := admin.post(ctx, api.PathRevoke+"/"+spareName(k), api.RevokeRequest{Reason: "bench"}, &rev); err != nil {
-			return nil, err
-		}
-		returned = append(returned, time.Since(t0))
-		if len(rev.Serials) == 0 {
-			return nil, fmt.Errorf("revoking %s put no serial on the CRL", spareName(k))
-		}
-		if _, err := sds.until(ctx, "the CRL listing "+spareName(k), func(s servedSecrets) bool { return s.crlLists(bundleName, rev.Serials) }); err != nil {
-			return nil, err
-		}
-		lat = append(lat, time.Since(t0))
-	}
-	slices.Sort(lat)
-	slices.Sort(returned)
-	p50, p99 := percentile(lat, 50), percentile(lat, 99)
-	env.Logf("revocation → CRL on the agent's socket: p50 %s, p99 %s, max %s over %d; the request returned after p50 %s",
-		fmtDur(p50), fmtDur(p99), fmtDur(lat[len(lat)-1]), len(lat), fmtDur(percentile(returned, 50)))
-
-	// One renewal round: rotation, meshca's own re-key, then the wake.
+	// One renewal round: rotation, meshca's own re-key, then the wake. It
+	// comes before the revocations: once the CRL lists something, the
+	// new CA's first CRL changes it at the switch and wakes the agent.
 	before, err := admin.ca(ctx)
 	if err != nil {
 		return nil, err
@@ -156,22 +135,30 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	t0 := time.Now()
-	if err := admin.post(ctx, api.PathRevoke+"/"+spareName(revocations), api.RevokeRequest{Reason: "bench"}, nil); err != nil {
+	ticks0, err := cpuOf(p.Pid())
+	if err != nil {
 		return nil, err
 	}
 	newIssuer := after.Issuer.Serial
+	if moved := fromIssuer(sds.current().leaves(names), newIssuer); moved > 0 {
+		return nil, fmt.Errorf("the agent re-keyed %d certificates before it was woken: the round would not be measured alone", moved)
+	}
+	firstLeaves := first.leaves(names)
+	t0 := time.Now()
+	if err := admin.post(ctx, api.PathRevoke+"/"+spareName(0), api.RevokeRequest{Reason: "bench"}, nil); err != nil {
+		return nil, err
+	}
 	if _, err := sds.until(ctx, "every certificate re-keyed under the new CA", func(s servedSecrets) bool {
 		leaves := s.leaves(names)
 		if leaves == nil {
 			return false
 		}
 		for i, l := range leaves {
-			if len(l) < 2 || l[0].SerialNumber.Cmp(first.leaves(names)[i][0].SerialNumber) == 0 || fmt.Sprintf("%x", l[1].SerialNumber) != newIssuer {
+			if l[0].SerialNumber.Cmp(firstLeaves[i][0].SerialNumber) == 0 {
 				return false
 			}
 		}
-		return true
+		return fromIssuer(leaves, newIssuer) == len(names)
 	}); err != nil {
 		return nil, err
 	}
@@ -184,14 +171,41 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	ticks1, err := cpuOf(p.Pid())
+	if err != nil {
+		return nil, err
+	}
 	mem2, err := memOf(p.Pid())
 	if err != nil {
 		return nil, err
 	}
 	perRenewal := (agentCPU1 - agentCPU0) / time.Duration(ids)
 	serverPer := (serverCPU1 - serverCPU0) / time.Duration(ids)
-	env.Logf("renewal round: %d re-keyed in %s; agent CPU %s (%s each), meshca CPU %s (%s each); %s",
-		ids, fmtDur(round), fmtDur(agentCPU1-agentCPU0), fmtDur(perRenewal), fmtDur(serverCPU1-serverCPU0), fmtDur(serverPer), mem2)
+	env.Logf("renewal round: %d re-keyed in %s; agent CPU %s (%s each; /proc/PID/stat says %s), meshca CPU %s (%s each); %s",
+		ids, fmtDur(round), fmtDur(agentCPU1-agentCPU0), fmtDur(perRenewal), fmtDur(ticks1-ticks0), fmtDur(serverCPU1-serverCPU0), fmtDur(serverPer), mem2)
+
+	// Revocation at meshca → CRL on the agent's socket.
+	var lat, returned []time.Duration
+	for k := range revocations {
+		t0 := time.Now()
+		var rev api.Revoked
+		if err := admin.post(ctx, api.PathRevoke+"/"+spareName(k+1), api.RevokeRequest{Reason: "bench"}, &rev); err != nil {
+			return nil, err
+		}
+		returned = append(returned, time.Since(t0))
+		if len(rev.Serials) == 0 {
+			return nil, fmt.Errorf("revoking %s put no serial on the CRL", spareName(k+1))
+		}
+		if _, err := sds.until(ctx, "the CRL listing "+spareName(k+1), func(s servedSecrets) bool { return s.crlLists(bundleName, rev.Serials) }); err != nil {
+			return nil, err
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	slices.Sort(lat)
+	slices.Sort(returned)
+	p50, p99 := percentile(lat, 50), percentile(lat, 99)
+	env.Logf("revocation → CRL on the agent's socket: p50 %s, p99 %s, max %s over %d; the request returned after p50 %s",
+		fmtDur(p50), fmtDur(p99), fmtDur(lat[len(lat)-1]), len(lat), fmtDur(percentile(returned, 50)))
 
 	rssRow := Row{Figure: fmt.Sprintf("agent VmRSS, %d identities served", ids), Value: fmtBytes(mem.rss),
 		Baseline: fmtBytes(emptyMem.rss) + " (no identity)", Ratio: ratioOf(mem.rss, emptyMem.rss)}
@@ -216,6 +230,18 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 		Row{Figure: fmt.Sprintf("agent started → %d certificates served (join, keys, CSRs)", ids), Value: fmtDur(ready)},
 	)
 	return rep, nil
+}
+
+// fromIssuer counts the chains whose issuing certificate has serial
+// issuer (hex).
+func fromIssuer(chains [][]*x509.Certificate, issuer string) int {
+	n := 0
+	for _, c := range chains {
+		if len(c) > 1 && fmt.Sprintf("%x", c[1].SerialNumber) == issuer {
+			n++
+		}
+	}
+	return n
 }
 
 // spareName is the k-th identity no node holds, revoked in turn.
@@ -509,6 +535,13 @@ func (f *sdsFollower) until(ctx context.Context, what string, ok func(servedSecr
 			return nil, fmt.Errorf("SDS socket never served %s: %w", what, ctx.Err())
 		}
 	}
+}
+
+// current returns what the stream was last sent.
+func (f *sdsFollower) current() servedSecrets {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.served
 }
 
 func (f *sdsFollower) stop() {

@@ -16,6 +16,8 @@ import (
 	"net/http"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +36,10 @@ import (
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/registry"
 )
+
+// stormBound is how long the agent storm may take before the section
+// reports how far it got.
+const stormBound = 5 * time.Minute
 
 // stormTrigger is the identity the agent storm revokes to make every agent
 // ask for its identities at once; no node holds it.
@@ -80,12 +86,12 @@ func runAgentStorm(ctx context.Context, env *Env) (*Report, error) {
 		return nil, err
 	}
 	defer fleet.stop()
-	started := time.Now()
-	if err := fleet.waitAll(ctx, func(st agent.State, perAgent int) bool { return len(st.SVIDs) == perAgent }, size.perAgent); err != nil {
-		return nil, fmt.Errorf("first certificates: %w", err)
+	batch := max(size.agents/10, 1)
+	initial, err := fleet.coldStart(ctx, env, batch, size.perAgent)
+	if err != nil {
+		return nil, err
 	}
-	initial := time.Since(started)
-	env.Logf("%d agents hold their %d certificates after %s", size.agents, n, fmtDur(initial))
+	env.Logf("%d agents hold their %d certificates after %s (started %d at a time), %d failed calls", size.agents, n, fmtDur(initial), batch, fleet.failures.Load())
 
 	// The server-key re-key of the same identities, by the rotation.
 	admin := &adminClient{addr: m.Admin, http: &http.Client{Timeout: time.Minute}}
@@ -140,6 +146,10 @@ func runAgentStorm(ctx context.Context, env *Env) (*Report, error) {
 
 	// The agent storm.
 	failed0 := fleet.failures.Load()
+	signed0, limited0, err := signCounts(ctx, admin)
+	if err != nil {
+		return nil, err
+	}
 	clientCPU0 := processCPU()
 	watch := fleet.watchRekey(ctx, newIssuer, oldState)
 	trigger := time.Now()
@@ -147,8 +157,26 @@ func runAgentStorm(ctx context.Context, env *Env) (*Report, error) {
 		return nil, err
 	}
 	res, err := watch.wait(trigger)
+	signed1, limited1, merr := signCounts(ctx, admin)
+	if merr != nil {
+		return nil, merr
+	}
+	counts := Row{Figure: fmt.Sprintf("CSRs meshca signed for the storm / refused as over a node's CSR limit (%d needed)", n),
+		Value: fmt.Sprintf("%d / %d", signed1-signed0, limited1-limited0)}
 	if err != nil {
-		return nil, err
+		if env.Quick {
+			return nil, err
+		}
+		// A storm that does not finish is a figure too: how far it got.
+		env.Logf("agent storm not finished: %v", err)
+		rep.Rows = append(rep.Rows, Row{Figure: fmt.Sprintf("%d identities on %d agents re-keyed, revocation → last SDS socket serving the new CA's certificates", n, size.agents),
+			Value: fmt.Sprintf("not within %s: %d of %d agents done, %d of %d certificates from the new CA", stormBound, res.done, size.agents, fleet.rekeyedBy(newIssuer), n),
+			Goal:  "≤ 3 s", Verdict: NotMet},
+			Row{Figure: "server-key re-key of the same identities by the rotation", Value: fmtDur(serverKeys)},
+			counts,
+			Row{Figure: "agent calls to meshca that failed and were retried", Value: fmt.Sprint(fleet.failures.Load() - failed0)})
+		rep.Notes = append(rep.Notes, "The storm did not finish within its bound: "+err.Error())
+		return rep, nil
 	}
 	cpu2, err := cpuOf(m.Pid())
 	if err != nil {
@@ -178,7 +206,8 @@ func runAgentStorm(ctx context.Context, env *Env) (*Report, error) {
 			Baseline: fmtDur((cpu1 - cpu0) / time.Duration(after.Rotation.Leaves)), Ratio: float64((cpu2-cpu1)/time.Duration(n)) / float64((cpu1-cpu0)/time.Duration(after.Rotation.Leaves))},
 		Row{Figure: fmt.Sprintf("CPU of the storm: server + the %d agents", size.agents), Value: fmt.Sprintf("%s + %s", fmtDur(cpu2-cpu1), fmtDur(clientCPU))},
 		Row{Figure: "agent calls to meshca that failed and were retried", Value: fmt.Sprint(failed)},
-		Row{Figure: fmt.Sprintf("first certificates: %d agents started → all %d held (cold start, identity poll at once)", size.agents, n), Value: fmtDur(initial)},
+		counts,
+		Row{Figure: fmt.Sprintf("first certificates: %d agents started %d at a time → all %d held", size.agents, batch, n), Value: fmtDur(initial)},
 	)
 	rep.Notes = append(rep.Notes, fmt.Sprintf("The server-key baseline is the rotation's own re-key of the same %d identities (plus the trigger identity), "+
 		"timed from `POST /v1/ca/rotate` until `GET /v1/ca` counts every leaf re-issued; no node holds those certificates, so "+
@@ -280,6 +309,7 @@ type fleet struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	failures atomic.Int64 // log records carrying an error
+	run      []func()     // starts agent i
 }
 
 // startAgents starts one agent per node on an mTLS connection to xdsAddr
@@ -328,15 +358,34 @@ func startAgents(ctx context.Context, env *Env, xdsAddr string, seeded *Seeded) 
 		f.conns = append(f.conns, local)
 		f.agents, f.sockets = append(f.agents, a), append(f.sockets, socket)
 		f.sds = append(f.sds, secretv3.NewSecretDiscoveryServiceClient(local))
-		f.wg.Add(1)
-		go func() {
-			defer f.wg.Done()
-			if err := a.Run(actx); err != nil {
-				env.Logf("agent %s stopped: %v", n.Name, err)
-			}
-		}()
+		f.run = append(f.run, func() {
+			f.wg.Add(1)
+			go func() {
+				defer f.wg.Done()
+				if err := a.Run(actx); err != nil {
+					env.Logf("agent %s stopped: %v", n.Name, err)
+				}
+			}()
+		})
 	}
 	return f, nil
+}
+
+// coldStart runs the agents batch at a time, each batch once the previous
+// one holds all its certificates (perAgent each), and returns how long
+// that took.
+func (f *fleet) coldStart(ctx context.Context, env *Env, batch, perAgent int) (time.Duration, error) {
+	begin := time.Now()
+	for from := 0; from < len(f.agents); from += batch {
+		to := min(from+batch, len(f.agents))
+		for _, run := range f.run[from:to] {
+			run()
+		}
+		if err := f.waitAll(ctx, env, f.agents[from:to], func(st agent.State) bool { return len(st.SVIDs) == perAgent }); err != nil {
+			return 0, fmt.Errorf("agents %d-%d: first certificates: %w", from, to-1, err)
+		}
+	}
+	return time.Since(begin), nil
 }
 
 func (f *fleet) stop() {
@@ -356,20 +405,25 @@ func (f *fleet) snapshot() []agent.State {
 	return out
 }
 
-// waitAll waits until every agent's state satisfies ok.
-func (f *fleet) waitAll(ctx context.Context, ok func(agent.State, int) bool, perAgent int) error {
+// waitAll waits, up to ten minutes, until the state of each of agents
+// satisfies ok, logging progress every ten seconds.
+func (f *fleet) waitAll(ctx context.Context, env *Env, agents []*agent.Agent, ok func(agent.State) bool) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	for i, a := range f.agents {
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for i, a := range agents {
 		for {
 			st, changed := a.State()
-			if ok(st, perAgent) {
+			if ok(st) {
 				break
 			}
 			select {
 			case <-changed:
+			case <-tick.C:
+				env.Logf("waiting: %d of %d agents ready, %d failed calls so far", i, len(agents), f.failures.Load())
 			case <-ctx.Done():
-				return fmt.Errorf("agent %d: %d certificates held: %w", i, len(st.SVIDs), ctx.Err())
+				return fmt.Errorf("agent %d of %d: %d certificates held, %d failed calls: %w", i, len(agents), len(st.SVIDs), f.failures.Load(), ctx.Err())
 			}
 		}
 	}
@@ -404,6 +458,7 @@ type agentRekeyed struct {
 // stormResult is the storm's timing, from the trigger.
 type stormResult struct {
 	crlLast, stateLast, socketLast, socketMedian time.Duration
+	done                                         int // agents that finished
 }
 
 // watchRekey starts one watcher per agent: it records when the agent's
@@ -411,7 +466,7 @@ type stormResult struct {
 // keys, and when its SDS socket then served them.
 func (f *fleet) watchRekey(ctx context.Context, issuer string, old []agent.State) *rekeyWatch {
 	w := &rekeyWatch{done: make(chan agentRekeyed, len(f.agents)), n: len(f.agents)}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, stormBound)
 	var wg sync.WaitGroup
 	for i, a := range f.agents {
 		wg.Add(1)
@@ -527,12 +582,13 @@ func (w *rekeyWatch) wait(trigger time.Time) (stormResult, error) {
 			errs = append(errs, r.err)
 			continue
 		}
+		res.done++
 		res.crlLast = max(res.crlLast, r.crl.Sub(trigger))
 		res.stateLast = max(res.stateLast, r.state.Sub(trigger))
 		sockets = append(sockets, r.socket.Sub(trigger))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return res, err
+	if len(errs) > 0 {
+		return res, fmt.Errorf("%d agents: %w", len(errs), errs[0])
 	}
 	slices.Sort(sockets)
 	res.socketLast, res.socketMedian = sockets[len(sockets)-1], sockets[len(sockets)/2]
@@ -577,6 +633,29 @@ func (c *adminClient) post(ctx context.Context, path string, body, out any) erro
 	}
 	err := callJSON(ctx, c.http, http.MethodPost, "http://"+c.addr+path, body, http.StatusOK, out)
 	return err
+}
+
+// signCounts reads from meshca's metrics how many agent CSRs it signed and
+// how many it refused as over a node's CSR limit.
+func signCounts(ctx context.Context, admin *adminClient) (signed, limited int64, err error) {
+	text, err := admin.get(ctx, "/metrics")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(text), "\n") {
+		name, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		v, _ := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		switch name {
+		case `meshca_audit_events_total{action="cert.sign",outcome="ok"}`:
+			signed = int64(v)
+		case `meshca_refusals_total{action="cert.sign",outcome="denied",reason="rate_limited"}`:
+			limited = int64(v)
+		}
+	}
+	return signed, limited, nil
 }
 
 // pause waits d or until ctx ends.
