@@ -173,12 +173,19 @@ func agentStormCase(ctx context.Context, env *Env, rep *Report, size agentStormS
 		return err
 	}
 	res, err := watch.wait(trigger)
-	signed1, limited1, merr := signCounts(ctx, admin)
-	if merr != nil {
-		return merr
+	if err != nil {
+		// Stopped first: an overloaded meshca may not answer its admin
+		// API while the agents' calls keep coming.
+		fleet.stop()
 	}
-	counts := Row{Figure: fmt.Sprintf("CSRs meshca signed for the storm / refused as over a node's CSR limit (%d needed)", n),
-		Value: fmt.Sprintf("%d / %d", signed1-signed0, limited1-limited0)}
+	counts := Row{Figure: fmt.Sprintf("CSRs meshca signed for the storm / refused as over a node's CSR limit (%d needed)", n)}
+	if signed1, limited1, merr := signCounts(ctx, admin); merr == nil {
+		counts.Value = fmt.Sprintf("%d / %d", signed1-signed0, limited1-limited0)
+	} else if err == nil {
+		return merr
+	} else {
+		counts.Value = "unread: meshca's /metrics did not answer (" + merr.Error() + ")"
+	}
 	if err != nil {
 		if env.Quick {
 			return err
