@@ -227,7 +227,7 @@ func agentStormCase(ctx context.Context, env *Env, rep *Report, size agentStormS
 			Baseline: fmt.Sprintf("%.0f certs/s", float64(after.Rotation.Leaves)/serverKeys.Seconds()),
 			Ratio:    (float64(n) / res.socketLast.Seconds()) / (float64(after.Rotation.Leaves) / serverKeys.Seconds())},
 		Row{Figure: fmt.Sprintf("server CPU per certificate: agent CSR vs server key, %d identities", n), Value: fmtDur((cpu2 - cpu1) / time.Duration(n)),
-			Baseline: fmtDur((cpu1 - cpu0) / time.Duration(after.Rotation.Leaves)), Ratio: float64((cpu2-cpu1)/time.Duration(n)) / float64((cpu1-cpu0)/time.Duration(after.Rotation.Leaves))},
+			Baseline: fmtDur((cpu1 - cpu0) / time.Duration(after.Rotation.Leaves)), Ratio: ratioOf(int64((cpu2-cpu1)/time.Duration(n)), int64((cpu1-cpu0)/time.Duration(after.Rotation.Leaves)))},
 		Row{Figure: fmt.Sprintf("CPU of the storm: server + the %d agents", size.agents), Value: fmt.Sprintf("%s + %s", fmtDur(cpu2-cpu1), fmtDur(clientCPU))},
 		Row{Figure: fmt.Sprintf("agent calls to meshca that failed and were retried (of which past their deadline), %d identities", n),
 			Value: fmt.Sprintf("%d (%d)", failed, fleet.deadline.Load()-deadline0)},
