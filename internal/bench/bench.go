@@ -58,6 +58,8 @@ var Sections = []Section{
 	{Name: "api", Title: "Issuance through the admin API vs cfssl's API server", Run: runAPI},
 	{Name: "fanout", Title: "Trust-bundle fan-out", Run: runFanout},
 	{Name: "storm", Title: "Rotation storm", Run: runStorm},
+	{Name: "agentstorm", Title: "Rotation storm on agent nodes", Run: runAgentStorm},
+	{Name: "agentcost", Title: "The node agent's own cost", Run: runAgentCost},
 	{Name: "memory", Title: "Memory per idle stream", Run: runMemory},
 	{Name: "startup", Title: "Start to ready", Run: runStartup},
 	{Name: "etcd", Title: "Durable issuance on etcd", Run: runEtcdIssuance},
