@@ -88,6 +88,12 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 		if trials > 1 {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("%d streams, the %d trials: meshca %s; baseline %s.", n, trials, trialList(meshes), trialList(bases)))
 		}
+		// A garbage collection that falls inside one trial's push and not
+		// another's makes the server CPU of the trials differ by the cost of
+		// a cycle over every stream's memory: say which trials had one.
+		for t, m := range meshes {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%d streams, meshca trial %d: server CPU %s; %s.", n, t+1, fmtDur(m.serverCPU), m.counts))
+		}
 	}
 	for _, r := range runs {
 		ratio := r.meshca.last.Seconds() / r.base.last.Seconds()
