@@ -175,8 +175,7 @@ func (s *Server) swapBundle(ctx context.Context, node string) error {
 		return nil
 	}
 	// The other secrets' digests were kept when the snapshot was built: no
-	// secret is encoded again. The kept map is replaced, never changed:
-	// a snapshot being built may hold it.
+	// secret is encoded again. The kept map is replaced, never changed.
 	kept := s.secretSums(node)
 	sums := make(map[string][sha256.Size]byte, len(secrets))
 	items := make(map[string]types.ResourceWithTTL, len(secrets))
