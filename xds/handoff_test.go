@@ -35,7 +35,7 @@ type noAudit struct{}
 
 func (noAudit) RecordDenial(context.Context, string, string, string) {}
 
-func newHandoffServer(t *testing.T) *Server {
+func newHandoffServer(t testing.TB) *Server {
 	t.Helper()
 	s, err := New(Config{TrustDomain: spiffeid.RequireTrustDomainFromString("mesh.local"), Auth: noAuth{}, Joiner: noJoin{}, Audit: noAudit{},
 		Roots:      func() []*x509.Certificate { return nil },

@@ -167,37 +167,39 @@ func (s *Server) swapBundle(ctx context.Context, node string) error {
 		return fmt.Errorf("snapshot of type %T", cur)
 	}
 	name := cachev3.GetResourceName(bundle)
-	secrets := old.GetResources(resource.SecretType)
+	// The snapshot's own index is read, not copied: a bundle change
+	// visits every node, and what it allocates per node is garbage the
+	// server collects while it pushes.
+	secrets := old.Resources[types.Secret].Items
 	if _, held := secrets[name]; !held {
 		return nil
 	}
 	// The other secrets' digests were kept when the snapshot was built: no
-	// secret is encoded again.
-	sums := maps.Clone(s.secretSums(node))
-	items := make([]types.Resource, 0, len(secrets))
+	// secret is encoded again. The kept map is replaced, never changed.
+	kept := s.secretSums(node)
+	sums := make(map[string][sha256.Size]byte, len(secrets))
+	items := make(map[string]types.ResourceWithTTL, len(secrets))
 	names := make([]string, 0, len(secrets))
 	for n, r := range secrets {
-		if n == name {
-			r = bundle
-		} else if _, ok := sums[n]; !ok {
-			if sums == nil {
-				sums = map[string][sha256.Size]byte{}
-			}
-			if sums[n], err = (*digests)(nil).digest(r); err != nil {
+		d, ok := kept[n]
+		switch {
+		case n == name:
+			r, d = types.ResourceWithTTL{Resource: bundle}, bundleSum
+		case !ok:
+			if d, err = (*digests)(nil).digest(r.Resource); err != nil {
 				return err
 			}
 		}
-		items = append(items, r)
+		sums[n], items[n] = d, r
 		names = append(names, n)
 	}
-	sums[name] = bundleSum
 	slices.Sort(names)
 	version := versionOf(names, sums)
 	if version == old.GetVersion(resource.SecretType) {
 		return nil
 	}
 	snap := &cachev3.Snapshot{Resources: old.Resources}
-	snap.Resources[types.Secret] = cachev3.NewResources(version, items)
+	snap.Resources[types.Secret] = cachev3.Resources{Version: version, Items: items}
 	return s.publish(ctx, node, snap, sums)
 }
 

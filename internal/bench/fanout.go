@@ -80,13 +80,19 @@ func runFanout(ctx context.Context, env *Env) (*Report, error) {
 			if err != nil {
 				return nil, fmt.Errorf("meshca, %d streams: %w", n, err)
 			}
-			env.Logf("meshca: bundle change to %d streams in %s (admin call %s, %d responses, at most %d per stream; server CPU %s)",
-				n, fmtDur(mesh.last), fmtDur(mesh.trigger), mesh.responses, mesh.most, fmtDur(mesh.serverCPU))
+			env.Logf("meshca: bundle change to %d streams in %s (admin call %s, %d responses, at most %d per stream; server CPU %s; %s)",
+				n, fmtDur(mesh.last), fmtDur(mesh.trigger), mesh.responses, mesh.most, fmtDur(mesh.serverCPU), mesh.counts)
 			bases, meshes = append(bases, base), append(meshes, mesh)
 		}
 		runs = append(runs, pair{n, medianResult(meshes), medianResult(bases)})
 		if trials > 1 {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("%d streams, the %d trials: meshca %s; baseline %s.", n, trials, trialList(meshes), trialList(bases)))
+		}
+		// A garbage collection that falls inside one trial's push and not
+		// another's makes the server CPU of the trials differ by the cost of
+		// a cycle over every stream's memory: say which trials had one.
+		for t, m := range meshes {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%d streams, meshca trial %d: server CPU %s; %s.", n, t+1, fmtDur(m.serverCPU), m.counts))
 		}
 	}
 	for _, r := range runs {
@@ -262,21 +268,36 @@ type fanoutResult struct {
 	// most is the most responses one stream received up to and with the
 	// one that brought it the change: 1 unless it was sent extra pushes.
 	most int64
+	// counts tells what meshca did from the trigger until the last stream
+	// had the change ("" for the baseline).
+	counts string
 }
 
-// bundleChange connects the clients to the server at addr (process
-// serverPid), calls trigger and waits until every stream holds a bundle
-// with a new root.
-func (fc *fanoutCase) bundleChange(ctx context.Context, env *Env, addr string, serverPid int, trigger func() error) (fanoutResult, error) {
-	return fc.change(ctx, env, addr, serverPid, WatchBundle, trigger)
+// target is the server a change is timed on: its xDS address, its process
+// and, for meshca, its admin API (read before and after).
+type target struct {
+	addr, admin string
+	pid         int
+}
+
+// bundleChange connects the clients to the server srv, calls trigger and
+// waits until every stream holds a bundle with a new root.
+func (fc *fanoutCase) bundleChange(ctx context.Context, env *Env, srv target, trigger func() error) (fanoutResult, error) {
+	return fc.timeChange(ctx, env, srv, WatchBundle, trigger)
 }
 
 // change connects the clients to the server at addr (process serverPid),
 // calls trigger and waits until every stream has seen a change of kind
 // (WatchBundle, WatchIdentity, WatchAny).
 func (fc *fanoutCase) change(ctx context.Context, env *Env, addr string, serverPid int, kind string, trigger func() error) (fanoutResult, error) {
+	return fc.timeChange(ctx, env, target{addr: addr, pid: serverPid}, kind, trigger)
+}
+
+// timeChange is change on srv, with meshca's counters read around it when
+// srv names its admin API.
+func (fc *fanoutCase) timeChange(ctx context.Context, env *Env, srv target, kind string, trigger func() error) (fanoutResult, error) {
 	var res fanoutResult
-	clients, connect, err := fc.startClients(ctx, env, addr)
+	clients, connect, err := fc.startClients(ctx, env, srv.addr)
 	if err != nil {
 		return res, err
 	}
@@ -288,7 +309,13 @@ func (fc *fanoutCase) change(ctx context.Context, env *Env, addr string, serverP
 	if _, err := clients.Expect("armed ", 30*time.Second); err != nil {
 		return res, err
 	}
-	server0, err1 := cpuOf(serverPid)
+	var counts0 serverCounts
+	if srv.admin != "" {
+		if counts0, err = probeMeshca(ctx, srv.admin); err != nil {
+			return res, err
+		}
+	}
+	server0, err1 := cpuOf(srv.pid)
 	client0, err2 := cpuOf(clients.Pid())
 	if err := errors.Join(err1, err2); err != nil {
 		return res, err
@@ -302,7 +329,7 @@ func (fc *fanoutCase) change(ctx context.Context, env *Env, addr string, serverP
 	if err != nil {
 		return res, fmt.Errorf("clients: %w", err)
 	}
-	server1, err1 := cpuOf(serverPid)
+	server1, err1 := cpuOf(srv.pid)
 	client1, err2 := cpuOf(clients.Pid())
 	if err := errors.Join(err1, err2); err != nil {
 		return res, err
@@ -318,6 +345,13 @@ func (fc *fanoutCase) change(ctx context.Context, env *Env, addr string, serverP
 	}
 	res.last, res.median = time.Unix(0, last).Sub(start), time.Unix(0, median).Sub(start)
 	res.responses, res.most = responses, most
+	if srv.admin != "" {
+		counts1, err := probeMeshca(ctx, srv.admin)
+		if err != nil {
+			return res, err
+		}
+		res.counts = counts0.delta(counts1, start, start.Add(res.last))
+	}
 	return res, nil
 }
 
@@ -329,7 +363,7 @@ func (fc *fanoutCase) meshcaBundleChange(ctx context.Context, env *Env, data str
 		return fanoutResult{}, err
 	}
 	defer m.Stop()
-	return fc.bundleChange(ctx, env, m.XDS, m.Pid(), func() error { return rotateRoot(ctx, m.Admin) })
+	return fc.bundleChange(ctx, env, target{addr: m.XDS, admin: m.Admin, pid: m.Pid()}, func() error { return rotateRoot(ctx, m.Admin) })
 }
 
 // rotateRoot starts a root rotation through the admin API, as
@@ -374,7 +408,7 @@ func (fc *fanoutCase) naiveBundleChange(ctx context.Context, env *Env, extra ...
 		return fanoutResult{}, err
 	}
 	defer p.Stop()
-	return fc.bundleChange(ctx, env, addr, p.Pid(), func() error {
+	return fc.bundleChange(ctx, env, target{addr: addr, pid: p.Pid()}, func() error {
 		if err := p.Send("change"); err != nil {
 			return err
 		}
