@@ -65,8 +65,8 @@ func TestLeaderKilledDuringCARotation(t *testing.T) {
 	e := testkit.StartEtcd(t)
 	for _, tc := range []struct {
 		name string
-		// before is how far the leader drives the rotation before it is
-		// killed; phase is where that leaves it.
+		// before is how far each step drives the rotation until it is in
+		// phase, where the leader is killed.
 		before time.Duration
 		phase  string
 	}{
@@ -169,14 +169,17 @@ func leaderKilledDuringRotation(t *testing.T, e *testkit.Etcd, before time.Durat
 		t.Fatalf("rotation started as %+v", started.Rotation)
 	}
 	var r *api.CARotation
+	// The phase is checked before each step: a rotation whose nodes all
+	// acknowledged at once (on either replica) leaves publishing at the
+	// leader's first tick, so "while publishing" is right after the start.
 	for i := 0; ; i++ {
-		step(before)
 		if r = caOf(lead).Rotation; r != nil && r.Phase == phase {
 			break
 		}
 		if i == 5 {
 			t.Fatalf("the leader drove the rotation to %+v, want phase %s", r, phase)
 		}
+		step(before)
 	}
 	t.Logf("killing the leader in phase %s, %d of %d leaves re-issued", r.Phase, r.Reissued, r.Leaves)
 
