@@ -305,7 +305,14 @@ func TestGRPCFallsBackToAnotherReplica(t *testing.T) {
 	start := time.Now()
 	c := grpcClientOf(t, a, "g1", "localhost:"+portA, "localhost:"+portB)
 	a.stop()
-	eventually(t, c, "routes from B with A down", func(g map[string]int) bool { return g["A"] > 0 && g["B"] > 0 })
+	// The calls wait for the channel to be ready, as an application
+	// riding a fallback does. grpc-go keeps dialling A: each failure
+	// while a resource is asked of B but not yet received fails that
+	// resource for the moment (an endpoints resource fails with "produced
+	// zero addresses"), and a fail-fast call in that moment fails. B's
+	// answer replaces the failure; waiting calls are then routed. Were B
+	// to serve no endpoints, they would time out.
+	eventually(t, c, "routes from B with A down", func(g map[string]int) bool { return g["A"] > 0 && g["B"] > 0 }, grpc.WaitForReady(true))
 	t.Logf("grpc-go with replica A down: first routed RPCs through B's configuration after %s", time.Since(start))
 
 	b.admin("POST", api.PathMesh, api.ApplyMeshRequest{Document: echoMesh(ports, 0, 100)}, nil, http.StatusCreated)

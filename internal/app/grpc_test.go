@@ -125,13 +125,13 @@ func grpcClientOf(t *testing.T, m *mesh, node, server string, replicas ...string
 	return testgrpc.NewTestServiceClient(conn)
 }
 
-// spread makes n calls and counts the answers by server.
-func spread(t *testing.T, c testgrpc.TestServiceClient, n int) map[string]int {
+// spread makes n calls (with opts) and counts the answers by server.
+func spread(t *testing.T, c testgrpc.TestServiceClient, n int, opts ...grpc.CallOption) map[string]int {
 	t.Helper()
 	got := map[string]int{}
 	for i := 0; i < n; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		r, err := c.UnaryCall(ctx, &testgrpc.SimpleRequest{})
+		r, err := c.UnaryCall(ctx, &testgrpc.SimpleRequest{}, opts...)
 		cancel()
 		if err != nil {
 			t.Fatalf("call %d: %v", i, err)
@@ -141,14 +141,14 @@ func spread(t *testing.T, c testgrpc.TestServiceClient, n int) map[string]int {
 	return got
 }
 
-// eventually retries batches of calls until ok holds.
-func eventually(t *testing.T, c testgrpc.TestServiceClient, what string, ok func(map[string]int) bool) {
+// eventually retries batches of calls (with opts) until ok holds.
+func eventually(t *testing.T, c testgrpc.TestServiceClient, what string, ok func(map[string]int) bool, opts ...grpc.CallOption) {
 	t.Helper()
 	// grpc-go applies an xDS update to its picker without telling anyone:
 	// send batches until the spread shows it.
 	var got map[string]int
 	if !pollUntil(15*time.Second, 50*time.Millisecond, func() bool {
-		got = spread(t, c, 40)
+		got = spread(t, c, 40, opts...)
 		return ok(got)
 	}) {
 		t.Fatalf("%s: last batch %v", what, got)
