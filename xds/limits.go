@@ -76,8 +76,8 @@ type Limits struct {
 	// quarter of that again to finish).
 	UnauthenticatedIdleTimeout time.Duration
 	UnauthenticatedMaxAge      time.Duration
-	// MaxSigning bounds the agent CSRs signed at once (default twice
-	// GOMAXPROCS: signing is CPU and a store commit), and MaxSignQueue
+	// MaxSigning bounds the agent CSRs signed at once (default
+	// DefaultMaxSigning), and MaxSignQueue
 	// those waiting for a turn, each only while its caller waits (default
 	// DefaultMaxSignQueue). A CSR beyond the queue, or beyond
 	// maxSignPerNode of one node, is refused at once with
@@ -104,7 +104,7 @@ func (l Limits) withDefaults() Limits {
 	setD(&l.IdleTimeout, DefaultIdleTimeout)
 	setD(&l.UnauthenticatedIdleTimeout, DefaultUnauthenticatedIdleTimeout)
 	setD(&l.UnauthenticatedMaxAge, DefaultUnauthenticatedMaxAge)
-	set(&l.MaxSigning, 2*runtime.GOMAXPROCS(0))
+	set(&l.MaxSigning, max(DefaultMaxSigning, 2*runtime.GOMAXPROCS(0)))
 	set(&l.MaxSignQueue, DefaultMaxSignQueue)
 	l.MaxUnauthenticated = min(l.MaxUnauthenticated, l.MaxConnections)
 	l.MaxUnauthenticatedPerAddress = min(l.MaxUnauthenticatedPerAddress, l.MaxUnauthenticated)

@@ -8,8 +8,17 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// DefaultMaxSignQueue is the default of Limits.MaxSignQueue.
-const DefaultMaxSignQueue = 256
+// Defaults of Limits.MaxSigning (or twice GOMAXPROCS, if more) and
+// MaxSignQueue. Signing a CSR is a few ms of CPU and a share of a store
+// commit, and the store groups concurrent commits into one fsync: with a
+// bound near the core count (4 on 2 cores) each group held a few CSRs, and
+// 10,000 of them took 3× as long as with 32 (docs/benchmarks.md, "Node
+// agents"). What waits, 32 + 256, is still a few seconds of work, well
+// within an agent's call deadline.
+const (
+	DefaultMaxSigning   = 32
+	DefaultMaxSignQueue = 256
+)
 
 // maxSignPerNode bounds one node's CSRs signing or waiting: an agent sends
 // a few at a time (internal/agent), and one node must not take the whole
