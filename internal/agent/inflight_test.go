@@ -15,12 +15,13 @@ import (
 )
 
 // inFlight counts the CSRs a server is answering at once. Each is held
-// while more may come: until one more than limit are in flight (an agent
-// over its cap, seen doing so) or for window after the last one arrived
-// (every CSR an uncapped agent sends at once arrives well within it).
+// while more may come: until limit are in flight (or all expected have
+// arrived), then for window more, or until one more than limit is in flight
+// (an agent over its cap, seen doing so; every CSR an uncapped agent sends
+// at once arrives well within the window).
 type inFlight struct {
-	limit  int
-	window time.Duration
+	limit, expected int
+	window          time.Duration
 
 	mu              sync.Mutex
 	now, peak, seen int
@@ -29,24 +30,33 @@ type inFlight struct {
 
 func (f *inFlight) hold() {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.now++
 	f.seen++
 	f.peak = max(f.peak, f.now)
 	f.broadcast()
+	guard := time.After(waitLimit) // never hold a call forever
+	var window <-chan time.Time
 	for f.now <= f.limit {
+		if window == nil && (f.now == f.limit || f.seen == f.expected) {
+			window = time.After(f.window)
+		}
 		ch := f.changed
 		f.mu.Unlock()
+		expired := false
 		select {
 		case <-ch:
-			f.mu.Lock()
-			continue
-		case <-time.After(f.window):
+		case <-window:
+			expired = true
+		case <-guard:
+			expired = true
 		}
 		f.mu.Lock()
-		break
+		if expired {
+			break
+		}
 	}
 	f.now--
-	f.mu.Unlock()
 }
 
 func (f *inFlight) broadcast() {
@@ -65,7 +75,7 @@ func TestAgentCapsCSRsInFlight(t *testing.T) {
 		name := fmt.Sprintf("svc-%02d", i)
 		assigned = append(assigned, nodeapi.AssignedIdentity{Name: name, SPIFFEID: idName(name)})
 	}
-	counter := &inFlight{limit: agent.DefaultMaxSigning, window: 100 * time.Millisecond, changed: make(chan struct{})}
+	counter := &inFlight{limit: agent.DefaultMaxSigning, expected: identities, window: 100 * time.Millisecond, changed: make(chan struct{})}
 	l := &lyingMeshca{identities: assigned, ca: testkit.NewCA(t, pkix.Name{CommonName: "meshca"}, time.Now().Add(24*time.Hour), nil),
 		before: counter.hold}
 	conn := l.start(t)
