@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -75,6 +76,14 @@ type Limits struct {
 	// quarter of that again to finish).
 	UnauthenticatedIdleTimeout time.Duration
 	UnauthenticatedMaxAge      time.Duration
+	// MaxSigning bounds the agent CSRs signed at once (default
+	// DefaultMaxSigning), and MaxSignQueue
+	// those waiting for a turn, each only while its caller waits (default
+	// DefaultMaxSignQueue). A CSR beyond the queue, or beyond
+	// maxSignPerNode of one node, is refused at once with
+	// ResourceExhausted; the agent retries with backoff.
+	MaxSigning   int
+	MaxSignQueue int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -95,6 +104,8 @@ func (l Limits) withDefaults() Limits {
 	setD(&l.IdleTimeout, DefaultIdleTimeout)
 	setD(&l.UnauthenticatedIdleTimeout, DefaultUnauthenticatedIdleTimeout)
 	setD(&l.UnauthenticatedMaxAge, DefaultUnauthenticatedMaxAge)
+	set(&l.MaxSigning, max(DefaultMaxSigning, 2*runtime.GOMAXPROCS(0)))
+	set(&l.MaxSignQueue, DefaultMaxSignQueue)
 	l.MaxUnauthenticated = min(l.MaxUnauthenticated, l.MaxConnections)
 	l.MaxUnauthenticatedPerAddress = min(l.MaxUnauthenticatedPerAddress, l.MaxUnauthenticated)
 	return l

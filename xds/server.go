@@ -139,6 +139,7 @@ type Server struct {
 
 	limits Limits
 	lim    *limiter
+	signs  *signGate
 
 	streamsMu  sync.Mutex
 	nextStream uint64
@@ -183,6 +184,10 @@ type Stats struct {
 	// Connections of a node closed at once because it held
 	// maxConnectionsPerNode already.
 	ConnectionsOverNodeLimit int64
+	// Agent CSRs refused at once because Limits.MaxSignQueue (or the
+	// node's share) was full, and those whose caller went away before
+	// they were signed or stored.
+	CSRsRefused, CSRsAbandoned int64
 	// Open connections now, and how many of them have no node
 	// certificate (handshakes included).
 	OpenConnections, OpenUnauthenticated int
@@ -205,6 +210,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, allowed: map[string]map[string]bool{}, sums: map[string]map[string][sha256.Size]byte{}, routeSums: map[string]map[types.Resource][sha256.Size]byte{}, former: map[string]map[string]bool{}, cancels: map[string]map[uint64]context.CancelCauseFunc{}}
 	s.limits = cfg.Limits.withDefaults()
 	s.lim = newLimiter(s.limits)
+	s.signs = newSignGate(s.limits.MaxSigning, s.limits.MaxSignQueue)
 	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	s.cb = newCallbacks(s)
 	enforce := grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true})
@@ -349,7 +355,9 @@ func (s *Server) Connected() (connected, pending int) {
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
 	now, peak := s.lim.counts()
+	refused, abandoned := s.signs.counts()
 	return Stats{
+		CSRsRefused: refused, CSRsAbandoned: abandoned,
 		Denied: s.stats.denied.Load(), Unauthenticated: s.stats.unauthenticated.Load(),
 		AuthFailures: s.stats.authFailures.Load(), InvalidConfigs: s.stats.invalid.Load(),
 		Joins: s.stats.joins.Load(), JoinsRefused: s.stats.joinRefused.Load(),

@@ -35,8 +35,19 @@ func (s *Server) signCSR(ctx context.Context, req *nodeapi.SignRequest) (*nodeap
 	if s.cfg.Signer == nil {
 		return nil, status.Error(codes.Unimplemented, "this meshca signs no CSRs for agent nodes")
 	}
+	// Bounded: see signGate. A CSR whose caller has gone is neither
+	// signed nor stored (the Signer checks ctx before each).
+	release, err := s.signs.enter(ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	resp, err := s.cfg.Signer.SignCSR(ctx, node, peerLeaf(ctx), req.Identity, req.CSR)
 	if err != nil {
+		if ctx.Err() != nil {
+			s.signs.abandon()
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
 		var je *JoinError
 		if errors.As(err, &je) {
 			return nil, status.Error(je.Code, je.Message)

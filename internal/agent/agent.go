@@ -31,6 +31,8 @@ const (
 	DefaultWatchedPoll = 10 * time.Minute
 	// callTimeout bounds one call to meshca.
 	callTimeout = 30 * time.Second
+	// DefaultMaxSigning is how many CSRs an agent has at meshca at once.
+	DefaultMaxSigning = 4
 )
 
 // DefaultPolicy renews at half of a certificate's life, moved earlier by up
@@ -67,11 +69,18 @@ type Config struct {
 	IdentityPoll time.Duration
 	WatchedPoll  time.Duration
 	Policy       rotation.Policy // default DefaultPolicy
-	// Backoff spaces retries of failed calls (default 1s doubling to 1m).
+	// Backoff spaces retries of failed calls (default 1s doubling to 1m);
+	// a failed CSR waits a random time between half of it and all of it,
+	// so that agents refused together do not come back together.
 	Backoff rotation.Backoff
-	Clock   clock.Clock  // default the wall clock
-	Logger  *slog.Logger // default discard
-	Rand    io.Reader    // key and CSR randomness; default crypto/rand
+	// MaxSigning bounds the CSRs this agent has at meshca at once
+	// (default DefaultMaxSigning): after a CA switch every identity
+	// re-keys at once, and a hundred agents each sending every CSR
+	// together would have meshca sign for callers that timed out.
+	MaxSigning int
+	Clock      clock.Clock  // default the wall clock
+	Logger     *slog.Logger // default discard
+	Rand       io.Reader    // key and CSR randomness; default crypto/rand
 }
 
 // SVID is one identity's current certificate and its key, which never
@@ -133,6 +142,8 @@ type Agent struct {
 	pushed   chan nodeapi.IdentitiesResponse
 	watching atomic.Bool
 	files    fileWriter // under mu
+	// signing holds a token per CSR at meshca (Config.MaxSigning).
+	signing chan struct{}
 }
 
 // New validates cfg and sets defaults.
@@ -152,6 +163,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Backoff == (rotation.Backoff{}) {
 		cfg.Backoff = rotation.Backoff{Min: time.Second, Max: time.Minute}
 	}
+	if cfg.MaxSigning <= 0 {
+		cfg.MaxSigning = DefaultMaxSigning
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
 	}
@@ -161,7 +175,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
-	return &Agent{cfg: cfg, log: cfg.Logger, svids: map[string]SVID{}, changed: make(chan struct{}),
+	return &Agent{cfg: cfg, log: cfg.Logger, svids: map[string]SVID{}, changed: make(chan struct{}), signing: make(chan struct{}, cfg.MaxSigning),
 		identitiesWake: make(chan struct{}, 1), pushed: make(chan nodeapi.IdentitiesResponse, 1)}, nil
 }
 

@@ -36,6 +36,8 @@ type lyingMeshca struct {
 	sign       func(csr *x509.CertificateRequest) (leafKey crypto.PublicKey, uri string)
 	ca         *testkit.CA
 	signed     atomic.Int64
+	// before, when set, runs at each CSR before it is answered.
+	before func()
 }
 
 func (l *lyingMeshca) start(t *testing.T) *grpc.ClientConn {
@@ -62,6 +64,9 @@ func (l *lyingMeshca) start(t *testing.T) *grpc.ClientConn {
 				csr, err := x509.ParseCertificateRequest(req.CSR)
 				if err != nil {
 					return nil, err
+				}
+				if l.before != nil {
+					l.before()
 				}
 				pub, uri := any(csr.PublicKey), idName(req.Identity) // nil sign: honest
 				if l.sign != nil {

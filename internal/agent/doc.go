@@ -17,8 +17,10 @@
 //     (nodeapi SignCSR), checks the answer (its own public key, the
 //     identity's SPIFFE ID, a chain to the bundle) and renews with a fresh
 //     key at about half of each certificate's life (Config.Policy: the
-//     jitter is drawn from the serial). A failed renewal is retried with
-//     backoff; the current certificate is served until it expires, with a
+//     jitter is drawn from the serial). At most Config.MaxSigning CSRs
+//     are at meshca at once (a CA switch re-keys every identity together).
+//     A failed renewal is retried with a jittered backoff (meshca refuses
+//     CSRs beyond its signing queue at once); the current certificate is served until it expires, with a
 //     warning once less than a quarter of its life is left and an error
 //     below a tenth. Keys never leave the process except into the files
 //     Config.FilesDir asks for.

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"slices"
 	"time"
 
@@ -316,6 +317,7 @@ func (a *Agent) keepSVID(ctx context.Context, name string, rekey <-chan struct{}
 				if have {
 					wait = a.cfg.Backoff.Next(attempt, now, cur.NotAfter)
 				}
+				wait = jitter(wait)
 				a.logFailure(name, cur, have, now, attempt, err)
 			}
 		}
@@ -363,12 +365,29 @@ func (a *Agent) logFailure(name string, cur SVID, have bool, now time.Time, atte
 		"left", left.Round(time.Second).String(), "attempt", attempt, logErr, err)
 }
 
+// jitter is a random wait between half of d and d: CSRs refused together
+// (a busy meshca after a CA switch) are retried apart.
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + mrand.N(d-d/2+1)
+}
+
 // sign makes a new key, has meshca sign its CSR, and checks the answer.
+// At most Config.MaxSigning CSRs are at meshca at once; the call's
+// timeout runs from the moment this one is sent.
 func (a *Agent) sign(ctx context.Context, name string) (SVID, error) {
 	id, err := identity.ID(a.cfg.TrustDomain, name)
 	if err != nil {
 		return SVID{}, err
 	}
+	select {
+	case a.signing <- struct{}{}:
+	case <-ctx.Done():
+		return SVID{}, ctx.Err()
+	}
+	defer func() { <-a.signing }()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), a.cfg.Rand)
 	if err != nil {
 		return SVID{}, fmt.Errorf("make key: %w", err)

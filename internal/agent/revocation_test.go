@@ -31,7 +31,9 @@ func TestAgentRevocationLatency(t *testing.T) {
 	cert := m.addAgentNode("agent-0", "web")
 	socket := filepath.Join(t.TempDir(), "sds.sock")
 	a := startAgent(t, agent.Config{Conn: m.dial(m.app.XDS, cert), Node: "agent-0", TrustDomain: td, SDSSocket: socket, Clock: clk})
-	waitState(t, a, "the bundle", func(s agent.State) bool { return s.BundlePEM != nil })
+	// The socket serves once the agent knows the node's identities, which
+	// come apart from the bundle: web's certificate shows it does.
+	waitState(t, a, "the bundle and web's certificate", func(s agent.State) bool { return s.BundlePEM != nil && len(s.SVIDs) == 1 })
 	stream := openSotW(t, sdsClient(t, socket), bundleName)
 	stream.until("the bundle", func(m map[string]*tlsv3.Secret) bool { return m[bundleName] != nil })
 

@@ -78,6 +78,7 @@ func (o *opsState) XDSEvents() map[string]int64 {
 		"invalid_configs": st.InvalidConfigs, "joins": st.Joins, "joins_refused": st.JoinsRefused,
 		"connections_refused": st.ConnectionsRefused, "connections_evicted": st.ConnectionsEvicted,
 		"connections_over_address_limit": st.ConnectionsOverAddressLimit, "connections_over_node_limit": st.ConnectionsOverNodeLimit,
+		"csrs_refused": st.CSRsRefused, "csrs_abandoned": st.CSRsAbandoned,
 	}
 }
 

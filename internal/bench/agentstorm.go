@@ -32,10 +32,12 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/agent"
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/registry"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // stormBound is how long the agent storm may take before the section
@@ -64,8 +66,9 @@ func runAgentStorm(ctx context.Context, env *Env) (*Report, error) {
 		"not one per node: the figures below are meshca's). The agents start a tenth at a time and get their first certificates. " +
 		"An intermediate CA rotation (`POST /v1/ca/rotate`) then switches issuance; meshca " +
 		"re-keys the server-key certificates of the same identities at once (the same-run baseline: issue, lint, seal, commit with " +
-		"audit, no node to push to). An agent learns of the switch at its next identity poll (30 s by default, spread over the " +
-		"agents); here every agent is made to ask at once, the worst burst, by revoking an identity no node holds: the CRL change " +
+		"audit, no node to push to). meshca's identity watch tells every agent of the switch at the rotation; the harness answers " +
+		"the watch Unimplemented, as a meshca without it, so that the agents learn of the switch only when they ask and their storm " +
+		"is measured apart from the rotation's own re-key; here every agent is made to ask at once, the worst burst, by revoking an identity no node holds: the CRL change " +
 		"reaches every agent's trust stream and wakes its identity poll, as a revocation does. Figure: from that revocation until " +
 		"the last agent's SDS socket serves, for every identity, a certificate from the new CA for a key made after the switch " +
 		"(its own new key, CSR signed, recorded and audited by meshca; checked by a Fetch on each socket); at most " + stormBound.String() +
@@ -162,7 +165,7 @@ func agentStormCase(ctx context.Context, env *Env, rep *Report, size agentStormS
 
 	// The agent storm.
 	failed0, deadline0 := fleet.failures.Load(), fleet.deadline.Load()
-	signed0, limited0, err := signCounts(ctx, admin)
+	counts0, err := signCounts(ctx, admin)
 	if err != nil {
 		return err
 	}
@@ -178,9 +181,10 @@ func agentStormCase(ctx context.Context, env *Env, rep *Report, size agentStormS
 		// API while the agents' calls keep coming.
 		fleet.stop()
 	}
-	counts := Row{Figure: fmt.Sprintf("CSRs meshca signed for the storm / refused as over a node's CSR limit (%d needed)", n)}
-	if signed1, limited1, merr := signCounts(ctx, admin); merr == nil {
-		counts.Value = fmt.Sprintf("%d / %d", signed1-signed0, limited1-limited0)
+	counts := Row{Figure: fmt.Sprintf("CSRs meshca signed for the storm / refused as over a node's CSR limit / refused as beyond the signing queue / abandoned by their callers (%d needed)", n)}
+	if counts1, merr := signCounts(ctx, admin); merr == nil {
+		counts.Value = fmt.Sprintf("%d / %d / %d / %d", counts1.signed-counts0.signed, counts1.limited-counts0.limited,
+			counts1.busy-counts0.busy, counts1.abandoned-counts0.abandoned)
 	} else if err == nil {
 		return merr
 	} else {
@@ -361,7 +365,8 @@ func startAgents(ctx context.Context, env *Env, xdsAddr string, seeded *Seeded) 
 			f.stop()
 			return nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
-		conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(credentials.NewTLS(sidecarTLS(cert, roots))))
+		conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(credentials.NewTLS(sidecarTLS(cert, roots))),
+			grpc.WithStreamInterceptor(noIdentityWatch))
 		if err != nil {
 			f.stop()
 			return nil, err
@@ -670,10 +675,10 @@ func (c *adminClient) post(ctx context.Context, path string, body, out any) erro
 
 // signCounts reads from meshca's metrics how many agent CSRs it signed and
 // how many it refused as over a node's CSR limit.
-func signCounts(ctx context.Context, admin *adminClient) (signed, limited int64, err error) {
+func signCounts(ctx context.Context, admin *adminClient) (c csrCounts, err error) {
 	text, err := admin.get(ctx, "/metrics")
 	if err != nil {
-		return 0, 0, err
+		return csrCounts{}, err
 	}
 	for _, line := range strings.Split(string(text), "\n") {
 		name, value, ok := strings.Cut(line, " ")
@@ -683,12 +688,33 @@ func signCounts(ctx context.Context, admin *adminClient) (signed, limited int64,
 		v, _ := strconv.ParseFloat(strings.TrimSpace(value), 64)
 		switch name {
 		case `meshca_audit_events_total{action="cert.sign",outcome="ok"}`:
-			signed = int64(v)
+			c.signed = int64(v)
 		case `meshca_refusals_total{action="cert.sign",outcome="denied",reason="rate_limited"}`:
-			limited = int64(v)
+			c.limited = int64(v)
+		case `meshca_xds_events_total{event="csrs_refused"}`:
+			c.busy = int64(v)
+		case `meshca_xds_events_total{event="csrs_abandoned"}`:
+			c.abandoned = int64(v)
 		}
 	}
-	return signed, limited, nil
+	return c, nil
+}
+
+// csrCounts are meshca's counts of agent CSRs: signed, refused as over a
+// node's CSR limit, refused as beyond the signing queue (busy), and
+// abandoned by their callers before they were signed or stored.
+type csrCounts struct{ signed, limited, busy, abandoned int64 }
+
+// noIdentityWatch answers the agents' identity watch Unimplemented, as a
+// meshca without it would: they then learn of a CA switch only when asked
+// (here, when the revocation wakes them), so that their storm is measured
+// apart from the rotation's own re-key. With the watch, the switch reaches
+// every agent at the rotation and the two overlap.
+func noIdentityWatch(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if method == nodeapi.FullWatchIdentitiesMethod {
+		return nil, status.Error(codes.Unimplemented, "bench: identity watch off")
+	}
+	return streamer(ctx, desc, cc, method, opts...)
 }
 
 // pause waits d or until ctx ends.

@@ -126,6 +126,12 @@ func (r *Registry) signCSR(ctx context.Context, node string, presented *x509.Cer
 	if err != nil {
 		return Signed{}, err
 	}
+	// A caller that has gone (its agent timed out and will send another
+	// CSR) gets nothing signed nor stored: in a storm of CSRs that work
+	// would only delay the CSRs still awaited.
+	if err := ctx.Err(); err != nil {
+		return Signed{}, fmt.Errorf("CSR of node %q abandoned by its caller: %w", node, err)
+	}
 	issued, issuerSerial, err := r.issue(ctx, ca.Request{ID: id, DNSNames: rec.DNSNames, TTL: rec.TTL, CSR: csrDER})
 	if err != nil {
 		if errors.Is(err, ca.ErrLint) {
@@ -143,6 +149,11 @@ func (r *Registry) signCSR(ctx context.Context, node string, presented *x509.Cer
 		count    store.SignCount
 	)
 	err = r.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		// Checked again once the transaction holds the store: the wait
+		// for it may have outlasted the caller.
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("CSR of node %q abandoned by its caller: %w", node, err)
+		}
 		n, err := tx.Node(node)
 		if err != nil {
 			return fmt.Errorf("node %q: %w", node, err)
