@@ -254,7 +254,21 @@ func TestRootSwitchSendsOnlyTheNewLeaf(t *testing.T) {
 			}
 		}
 	}
-	advance(t, clk, time.Second)
+	// The rotation's tick reads the ACK counts as the xDS server keeps
+	// them; a tick that ran just before the last ACK was counted waits for
+	// the next, so the clock moves a second at a time until the switch.
+	for i := 0; ; i++ {
+		advance(t, clk, time.Second)
+		if pollUntil(2*time.Second, 10*time.Millisecond, func() bool {
+			r := caOf(m).Rotation
+			return r != nil && r.Phase != "publishing"
+		}) {
+			break
+		}
+		if i == 10 {
+			t.Fatalf("the rotation still publishes %d s of fake time after every node acknowledged the new root: %+v", i+1, caOf(m).Rotation)
+		}
+	}
 	for n, c := range nodes {
 		c.waitFor(t, published[n], "its leaf under the new root", func(r received) bool { return r.leaf != first[n].leaf })
 	}
