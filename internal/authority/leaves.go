@@ -2,23 +2,16 @@ package authority
 
 import (
 	"context"
-	"errors"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/meshca/meshca/internal/store"
 )
 
 // leafIndex is the current certificate of every active identity, for a
-// rotation to count the leaves still under the leaving CA. Like
-// nodeCertIndex it reads every identity once, then only the identities
-// the change feed names: a rotation that waits on 10,000 leaves being
-// re-keyed does not read them all again after each re-key.
+// rotation to count the leaves still under the leaving CA (feedIndex).
 type leafIndex struct {
-	mu     sync.Mutex
-	sub    *store.Subscription // nil until the first read, and after close
-	leaves map[string]leaf     // active identities with a current certificate
+	feedIndex[store.Identity, leaf]
 	// read reads an identity's leaf; tests wrap it to count reads.
 	read func(tx *store.Tx, id store.Identity) (leaf, bool, error)
 }
@@ -50,10 +43,16 @@ func (a *Authority) scanLeaves(ctx context.Context, issuer string, since time.Ti
 	defer x.mu.Unlock()
 	// Whatever the feed handed over by now is queued before Take.
 	scan := &leafScan{seq: a.cfg.Store.FeedSeq()}
-	if err := x.refresh(ctx, a.cfg.Store); err != nil {
+	read := x.read
+	if read == nil {
+		read = readLeaf
+	}
+	src := indexSource[store.Identity, leaf]{kind: store.KindIdentity, list: (*store.Tx).Identities, get: (*store.Tx).Identity,
+		read: read, name: func(id store.Identity) string { return id.Name }}
+	if err := x.refresh(ctx, a.cfg.Store, src); err != nil {
 		return nil, err
 	}
-	for name, l := range x.leaves {
+	for name, l := range x.vals {
 		switch {
 		case l.issuer != issuer:
 			scan.stale = append(scan.stale, name)
@@ -67,78 +66,7 @@ func (a *Authority) scanLeaves(ctx context.Context, issuer string, since time.Ti
 }
 
 // closeLeaves stops following the feed.
-func (a *Authority) closeLeaves() {
-	x := &a.rot.leafIndex
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.sub != nil {
-		x.sub.Close()
-	}
-	x.sub, x.leaves = nil, nil
-}
-
-// refresh brings the index up to what the feed has handed over: every
-// identity on the first call or after the feed dropped changes, else the
-// identities changed since the last call.
-func (x *leafIndex) refresh(ctx context.Context, st *store.Store) error {
-	if x.read == nil {
-		x.read = readLeaf
-	}
-	all := x.sub == nil
-	if all {
-		// Subscribe before reading: what commits meanwhile is read again.
-		x.sub = st.Subscribe(0)
-	}
-	changed, resync, err := x.sub.Take(store.KindIdentity)
-	if err != nil {
-		x.sub, x.leaves = nil, nil
-		return err
-	}
-	all = all || resync
-	if !all && len(changed) == 0 {
-		return nil
-	}
-	err = st.View(ctx, func(tx *store.Tx) error {
-		if all {
-			ids, err := tx.Identities()
-			if err != nil {
-				return err
-			}
-			leaves := make(map[string]leaf, len(ids))
-			for _, id := range ids {
-				if l, ok, err := x.read(tx, id); err != nil {
-					return err
-				} else if ok {
-					leaves[id.Name] = l
-				}
-			}
-			x.leaves = leaves
-			return nil
-		}
-		for _, name := range changed {
-			id, err := tx.Identity(name)
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
-				return err
-			}
-			l, ok, err := x.read(tx, id)
-			if err != nil {
-				return err
-			}
-			if ok {
-				x.leaves[name] = l
-			} else {
-				delete(x.leaves, name)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		// The changes taken are lost: read every identity next time.
-		x.sub.Close()
-		x.sub, x.leaves = nil, nil
-	}
-	return err
-}
+func (a *Authority) closeLeaves() { a.rot.leafIndex.close() }
 
 // readLeaf reads an identity's current certificate: ok is false for an
 // identity that is gone (zero), inactive or holds none.

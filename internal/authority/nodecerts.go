@@ -2,23 +2,18 @@ package authority
 
 import (
 	"context"
-	"errors"
-	"sync"
 	"time"
 
 	"github.com/meshca/meshca/internal/store"
 )
 
 // nodeCertIndex is the newest node certificate of every active node, for a
-// rotation to count the nodes still on the leaving CA. It reads every node
-// once, then only the nodes the change feed names, so that a rotation
-// waiting on 10,000 connected nodes does not read them all again after
-// each commit.
-type nodeCertIndex struct {
-	mu    sync.Mutex
-	sub   *store.Subscription // nil until the first read, and after close
-	certs map[string]nodeCert // active nodes that hold a node certificate
-}
+// rotation to count the nodes still on the leaving CA (feedIndex).
+type nodeCertIndex = feedIndex[store.Node, nodeCert]
+
+// nodeCertSource reads the index's nodes.
+var nodeCertSource = indexSource[store.Node, nodeCert]{kind: store.KindNode, list: (*store.Tx).Nodes, get: (*store.Tx).Node,
+	read: newestNodeCert, name: func(n store.Node) string { return n.Name }}
 
 type nodeCert struct {
 	issuer   string
@@ -33,10 +28,10 @@ func (a *Authority) nodeCerts(ctx context.Context, issuer string, now time.Time)
 	x := &a.rot.nodeCerts
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if err := x.refresh(ctx, a.cfg.Store); err != nil {
+	if err := x.refresh(ctx, a.cfg.Store, nodeCertSource); err != nil {
 		return 0, time.Time{}, err
 	}
-	for _, c := range x.certs {
+	for _, c := range x.vals {
 		if !c.notAfter.After(now) || (issuer != "" && c.issuer == issuer) {
 			continue
 		}
@@ -50,77 +45,7 @@ func (a *Authority) nodeCerts(ctx context.Context, issuer string, now time.Time)
 
 // closeNodeCerts stops following the feed: nothing counts node
 // certificates while no rotation is in progress.
-func (a *Authority) closeNodeCerts() {
-	x := &a.rot.nodeCerts
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.sub != nil {
-		x.sub.Close()
-	}
-	x.sub, x.certs = nil, nil
-}
-
-// refresh brings the index up to what the feed has handed over: every
-// node on the first call or after the feed dropped changes, else the nodes
-// changed since the last call. On etcd the feed names a change moments
-// after it commits: a node that just renewed may be counted as still on
-// the leaving CA for that long, which only makes the rotation wait.
-func (x *nodeCertIndex) refresh(ctx context.Context, st *store.Store) error {
-	all := x.sub == nil
-	if all {
-		// Subscribe before reading: what commits meanwhile is read again.
-		x.sub = st.Subscribe(0)
-	}
-	changed, resync, err := x.sub.Take(store.KindNode)
-	if err != nil {
-		x.sub, x.certs = nil, nil
-		return err
-	}
-	all = all || resync
-	if !all && len(changed) == 0 {
-		return nil
-	}
-	err = st.View(ctx, func(tx *store.Tx) error {
-		if all {
-			nodes, err := tx.Nodes()
-			if err != nil {
-				return err
-			}
-			certs := make(map[string]nodeCert, len(nodes))
-			for _, n := range nodes {
-				if c, ok, err := newestNodeCert(tx, n); err != nil {
-					return err
-				} else if ok {
-					certs[n.Name] = c
-				}
-			}
-			x.certs = certs
-			return nil
-		}
-		for _, name := range changed {
-			n, err := tx.Node(name)
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
-				return err
-			}
-			c, ok, err := newestNodeCert(tx, n)
-			if err != nil {
-				return err
-			}
-			if ok {
-				x.certs[name] = c
-			} else {
-				delete(x.certs, name)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		// The changes taken are lost: read every node next time.
-		x.sub.Close()
-		x.sub, x.certs = nil, nil
-	}
-	return err
-}
+func (a *Authority) closeNodeCerts() { a.rot.nodeCerts.close() }
 
 // newestNodeCert is an active node's newest node certificate: named in its
 // record, or for a record written before that, the last one issued to it.
