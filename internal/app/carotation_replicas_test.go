@@ -2,10 +2,7 @@ package app_test
 
 import (
 	"context"
-	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,9 +12,6 @@ import (
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshca/meshca/internal/api"
-	"github.com/meshca/meshca/internal/app"
-	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/testkit"
 )
 
@@ -37,45 +31,7 @@ const rotationGrace = 30 * time.Second
 func TestRotationCountsNodesOfEveryReplica(t *testing.T) {
 	e := testkit.StartEtcd(t)
 	start := time.Now()
-	onEtcd := func(c *config.Config) {
-		c.Store.Etcd = config.Etcd{Endpoints: []string{e.Endpoint}, Prefix: "/meshca-acks"}
-	}
-	clocks := map[*mesh]*clock.Fake{}
-	var meshes []*mesh
-	for i := range 2 {
-		dir := filepath.Join(t.TempDir(), fmt.Sprint(i))
-		if i > 0 { // every replica has the same key-encryption key
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			kek, err := os.ReadFile(filepath.Join(meshes[0].dir, app.KEKFile))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, app.KEKFile), kek, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-		clk := clock.NewFake(start)
-		m := startMeshWith(t, clk, dir, onEtcd, app.WithLeaderTTL(leaderTTL))
-		clocks[m] = clk
-		meshes = append(meshes, m)
-	}
-	var lead *mesh
-	if !pollUntil(10*time.Second, 20*time.Millisecond, func() bool {
-		for _, m := range meshes {
-			if l := caOf(m).Leader; l != nil && l.Self {
-				lead = m
-			}
-		}
-		return lead != nil
-	}) {
-		t.Fatal("no replica leads 10s after both started")
-	}
-	follow := meshes[0]
-	if follow == lead {
-		follow = meshes[1]
-	}
+	lead, follow, clocks := startClockedReplicas(t, e, "/meshca-acks", start)
 	loops := map[*mesh]int{lead: leaderLoops, follow: replicaLoops}
 	// Both clocks move together; a replica's loops are parked before and
 	// after each move.

@@ -80,43 +80,7 @@ func TestLeaderKilledDuringCARotation(t *testing.T) {
 func leaderKilledDuringRotation(t *testing.T, e *testkit.Etcd, before time.Duration, phase string) {
 	start := time.Now()
 	prefix := "/meshca-ha/" + phase
-	onEtcd := func(c *config.Config) { c.Store.Etcd = config.Etcd{Endpoints: []string{e.Endpoint}, Prefix: prefix} }
-	clocks := map[*mesh]*clock.Fake{}
-	var meshes []*mesh
-	for i := range 2 {
-		dir := filepath.Join(t.TempDir(), fmt.Sprint(i))
-		if i > 0 { // every replica has the same key-encryption key
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			kek, err := os.ReadFile(filepath.Join(meshes[0].dir, app.KEKFile))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, app.KEKFile), kek, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-		clk := clock.NewFake(start)
-		m := startMeshWith(t, clk, dir, onEtcd, app.WithLeaderTTL(leaderTTL))
-		clocks[m] = clk
-		meshes = append(meshes, m)
-	}
-	var lead, follow *mesh
-	if !pollUntil(10*time.Second, 20*time.Millisecond, func() bool {
-		for _, m := range meshes {
-			if l := caOf(m).Leader; l != nil && l.Self {
-				lead = m
-			}
-		}
-		return lead != nil
-	}) {
-		t.Fatal("no replica leads 10s after both started")
-	}
-	follow = meshes[0]
-	if follow == lead {
-		follow = meshes[1]
-	}
+	lead, follow, clocks := startClockedReplicas(t, e, prefix, start)
 	if l := caOf(follow).Leader; l == nil || l.Self || l.Address != lead.app.XDS {
 		t.Fatalf("the follower names the leader %+v, want %s", l, lead.app.XDS)
 	}
@@ -264,4 +228,48 @@ func leaderKilledDuringRotation(t *testing.T, e *testkit.Etcd, before time.Durat
 		})
 	}
 	t.Logf("%d identities re-issued under the new CA, %d nodes on it", len(serials), len(nodes))
+}
+
+// startClockedReplicas starts two replicas on e under prefix, sharing one
+// key-encryption key, each with its own fake clock starting at start, and
+// returns the one that leads, the other and their clocks.
+func startClockedReplicas(t *testing.T, e *testkit.Etcd, prefix string, start time.Time) (lead, follow *mesh, clocks map[*mesh]*clock.Fake) {
+	t.Helper()
+	onEtcd := func(c *config.Config) { c.Store.Etcd = config.Etcd{Endpoints: []string{e.Endpoint}, Prefix: prefix} }
+	clocks = map[*mesh]*clock.Fake{}
+	var meshes []*mesh
+	for i := range 2 {
+		dir := filepath.Join(t.TempDir(), fmt.Sprint(i))
+		if i > 0 { // every replica has the same key-encryption key
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			kek, err := os.ReadFile(filepath.Join(meshes[0].dir, app.KEKFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, app.KEKFile), kek, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		clk := clock.NewFake(start)
+		m := startMeshWith(t, clk, dir, onEtcd, app.WithLeaderTTL(leaderTTL))
+		clocks[m] = clk
+		meshes = append(meshes, m)
+	}
+	if !pollUntil(10*time.Second, 20*time.Millisecond, func() bool {
+		for _, m := range meshes {
+			if l := caOf(m).Leader; l != nil && l.Self {
+				lead = m
+			}
+		}
+		return lead != nil
+	}) {
+		t.Fatal("no replica leads 10s after both started")
+	}
+	follow = meshes[0]
+	if follow == lead {
+		follow = meshes[1]
+	}
+	return lead, follow, clocks
 }
