@@ -4,7 +4,6 @@ import (
 	"context"
 	"sync"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -46,9 +45,6 @@ type signGate struct {
 func newSignGate(max, queue int) *signGate {
 	return &signGate{slots: make(chan struct{}, max), perNode: map[string]int{}, queue: queue}
 }
-
-// errSignBusy is the refusal of a CSR beyond the queue.
-var errSignBusy = status.Error(codes.ResourceExhausted, "meshca is signing as many CSRs as it can; retry with backoff")
 
 // enter admits a CSR of node: it returns once the CSR may be signed, with
 // the function that ends its turn, or a gRPC status error: ResourceExhausted

@@ -110,7 +110,7 @@ func (s *Server) watchIdentities(_ any, ss grpc.ServerStream) error {
 	id, wake, ok := s.watches.add(node)
 	if !ok {
 		s.stats.denied.Add(1)
-		return status.Errorf(codes.ResourceExhausted, "node holds %d identity watches already; an agent needs one", maxIdentityWatches)
+		return status.Errorf(codes.ResourceExhausted, "node holds %d identity watches already; an agent needs one: is another meshca agent running for this node?", maxIdentityWatches)
 	}
 	defer s.watches.remove(node, id)
 	var last []byte
