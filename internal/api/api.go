@@ -377,4 +377,21 @@ type Replica struct {
 	XDS   string    `json:"xds"` // the address nodes use to reach it
 	Since time.Time `json:"since"`
 	Self  bool      `json:"self,omitempty"` // the replica that answered
+	// Nodes is how the replica's xDS nodes stand, from its last report,
+	// while a CA rotation is in progress on a shared store; nil otherwise
+	// (and always on bbolt, whose one process counts its own nodes).
+	Nodes *ReplicaNodes `json:"nodes,omitempty"`
+}
+
+// ReplicaNodes is one replica's report of its xDS nodes during a CA
+// rotation, which the leader sums to know when every node has what the
+// rotation waits for.
+type ReplicaNodes struct {
+	// Reported is false while the replica has published no report for
+	// the CA set the answering replica loaded: the rotation counts it as
+	// not reported, and waits for it. The counts are then zero.
+	Reported  bool      `json:"reported"`
+	Connected int       `json:"connected"`
+	Pending   int       `json:"pending"` // connected nodes that have not acknowledged what was last pushed to them
+	At        time.Time `json:"at,omitzero"`
 }

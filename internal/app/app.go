@@ -314,7 +314,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 
 	adm, err := admin.New(admin.Config{
 		Identities: reg, CSRSigner: reg, Nodes: reg, Reissuer: reg, Revoker: reg, CRLs: auth, Meshes: reg, Connections: connections{srv: xdsSrv}, Pushes: pushWaiter{nodes},
-		Authority: auth, Audit: reg, TrustDomain: td.Name(), XDSAddress: self.XDS, Replicas: replicaList{st: st, self: self.ID}, Logger: logger,
+		Authority: auth, Audit: reg, TrustDomain: td.Name(), XDSAddress: self.XDS, Replicas: replicaList{st: st, self: self.ID, rotation: auth.RotationCASetVersion}, Logger: logger,
 		Metrics: met.Handler(), Ready: ops.ready, Authorizer: reg, Denials: refusals, Logs: tel, Renewal: policy,
 		Leadership: leadership{el: elector}, Clock: o.clock,
 	})

@@ -107,6 +107,14 @@ func TestRotationCountsNodesOfEveryReplica(t *testing.T) {
 	ack(first)
 	acked(first.GetVersionInfo())
 
+	// No rotation: no replica is listed with nodes, whatever reports
+	// linger.
+	var reps []api.Replica
+	lead.admin("GET", api.PathReplicas, nil, &reps, http.StatusOK)
+	if len(reps) != 2 || reps[0].Nodes != nil || reps[1].Nodes != nil {
+		t.Fatalf("replicas before the rotation: %+v", reps)
+	}
+
 	var started api.CA
 	lead.admin("POST", api.PathCARotate, api.RotateCARequest{Root: true}, &started, http.StatusOK)
 	if started.Rotation == nil || started.Rotation.Phase != "publishing" {
@@ -145,6 +153,22 @@ func TestRotationCountsNodesOfEveryReplica(t *testing.T) {
 		pushed = recv("bundle with the new root") // only the latest counts
 	}
 	t.Logf("publishing held %s of fake time by a node on the other replica: %s", clocks[lead].Now().Sub(start), rot.WaitingFor)
+	// Either replica lists the follower's report beside it: the node the
+	// rotation waits for, and where it is.
+	for _, m := range []*mesh{lead, follow} {
+		var reps []api.Replica
+		m.admin("GET", api.PathReplicas, nil, &reps, http.StatusOK)
+		byID := map[string]*api.ReplicaNodes{}
+		for _, r := range reps {
+			byID[r.ID] = r.Nodes
+		}
+		if n := byID[follow.app.ReplicaID]; n == nil || !n.Reported || n.Connected != 1 || n.Pending != 1 {
+			t.Fatalf("replicas as listed by %s: the follower's nodes are %+v, want 1 connected, 1 pending", m.app.ReplicaID, n)
+		}
+		if n := byID[lead.app.ReplicaID]; n == nil || n.Pending != 0 || n.Connected != 0 {
+			t.Fatalf("replicas as listed by %s: the leader's nodes are %+v, want none", m.app.ReplicaID, n)
+		}
+	}
 
 	ack(pushed)
 	acked(pushed.GetVersionInfo())

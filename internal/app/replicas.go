@@ -26,6 +26,9 @@ func newReplicaID() string {
 type replicaList struct {
 	st   *store.Store
 	self string
+	// rotation is Authority.RotationCASetVersion: during a CA rotation
+	// each replica's report of its nodes is listed with it.
+	rotation func() (version string, rotating bool)
 }
 
 func (l replicaList) Replicas(ctx context.Context) ([]api.Replica, error) {
@@ -36,6 +39,30 @@ func (l replicaList) Replicas(ctx context.Context) ([]api.Replica, error) {
 	out := make([]api.Replica, 0, len(rs))
 	for _, r := range rs {
 		out = append(out, api.Replica{ID: r.ID, XDS: r.XDS, Since: r.Since, Self: r.ID == l.self})
+	}
+	if l.rotation == nil {
+		return out, nil
+	}
+	version, rotating := l.rotation()
+	if !rotating {
+		return out, nil
+	}
+	reports, err := l.st.NodeAcks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		n := &api.ReplicaNodes{}
+		// A replica registered after the read above has no entry: listed
+		// as not reported, as the leader would count it.
+		for _, rep := range reports {
+			if rep.Replica == out[i].ID && rep.Version == version {
+				n = &api.ReplicaNodes{Reported: true, Connected: rep.Connected, Pending: rep.Pending, At: rep.At}
+			}
+		}
+		if len(reports) > 0 {
+			out[i].Nodes = n
+		}
 	}
 	return out, nil
 }

@@ -88,6 +88,17 @@ func (a *Authority) RunAckReport(ctx context.Context, acks Acks) error {
 	}
 }
 
+// RotationCASetVersion names, while a CA rotation is in progress, the CA
+// set this replica loaded as the replicas' reports name it (rotating is
+// false otherwise): a report of another version is not counted.
+func (a *Authority) RotationCASetVersion() (version string, rotating bool) {
+	set := a.loaded.Load()
+	if set == nil || set.Rotation == nil {
+		return "", false
+	}
+	return caSetVersion(*set), true
+}
+
 // nodeAcks is how the nodes of every replica stand with the CA set set:
 // this replica's counted by local, the others' from their reports. A
 // replica whose report is of another CA set, or older than seq (the

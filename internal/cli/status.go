@@ -109,7 +109,15 @@ func writeStatus(w io.Writer, st Status, now time.Time) {
 		if r.Self {
 			self = " (this one)"
 		}
-		fmt.Fprintf(tw, "replica\t%s xDS %s, up since %s%s\n", esc(r.ID), esc(r.XDS), r.Since.UTC().Format(time.RFC3339), self)
+		nodes := ""
+		switch n := r.Nodes; {
+		case n == nil:
+		case !n.Reported:
+			nodes = "; its nodes not reported for this CA rotation yet"
+		default:
+			nodes = fmt.Sprintf("; %d node(s) connected, %d to acknowledge (reported %s)", n.Connected, n.Pending, n.At.UTC().Format(time.RFC3339))
+		}
+		fmt.Fprintf(tw, "replica\t%s xDS %s, up since %s%s%s\n", esc(r.ID), esc(r.XDS), r.Since.UTC().Format(time.RFC3339), self, nodes)
 	}
 	for _, e := range st.Recent {
 		fmt.Fprintf(tw, "audit\t#%d %s %s %s %s\n", e.Seq, e.Time.UTC().Format(time.RFC3339), esc(e.Action), esc(e.Outcome), dash(esc(e.Identity+e.Node)))
