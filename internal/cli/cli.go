@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/nodecmd"
 	"github.com/meshca/meshca/internal/text"
 )
 
@@ -42,6 +43,10 @@ const (
 	EnvTLSKey  = "MESHCA_TLS_KEY"
 	EnvTLSCA   = "MESHCA_TLS_CA"
 )
+
+// NodeFile is the node file meshca bootstrap and meshca agent write in a
+// node's directory.
+const NodeFile = nodecmd.NodeFile
 
 // DefaultAdmin is where the CLI looks for the admin API.
 const DefaultAdmin = "127.0.0.1:8000"
@@ -102,8 +107,8 @@ func New(cfg Config) *cobra.Command {
 		meshCmd(g),
 		statusCmd(g),
 		logsCmd(g),
-		bootstrapCmd(g),
-		agentCmd(),
+		nodecmd.Bootstrap(),
+		nodecmd.Agent(),
 		versionCmd(),
 	)
 	addCompletions(root, g)
