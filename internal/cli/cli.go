@@ -34,6 +34,10 @@ type Config struct {
 	Stderr  io.Writer   // default os.Stderr
 	// Getenv reads MESHCA_* variables; default os.Getenv.
 	Getenv func(string) string
+	// AgentMemoryLimit sets the soft memory limit of `meshca agent`
+	// (nodecmd.AgentConfig.SetMemoryLimit): debug.SetMemoryLimit in main,
+	// where the agent is the whole process; nil leaves the runtime's.
+	AgentMemoryLimit func(int64) int64
 }
 
 // Environment variables.
@@ -108,7 +112,7 @@ func New(cfg Config) *cobra.Command {
 		statusCmd(g),
 		logsCmd(g),
 		nodecmd.Bootstrap(),
-		nodecmd.Agent(),
+		nodecmd.Agent(nodecmd.AgentConfig{SetMemoryLimit: cfg.AgentMemoryLimit}),
 		versionCmd(),
 	)
 	addCompletions(root, g)

@@ -45,8 +45,17 @@ type agentOptions struct {
 // agentUsage is the agent command's usage after its name.
 const agentUsage = "--server HOST:PORT --node NODE --data-dir DIR [--token-file F (--ca-file F | --ca-sha256 HEX)] [--sds-socket PATH]"
 
+// AgentConfig configures the agent command.
+type AgentConfig struct {
+	// SetMemoryLimit, when not nil, is given the agent's soft memory
+	// limit (memlimit.go) whenever it changes, unless GOMEMLIMIT is set:
+	// debug.SetMemoryLimit where the agent is the whole process; nil where
+	// it shares the process, as in tests that run it beside meshca.
+	SetMemoryLimit func(int64) int64
+}
+
 // Agent is the meshca agent command.
-func Agent() *cobra.Command {
+func Agent(cfg AgentConfig) *cobra.Command {
 	var o agentOptions
 	cmd := &cobra.Command{
 		Use:   "agent " + agentUsage,
@@ -70,7 +79,7 @@ func Agent() *cobra.Command {
 					return err
 				}
 			}
-			return runAgent(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			return runAgent(cmd.Context(), cfg, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -88,7 +97,7 @@ func Agent() *cobra.Command {
 	return cmd
 }
 
-func runAgent(ctx context.Context, o agentOptions, stdout, stderr io.Writer) error {
+func runAgent(ctx context.Context, cfg AgentConfig, o agentOptions, stdout, stderr io.Writer) error {
 	if o.dataDir == "" || o.node == "" {
 		return errors.New("--node and --data-dir are required")
 	}
@@ -196,6 +205,9 @@ func runAgent(ctx context.Context, o agentOptions, stdout, stderr io.Writer) err
 		return renewNode(ctx, dir, out, gb)
 	}
 	run(a.Run)
+	if cfg.SetMemoryLimit != nil && os.Getenv("GOMEMLIMIT") == "" {
+		run(func(ctx context.Context) error { return followMemoryLimit(ctx, a, cfg.SetMemoryLimit, log) })
+	}
 	run(func(ctx context.Context) error { return watchRenew(ctx, clock.Real{}, dir, stdout, stderr, renew) })
 	if gb != nil {
 		fmt.Fprintf(stdout, "  identity files in %s; grpc bootstrap %s (GRPC_XDS_BOOTSTRAP)\n", o.writeFiles, filepath.Join(dir, bootstrap.GRPCFile))

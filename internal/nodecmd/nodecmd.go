@@ -15,6 +15,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -30,7 +31,7 @@ const NodeFile = "meshca-node.json"
 // error to stderr. It returns the error so that main can set the exit
 // code.
 func ExecuteAgent(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
-	cmd := Agent()
+	cmd := Agent(AgentConfig{SetMemoryLimit: debug.SetMemoryLimit})
 	cmd.Use = name + " " + agentUsage
 	cmd.SilenceUsage, cmd.SilenceErrors = true, true
 	cmd.SetArgs(args)
