@@ -52,6 +52,8 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 		"at once, while meshca re-keys its own server-key certificates of the same identities; the round is timed from the request "+
 		"until the socket serves every new "+
 		"certificate. CPU per renewal is the CPU time of the agent's threads (/proc/PID/task/*/schedstat, to the nanosecond) over that round, divided by %d, beside meshca's per identity until its own re-key is done too (the agent's CSR and meshca's server-key certificate).", agentName, ids, ids, revocations, revocations, ids, ids)}
+	rep.Intro += fmt.Sprintf(" Once every certificate is served, %d more streams, one per secret as Envoy opens them when each secret names its SDS source, "+
+		"each on a connection of its own (Envoy shares one), and the memory read again.", ids+1)
 	if slim {
 		rep.Intro += fmt.Sprintf(" Beside it, at the end, the same agent run as `meshca agent` (the whole meshca binary) for a node with no identity and for "+
 			"another node holding %d identities, each measured alone once it serves everything, as above.", ids)
@@ -104,6 +106,14 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 		return nil, err
 	}
 	env.Logf("agent serves %d certificates %s after it started: %s; the agent of a node with no identity: %s", ids, fmtDur(ready), mem, emptyMem)
+	// Envoy opens one SDS stream per secret when each names its SDS
+	// source: the same secrets again, that way, each stream on a
+	// connection of its own (Envoy shares one: this is the upper bound).
+	perSecret, err := memPerSecretStreams(ctx, p.Pid(), socket, append(slices.Clone(names), bundleName))
+	if err != nil {
+		return nil, err
+	}
+	env.Logf("with %d more SDS streams, one per secret as Envoy opens them, each on its own connection: %s", len(names)+1, perSecret)
 
 	// One renewal round: an intermediate CA rotation. meshca tells the
 	// agent of the switch on its identity watch, and the agent re-keys
@@ -224,6 +234,8 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 		Row{Figure: "agent VmRSS and VmHWM after a renewal round of every identity", Value: fmtBytes(mem2.rss) + ", peak " + fmtBytes(mem2.hwm)},
 		Row{Figure: "agent CPU per renewal (key, CSR, check, serve)", Value: fmtDur(perRenewal),
 			Baseline: fmtDur(serverPer) + " (meshca per identity: the CSR and its own re-key)", Ratio: ratioOf(int64(perRenewal), int64(serverPer))},
+		Row{Figure: fmt.Sprintf("agent VmRSS with %d more SDS streams, one per secret as Envoy opens them (each on its own connection)", ids+1), Value: fmtBytes(perSecret.rss),
+			Baseline: fmtBytes(mem.rss) + " (one stream)", Ratio: ratioOf(perSecret.rss, mem.rss)},
 		Row{Figure: fmt.Sprintf("agent VmRSS per identity served, above the agent with none (%d identities)", ids),
 			Value: fmtBytes((mem.rss - emptyMem.rss) / int64(ids))},
 		Row{Figure: fmt.Sprintf("renewal round of %d identities, CA rotation → all served", ids), Value: fmtDur(round)},
@@ -249,6 +261,31 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 		)
 	}
 	return rep, nil
+}
+
+// memPerSecretStreams opens one SDS stream per name on socket, each on a
+// connection of its own, waits until each serves its secret, reads
+// process pid's memory and closes them.
+func memPerSecretStreams(ctx context.Context, pid int, socket string, names []string) (procMem, error) {
+	var streams []*sdsFollower
+	defer func() {
+		for _, f := range streams {
+			f.stop()
+		}
+	}()
+	for _, n := range names {
+		f, err := followSDS(ctx, socket, []string{n})
+		if err != nil {
+			return procMem{}, err
+		}
+		streams = append(streams, f)
+	}
+	for i, f := range streams {
+		if _, err := f.until(ctx, names[i], func(s servedSecrets) bool { return s[names[i]] != nil }); err != nil {
+			return procMem{}, err
+		}
+	}
+	return memOf(pid)
 }
 
 // heldNames are the SPIFFE IDs of the identities seeded for agent node k
