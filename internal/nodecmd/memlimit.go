@@ -12,12 +12,17 @@ import (
 // collects, and keeps what it freed for a while: an agent serving 100
 // identities, about 5 MiB live, held 20-24 MiB of anonymous memory after a
 // renewal of all of them, most of it garbage of the SDS updates. With the
-// limit the collector runs earlier when the heap nears it. It grows with
-// what the agent holds, so that the live heap (about 3 MiB, and 20-30 KiB
-// per identity, measured) stays well below it and the collector is not
-// made to run all the time; the runtime caps the collector's share of the
-// CPU when the limit cannot be met, so the agent never stalls on it.
-// GOMEMLIMIT, when set, replaces it.
+// limit the collector runs earlier when memory nears it: 14-15 MiB
+// anonymous, for a collector that takes 18-20 % of the agent's CPU during
+// a burst of renewals instead of 5-6 % (gctrace, agentcost), and nothing
+// while the agent is idle, since it then allocates next to nothing. The
+// runtime's own memory (about 9 MiB: metadata, stacks, freed pages not yet
+// returned) counts towards the limit, so the heap has about 3 MiB plus
+// 64 KiB per identity, against a live heap of about 3 MiB plus 20-30 KiB
+// per identity (measured): the limit grows with what the agent holds. If
+// the live heap ever reached it, the runtime caps the collector at half
+// the CPU rather than let the agent stall. GOMEMLIMIT, when set, replaces
+// it.
 const (
 	memoryBase        = 12 << 20
 	memoryPerIdentity = 64 << 10
