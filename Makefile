@@ -1,6 +1,7 @@
 # meshca build and test entry points. `make test` is what CI runs.
 GO        ?= go
 BIN       := bin/meshca
+AGENT_BIN := bin/meshca-agent
 PKGS      := ./...
 SOAKFUZZ  ?= 2m
 
@@ -8,8 +9,10 @@ SOAKFUZZ  ?= 2m
 
 all: build
 
+## build: bin/meshca, and bin/meshca-agent (the node agent alone, without the server's dependencies)
 build:
 	$(GO) build -o $(BIN) ./cmd/meshca
+	$(GO) build -o $(AGENT_BIN) ./cmd/meshca-agent
 
 ## run: build and start the server on the embedded default (./meshca-data, admin API on 127.0.0.1:8000)
 run: build

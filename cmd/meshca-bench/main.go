@@ -27,6 +27,7 @@ func main() {
 	cfg := bench.Config{Log: os.Stderr}
 	only := flag.String("only", "", "comma-separated sections to run (default all)")
 	flag.StringVar(&cfg.Meshca, "meshca", "bin/meshca", "meshca binary the multi-process sections start")
+	flag.StringVar(&cfg.Agent, "agent", "bin/meshca-agent", `meshca-agent binary agentcost measures beside meshca agent ("" measures only meshca agent)`)
 	flag.StringVar(&cfg.Out, "out", "BENCHMARKS.md", `report file ("" writes none)`)
 	flag.BoolVar(&cfg.Quick, "quick", false, "tiny sizes: a smoke run whose figures mean nothing")
 	flag.Parse()

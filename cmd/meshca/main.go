@@ -6,6 +6,7 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/meshca/meshca/internal/app"
@@ -14,7 +15,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := cli.Execute(ctx, cli.Config{Server: app.Run, Migrate: app.Migrate}, os.Args[1:])
+	err := cli.Execute(ctx, cli.Config{Server: app.Run, Migrate: app.Migrate, AgentMemoryLimit: debug.SetMemoryLimit}, os.Args[1:])
 	stop()
 	if err != nil {
 		os.Exit(1)

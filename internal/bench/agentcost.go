@@ -37,7 +37,12 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 	if env.Quick {
 		ids, revocations = 5, 3
 	}
-	rep := &Report{Intro: fmt.Sprintf("One `meshca agent` process (the real binary, default flags: identity poll 30 s) for an agent node "+
+	slim := env.Agent != ""
+	agentName := "`meshca agent`"
+	if slim {
+		agentName = "`meshca-agent` (the agent alone, `make build`'s bin/meshca-agent)"
+	}
+	rep := &Report{Intro: fmt.Sprintf("One %s process (the real binary, default flags: identity poll 30 s) for an agent node "+
 		"holding %d identities, joined with its one-time token, serving SDS on a Unix socket to one state-of-the-world SDS stream "+
 		"(this harness, as Envoy, asking for the %d certificates and the trust bundle). Memory: VmRSS and VmHWM from /proc/PID/status "+
 		"once every certificate is served, and again at the end. Revocation: `POST /v1/revoke/NAME` of an identity the node does not "+
@@ -46,10 +51,16 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 		"(`POST /v1/ca/rotate`); meshca tells the agent of the switch on its identity watch and the agent re-keys all %d identities "+
 		"at once, while meshca re-keys its own server-key certificates of the same identities; the round is timed from the request "+
 		"until the socket serves every new "+
-		"certificate. CPU per renewal is the CPU time of the agent's threads (/proc/PID/task/*/schedstat, to the nanosecond) over that round, divided by %d, beside meshca's per identity until its own re-key is done too (the agent's CSR and meshca's server-key certificate).", ids, ids, revocations, revocations, ids, ids)}
+		"certificate. CPU per renewal is the CPU time of the agent's threads (/proc/PID/task/*/schedstat, to the nanosecond) over that round, divided by %d, beside meshca's per identity until its own re-key is done too (the agent's CSR and meshca's server-key certificate).", agentName, ids, ids, revocations, revocations, ids, ids)}
+	rep.Intro += fmt.Sprintf(" Once every certificate is served, %d more streams, one per secret as Envoy opens them when each secret names its SDS source, "+
+		"each on a connection of its own (Envoy shares one), and the memory read again.", ids+1)
+	if slim {
+		rep.Intro += fmt.Sprintf(" Beside it, at the end, the same agent run as `meshca agent` (the whole meshca binary) for a node with no identity and for "+
+			"another node holding %d identities, each measured alone once it serves everything, as above.", ids)
+	}
 
 	data := filepath.Join(env.Dir, "data")
-	tokens, err := seedAgentCost(ctx, data, ids, revocations+1)
+	tokens, err := seedAgentCost(ctx, data, ids, revocations+1, slim)
 	if err != nil {
 		return nil, err
 	}
@@ -67,37 +78,19 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 
 	// Baseline: the same binary as the agent of a node with no identity,
 	// serving only the trust bundle.
-	empty, emptySocket, err := startAgentProc(ctx, env, m.XDS, "agent-empty", tokens[1], pin)
-	if err != nil {
-		return nil, err
-	}
-	emptySDS, err := followSDS(ctx, emptySocket, []string{bundleName})
-	if err != nil {
-		empty.Stop()
-		return nil, err
-	}
-	_, err = emptySDS.until(ctx, "the trust bundle", func(s servedSecrets) bool { return s[bundleName] != nil })
-	emptySDS.stop()
-	var emptyMem procMem
-	if err == nil {
-		emptyMem, err = memOf(empty.Pid())
-	}
-	empty.Stop()
+	emptyMem, err := agentMemServing(ctx, env, slim, m.XDS, "agent-empty", tokens[1], pin, []string{bundleName})
 	if err != nil {
 		return nil, fmt.Errorf("agent of a node with no identity: %w", err)
 	}
 
 	begin := time.Now()
-	p, socket, err := startAgentProc(ctx, env, m.XDS, "agent-0", tokens[0], pin)
+	p, socket, err := startAgentProc(ctx, env, slim, m.XDS, "agent-0", tokens[0], pin)
 	if err != nil {
 		return nil, err
 	}
 	defer p.Stop()
 
-	names := make([]string, ids)
-	for i := range names {
-		names[i] = "spiffe://" + TrustDomain + "/" + fmt.Sprintf("id-0-%d", i)
-	}
+	names := heldNames(0, ids)
 	sds, err := followSDS(ctx, socket, append(slices.Clone(names), bundleName))
 	if err != nil {
 		return nil, err
@@ -113,6 +106,14 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 		return nil, err
 	}
 	env.Logf("agent serves %d certificates %s after it started: %s; the agent of a node with no identity: %s", ids, fmtDur(ready), mem, emptyMem)
+	// Envoy opens one SDS stream per secret when each names its SDS
+	// source: the same secrets again, that way, each stream on a
+	// connection of its own (Envoy shares one: this is the upper bound).
+	perSecret, err := memPerSecretStreams(ctx, p.Pid(), socket, append(slices.Clone(names), bundleName))
+	if err != nil {
+		return nil, err
+	}
+	env.Logf("with %d more SDS streams, one per secret as Envoy opens them, each on its own connection: %s", len(names)+1, perSecret)
 
 	// One renewal round: an intermediate CA rotation. meshca tells the
 	// agent of the switch on its identity watch, and the agent re-keys
@@ -207,6 +208,18 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 	env.Logf("revocation → CRL on the agent's socket: p50 %s, p99 %s, max %s over %d; the request returned after p50 %s",
 		fmtDur(p50), fmtDur(p99), fmtDur(lat[len(lat)-1]), len(lat), fmtDur(percentile(returned, 50)))
 
+	// The same agent as `meshca agent`, the whole meshca binary, beside.
+	var fullMem, fullEmptyMem procMem
+	if slim {
+		if fullEmptyMem, err = agentMemServing(ctx, env, false, m.XDS, "full-empty", tokens[3], pin, []string{bundleName}); err != nil {
+			return nil, fmt.Errorf("meshca agent of a node with no identity: %w", err)
+		}
+		if fullMem, err = agentMemServing(ctx, env, false, m.XDS, "full-1", tokens[2], pin, heldNames(1, ids)); err != nil {
+			return nil, fmt.Errorf("meshca agent of a node with %d identities: %w", ids, err)
+		}
+		env.Logf("meshca agent (the whole binary) serving %d certificates: %s; with no identity: %s", ids, fullMem, fullEmptyMem)
+	}
+
 	rssRow := Row{Figure: fmt.Sprintf("agent VmRSS, %d identities served", ids), Value: fmtBytes(mem.rss),
 		Baseline: fmtBytes(emptyMem.rss) + " (no identity)", Ratio: ratioOf(mem.rss, emptyMem.rss)}
 	revRow := Row{Figure: fmt.Sprintf("revocation → CRL on the agent's SDS socket, p99 of %d", len(lat)), Value: fmtDur(p99)}
@@ -221,6 +234,8 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 		Row{Figure: "agent VmRSS and VmHWM after a renewal round of every identity", Value: fmtBytes(mem2.rss) + ", peak " + fmtBytes(mem2.hwm)},
 		Row{Figure: "agent CPU per renewal (key, CSR, check, serve)", Value: fmtDur(perRenewal),
 			Baseline: fmtDur(serverPer) + " (meshca per identity: the CSR and its own re-key)", Ratio: ratioOf(int64(perRenewal), int64(serverPer))},
+		Row{Figure: fmt.Sprintf("agent VmRSS with %d more SDS streams, one per secret as Envoy opens them (each on its own connection)", ids+1), Value: fmtBytes(perSecret.rss),
+			Baseline: fmtBytes(mem.rss) + " (one stream)", Ratio: ratioOf(perSecret.rss, mem.rss)},
 		Row{Figure: fmt.Sprintf("agent VmRSS per identity served, above the agent with none (%d identities)", ids),
 			Value: fmtBytes((mem.rss - emptyMem.rss) / int64(ids))},
 		Row{Figure: fmt.Sprintf("renewal round of %d identities, CA rotation → all served", ids), Value: fmtDur(round)},
@@ -229,7 +244,92 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 			Baseline: fmtDur(percentile(returned, 50)) + " (request returned)", Ratio: ratioOf(int64(p50), int64(percentile(returned, 50)))},
 		Row{Figure: fmt.Sprintf("agent started → %d certificates served (join, keys, CSRs)", ids), Value: fmtDur(ready)},
 	)
+	if slim {
+		agentSize, err1 := fileSize(env.Agent)
+		meshcaSize, err2 := fileSize(env.Meshca)
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, err
+		}
+		rep.Rows = append(rep.Rows,
+			Row{Figure: fmt.Sprintf("`meshca agent` (the whole meshca binary) VmRSS, %d identities served", ids), Value: fmtBytes(fullMem.rss),
+				Baseline: fmtBytes(fullEmptyMem.rss) + " (no identity)", Ratio: ratioOf(fullMem.rss, fullEmptyMem.rss)},
+			Row{Figure: "of which anonymous / file-backed", Value: fmtBytes(fullMem.anon) + " / " + fmtBytes(fullMem.file),
+				Baseline: fmtBytes(fullEmptyMem.anon) + " / " + fmtBytes(fullEmptyMem.file) + " (no identity)"},
+			Row{Figure: fmt.Sprintf("`meshca-agent` VmRSS vs `meshca agent`, %d identities served", ids), Value: fmtBytes(mem.rss),
+				Baseline: fmtBytes(fullMem.rss), Ratio: ratioOf(mem.rss, fullMem.rss)},
+			Row{Figure: "binary size, `meshca-agent` vs `meshca`", Value: fmtBytes(agentSize), Baseline: fmtBytes(meshcaSize), Ratio: ratioOf(agentSize, meshcaSize)},
+		)
+	}
 	return rep, nil
+}
+
+// memPerSecretStreams opens one SDS stream per name on socket, each on a
+// connection of its own, waits until each serves its secret, reads
+// process pid's memory and closes them.
+func memPerSecretStreams(ctx context.Context, pid int, socket string, names []string) (procMem, error) {
+	var streams []*sdsFollower
+	defer func() {
+		for _, f := range streams {
+			f.stop()
+		}
+	}()
+	for _, n := range names {
+		f, err := followSDS(ctx, socket, []string{n})
+		if err != nil {
+			return procMem{}, err
+		}
+		streams = append(streams, f)
+	}
+	for i, f := range streams {
+		if _, err := f.until(ctx, names[i], func(s servedSecrets) bool { return s[names[i]] != nil }); err != nil {
+			return procMem{}, err
+		}
+	}
+	return memOf(pid)
+}
+
+// heldNames are the SPIFFE IDs of the identities seeded for agent node k
+// (seedAgentCost).
+func heldNames(k, ids int) []string {
+	names := make([]string, ids)
+	for i := range names {
+		names[i] = "spiffe://" + TrustDomain + "/" + fmt.Sprintf("id-%d-%d", k, i)
+	}
+	return names
+}
+
+// agentMemServing starts an agent for node, waits until its SDS socket
+// serves every secret of names, reads its memory and stops it.
+func agentMemServing(ctx context.Context, env *Env, slim bool, xdsAddr, node, token string, pin []byte, names []string) (procMem, error) {
+	p, socket, err := startAgentProc(ctx, env, slim, xdsAddr, node, token, pin)
+	if err != nil {
+		return procMem{}, err
+	}
+	defer p.Stop()
+	sds, err := followSDS(ctx, socket, names)
+	if err != nil {
+		return procMem{}, err
+	}
+	defer sds.stop()
+	if _, err := sds.until(ctx, fmt.Sprintf("%d secrets", len(names)), func(s servedSecrets) bool {
+		for _, n := range names {
+			if s[n] == nil {
+				return false
+			}
+		}
+		return true
+	}); err != nil {
+		return procMem{}, fmt.Errorf("%w; agent: %s", err, p.stderrTail())
+	}
+	return memOf(p.Pid())
+}
+
+func fileSize(path string) (int64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
 }
 
 // fromIssuer counts the chains whose issuing certificate has serial
@@ -248,21 +348,28 @@ func fromIssuer(chains [][]*x509.Certificate, issuer string) int {
 func spareName(k int) string { return fmt.Sprintf("spare-%d", k) }
 
 // seedAgentCost seeds ids identities on agent node agent-0, agent node
-// agent-empty with none, and spares identities no node holds; it returns
-// the two nodes' join tokens.
-func seedAgentCost(ctx context.Context, dataDir string, ids, spares int) ([2]string, error) {
-	var tokens [2]string
+// agent-empty with none, and spares identities no node holds; with full,
+// also ids other identities on agent node full-1 and agent node
+// full-empty with none. It returns the nodes' join tokens in that order.
+func seedAgentCost(ctx context.Context, dataDir string, ids, spares int, full bool) ([4]string, error) {
+	var tokens [4]string
 	reg, _, closeStore, err := openRegistry(ctx, dataDir, false, EtcdTarget{})
 	if err != nil {
 		return tokens, err
 	}
 	defer closeStore()
-	held := make([]string, ids)
-	err = parallel(ctx, ids+spares, 16, func(i int) error {
-		name := spareName(i - ids)
-		if i < ids {
-			name = fmt.Sprintf("id-0-%d", i)
-			held[i] = name
+	held := [2][]string{make([]string, ids), make([]string, ids)}
+	err = parallel(ctx, 2*ids+spares, 16, func(i int) error {
+		var name string
+		switch {
+		case i < 2*ids:
+			if i >= ids && !full {
+				return nil
+			}
+			name = fmt.Sprintf("id-%d-%d", i/ids, i%ids)
+			held[i/ids][i%ids] = name
+		default:
+			name = spareName(i - 2*ids)
 		}
 		_, err := reg.AddIdentity(ctx, registry.AddIdentity{Name: name}, "bench")
 		return err
@@ -270,7 +377,11 @@ func seedAgentCost(ctx context.Context, dataDir string, ids, spares int) ([2]str
 	if err != nil {
 		return tokens, fmt.Errorf("seed identities: %w", err)
 	}
-	for i, n := range []registry.AddNode{{Name: "agent-0", Identities: held, Agent: true}, {Name: "agent-empty", Agent: true}} {
+	nodes := []registry.AddNode{{Name: "agent-0", Identities: held[0], Agent: true}, {Name: "agent-empty", Agent: true}}
+	if full {
+		nodes = append(nodes, registry.AddNode{Name: "full-1", Identities: held[1], Agent: true}, registry.AddNode{Name: "full-empty", Agent: true})
+	}
+	for i, n := range nodes {
 		_, tok, err := reg.AddNode(ctx, n, "bench")
 		if err != nil {
 			return tokens, fmt.Errorf("seed agent node %s: %w", n.Name, err)
@@ -280,10 +391,11 @@ func seedAgentCost(ctx context.Context, dataDir string, ids, spares int) ([2]str
 	return tokens, nil
 }
 
-// startAgentProc starts `meshca agent` for node with its join token and
+// startAgentProc starts the agent for node with its join token and
 // meshca's pinned CA, in a data directory of its own under env.Dir, and
-// returns it with its SDS socket's path.
-func startAgentProc(ctx context.Context, env *Env, xdsAddr, node, token string, pin []byte) (*Proc, string, error) {
+// returns it with its SDS socket's path: env.Agent when slim, else
+// `meshca agent`.
+func startAgentProc(ctx context.Context, env *Env, slim bool, xdsAddr, node, token string, pin []byte) (*Proc, string, error) {
 	dir := filepath.Join(env.Dir, node)
 	if err := os.MkdirAll(filepath.Join(dir, "in"), 0o700); err != nil {
 		return nil, "", err
@@ -299,8 +411,13 @@ func startAgentProc(ctx context.Context, env *Env, xdsAddr, node, token string, 
 	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
 		return nil, "", err
 	}
-	p, err := start(ctx, env.Meshca, []string{"agent", "--server", xdsAddr, "--node", node, "--token-file", tokenFile,
-		"--ca-file", caFile, "--data-dir", filepath.Join(dir, "data"), "--sds-socket", socket}, nil)
+	bin, args := env.Meshca, []string{"agent"}
+	if slim {
+		bin, args = env.Agent, nil
+	}
+	args = append(args, "--server", xdsAddr, "--node", node, "--token-file", tokenFile,
+		"--ca-file", caFile, "--data-dir", filepath.Join(dir, "data"), "--sds-socket", socket)
+	p, err := start(ctx, bin, args, nil)
 	if err != nil {
 		return nil, "", err
 	}

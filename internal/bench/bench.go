@@ -17,6 +17,10 @@ type Config struct {
 	// Meshca is the path of the meshca binary that multi-process sections
 	// start. Required by those sections.
 	Meshca string
+	// Agent is the path of the meshca-agent binary (the agent alone):
+	// agentcost measures it, with `meshca agent` beside. "" measures
+	// `meshca agent` only.
+	Agent string
 	// Self is the path of the harness binary, re-run for workers. Default
 	// os.Executable().
 	Self string

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -50,6 +51,10 @@ func testEnv(t *testing.T, log io.Writer) *Env {
 // report rows with figures. No timing is asserted.
 func TestQuick(t *testing.T) {
 	meshca := buildMeshca(t)
+	agent := filepath.Join(filepath.Dir(meshca), "meshca-agent")
+	if out, err := exec.Command("go", "build", "-o", agent, "github.com/meshca/meshca/cmd/meshca-agent").CombinedOutput(); err != nil {
+		t.Fatalf("go build meshca-agent: %v\n%s", err, out)
+	}
 	for _, s := range Sections {
 		t.Run(s.Name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -60,7 +65,7 @@ func TestQuick(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = Run(ctx, Config{Meshca: meshca, Self: self, Out: out, Quick: true, Only: []string{s.Name}, WorkDir: t.TempDir(), Log: &log})
+			err = Run(ctx, Config{Meshca: meshca, Agent: agent, Self: self, Out: out, Quick: true, Only: []string{s.Name}, WorkDir: t.TempDir(), Log: &log})
 			if err != nil {
 				t.Fatalf("%v\n%s", err, log.String())
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshca/meshca/internal/config"
+	"github.com/meshca/meshca/internal/nodecmd"
 	"github.com/meshca/meshca/internal/text"
 )
 
@@ -33,6 +34,10 @@ type Config struct {
 	Stderr  io.Writer   // default os.Stderr
 	// Getenv reads MESHCA_* variables; default os.Getenv.
 	Getenv func(string) string
+	// AgentMemoryLimit sets the soft memory limit of `meshca agent`
+	// (nodecmd.AgentConfig.SetMemoryLimit): debug.SetMemoryLimit in main,
+	// where the agent is the whole process; nil leaves the runtime's.
+	AgentMemoryLimit func(int64) int64
 }
 
 // Environment variables.
@@ -42,6 +47,10 @@ const (
 	EnvTLSKey  = "MESHCA_TLS_KEY"
 	EnvTLSCA   = "MESHCA_TLS_CA"
 )
+
+// NodeFile is the node file meshca bootstrap and meshca agent write in a
+// node's directory.
+const NodeFile = nodecmd.NodeFile
 
 // DefaultAdmin is where the CLI looks for the admin API.
 const DefaultAdmin = "127.0.0.1:8000"
@@ -102,8 +111,8 @@ func New(cfg Config) *cobra.Command {
 		meshCmd(g),
 		statusCmd(g),
 		logsCmd(g),
-		bootstrapCmd(g),
-		agentCmd(),
+		nodecmd.Bootstrap(),
+		nodecmd.Agent(nodecmd.AgentConfig{SetMemoryLimit: cfg.AgentMemoryLimit}),
 		versionCmd(),
 	)
 	addCompletions(root, g)

@@ -1,4 +1,4 @@
-package cli
+package nodecmd
 
 import (
 	"bytes"
@@ -42,10 +42,23 @@ type agentOptions struct {
 	identityPoll   time.Duration
 }
 
-func agentCmd() *cobra.Command {
+// agentUsage is the agent command's usage after its name.
+const agentUsage = "--server HOST:PORT --node NODE --data-dir DIR [--token-file F (--ca-file F | --ca-sha256 HEX)] [--sds-socket PATH]"
+
+// AgentConfig configures the agent command.
+type AgentConfig struct {
+	// SetMemoryLimit, when not nil, is given the agent's soft memory
+	// limit (memlimit.go) whenever it changes, unless GOMEMLIMIT is set:
+	// debug.SetMemoryLimit where the agent is the whole process; nil where
+	// it shares the process, as in tests that run it beside meshca.
+	SetMemoryLimit func(int64) int64
+}
+
+// Agent is the meshca agent command.
+func Agent(cfg AgentConfig) *cobra.Command {
 	var o agentOptions
 	cmd := &cobra.Command{
-		Use:   "agent --server HOST:PORT --node NODE --data-dir DIR [--token-file F (--ca-file F | --ca-sha256 HEX)] [--sds-socket PATH]",
+		Use:   "agent " + agentUsage,
 		Short: "Run the node agent: keys made on this node, certificates served to the local proxy",
 		Long: "Joins meshca once with the one-time token (when DIR holds no node credentials yet;\n" +
 			"afterwards they are reused), keeps the node certificate renewed, and for each identity\n" +
@@ -66,7 +79,7 @@ func agentCmd() *cobra.Command {
 					return err
 				}
 			}
-			return runAgent(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			return runAgent(cmd.Context(), cfg, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -84,7 +97,7 @@ func agentCmd() *cobra.Command {
 	return cmd
 }
 
-func runAgent(ctx context.Context, o agentOptions, stdout, stderr io.Writer) error {
+func runAgent(ctx context.Context, cfg AgentConfig, o agentOptions, stdout, stderr io.Writer) error {
 	if o.dataDir == "" || o.node == "" {
 		return errors.New("--node and --data-dir are required")
 	}
@@ -182,11 +195,23 @@ func runAgent(ctx context.Context, o agentOptions, stdout, stderr io.Writer) err
 			}
 		}()
 	}
-	run(a.Run)
-	run(func(ctx context.Context) error { return watchRenew(ctx, clock.Real{}, dir, stdout, stderr, renewOnce) })
+	// A gRPC node's grpc-bootstrap.json has one writer, which both the
+	// identity changes and a renewal that learns new replicas go through.
+	var gb *grpcBootstrap
 	if nf.Kind == mesh.KindGRPC {
+		gb = &grpcBootstrap{dir: dir, log: log}
+	}
+	renew := func(ctx context.Context, dir string, out io.Writer) (*x509.Certificate, error) {
+		return renewNode(ctx, dir, out, gb)
+	}
+	run(a.Run)
+	if cfg.SetMemoryLimit != nil && os.Getenv("GOMEMLIMIT") == "" {
+		run(func(ctx context.Context) error { return followMemoryLimit(ctx, a, cfg.SetMemoryLimit, log) })
+	}
+	run(func(ctx context.Context) error { return watchRenew(ctx, clock.Real{}, dir, stdout, stderr, renew) })
+	if gb != nil {
 		fmt.Fprintf(stdout, "  identity files in %s; grpc bootstrap %s (GRPC_XDS_BOOTSTRAP)\n", o.writeFiles, filepath.Join(dir, bootstrap.GRPCFile))
-		run(func(ctx context.Context) error { return followGRPCBootstrap(ctx, a, dir, log) })
+		run(func(ctx context.Context) error { return gb.follow(ctx, a) })
 	}
 	wg.Wait()
 	return first
@@ -223,20 +248,34 @@ func grpcFilesDir(dir, flag string, nf *nodeapi.NodeFile) (string, error) {
 	return files, nil
 }
 
-// followGRPCBootstrap rewrites grpc-bootstrap.json in dir whenever the
-// identities whose files the agent writes change: it declares a
-// file_watcher certificate provider for each (bootstrap.GRPC). The agent
-// writes an identity's files before it announces the change, so every
-// provider names files that exist. grpc-go reads its bootstrap when it
-// starts: a gRPC process takes a newly assigned identity when restarted.
-func followGRPCBootstrap(ctx context.Context, a *agent.Agent, dir string, log *slog.Logger) error {
+// grpcBootstrap is the one writer of a gRPC agent node's
+// grpc-bootstrap.json, which declares a file_watcher certificate provider
+// for each identity whose files the agent writes (bootstrap.GRPC) and
+// lists meshca's replicas from the node file. Two things change it: the
+// node's identities (follow) and a renewal that learns new replicas
+// (setServers). Each write reads that whole state again and holds mu from
+// the read to the rename, so the last write is always of the latest state:
+// a renewal that rendered its file before an identity arrived cannot
+// replace the newer one afterwards.
+type grpcBootstrap struct {
+	dir string
+	log *slog.Logger
+	mu  sync.Mutex
+}
+
+// follow rewrites the bootstrap at start and whenever the agent's state
+// changes, until ctx ends. The agent writes an identity's files before it
+// announces the change, so every provider names files that exist. grpc-go
+// reads its bootstrap when it starts: a gRPC process takes a newly
+// assigned identity when restarted.
+func (g *grpcBootstrap) follow(ctx context.Context, a *agent.Agent) error {
 	var last uint64
 	for first := true; ; first = false {
 		st, changed := a.State()
 		if first || st.Version != last {
 			last = st.Version
-			if err := writeGRPCBootstrap(dir, log); err != nil {
-				log.Error("grpc bootstrap not rewritten; the previous one stays", "err", err)
+			if err := g.write(); err != nil {
+				g.log.Error("grpc bootstrap not rewritten; the previous one stays", "err", err)
 			}
 		}
 		select {
@@ -247,18 +286,44 @@ func followGRPCBootstrap(ctx context.Context, a *agent.Agent, dir string, log *s
 	}
 }
 
-// writeGRPCBootstrap renders the node's grpc bootstrap from its node file
-// and the identity files present, and replaces the file when it differs.
-func writeGRPCBootstrap(dir string, log *slog.Logger) error {
-	nf, err := readNodeFile(dir)
+// setServers records meshca's replicas in the node file and rewrites the
+// bootstrap from it.
+func (g *grpcBootstrap) setServers(servers []string) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	nf, err := readNodeFile(g.dir)
 	if err != nil {
 		return err
 	}
-	data, err := proxyBootstrap(nf, dir)
+	nf.Servers = servers
+	data, err := json.MarshalIndent(nf, "", "  ")
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(dir, bootstrap.GRPCFile)
+	if err := atomicfile.Write(filepath.Join(g.dir, NodeFile), data, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", NodeFile, err)
+	}
+	return g.writeLocked()
+}
+
+// write renders the bootstrap from the node file and the identity files
+// present, and replaces the file when it differs.
+func (g *grpcBootstrap) write() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.writeLocked()
+}
+
+func (g *grpcBootstrap) writeLocked() error {
+	nf, err := readNodeFile(g.dir)
+	if err != nil {
+		return err
+	}
+	data, err := proxyBootstrap(nf, g.dir)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(g.dir, bootstrap.GRPCFile)
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
 		return nil
 	}
@@ -266,7 +331,7 @@ func writeGRPCBootstrap(dir string, log *slog.Logger) error {
 		return fmt.Errorf("write %s: %w", bootstrap.GRPCFile, err)
 	}
 	ids, _ := agentfiles.List(nf.AgentFiles)
-	log.Info("grpc bootstrap written; a gRPC process reads it when it starts", "path", path, "identities", strings.Join(ids, ","))
+	g.log.Info("grpc bootstrap written; a gRPC process reads it when it starts", "path", path, "identities", strings.Join(ids, ","))
 	return nil
 }
 

@@ -1,4 +1,4 @@
-package cli
+package nodecmd
 
 import (
 	"bytes"
@@ -32,6 +32,7 @@ import (
 	"github.com/meshca/meshca/internal/agentfiles"
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/identity"
 	"github.com/meshca/meshca/mesh"
 	"github.com/meshca/meshca/nodeapi"
 )
@@ -44,7 +45,8 @@ type bootstrapOptions struct {
 	agentSDS                 string // the node agent's SDS socket, for envoy.yaml
 }
 
-func bootstrapCmd(*globals) *cobra.Command {
+// Bootstrap is the meshca bootstrap command, with bootstrap renew.
+func Bootstrap() *cobra.Command {
 	var o bootstrapOptions
 	cmd := &cobra.Command{
 		Use:   "bootstrap --server HOST:PORT --node NODE --token TOKEN --ca-sha256 HEX --out DIR",
@@ -101,9 +103,6 @@ func readTokenFile(path string, stdin io.Reader) (string, error) {
 	}
 	return strings.TrimSpace(string(data)), nil
 }
-
-// NodeFile is the name of the file bootstrap writes for renew.
-const NodeFile = "meshca-node.json"
 
 func runBootstrap(ctx context.Context, o bootstrapOptions, stdout io.Writer) error {
 	var missing []string
@@ -387,7 +386,7 @@ func (t *serverTrust) verifyServer(certs []*x509.Certificate) error {
 		}
 		return fmt.Errorf("the server's certificate is not signed by the meshca CA you pinned (--ca-sha256 / --ca-file): either this is not meshca, or meshca's CA was rotated since the command was printed; get a fresh command with meshca node token %s: %w", t.nodeHint(), err)
 	}
-	if u := certs[0].URIs; len(u) != 1 || u[0].Scheme != "spiffe" || u[0].Path != "/"+ServerName {
+	if u := certs[0].URIs; len(u) != 1 || u[0].Scheme != "spiffe" || u[0].Path != "/"+identity.ServerName {
 		return errors.New("server is not meshca: its certificate lacks spiffe://<trust-domain>/meshca")
 	}
 	return nil

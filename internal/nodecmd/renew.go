@@ -1,4 +1,4 @@
-package cli
+package nodecmd
 
 import (
 	"context"
@@ -25,8 +25,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshca/meshca/internal/agent"
 	"github.com/meshca/meshca/internal/atomicfile"
-	"github.com/meshca/meshca/internal/authority"
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/mesh"
@@ -74,7 +74,7 @@ func watchRenew(ctx context.Context, clk clock.Clock, dir string, stdout, stderr
 		if err != nil {
 			return err
 		}
-		wait := authority.Default().Renewal().RenewAt(leaf.NotBefore, leaf.NotAfter, fmt.Sprintf("%x", leaf.SerialNumber)).Sub(clk.Now())
+		wait := agent.DefaultPolicy.RenewAt(leaf.NotBefore, leaf.NotAfter, fmt.Sprintf("%x", leaf.SerialNumber)).Sub(clk.Now())
 		if attempt > 0 {
 			wait = backoff.Next(attempt, clk.Now(), leaf.NotAfter)
 		}
@@ -110,6 +110,13 @@ func readLeaf(path string) (*x509.Certificate, error) {
 // renewOnce renews the node certificate in dir and rewrites node.pem and
 // bundle.pem.
 func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificate, error) {
+	return renewNode(ctx, dir, out, nil)
+}
+
+// renewNode is renewOnce for a node whose grpc bootstrap has a writer of
+// its own (a gRPC agent node; nil for any other): new replicas go through
+// it.
+func renewNode(ctx context.Context, dir string, out io.Writer, gb *grpcBootstrap) (*x509.Certificate, error) {
 	raw, err := os.ReadFile(filepath.Join(dir, NodeFile))
 	if err != nil {
 		return nil, fmt.Errorf("read %s (written by meshca bootstrap): %w", NodeFile, err)
@@ -181,7 +188,7 @@ func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificat
 		return nil, err
 	}
 	fmt.Fprintf(out, "renewed node %s at %s: serial %s, not after %s\n", nf.Node, server, resp.Serial, resp.NotAfter.UTC().Format(time.RFC3339))
-	if err := refreshServers(dir, nf, resp.Replicas, out); err != nil {
+	if err := refreshServers(dir, nf, resp.Replicas, out, gb); err != nil {
 		fmt.Fprintf(out, "the list of meshca replicas was not updated: %v\n", err)
 	}
 	if err := useRenewed(ctx, server, trust, dir); err != nil {
@@ -219,14 +226,22 @@ func renewAt(ctx context.Context, addr string, tlsCfg *tls.Config, req *nodeapi.
 }
 
 // refreshServers rewrites the node file and the proxy's bootstrap when
-// meshca's replicas changed. The server the node was bootstrapped with
-// stays first. An answer without a list (an older meshca) changes nothing.
-func refreshServers(dir string, nf nodeapi.NodeFile, replicas []string, out io.Writer) error {
+// meshca's replicas changed, through gb when the node has one. The server
+// the node was bootstrapped with stays first. An answer without a list (an
+// older meshca) changes nothing.
+func refreshServers(dir string, nf nodeapi.NodeFile, replicas []string, out io.Writer, gb *grpcBootstrap) error {
 	if len(replicas) == 0 {
 		return nil
 	}
 	servers := serverList(nf.Server, replicas)
 	if slices.Equal(servers, serverList(nf.Server, nf.Servers)) {
+		return nil
+	}
+	if gb != nil {
+		if err := gb.setServers(servers); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "meshca replicas are now %s: rewrote %s\n", strings.Join(servers, ", "), bootstrap.GRPCFile)
 		return nil
 	}
 	if nf.EnvoyAdminPort == 0 && nf.Kind != mesh.KindGRPC {
