@@ -142,8 +142,11 @@ type Agent struct {
 	pushed   chan nodeapi.IdentitiesResponse
 	watching atomic.Bool
 	files    fileWriter // under mu
-	// signing holds a token per CSR at meshca (Config.MaxSigning).
-	signing chan struct{}
+	// signing holds a token per CSR at meshca (Config.MaxSigning);
+	// renewing counts the identities whose CSR is on its way, waiting for
+	// a token or at meshca (see settle).
+	signing  chan struct{}
+	renewing atomic.Int64
 }
 
 // New validates cfg and sets defaults.
@@ -264,6 +267,36 @@ func (a *Agent) setSelectors(sel map[string][]string) {
 
 func (a *Agent) setTrust(bundle, crl []byte) {
 	a.update(func() { a.bundle, a.crl = bundle, crl })
+}
+
+// settle returns once no certificate is being signed, or limit after it was
+// called: a follower that publishes the state after each change (the SDS
+// socket) calls it first, so that a burst of renewals (a CA switch re-keys
+// every identity at once) is published as a few states, not one per
+// certificate, each rebuilt and sent to the proxy. A single renewal, or
+// any other change, is published at once.
+func (a *Agent) settle(ctx context.Context, limit time.Duration) {
+	var timeout <-chan time.Time
+	for {
+		// The channel before the count: a renewal that ends after this
+		// read closes it.
+		a.mu.Lock()
+		changed := a.changed
+		a.mu.Unlock()
+		if a.renewing.Load() == 0 {
+			return
+		}
+		if timeout == nil {
+			timeout = a.cfg.Clock.After(limit)
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // wakeIdentities makes the identity loop ask meshca now.

@@ -35,7 +35,11 @@
 //     the bundle with its CRLs. The socket is created 0600 in a directory
 //     only this user may write to, and removed on exit. Each request is
 //     attested: an identity's secret only for a caller whose peer
-//     credentials match its assignment's selectors (attest.go).
+//     credentials match its assignment's selectors (attest.go). Each
+//     secret is built once per certificate (and once per bundle and CRL),
+//     and a burst of renewals (a CA switch re-keys every identity) is
+//     published as one state once no CSR is pending, or every 20 ms while
+//     it lasts; a single change is published at once.
 //   - Files. With Config.FilesDir it writes, per identity,
 //     <dir>/<identity>/cert.pem, key.pem and bundle.pem through
 //     internal/agentfiles (key 0600, chain and bundle 0644, directory

@@ -289,7 +289,11 @@ func (a *Agent) keepSVID(ctx context.Context, name string, rekey <-chan struct{}
 		if have && !force && now.Before(a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial)) {
 			wait = a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial).Sub(now)
 		} else {
+			a.renewing.Add(1)
 			v, err := a.sign(ctx, name)
+			// Before the state changes: a follower woken by this
+			// certificate sees no renewal pending for it (settle).
+			a.renewing.Add(-1)
 			if ctx.Err() != nil {
 				return
 			}
