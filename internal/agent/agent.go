@@ -147,6 +147,11 @@ type Agent struct {
 	// a token or at meshca (see settle).
 	signing  chan struct{}
 	renewing atomic.Int64
+
+	// The roots of the bundle meshca last sent with a certificate.
+	rootsMu  sync.Mutex
+	rootsPEM string
+	roots    *x509.CertPool
 }
 
 // New validates cfg and sets defaults.

@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
@@ -427,14 +428,11 @@ func (a *Agent) checkSigned(resp nodeapi.SignResponse, name, spiffeID string, ke
 	if k, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(key.Public()) {
 		return bad("certificate is not for the key made here")
 	}
-	bundle, err := parseCerts([]byte(resp.BundlePEM))
-	if err != nil || len(bundle) == 0 {
+	roots, err := a.rootsOf(resp.BundlePEM)
+	if err != nil {
 		return bad("trust bundle: %v", err)
 	}
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, c := range bundle {
-		roots.AddCert(c)
-	}
+	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
@@ -445,6 +443,30 @@ func (a *Agent) checkSigned(resp nodeapi.SignResponse, name, spiffeID string, ke
 	id, _ := identity.ID(a.cfg.TrustDomain, name)
 	return SVID{Identity: name, ID: id, Chain: chain, ChainPEM: encodeCerts(chain), Key: key,
 		Serial: fmt.Sprintf("%x", leaf.SerialNumber), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, IssuerSerial: resp.IssuerSerial}, nil
+}
+
+// rootsOf returns the pool of the bundle meshca sent with a certificate:
+// the one of the previous answer when the bundle is the same, as it is for
+// every CSR of a burst.
+func (a *Agent) rootsOf(bundlePEM string) (*x509.CertPool, error) {
+	a.rootsMu.Lock()
+	defer a.rootsMu.Unlock()
+	if a.roots != nil && a.rootsPEM == bundlePEM {
+		return a.roots, nil
+	}
+	bundle, err := parseCerts([]byte(bundlePEM))
+	if err != nil {
+		return nil, err
+	}
+	if len(bundle) == 0 {
+		return nil, errors.New("no certificate")
+	}
+	roots := x509.NewCertPool()
+	for _, c := range bundle {
+		roots.AddCert(c)
+	}
+	a.roots, a.rootsPEM = roots, bundlePEM
+	return roots, nil
 }
 
 func parseCerts(data []byte) ([]*x509.Certificate, error) {
