@@ -38,7 +38,7 @@
 //     credentials match its assignment's selectors (attest.go). Each
 //     secret is built once per certificate (and once per bundle and CRL),
 //     and a burst of renewals (a CA switch re-keys every identity) is
-//     published as one state once no CSR is pending, or every 20 ms while
+//     published as one state once no CSR is pending, or every 50 ms while
 //     it lasts; a single change is published at once.
 //   - Files. With Config.FilesDir it writes, per identity,
 //     <dir>/<identity>/cert.pem, key.pem and bundle.pem through

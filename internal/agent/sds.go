@@ -39,7 +39,7 @@ var _ cachev3.NodeHash = localHash{}
 
 // publishDelay bounds how long a state change waits to be published on
 // the SDS socket while other certificates are being signed (see settle).
-const publishDelay = 20 * time.Millisecond
+const publishDelay = 50 * time.Millisecond
 
 // sdsServer serves the agent's secrets on a Unix socket.
 type sdsServer struct {
