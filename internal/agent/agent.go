@@ -148,6 +148,12 @@ type Agent struct {
 	signing  chan struct{}
 	renewing atomic.Int64
 
+	// While meshca refuses CSRs as too busy, none is sent before
+	// busyUntil (see noteBusy).
+	busyMu     sync.Mutex
+	busyUntil  time.Time
+	busyStreak int
+
 	// The roots of the bundle meshca last sent with a certificate.
 	rootsMu  sync.Mutex
 	rootsPEM string

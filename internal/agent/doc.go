@@ -20,7 +20,9 @@
 //     jitter is drawn from the serial). At most Config.MaxSigning CSRs
 //     are at meshca at once (a CA switch re-keys every identity together).
 //     A failed renewal is retried with a jittered backoff (meshca refuses
-//     CSRs beyond its signing queue at once); the current certificate is served until it expires, with a
+//     CSRs beyond its signing queue at once, and such a refusal holds back
+//     every CSR of the agent for a while, not only that identity's); the
+//     current certificate is served until it expires, with a
 //     warning once less than a quarter of its life is left and an error
 //     below a tenth. Keys never leave the process except into the files
 //     Config.FilesDir asks for.

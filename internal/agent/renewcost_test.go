@@ -49,6 +49,9 @@ type signingMeshca struct {
 	identities []nodeapi.AssignedIdentity
 	bundlePEM  []byte
 
+	// refuse, when set, runs first at each CSR: an error is the answer.
+	refuse func() error
+
 	mu      sync.Mutex
 	issuer  int
 	changed chan struct{} // closed and replaced at each switch
@@ -123,6 +126,11 @@ func (m *signingMeshca) start(tb testing.TB) *grpc.ClientConn {
 				req := new(nodeapi.SignRequest)
 				if err := dec(req); err != nil {
 					return nil, err
+				}
+				if m.refuse != nil {
+					if err := m.refuse(); err != nil {
+						return nil, err
+					}
 				}
 				return m.signCSR(tb, req)
 			}},
