@@ -134,6 +134,10 @@ type Agent struct {
 	issuer    string // the CA meshca last said it issues from
 	version   uint64
 	changed   chan struct{} // closed and replaced at each change
+	// settled is closed and replaced once a change has settled (see
+	// announceSettled); announced is the version it was last closed at.
+	settled   chan struct{}
+	announced uint64
 
 	identitiesWake chan struct{}
 	// pushed holds the latest answer meshca pushed on the identity watch
@@ -189,7 +193,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
-	return &Agent{cfg: cfg, log: cfg.Logger, svids: map[string]SVID{}, changed: make(chan struct{}), signing: make(chan struct{}, cfg.MaxSigning),
+	return &Agent{cfg: cfg, log: cfg.Logger, svids: map[string]SVID{}, changed: make(chan struct{}), settled: make(chan struct{}), signing: make(chan struct{}, cfg.MaxSigning),
 		identitiesWake: make(chan struct{}, 1), pushed: make(chan nodeapi.IdentitiesResponse, 1)}, nil
 }
 
@@ -310,6 +314,45 @@ func (a *Agent) settle(ctx context.Context, limit time.Duration) {
 	}
 }
 
+// settledState returns the current state and a channel closed at the next
+// change, once it has settled (settle): what a follower that rebuilds and
+// sends the whole state at each change (the Workload API) follows.
+func (a *Agent) settledState() (State, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stateLocked(), a.settled
+}
+
+// announceSettled closes the channel of settledState after each change,
+// once the change has settled, until ctx ends.
+func (a *Agent) announceSettled(ctx context.Context) error {
+	for {
+		a.mu.Lock()
+		version, changed := a.version, a.changed
+		pending := version != a.announced
+		a.mu.Unlock()
+		if !pending {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-changed:
+				continue
+			}
+		}
+		a.settle(ctx, publishDelay)
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.mu.Lock()
+		// What changed while settling is announced too: a follower reads
+		// the state after the close.
+		a.announced = a.version
+		close(a.settled)
+		a.settled = make(chan struct{})
+		a.mu.Unlock()
+	}
+}
+
 // wakeIdentities makes the identity loop ask meshca now.
 func (a *Agent) wakeIdentities() {
 	select {
@@ -345,6 +388,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		run(func(ctx context.Context) error { return srv.serve(ctx, a) })
 	}
 	if a.cfg.WorkloadSocket != "" {
+		run(a.announceSettled)
 		run(func(ctx context.Context) error { return a.serveWorkload(ctx, a.cfg.WorkloadSocket) })
 	}
 	run(a.followTrust)

@@ -51,7 +51,8 @@
 //     Workload API (internal/workload) from the same state, each SVID with
 //     the selectors meshca assigned: the socket is 0666 in a directory only
 //     this user may write to, and callers are matched by their peer
-//     credentials.
+//     credentials. A burst of renewals reaches its clients as the SDS
+//     socket publishes it: as one state once no CSR is pending.
 //   - State. Agent.State (Source) returns the current certificates,
 //     bundle and CRL and a channel closed at the next change.
 //

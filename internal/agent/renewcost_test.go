@@ -100,7 +100,8 @@ func (m *signingMeshca) signCSR(tb testing.TB, req *nodeapi.SignRequest) (*nodea
 	issuer := m.issuerSerial()
 	m.mu.Unlock()
 	leaf := m.ca.Sign(tb, &x509.Certificate{SerialNumber: testkit.Serial(tb), NotBefore: time.Now().Add(-time.Minute),
-		NotAfter: time.Now().Add(time.Hour), URIs: []*url.URL{u}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}, csr.PublicKey)
+		NotAfter: time.Now().Add(time.Hour), URIs: []*url.URL{u}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}, csr.PublicKey)
 	return &nodeapi.SignResponse{Identity: req.Identity, ChainPEM: string(testkit.CertPEM(leaf.Raw)), BundlePEM: string(m.bundlePEM),
 		Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter, IssuerSerial: issuer}, nil
 }
