@@ -134,6 +134,10 @@ type Agent struct {
 	issuer    string // the CA meshca last said it issues from
 	version   uint64
 	changed   chan struct{} // closed and replaced at each change
+	// settled is closed and replaced once a change has settled (see
+	// announceSettled); announced is the version it was last closed at.
+	settled   chan struct{}
+	announced uint64
 
 	identitiesWake chan struct{}
 	// pushed holds the latest answer meshca pushed on the identity watch
@@ -142,8 +146,22 @@ type Agent struct {
 	pushed   chan nodeapi.IdentitiesResponse
 	watching atomic.Bool
 	files    fileWriter // under mu
-	// signing holds a token per CSR at meshca (Config.MaxSigning).
-	signing chan struct{}
+	// signing holds a token per CSR at meshca (Config.MaxSigning);
+	// renewing counts the identities whose CSR is on its way, waiting for
+	// a token or at meshca (see settle).
+	signing  chan struct{}
+	renewing atomic.Int64
+
+	// While meshca refuses CSRs as too busy, none is sent before
+	// busyUntil (see noteBusy).
+	busyMu     sync.Mutex
+	busyUntil  time.Time
+	busyStreak int
+
+	// The roots of the bundle meshca last sent with a certificate.
+	rootsMu  sync.Mutex
+	rootsPEM string
+	roots    *x509.CertPool
 }
 
 // New validates cfg and sets defaults.
@@ -175,7 +193,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
-	return &Agent{cfg: cfg, log: cfg.Logger, svids: map[string]SVID{}, changed: make(chan struct{}), signing: make(chan struct{}, cfg.MaxSigning),
+	return &Agent{cfg: cfg, log: cfg.Logger, svids: map[string]SVID{}, changed: make(chan struct{}), settled: make(chan struct{}), signing: make(chan struct{}, cfg.MaxSigning),
 		identitiesWake: make(chan struct{}, 1), pushed: make(chan nodeapi.IdentitiesResponse, 1)}, nil
 }
 
@@ -266,6 +284,75 @@ func (a *Agent) setTrust(bundle, crl []byte) {
 	a.update(func() { a.bundle, a.crl = bundle, crl })
 }
 
+// settle returns once no certificate is being signed, or limit after it was
+// called: a follower that publishes the state after each change (the SDS
+// socket) calls it first, so that a burst of renewals (a CA switch re-keys
+// every identity at once) is published as a few states, not one per
+// certificate, each rebuilt and sent to the proxy. A single renewal, or
+// any other change, is published at once.
+func (a *Agent) settle(ctx context.Context, limit time.Duration) {
+	var timeout <-chan time.Time
+	for {
+		// The channel before the count: a renewal that ends after this
+		// read closes it.
+		a.mu.Lock()
+		changed := a.changed
+		a.mu.Unlock()
+		if a.renewing.Load() == 0 {
+			return
+		}
+		if timeout == nil {
+			timeout = a.cfg.Clock.After(limit)
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// settledState returns the current state and a channel closed at the next
+// change, once it has settled (settle): what a follower that rebuilds and
+// sends the whole state at each change (the Workload API) follows.
+func (a *Agent) settledState() (State, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stateLocked(), a.settled
+}
+
+// announceSettled closes the channel of settledState after each change,
+// once the change has settled, until ctx ends.
+func (a *Agent) announceSettled(ctx context.Context) error {
+	for {
+		a.mu.Lock()
+		version, changed := a.version, a.changed
+		pending := version != a.announced
+		a.mu.Unlock()
+		if !pending {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-changed:
+				continue
+			}
+		}
+		a.settle(ctx, publishDelay)
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.mu.Lock()
+		// What changed while settling is announced too: a follower reads
+		// the state after the close.
+		a.announced = a.version
+		close(a.settled)
+		a.settled = make(chan struct{})
+		a.mu.Unlock()
+	}
+}
+
 // wakeIdentities makes the identity loop ask meshca now.
 func (a *Agent) wakeIdentities() {
 	select {
@@ -301,6 +388,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		run(func(ctx context.Context) error { return srv.serve(ctx, a) })
 	}
 	if a.cfg.WorkloadSocket != "" {
+		run(a.announceSettled)
 		run(func(ctx context.Context) error { return a.serveWorkload(ctx, a.cfg.WorkloadSocket) })
 	}
 	run(a.followTrust)

@@ -20,7 +20,9 @@
 //     jitter is drawn from the serial). At most Config.MaxSigning CSRs
 //     are at meshca at once (a CA switch re-keys every identity together).
 //     A failed renewal is retried with a jittered backoff (meshca refuses
-//     CSRs beyond its signing queue at once); the current certificate is served until it expires, with a
+//     CSRs beyond its signing queue at once, and such a refusal holds back
+//     every CSR of the agent for a while, not only that identity's); the
+//     current certificate is served until it expires, with a
 //     warning once less than a quarter of its life is left and an error
 //     below a tenth. Keys never leave the process except into the files
 //     Config.FilesDir asks for.
@@ -35,7 +37,11 @@
 //     the bundle with its CRLs. The socket is created 0600 in a directory
 //     only this user may write to, and removed on exit. Each request is
 //     attested: an identity's secret only for a caller whose peer
-//     credentials match its assignment's selectors (attest.go).
+//     credentials match its assignment's selectors (attest.go). Each
+//     secret is built once per certificate (and once per bundle and CRL),
+//     and a burst of renewals (a CA switch re-keys every identity) is
+//     published as one state once no CSR is pending, or every 50 ms while
+//     it lasts; a single change is published at once.
 //   - Files. With Config.FilesDir it writes, per identity,
 //     <dir>/<identity>/cert.pem, key.pem and bundle.pem through
 //     internal/agentfiles (key 0600, chain and bundle 0644, directory
@@ -45,7 +51,8 @@
 //     Workload API (internal/workload) from the same state, each SVID with
 //     the selectors meshca assigned: the socket is 0666 in a directory only
 //     this user may write to, and callers are matched by their peer
-//     credentials.
+//     credentials. A burst of renewals reaches its clients as the SDS
+//     socket publishes it: as one state once no CSR is pending.
 //   - State. Agent.State (Source) returns the current certificates,
 //     bundle and CRL and a channel closed at the next change.
 //

@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
@@ -289,7 +290,11 @@ func (a *Agent) keepSVID(ctx context.Context, name string, rekey <-chan struct{}
 		if have && !force && now.Before(a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial)) {
 			wait = a.cfg.Policy.RenewAt(cur.NotBefore, cur.NotAfter, cur.Serial).Sub(now)
 		} else {
+			a.renewing.Add(1)
 			v, err := a.sign(ctx, name)
+			// Before the state changes: a follower woken by this
+			// certificate sees no renewal pending for it (settle).
+			a.renewing.Add(-1)
 			if ctx.Err() != nil {
 				return
 			}
@@ -375,8 +380,9 @@ func jitter(d time.Duration) time.Duration {
 }
 
 // sign makes a new key, has meshca sign its CSR, and checks the answer.
-// At most Config.MaxSigning CSRs are at meshca at once; the call's
-// timeout runs from the moment this one is sent.
+// At most Config.MaxSigning CSRs are at meshca at once, none while meshca
+// said it is too busy (noteBusy); the call's timeout runs from the moment
+// this one is sent.
 func (a *Agent) sign(ctx context.Context, name string) (SVID, error) {
 	id, err := identity.ID(a.cfg.TrustDomain, name)
 	if err != nil {
@@ -388,6 +394,9 @@ func (a *Agent) sign(ctx context.Context, name string) (SVID, error) {
 		return SVID{}, ctx.Err()
 	}
 	defer func() { <-a.signing }()
+	if err := a.waitNotBusy(ctx); err != nil {
+		return SVID{}, err
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), a.cfg.Rand)
 	if err != nil {
 		return SVID{}, fmt.Errorf("make key: %w", err)
@@ -401,9 +410,55 @@ func (a *Agent) sign(ctx context.Context, name string) (SVID, error) {
 	cctx = withIssuer(cctx)
 	var resp nodeapi.SignResponse
 	if err := a.cfg.Conn.Invoke(cctx, nodeapi.FullSignMethod, &nodeapi.SignRequest{Identity: name, CSR: csr}, &resp, grpc.ForceCodec(nodeapi.Codec{})); err != nil {
+		if status.Code(err) == codes.ResourceExhausted {
+			a.noteBusy()
+		}
 		return SVID{}, fmt.Errorf("sign CSR: %w", err)
 	}
+	a.noteSigned()
 	return a.checkSigned(resp, name, id.String(), key)
+}
+
+// noteBusy holds back every CSR of this agent for a while after meshca
+// refused one as beyond its signing queue: the next identity would
+// otherwise send its CSR at once, to be refused too, and a CA switch
+// re-keying a hundred identities would have meshca refuse them one after
+// the other. The hold grows with each refusal after one (Config.Backoff,
+// jittered) until a CSR is signed; a refusal of a CSR sent before the
+// hold began does not extend it.
+func (a *Agent) noteBusy() {
+	a.busyMu.Lock()
+	defer a.busyMu.Unlock()
+	now := a.cfg.Clock.Now()
+	if now.Before(a.busyUntil) {
+		return
+	}
+	a.busyStreak++
+	a.busyUntil = now.Add(jitter(a.retryWait(a.busyStreak)))
+}
+
+// noteSigned ends the growth of the hold: meshca signs again.
+func (a *Agent) noteSigned() {
+	a.busyMu.Lock()
+	defer a.busyMu.Unlock()
+	a.busyStreak = 0
+}
+
+// waitNotBusy waits until the hold of noteBusy is over.
+func (a *Agent) waitNotBusy(ctx context.Context) error {
+	for {
+		a.busyMu.Lock()
+		left := a.busyUntil.Sub(a.cfg.Clock.Now())
+		a.busyMu.Unlock()
+		if left <= 0 {
+			return nil
+		}
+		select {
+		case <-a.cfg.Clock.After(left):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // checkSigned accepts meshca's answer only for this key and identity, with
@@ -423,14 +478,11 @@ func (a *Agent) checkSigned(resp nodeapi.SignResponse, name, spiffeID string, ke
 	if k, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(key.Public()) {
 		return bad("certificate is not for the key made here")
 	}
-	bundle, err := parseCerts([]byte(resp.BundlePEM))
-	if err != nil || len(bundle) == 0 {
+	roots, err := a.rootsOf(resp.BundlePEM)
+	if err != nil {
 		return bad("trust bundle: %v", err)
 	}
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, c := range bundle {
-		roots.AddCert(c)
-	}
+	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
@@ -441,6 +493,30 @@ func (a *Agent) checkSigned(resp nodeapi.SignResponse, name, spiffeID string, ke
 	id, _ := identity.ID(a.cfg.TrustDomain, name)
 	return SVID{Identity: name, ID: id, Chain: chain, ChainPEM: encodeCerts(chain), Key: key,
 		Serial: fmt.Sprintf("%x", leaf.SerialNumber), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, IssuerSerial: resp.IssuerSerial}, nil
+}
+
+// rootsOf returns the pool of the bundle meshca sent with a certificate:
+// the one of the previous answer when the bundle is the same, as it is for
+// every CSR of a burst.
+func (a *Agent) rootsOf(bundlePEM string) (*x509.CertPool, error) {
+	a.rootsMu.Lock()
+	defer a.rootsMu.Unlock()
+	if a.roots != nil && a.rootsPEM == bundlePEM {
+		return a.roots, nil
+	}
+	bundle, err := parseCerts([]byte(bundlePEM))
+	if err != nil {
+		return nil, err
+	}
+	if len(bundle) == 0 {
+		return nil, errors.New("no certificate")
+	}
+	roots := x509.NewCertPool()
+	for _, c := range bundle {
+		roots.AddCert(c)
+	}
+	a.roots, a.rootsPEM = roots, bundlePEM
+	return roots, nil
 }
 
 func parseCerts(data []byte) ([]*x509.Certificate, error) {

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
@@ -34,12 +37,34 @@ func (localHash) ID(*corev3.Node) string { return localNode }
 
 var _ cachev3.NodeHash = localHash{}
 
+// publishDelay bounds how long a state change waits to be published on
+// the SDS socket while other certificates are being signed (see settle).
+const publishDelay = 50 * time.Millisecond
+
 // sdsServer serves the agent's secrets on a Unix socket.
 type sdsServer struct {
 	path  string
 	lis   net.Listener
 	cache cachev3.SnapshotCache
 	log   *slog.Logger
+
+	// Secrets already built, reused while what they hold is unchanged:
+	// building one parses the key and the chain again.
+	certs  map[string]builtCert // by identity
+	bundle builtBundle
+}
+
+// builtCert is the secret of one identity's certificate.
+type builtCert struct {
+	serial string
+	key    crypto.Signer
+	secret types.Resource
+}
+
+// builtBundle is the trust-domain secret of one bundle and CRL.
+type builtBundle struct {
+	bundle, crl []byte
+	secret      types.Resource
 }
 
 // newSDSServer binds the socket, 0600 (see listenUnix).
@@ -50,7 +75,7 @@ func newSDSServer(path string, log *slog.Logger) (*sdsServer, error) {
 	}
 	// ads=false: a request naming some of the secrets is answered with
 	// those (Envoy opens one stream per secret).
-	return &sdsServer{path: path, lis: lis, cache: cachev3.NewSnapshotCache(false, localHash{}, nil), log: log}, nil
+	return &sdsServer{path: path, lis: lis, cache: cachev3.NewSnapshotCache(false, localHash{}, nil), log: log, certs: map[string]builtCert{}}, nil
 }
 
 // listenUnix binds a Unix socket at path with mode: path's directory must
@@ -98,7 +123,9 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 }
 
 // serve publishes every state change as a snapshot and serves SDS until
-// ctx ends, then removes the socket.
+// ctx ends, then removes the socket. A burst of changes (a CA switch
+// re-keys every identity at once) is published as a few states rather
+// than one per certificate (settle).
 func (s *sdsServer) serve(ctx context.Context, a *Agent) error {
 	defer os.Remove(s.path)
 	g := sdsGate{a: a, gate: attest.NewGate(attest.GateConfig{Logger: s.log})}
@@ -120,6 +147,7 @@ func (s *sdsServer) serve(ctx context.Context, a *Agent) error {
 		case err := <-errc:
 			return fmt.Errorf("sds socket: %w", err)
 		case <-changed:
+			a.settle(ctx, publishDelay)
 		}
 	}
 }
@@ -127,7 +155,7 @@ func (s *sdsServer) serve(ctx context.Context, a *Agent) error {
 // publish sets the snapshot of st: one certificate secret per identity and
 // the trust-domain bundle with its CRLs, named as meshca names them.
 func (s *sdsServer) publish(ctx context.Context, st State) error {
-	secrets, err := secretsOf(st)
+	secrets, err := s.secretsOf(st)
 	if err != nil {
 		return err
 	}
@@ -138,9 +166,17 @@ func (s *sdsServer) publish(ctx context.Context, st State) error {
 	return s.cache.SetSnapshot(ctx, localNode, snap)
 }
 
-func secretsOf(st State) ([]types.Resource, error) {
-	var out []types.Resource
+// secretsOf returns the secrets of st, building only those whose
+// certificate, bundle or CRL changed since the last call.
+func (s *sdsServer) secretsOf(st State) ([]types.Resource, error) {
+	out := make([]types.Resource, 0, len(st.SVIDs)+1)
+	held := make(map[string]bool, len(st.SVIDs))
 	for _, v := range st.SVIDs {
+		held[v.Identity] = true
+		if b, ok := s.certs[v.Identity]; ok && b.serial == v.Serial && b.key == v.Key {
+			out = append(out, b.secret)
+			continue
+		}
 		kp, err := keyPEM(v.Key)
 		if err != nil {
 			return nil, err
@@ -149,14 +185,24 @@ func secretsOf(st State) ([]types.Resource, error) {
 		if err != nil {
 			return nil, err
 		}
+		s.certs[v.Identity] = builtCert{serial: v.Serial, key: v.Key, secret: sec}
 		out = append(out, sec)
 	}
-	if st.BundlePEM != nil {
-		sec, err := sds.ValidationSecret(sds.BundleName(st.TrustDomain), st.BundlePEM, st.CRLPEM)
-		if err != nil {
-			return nil, err
+	for name := range s.certs {
+		if !held[name] {
+			delete(s.certs, name)
 		}
-		out = append(out, sec)
+	}
+	if st.BundlePEM != nil {
+		b := s.bundle
+		if b.secret == nil || !bytes.Equal(b.bundle, st.BundlePEM) || !bytes.Equal(b.crl, st.CRLPEM) {
+			sec, err := sds.ValidationSecret(sds.BundleName(st.TrustDomain), st.BundlePEM, st.CRLPEM)
+			if err != nil {
+				return nil, err
+			}
+			s.bundle = builtBundle{bundle: st.BundlePEM, crl: st.CRLPEM, secret: sec}
+		}
+		out = append(out, s.bundle.secret)
 	}
 	return out, nil
 }

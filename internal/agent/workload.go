@@ -14,9 +14,11 @@ type workloadSource struct{ a *Agent }
 var _ workload.Source = workloadSource{}
 
 // Current converts the agent's state: each SVID's DER chain, key and
-// selectors, the roots parsed, the CRLs as DER.
+// selectors, the roots parsed, the CRLs as DER. Its channel is closed once
+// a change has settled: a burst of renewals is sent to the Workload API's
+// clients as a few states, not one per certificate.
 func (w workloadSource) Current() (workload.State, <-chan struct{}) {
-	st, changed := w.a.State()
+	st, changed := w.a.settledState()
 	out := workload.State{TrustDomain: st.TrustDomain}
 	for _, v := range st.SVIDs {
 		chain := make([][]byte, 0, len(v.Chain))

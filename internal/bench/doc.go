@@ -4,8 +4,8 @@
 //
 // Sections that need more than one process (a load client, cfssl's own API
 // server, thousands of xDS clients, a naive go-control-plane server, an
-// etcd cluster for meshca replicas) re-run
-// the harness binary as a worker (MESHCA_BENCH_WORKER=NAME). Workers talk
+// etcd cluster for meshca replicas, the node agents of the agent storm)
+// re-run the harness binary as a worker (MESHCA_BENCH_WORKER=NAME). Workers talk
 // to the parent over stdin/stdout lines and stop when stdin closes; they
 // are killed if the parent dies, so none outlives the run.
 //

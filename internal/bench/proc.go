@@ -28,6 +28,7 @@ var Workers = map[string]func(ctx context.Context, args []string, in io.Reader, 
 	"naive-xds":        workNaiveXDS,
 	"etcd":             workEtcd,
 	"failover-clients": workFailoverClients,
+	"storm-agents":     workStormAgents,
 }
 
 // workerEnv names the worker a harness process should be.
