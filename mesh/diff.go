@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -60,7 +59,7 @@ func Diff(old, new Resources) []Change {
 func byName(rs []types.Resource) map[string]types.Resource {
 	m := make(map[string]types.Resource, len(rs))
 	for _, r := range rs {
-		m[cachev3.GetResourceName(r)] = r
+		m[resourceName(r)] = r
 	}
 	return m
 }

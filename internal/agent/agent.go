@@ -381,7 +381,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	if a.cfg.SDSSocket != "" {
-		srv, err := newSDSServer(a.cfg.SDSSocket, a.log)
+		srv, err := newSDSServer(a.cfg.SDSSocket, a)
 		if err != nil {
 			return err
 		}

@@ -8,7 +8,6 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 
@@ -50,7 +49,7 @@ func (a *Agent) trustStream(ctx context.Context) (got bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("open SDS stream: %w", err)
 	}
-	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: a.cfg.Node}, TypeUrl: resource.SecretType, ResourceNames: []string{name}}
+	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: a.cfg.Node}, TypeUrl: secretType, ResourceNames: []string{name}}
 	if err := stream.Send(req); err != nil {
 		return false, fmt.Errorf("SDS request: %w", err)
 	}
@@ -59,7 +58,7 @@ func (a *Agent) trustStream(ctx context.Context) (got bool, err error) {
 		if err != nil {
 			return got, fmt.Errorf("SDS stream: %w", err)
 		}
-		ack := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: a.cfg.Node}, TypeUrl: resource.SecretType, ResourceNames: []string{name},
+		ack := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: a.cfg.Node}, TypeUrl: secretType, ResourceNames: []string{name},
 			VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}
 		bundle, crl, err := trustOf(resp, name)
 		if err != nil {
