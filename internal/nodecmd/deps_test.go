@@ -25,6 +25,16 @@ var serverOnly = []string{
 	"github.com/meshca/meshca/internal/nodeconfig",
 	"github.com/meshca/meshca/internal/registry",
 	"github.com/meshca/meshca/internal/store",
+	// go-control-plane's xDS server and snapshot cache (the agent serves
+	// SDS with its own), and the other xDS services they register.
+	"github.com/envoyproxy/go-control-plane/pkg/server",
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3",
+	"github.com/envoyproxy/go-control-plane/envoy/service/cluster",
+	"github.com/envoyproxy/go-control-plane/envoy/service/endpoint",
+	"github.com/envoyproxy/go-control-plane/envoy/service/listener",
+	"github.com/envoyproxy/go-control-plane/envoy/service/route",
+	"github.com/envoyproxy/go-control-plane/envoy/service/runtime",
+	"github.com/envoyproxy/go-control-plane/ratelimit",
 }
 
 // TestAgentBinaryHasNoServerDependency: cmd/meshca-agent, built from this
