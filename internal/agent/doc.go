@@ -31,17 +31,21 @@
 //     every proxy of the mesh receives, so a revocation reaches the agent
 //     as fast as it reaches any proxy.
 //   - Serving. It serves Envoy's SecretDiscoveryService (state of the
-//     world, delta and fetch, through go-control-plane's server and a
-//     snapshot cache) on a Unix socket, with the secret names meshca itself
-//     uses: spiffe://<td>/<identity> per identity and spiffe://<td> for
-//     the bundle with its CRLs. The socket is created 0600 in a directory
+//     world, delta and fetch; a server of its own, sdsstream.go, so that
+//     the agent links neither go-control-plane's server nor its cache) on
+//     a Unix socket, with the secret names meshca itself uses:
+//     spiffe://<td>/<identity> per identity and spiffe://<td> for the
+//     bundle with its CRLs. The socket is created 0600 in a directory
 //     only this user may write to, and removed on exit. Each request is
 //     attested: an identity's secret only for a caller whose peer
 //     credentials match its assignment's selectors (attest.go). Each
-//     secret is built once per certificate (and once per bundle and CRL),
-//     and a burst of renewals (a CA switch re-keys every identity) is
-//     published as one state once no CSR is pending, or every 50 ms while
-//     it lasts; a single change is published at once.
+//     secret is built and encoded once per certificate (and once per
+//     bundle and CRL) and shared by every answer; a state is sent only to
+//     the streams whose secrets it changes. A burst of renewals (a CA
+//     switch re-keys every identity) is published as one state once no
+//     CSR is pending, or every 50 ms while it lasts; a single change is
+//     published at once. A request names at most 4096 secrets and is at
+//     most 4 MiB; a connection has at most 100 streams.
 //   - Files. With Config.FilesDir it writes, per identity,
 //     <dir>/<identity>/cert.pem, key.pem and bundle.pem through
 //     internal/agentfiles (key 0600, chain and bundle 0644, directory
@@ -65,7 +69,12 @@
 //
 // Restarting the agent makes new keys and asks for new certificates: its
 // keys exist only in its memory. A request is checked when it arrives
-// (each ACK too): a stream already open when an identity's selectors are
-// narrowed keeps what it was given until its next request, and an SDS
-// stream still naming an identity the node lost is ended.
+// (each ACK too), and a stream's secrets again before anything new is sent
+// to it: a state-of-the-world stream naming a secret its caller may no
+// longer have (the node lost the identity, or its selectors no longer
+// match) is ended with PermissionDenied, and a delta stream is sent the
+// secret as removed. What a stream was given before stays with its proxy.
+//
+// A NACK is logged (a few a minute) and not answered: the rejected secret
+// is sent again only when it changes, not in a loop.
 package agent
