@@ -6,6 +6,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
@@ -357,6 +358,7 @@ func (w *deltaStream) push(cur *published, first bool) error {
 	if len(resources) == 0 && len(removed) == 0 && !(first && w.wildcard) {
 		return nil
 	}
+	slices.SortFunc(resources, func(x, y *discoveryv3.Resource) int { return strings.Compare(x.GetName(), y.GetName()) })
 	slices.Sort(removed)
 	w.nonce++
 	if err := w.stream.Send(&discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: cur.version, Resources: resources, RemovedResources: removed,
