@@ -54,7 +54,7 @@ func checkType(typeURL string) error {
 // checkCount refuses a request naming more than maxNames secrets.
 func checkCount(n int) error {
 	if n > maxNames {
-		return status.Errorf(codes.ResourceExhausted, "the request names %d secrets; at most %d may be named at once", n, maxNames)
+		return status.Errorf(codes.ResourceExhausted, "the request names %d secrets; at most %d may be named at once: split them over several streams", n, maxNames)
 	}
 	return nil
 }
