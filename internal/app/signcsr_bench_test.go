@@ -508,23 +508,31 @@ func signClientsMain(path string) error {
 			}
 		}()
 	}
+	// The CSRs of each phase are made before it starts, as the agents
+	// make theirs before they call.
+	makeCSRs := func() ([][][]byte, error) {
+		csrs := make([][][]byte, len(spec.Nodes))
+		for i, n := range spec.Nodes {
+			for range n.Identities {
+				_, der, err := newCSRDER()
+				if err != nil {
+					return nil, err
+				}
+				csrs[i] = append(csrs[i], der)
+			}
+		}
+		return csrs, nil
+	}
+	csrs, err := makeCSRs()
+	if err != nil {
+		return err
+	}
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		if in.Text() == "stop" {
 			fmt.Printf("watch %d\n", watchMsgs.Load())
 			return nil
-		}
-		// The CSRs of a phase, made before it starts.
-		csrs := make([][][]byte, len(spec.Nodes))
-		for i, n := range spec.Nodes {
-			for range n.Identities {
-				_, der, err := newCSRDER()
-				if err != nil {
-					return err
-				}
-				csrs[i] = append(csrs[i], der)
-			}
 		}
 		var (
 			wg       sync.WaitGroup
@@ -551,6 +559,9 @@ func signClientsMain(path string) error {
 			}
 		}
 		wg.Wait()
+		if csrs, err = makeCSRs(); err != nil {
+			return err
+		}
 		if p := firstErr.Load(); p != nil {
 			fmt.Println(strings.ReplaceAll((*p).Error(), "\n", " "))
 		} else {
