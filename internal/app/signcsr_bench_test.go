@@ -43,6 +43,10 @@ import (
 // ...): the server's work alone, since the agents run in another process.
 var signProfile = flag.String("signcsr.cpuprofile", "", "BenchmarkSignCSRThroughGRPC: write a CPU profile per phase with this path prefix")
 
+// signNodes is how many agent nodes share BenchmarkSignCSRThroughGRPC's
+// identities (at most b.N).
+var signNodes = flag.Int("signcsr.nodes", 20, "BenchmarkSignCSRThroughGRPC: agent nodes sharing the b.N identities")
+
 // signClientMode runs the agents of BenchmarkSignCSRThroughGRPC in a child
 // process (see TestMain).
 const signClientMode = "signcsr-clients"
@@ -70,10 +74,10 @@ const agentsInFlight = 4
 //
 //	go test -run '^$' -bench SignCSRThroughGRPC -benchtime 1000x ./internal/app
 //
-// b.N certificates per phase (20 nodes sharing them); add
-// -signcsr.cpuprofile=/tmp/sign for a CPU profile of each phase.
+// b.N certificates per phase (20 nodes sharing them, or -signcsr.nodes);
+// add -signcsr.cpuprofile=/tmp/sign for a CPU profile of each phase.
 func BenchmarkSignCSRThroughGRPC(b *testing.B) {
-	nodes := max(1, min(20, b.N))
+	nodes := max(1, min(*signNodes, b.N))
 	per := (b.N + nodes - 1) / nodes
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
