@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,7 +30,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/app"
@@ -181,7 +184,7 @@ func BenchmarkSignCSRThroughGRPC(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	watchMsgs := clients.stop()
+	watchMsgs, refused := clients.stop()
 
 	viaGRPC, viaServerKey, viaInProcess := *got["grpc"], *got["serverkey"], *got["inprocess"]
 	b.ReportMetric(micros(viaGRPC.cpuPer()), "grpc_cpu_us/cert")
@@ -199,9 +202,9 @@ func BenchmarkSignCSRThroughGRPC(b *testing.B) {
 			float64(g.cpuPer())/float64(k.cpuPer()), float64(i.cpuPer())/float64(k.cpuPer()), g.cpuPer()-i.cpuPer(),
 			g.rate(), i.rate(), k.rate())
 	}
-	b.Logf("both: server CPU per certificate gRPC %v, in-process %v, server key %v (%.2f, %.2f); %d identity-watch messages",
+	b.Logf("both: server CPU per certificate gRPC %v, in-process %v, server key %v (%.2f, %.2f); %d identity-watch messages, %d CSRs refused as beyond the queue and sent again",
 		viaGRPC.cpuPer(), viaInProcess.cpuPer(), viaServerKey.cpuPer(),
-		float64(viaGRPC.cpuPer())/float64(viaServerKey.cpuPer()), float64(viaInProcess.cpuPer())/float64(viaServerKey.cpuPer()), watchMsgs)
+		float64(viaGRPC.cpuPer())/float64(viaServerKey.cpuPer()), float64(viaInProcess.cpuPer())/float64(viaServerKey.cpuPer()), watchMsgs, refused)
 }
 
 // signPin adds an agent node holding one identity of its own, and has
@@ -434,11 +437,11 @@ func (c *signClients) read() (string, error) {
 	}
 }
 
-// stop ends the child (it reports its identity-watch messages) and
-// returns that count; later calls return 0.
-func (c *signClients) stop() int {
+// stop ends the child and returns the identity-watch messages it had
+// and the CSRs it sent again after a refusal; later calls return 0.
+func (c *signClients) stop() (watchMsgs, refused int) {
 	if c.in == nil {
-		return 0
+		return 0, 0
 	}
 	in := c.in
 	c.in = nil
@@ -446,15 +449,16 @@ func (c *signClients) stop() int {
 	line, _ := c.read()
 	in.Close()
 	_ = c.cmd.Wait()
-	var msgs int
-	_, _ = fmt.Sscanf(line, "watch %d", &msgs)
-	return msgs
+	_, _ = fmt.Sscanf(line, "watch %d refused %d", &watchMsgs, &refused)
+	return watchMsgs, refused
 }
 
 // signClientsMain is the child process: one mTLS connection per agent node
 // with its identity watch open; each "go" line signs one CSR per identity
-// of every node, at most 4 in flight per node, and answers "ok" or the
-// first error; "stop" answers the count of identity-watch messages.
+// of every node, at most 4 in flight per node (one refused as beyond the
+// queue is sent again after a backoff), and answers "ok" or the first
+// error; "stop" answers the counts of identity-watch messages and of
+// refusals.
 func signClientsMain(path string) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -470,7 +474,7 @@ func signClientsMain(path string) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var watchMsgs atomic.Int64
+	var watchMsgs, refusals atomic.Int64
 	conns := make([]*grpc.ClientConn, len(spec.Nodes))
 	for i, n := range spec.Nodes {
 		cert, err := tls.X509KeyPair([]byte(n.ChainPEM), []byte(n.KeyPEM))
@@ -535,7 +539,7 @@ func signClientsMain(path string) error {
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		if in.Text() == "stop" {
-			fmt.Printf("watch %d\n", watchMsgs.Load())
+			fmt.Printf("watch %d refused %d\n", watchMsgs.Load(), refusals.Load())
 			return nil
 		}
 		var (
@@ -546,10 +550,22 @@ func signClientsMain(path string) error {
 			for w := range agentsInFlight {
 				wg.Go(func() {
 					for k := w; k < len(n.Identities); k += agentsInFlight {
-						cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
-						var resp nodeapi.SignResponse
-						err := conns[i].Invoke(cctx, nodeapi.FullSignMethod, &nodeapi.SignRequest{Identity: n.Identities[k], CSR: csrs[i][k]}, &resp)
-						ccancel()
+						var (
+							resp nodeapi.SignResponse
+							err  error
+						)
+						// A CSR refused as beyond meshca's queue is sent
+						// again after a jittered backoff, as the agent does.
+						for try := 0; ; try++ {
+							cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+							err = conns[i].Invoke(cctx, nodeapi.FullSignMethod, &nodeapi.SignRequest{Identity: n.Identities[k], CSR: csrs[i][k]}, &resp)
+							ccancel()
+							if status.Code(err) != codes.ResourceExhausted || try == 50 {
+								break
+							}
+							refusals.Add(1)
+							<-time.After(time.Duration(10+mrand.IntN(40)) * time.Millisecond)
+						}
 						if err == nil && (resp.Identity != n.Identities[k] || !strings.Contains(resp.ChainPEM, "CERTIFICATE")) {
 							err = fmt.Errorf("answer for %s names %s", n.Identities[k], resp.Identity)
 						}
