@@ -555,16 +555,18 @@ func signClientsMain(path string) error {
 							err  error
 						)
 						// A CSR refused as beyond meshca's queue is sent
-						// again after a jittered backoff, as the agent does.
-						for try := 0; ; try++ {
+						// again after a jittered backoff, as the agent does
+						// (from 1 s, doubling).
+						giveUp := time.Now().Add(2 * time.Minute)
+						for step := time.Second; ; step *= 2 {
 							cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
 							err = conns[i].Invoke(cctx, nodeapi.FullSignMethod, &nodeapi.SignRequest{Identity: n.Identities[k], CSR: csrs[i][k]}, &resp)
 							ccancel()
-							if status.Code(err) != codes.ResourceExhausted || try == 50 {
+							if status.Code(err) != codes.ResourceExhausted || time.Now().After(giveUp) {
 								break
 							}
 							refusals.Add(1)
-							<-time.After(time.Duration(10+mrand.IntN(40)) * time.Millisecond)
+							<-time.After(step/2 + mrand.N(step/2))
 						}
 						if err == nil && (resp.Identity != n.Identities[k] || !strings.Contains(resp.ChainPEM, "CERTIFICATE")) {
 							err = fmt.Errorf("answer for %s names %s", n.Identities[k], resp.Identity)
