@@ -84,16 +84,17 @@ type Store struct {
 	contact  func() error // etcd: EtcdConfig.Contact
 	commits  committer
 	feed     feed
+	db       *bolt.DB
+	etcd     *etcdStore // set by OpenEtcd; then commits and db are unused
+	terms    localTerms // the election on bbolt
+	dir      string
+	path     string
+	sealer   *seal.Sealer
+	clock    clock.Clock
+	log      *slog.Logger
+
 	// nodeCache spares decoding a node's record read again unchanged.
 	nodeCache nodeCache
-	db        *bolt.DB
-	etcd      *etcdStore // set by OpenEtcd; then commits and db are unused
-	terms     localTerms // the election on bbolt
-	dir       string
-	path      string
-	sealer    *seal.Sealer
-	clock     clock.Clock
-	log       *slog.Logger
 }
 
 // Open opens (creating if needed) the database in cfg.Dir. It refuses a data
