@@ -57,6 +57,7 @@ type App struct {
 	log   *slog.Logger
 	runs  []func(context.Context) error
 	close func() error
+	reg   *registry.Registry // for benchmarks that call it beside the network path
 }
 
 // Option changes how Start builds meshca; for tests.
@@ -239,6 +240,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, err
 	}
 	ops.reg, ops.auth, ops.xds, ops.store, ops.health = reg, auth, xdsSrv, st, health
+	app.reg = reg
 	if health != nil {
 		health.onLost = func() { logger.Warn("xDS streams closed: etcd unreachable", "nodes", xdsSrv.CloseAll()) }
 	}
