@@ -13,8 +13,12 @@
 // identity that the resources meshca sends the node name.
 //
 // Caveats: the output depends only on Params; no file is read or written
-// here. ParseEnvoy and ParseSDS validate deep (into every typed_config)
-// before a caller writes anything.
+// here. Nothing here parses YAML or links Envoy's config protos, so that
+// the node agent's binary stays small: the package envoycheck parses the
+// output with Envoy's protos and validates it deep (into every
+// typed_config). The tests prove with it that every Params the renderers
+// accept gives files Envoy accepts (FuzzEnvoyBootstrap), and meshca's full
+// command line runs it again before writing envoy.yaml.
 package bootstrap
 
 import (
@@ -31,7 +35,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/internal/agentfiles"
-	"github.com/meshca/meshca/mesh"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // File names inside Params.Dir.
@@ -85,7 +89,7 @@ type Params struct {
 	Identities []string
 	// AgentSDS, when set, is the absolute path of the node agent's SDS
 	// socket (meshca agent --sds-socket): envoy.yaml then declares the
-	// static cluster mesh.AgentSDSCluster on that pipe, which the TLS
+	// static cluster nodeapi.AgentSDSCluster on that pipe, which the TLS
 	// contexts meshca sends an agent node take their secrets from.
 	AgentSDS string
 }
@@ -223,14 +227,15 @@ func (p Params) resolve() (resolved, error) {
 		NodeSecretName: NodeSecretName, BundleSecretName: BundleSecretName,
 		XDSCluster: ClusterName,
 		AgentFiles: agentFiles, Identities: slices.Clone(p.Identities),
-		AgentSDS: p.AgentSDS, AgentSDSCluster: mesh.AgentSDSCluster,
+		AgentSDS: p.AgentSDS, AgentSDSCluster: nodeapi.AgentSDSCluster,
 	}, nil
 }
 
 // Envoy returns envoy.yaml for sidecar and front-proxy nodes: node identity,
 // admin on 127.0.0.1, LDS and CDS over ADS, and a static meshca_xds cluster
 // speaking HTTP/2 over TLS 1.3 with the node certificate and bundle read
-// through file-based SDS. The output is not validated here: see ParseEnvoy.
+// through file-based SDS. The output is not validated here: see
+// envoycheck.ParseEnvoy.
 //
 // The cluster lists Server and every replica as endpoints of one STRICT_DNS
 // cluster (round robin): when the ADS stream breaks, Envoy opens the next
