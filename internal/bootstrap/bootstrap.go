@@ -30,7 +30,10 @@ import (
 	"path"
 	"slices"
 	"strconv"
+	"strings"
 	"text/template"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -143,6 +146,26 @@ func parseEndpoint(a string) (endpoint, error) {
 func (p Params) resolve() (resolved, error) {
 	bad := func(field, format string, args ...any) (resolved, error) {
 		return resolved{}, fmt.Errorf("%w: %s %s", ErrInvalidParams, field, fmt.Sprintf(format, args...))
+	}
+	// The files are JSON-quoted, which would turn invalid UTF-8 into
+	// U+FFFD (Envoy would read another name or path than the one given),
+	// escapes C0 controls but leaves DEL, C1 controls and other
+	// unprintable characters raw, which YAML does not allow.
+	texts := []struct{ field, value string }{
+		{"Node", p.Node}, {"Cluster", p.Cluster}, {"Server", p.Server}, {"Dir", p.Dir},
+		{"AgentSDS", p.AgentSDS}, {"AgentFiles", p.AgentFiles},
+	}
+	for i, r := range p.Replicas {
+		texts = append(texts, struct{ field, value string }{fmt.Sprintf("Replicas[%d]", i), r})
+	}
+	for _, t := range texts {
+		if !utf8.ValidString(t.value) {
+			return bad(t.field, "%q is not valid UTF-8", t.value)
+		}
+		if i := strings.IndexFunc(t.value, func(r rune) bool { return r >= 0x7f && !unicode.IsGraphic(r) }); i >= 0 {
+			r, _ := utf8.DecodeRuneInString(t.value[i:])
+			return bad(t.field, "%q holds the unprintable character %U", t.value, r)
+		}
 	}
 	if p.Node == "" {
 		return bad("Node", "is empty")
