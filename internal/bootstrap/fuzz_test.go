@@ -18,8 +18,9 @@ import (
 
 // FuzzEnvoyBootstrap is the proof that the templates give Envoy valid
 // config, which the node agent's binary no longer checks at run time.
-// For any Params: either every renderer refuses them with ErrInvalidParams
-// and returns no bytes at all, or envoy.yaml and both SDS files pass
+// For any Params: either every renderer (grpc-bootstrap.json's too)
+// refuses them with ErrInvalidParams and returns no bytes at all, or
+// envoy.yaml and both SDS files pass
 // Envoy's proto validation (envoycheck, into every typed_config) and say
 // exactly what the Params said: node, cluster, admin port (which
 // bootstrap.AdminPort reads back the same), every server once with
@@ -39,7 +40,7 @@ func FuzzEnvoyBootstrap(f *testing.F) {
 		y, err := bootstrap.Envoy(p)
 		refusedBy := 0
 		for name, render := range map[string]func(bootstrap.Params) ([]byte, error){
-			"Envoy": bootstrap.Envoy, "CertSDS": bootstrap.CertSDS, "BundleSDS": bootstrap.BundleSDS,
+			"Envoy": bootstrap.Envoy, "CertSDS": bootstrap.CertSDS, "BundleSDS": bootstrap.BundleSDS, "GRPC": bootstrap.GRPC,
 		} {
 			out, rerr := render(p)
 			if rerr == nil {
@@ -54,8 +55,8 @@ func FuzzEnvoyBootstrap(f *testing.F) {
 			}
 		}
 		if err != nil {
-			if refusedBy != 3 {
-				t.Fatalf("Envoy refused %+v (%v) but %d of the 3 renderers did", p, err, refusedBy)
+			if refusedBy != 4 {
+				t.Fatalf("Envoy refused %+v (%v) but %d of the 4 renderers did", p, err, refusedBy)
 			}
 			return
 		}
