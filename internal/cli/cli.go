@@ -112,8 +112,9 @@ func New(cfg Config) *cobra.Command {
 		meshCmd(g),
 		statusCmd(g),
 		logsCmd(g),
-		// The full binary links Envoy's protos anyway: it checks each
-		// envoy.yaml with them again before writing it.
+		// The full binary links Envoy's config protos for the mesh
+		// anyway, so it checks each envoy.yaml with them again before
+		// writing it; meshca-agent renders it unchecked.
 		nodecmd.Bootstrap(nodecmd.BootstrapConfig{CheckEnvoy: envoycheck.Envoy}),
 		nodecmd.Agent(nodecmd.AgentConfig{SetMemoryLimit: cfg.AgentMemoryLimit, CheckEnvoy: envoycheck.Envoy}),
 		versionCmd(),
