@@ -229,7 +229,11 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	for _, edit := range o.xdsLimits {
 		edit(&limits)
 	}
+	// The node configuration is built from the feed into xdsSrv; the
+	// server waits for it before refusing a node it does not know yet.
+	var nodes *nodeconfig.Builder
 	xdsSrv, err := xds.New(xds.Config{
+		Settle:      func(ctx context.Context, node string) { nodes.WaitNode(ctx, node) },
 		TrustDomain: td, Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg, replicas: st, log: logger}, Signer: csrSigner{reg: reg}, Identities: csrSigner{reg: reg}, Audit: refusals,
 		Roots: auth.IssuingCAs, LoadedRoots: auth.LoadedIssuingCAs, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
@@ -260,7 +264,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	runs = append(runs, agentWatch.Run)
 	// What each node receives is computed from the store's change feed and
 	// handed to the xDS server; every node has a snapshot before it serves.
-	nodes, err := nodeconfig.New(nodeconfig.Config{
+	nodes, err = nodeconfig.New(nodeconfig.Config{
 		Store: st, TrustDomain: td, Trust: trustSource{auth: auth}, Publisher: xdsSrv, Acks: xdsSrv, Clock: o.clock, Logger: logger,
 	})
 	if err != nil {
