@@ -67,7 +67,7 @@ bench-smoke: build
 
 # package:target pairs; make fuzz runs each for $(SOAKFUZZ).
 FUZZ_TARGETS := ./internal/config:FuzzParse ./mesh:FuzzParse ./internal/identity:FuzzID ./internal/identity:FuzzDNSNames \
-	./ca:FuzzIssueCSR ./ca:FuzzParseImport ./sds:FuzzSecrets
+	./ca:FuzzIssueCSR ./ca:FuzzParseImport ./sds:FuzzSecrets ./internal/bootstrap:FuzzEnvoyBootstrap
 
 # The smoke run gives each target a number of executions (about 5 s each
 # on an idle 2-core machine), not a duration: with a duration, Go 1.26's
@@ -76,7 +76,8 @@ FUZZ_TARGETS := ./internal/config:FuzzParse ./mesh:FuzzParse ./internal/identity
 # does not minimize new inputs (-fuzzminimizetime 0): a worker busy
 # minimizing runs no inputs. `make fuzz` minimizes as usual.
 SMOKE_FUZZ_TARGETS := ./internal/config:FuzzParse:4000 ./mesh:FuzzParse:300 ./internal/identity:FuzzID:150000 \
-	./internal/identity:FuzzDNSNames:150000 ./ca:FuzzIssueCSR:20000 ./ca:FuzzParseImport:20000 ./sds:FuzzSecrets:20000
+	./internal/identity:FuzzDNSNames:150000 ./ca:FuzzIssueCSR:20000 ./ca:FuzzParseImport:20000 ./sds:FuzzSecrets:20000 \
+	./internal/bootstrap:FuzzEnvoyBootstrap:10000
 
 fuzz-smoke:
 	@for t in $(SMOKE_FUZZ_TARGETS); do pkg=$${t%%:*}; rest=$${t#*:}; \

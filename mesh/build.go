@@ -21,13 +21,15 @@ import (
 
 	"github.com/meshca/meshca/internal/agentfiles"
 	"github.com/meshca/meshca/internal/identity"
+	"github.com/meshca/meshca/nodeapi"
 )
 
-// Node kinds, as the registry stores them. They are defined here only.
+// Node kinds, as the registry stores them: nodeapi's, the contract with
+// the nodes, which do not link mesh.
 const (
-	KindSidecar    = "sidecar"
-	KindFrontProxy = "front-proxy"
-	KindGRPC       = "grpc"
+	KindSidecar    = nodeapi.KindSidecar
+	KindFrontProxy = nodeapi.KindFrontProxy
+	KindGRPC       = nodeapi.KindGRPC
 )
 
 // Kinds returns every node kind.

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshca/meshca/internal/agentfiles"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // Extension names, as Envoy and grpc-go expect them.
@@ -47,7 +48,7 @@ func ads() *corev3.ConfigSource {
 
 // AgentSDSCluster is the cluster an agent node's Envoy bootstrap declares
 // for its node agent's SDS socket (a pipe address, HTTP/2).
-const AgentSDSCluster = "meshca_agent_sds"
+const AgentSDSCluster = nodeapi.AgentSDSCluster
 
 // agentSDS is the config source of an agent node's secrets: its node
 // agent, through the local AgentSDSCluster. Listeners, clusters, routes and
@@ -412,7 +413,7 @@ func loadAssignment(s *Service) *endpointv3.ClusterLoadAssignment {
 // GRPCServerListenerTemplate is the server_listener_resource_name_template
 // of the grpc bootstrap: grpc-go replaces %s with the address a server
 // listens on ("10.0.0.5:50051", "[::1]:50051") and asks for that listener.
-const GRPCServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+const GRPCServerListenerTemplate = nodeapi.GRPCServerListenerTemplate
 
 // GRPCServerListenerName is the listener an xDS gRPC server listening on
 // hostPort (net.JoinHostPort form) asks for.

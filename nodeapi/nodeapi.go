@@ -27,6 +27,26 @@ const (
 	FullSignMethod = "/" + Service + "/" + SignMethod
 )
 
+// Node kinds, as JoinResponse.Kind carries them and the registry stores
+// them (mesh.KindSidecar... are these). They are defined here, the
+// contract both sides share, so that the node commands need not link mesh.
+const (
+	KindSidecar    = "sidecar"
+	KindFrontProxy = "front-proxy"
+	KindGRPC       = "grpc"
+)
+
+// AgentSDSCluster is the cluster an agent node's envoy.yaml declares for
+// its node agent's SDS socket (a pipe address, HTTP/2), and the one the TLS
+// contexts meshca sends an agent node take their secrets from.
+const AgentSDSCluster = "meshca_agent_sds"
+
+// GRPCServerListenerTemplate is the server_listener_resource_name_template
+// of the grpc bootstrap: grpc-go replaces %s with the address a server
+// listens on ("10.0.0.5:50051", "[::1]:50051") and asks meshca for that
+// listener.
+const GRPCServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+
 // ReplicasHeader is the request metadata key by which a client asks for
 // JoinResponse.Replicas (value "1"). A server answers with the field only
 // when asked, because a client that predates it refuses unknown fields;

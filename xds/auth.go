@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -116,6 +117,29 @@ func (s *Server) verifyChain(chain []*x509.Certificate) error {
 	return verify(s.cfg.Roots())
 }
 
+// settleWait bounds how long a call of a node this replica does not know
+// waits for its node configuration to catch up with the store feed
+// (Config.Settle). It bounds in-process work that normally takes
+// milliseconds; it decides nothing about certificates, so it is real time.
+const settleWait = 2 * time.Second
+
+// knownOrSettled reports whether node is registered and active, waiting
+// first, when it is not known yet, until this replica has built every
+// change its feed handed over: a node that joined a moment ago is then
+// known, and a revoked or removed one is still refused.
+func (s *Server) knownOrSettled(ctx context.Context, node string) bool {
+	if s.knownNode(node) {
+		return true
+	}
+	if s.cfg.Settle == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, settleWait)
+	defer cancel()
+	s.cfg.Settle(ctx, node)
+	return s.knownNode(node)
+}
+
 // revokedMessage is what a revoked node's calls are answered.
 func revokedMessage(node string) string {
 	return fmt.Sprintf("node %q was revoked (meshca node revoke): it can neither renew nor rejoin; register the machine under a new name with meshca node add", text.Clip(node, 100))
@@ -183,7 +207,7 @@ func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 		s.stats.unauthenticated.Add(1)
 		return nil, status.Error(codes.Unauthenticated, "a valid node certificate is required (run meshca bootstrap, or meshca bootstrap renew)")
 	}
-	if !s.knownNode(node) {
+	if !s.knownOrSettled(ctx, node) {
 		s.stats.denied.Add(1)
 		s.cfg.Audit.RecordDenial(ctx, ActionAuth, node, info.FullMethod+": node is not registered or was revoked")
 		return nil, status.Error(codes.PermissionDenied, revokedMessage(node))
@@ -201,7 +225,7 @@ func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	}
 	// The connection was authenticated when it was made; the node
 	// may have been revoked since.
-	if !s.knownNode(node) {
+	if !s.knownOrSettled(ss.Context(), node) {
 		s.stats.denied.Add(1)
 		s.cfg.Audit.RecordDenial(ss.Context(), ActionAuth, node, info.FullMethod+": node is not registered or was revoked")
 		return status.Error(codes.PermissionDenied, revokedMessage(node))

@@ -97,6 +97,13 @@ type Config struct {
 	// Roots returns the CAs a node certificate must be issued by: meshca's
 	// issuing CAs, not the roots above them. Called on every handshake.
 	Roots func() []*x509.Certificate // required
+	// Settle, when set, waits until this replica's node configuration
+	// covers every change its store feed has handed over for node, or
+	// until ctx ends (nodeconfig.Builder.WaitNode). A node that connects
+	// at once after joining may arrive before its first build: the server
+	// waits here, at most settleWait, before refusing a node it does not
+	// know.
+	Settle func(ctx context.Context, node string)
 	// LoadedRoots, when set, returns the same CAs without reading the
 	// store (as the change feed last brought them): a chain is verified
 	// against them first, and against Roots only when it does not verify,

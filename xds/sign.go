@@ -37,12 +37,15 @@ func (s *Server) signCSR(ctx context.Context, req *nodeapi.SignRequest) (*nodeap
 	}
 	// Bounded: see signGate. A CSR whose caller has gone is neither
 	// signed nor stored (the Signer checks ctx before each).
-	release, err := s.signs.enter(ctx, node)
-	if err != nil {
-		return nil, err
+	var (
+		resp nodeapi.SignResponse
+		err  error
+	)
+	if gerr := s.signs.do(ctx, node, func() {
+		resp, err = s.cfg.Signer.SignCSR(ctx, node, peerLeaf(ctx), req.Identity, req.CSR)
+	}); gerr != nil {
+		return nil, gerr
 	}
-	defer release()
-	resp, err := s.cfg.Signer.SignCSR(ctx, node, peerLeaf(ctx), req.Identity, req.CSR)
 	if err != nil {
 		if ctx.Err() != nil {
 			s.signs.abandon()

@@ -231,11 +231,7 @@ func TestAttackSignCSRStorm(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		waiting := signAll(ctx, conn, 1, csr)
-		waitStats(t, s.f.s, func(Stats) bool {
-			s.f.s.signs.mu.Lock()
-			defer s.f.s.signs.mu.Unlock()
-			return s.f.s.signs.waiting == 1
-		})
+		waitStats(t, s.f.s, func(Stats) bool { return s.f.s.signs.waiting() == 1 })
 		cancel()
 		if c := collect(t, waiting, 1); c[codes.Canceled] != 1 {
 			t.Fatalf("a waiting CSR whose caller left: %v, want Canceled", c)

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"google.golang.org/grpc/status"
@@ -28,83 +29,114 @@ const maxSignPerNode = 16
 // every identity at once: without a bound, thousands of CSRs are signed
 // at the same time, each slower than the agents' call timeout, and the
 // agents retry while meshca signs and commits for callers that have gone.
-// A CSR signs when one of max slots is free, waits for one (while its
+// A CSR signs when one of max turns is free, waits for one (while its
 // caller waits) when fewer than queue are waiting, and is refused at once
-// otherwise. Safe for concurrent use.
+// otherwise. Waiting CSRs are signed in the order they arrived.
+//
+// The signing itself runs on the gate's own goroutines, at most max, each
+// taking the next waiting CSR when it is done with one and ending when
+// none waits: signing a CSR (verification, lint, commit) grows a
+// goroutine's stack to tens of KiB, and a gRPC call starts on a fresh
+// goroutine, so that signing on the caller's goroutine copied its stack
+// several times per CSR. Safe for concurrent use.
 type signGate struct {
-	slots chan struct{} // one token per CSR being signed
+	max, maxQueue int
 
 	mu      sync.Mutex
-	waiting int
+	running int            // gate goroutines, each signing a CSR or about to
+	queue   []*signTurn    // waiting, oldest first
 	perNode map[string]int // admitted CSRs (waiting or signing) by node
-	queue   int
 
 	refused, abandoned int64 // under mu
 }
 
-func newSignGate(max, queue int) *signGate {
-	return &signGate{slots: make(chan struct{}, max), perNode: map[string]int{}, queue: queue}
+// signTurn is one admitted CSR.
+type signTurn struct {
+	ctx  context.Context
+	node string
+	sign func()
+	done chan struct{} // closed once sign returned, or the turn was dropped
+	err  error         // the caller's end, when it left before sign started; set before done closes
 }
 
-// enter admits a CSR of node: it returns once the CSR may be signed, with
-// the function that ends its turn, or a gRPC status error: ResourceExhausted
-// when the queue (or the node's share of it) is full, the caller's own end
-// when it went away while waiting.
-func (g *signGate) enter(ctx context.Context, node string) (func(), error) {
+func newSignGate(max, queue int) *signGate {
+	return &signGate{max: max, maxQueue: queue, perNode: map[string]int{}}
+}
+
+// do admits a CSR of node and returns once sign has run on one of the
+// gate's goroutines, or with a gRPC status error, sign not run:
+// ResourceExhausted when the queue (or the node's share of it) is full,
+// the caller's own end when it went away while waiting.
+func (g *signGate) do(ctx context.Context, node string, sign func()) error {
+	t := &signTurn{ctx: ctx, node: node, sign: sign, done: make(chan struct{})}
 	g.mu.Lock()
-	if g.perNode[node] >= maxSignPerNode {
+	switch {
+	case g.perNode[node] >= maxSignPerNode:
 		g.refused++
 		g.mu.Unlock()
-		return nil, errSignBusy
-	}
-	select {
-	case g.slots <- struct{}{}:
+		return errSignBusy
+	case g.running < g.max:
+		g.running++
 		g.perNode[node]++
 		g.mu.Unlock()
-		return g.leave(node), nil
-	default:
-	}
-	if g.waiting >= g.queue {
+		go g.work(t)
+	case len(g.queue) >= g.maxQueue:
 		g.refused++
 		g.mu.Unlock()
-		return nil, errSignBusy
-	}
-	g.waiting++
-	g.perNode[node]++
-	g.mu.Unlock()
-
-	select {
-	case g.slots <- struct{}{}:
-		g.mu.Lock()
-		g.waiting--
+		return errSignBusy
+	default:
+		g.queue = append(g.queue, t)
+		g.perNode[node]++
 		g.mu.Unlock()
-		if err := ctx.Err(); err != nil {
-			g.leave(node)()
-			g.abandon()
-			return nil, status.FromContextError(err).Err()
-		}
-		return g.leave(node), nil
+	}
+	select {
+	case <-t.done:
+		return t.err
 	case <-ctx.Done():
-		g.mu.Lock()
-		g.waiting--
+	}
+	g.mu.Lock()
+	if i := slices.Index(g.queue, t); i >= 0 {
+		g.queue = slices.Delete(g.queue, i, i+1)
 		g.forget(node)
 		g.abandoned++
 		g.mu.Unlock()
-		return nil, status.FromContextError(ctx.Err()).Err()
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	g.mu.Unlock()
+	<-t.done // taken by a gate goroutine: sign sees ctx end and returns
+	return t.err
+}
+
+// work signs t, then each waiting CSR in turn, and ends when none waits.
+func (g *signGate) work(t *signTurn) {
+	for t != nil {
+		if err := t.ctx.Err(); err != nil {
+			// Its caller left as its turn came.
+			t.err = status.FromContextError(err).Err()
+			g.abandon()
+		} else {
+			t.sign()
+		}
+		close(t.done)
+		g.mu.Lock()
+		g.forget(t.node)
+		t = nil
+		if len(g.queue) > 0 {
+			t = g.queue[0]
+			g.queue[0] = nil
+			g.queue = g.queue[1:]
+		} else {
+			g.running--
+		}
+		g.mu.Unlock()
 	}
 }
 
-// leave returns the function that ends node's turn.
-func (g *signGate) leave(node string) func() {
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			<-g.slots
-			g.mu.Lock()
-			g.forget(node)
-			g.mu.Unlock()
-		})
-	}
+// waiting counts the CSRs waiting for a turn.
+func (g *signGate) waiting() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.queue)
 }
 
 // forget drops one admitted CSR of node; under mu.

@@ -29,6 +29,7 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	bootstrapfiles "github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/bootstrap/envoycheck"
 	"github.com/meshca/meshca/mesh"
 )
 
@@ -202,7 +203,7 @@ func TestAgentCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := bootstrapfiles.ParseEnvoy(y)
+	b, err := envoycheck.ParseEnvoy(y)
 	if err != nil {
 		t.Fatalf("envoy.yaml does not validate: %v", err)
 	}

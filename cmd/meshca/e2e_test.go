@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/internal/api"
-	bootstrapfiles "github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/bootstrap/envoycheck"
 	"github.com/meshca/meshca/internal/testkit"
 )
 
@@ -454,12 +454,12 @@ func TestNodeBootstrap(t *testing.T) {
 		}
 	}
 	envoyYAML, _ := os.ReadFile(filepath.Join(out, "envoy.yaml"))
-	if _, err := bootstrapfiles.ParseEnvoy(envoyYAML); err != nil {
+	if _, err := envoycheck.ParseEnvoy(envoyYAML); err != nil {
 		t.Fatalf("envoy.yaml does not validate: %v", err)
 	}
 	for _, f := range []string{"node-sds.yaml", "bundle-sds.yaml"} {
 		y, _ := os.ReadFile(filepath.Join(out, f))
-		if _, err := bootstrapfiles.ParseSDS(y); err != nil {
+		if _, err := envoycheck.ParseSDS(y); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	bootstrapfiles "github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/bootstrap/envoycheck"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/mesh"
 )
@@ -197,7 +198,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 		if !bytes.Contains(agentLog, []byte("node "+n.Name+" joined")) || bytes.Contains(agentLog, []byte("PRIVATE KEY")) {
 			t.Fatalf("agent of %s: its log has no join, or key material:\n%s", n.Name, agentLog)
 		}
-		b, err := bootstrapfiles.ParseEnvoy(mustRead(t, filepath.Join(dir, envoyYAML)))
+		b, err := envoycheck.ParseEnvoy(mustRead(t, filepath.Join(dir, envoyYAML)))
 		if err != nil {
 			t.Fatalf("%s: %v", n.Name, err)
 		}
@@ -355,7 +356,7 @@ func TestREADMEWalkthroughPlainNode(t *testing.T) {
 	}
 
 	nodeDir := filepath.Join(dir, "demo", "edge-1")
-	if _, err := bootstrapfiles.ParseEnvoy(mustRead(t, filepath.Join(nodeDir, bootstrapfiles.EnvoyFile))); err != nil {
+	if _, err := envoycheck.ParseEnvoy(mustRead(t, filepath.Join(nodeDir, bootstrapfiles.EnvoyFile))); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"echo", "billing", "ops"} {

@@ -57,6 +57,7 @@ type App struct {
 	log   *slog.Logger
 	runs  []func(context.Context) error
 	close func() error
+	reg   *registry.Registry // for benchmarks that call it beside the network path
 }
 
 // Option changes how Start builds meshca; for tests.
@@ -228,7 +229,11 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	for _, edit := range o.xdsLimits {
 		edit(&limits)
 	}
+	// The node configuration is built from the feed into xdsSrv; the
+	// server waits for it before refusing a node it does not know yet.
+	var nodes *nodeconfig.Builder
 	xdsSrv, err := xds.New(xds.Config{
+		Settle:      func(ctx context.Context, node string) { nodes.WaitNode(ctx, node) },
 		TrustDomain: td, Auth: nodeAuth{reg: reg}, Joiner: joiner{reg: reg, replicas: st, log: logger}, Signer: csrSigner{reg: reg}, Identities: csrSigner{reg: reg}, Audit: refusals,
 		Roots: auth.IssuingCAs, LoadedRoots: auth.LoadedIssuingCAs, ServerCert: serverCert.Get,
 		Clock: o.clock, Logger: logger,
@@ -239,6 +244,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 		return nil, err
 	}
 	ops.reg, ops.auth, ops.xds, ops.store, ops.health = reg, auth, xdsSrv, st, health
+	app.reg = reg
 	if health != nil {
 		health.onLost = func() { logger.Warn("xDS streams closed: etcd unreachable", "nodes", xdsSrv.CloseAll()) }
 	}
@@ -258,7 +264,7 @@ func Start(ctx context.Context, cfg config.Config, logger *slog.Logger, opts ...
 	runs = append(runs, agentWatch.Run)
 	// What each node receives is computed from the store's change feed and
 	// handed to the xDS server; every node has a snapshot before it serves.
-	nodes, err := nodeconfig.New(nodeconfig.Config{
+	nodes, err = nodeconfig.New(nodeconfig.Config{
 		Store: st, TrustDomain: td, Trust: trustSource{auth: auth}, Publisher: xdsSrv, Acks: xdsSrv, Clock: o.clock, Logger: logger,
 	})
 	if err != nil {

@@ -577,6 +577,12 @@ func TestMain(m *testing.M) {
 			report = slowBodyClients(os.Getenv(attackAddrEnv))
 		case attackStalledTLS:
 			report = stalledCertClients(os.Getenv(attackAddrEnv))
+		case signClientMode:
+			if err := signClientsMain(os.Getenv(attackAddrEnv)); err != nil {
+				fmt.Println(err)
+				os.Exit(1)
+			}
+			os.Exit(0)
 		default:
 			fmt.Fprintf(os.Stderr, "unknown attack %q\n", mode)
 			os.Exit(2)

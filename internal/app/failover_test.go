@@ -28,6 +28,7 @@ import (
 
 	"github.com/meshca/meshca/internal/api"
 	"github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/bootstrap/envoycheck"
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/testkit"
@@ -422,7 +423,7 @@ func TestRenewRefreshesReplicas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eb, err := bootstrap.ParseEnvoy(y)
+	eb, err := envoycheck.ParseEnvoy(y)
 	if err != nil {
 		t.Fatalf("rewritten envoy.yaml: %v", err)
 	}

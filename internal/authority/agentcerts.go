@@ -1,6 +1,7 @@
 package authority
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -13,21 +14,25 @@ import (
 // agentCertIndex is, for every active agent node, the unrevoked current
 // certificates of the identities it still holds, for a rotation to count
 // those from the leaving CA. It reads every node once, then only the
-// nodes the change feed names: their own record, a certificate signed for
-// them, or a revocation of one of those certificates.
+// nodes the change feed names: their own record, or a revocation (or
+// removal) of one of the certificates counted, re-read as a whole; a
+// certificate newly signed for a node, only the identity it is for. In a
+// storm of agent CSRs the latter is every change: re-reading each node's
+// every certificate for each of them cost more than signing it.
 type agentCertIndex struct {
 	mu       sync.Mutex
 	sub      *store.Subscription    // nil until the first read, and after close
 	nodes    map[string][]agentCert // by agent node
 	bySerial map[string]string      // serial -> node, of the certificates in nodes
-	// read reads an agent node's certificates; tests wrap it to count
+	// read reads an agent node's certificates, of every identity it
+	// holds or of ident alone when not empty; tests wrap it to count
 	// reads.
-	read func(tx *store.Tx, n store.Node) ([]agentCert, error)
+	read func(tx *store.Tx, n store.Node, ident string) ([]agentCert, error)
 }
 
 type agentCert struct {
-	serial, issuer string
-	notAfter       time.Time
+	identity, serial, issuer string
+	notAfter                 time.Time
 }
 
 // agentCerts counts the current certificates of active agent nodes, for
@@ -104,7 +109,7 @@ func (x *agentCertIndex) refresh(ctx context.Context, st *store.Store) error {
 			}
 			return nil
 		}
-		changed, err := x.changedNodes(tx, changes)
+		changed, signed, err := x.changedNodes(tx, changes)
 		if err != nil {
 			return err
 		}
@@ -119,6 +124,14 @@ func (x *agentCertIndex) refresh(ctx context.Context, st *store.Store) error {
 			delete(x.nodes, name)
 			n.Name = name
 			if err := x.readNode(tx, n); err != nil {
+				return err
+			}
+		}
+		for _, h := range signed {
+			if slices.Contains(changed, h.node) {
+				continue // read as a whole above
+			}
+			if err := x.readIdentity(tx, h.node, h.identity); err != nil {
 				return err
 			}
 		}
@@ -138,17 +151,21 @@ func concernsAgentCerts(c store.Change) bool {
 	return c.Kind == store.KindNode || c.Kind == store.KindRevocation || c.Kind == store.KindAgentCert
 }
 
-// changedNodes names the nodes whose certificates changes may concern,
-// sorted.
-func (x *agentCertIndex) changedNodes(tx *store.Tx, changes []store.Change) ([]string, error) {
-	var out []string
+// holding is one identity of one agent node.
+type holding struct{ node, identity string }
+
+// changedNodes names the nodes to read as a whole, sorted: their record
+// changed, or a certificate counted was revoked or removed. signed are the
+// identities of nodes that had a certificate signed, not counted yet: only
+// their current certificate for that identity may have changed.
+func (x *agentCertIndex) changedNodes(tx *store.Tx, changes []store.Change) (changed []string, signed []holding, err error) {
 	for _, c := range changes {
 		switch c.Kind {
 		case store.KindNode:
-			out = append(out, c.Key)
+			changed = append(changed, c.Key)
 		case store.KindRevocation, store.KindAgentCert:
 			if node, ok := x.bySerial[c.Key]; ok {
-				out = append(out, node)
+				changed = append(changed, node)
 				continue
 			}
 			if c.Kind == store.KindRevocation {
@@ -159,15 +176,51 @@ func (x *agentCertIndex) changedNodes(tx *store.Tx, changes []store.Change) ([]s
 				continue // pruned, long expired
 			}
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if cert.Node != "" {
-				out = append(out, cert.Node)
+				signed = append(signed, holding{node: cert.Node, identity: cert.Identity})
 			}
 		}
 	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
+	slices.Sort(changed)
+	slices.SortFunc(signed, func(a, b holding) int {
+		return cmp.Or(cmp.Compare(a.node, b.node), cmp.Compare(a.identity, b.identity))
+	})
+	return slices.Compact(changed), slices.Compact(signed), nil
+}
+
+// readIdentity indexes node's current certificate for ident in place of
+// the one indexed before, if any.
+func (x *agentCertIndex) readIdentity(tx *store.Tx, node, ident string) error {
+	n, err := tx.Node(node)
+	if errors.Is(err, store.ErrNotFound) {
+		n = store.Node{Name: node}
+	} else if err != nil {
+		return err
+	}
+	kept := slices.DeleteFunc(x.nodes[node], func(c agentCert) bool {
+		if c.identity != ident {
+			return false
+		}
+		delete(x.bySerial, c.serial)
+		return true
+	})
+	var certs []agentCert
+	if n.Agent && n.State == store.StateActive {
+		if certs, err = x.read(tx, n, ident); err != nil {
+			return err
+		}
+	}
+	for _, c := range certs {
+		x.bySerial[c.serial] = node
+	}
+	if kept = append(kept, certs...); len(kept) > 0 {
+		x.nodes[node] = kept
+	} else {
+		delete(x.nodes, node)
+	}
+	return nil
 }
 
 // readNode indexes n's certificates; n.State "" (not found) or a node
@@ -176,7 +229,7 @@ func (x *agentCertIndex) readNode(tx *store.Tx, n store.Node) error {
 	if !n.Agent || n.State != store.StateActive {
 		return nil
 	}
-	certs, err := x.read(tx, n)
+	certs, err := x.read(tx, n, "")
 	if err != nil || len(certs) == 0 {
 		return err
 	}
@@ -188,10 +241,18 @@ func (x *agentCertIndex) readNode(tx *store.Tx, n store.Node) error {
 }
 
 // readAgentCerts reads an active agent node's unrevoked current
-// certificates for the identities it still holds.
-func readAgentCerts(tx *store.Tx, n store.Node) ([]agentCert, error) {
-	hs, err := tx.HolderCertsOfNode(n.Name)
-	if err != nil {
+// certificates for the identities it still holds: every one, or only
+// ident's when not empty.
+func readAgentCerts(tx *store.Tx, n store.Node, ident string) ([]agentCert, error) {
+	var hs []store.HolderCert
+	if ident == "" {
+		var err error
+		if hs, err = tx.HolderCertsOfNode(n.Name); err != nil {
+			return nil, err
+		}
+	} else if h, err := tx.HolderCert(ident, n.Name); err == nil {
+		hs = append(hs, h)
+	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
 	var out []agentCert
@@ -211,7 +272,7 @@ func readAgentCerts(tx *store.Tx, n store.Node) ([]agentCert, error) {
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return nil, err
 		}
-		out = append(out, agentCert{serial: c.Serial, issuer: c.IssuerSerial, notAfter: c.NotAfter})
+		out = append(out, agentCert{identity: h.Identity, serial: c.Serial, issuer: c.IssuerSerial, notAfter: c.NotAfter})
 	}
 	return out, nil
 }

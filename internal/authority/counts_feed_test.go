@@ -48,7 +48,7 @@ func TestRotationCountsFollowTheFeed(t *testing.T) {
 	}
 	leaves, agentNodes := readLog{}, readLog{}
 	authority.CountLeafReads(r.Authority, func(id string) { leaves[id]++ })
-	authority.CountAgentCertReads(r.Authority, func(node string) { agentNodes[node]++ })
+	authority.CountAgentCertReads(r.Authority, func(node, _ string) { agentNodes[node]++ })
 
 	if err := r.StartRotation(ctx, false, "test"); err != nil {
 		t.Fatal(err)

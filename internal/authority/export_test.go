@@ -41,13 +41,14 @@ func CountLeafReads(a *Authority, seen func(identity string)) {
 }
 
 // CountAgentCertReads calls seen with every agent node whose certificates
-// a rotation's count reads from the store.
-func CountAgentCertReads(a *Authority, seen func(node string)) {
+// a rotation's count reads from the store, and the identity when it reads
+// only that identity's ("" when it reads them all).
+func CountAgentCertReads(a *Authority, seen func(node, identity string)) {
 	x := &a.rot.agentCerts
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.read = func(tx *store.Tx, n store.Node) ([]agentCert, error) {
-		seen(n.Name)
-		return readAgentCerts(tx, n)
+	x.read = func(tx *store.Tx, n store.Node, ident string) ([]agentCert, error) {
+		seen(n.Name, ident)
+		return readAgentCerts(tx, n, ident)
 	}
 }

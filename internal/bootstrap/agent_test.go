@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/bootstrap/envoycheck"
 	"github.com/meshca/meshca/mesh"
 )
 
@@ -21,7 +22,7 @@ func TestEnvoyAgentSDS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := bootstrap.ParseEnvoy(got)
+	b, err := envoycheck.ParseEnvoy(got)
 	if err != nil {
 		t.Fatalf("ParseEnvoy(generated) = %v", err)
 	}

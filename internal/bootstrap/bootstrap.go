@@ -13,8 +13,12 @@
 // identity that the resources meshca sends the node name.
 //
 // Caveats: the output depends only on Params; no file is read or written
-// here. ParseEnvoy and ParseSDS validate deep (into every typed_config)
-// before a caller writes anything.
+// here. Nothing here parses YAML or links Envoy's config protos, so that
+// the node agent's binary stays small: the package envoycheck parses the
+// output with Envoy's protos and validates it deep (into every
+// typed_config). The tests prove with it that every Params the renderers
+// accept gives files Envoy accepts (FuzzEnvoyBootstrap), and meshca's full
+// command line runs it again before writing envoy.yaml.
 package bootstrap
 
 import (
@@ -26,12 +30,15 @@ import (
 	"path"
 	"slices"
 	"strconv"
+	"strings"
 	"text/template"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/internal/agentfiles"
-	"github.com/meshca/meshca/mesh"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // File names inside Params.Dir.
@@ -85,7 +92,7 @@ type Params struct {
 	Identities []string
 	// AgentSDS, when set, is the absolute path of the node agent's SDS
 	// socket (meshca agent --sds-socket): envoy.yaml then declares the
-	// static cluster mesh.AgentSDSCluster on that pipe, which the TLS
+	// static cluster nodeapi.AgentSDSCluster on that pipe, which the TLS
 	// contexts meshca sends an agent node take their secrets from.
 	AgentSDS string
 }
@@ -139,6 +146,26 @@ func parseEndpoint(a string) (endpoint, error) {
 func (p Params) resolve() (resolved, error) {
 	bad := func(field, format string, args ...any) (resolved, error) {
 		return resolved{}, fmt.Errorf("%w: %s %s", ErrInvalidParams, field, fmt.Sprintf(format, args...))
+	}
+	// The files are JSON-quoted, which would turn invalid UTF-8 into
+	// U+FFFD (Envoy would read another name or path than the one given),
+	// escapes C0 controls but leaves DEL, C1 controls and other
+	// unprintable characters raw, which YAML does not allow.
+	texts := []struct{ field, value string }{
+		{"Node", p.Node}, {"Cluster", p.Cluster}, {"Server", p.Server}, {"Dir", p.Dir},
+		{"AgentSDS", p.AgentSDS}, {"AgentFiles", p.AgentFiles},
+	}
+	for i, r := range p.Replicas {
+		texts = append(texts, struct{ field, value string }{fmt.Sprintf("Replicas[%d]", i), r})
+	}
+	for _, t := range texts {
+		if !utf8.ValidString(t.value) {
+			return bad(t.field, "%q is not valid UTF-8", t.value)
+		}
+		if i := strings.IndexFunc(t.value, func(r rune) bool { return r >= 0x7f && !unicode.IsGraphic(r) }); i >= 0 {
+			r, _ := utf8.DecodeRuneInString(t.value[i:])
+			return bad(t.field, "%q holds the unprintable character %U", t.value, r)
+		}
 	}
 	if p.Node == "" {
 		return bad("Node", "is empty")
@@ -223,14 +250,15 @@ func (p Params) resolve() (resolved, error) {
 		NodeSecretName: NodeSecretName, BundleSecretName: BundleSecretName,
 		XDSCluster: ClusterName,
 		AgentFiles: agentFiles, Identities: slices.Clone(p.Identities),
-		AgentSDS: p.AgentSDS, AgentSDSCluster: mesh.AgentSDSCluster,
+		AgentSDS: p.AgentSDS, AgentSDSCluster: nodeapi.AgentSDSCluster,
 	}, nil
 }
 
 // Envoy returns envoy.yaml for sidecar and front-proxy nodes: node identity,
 // admin on 127.0.0.1, LDS and CDS over ADS, and a static meshca_xds cluster
 // speaking HTTP/2 over TLS 1.3 with the node certificate and bundle read
-// through file-based SDS. The output is not validated here: see ParseEnvoy.
+// through file-based SDS. The output is not validated here: see
+// envoycheck.ParseEnvoy.
 //
 // The cluster lists Server and every replica as endpoints of one STRICT_DNS
 // cluster (round robin): when the ADS stream breaks, Envoy opens the next

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/xds"
 
 	"github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/bootstrap/envoycheck"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -87,7 +88,7 @@ func TestParseEnvoyAcceptsGenerated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := bootstrap.ParseEnvoy(y)
+	b, err := envoycheck.ParseEnvoy(y)
 	if err != nil {
 		t.Fatalf("ParseEnvoy(generated) = %v", err)
 	}
@@ -211,11 +212,11 @@ func TestParseEnvoyRefusesDeepErrors(t *testing.T) {
 				t.Fatalf("envoy.yaml has no %q to replace", tt.old)
 			}
 			broken := bytes.Replace(y, []byte(tt.old), []byte(tt.new), 1)
-			_, err := bootstrap.ParseEnvoy(broken)
+			_, err := envoycheck.ParseEnvoy(broken)
 			if err == nil {
 				t.Fatalf("ParseEnvoy accepted:\n%s", broken)
 			}
-			if !errors.Is(err, bootstrap.ErrInvalidConfig) {
+			if !errors.Is(err, envoycheck.ErrInvalidConfig) {
 				t.Errorf("error %v is not ErrInvalidConfig", err)
 			}
 			for _, w := range tt.wantErr {
@@ -238,7 +239,7 @@ func TestParseSDS(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err := bootstrap.ParseSDS(cert)
+	s, err := envoycheck.ParseSDS(cert)
 	if err != nil {
 		t.Fatalf("ParseSDS(%s) = %v", bootstrap.CertSDSFile, err)
 	}
@@ -247,7 +248,7 @@ func TestParseSDS(t *testing.T) {
 		s[0].GetTlsCertificate().GetPrivateKey().GetFilename() != "/etc/meshca/node/node-key.pem" {
 		t.Errorf("node secret = %v", s)
 	}
-	s, err = bootstrap.ParseSDS(bundle)
+	s, err = envoycheck.ParseSDS(bundle)
 	if err != nil {
 		t.Fatalf("ParseSDS(%s) = %v", bootstrap.BundleSDSFile, err)
 	}
@@ -273,11 +274,11 @@ func TestParseSDS(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := bootstrap.ParseSDS([]byte(tt.yaml))
+			_, err := envoycheck.ParseSDS([]byte(tt.yaml))
 			if err == nil {
 				t.Fatalf("ParseSDS accepted:\n%s", tt.yaml)
 			}
-			if !errors.Is(err, bootstrap.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.want) {
+			if !errors.Is(err, envoycheck.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("ParseSDS error = %q, want ErrInvalidConfig containing %q", err, tt.want)
 			}
 		})
@@ -412,7 +413,7 @@ func TestHostileValuesStayQuoted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := bootstrap.ParseEnvoy(y)
+	b, err := envoycheck.ParseEnvoy(y)
 	if err != nil {
 		t.Fatalf("ParseEnvoy = %v\n%s", err, y)
 	}
@@ -423,7 +424,7 @@ func TestHostileValuesStayQuoted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	secrets, err := bootstrap.ParseSDS(s)
+	secrets, err := envoycheck.ParseSDS(s)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/meshca/meshca/internal/agentfiles"
-	"github.com/meshca/meshca/mesh"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // refreshInterval is how often grpc-go re-reads the certificate files. A
@@ -20,7 +20,7 @@ const refreshInterval = "60s"
 const agentRefreshInterval = "1s"
 
 // serverListenerTemplate names the LDS resource of an xDS gRPC server.
-const serverListenerTemplate = mesh.GRPCServerListenerTemplate
+const serverListenerTemplate = nodeapi.GRPCServerListenerTemplate
 
 // The structs fix the key order of grpc-bootstrap.json.
 type grpcBootstrap struct {

@@ -12,6 +12,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 
 	"github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/bootstrap/envoycheck"
 )
 
 func replicaParams() bootstrap.Params {
@@ -65,7 +66,7 @@ func TestEnvoyListsEveryReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := bootstrap.ParseEnvoy(y)
+	b, err := envoycheck.ParseEnvoy(y)
 	if err != nil {
 		t.Fatalf("ParseEnvoy = %v", err)
 	}

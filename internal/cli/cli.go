@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshca/meshca/internal/bootstrap/envoycheck"
 	"github.com/meshca/meshca/internal/config"
 	"github.com/meshca/meshca/internal/nodecmd"
 	"github.com/meshca/meshca/internal/text"
@@ -111,8 +112,11 @@ func New(cfg Config) *cobra.Command {
 		meshCmd(g),
 		statusCmd(g),
 		logsCmd(g),
-		nodecmd.Bootstrap(),
-		nodecmd.Agent(nodecmd.AgentConfig{SetMemoryLimit: cfg.AgentMemoryLimit}),
+		// The full binary links Envoy's config protos for the mesh
+		// anyway, so it checks each envoy.yaml with them again before
+		// writing it; meshca-agent renders it unchecked.
+		nodecmd.Bootstrap(nodecmd.BootstrapConfig{CheckEnvoy: envoycheck.Envoy}),
+		nodecmd.Agent(nodecmd.AgentConfig{SetMemoryLimit: cfg.AgentMemoryLimit, CheckEnvoy: envoycheck.Envoy}),
 		versionCmd(),
 	)
 	addCompletions(root, g)

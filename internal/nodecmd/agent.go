@@ -29,7 +29,6 @@ import (
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/mesh"
 	"github.com/meshca/meshca/nodeapi"
 )
 
@@ -52,11 +51,14 @@ type AgentConfig struct {
 	// debug.SetMemoryLimit where the agent is the whole process; nil where
 	// it shares the process, as in tests that run it beside meshca.
 	SetMemoryLimit func(int64) int64
+	// CheckEnvoy, when not nil, checks every envoy.yaml the agent renders
+	// before it is written, as BootstrapConfig.CheckEnvoy.
+	CheckEnvoy func(envoyYAML []byte) error
 }
 
 // Agent is the meshca agent command.
 func Agent(cfg AgentConfig) *cobra.Command {
-	var o agentOptions
+	o := agentOptions{bootstrapOptions: bootstrapOptions{checkEnvoy: cfg.CheckEnvoy}}
 	cmd := &cobra.Command{
 		Use:   "agent " + agentUsage,
 		Short: "Run the node agent: keys made on this node, certificates served to the local proxy",
@@ -141,7 +143,7 @@ func runAgent(ctx context.Context, cfg AgentConfig, o agentOptions, stdout, stde
 	if err != nil {
 		return fmt.Errorf("%s: trust domain: %w", NodeFile, err)
 	}
-	if nf.Kind == mesh.KindGRPC {
+	if nf.Kind == nodeapi.KindGRPC {
 		// A proxyless gRPC node reads its identities' files: write them,
 		// and the grpc bootstrap that declares them.
 		if o.writeFiles, err = grpcFilesDir(dir, o.writeFiles, &nf); err != nil {
@@ -198,11 +200,11 @@ func runAgent(ctx context.Context, cfg AgentConfig, o agentOptions, stdout, stde
 	// A gRPC node's grpc-bootstrap.json has one writer, which both the
 	// identity changes and a renewal that learns new replicas go through.
 	var gb *grpcBootstrap
-	if nf.Kind == mesh.KindGRPC {
+	if nf.Kind == nodeapi.KindGRPC {
 		gb = &grpcBootstrap{dir: dir, log: log}
 	}
 	renew := func(ctx context.Context, dir string, out io.Writer) (*x509.Certificate, error) {
-		return renewNode(ctx, dir, out, gb)
+		return renewNode(ctx, dir, out, gb, cfg.CheckEnvoy)
 	}
 	run(a.Run)
 	if cfg.SetMemoryLimit != nil && os.Getenv("GOMEMLIMIT") == "" {
@@ -319,7 +321,8 @@ func (g *grpcBootstrap) writeLocked() error {
 	if err != nil {
 		return err
 	}
-	data, err := proxyBootstrap(nf, g.dir)
+	// A grpc bootstrap: no envoy.yaml to check.
+	data, err := proxyBootstrap(nf, g.dir, nil)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshca/meshca/mesh"
+	"github.com/meshca/meshca/nodeapi"
 )
 
 // checkServerName makes sure a bootstrap of this kind will verify the
@@ -21,7 +21,7 @@ import (
 // SPIFFE ID instead, so other kinds need no host name. The check dials
 // server as grpc-go will, with issuersPEM as the only roots.
 func checkServerName(ctx context.Context, server, node, kind, issuersPEM string) error {
-	if kind != mesh.KindGRPC {
+	if kind != nodeapi.KindGRPC {
 		return nil
 	}
 	host, _, err := net.SplitHostPort(server)

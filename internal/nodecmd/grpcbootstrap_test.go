@@ -13,7 +13,6 @@ import (
 
 	"github.com/meshca/meshca/internal/agentfiles"
 	"github.com/meshca/meshca/internal/bootstrap"
-	"github.com/meshca/meshca/mesh"
 	"github.com/meshca/meshca/nodeapi"
 )
 
@@ -27,7 +26,7 @@ import (
 func TestGRPCBootstrapLastWriteIsLatest(t *testing.T) {
 	dir := t.TempDir()
 	files := filepath.Join(dir, "files")
-	nf := nodeapi.NodeFile{Server: "127.0.0.1:6565", Servers: []string{"127.0.0.1:6565"}, Node: "api-1", Kind: mesh.KindGRPC,
+	nf := nodeapi.NodeFile{Server: "127.0.0.1:6565", Servers: []string{"127.0.0.1:6565"}, Node: "api-1", Kind: nodeapi.KindGRPC,
 		TrustDomain: "mesh.local", AgentFiles: files}
 	data, err := json.Marshal(nf)
 	if err != nil {
@@ -63,7 +62,7 @@ func TestGRPCBootstrapLastWriteIsLatest(t *testing.T) {
 				errs <- err
 				return
 			}
-			errs <- refreshServers(dir, cur, []string{replica}, io.Discard, gb)
+			errs <- refreshServers(dir, cur, []string{replica}, io.Discard, gb, nil)
 		}()
 		wg.Wait()
 		close(errs)

@@ -4,11 +4,15 @@
 // meshca agent, the node agent.
 //
 // It imports nothing of the server (cfssl, zlint, the store, bbolt, the
-// etcd client, the admin API), so that cmd/meshca-agent, a binary of the
-// agent alone, stays small: the pages of code a process maps count
-// towards its resident memory. meshca's own command line adds the same
-// commands (internal/cli), so both binaries run one implementation. A test
-// of this package fails when one of those dependencies creeps back.
+// etcd client, the admin API), nor Envoy's bootstrap and config protos or
+// a YAML library (envoy.yaml is rendered from templates, whose output the
+// tests of internal/bootstrap prove valid), so that cmd/meshca-agent, a
+// binary of the agent alone, stays small: the pages of code a process maps
+// count towards its resident memory. meshca's own command line adds the
+// same commands (internal/cli), so both binaries run one implementation;
+// it also checks each envoy.yaml with Envoy's protos before writing it
+// (BootstrapConfig.CheckEnvoy). Tests of this package fail when one of
+// those dependencies creeps back.
 package nodecmd
 
 import (

@@ -29,12 +29,11 @@ import (
 	"github.com/meshca/meshca/internal/atomicfile"
 	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/mesh"
 	"github.com/meshca/meshca/nodeapi"
 	"github.com/meshca/meshca/rotation"
 )
 
-func renewCmd() *cobra.Command {
+func renewCmd(check envoyCheck) *cobra.Command {
 	var (
 		dir   string
 		watch bool
@@ -51,11 +50,14 @@ func renewCmd() *cobra.Command {
 			if dir == "" {
 				return errors.New("--dir DIR is required (the directory meshca bootstrap wrote)")
 			}
+			renew := func(ctx context.Context, dir string, out io.Writer) (*x509.Certificate, error) {
+				return renewNode(ctx, dir, out, nil, check)
+			}
 			if !watch {
-				_, err := renewOnce(cmd.Context(), dir, cmd.OutOrStdout())
+				_, err := renew(cmd.Context(), dir, cmd.OutOrStdout())
 				return err
 			}
-			return watchRenew(cmd.Context(), clock.Real{}, dir, cmd.OutOrStdout(), cmd.ErrOrStderr(), renewOnce)
+			return watchRenew(cmd.Context(), clock.Real{}, dir, cmd.OutOrStdout(), cmd.ErrOrStderr(), renew)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "directory written by meshca bootstrap")
@@ -107,16 +109,11 @@ func readLeaf(path string) (*x509.Certificate, error) {
 	return certs[0], nil
 }
 
-// renewOnce renews the node certificate in dir and rewrites node.pem and
-// bundle.pem.
-func renewOnce(ctx context.Context, dir string, out io.Writer) (*x509.Certificate, error) {
-	return renewNode(ctx, dir, out, nil)
-}
-
-// renewNode is renewOnce for a node whose grpc bootstrap has a writer of
-// its own (a gRPC agent node; nil for any other): new replicas go through
-// it.
-func renewNode(ctx context.Context, dir string, out io.Writer, gb *grpcBootstrap) (*x509.Certificate, error) {
+// renewNode renews the node certificate in dir and rewrites node.pem and
+// bundle.pem. gb is the writer of the node's grpc bootstrap when it has
+// one of its own (a gRPC agent node; nil for any other): new replicas go
+// through it. check runs on a rewritten envoy.yaml.
+func renewNode(ctx context.Context, dir string, out io.Writer, gb *grpcBootstrap, check envoyCheck) (*x509.Certificate, error) {
 	raw, err := os.ReadFile(filepath.Join(dir, NodeFile))
 	if err != nil {
 		return nil, fmt.Errorf("read %s (written by meshca bootstrap): %w", NodeFile, err)
@@ -188,7 +185,7 @@ func renewNode(ctx context.Context, dir string, out io.Writer, gb *grpcBootstrap
 		return nil, err
 	}
 	fmt.Fprintf(out, "renewed node %s at %s: serial %s, not after %s\n", nf.Node, server, resp.Serial, resp.NotAfter.UTC().Format(time.RFC3339))
-	if err := refreshServers(dir, nf, resp.Replicas, out, gb); err != nil {
+	if err := refreshServers(dir, nf, resp.Replicas, out, gb, check); err != nil {
 		fmt.Fprintf(out, "the list of meshca replicas was not updated: %v\n", err)
 	}
 	if err := useRenewed(ctx, server, trust, dir); err != nil {
@@ -228,8 +225,8 @@ func renewAt(ctx context.Context, addr string, tlsCfg *tls.Config, req *nodeapi.
 // refreshServers rewrites the node file and the proxy's bootstrap when
 // meshca's replicas changed, through gb when the node has one. The server
 // the node was bootstrapped with stays first. An answer without a list (an
-// older meshca) changes nothing.
-func refreshServers(dir string, nf nodeapi.NodeFile, replicas []string, out io.Writer, gb *grpcBootstrap) error {
+// older meshca) changes nothing. check runs on a rewritten envoy.yaml.
+func refreshServers(dir string, nf nodeapi.NodeFile, replicas []string, out io.Writer, gb *grpcBootstrap, check envoyCheck) error {
 	if len(replicas) == 0 {
 		return nil
 	}
@@ -244,18 +241,18 @@ func refreshServers(dir string, nf nodeapi.NodeFile, replicas []string, out io.W
 		fmt.Fprintf(out, "meshca replicas are now %s: rewrote %s\n", strings.Join(servers, ", "), bootstrap.GRPCFile)
 		return nil
 	}
-	if nf.EnvoyAdminPort == 0 && nf.Kind != mesh.KindGRPC {
+	if nf.EnvoyAdminPort == 0 && nf.Kind != nodeapi.KindGRPC {
 		nf.EnvoyAdminPort = bootstrap.DefaultAdminPort
 		// A directory from before the port was recorded: keep the one in
 		// its envoy.yaml.
 		if y, err := os.ReadFile(filepath.Join(dir, bootstrap.EnvoyFile)); err == nil {
-			if b, err := bootstrap.ParseEnvoy(y); err == nil {
-				nf.EnvoyAdminPort = b.GetAdmin().GetAddress().GetSocketAddress().GetPortValue()
+			if port, ok := bootstrap.AdminPort(y); ok {
+				nf.EnvoyAdminPort = port
 			}
 		}
 	}
 	nf.Servers = servers
-	data, err := proxyBootstrap(nf, dir)
+	data, err := proxyBootstrap(nf, dir, check)
 	if err != nil {
 		return err
 	}
@@ -271,7 +268,7 @@ func refreshServers(dir string, nf nodeapi.NodeFile, replicas []string, out io.W
 		return err
 	}
 	fmt.Fprintf(out, "meshca replicas are now %s: rewrote %s", strings.Join(servers, ", "), name)
-	if nf.Kind != mesh.KindGRPC {
+	if nf.Kind != nodeapi.KindGRPC {
 		fmt.Fprint(out, " (Envoy reads it when it starts)")
 	}
 	fmt.Fprintln(out)

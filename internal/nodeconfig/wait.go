@@ -119,6 +119,29 @@ func (b *Builder) pushed(seq uint64) (Pushed, <-chan struct{}) {
 	return p, changed
 }
 
+// WaitNode waits until node's configuration covers every change the feed
+// has handed over so far (built and published, or removed), or until ctx
+// ends. A node that connects right after it joined can arrive before the
+// build its join queued; the xDS server waits here before refusing a node
+// it does not know. A build that fails is waited for until ctx ends.
+func (b *Builder) WaitNode(ctx context.Context, node string) {
+	pos := b.cfg.Store.FeedPos()
+	for {
+		b.mu.Lock()
+		changed := b.progress.changed
+		done := b.progress.dispatched >= pos && b.progress.built[node] >= b.progress.want[node]
+		b.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
 // Idle reports whether everything the feed has handed over so far has been
 // published: no node or trust change is queued, being built, or failed
 // since. A CA rotation uses it so that nodes count as having acknowledged

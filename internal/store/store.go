@@ -92,6 +92,9 @@ type Store struct {
 	sealer   *seal.Sealer
 	clock    clock.Clock
 	log      *slog.Logger
+
+	// nodeCache spares decoding a node's record read again unchanged.
+	nodeCache nodeCache
 }
 
 // Open opens (creating if needed) the database in cfg.Dir. It refuses a data

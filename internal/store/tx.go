@@ -507,9 +507,24 @@ func (tx *Tx) PutNode(n Node) error {
 
 // Node returns the node called name, or ErrNotFound.
 func (tx *Tx) Node(name string) (Node, error) {
+	val, err := tx.kv.get(bucketNodes, []byte(name))
+	if err != nil {
+		err = fmt.Errorf("store: get %s: %w", bucketNodes, err)
+		tx.fail(err)
+		return Node{}, err
+	}
+	if val == nil {
+		return Node{}, ErrNotFound
+	}
+	if n, ok := tx.s.nodeCache.get(name, val); ok {
+		return n, nil
+	}
 	var n Node
-	err := tx.get(bucketNodes, []byte(name), &n)
-	return n, err
+	if err := json.Unmarshal(val, &n); err != nil {
+		return Node{}, fmt.Errorf("store: decode %s %q: %w", bucketNodes, name, err)
+	}
+	tx.s.nodeCache.put(name, val, n)
+	return n, nil
 }
 
 // Nodes returns all nodes sorted by name.

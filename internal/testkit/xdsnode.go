@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/bootstrap"
+	"github.com/meshca/meshca/internal/bootstrap/envoycheck"
 )
 
 // XDSNode is a node's xDS client as Envoy runs it from the files meshca
@@ -55,7 +56,7 @@ func NewXDSNode(tb testing.TB, dir, node, trustDomain string, names ...string) *
 	if err != nil {
 		tb.Fatal(err)
 	}
-	b, err := bootstrap.ParseEnvoy(y)
+	b, err := envoycheck.ParseEnvoy(y)
 	if err != nil {
 		tb.Fatal(err)
 	}

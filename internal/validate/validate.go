@@ -15,7 +15,12 @@
 // Caveats: only the PGV rules are checked. Semantic rules that PGV does not
 // express (a Secret with an empty name, a listener without an address) are
 // the caller's job. Types carried in an Any must be registered in
-// protoregistry.GlobalTypes; imports.go links the ones meshca uses.
+// protoregistry.GlobalTypes: linked into the binary, as they are by the
+// code that builds them (mesh) or parses them (envoycheck, for the files a
+// node writes). This package links none itself, so that a binary that
+// validates only Secrets (the node agent's, through sds) does not carry
+// Envoy's listener, route and cluster protos; an Any whose type is not
+// linked is refused with ErrUnregisteredType, never passed unchecked.
 package validate
 
 import (

@@ -1,4 +1,17 @@
-package bootstrap
+// Package envoycheck parses the files internal/bootstrap renders for Envoy
+// (envoy.yaml and the file-based SDS files) into Envoy's own protos and
+// validates them deep, into every typed_config, as Envoy would on start.
+//
+// It is the proof that those templates give Envoy valid config: the tests
+// of internal/bootstrap run every rendered file through it, and meshca's
+// full command line checks envoy.yaml with it again before writing one.
+// The node agent's own binary (cmd/meshca-agent) does not link it: Envoy's
+// bootstrap protos pull in nearly all of Envoy's config protos, and the
+// YAML library with them, whose code the agent's process would map.
+//
+// Caveats: every type an Any of these files carries must be linked into
+// the binary (imports below); an unlinked one is refused as unregistered.
+package envoycheck
 
 import (
 	"encoding/json"
@@ -7,18 +20,20 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	// The typed_configs of envoy.yaml: the stats sink and the static
+	// clusters' HTTP/2 options (the TLS context is imported by name).
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/metrics/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshca/meshca/internal/bootstrap"
 	"github.com/meshca/meshca/internal/validate"
 )
-
-// ErrInvalidConfig wraps every ParseEnvoy and ParseSDS error.
-var ErrInvalidConfig = errors.New("invalid config")
 
 // ParseEnvoy parses envoy.yaml into a Bootstrap (YAML, then JSON, then
 // protojson with the global type registry, refusing unknown fields) and
@@ -26,12 +41,19 @@ var ErrInvalidConfig = errors.New("invalid config")
 func ParseEnvoy(yamlText []byte) (*bootstrapv3.Bootstrap, error) {
 	b := new(bootstrapv3.Bootstrap)
 	if err := unmarshalYAML(yamlText, b); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidConfig, EnvoyFile, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidConfig, bootstrap.EnvoyFile, err)
 	}
 	if err := validate.Message(b); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidConfig, EnvoyFile, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidConfig, bootstrap.EnvoyFile, err)
 	}
 	return b, nil
+}
+
+// Envoy is ParseEnvoy for a caller that only wants the verdict: the
+// check a node command runs on envoy.yaml before writing it.
+func Envoy(yamlText []byte) error {
+	_, err := ParseEnvoy(yamlText)
+	return err
 }
 
 // ParseSDS parses a file-based SDS file, shaped like a DiscoveryResponse
