@@ -14,6 +14,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
@@ -211,7 +212,7 @@ func newBuilder(m *Mesh, n Node, td spiffeid.TrustDomain) (*builder, error) {
 
 // add records r; the same name twice is fine only with equal content.
 func (b *builder) add(typ string, r types.Resource) {
-	name := resourceName(r)
+	name := cachev3.GetResourceName(r)
 	if old, ok := b.res[typ][name]; ok {
 		if !proto.Equal(old, r) {
 			b.errs = append(b.errs, fmt.Errorf("%w: two different %s resources named %q", ErrConflict, typeName(typ), name))

@@ -13,6 +13,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -53,7 +54,7 @@ func check(res *Resources, td spiffeid.TrustDomain, held, instances map[string]b
 	for _, t := range resourceTypes {
 		names[t] = map[string]bool{}
 		for _, x := range res.ByType[t] {
-			name := resourceName(x)
+			name := cachev3.GetResourceName(x)
 			if name == "" {
 				bad("%s without a name", typeName(t))
 			}

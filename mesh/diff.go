@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -59,7 +60,7 @@ func Diff(old, new Resources) []Change {
 func byName(rs []types.Resource) map[string]types.Resource {
 	m := make(map[string]types.Resource, len(rs))
 	for _, r := range rs {
-		m[resourceName(r)] = r
+		m[cachev3.GetResourceName(r)] = r
 	}
 	return m
 }

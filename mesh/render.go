@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -19,7 +20,7 @@ func (r Resources) YAML() ([]byte, error) {
 		for _, x := range r.ByType[t] {
 			b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(x)
 			if err != nil {
-				return nil, fmt.Errorf("mesh: render %s %q: %w", typeName(t), resourceName(x), err)
+				return nil, fmt.Errorf("mesh: render %s %q: %w", typeName(t), cachev3.GetResourceName(x), err)
 			}
 			var compact, pretty bytes.Buffer
 			if err := json.Compact(&compact, b); err != nil {
@@ -28,7 +29,7 @@ func (r Resources) YAML() ([]byte, error) {
 			if err := json.Indent(&pretty, compact.Bytes(), "", "  "); err != nil {
 				return nil, fmt.Errorf("mesh: render: %w", err)
 			}
-			fmt.Fprintf(&buf, "--- # %s %s\n%s\n", typeName(t), resourceName(x), pretty.Bytes())
+			fmt.Fprintf(&buf, "--- # %s %s\n%s\n", typeName(t), cachev3.GetResourceName(x), pretty.Bytes())
 		}
 	}
 	fmt.Fprintf(&buf, "# secrets: %q\n", r.Secrets)
