@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+
+	"github.com/meshca/meshca/internal/validate"
 )
 
 // TLSSecretDER is TLSSecret for certificates and a key as meshca stores
@@ -58,7 +60,7 @@ func TLSSecretDER(name string, chain [][]byte, key []byte, issuers *IssuerCache)
 			PrivateKey:       inline(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key})),
 		}},
 	}
-	if err := s.ValidateAll(); err != nil {
+	if err := validate.Message(s); err != nil {
 		return nil, fmt.Errorf("secret %q: %w", name, err)
 	}
 	return s, nil

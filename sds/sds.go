@@ -6,10 +6,6 @@
 //
 // Every input is parsed before it is packed, and every result passes the
 // Envoy validation rules, so a Secret that Envoy would NACK is never built.
-// The secrets built here hold no google.protobuf.Any, so their own
-// ValidateAll checks all of them; internal/validate, which also unpacks
-// every Any, would link every typed_config type meshca uses into the node
-// agent, which needs only secrets.
 // Errors describe what is wrong and never echo PEM or key bytes.
 package sds
 
@@ -23,6 +19,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/internal/validate"
 )
 
 // TLSSecret returns the certificate secret of an identity. name is the
@@ -52,7 +50,7 @@ func TLSSecret(name string, chainPEM, keyPEM []byte) (*tlsv3.Secret, error) {
 			PrivateKey:       inline(pem.EncodeToMemory(keyBlock)),
 		}},
 	}
-	if err := s.ValidateAll(); err != nil {
+	if err := validate.Message(s); err != nil {
 		return nil, fmt.Errorf("secret %q: %w", name, err)
 	}
 	return s, nil
@@ -85,7 +83,7 @@ func ValidationSecret(name string, bundlePEM, crlPEM []byte) (*tlsv3.Secret, err
 		Name: name,
 		Type: &tlsv3.Secret_ValidationContext{ValidationContext: vc},
 	}
-	if err := s.ValidateAll(); err != nil {
+	if err := validate.Message(s); err != nil {
 		return nil, fmt.Errorf("secret %q: %w", name, err)
 	}
 	return s, nil

@@ -8,8 +8,7 @@ import (
 
 // TestAgentLinksNoXDSServer: the agent's runtime links neither
 // go-control-plane's xDS server and snapshot cache nor the Envoy config
-// protos of listeners, routes and clusters (internal/validate links them
-// for the typed_configs it unpacks; the agent serves only secrets). The
+// protos of listeners, routes and clusters: it serves only secrets. The
 // node agent's binary then carries only what the node commands add.
 func TestAgentLinksNoXDSServer(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "github.com/meshca/meshca/internal/agent").CombinedOutput()
@@ -25,7 +24,6 @@ func TestAgentLinksNoXDSServer(t *testing.T) {
 		"github.com/envoyproxy/go-control-plane/envoy/config/cluster",
 		"github.com/envoyproxy/go-control-plane/envoy/config/bootstrap",
 		"github.com/envoyproxy/go-control-plane/envoy/extensions/filters",
-		"github.com/meshca/meshca/internal/validate",
 		"github.com/meshca/meshca/mesh",
 	}
 	deps := strings.Fields(string(out))
