@@ -49,10 +49,12 @@ func (e *etcdStore) watch(ctx context.Context, s *Store, from int64) {
 					e.log.Warn("unreadable etcd feed record: resync", logRevision, ev.Kv.ModRevision, logErr, err)
 					s.feed.resync(0)
 				} else {
-					s.feed.deliverAt(rec.Last, rec.Changes)
+					// Before the delivery: a subscriber that sees the
+					// batch sees the new NodesVersion too.
 					if slices.ContainsFunc(rec.Changes, func(c Change) bool { return c.Kind == KindNode }) {
 						s.nodesVersion.Add(1)
 					}
+					s.feed.deliverAt(rec.Last, rec.Changes)
 				}
 				next = ev.Kv.ModRevision + 1
 				e.advance(ev.Kv.ModRevision)
@@ -76,8 +78,8 @@ func (e *etcdStore) resync(ctx context.Context, s *Store) (int64, bool) {
 		e.log.Warn("etcd resync failed", logErr, err)
 		return 0, false
 	}
-	s.feed.resync(seq)
 	s.nodesVersion.Add(1)
+	s.feed.resync(seq)
 	e.advance(rev)
 	return rev, true
 }

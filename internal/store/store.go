@@ -275,12 +275,14 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 			c, err = s.attempt(boltKV{btx}, fn)
 			return err
 		})
-		if err == nil && len(c.events) > 0 {
-			s.feed.committed(c.events[0].Seq, c.events[len(c.events)-1].Seq, c.changes)
-		}
 	}
+	// Before the feed hands the commit over: a subscriber that sees it
+	// sees the new NodesVersion too.
 	if err == nil && c.nodes {
 		s.nodesVersion.Add(1)
+	}
+	if s.etcd == nil && err == nil && len(c.events) > 0 {
+		s.feed.committed(c.events[0].Seq, c.events[len(c.events)-1].Seq, c.changes)
 	}
 	if err == nil && s.onCommit != nil {
 		s.onCommit(c.events, s.clock.Now().Sub(start))
