@@ -13,7 +13,7 @@ import (
 // page returned). The Go runtime keeps freed pages for reuse and returns
 // them only slowly: after signing and serving 100 certificates the agent
 // held 10.4-10.5 MiB of anonymous memory, unchanged 3 s later; released,
-// 8.5-8.6 MiB (agentcost, 2026-12-02). A release costs one collection of
+// 8.3-8.4 MiB (agentcost, 2026-12-02). A release costs one collection of
 // a heap of a few MiB and the page faults of reusing what it returned, so
 // it runs at most once a minute whatever the rate of renewals, after the
 // agent's state has not changed for a second (a burst of renewals is
