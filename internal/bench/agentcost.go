@@ -106,6 +106,11 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 		return nil, err
 	}
 	env.Logf("agent serves %d certificates %s after it started: %s; the agent of a node with no identity: %s", ids, fmtDur(ready), mem, emptyMem)
+	idle, idleAfter, err := memIdle(ctx, p.Pid(), mem)
+	if err != nil {
+		return nil, err
+	}
+	env.Logf("the same agent once idle, %s later: %s", fmtDur(idleAfter), idle)
 	// Envoy opens one SDS stream per secret when each names its SDS
 	// source: the same secrets again, that way, each stream on a
 	// connection of its own (Envoy shares one: this is the upper bound).
@@ -231,6 +236,8 @@ func runAgentCost(ctx context.Context, env *Env) (*Report, error) {
 		rssRow,
 		Row{Figure: "of which anonymous (heap, stacks) / file-backed (the binary's pages)", Value: fmtBytes(mem.anon) + " / " + fmtBytes(mem.file),
 			Baseline: fmtBytes(emptyMem.anon) + " / " + fmtBytes(emptyMem.file) + " (no identity)"},
+		Row{Figure: fmt.Sprintf("agent VmRSS, %d identities served, once idle (it returns freed memory a second after the last change; read within %s)", ids, fmtDur(idleWithin)),
+			Value: fmtBytes(idle.rss) + " (anonymous " + fmtBytes(idle.anon) + ")", Baseline: fmtBytes(mem.rss) + " (at once)", Ratio: ratioOf(idle.rss, mem.rss)},
 		Row{Figure: "agent VmRSS and VmHWM after a renewal round of every identity", Value: fmtBytes(mem2.rss) + ", peak " + fmtBytes(mem2.hwm)},
 		Row{Figure: "agent CPU per renewal (key, CSR, check, serve)", Value: fmtDur(perRenewal),
 			Baseline: fmtDur(serverPer) + " (meshca per identity: the CSR and its own re-key)", Ratio: ratioOf(int64(perRenewal), int64(serverPer))},
@@ -487,6 +494,35 @@ func threadsCPU(pid int) (time.Duration, error) {
 // procMem is a process's memory as /proc/PID/status gives it: resident
 // (anonymous + file-backed + shared memory) and its peak.
 type procMem struct{ rss, hwm, anon, file int64 }
+
+// idleWithin bounds memIdle's wait.
+const idleWithin = 3 * time.Second
+
+// memIdle reads process pid's memory until its anonymous memory is at
+// least 1 MiB below at's (the agent returned what it freed once idle) and
+// no longer falls, or idleWithin has passed, and says how long after the
+// first read.
+func memIdle(ctx context.Context, pid int, at procMem) (procMem, time.Duration, error) {
+	start := time.Now()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	prev := at
+	for {
+		select {
+		case <-ctx.Done():
+			return procMem{}, 0, ctx.Err()
+		case <-tick.C:
+		}
+		m, err := memOf(pid)
+		if err != nil {
+			return procMem{}, 0, err
+		}
+		if (m.anon <= at.anon-1<<20 && m.anon >= prev.anon) || time.Since(start) >= idleWithin {
+			return m, time.Since(start), nil
+		}
+		prev = m
+	}
+}
 
 func (m procMem) String() string {
 	return fmt.Sprintf("VmRSS %s (anonymous %s, file %s), VmHWM %s", fmtBytes(m.rss), fmtBytes(m.anon), fmtBytes(m.file), fmtBytes(m.hwm))

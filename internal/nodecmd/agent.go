@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -49,7 +50,9 @@ type AgentConfig struct {
 	// SetMemoryLimit, when not nil, is given the agent's soft memory
 	// limit (memlimit.go) whenever it changes, unless GOMEMLIMIT is set:
 	// debug.SetMemoryLimit where the agent is the whole process; nil where
-	// it shares the process, as in tests that run it beside meshca.
+	// it shares the process, as in tests that run it beside meshca. When
+	// not nil, the agent also returns freed memory to the system once idle
+	// (memrelease.go).
 	SetMemoryLimit func(int64) int64
 	// CheckEnvoy, when not nil, checks every envoy.yaml the agent renders
 	// before it is written, as BootstrapConfig.CheckEnvoy.
@@ -209,6 +212,11 @@ func runAgent(ctx context.Context, cfg AgentConfig, o agentOptions, stdout, stde
 	run(a.Run)
 	if cfg.SetMemoryLimit != nil && os.Getenv("GOMEMLIMIT") == "" {
 		run(func(ctx context.Context) error { return followMemoryLimit(ctx, a, cfg.SetMemoryLimit, log) })
+	}
+	if cfg.SetMemoryLimit != nil {
+		run(func(ctx context.Context) error {
+			return releaseWhenIdle(ctx, a, clock.Real{}, heapRetained, debug.FreeOSMemory)
+		})
 	}
 	run(func(ctx context.Context) error { return watchRenew(ctx, clock.Real{}, dir, stdout, stderr, renew) })
 	if gb != nil {
