@@ -54,8 +54,8 @@ func releaseWhenIdle(ctx context.Context, a stateSource, clk clock.Clock, retain
 			}
 		}
 		if retained() > releaseAbove {
+			last = clk.Now() // the minute counts from the start of the release
 			release()
-			last = clk.Now()
 		}
 	}
 }
