@@ -77,7 +77,7 @@ FUZZ_TARGETS := ./internal/config:FuzzParse ./mesh:FuzzParse ./internal/identity
 # minimizing runs no inputs. `make fuzz` minimizes as usual.
 SMOKE_FUZZ_TARGETS := ./internal/config:FuzzParse:4000 ./mesh:FuzzParse:300 ./internal/identity:FuzzID:150000 \
 	./internal/identity:FuzzDNSNames:150000 ./ca:FuzzIssueCSR:20000 ./ca:FuzzParseImport:20000 ./sds:FuzzSecrets:20000 \
-	./internal/bootstrap:FuzzEnvoyBootstrap:10000
+	./internal/bootstrap:FuzzEnvoyBootstrap:3000
 
 fuzz-smoke:
 	@for t in $(SMOKE_FUZZ_TARGETS); do pkg=$${t%%:*}; rest=$${t#*:}; \
