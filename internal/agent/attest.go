@@ -45,14 +45,27 @@ func (g sdsGate) checkCaller(c peercred.Caller, names []string, wildcard bool) e
 				return g.gate.Deny(c, "every secret", "the calling process does not match every identity's selectors: name the secrets it may have")
 			}
 		}
-		return nil
 	}
+	// Names beside a wildcard's "*" are checked too: a delta stream keeps
+	// them.
 	for _, name := range names {
+		if name == "*" {
+			continue
+		}
 		if reason := g.refusal(c, assigned, name); reason != "" {
 			return g.gate.Deny(c, name, reason)
 		}
 	}
 	return nil
+}
+
+// mayHave reports, under the node's assignments now, whether c may have
+// the secret name. A state published a moment before an assignment was
+// withdrawn can still hold its secret: a wildcard answer takes each
+// secret through it.
+func (g sdsGate) mayHave(c peercred.Caller) func(name string) bool {
+	assigned, _ := g.a.assignments()
+	return func(name string) bool { return g.refusal(c, assigned, name) == "" }
 }
 
 // refusal says why c may not have the secret name, given the node's

@@ -71,7 +71,11 @@ func (s *sdsServer) FetchSecrets(ctx context.Context, req *discoveryv3.Discovery
 		return nil, err
 	}
 	wildcard := isWildcard(names)
-	if err := s.gate.check(ctx, names, wildcard); err != nil {
+	c, err := s.gate.gate.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.gate.checkCaller(c, names, wildcard); err != nil {
 		return nil, err
 	}
 	cur := s.current()
@@ -81,20 +85,21 @@ func (s *sdsServer) FetchSecrets(ctx context.Context, req *discoveryv3.Discovery
 	if req.GetVersionInfo() == cur.version {
 		return nil, errUpToDate
 	}
-	resources, _ := sotwAnswer(cur, names, wildcard)
+	resources, _ := sotwAnswer(cur, names, wildcard, s.gate.mayHave(c))
 	return &discoveryv3.DiscoveryResponse{VersionInfo: cur.version, Resources: resources, TypeUrl: secretType}, nil
 }
 
 // sotwAnswer returns the secrets of cur a state-of-the-world answer for
-// names carries (every secret for a wildcard), and the version of each.
-func sotwAnswer(cur *published, names []string, wildcard bool) ([]*anypb.Any, map[string]string) {
+// names carries (every secret for a wildcard), those may allows, and the
+// version of each.
+func sotwAnswer(cur *published, names []string, wildcard bool, may func(string) bool) ([]*anypb.Any, map[string]string) {
 	if wildcard {
 		names = cur.names
 	}
 	resources := make([]*anypb.Any, 0, len(names))
 	versions := make(map[string]string, len(names))
 	for _, name := range names {
-		if sec := cur.secrets[name]; sec != nil {
+		if sec := cur.secrets[name]; sec != nil && may(name) {
 			resources = append(resources, sec.any)
 			versions[name] = sec.version
 		}
@@ -200,7 +205,7 @@ func (w *sotwStream) push(cur *published, asked bool) error {
 			return err
 		}
 	}
-	resources, versions := sotwAnswer(cur, w.names, w.wildcard)
+	resources, versions := sotwAnswer(cur, w.names, w.wildcard, w.s.gate.mayHave(w.caller))
 	if asked && len(versions) == 0 && len(w.sent) == 0 {
 		return nil // nothing to say yet: an empty answer is a NACK for Envoy
 	}
