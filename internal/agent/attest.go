@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/peercred"
+	"github.com/meshca/meshca/internal/text"
 	"github.com/meshca/meshca/internal/workload/attest"
 )
 
@@ -53,7 +54,7 @@ func (g sdsGate) checkCaller(c peercred.Caller, names []string, wildcard bool) e
 			continue
 		}
 		if reason := g.refusal(c, assigned, name); reason != "" {
-			return g.gate.Deny(c, name, reason)
+			return g.gate.Deny(c, text.Clip(name, 200), reason)
 		}
 	}
 	return nil

@@ -222,6 +222,19 @@ func (s *sdsServer) publish(st State) error {
 	return nil
 }
 
+// certSecret builds the secret of one identity's certificate and key.
+func certSecret(name string, v SVID) (*secret, error) {
+	kp, err := keyPEM(v.Key)
+	if err != nil {
+		return nil, err
+	}
+	msg, err := sds.TLSSecret(name, v.ChainPEM, kp)
+	if err != nil {
+		return nil, err
+	}
+	return encodeSecret(name, v.Identity, msg)
+}
+
 // secretsOf returns the secrets of st by name, building only those whose
 // certificate, bundle or CRL changed since the last call.
 func (s *sdsServer) secretsOf(st State) (map[string]*secret, error) {
@@ -234,17 +247,16 @@ func (s *sdsServer) secretsOf(st State) (map[string]*secret, error) {
 			out[name] = b.secret
 			continue
 		}
-		kp, err := keyPEM(v.Key)
+		sec, err := certSecret(name, v)
 		if err != nil {
-			return nil, err
-		}
-		msg, err := sds.TLSSecret(name, v.ChainPEM, kp)
-		if err != nil {
-			return nil, err
-		}
-		sec, err := encodeSecret(name, v.Identity, msg)
-		if err != nil {
-			return nil, err
+			// One certificate that does not build must not hold back the
+			// others, nor the bundle and its CRL: the previous one of this
+			// identity, if any, is served meanwhile.
+			s.log.Error("certificate not published on the SDS socket; its previous one, if any, is served", logIdentity, v.Identity, "serial", v.Serial, logErr, err)
+			if b, ok := s.certs[v.Identity]; ok {
+				out[name] = b.secret
+			}
+			continue
 		}
 		s.certs[v.Identity] = builtCert{serial: v.Serial, key: v.Key, secret: sec}
 		out[name] = sec

@@ -1,14 +1,22 @@
 package agent
 
 import (
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"log/slog"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/peercred"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/internal/workload/attest"
 )
 
@@ -50,5 +58,30 @@ func TestSDSGateWildcardFollowsAssignments(t *testing.T) {
 	}
 	if err := g.checkCaller(c, []string{"*", td + "/web"}, true); err != nil {
 		t.Fatalf("an assigned name beside \"*\": %v", err)
+	}
+}
+
+// One certificate that does not build (here a chain that does not parse)
+// is left out; the others and the bundle with its CRL are still published.
+func TestSDSOneBadCertificateHoldsBackNothingElse(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("mesh.local")
+	ca := testkit.NewCA(t, pkix.Name{CommonName: "root"}, time.Now().Add(time.Hour), nil)
+	key := testkit.Key(t)
+	webID := spiffeid.RequireFromPath(td, "/web")
+	leaf := ca.Sign(t, &x509.Certificate{SerialNumber: testkit.Serial(t), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		URIs: []*url.URL{webID.URL()}, KeyUsage: x509.KeyUsageDigitalSignature}, key.Public())
+	st := State{TrustDomain: td, BundlePEM: testkit.CertPEM(ca.Cert.Raw), Version: 3, SVIDs: []SVID{
+		{Identity: "bad", ID: spiffeid.RequireFromPath(td, "/bad"), ChainPEM: []byte("not a certificate"), Key: testkit.Key(t), Serial: "01"},
+		{Identity: "web", ID: webID, ChainPEM: testkit.CertPEM(leaf.Raw), Key: key, Serial: leaf.SerialNumber.Text(16)},
+	}}
+	s := &sdsServer{certs: map[string]builtCert{}, log: slog.New(slog.DiscardHandler)}
+	secrets, err := s.secretsOf(st)
+	if err != nil {
+		t.Fatalf("one bad certificate failed the whole state: %v", err)
+	}
+	for name, want := range map[string]bool{"spiffe://mesh.local": true, "spiffe://mesh.local/web": true, "spiffe://mesh.local/bad": false} {
+		if got := secrets[name] != nil; got != want {
+			t.Errorf("secret %s published: %v, want %v", name, got, want)
+		}
 	}
 }

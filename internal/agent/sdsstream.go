@@ -206,8 +206,11 @@ func (w *sotwStream) push(cur *published, asked bool) error {
 		}
 	}
 	resources, versions := sotwAnswer(cur, w.names, w.wildcard, w.s.gate.mayHave(w.caller))
-	if asked && len(versions) == 0 && len(w.sent) == 0 {
-		return nil // nothing to say yet: an empty answer is a NACK for Envoy
+	if len(versions) == 0 {
+		// Nothing to say: Envoy rejects an empty answer, and keeps what it
+		// has of a secret that went (an expired certificate no longer
+		// served) until it is served again.
+		return nil
 	}
 	if !asked && sameVersions(versions, w.sent) {
 		return nil
