@@ -126,9 +126,17 @@ func (s *sdsServer) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamS
 	if err != nil {
 		return err
 	}
-	reqs := make(chan *discoveryv3.DiscoveryRequest)
-	recvErr := receive(ctx, stream.Recv, reqs)
 	w := &sotwStream{s: s, stream: stream, caller: c}
+	return serveStream(ctx, s, stream.Recv, w.request, w.push)
+}
+
+// serveStream runs one stream until it ends: each request received is
+// handled (request) against the state current then, and each newer state
+// is offered to it (push).
+func serveStream[R any](ctx context.Context, s *sdsServer, recv func() (R, error),
+	request func(context.Context, R, *published) error, push func(*published, bool) error) error {
+	reqs := make(chan R)
+	recvErr := receive(ctx, recv, reqs)
 	cur := s.current()
 	for {
 		select {
@@ -138,12 +146,12 @@ func (s *sdsServer) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamS
 			return endOfStream(err)
 		case req := <-reqs:
 			cur = s.current()
-			if err := w.request(ctx, req, cur); err != nil {
+			if err := request(ctx, req, cur); err != nil {
 				return err
 			}
 		case <-cur.next:
 			cur = s.current()
-			if err := w.push(cur, false); err != nil {
+			if err := push(cur, false); err != nil {
 				return err
 			}
 		}
@@ -255,28 +263,8 @@ func (s *sdsServer) DeltaSecrets(stream secretv3.SecretDiscoveryService_DeltaSec
 	if err != nil {
 		return err
 	}
-	reqs := make(chan *discoveryv3.DeltaDiscoveryRequest)
-	recvErr := receive(ctx, stream.Recv, reqs)
 	w := &deltaStream{s: s, stream: stream, caller: c, subscribed: map[string]bool{}, held: map[string]string{}}
-	cur := s.current()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-recvErr:
-			return endOfStream(err)
-		case req := <-reqs:
-			cur = s.current()
-			if err := w.request(ctx, req, cur); err != nil {
-				return err
-			}
-		case <-cur.next:
-			cur = s.current()
-			if err := w.push(cur, false); err != nil {
-				return err
-			}
-		}
-	}
+	return serveStream(ctx, s, stream.Recv, w.request, w.push)
 }
 
 // request applies one request's subscriptions, checked first, and sends
