@@ -479,3 +479,25 @@ func TestAgentSDSHostileRequests(t *testing.T) {
 		return err
 	})
 }
+
+// A request carrying an older answer's nonce is not answered, even when it
+// names other secrets: Envoy sends one while the answer to its newer
+// request is in flight, and only the request after that answer counts.
+func TestAgentSDSStaleNonceWithOtherNames(t *testing.T) {
+	s := startSDSAgent(t, 2)
+	r := openRawSotW(t, s.socket, "stream")
+	r.send([]string{svc(0)}, "", "", "")
+	first, _ := r.recv()
+	// Stale: a nonce the stream never answered with, naming svc-001 alone.
+	r.send([]string{svc(1)}, first.GetVersionInfo(), "stale-"+first.GetNonce(), "")
+	// Current: both, with the last answer's nonce.
+	both := sortedNames(svc(0), svc(1))
+	r.send(both, first.GetVersionInfo(), first.GetNonce(), "")
+	next, got := r.recv()
+	if names := namesOf(got); !slices.Equal(names, both) {
+		t.Fatalf("the answer after a stale request and a current one names %v, want %v: the stale request was answered", names, both)
+	}
+	if next.GetNonce() == first.GetNonce() {
+		t.Fatalf("second answer reuses nonce %q", next.GetNonce())
+	}
+}
