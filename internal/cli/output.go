@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshca/meshca/internal/nodecmd"
 	"github.com/meshca/meshca/internal/text"
 )
 
@@ -22,18 +23,8 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// exactArgs is cobra.ExactArgs with a message that names what is missing.
-func exactArgs(n int, names string) cobra.PositionalArgs {
-	return func(cmd *cobra.Command, args []string) error {
-		if len(args) == n {
-			return nil
-		}
-		if n == 0 {
-			return fmt.Errorf("%s takes no arguments (see %s --help)", cmd.CommandPath(), cmd.CommandPath())
-		}
-		return fmt.Errorf("%s needs %s (usage: %s)", cmd.CommandPath(), names, cmd.UseLine())
-	}
-}
+// exactArgs is nodecmd.ExactArgs: one message for every command.
+var exactArgs = nodecmd.ExactArgs
 
 // group is a command that only holds subcommands: an unknown subcommand is
 // an error (exit 1), not a help page.
@@ -51,17 +42,8 @@ func group(use, short string) *cobra.Command {
 	}
 }
 
-// readAllLimited reads at most 8 MiB, enough for any mesh file.
-func readAllLimited(r io.Reader) ([]byte, error) {
-	data, err := io.ReadAll(io.LimitReader(r, 8<<20+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > 8<<20 {
-		return nil, fmt.Errorf("input larger than 8 MiB")
-	}
-	return data, nil
-}
+// readAllLimited is nodecmd.ReadAllLimited.
+var readAllLimited = nodecmd.ReadAllLimited
 
 // esc escapes one field of text output that came from outside: a node
 // name from a request, a proxy's NACK message, an access-log field, an

@@ -76,7 +76,7 @@ func Agent(cfg AgentConfig) *cobra.Command {
 			"once; --identity-poll is the fallback while it cannot. If meshca cannot be reached\n" +
 			"the agent keeps serving what it has until it expires, warning as expiry nears.\n" +
 			"The node must be registered with meshca node add NODE --agent.",
-		Args: exactArgs(0, ""),
+		Args: ExactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.tokenFile != "" {
 				var err error

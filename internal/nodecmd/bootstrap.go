@@ -74,7 +74,7 @@ func Bootstrap(cfg BootstrapConfig) *cobra.Command {
 			"meshca node token) or by a CA in --ca-file (PEM of meshca's issuing CA: meshca ca pin, or\n" +
 			"the " + bootstrap.IssuersFile + " of a node that already joined). An organisation root\n" +
 			"shared with other CAs is not enough.",
-		Args: exactArgs(0, ""),
+		Args: ExactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.tokenFile != "" {
 				if o.token != "" {
@@ -109,7 +109,7 @@ func readTokenFile(path string, stdin io.Reader) (string, error) {
 		err  error
 	)
 	if path == "-" {
-		data, err = readAllLimited(stdin)
+		data, err = ReadAllLimited(stdin)
 	} else {
 		data, err = os.ReadFile(path)
 	}

@@ -52,8 +52,9 @@ func ExecuteAgent(ctx context.Context, name string, args []string, stdout, stder
 	return err
 }
 
-// exactArgs is cobra.ExactArgs with a message that names what is missing.
-func exactArgs(n int, names string) cobra.PositionalArgs {
+// ExactArgs is cobra.ExactArgs with a message that names what is missing;
+// meshca's other commands (internal/cli) use it too.
+func ExactArgs(n int, names string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) == n {
 			return nil
@@ -65,8 +66,9 @@ func exactArgs(n int, names string) cobra.PositionalArgs {
 	}
 }
 
-// readAllLimited reads at most 8 MiB, far more than a join token.
-func readAllLimited(r io.Reader) ([]byte, error) {
+// ReadAllLimited reads at most 8 MiB, far more than a join token or a mesh
+// file; meshca's other commands (internal/cli) use it too.
+func ReadAllLimited(r io.Reader) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(r, 8<<20+1))
 	if err != nil {
 		return nil, err

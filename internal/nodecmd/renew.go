@@ -45,7 +45,7 @@ func renewCmd(check envoyCheck) *cobra.Command {
 			"rewrites the certificate and trust bundle atomically so that Envoy's file-based SDS\n" +
 			"picks them up. The node key stays. With --watch it keeps running and renews at about\n" +
 			"half of each certificate's lifetime, retrying failures with backoff.",
-		Args: exactArgs(0, ""),
+		Args: ExactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
 				return errors.New("--dir DIR is required (the directory meshca bootstrap wrote)")
