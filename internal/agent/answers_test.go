@@ -81,17 +81,24 @@ func (l *lyingMeshca) start(t *testing.T) *grpc.ClientConn {
 			}},
 		},
 	}, struct{}{})
+	return serveLoopback(t, s)
+}
+
+// serveLoopback serves s on a free loopback port until the test ends and
+// returns a plaintext connection to it.
+func serveLoopback(tb testing.TB, s *grpc.Server) *grpc.ClientConn {
+	tb.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	go s.Serve(lis)
-	t.Cleanup(s.Stop)
+	tb.Cleanup(s.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	tb.Cleanup(func() { conn.Close() })
 	return conn
 }
 

@@ -9,7 +9,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"net/url"
 	"path/filepath"
 	"strconv"
@@ -168,18 +167,7 @@ func (m *signingMeshca) start(tb testing.TB) *grpc.ClientConn {
 	ctx, cancel := context.WithCancel(context.Background())
 	tb.Cleanup(cancel)
 	secretv3.RegisterSecretDiscoveryServiceServer(s, serverv3.NewServer(ctx, trust, nil))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go s.Serve(lis)
-	tb.Cleanup(s.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { conn.Close() })
-	return conn
+	return serveLoopback(tb, s)
 }
 
 // rawRenewal is the least work one renewal needs, on both sides: a P-256
