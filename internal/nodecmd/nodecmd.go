@@ -17,6 +17,7 @@ package nodecmd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"runtime/debug"
@@ -74,7 +75,7 @@ func ReadAllLimited(r io.Reader) ([]byte, error) {
 		return nil, err
 	}
 	if len(data) > 8<<20 {
-		return nil, fmt.Errorf("input larger than 8 MiB")
+		return nil, errors.New("input larger than 8 MiB: give a smaller file (a join token or a mesh file is a few KiB)")
 	}
 	return data, nil
 }
