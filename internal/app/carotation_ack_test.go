@@ -132,9 +132,7 @@ func TestCARotationWaitsForNodeAcks(t *testing.T) {
 	var cur api.CA
 	for ticks := 1; ; ticks++ {
 		tick()
-		// The rotation's state comes from the feed, its record from the
-		// leader's memory once the commit returned: read both.
-		if cur = caState(); cur.Rotation == nil && cur.LastRotation != nil {
+		if cur = caState(); cur.Rotation == nil {
 			break
 		}
 		if ticks == 10 {

@@ -634,6 +634,11 @@ func (a *Authority) rotationStep(ctx context.Context, change func(*store.CASet) 
 	var phase, what string
 	var rot store.CARotation
 	var ended bool
+	// The record of an ending rotation is in place before the commit
+	// reaches the feed, from which the rotation's state is read: a reader
+	// never sees the rotation gone and its record missing. A commit that
+	// fails, or a run that does not end it, puts the previous one back.
+	prev := a.rot.last.Load()
 	err := a.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		set, err := tx.CASet()
 		if err != nil {
@@ -644,6 +649,11 @@ func (a *Authority) rotationStep(ctx context.Context, change func(*store.CASet) 
 		}
 		rot = *set.Rotation
 		what, ended = change(&set)
+		if ended {
+			a.rot.last.Store(&RotationDone{Kind: rot.Kind, StartedAt: rot.StartedAt, FinishedAt: a.cfg.Clock.Now().UTC(), Reissued: int(a.rot.reissued.Load())})
+		} else {
+			a.rot.last.Store(prev)
+		}
 		phase = ""
 		if set.Rotation != nil {
 			phase = set.Rotation.Phase
@@ -656,10 +666,8 @@ func (a *Authority) rotationStep(ctx context.Context, change func(*store.CASet) 
 		return err
 	})
 	if err != nil {
+		a.rot.last.Store(prev)
 		return "", err
-	}
-	if ended {
-		a.rot.last.Store(&RotationDone{Kind: rot.Kind, StartedAt: rot.StartedAt, FinishedAt: a.cfg.Clock.Now().UTC(), Reissued: int(a.rot.reissued.Load())})
 	}
 	a.log.Info("CA rotation", "step", what, "phase", phase)
 	return phase, a.reload(ctx)
